@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# ToneGuard set-up and run, for a fresh Debian 12 machine with Python 3.11.
+#   ./dev.sh demo [ARGS]   install, then run the embedded demo (toneguard demo)
+#   ./dev.sh test [ARGS]   install, then lint and run the whole test suite (ARGS go to pytest)
+#   ./dev.sh bench         install, then run the benchmarks and print their tables
+#   ./dev.sh install       install only (Debian packages when root or with sudo, then .venv)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# Real peers the tests start on loopback, and the talk-off material they render.
+APT_PACKAGES=(
+    python3-venv python3-dev build-essential
+    rtpengine-daemon rtpengine-utils kamailio sip-tester baresip multimon-ng libspandsp2
+    espeak-ng sox redis-server chromium codec2-examples
+    fluidsynth timgm6mb-soundfont openttd-openmsx
+)
+VENV=${TONEGUARD_VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+install_system() {
+    local missing=()
+    for pkg in "${APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+            || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "dev.sh: installing Debian packages: ${missing[*]}" >&2
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        "${missing[@]}"
+    # The packaged daemons must not hold the ports tests use; tests start their own.
+    for svc in rtpengine-daemon kamailio redis-server; do
+        $sudo systemctl disable --now "$svc" >/dev/null 2>&1 || true
+    done
+}
+
+install_python() {
+    [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+    "$VENV/bin/pip" install -q --upgrade pip
+    "$VENV/bin/pip" install -q -e '.[test]'
+}
+
+cmd=${1:-help}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+    install)
+        install_system; install_python ;;
+    demo)
+        install_system; install_python
+        exec "$VENV/bin/toneguard" demo "$@" ;;
+    test)
+        install_system; install_python
+        "$VENV/bin/ruff" check dsp proxy gateway loadtest tests
+        exec "$VENV/bin/python" -m pytest "$@" ;;
+    bench)
+        install_system; install_python
+        exec "$VENV/bin/python" -m loadtest.bench "$@" ;;
+    *)
+        sed -n '2,7p' "$0"; exit 2 ;;
+esac

@@ -1,0 +1,1 @@
+"""The ToneGuard service: media relay, DTMF masking, secure-pay, control plane."""

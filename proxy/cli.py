@@ -1,0 +1,41 @@
+"""The ``toneguard`` command: one typer app, each subcommand defined in its own module.
+
+Subcommands register here with ``app.command(...)(function)`` so that each module stays
+importable and testable on its own.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+app = typer.Typer(
+    name="toneguard",
+    help="ToneGuard: a secure voice payment proxy (DTMF masking media relay).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# --- subcommand registrations (one line each) ---
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code (0 ok, 1 findings/failure, 2 usage error)."""
+    try:
+        result = app(args=argv if argv is not None else sys.argv[1:], standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        print("aborted", file=sys.stderr)
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

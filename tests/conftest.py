@@ -1,0 +1,34 @@
+"""Shared fixtures: free loopback ports, a scratch artifacts folder."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ARTIFACTS = Path(os.environ.get("TONEGUARD_TEST_ARTIFACTS", "test-artifacts"))
+
+
+def free_udp_port(host: str = "127.0.0.1") -> int:
+    """A UDP port on ``host`` free right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def free_tcp_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` free right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def artifacts_dir(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A folder under test-artifacts/ named after the test, for screenshots and captures."""
+    path = ARTIFACTS / request.node.name.replace("/", "_")
+    path.mkdir(parents=True, exist_ok=True)
+    yield path
