@@ -18,8 +18,8 @@ __all__ = [
     "alaw_decode",
     "alaw_encode",
     "decode",
-    "round_trip",
     "encode",
+    "round_trip",
     "ulaw_decode",
     "ulaw_encode",
 ]

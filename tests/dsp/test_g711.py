@@ -116,5 +116,5 @@ def test_float32_decode_equals_int16_decode(law):
 
 
 def test_unknown_law_is_refused_by_name():
-    with pytest.raises(ValueError, match="unknown G.711 law 'g729'"):
+    with pytest.raises(ValueError, match=r"unknown G\.711 law 'g729'"):
         g711.encode([0], "g729")
