@@ -1,0 +1,1 @@
+"""The media plane: UDP sockets, RTP/RTCP relay, SRTP, per-tick audio pipelines, workers."""

@@ -1,0 +1,161 @@
+"""The contract between the control plane (ng, REST) and the media plane.
+
+The control plane thinks in *streams*: one per (call, party, media section). A stream owns one
+local UDP port (or an RTP/RTCP pair) that faces one remote endpoint. Two streams are *linked*:
+what arrives on one is sent out of the other. For an offer from A to B the control plane
+allocates stream A (A sends to it; advertised to A in the answer) and stream B (advertised to B
+in the offer), links them, then configures each from the SDP of the party it faces.
+
+SRTP keys follow SDES (RFC 4568): each endpoint announces the key it *sends* with. So
+``srtp_recv`` is the remote endpoint's key (from its SDP ``a=crypto``), ``srtp_send`` is the key
+we generated for that stream and advertised to that endpoint.
+
+Implementations: an in-process engine and a pool of worker processes behind the same
+interface; the control plane cannot tell them apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from proxy.masking_policy import MaskingPolicy
+
+Address = tuple[str, int]
+
+SRTP_SUITES = (
+    "AEAD_AES_256_GCM",
+    "AEAD_AES_128_GCM",
+    "AES_CM_128_HMAC_SHA1_80",
+    "AES_CM_128_HMAC_SHA1_32",
+)
+
+
+class MediaError(Exception):
+    """Base of media-plane errors (port exhaustion, unknown stream, bad keys)."""
+
+
+class PortsExhaustedError(MediaError):
+    """No free port (pair) left in the configured range."""
+
+
+class UnknownStreamError(MediaError, KeyError):
+    """A stream id the engine does not have."""
+
+
+@dataclass(frozen=True, slots=True)
+class SrtpParams:
+    """One direction's SRTP master key material."""
+
+    suite: str  # one of SRTP_SUITES
+    key_salt: bytes  # master key followed by master salt, raw bytes
+
+    def __repr__(self) -> str:  # keys never reach logs or exceptions
+        return f"SrtpParams(suite={self.suite!r}, key_salt=<{len(self.key_salt)} bytes>)"
+
+
+@dataclass(frozen=True, slots=True)
+class LocalEndpoint:
+    """Where a stream listens (what the SDP we generate advertises)."""
+
+    address: str
+    rtp_port: int
+    rtcp_port: int  # == rtp_port when rtcp-mux
+
+
+@dataclass(frozen=True, slots=True)
+class StreamConfig:
+    """How one stream talks to the remote endpoint it faces."""
+
+    peer: Address | None = None  # from the SDP c=/m= of the endpoint; None = learn from traffic
+    rtcp_peer: Address | None = None  # from a=rtcp, else peer port + 1; == peer when rtcp_mux
+    rtcp_mux: bool = False
+    symmetric: bool = True  # latch onto the source of the first packet (NAT); ``trust address``
+    srtp_recv: SrtpParams | None = None  # decrypt what the endpoint sends us
+    srtp_send: SrtpParams | None = None  # encrypt what we send the endpoint
+    # payload type -> encoding name ("PCMU", "PCMA", "telephone-event", ...)
+    codecs: dict[int, str] = field(default_factory=dict)
+    # DTMF policy for media RECEIVED on this stream (i.e. what this party keys), applied before
+    # it leaves through the linked stream. None = plain relay.
+    masking: MaskingPolicy | None = None
+    recording: Address | None = None  # copy of what we SEND out of this stream (masked audio)
+    label: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStats:
+    """Counters of one stream (what ``query`` reports)."""
+
+    packets_in: int = 0
+    bytes_in: int = 0
+    packets_out: int = 0
+    bytes_out: int = 0
+    rtcp_in: int = 0
+    rtcp_out: int = 0
+    errors: int = 0  # dropped: malformed, SRTP auth/replay failure, unknown source
+    last_packet: float = 0.0  # wall clock seconds of the last packet received, 0 = none
+    endpoint: Address | None = None  # the latched remote endpoint
+    dtmf_masked: int = 0  # digits masked on this stream's received media
+
+
+@dataclass(frozen=True, slots=True)
+class DigitEvent:
+    """A DTMF key received on a stream: goes to the control plane's per-call digit stream.
+
+    Holds a digit in clear: it must only ever reach the secure-pay session. Its repr hides it.
+    """
+
+    stream_id: str
+    digit: str
+    source: Literal["inband", "rfc4733", "both"]
+    start_ms: float  # media time of the key's start on that stream
+    duration_ms: float
+
+    def __repr__(self) -> str:
+        return (
+            f"DigitEvent(stream_id={self.stream_id!r}, digit=<hidden>, source={self.source!r}, "
+            f"start_ms={self.start_ms:.0f}, duration_ms={self.duration_ms:.0f})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class IdleEvent:
+    """A stream has seen no media for the configured idle timeout."""
+
+    stream_id: str
+    idle_seconds: float
+
+
+MediaEvent = DigitEvent | IdleEvent
+
+
+class MediaEngine(Protocol):
+    """What the control plane needs from the media plane. All methods are coroutines so an
+    implementation may run the streams in other processes."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def allocate(self, stream_id: str, call_id: str, *, rtcp_mux: bool) -> LocalEndpoint:
+        """Bind a port (pair) for a new stream; streams of one call share a worker."""
+        ...
+
+    async def configure(self, stream_id: str, config: StreamConfig) -> None: ...
+
+    async def link(self, a: str, b: str) -> None:
+        """Relay what arrives on ``a`` out of ``b`` and vice versa."""
+        ...
+
+    async def release(self, stream_id: str) -> None: ...
+
+    async def stats(self, stream_id: str) -> StreamStats: ...
+
+    async def totals(self) -> dict[str, int]:
+        """Engine-wide counters (packets, bytes, errors, streams, workers)."""
+        ...
+
+    def subscribe(self, callback: Callable[[MediaEvent], None]) -> None:
+        """Receive digit and idle events (called in the control plane's event loop)."""
+        ...
