@@ -52,7 +52,7 @@ case "$cmd" in
         exec "$VENV/bin/toneguard" demo "$@" ;;
     test)
         install_system; install_python
-        "$VENV/bin/ruff" check dsp proxy gateway loadtest tests
+        "$VENV/bin/ruff" check .
         exec "$VENV/bin/python" -m pytest "$@" ;;
     bench)
         install_system; install_python
