@@ -1,0 +1,463 @@
+"""A streaming, multi-channel DTMF receiver (ITU-T Q.23/Q.24) built on a Goertzel-style bank.
+
+Every call to :meth:`DtmfDetector.process` takes a ``channels × samples`` block — one 20 ms
+tick of every call a worker relays — and runs each complete 102-sample analysis block of every
+channel through ONE matrix product with a fixed basis (the Goertzel recurrence and a DFT bin are
+the same number; as a matrix product NumPy/BLAS computes thousands of channels at once). Only
+channels whose state changes (a digit starts or ends: rare) are visited in Python.
+
+Per block and per DTMF frequency the basis yields:
+
+* the rectangular DFT of each half block (their sum is the classic Goertzel of the block; their
+  ratio says whether the tone fills the whole block, which is how guard time is measured);
+* the DFT at ±2 % of the nominal frequency, so the level of a tone a little off frequency is
+  measured without loss (spandsp loses up to 1.5 dB here and then fails the twist test);
+* two overlapping Hann-windowed DFTs 34 samples apart: the phase advance between them gives the
+  tone's frequency to a fraction of a percent, which is what lets ±1.5 % be accepted and ±3.5 %
+  rejected (a 102-sample Goertzel alone cannot tell them apart, hence spandsp's failure).
+
+A block is a *hit* for a key when both tones are loud enough, the twist is within limits, each
+tone stands clear of the others in its group, the two tones carry most of the block's energy,
+both fill the block evenly, and both are on frequency. Hits of one key, with up to two missed
+blocks bridged (dropouts up to 10 ms), form a *segment*. A segment is reported as a digit once
+its estimated duration — whole hit blocks plus the fraction of the blocks at either edge that
+the tone covers, measured from the coherent amplitude — reaches ``min_duration_ms``: halfway
+between the 23 ms that must never be reported and the 40 ms that always must.
+
+Independently, a lenient per-block ``suspect`` flag says "this might be a DTMF tone" long
+before a digit is confirmed; the masker acts on it so no tone ever reaches the agent.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from dsp.levels import DBM0_POWER
+from dsp.tones import DIGITS, HIGH_FREQS, LOW_FREQS
+
+SAMPLE_RATE = 8000
+BLOCK_SIZE = 102  # 12.75 ms: resolves 697 Hz from 770 Hz (spandsp uses the same)
+_HALF = BLOCK_SIZE // 2
+_HANN_LEN = 68  # two Hann windows, at 0 and 34: frequency from their phase difference
+_HANN_HOP = BLOCK_SIZE - _HANN_LEN
+_PROBE = 0.02  # level probes at ±2 % of nominal
+FREQS = np.array(LOW_FREQS + HIGH_FREQS, dtype=np.float64)  # 4 low, then 4 high
+_NTONES = len(FREQS)
+# Basis columns per tone: half A (re, im), half B (re, im), probe− (re, im), probe+ (re, im),
+# Hann 1 (re, im), Hann 2 (re, im).
+_COLS_PER_TONE = 12
+_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class DtmfConfig:
+    """Receiver thresholds. The defaults meet ITU-T Q.24 (AT&T column) with margin.
+
+    Levels are per tone in dBm0; ratios in dB; the frequency tolerance is relative.
+    """
+
+    sample_rate: int = SAMPLE_RATE
+    # Weakest tone accepted (Q.24: must accept −25 dBm0 and below; we accept ≥ 45 dB range).
+    min_level_dbm0: float = -50.0
+    # Low group louder than high ("normal" twist) accepted up to this (Q.24 AT&T: 8 dB).
+    normal_twist_db: float = 9.0
+    # High group louder than low ("reverse" twist) accepted up to this (Q.24 AT&T: 4 dB).
+    reverse_twist_db: float = 5.0
+    # Each tone at least this far above the other tones of its group.
+    relative_peak_db: float = 6.0
+    # The two tones carry at least this share of the block's energy (speech and music don't).
+    min_energy_share: float = 0.80
+    # A tone's energy in the two halves of a block differs by at most this (tone fills block).
+    max_half_imbalance_db: float = 3.0
+    # |measured − nominal| / nominal accepted (Q.24: accept ≤1.5 %, reject ≥3.5 %). None: off.
+    frequency_tolerance: float | None = 0.025
+    # Estimated tone duration needed to report a digit (must: ≤23 ms never, ≥40 ms always).
+    min_duration_ms: float = 32.0
+    # Missed blocks bridged inside one digit (2 blocks: dropouts up to 10 ms bridged, while a
+    # 30 ms gap always spoils at least 3 blocks and so always separates two digits).
+    bridge_blocks: int = 2
+    # The lenient early "tone suspected" flag for the masker.
+    suspect_min_level_dbm0: float = -50.0
+    suspect_min_energy_share: float = 0.45
+    suspect_max_twist_db: float = 15.0
+    suspect_relative_peak_db: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.sample_rate != SAMPLE_RATE:
+            raise ValueError(f"DtmfConfig.sample_rate: only {SAMPLE_RATE} Hz is supported, "
+                             f"got {self.sample_rate}")
+        if not 0.0 < self.min_energy_share <= 1.0:
+            raise ValueError("DtmfConfig.min_energy_share: must be in (0, 1]")
+        if self.bridge_blocks < 0:
+            raise ValueError("DtmfConfig.bridge_blocks: must be ≥ 0")
+        if self.frequency_tolerance is not None and self.frequency_tolerance <= 0:
+            raise ValueError("DtmfConfig.frequency_tolerance: must be > 0 or None")
+
+
+@dataclass(frozen=True)
+class DtmfEvent:
+    """A digit starting ("on") or ending ("off") on one channel."""
+
+    channel: int
+    digit: str
+    kind: Literal["on", "off"]
+    sample: int  # in the channel's own stream: estimated tone start ("on") or end ("off")
+    low_dbm0: float  # measured level of the low-group tone
+    high_dbm0: float  # measured level of the high-group tone
+
+
+@dataclass(frozen=True)
+class DetectorOutput:
+    """What one :meth:`DtmfDetector.process` call produced."""
+
+    events: list[DtmfEvent]
+    block_starts: npt.NDArray[np.int64]  # (B,) stream sample where each completed block starts
+    block_size: int
+    suspect: npt.NDArray[np.bool_]  # (B, channels) a DTMF-like tone is suspected in the block
+
+
+def _basis() -> npt.NDArray[np.float32]:
+    n = np.arange(BLOCK_SIZE, dtype=np.float64)
+    hann = np.hanning(_HANN_LEN + 2)[1:-1]  # strictly positive taps
+    cols = []
+    for f in FREQS:
+        w = 2 * np.pi * f / SAMPLE_RATE
+        first = (n < _HALF).astype(np.float64)
+        second = 1.0 - first
+        hann1 = np.zeros(BLOCK_SIZE)
+        hann1[:_HANN_LEN] = hann
+        hann2 = np.zeros(BLOCK_SIZE)
+        hann2[_HANN_HOP:] = hann
+        for window, omega in (
+            (first, w),
+            (second, w),
+            (np.ones(BLOCK_SIZE), w * (1 - _PROBE)),
+            (np.ones(BLOCK_SIZE), w * (1 + _PROBE)),
+            (hann1, w),
+            (hann2, w),
+        ):
+            # Window 2 uses its own time origin so a nominal tone advances by ω·hop exactly.
+            origin = _HANN_HOP if window is hann2 else 0
+            cols.append(window * np.cos(omega * (n - origin)))
+            cols.append(-window * np.sin(omega * (n - origin)))
+    return np.stack(cols, axis=1).astype(np.float32)
+
+
+_BASIS = _basis()
+# Expected Hann-to-Hann phase advance of a nominal tone, and rad → relative frequency error.
+_NOMINAL_ADVANCE = 2 * np.pi * FREQS * _HANN_HOP / SAMPLE_RATE
+_RAD_TO_REL = SAMPLE_RATE / (2 * np.pi * _HANN_HOP * FREQS)
+_LOW = slice(0, 4)
+_HIGH = slice(4, 8)
+
+
+@dataclass
+class _BlockMeasures:
+    """Everything the decision logic needs about one block of every channel."""
+
+    amp: npt.NDArray[np.float64]  # (C, 8) coherent amplitude of the whole-block DFT
+    energy: npt.NDArray[np.float64]  # (C, 8) tone energy in the block (robust to ±2.5 %)
+    hit_digit: npt.NDArray[np.int64]  # (C,) key index 0..15 of a hit, −1 otherwise
+    suspect: npt.NDArray[np.bool_]  # (C,)
+
+
+def _wrap(phase: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    return (phase + np.pi) % (2 * np.pi) - np.pi
+
+
+def _db(ratio: float) -> float:
+    return 10.0 ** (ratio / 10.0)
+
+
+def _group_best(energy: npt.NDArray[np.float64]) -> tuple[npt.NDArray, npt.NDArray, npt.NDArray]:
+    """Index of the strongest tone in a (C, 4) group, its energy, and the runner-up's."""
+    order = np.argsort(energy, axis=1)
+    best = order[:, -1]
+    rows = np.arange(energy.shape[0])
+    return best, energy[rows, best], energy[rows, order[:, -2]]
+
+
+def _measure(blocks: npt.NDArray[np.float32], config: DtmfConfig) -> _BlockMeasures:
+    """Measure (C, N) blocks: the vectorised heart of the receiver."""
+    y = (blocks @ _BASIS).astype(np.float64).reshape(blocks.shape[0], _NTONES, 6, 2)
+    z = y[..., 0] + 1j * y[..., 1]  # (C, 8, 6) complex
+    half_a, half_b = z[:, :, 0], z[:, :, 1]
+    whole = half_a + half_b
+    amp = np.abs(whole)
+    # Energy of a sine of amplitude A over N samples is N·A²/2 and its DFT magnitude N·A/2.
+    scale = 2.0 / BLOCK_SIZE
+    nominal = scale * amp**2
+    energy = np.maximum(nominal, scale * np.maximum(np.abs(z[:, :, 2]), np.abs(z[:, :, 3])) ** 2)
+    total = np.einsum("cn,cn->c", blocks, blocks, dtype=np.float64)
+
+    low, low_e, low_second = _group_best(nominal[:, _LOW])
+    high, high_e, high_second = _group_best(nominal[:, _HIGH])
+    rows = np.arange(blocks.shape[0])
+    high_i = high + 4
+    low_level = energy[rows, low]
+    high_level = energy[rows, high_i]
+    twist = high_level / np.maximum(low_level, _EPS)  # > 1: high group louder (reverse)
+    share = (low_level + high_level) / np.maximum(total, _EPS)
+
+    level_floor = dbm0_energy(config.min_level_dbm0)
+    hit = (
+        (low_level >= level_floor)
+        & (high_level >= level_floor)
+        & (twist <= _db(config.reverse_twist_db))
+        & (twist >= 1.0 / _db(config.normal_twist_db))
+        & (low_e >= _db(config.relative_peak_db) * low_second)
+        & (high_e >= _db(config.relative_peak_db) * high_second)
+        & (share >= config.min_energy_share)
+    )
+    limit = _db(config.max_half_imbalance_db)
+    for idx in (low, high_i):
+        ea = np.abs(half_a[rows, idx]) ** 2
+        eb = np.abs(half_b[rows, idx]) ** 2
+        hit &= (ea <= limit * eb) & (eb <= limit * ea)
+    if config.frequency_tolerance is not None:
+        advance = np.angle(z[:, :, 5] * np.conj(z[:, :, 4]))
+        error = _wrap(advance - _NOMINAL_ADVANCE) * _RAD_TO_REL  # (C, 8) relative
+        hit &= np.abs(error[rows, low]) <= config.frequency_tolerance
+        hit &= np.abs(error[rows, high_i]) <= config.frequency_tolerance
+
+    suspect_floor = dbm0_energy(config.suspect_min_level_dbm0)
+    suspect_twist = _db(config.suspect_max_twist_db)
+    suspect = (
+        (low_e >= suspect_floor)
+        & (high_e >= suspect_floor)
+        & (high_e <= suspect_twist * low_e)
+        & (low_e <= suspect_twist * high_e)
+        & (low_e >= _db(config.suspect_relative_peak_db) * low_second)
+        & (high_e >= _db(config.suspect_relative_peak_db) * high_second)
+        & ((low_e + high_e) >= config.suspect_min_energy_share * np.maximum(total, _EPS))
+    )
+    hit_digit = np.where(hit, low * 4 + high, -1)
+    return _BlockMeasures(amp=amp, energy=energy, hit_digit=hit_digit, suspect=suspect)
+
+
+def dbm0_energy(dbm0: float) -> float:
+    """Energy over one block of a sine at ``dbm0`` (the unit :func:`_measure` works in)."""
+    return BLOCK_SIZE * DBM0_POWER * 10.0 ** (dbm0 / 10.0)
+
+
+def _energy_dbm0(energy: float) -> float:
+    return 10.0 * math.log10(max(energy, _EPS) / (BLOCK_SIZE * DBM0_POWER))
+
+
+@dataclass
+class _Segments:
+    """Per-channel state of the digit currently being tracked (vectors over channels)."""
+
+    channels: int
+    digit: npt.NDArray[np.int64] = field(init=False)  # key index, −1: none
+    start: npt.NDArray[np.float64] = field(init=False)  # estimated start sample (global)
+    last_hit_end: npt.NDArray[np.int64] = field(init=False)
+    post_cover: npt.NDArray[np.float64] = field(init=False)  # tone in block after last hit
+    misses: npt.NDArray[np.int64] = field(init=False)
+    hits: npt.NDArray[np.int64] = field(init=False)
+    amp_sum: npt.NDArray[np.float64] = field(init=False)  # (C, 2) coherent amps over hits
+    energy_sum: npt.NDArray[np.float64] = field(init=False)  # (C, 2)
+    reported: npt.NDArray[np.bool_] = field(init=False)
+
+    def __post_init__(self) -> None:
+        c = self.channels
+        self.digit = np.full(c, -1, dtype=np.int64)
+        self.start = np.zeros(c)
+        self.last_hit_end = np.zeros(c, dtype=np.int64)
+        self.post_cover = np.zeros(c)
+        self.misses = np.zeros(c, dtype=np.int64)
+        self.hits = np.zeros(c, dtype=np.int64)
+        self.amp_sum = np.zeros((c, 2))
+        self.energy_sum = np.zeros((c, 2))
+        self.reported = np.zeros(c, dtype=bool)
+
+    def clear(self, ch: npt.NDArray[np.int64] | int) -> None:
+        self.digit[ch] = -1
+        self.misses[ch] = 0
+        self.hits[ch] = 0
+        self.amp_sum[ch] = 0.0
+        self.energy_sum[ch] = 0.0
+        self.reported[ch] = False
+        self.post_cover[ch] = 0.0
+
+
+def _tone_indices(digit: npt.NDArray[np.int64]) -> tuple[npt.NDArray, npt.NDArray]:
+    return digit // 4, digit % 4 + 4
+
+
+class DtmfDetector:
+    """DTMF receiver for ``channels`` independent streams advancing together."""
+
+    def __init__(self, channels: int, config: DtmfConfig | None = None) -> None:
+        if channels < 1:
+            raise ValueError(f"DtmfDetector: channels must be ≥ 1, got {channels}")
+        self._config = config or DtmfConfig()
+        self._channels = channels
+        self._pending = np.zeros((channels, 0), dtype=np.float32)
+        self._seen = 0  # samples consumed per channel (global clock)
+        self._origin = np.zeros(channels, dtype=np.int64)  # global sample of each stream's 0
+        self._prev_amp = np.zeros((channels, _NTONES))
+        self._seg = _Segments(channels)
+        self._min_duration = self._config.min_duration_ms * SAMPLE_RATE / 1000.0
+
+    @property
+    def channels(self) -> int:
+        return self._channels
+
+    @property
+    def samples_seen(self) -> int:
+        """Samples of every channel consumed so far (complete blocks plus the pending tail)."""
+        return self._seen + self._pending.shape[1]
+
+    @property
+    def config(self) -> DtmfConfig:
+        return self._config
+
+    def reset(self, channel: int) -> None:
+        """Forget ``channel``'s history: its slot now carries a new stream starting now."""
+        if not 0 <= channel < self._channels:
+            raise IndexError(f"DtmfDetector.reset: no channel {channel}")
+        self._pending[channel] = 0.0
+        self._prev_amp[channel] = 0.0
+        self._seg.clear(channel)
+        self._origin[channel] = self.samples_seen
+
+    def process(self, samples: npt.ArrayLike) -> DetectorOutput:
+        """Consume a ``(channels, n)`` block (16-bit scale, int16 or float) of every channel."""
+        x = np.asarray(samples)
+        if x.ndim != 2 or x.shape[0] != self._channels:
+            raise ValueError(f"DtmfDetector.process: expected shape ({self._channels}, n), "
+                             f"got {x.shape}")
+        data = np.concatenate([self._pending, x.astype(np.float32, copy=False)], axis=1)
+        count = data.shape[1] // BLOCK_SIZE
+        used = count * BLOCK_SIZE
+        self._pending = data[:, used:].copy()
+        events: list[DtmfEvent] = []
+        starts = self._seen + BLOCK_SIZE * np.arange(count, dtype=np.int64)
+        suspect = np.zeros((count, self._channels), dtype=bool)
+        if count:
+            blocks = data[:, :used].reshape(self._channels * count, BLOCK_SIZE)
+            measures = _measure(blocks, self._config)
+            for b in range(count):
+                sel = slice(b, None, count)  # block b of every channel
+                m = _BlockMeasures(
+                    amp=measures.amp[sel], energy=measures.energy[sel],
+                    hit_digit=measures.hit_digit[sel], suspect=measures.suspect[sel],
+                )
+                suspect[b] = m.suspect
+                self._decide(int(starts[b]), m, events)
+                self._prev_amp = m.amp
+            self._seen += used
+        return DetectorOutput(events=events, block_starts=starts, block_size=BLOCK_SIZE,
+                              suspect=suspect)
+
+    # --- the decision logic: vectorised except where a digit starts or ends -----------------
+
+    def _cover(self, amp: npt.NDArray[np.float64], ch: npt.NDArray[np.int64],
+               digit: npt.NDArray[np.int64], reference: npt.NDArray[np.float64]) -> npt.NDArray:
+        """Fraction of a block the key's tones fill, from coherent amplitude vs a full block."""
+        lo, hi = _tone_indices(digit)
+        ratio = (amp[ch, lo] / np.maximum(reference[:, 0], _EPS)
+                 + amp[ch, hi] / np.maximum(reference[:, 1], _EPS)) / 2.0
+        return np.clip(ratio, 0.0, 1.0)
+
+    def _decide(self, start: int, m: _BlockMeasures, events: list[DtmfEvent]) -> None:
+        seg = self._seg
+        end = start + BLOCK_SIZE
+        hit = m.hit_digit >= 0
+        tracking = seg.digit >= 0
+        same = hit & (m.hit_digit == seg.digit)
+        other = hit & tracking & ~same
+        missed = tracking & ~same
+
+        # A miss right after a hit: measure how much of this block the tone still fills.
+        first_miss = np.flatnonzero(missed & (seg.misses == 0))
+        if first_miss.size:
+            mean_amp = seg.amp_sum[first_miss] / seg.hits[first_miss, None]
+            seg.post_cover[first_miss] = self._cover(m.amp, first_miss, seg.digit[first_miss],
+                                                     mean_amp)
+            self._confirm(first_miss, with_tail=True, events=events)
+        seg.misses[missed] += 1
+        ended = np.flatnonzero(missed & ((seg.misses > self._config.bridge_blocks) | other))
+        for ch in ended:
+            self._finish(int(ch), events)
+
+        # Hits continuing a segment.
+        cont = np.flatnonzero(same)
+        if cont.size:
+            lo, hi = _tone_indices(seg.digit[cont])
+            seg.hits[cont] += 1
+            seg.misses[cont] = 0
+            seg.last_hit_end[cont] = end
+            seg.amp_sum[cont] += np.stack([m.amp[cont, lo], m.amp[cont, hi]], axis=1)
+            seg.energy_sum[cont] += np.stack([m.energy[cont, lo], m.energy[cont, hi]], axis=1)
+            self._confirm(cont[~seg.reported[cont]], with_tail=False, events=events)
+
+        # Hits starting a segment (nothing tracked, or another key took over).
+        new = np.flatnonzero(hit & (seg.digit < 0))
+        if new.size:
+            digit = m.hit_digit[new]
+            lo, hi = _tone_indices(digit)
+            first_amp = np.stack([m.amp[new, lo], m.amp[new, hi]], axis=1)
+            pre = self._cover(self._prev_amp, new, digit, first_amp)
+            seg.digit[new] = digit
+            seg.start[new] = start - pre * BLOCK_SIZE
+            seg.hits[new] = 1
+            seg.misses[new] = 0
+            seg.last_hit_end[new] = end
+            seg.amp_sum[new] = first_amp
+            seg.energy_sum[new] = np.stack([m.energy[new, lo], m.energy[new, hi]], axis=1)
+            seg.reported[new] = False
+            self._confirm(new, with_tail=False, events=events)
+
+    def _confirm(self, ch: npt.NDArray[np.int64], with_tail: bool,
+                 events: list[DtmfEvent]) -> None:
+        """Report the digits of channels ``ch`` whose estimated duration is now long enough."""
+        seg = self._seg
+        if not ch.size:
+            return
+        ch = ch[~seg.reported[ch]]
+        duration = seg.last_hit_end[ch] - seg.start[ch]
+        if with_tail:
+            duration = duration + seg.post_cover[ch] * BLOCK_SIZE
+        for c in ch[duration >= self._min_duration]:
+            seg.reported[c] = True
+            events.append(self._event(int(c), "on", seg.start[c]))
+
+    def _finish(self, ch: int, events: list[DtmfEvent]) -> None:
+        seg = self._seg
+        if seg.reported[ch]:
+            end = seg.last_hit_end[ch] + seg.post_cover[ch] * BLOCK_SIZE
+            events.append(self._event(ch, "off", end))
+        seg.clear(ch)
+
+    def _event(self, ch: int, kind: Literal["on", "off"], global_sample: float) -> DtmfEvent:
+        seg = self._seg
+        low_e, high_e = seg.energy_sum[ch] / max(int(seg.hits[ch]), 1)
+        return DtmfEvent(
+            channel=ch,
+            digit=DIGITS[int(seg.digit[ch])],
+            kind=kind,
+            sample=max(0, round(global_sample) - int(self._origin[ch])),
+            low_dbm0=round(_energy_dbm0(low_e), 2),
+            high_dbm0=round(_energy_dbm0(high_e), 2),
+        )
+
+
+def detect_digits(samples: npt.ArrayLike, config: DtmfConfig | None = None) -> list[DtmfEvent]:
+    """All digit events in one whole 8 kHz signal (16-bit scale), closing any digit at the end."""
+    x = np.asarray(samples, dtype=np.float32).reshape(1, -1)
+    detector = DtmfDetector(1, config)
+    tail = np.zeros((1, BLOCK_SIZE * (detector.config.bridge_blocks + 2)), dtype=np.float32)
+    out = detector.process(x)
+    return out.events + detector.process(tail).events
+
+
+def digits_in(samples: npt.ArrayLike, config: DtmfConfig | None = None) -> str:
+    """The keys found in a whole signal, as a string (for tests and audits)."""
+    return "".join(e.digit for e in detect_digits(samples, config) if e.kind == "on")
