@@ -10,17 +10,18 @@ Per block and per DTMF frequency the basis yields:
 
 * the rectangular DFT of each half block (their sum is the classic Goertzel of the block; their
   ratio says whether the tone fills the whole block, which is how guard time is measured);
-* the DFT at ±2 % of the nominal frequency, so the level of a tone a little off frequency is
-  measured without loss (spandsp loses up to 1.5 dB here and then fails the twist test);
-* two overlapping Hann-windowed DFTs 34 samples apart: the phase advance between them gives the
-  tone's frequency to a fraction of a percent, which is what lets ±1.5 % be accepted and ±3.5 %
-  rejected (a 102-sample Goertzel alone cannot tell them apart, hence spandsp's failure).
+* two overlapping Hann-windowed DFTs 34 samples apart. Their magnitude is the tone's level:
+  the window's low sidelobes keep a strong partner tone from colouring a weak one under twist,
+  and its wide main lobe measures a tone a little off frequency without loss (spandsp's
+  rectangular Goertzel errs by 1–2 dB in both cases, then fails the twist test). The phase
+  advance between them gives the tone's frequency to a fraction of a percent, which is what lets
+  ±1.5 % be accepted and ±3.5 % rejected (a 102-sample Goertzel alone cannot tell them apart).
 
 A block is a *hit* for a key when both tones are loud enough, the twist is within limits, each
 tone stands clear of the others in its group, the two tones carry most of the block's energy,
-both fill the block evenly, and both are on frequency. Hits of one key, with up to two missed
-blocks bridged (dropouts up to 10 ms), form a *segment*. A segment is reported as a digit once
-its estimated duration — whole hit blocks plus the fraction of the blocks at either edge that
+the stronger fills the block evenly, and both are on frequency. Hits of one key, with up to two
+missed blocks bridged (dropouts up to 10 ms), form a *segment*. A segment is reported as a digit
+once its estimated duration — whole hit blocks plus the fraction of the blocks at either edge that
 the tone covers, measured from the coherent amplitude — reaches ``min_duration_ms``: halfway
 between the 23 ms that must never be reported and the 40 ms that always must.
 
@@ -45,12 +46,10 @@ BLOCK_SIZE = 102  # 12.75 ms: resolves 697 Hz from 770 Hz (spandsp uses the same
 _HALF = BLOCK_SIZE // 2
 _HANN_LEN = 68  # two Hann windows, at 0 and 34: frequency from their phase difference
 _HANN_HOP = BLOCK_SIZE - _HANN_LEN
-_PROBE = 0.02  # level probes at ±2 % of nominal
 FREQS = np.array(LOW_FREQS + HIGH_FREQS, dtype=np.float64)  # 4 low, then 4 high
 _NTONES = len(FREQS)
-# Basis columns per tone: half A (re, im), half B (re, im), probe− (re, im), probe+ (re, im),
-# Hann 1 (re, im), Hann 2 (re, im).
-_COLS_PER_TONE = 12
+# Basis columns per tone: half A (re, im), half B (re, im), Hann 1 (re, im), Hann 2 (re, im).
+_WINDOWS_PER_TONE = 4
 _EPS = 1e-9
 
 
@@ -65,9 +64,9 @@ class DtmfConfig:
     # Weakest tone accepted (Q.24: must accept −25 dBm0 and below; we accept ≥ 45 dB range).
     min_level_dbm0: float = -50.0
     # Low group louder than high ("normal" twist) accepted up to this (Q.24 AT&T: 8 dB).
-    normal_twist_db: float = 9.0
+    normal_twist_db: float = 9.5
     # High group louder than low ("reverse" twist) accepted up to this (Q.24 AT&T: 4 dB).
-    reverse_twist_db: float = 5.0
+    reverse_twist_db: float = 5.5
     # Each tone at least this far above the other tones of its group.
     relative_peak_db: float = 6.0
     # The two tones carry at least this share of the block's energy (speech and music don't).
@@ -133,22 +132,16 @@ def _basis() -> npt.NDArray[np.float32]:
         hann1[:_HANN_LEN] = hann
         hann2 = np.zeros(BLOCK_SIZE)
         hann2[_HANN_HOP:] = hann
-        for window, omega in (
-            (first, w),
-            (second, w),
-            (np.ones(BLOCK_SIZE), w * (1 - _PROBE)),
-            (np.ones(BLOCK_SIZE), w * (1 + _PROBE)),
-            (hann1, w),
-            (hann2, w),
-        ):
-            # Window 2 uses its own time origin so a nominal tone advances by ω·hop exactly.
+        for window in (first, second, hann1, hann2):
+            # Hann 2 uses its own time origin so a nominal tone advances by ω·hop exactly.
             origin = _HANN_HOP if window is hann2 else 0
-            cols.append(window * np.cos(omega * (n - origin)))
-            cols.append(-window * np.sin(omega * (n - origin)))
+            cols.append(window * np.cos(w * (n - origin)))
+            cols.append(-window * np.sin(w * (n - origin)))
     return np.stack(cols, axis=1).astype(np.float32)
 
 
 _BASIS = _basis()
+_HANN_GAIN = float(np.hanning(_HANN_LEN + 2)[1:-1].sum())
 # Expected Hann-to-Hann phase advance of a nominal tone, and rad → relative frequency error.
 _NOMINAL_ADVANCE = 2 * np.pi * FREQS * _HANN_HOP / SAMPLE_RATE
 _RAD_TO_REL = SAMPLE_RATE / (2 * np.pi * _HANN_HOP * FREQS)
@@ -184,15 +177,16 @@ def _group_best(energy: npt.NDArray[np.float64]) -> tuple[npt.NDArray, npt.NDArr
 
 def _measure(blocks: npt.NDArray[np.float32], config: DtmfConfig) -> _BlockMeasures:
     """Measure (C, N) blocks: the vectorised heart of the receiver."""
-    y = (blocks @ _BASIS).astype(np.float64).reshape(blocks.shape[0], _NTONES, 6, 2)
-    z = y[..., 0] + 1j * y[..., 1]  # (C, 8, 6) complex
-    half_a, half_b = z[:, :, 0], z[:, :, 1]
-    whole = half_a + half_b
-    amp = np.abs(whole)
-    # Energy of a sine of amplitude A over N samples is N·A²/2 and its DFT magnitude N·A/2.
-    scale = 2.0 / BLOCK_SIZE
-    nominal = scale * amp**2
-    energy = np.maximum(nominal, scale * np.maximum(np.abs(z[:, :, 2]), np.abs(z[:, :, 3])) ** 2)
+    y = (blocks @ _BASIS).astype(np.float64)
+    y = y.reshape(blocks.shape[0], _NTONES, _WINDOWS_PER_TONE, 2)
+    z = y[..., 0] + 1j * y[..., 1]  # (C, 8, 4) complex
+    half_a, half_b, hann1, hann2 = z[:, :, 0], z[:, :, 1], z[:, :, 2], z[:, :, 3]
+    amp = np.abs(half_a + half_b)
+    # A sine of amplitude A has energy N·A²/2 over the block; a window's DFT of it has
+    # magnitude A·Σw/2. Rectangular (Σw = N) picks the key; Hann measures the level.
+    nominal = 2.0 / BLOCK_SIZE * amp**2
+    energy = (BLOCK_SIZE / 2.0) * (2.0 / _HANN_GAIN) ** 2 * (
+        np.abs(hann1) ** 2 + np.abs(hann2) ** 2) / 2.0
     total = np.einsum("cn,cn->c", blocks, blocks, dtype=np.float64)
 
     low, low_e, low_second = _group_best(nominal[:, _LOW])
@@ -214,13 +208,15 @@ def _measure(blocks: npt.NDArray[np.float32], config: DtmfConfig) -> _BlockMeasu
         & (high_e >= _db(config.relative_peak_db) * high_second)
         & (share >= config.min_energy_share)
     )
+    # Does the tone fill the block? Judged on the stronger tone: the weaker one's half-block
+    # DFTs (51 samples, 157 Hz bins) carry too much leakage from a strong partner under twist.
     limit = _db(config.max_half_imbalance_db)
-    for idx in (low, high_i):
-        ea = np.abs(half_a[rows, idx]) ** 2
-        eb = np.abs(half_b[rows, idx]) ** 2
-        hit &= (ea <= limit * eb) & (eb <= limit * ea)
+    stronger = np.where(high_level > low_level, high_i, low)
+    ea = np.abs(half_a[rows, stronger]) ** 2
+    eb = np.abs(half_b[rows, stronger]) ** 2
+    hit &= (ea <= limit * eb) & (eb <= limit * ea)
     if config.frequency_tolerance is not None:
-        advance = np.angle(z[:, :, 5] * np.conj(z[:, :, 4]))
+        advance = np.angle(hann2 * np.conj(hann1))
         error = _wrap(advance - _NOMINAL_ADVANCE) * _RAD_TO_REL  # (C, 8) relative
         hit &= np.abs(error[rows, low]) <= config.frequency_tolerance
         hit &= np.abs(error[rows, high_i]) <= config.frequency_tolerance

@@ -1,0 +1,1 @@
+"""Load, conformance and leak tooling: call simulator, Q.24 procedure, peers, benchmarks."""
