@@ -70,13 +70,19 @@ class DtmfConfig:
     # Each tone at least this far above the other tones of its group.
     relative_peak_db: float = 6.0
     # The two tones carry at least this share of the block's energy (speech and music don't).
-    min_energy_share: float = 0.80
+    min_energy_share: float = 0.85
     # A tone's energy in the two halves of a block differs by at most this (tone fills block).
     max_half_imbalance_db: float = 3.0
     # |measured − nominal| / nominal accepted (Q.24: accept ≤1.5 %, reject ≥3.5 %). None: off.
     frequency_tolerance: float | None = 0.025
+    # A key's tones are never an octave apart (the nearest, 1.917, is 4 % short of 2); musical
+    # octaves often are. Pairs whose measured ratio is within this of 2:1 are refused.
+    octave_tolerance: float | None = 0.01
     # Estimated tone duration needed to report a digit (must: ≤23 ms never, ≥40 ms always).
     min_duration_ms: float = 32.0
+    # ...and at least this many whole hit blocks (a 40 ms tone always fills 2 blocks of 12.75 ms
+    # whatever its alignment; a single block of music that looks like a key does not).
+    min_hit_blocks: int = 2
     # Missed blocks bridged inside one digit (2 blocks: dropouts up to 10 ms bridged, while a
     # 30 ms gap always spoils at least 3 blocks and so always separates two digits).
     bridge_blocks: int = 2
@@ -220,6 +226,10 @@ def _measure(blocks: npt.NDArray[np.float32], config: DtmfConfig) -> _BlockMeasu
         error = _wrap(advance - _NOMINAL_ADVANCE) * _RAD_TO_REL  # (C, 8) relative
         hit &= np.abs(error[rows, low]) <= config.frequency_tolerance
         hit &= np.abs(error[rows, high_i]) <= config.frequency_tolerance
+        if config.octave_tolerance is not None:
+            ratio = (FREQS[high_i] * (1 + error[rows, high_i])) / (
+                FREQS[low] * (1 + error[rows, low]))
+            hit &= np.abs(ratio / 2.0 - 1.0) > config.octave_tolerance
 
     suspect_floor = dbm0_energy(config.suspect_min_level_dbm0)
     suspect_twist = _db(config.suspect_max_twist_db)
@@ -356,10 +366,14 @@ class DtmfDetector:
 
     def _cover(self, amp: npt.NDArray[np.float64], ch: npt.NDArray[np.int64],
                digit: npt.NDArray[np.int64], reference: npt.NDArray[np.float64]) -> npt.NDArray:
-        """Fraction of a block the key's tones fill, from coherent amplitude vs a full block."""
+        """Fraction of a block the key's tones fill, from coherent amplitude vs a full block.
+
+        The smaller of the two tones' fractions: a real key's two tones start and stop together,
+        while music that merely has energy near one of them must not lengthen a segment.
+        """
         lo, hi = _tone_indices(digit)
-        ratio = (amp[ch, lo] / np.maximum(reference[:, 0], _EPS)
-                 + amp[ch, hi] / np.maximum(reference[:, 1], _EPS)) / 2.0
+        ratio = np.minimum(amp[ch, lo] / np.maximum(reference[:, 0], _EPS),
+                           amp[ch, hi] / np.maximum(reference[:, 1], _EPS))
         return np.clip(ratio, 0.0, 1.0)
 
     def _decide(self, start: int, m: _BlockMeasures, events: list[DtmfEvent]) -> None:
@@ -421,7 +435,9 @@ class DtmfDetector:
         duration = seg.last_hit_end[ch] - seg.start[ch]
         if with_tail:
             duration = duration + seg.post_cover[ch] * BLOCK_SIZE
-        for c in ch[duration >= self._min_duration]:
+        long_enough = (duration >= self._min_duration) & (
+            seg.hits[ch] >= self._config.min_hit_blocks)
+        for c in ch[long_enough]:
             seg.reported[c] = True
             events.append(self._event(int(c), "on", seg.start[c]))
 
