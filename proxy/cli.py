@@ -19,7 +19,18 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+@app.callback()
+def _toneguard() -> None:
+    """ToneGuard: a secure voice payment proxy (DTMF masking media relay)."""
+    # A callback keeps typer in multi-command mode even while only one command is registered.
+
+
 # --- subcommand registrations (one line each) ---
+from proxy.scan import scan_command  # noqa: E402
+
+app.command("scan")(scan_command)
 
 
 def main(argv: list[str] | None = None) -> int:
