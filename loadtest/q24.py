@@ -241,7 +241,9 @@ def run_all(adapter: Adapter, law: str) -> list[Q24Result]:
     ]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    import sys
+
     from rich.console import Console
     from rich.table import Table
 
@@ -250,19 +252,24 @@ def main() -> None:
         for name, adapter in (("ToneGuard", toneguard_adapter), ("spandsp 0.0.6", spandsp_adapter))
         for law in LAWS
     }
-    table = Table(title="ITU-T Q.24 / Mitel receiver tests after G.711 (8 kHz)")
-    table.add_column("test")
-    table.add_column("criterion")
-    for name, law in columns:
-        table.add_column(f"{name} {'µ' if law == 'ulaw' else 'A'}-law")
+    headers = ["test", "criterion"] + [f"{name} {'µ' if law == 'ulaw' else 'A'}-law"
+                                       for name, law in columns]
     first = next(iter(columns.values()))
-    for row, result in enumerate(first):
-        cells = []
-        for results in columns.values():
-            r = results[row]
-            cells.append(f"[{'green' if r.passed else 'red'}]{'pass' if r.passed else 'FAIL'}"
-                         f"[/] {r.figure}")
-        table.add_row(result.name, result.criterion, *cells)
+    rows = [[result.name, result.criterion]
+            + [f"{'pass' if r[i].passed else 'FAIL'} {r[i].figure}" for r in columns.values()]
+            for i, result in enumerate(first)]
+    if "--markdown" in (argv if argv is not None else sys.argv[1:]):
+        print("| " + " | ".join(headers) + " |")
+        print("|" + "---|" * len(headers))
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
+        return
+    table = Table(title="ITU-T Q.24 / Mitel receiver tests after G.711 (8 kHz)")
+    for header in headers:
+        table.add_column(header)
+    for row in rows:
+        table.add_row(*row[:2], *(f"[{'green' if c.startswith('pass') else 'red'}]{c}[/]"
+                                  for c in row[2:]))
     Console().print(table)
 
 
