@@ -1,0 +1,401 @@
+"""The in-process media engine: UDP sockets per stream, RTP/RTCP relay, SDES-SRTP, masking tick.
+
+One asyncio event loop owns every socket. The receive path is synchronous
+(``datagram_received``): unprotect, check, then either forward at once (plain relay) or hand the
+packet to the audio pipeline, which a timer drains every tick (masked streams: decode, detect
+and mask are batched across all calls of this engine). Nothing here awaits per packet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from proxy.masking_policy import MaskingPolicy
+from proxy.media.pipeline import AudioPipeline, PassthroughPipeline
+from proxy.media.types import (
+    Address,
+    DigitEvent,
+    IdleEvent,
+    LocalEndpoint,
+    MediaError,
+    MediaEvent,
+    PortsExhaustedError,
+    StreamConfig,
+    StreamStats,
+    UnknownStreamError,
+)
+from proxy.rtp import RtpPacket, RtpParseError, is_rtcp
+from proxy.srtp import SrtpError, SrtpReceiver, SrtpSender
+
+log = structlog.get_logger("toneguard.media")
+
+
+class _Socket(asyncio.DatagramProtocol):
+    def __init__(self, on_datagram: Callable[[bytes, Address], None]) -> None:
+        self._on_datagram = on_datagram
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        self._on_datagram(data, (addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:  # ICMP unreachable etc.: keep going
+        pass
+
+
+@dataclass
+class _Counters:
+    packets_in: int = 0
+    bytes_in: int = 0
+    packets_out: int = 0
+    bytes_out: int = 0
+    rtcp_in: int = 0
+    rtcp_out: int = 0
+    errors: int = 0
+    last_packet: float = 0.0  # wall clock
+    last_packet_mono: float = 0.0
+    dtmf_masked: int = 0
+
+
+@dataclass
+class _Stream:
+    stream_id: str
+    call_id: str
+    local: LocalEndpoint
+    rtp: asyncio.DatagramTransport
+    rtcp: asyncio.DatagramTransport | None  # None under rtcp-mux
+    config: StreamConfig = field(default_factory=StreamConfig)
+    linked: str | None = None
+    endpoint: Address | None = None  # latched RTP source / destination
+    rtcp_endpoint: Address | None = None
+    receiver: SrtpReceiver | None = None
+    sender: SrtpSender | None = None
+    counters: _Counters = field(default_factory=_Counters)
+    idle_reported: bool = False
+
+    def rtp_destination(self) -> Address | None:
+        return self.endpoint or self.config.peer
+
+    def rtcp_destination(self) -> Address | None:
+        if self.config.rtcp_mux:
+            return self.rtp_destination()
+        return self.rtcp_endpoint or self.config.rtcp_peer or (
+            (self.config.peer[0], self.config.peer[1] + 1) if self.config.peer else None)
+
+
+class LocalMediaEngine:
+    """A :class:`proxy.media.types.MediaEngine` running in this process's event loop."""
+
+    def __init__(
+        self,
+        address: str = "127.0.0.1",
+        port_min: int = 30000,
+        port_max: int = 40000,
+        *,
+        pipeline_factory: Callable[[], AudioPipeline] = PassthroughPipeline,
+        tick_ms: int = 20,
+        idle_timeout: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if port_min % 2 or port_min >= port_max:
+            raise ValueError(f"port range {port_min}-{port_max}: port_min must be even and "
+                             "below port_max")
+        self._address = address
+        self._port_min, self._port_max = port_min, port_max
+        self._next_port = port_min
+        self._pipeline = pipeline_factory()
+        self._tick = tick_ms / 1000.0
+        self._idle_timeout = idle_timeout
+        self._clock = clock
+        self._streams: dict[str, _Stream] = {}
+        self._subscribers: list[Callable[[MediaEvent], None]] = []
+        self._ticker: asyncio.Task[None] | None = None
+        self._released = _Counters()  # counters of streams already released (for totals)
+        self._started = False
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self._ticker = asyncio.create_task(self._tick_loop(), name="media-tick")
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            self._ticker = None
+        for stream_id in list(self._streams):
+            await self.release(stream_id)
+        self._started = False
+
+    def subscribe(self, callback: Callable[[MediaEvent], None]) -> None:
+        self._subscribers.append(callback)
+
+    # --- streams ---------------------------------------------------------------------------
+
+    async def allocate(self, stream_id: str, call_id: str, *, rtcp_mux: bool) -> LocalEndpoint:
+        if stream_id in self._streams:
+            return self._streams[stream_id].local
+        rtp_sock, rtcp_sock, port = self._bind_pair(rtcp_mux)
+        loop = asyncio.get_running_loop()
+        rtp, _ = await loop.create_datagram_endpoint(
+            lambda: _Socket(lambda d, a: self._on_rtp(stream_id, d, a)), sock=rtp_sock)
+        rtcp = None
+        if rtcp_sock is not None:
+            rtcp, _ = await loop.create_datagram_endpoint(
+                lambda: _Socket(lambda d, a: self._on_rtcp(stream_id, d, a)), sock=rtcp_sock)
+        local = LocalEndpoint(self._address, port, port if rtcp_mux else port + 1)
+        stream = _Stream(stream_id, call_id, local, rtp, rtcp,
+                         config=StreamConfig(rtcp_mux=rtcp_mux))
+        stream.counters.last_packet_mono = self._clock()  # idle counts from allocation
+        self._streams[stream_id] = stream
+        return local
+
+    def _bind_pair(self, rtcp_mux: bool) -> tuple[socket.socket, socket.socket | None, int]:
+        family = socket.AF_INET6 if ":" in self._address else socket.AF_INET
+        span = self._port_max - self._port_min
+        for _ in range(0, span, 2):
+            port = self._next_port
+            self._next_port += 2
+            if self._next_port + 1 > self._port_max:
+                self._next_port = self._port_min
+            socks: list[socket.socket] = []
+            try:
+                for p in (port,) if rtcp_mux else (port, port + 1):
+                    s = socket.socket(family, socket.SOCK_DGRAM)
+                    socks.append(s)
+                    s.bind((self._address, p))
+                    s.setblocking(False)
+            except OSError:
+                for s in socks:
+                    s.close()
+                continue
+            return socks[0], (None if rtcp_mux else socks[1]), port
+        raise PortsExhaustedError(f"no free port pair in {self._port_min}-{self._port_max}")
+
+    def _get(self, stream_id: str) -> _Stream:
+        try:
+            return self._streams[stream_id]
+        except KeyError:
+            raise UnknownStreamError(stream_id) from None
+
+    async def configure(self, stream_id: str, config: StreamConfig) -> None:
+        stream = self._get(stream_id)
+        old = stream.config
+        if stream.rtcp is None and not config.rtcp_mux:
+            raise MediaError(f"{stream_id}: allocated with rtcp-mux; cannot split RTCP later")
+        stream.receiver = SrtpReceiver(config.srtp_recv) if config.srtp_recv else None
+        stream.sender = SrtpSender(config.srtp_send) if config.srtp_send else None
+        if config.peer != old.peer:
+            stream.endpoint = None  # a new remote address in SDP: latch afresh
+            stream.rtcp_endpoint = None
+        stream.config = config
+        self._sync_pipeline(stream_id, old.masking, config.masking)
+
+    def _sync_pipeline(self, stream_id: str, old: MaskingPolicy | None,
+                       new: MaskingPolicy | None) -> None:
+        if old is None and new is not None:
+            self._pipeline.open(stream_id, new)
+        elif old is not None and new is None:
+            for arrived, packet in self._pipeline.tick(self._clock()):
+                self._send_linked(arrived, packet)  # flush what was held back
+            self._pipeline.close(stream_id)
+        elif new is not None and new != old:
+            self._pipeline.update(stream_id, new)
+
+    async def link(self, a: str, b: str) -> None:
+        sa, sb = self._get(a), self._get(b)
+        sa.linked, sb.linked = b, a
+
+    async def release(self, stream_id: str) -> None:
+        stream = self._streams.pop(stream_id, None)
+        if stream is None:
+            return
+        if stream.config.masking is not None:
+            self._pipeline.close(stream_id)
+        for transport in (stream.rtp, stream.rtcp):
+            if transport is not None:
+                transport.close()
+        if stream.linked and stream.linked in self._streams:
+            self._streams[stream.linked].linked = None
+        c, t = stream.counters, self._released
+        t.packets_in += c.packets_in
+        t.bytes_in += c.bytes_in
+        t.packets_out += c.packets_out
+        t.bytes_out += c.bytes_out
+        t.rtcp_in += c.rtcp_in
+        t.rtcp_out += c.rtcp_out
+        t.errors += c.errors
+        t.dtmf_masked += c.dtmf_masked
+
+    async def stats(self, stream_id: str) -> StreamStats:
+        s = self._get(stream_id)
+        c = s.counters
+        return StreamStats(c.packets_in, c.bytes_in, c.packets_out, c.bytes_out, c.rtcp_in,
+                           c.rtcp_out, c.errors, c.last_packet, s.endpoint, c.dtmf_masked)
+
+    async def totals(self) -> dict[str, int]:
+        out = {name: getattr(self._released, name) for name in (
+            "packets_in", "bytes_in", "packets_out", "bytes_out", "rtcp_in", "rtcp_out",
+            "errors", "dtmf_masked")}
+        for s in self._streams.values():
+            for name in out:
+                out[name] += getattr(s.counters, name)
+        out["streams"] = len(self._streams)
+        out["workers"] = 1
+        return out
+
+    # --- packet path -----------------------------------------------------------------------
+
+    def _latch(self, stream: _Stream, addr: Address, rtcp: bool) -> bool:
+        """Symmetric RTP: the first source becomes the endpoint; others are refused."""
+        if not stream.config.symmetric:
+            return True
+        current = stream.rtcp_endpoint if rtcp and not stream.config.rtcp_mux else stream.endpoint
+        if current is None:
+            if rtcp and not stream.config.rtcp_mux:
+                stream.rtcp_endpoint = addr
+            else:
+                stream.endpoint = addr
+            return True
+        return current == addr
+
+    def _on_rtp(self, stream_id: str, data: bytes, addr: Address) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        if stream.config.rtcp_mux and is_rtcp(data):
+            self._on_rtcp(stream_id, data, addr)
+            return
+        c = stream.counters
+        if not self._latch(stream, addr, rtcp=False):
+            c.errors += 1
+            return
+        if stream.receiver is not None:
+            try:
+                data = stream.receiver.unprotect(data)
+            except SrtpError:
+                c.errors += 1
+                return
+        c.packets_in += 1
+        c.bytes_in += len(data)
+        c.last_packet = time.time()
+        c.last_packet_mono = self._clock()
+        stream.idle_reported = False
+        if stream.config.masking is not None:
+            try:
+                packet = RtpPacket.parse(data)
+            except RtpParseError:
+                c.errors += 1
+                return
+            self._pipeline.push(stream_id, packet, stream.config.codecs, self._clock())
+            return
+        if len(data) < 12 or data[0] >> 6 != 2:
+            c.errors += 1
+            return
+        self._send_out(stream.linked, data)
+
+    def _send_linked(self, arrived: str, packet: RtpPacket) -> None:
+        stream = self._streams.get(arrived)
+        if stream is not None:
+            self._send_out(stream.linked, bytes(packet))
+
+    def _send_out(self, out_id: str | None, plain: bytes) -> None:
+        out = self._streams.get(out_id) if out_id else None
+        if out is None:
+            return
+        dest = out.rtp_destination()
+        if dest is None:
+            out.counters.errors += 1  # nowhere to send yet (answer not seen, nothing latched)
+            return
+        if out.config.recording is not None:
+            out.rtp.sendto(plain, out.config.recording)
+        wire = plain
+        if out.sender is not None:
+            try:
+                wire = out.sender.protect(plain)
+            except SrtpError:
+                out.counters.errors += 1
+                return
+        out.rtp.sendto(wire, dest)
+        out.counters.packets_out += 1
+        out.counters.bytes_out += len(plain)
+
+    def _on_rtcp(self, stream_id: str, data: bytes, addr: Address) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        if not self._latch(stream, addr, rtcp=True):
+            stream.counters.errors += 1
+            return
+        if stream.receiver is not None:
+            try:
+                data = stream.receiver.unprotect_rtcp(data)
+            except SrtpError:
+                stream.counters.errors += 1
+                return
+        stream.counters.rtcp_in += 1
+        out = self._streams.get(stream.linked) if stream.linked else None
+        if out is None:
+            return
+        dest = out.rtcp_destination()
+        if dest is None:
+            return
+        if out.sender is not None:
+            try:
+                data = out.sender.protect_rtcp(data)
+            except SrtpError:
+                out.counters.errors += 1
+                return
+        sock = out.rtp if out.config.rtcp_mux or out.rtcp is None else out.rtcp
+        sock.sendto(data, dest)
+        out.counters.rtcp_out += 1
+
+    # --- the tick --------------------------------------------------------------------------
+
+    async def _tick_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            next_at += self._tick
+            delay = next_at - loop.time()
+            if delay < -self._tick * 5:  # fell far behind (suspended?): resynchronise
+                next_at = loop.time()
+                delay = 0
+            await asyncio.sleep(max(delay, 0.0))
+            try:
+                self.run_tick()
+            except Exception:  # one bad tick must not stop the media plane
+                log.exception("media tick failed")
+
+    def run_tick(self) -> None:
+        """Send what the pipeline releases, publish its digits, report idle streams."""
+        now = self._clock()
+        for arrived, packet in self._pipeline.tick(now):
+            self._send_linked(arrived, packet)
+        for event in self._pipeline.drain_events():
+            stream = self._streams.get(event.stream_id)
+            if stream is not None:
+                stream.counters.dtmf_masked += stream.config.masking is not None and \
+                    stream.config.masking.effective
+            self._publish(event)
+        for stream in self._streams.values():
+            c = stream.counters
+            if not stream.idle_reported and now - c.last_packet_mono >= self._idle_timeout:
+                stream.idle_reported = True
+                self._publish(IdleEvent(stream.stream_id, now - c.last_packet_mono))
+
+    def _publish(self, event: DigitEvent | IdleEvent) -> None:
+        for callback in self._subscribers:
+            try:
+                callback(event)
+            except Exception:
+                log.exception("media event subscriber failed", event_type=type(event).__name__)

@@ -1,0 +1,193 @@
+"""SDP (RFC 8866) parsing, serialisation and the rewrites a media relay makes.
+
+The model keeps every line in order so that what ToneGuard does not touch comes out exactly as
+it went in; helpers change the few things a relay must (addresses, ports, transport, crypto,
+RTCP, ICE attributes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+STATIC_PAYLOADS = {0: "PCMU", 3: "GSM", 4: "G723", 8: "PCMA", 9: "G722", 13: "CN", 18: "G729"}
+ICE_ATTRIBUTES = ("candidate", "ice-ufrag", "ice-pwd", "ice-options", "end-of-candidates",
+                  "ice-lite", "remote-candidates")
+DTLS_ATTRIBUTES = ("fingerprint", "setup", "tls-id")
+DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+
+
+class SdpError(ValueError):
+    """Malformed SDP; the message names the line."""
+
+
+@dataclass
+class MediaSection:
+    media: str  # audio, video, ...
+    port: int
+    port_count: int | None
+    proto: str  # RTP/AVP, RTP/SAVP, ...
+    formats: list[str]
+    lines: list[tuple[str, str]] = field(default_factory=list)  # (type, value) after m=
+
+    def attributes(self, name: str) -> list[str]:
+        """Values of ``a=name:value`` (or ``""`` for a flag ``a=name``)."""
+        out = []
+        for t, v in self.lines:
+            if t == "a":
+                key, _, rest = v.partition(":")
+                if key == name:
+                    out.append(rest)
+        return out
+
+    def has_attribute(self, name: str) -> bool:
+        return bool(self.attributes(name))
+
+    def remove_attributes(self, *names: str) -> None:
+        self.lines = [(t, v) for t, v in self.lines
+                      if not (t == "a" and v.partition(":")[0] in names)]
+
+    def add_attribute(self, name: str, value: str | None = None) -> None:
+        self.lines.append(("a", name if value is None else f"{name}:{value}"))
+
+    @property
+    def connection(self) -> str | None:
+        for t, v in self.lines:
+            if t == "c":
+                return _connection_address(v)
+        return None
+
+    def set_connection(self, address: str) -> None:
+        self.lines = [(t, _connection_line(address) if t == "c" else v) for t, v in self.lines]
+
+    def codecs(self) -> dict[int, str]:
+        """Payload type → encoding name, from a=rtpmap and the static table."""
+        names: dict[int, str] = {}
+        for fmt in self.formats:
+            if fmt.isdigit() and int(fmt) in STATIC_PAYLOADS:
+                names[int(fmt)] = STATIC_PAYLOADS[int(fmt)]
+        for value in self.attributes("rtpmap"):
+            pt, _, encoding = value.partition(" ")
+            if pt.isdigit():
+                names[int(pt)] = encoding.split("/")[0]
+        return {pt: name for pt, name in names.items() if str(pt) in self.formats}
+
+    @property
+    def direction(self) -> str:
+        for d in DIRECTIONS:
+            if self.has_attribute(d):
+                return d
+        return "sendrecv"
+
+    @property
+    def rtcp_port(self) -> int | None:
+        """From ``a=rtcp:PORT [IN IP4 ADDR]``."""
+        for value in self.attributes("rtcp"):
+            head = value.split()[0] if value.split() else ""
+            if head.isdigit():
+                return int(head)
+        return None
+
+    @property
+    def rtcp_mux(self) -> bool:
+        return self.has_attribute("rtcp-mux")
+
+    def serialise(self) -> list[str]:
+        count = f"/{self.port_count}" if self.port_count is not None else ""
+        m = f"m={self.media} {self.port}{count} {self.proto} {' '.join(self.formats)}"
+        return [m] + [f"{t}={v}" for t, v in self.lines]
+
+
+@dataclass
+class SessionDescription:
+    lines: list[tuple[str, str]]  # session-level, before the first m=
+    media: list[MediaSection]
+
+    @property
+    def connection(self) -> str | None:
+        for t, v in self.lines:
+            if t == "c":
+                return _connection_address(v)
+        return None
+
+    def media_connection(self, index: int) -> str | None:
+        return self.media[index].connection or self.connection
+
+    def set_connection(self, address: str) -> None:
+        self.lines = [(t, _connection_line(address) if t == "c" else v) for t, v in self.lines]
+        for m in self.media:
+            m.set_connection(address)
+
+    def replace_origin(self, address: str) -> None:
+        def fix(v: str) -> str:
+            parts = v.split()
+            if len(parts) == 6:
+                parts[4] = "IP6" if ":" in address else "IP4"
+                parts[5] = address
+            return " ".join(parts)
+        self.lines = [(t, fix(v) if t == "o" else v) for t, v in self.lines]
+
+    def bump_version(self) -> None:
+        def bump(v: str) -> str:
+            parts = v.split()
+            if len(parts) == 6 and parts[2].isdigit():
+                parts[2] = str(int(parts[2]) + 1)
+            return " ".join(parts)
+        self.lines = [(t, bump(v) if t == "o" else v) for t, v in self.lines]
+
+    def remove_session_attributes(self, *names: str) -> None:
+        self.lines = [(t, v) for t, v in self.lines
+                      if not (t == "a" and v.partition(":")[0] in names)]
+
+    def serialise(self) -> str:
+        out = [f"{t}={v}" for t, v in self.lines]
+        for m in self.media:
+            out += m.serialise()
+        return "\r\n".join(out) + "\r\n"
+
+
+def _connection_address(value: str) -> str:
+    parts = value.split()
+    if len(parts) < 3:
+        raise SdpError(f"bad c= line: {value!r}")
+    return parts[2].split("/")[0]
+
+
+def _connection_line(address: str) -> str:
+    return f"IN {'IP6' if ':' in address else 'IP4'} {address}"
+
+
+def parse(text: str) -> SessionDescription:
+    lines: list[tuple[str, str]] = []
+    media: list[MediaSection] = []
+    for n, raw in enumerate(text.replace("\r\n", "\n").split("\n"), start=1):
+        line = raw.strip("\r")
+        if not line:
+            continue
+        if len(line) < 2 or line[1] != "=" or not line[0].isalpha():
+            raise SdpError(f"line {n}: not 'x=value': {line[:40]!r}")
+        t, value = line[0], line[2:]
+        if t == "m":
+            media.append(_parse_m(value, n))
+        elif media:
+            media[-1].lines.append((t, value))
+        else:
+            lines.append((t, value))
+    if not lines or lines[0][0] != "v":
+        raise SdpError("line 1: SDP must start with v=")
+    for i, m in enumerate(media):
+        if m.connection is None and not any(t == "c" for t, _ in lines) and m.port != 0:
+            raise SdpError(f"media section {i}: no c= line (session or media level)")
+    return SessionDescription(lines, media)
+
+
+def _parse_m(value: str, n: int) -> MediaSection:
+    parts = value.split()
+    if len(parts) < 3:
+        raise SdpError(f"line {n}: bad m= line: {value!r}")
+    port_text, _, count = parts[1].partition("/")
+    if not port_text.isdigit() or (count and not count.isdigit()):
+        raise SdpError(f"line {n}: bad port in m= line: {parts[1]!r}")
+    port = int(port_text)
+    if port > 65535:
+        raise SdpError(f"line {n}: port {port} out of range")
+    return MediaSection(parts[0], port, int(count) if count else None, parts[2], parts[3:])
