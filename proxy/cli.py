@@ -31,6 +31,9 @@ def _toneguard() -> None:
 from proxy.scan import scan_command  # noqa: E402
 
 app.command("scan")(scan_command)
+from proxy.serve import serve_command  # noqa: E402
+
+app.command("serve")(serve_command)
 
 
 def main(argv: list[str] | None = None) -> int:
