@@ -86,11 +86,14 @@ class DtmfConfig:
     # Missed blocks bridged inside one digit (2 blocks: dropouts up to 10 ms bridged, while a
     # 30 ms gap always spoils at least 3 blocks and so always separates two digits).
     bridge_blocks: int = 2
-    # The lenient early "tone suspected" flag for the masker.
+    # The lenient early "tone suspected" flag for the masker: any block a key's tones fill must
+    # raise it (a masker holding 30 ms of audio sees every block that completes within 25.5 ms
+    # of a tone's onset); speech should seldom raise it.
     suspect_min_level_dbm0: float = -50.0
-    suspect_min_energy_share: float = 0.45
-    suspect_max_twist_db: float = 15.0
-    suspect_relative_peak_db: float = 3.0
+    suspect_min_energy_share: float = 0.6
+    suspect_max_twist_db: float = 12.0
+    suspect_relative_peak_db: float = 4.0
+    suspect_frequency_tolerance: float | None = 0.05
 
     def __post_init__(self) -> None:
         if self.sample_rate != SAMPLE_RATE:
@@ -242,6 +245,11 @@ def _measure(blocks: npt.NDArray[np.float32], config: DtmfConfig) -> _BlockMeasu
         & (high_e >= _db(config.suspect_relative_peak_db) * high_second)
         & ((low_e + high_e) >= config.suspect_min_energy_share * np.maximum(total, _EPS))
     )
+    if config.suspect_frequency_tolerance is not None:
+        advance = np.angle(hann2 * np.conj(hann1))
+        error = np.abs(_wrap(advance - _NOMINAL_ADVANCE) * _RAD_TO_REL)
+        suspect &= (error[rows, low] <= config.suspect_frequency_tolerance) & (
+            error[rows, high_i] <= config.suspect_frequency_tolerance)
     hit_digit = np.where(hit, low * 4 + high, -1)
     return _BlockMeasures(amp=amp, energy=energy, hit_digit=hit_digit, suspect=suspect)
 
@@ -281,6 +289,14 @@ class _Segments:
         self.amp_sum = np.zeros((c, 2))
         self.energy_sum = np.zeros((c, 2))
         self.reported = np.zeros(c, dtype=bool)
+
+    def resized(self, channels: int) -> _Segments:
+        bigger = _Segments(channels)
+        n = min(channels, self.channels)
+        for name in ("digit", "start", "last_hit_end", "post_cover", "misses", "hits",
+                     "amp_sum", "energy_sum", "reported"):
+            getattr(bigger, name)[:n] = getattr(self, name)[:n]
+        return bigger
 
     def clear(self, ch: npt.NDArray[np.int64] | int) -> None:
         self.digit[ch] = -1
@@ -332,6 +348,22 @@ class DtmfDetector:
         self._prev_amp[channel] = 0.0
         self._seg.clear(channel)
         self._origin[channel] = self.samples_seen
+
+    def resize(self, channels: int) -> None:
+        """Change the number of channels, keeping the state of the ones that remain (a worker
+        grows its detector as calls arrive; new channels start fresh, aligned with the rest)."""
+        if channels < 1:
+            raise ValueError(f"DtmfDetector.resize: channels must be ≥ 1, got {channels}")
+        n = min(channels, self._channels)
+        pending = np.zeros((channels, self._pending.shape[1]), dtype=np.float32)
+        pending[:n] = self._pending[:n]
+        prev = np.zeros((channels, _NTONES))
+        prev[:n] = self._prev_amp[:n]
+        origin = np.full(channels, self.samples_seen, dtype=np.int64)
+        origin[:n] = self._origin[:n]
+        self._pending, self._prev_amp, self._origin = pending, prev, origin
+        self._seg = self._seg.resized(channels)
+        self._channels = channels
 
     def process(self, samples: npt.ArrayLike) -> DetectorOutput:
         """Consume a ``(channels, n)`` block (16-bit scale, int16 or float) of every channel."""

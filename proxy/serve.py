@@ -20,6 +20,7 @@ import typer
 from proxy.calls import CallPolicy, CallRegistry, DigitSink
 from proxy.config import Config, ConfigError, load_config, parse_hostport
 from proxy.logging import configure_logging
+from proxy.masking import MaskingPipeline
 from proxy.masking_policy import DtmfSecurityMode, MaskingPolicy
 from proxy.media.engine import LocalMediaEngine
 from proxy.media.pipeline import AudioPipeline
@@ -38,12 +39,6 @@ def masking_policy(config: Config) -> CallPolicy:
 
 
 def default_pipeline_factory(config: Config) -> Callable[[], AudioPipeline]:
-    """The masking pipeline when it is available, else plain relay of masked streams."""
-    try:
-        from proxy.masking import MaskingPipeline
-    except ImportError:  # pragma: no cover - during bring-up
-        from proxy.media.pipeline import PassthroughPipeline
-        return PassthroughPipeline
     lookahead = config.masking.lookahead_ms
     return lambda: MaskingPipeline(lookahead_ms=lookahead)
 

@@ -139,3 +139,17 @@ def test_a_weakened_configuration_is_more_permissive() -> None:
     off = _keyed("5", high_error=0.04)
     assert digits_in(off) == ""
     assert digits_in(off, DtmfConfig(frequency_tolerance=None)) == "5"
+
+
+def test_resize_keeps_existing_channels_and_adds_fresh_ones() -> None:
+    tone = np.concatenate([tones.dtmf_tone("9", 80), np.zeros(1200)])
+    detector = DtmfDetector(1)
+    first = detector.process(tone[:400].reshape(1, -1)).events
+    detector.resize(3)
+    rest = np.zeros((3, tone.size - 400))
+    rest[0] = tone[400:]
+    rest[2, 200:200 + 640] = tones.dtmf_tone("4", 80)
+    events = first + detector.process(rest).events
+    ons = {(e.channel, e.digit) for e in events if e.kind == "on"}
+    assert ons == {(0, "9"), (2, "4")}
+    assert abs(next(e.sample for e in events if e.channel == 2) - 200) <= 80
