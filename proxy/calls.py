@@ -51,6 +51,7 @@ class CallPolicy:
     always_on: bool = True
     caller: Literal["offerer", "answerer", "both"] = "offerer"
     masking: MaskingPolicy = field(default_factory=MaskingPolicy)
+    recording: tuple[str, int] | None = None  # RTP copy of what is sent (masked) to a recorder
 
 
 @dataclass
@@ -249,6 +250,7 @@ class CallRegistry:
                 if proto in SAVP and s_media.crypto_suite else None,
                 codecs=section.codecs(),
                 masking=self._masking_for(sender, s_media.config.masking),
+                recording=self._policy.recording,
                 label=sender.label,
             )
             s_media.config = config

@@ -34,8 +34,9 @@ def masking_policy(config: Config) -> CallPolicy:
     m = config.masking
     policy = MaskingPolicy(mode=DtmfSecurityMode.parse(m.mode),
                            tone_frequency_hz=m.tone_frequency_hz, volume_dbm0=m.volume_dbm0)
-    return CallPolicy(always_on=m.always_on, caller=m.caller, masking=policy.with_mode(
-        policy.mode))
+    return CallPolicy(always_on=m.always_on, caller=m.caller,
+                      masking=policy.with_mode(policy.mode),
+                      recording=parse_hostport(m.recording_tap) if m.recording_tap else None)
 
 
 def default_pipeline_factory(config: Config) -> Callable[[], AudioPipeline]:
