@@ -34,6 +34,9 @@ app.command("scan")(scan_command)
 from proxy.serve import serve_command  # noqa: E402
 
 app.command("serve")(serve_command)
+from gateway.cli import gateway_app  # noqa: E402
+
+app.add_typer(gateway_app, name="gateway")
 
 
 def main(argv: list[str] | None = None) -> int:
