@@ -100,11 +100,13 @@ class CallRegistry:
 
     def __init__(self, engine: MediaEngine, *, address: str, advertised_address: str = "",
                  policy: CallPolicy | None = None, on_digit: DigitSink | None = None,
+                 on_call: Callable[[str, bool], None] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self._engine = engine
         self._address = advertised_address or address
         self._policy = policy or CallPolicy()
         self._on_digit = on_digit
+        self._on_call = on_call  # (call id, True when created / False when gone)
         self._clock = clock
         self.calls: dict[str, Call] = {}
         self._by_stream: dict[str, tuple[str, str]] = {}  # stream id → (call id, tag)
@@ -140,6 +142,8 @@ class CallRegistry:
             call = Call(call_id, now, now)
             self.calls[call_id] = call
             self.counters["calls_total"] += 1
+            if self._on_call is not None:
+                self._on_call(call_id, True)
         call.last_signal = now
         if isinstance(body.get("metadata"), str):
             call.metadata = body["metadata"]
@@ -368,7 +372,8 @@ class CallRegistry:
             for m in party.medias:
                 await self._engine.release(m.stream_id)
                 self._by_stream.pop(m.stream_id, None)
-        self.calls.pop(call.call_id, None)
+        if self.calls.pop(call.call_id, None) is not None and self._on_call is not None:
+            self._on_call(call.call_id, False)
 
     async def query(self, body: dict[str, Any]) -> dict[str, Any]:
         return await self._query_reply(self._call(ng.require_str(body, "call-id")))

@@ -37,6 +37,9 @@ app.command("serve")(serve_command)
 from gateway.cli import gateway_app  # noqa: E402
 
 app.add_typer(gateway_app, name="gateway")
+from proxy.demo import demo_command  # noqa: E402
+
+app.command("demo")(demo_command)
 
 
 def main(argv: list[str] | None = None) -> int:

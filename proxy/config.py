@@ -106,6 +106,31 @@ class ApiConfig(_Section):
         return v
 
 
+class SecurePayConfig(_Section):
+    inter_digit_timeout_seconds: float = Field(10.0, gt=0)
+    field_timeout_seconds: float = Field(60.0, gt=0)
+    max_attempts: int = Field(3, ge=1, le=10)
+    accepted_brands: tuple[str, ...] = ("visa", "mastercard", "amex", "discover", "jcb",
+                                        "diners", "unionpay", "maestro")
+    require_postal_code: bool = False
+
+
+class GatewayConfig(_Section):
+    url: str = ""  # "" = no gateway: sessions capture but cannot submit
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    timeout_seconds: float = Field(5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _complete(self) -> GatewayConfig:
+        if self.url and not (self.ca_file and self.cert_file and self.key_file):
+            raise ValueError("url needs ca_file, cert_file and key_file (mutual TLS)")
+        if self.url and not self.url.startswith("https://"):
+            raise ValueError("url must be https:// (card data only travels over TLS)")
+        return self
+
+
 class LoggingConfig(_Section):
     format: Literal["console", "json"] = "console"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -117,10 +142,8 @@ class Config(_Section):
     masking: MaskingConfig = MaskingConfig()
     api: ApiConfig = ApiConfig()
     logging: LoggingConfig = LoggingConfig()
-    # Sections owned by later features are accepted as tables and validated where used.
-    securepay: dict[str, Any] = Field(default_factory=dict)
-    gateway: dict[str, Any] = Field(default_factory=dict)
-    store: dict[str, Any] = Field(default_factory=dict)
+    securepay: SecurePayConfig = SecurePayConfig()
+    gateway: GatewayConfig = GatewayConfig()
 
 
 def default_text() -> str:

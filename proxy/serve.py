@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,15 +17,24 @@ from typing import Annotated
 
 import structlog
 import typer
+import uvicorn
 
+from proxy.api.app import create_app
+from proxy.audit import AuditLog
+from proxy.auth import AgentDirectory
 from proxy.calls import CallPolicy, CallRegistry, DigitSink
 from proxy.config import Config, ConfigError, load_config, parse_hostport
+from proxy.gateway_client import GatewayClient
 from proxy.logging import configure_logging
 from proxy.masking import MaskingPipeline
 from proxy.masking_policy import DtmfSecurityMode, MaskingPolicy
 from proxy.media.engine import LocalMediaEngine
 from proxy.media.pipeline import AudioPipeline
+from proxy.media.types import DigitEvent
+from proxy.metrics import Metrics
 from proxy.ng_server import NgServer
+from proxy.securepay.manager import PaymentManager
+from proxy.securepay.session import CaptureSettings
 
 log = structlog.get_logger("toneguard.serve")
 IDLE_REAP_SECONDS = 5.0
@@ -52,14 +62,33 @@ class Node:
     engine: LocalMediaEngine
     registry: CallRegistry
     ng: NgServer
+    payments: PaymentManager
     ng_address: tuple[str, int] = ("", 0)
-    extra_stops: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    _reaper: asyncio.Task[None] | None = None
+    api_address: tuple[str, int] | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _api: uvicorn.Server | None = None
+    _gateway: GatewayClient | None = None
 
     @classmethod
-    async def start(cls, config: Config, *, on_digit: DigitSink | None = None,
-                    pipeline_factory: Callable[[], AudioPipeline] | None = None) -> Node:
+    async def start(cls, config: Config, *, agents: AgentDirectory | None = None,
+                    audit: AuditLog | None = None, on_digit: DigitSink | None = None,
+                    pipeline_factory: Callable[[], AudioPipeline] | None = None,
+                    api: bool = True) -> Node:
         media = config.media
+        gateway = gateway_client(config)
+        sp = config.securepay
+        payments = PaymentManager(gateway, audit=audit, settings=CaptureSettings(
+            sp.inter_digit_timeout_seconds, sp.field_timeout_seconds, sp.max_attempts,
+            tuple(sp.accepted_brands), sp.require_postal_code))
+
+        def digit(call_id: str, tag: str, event: DigitEvent) -> None:
+            payments.on_digit(call_id, tag, event)
+            if on_digit is not None:
+                on_digit(call_id, tag, event)
+
+        def call_changed(call_id: str, alive: bool) -> None:
+            (payments.call_started if alive else payments.call_ended)(call_id)
+
         engine = LocalMediaEngine(
             media.address, media.port_min, media.port_max,
             pipeline_factory=pipeline_factory or default_pipeline_factory(config),
@@ -67,38 +96,96 @@ class Node:
         await engine.start()
         registry = CallRegistry(engine, address=media.address,
                                 advertised_address=media.advertised_address,
-                                policy=masking_policy(config), on_digit=on_digit)
+                                policy=masking_policy(config), on_digit=digit,
+                                on_call=call_changed)
         server = NgServer(registry.handle, cache_ttl=config.ng.cookie_cache_seconds)
+        node = cls(config, engine, registry, server, payments, _gateway=gateway)
         host, port = parse_hostport(config.ng.listen)
-        node = cls(config, engine, registry, server)
         try:
             node.ng_address = await server.start(host, port)
+            if api:
+                await node._start_api(agents or load_agents(config))
         except OSError as exc:
-            await engine.stop()
-            raise ConfigError(
-                f"ng.listen {config.ng.listen}: cannot bind: {exc.strerror}") from None
-        node._reaper = asyncio.create_task(node._reap(), name="idle-reaper")
+            await node.stop()
+            raise ConfigError(f"cannot bind: {exc.strerror}") from None
+        node._tasks.append(asyncio.create_task(node._housekeeping(), name="housekeeping"))
         log.info("toneguard node started", ng=f"{node.ng_address[0]}:{node.ng_address[1]}",
                  media=f"{media.address}:{media.port_min}-{media.port_max}",
-                 masking=config.masking.mode, always_on=config.masking.always_on)
+                 api=f"{node.api_address[0]}:{node.api_address[1]}" if node.api_address else "",
+                 masking=config.masking.mode, always_on=config.masking.always_on,
+                 gateway=config.gateway.url or "none")
         return node
 
-    async def _reap(self) -> None:
+    async def _start_api(self, agents: AgentDirectory) -> None:
+        host, port = parse_hostport(self.config.api.listen)
+        metrics = Metrics(self.snapshot)
+        app = create_app(self.payments, agents, metrics.render)
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None,
+                                               access_log=False, lifespan="off"))
+        self._api = server
+        task = asyncio.create_task(server.serve(), name="api")
+        self._tasks.append(task)
+        async with asyncio.timeout(10):
+            while not server.started:
+                if task.done():
+                    task.result()  # raises the bind error
+                    raise OSError(98, "API server stopped during start-up")
+                await asyncio.sleep(0.02)
+        sock = server.servers[0].sockets[0].getsockname()
+        self.api_address = (sock[0], sock[1])
+
+    def snapshot(self) -> dict[str, dict[str, float]]:
+        return {
+            "calls": {**self.registry.counters, "calls_active": len(self.registry.calls)},
+            "ng": dict(self.ng.counters),
+            "payments": {**self.payments.counters,
+                         "payments_active": sum(1 for s in self.payments.sessions.values()
+                                                if s.status in ("capturing", "submitting"))},
+            "media": dict(self._last_totals),
+        }
+
+    _last_totals: dict[str, int] = field(default_factory=dict)
+
+    async def _housekeeping(self) -> None:
         while True:
-            await asyncio.sleep(IDLE_REAP_SECONDS)
-            await self.registry.reap_idle()
+            await asyncio.sleep(1.0)
+            self.payments.poll()
+            self._last_totals = await self.engine.totals()
+            if int(asyncio.get_running_loop().time()) % int(IDLE_REAP_SECONDS) == 0:
+                await self.registry.reap_idle()
 
     async def stop(self) -> None:
-        for stop in reversed(self.extra_stops):
-            await stop()
+        if self._api is not None:
+            self._api.should_exit = True
         await self.ng.stop()
-        if self._reaper is not None:
-            self._reaper.cancel()
+        for task in self._tasks:
+            if task.get_name() != "api":
+                task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
+                await task
+        await self.payments.close()
         await self.registry.close()
         await self.engine.stop()
+        if self._gateway is not None:
+            await self._gateway.close()
         log.info("toneguard node stopped")
+
+
+def gateway_client(config: Config) -> GatewayClient | None:
+    g = config.gateway
+    if not g.url:
+        return None
+    try:
+        return GatewayClient(g.url, ca_file=Path(g.ca_file), cert_file=Path(g.cert_file),
+                             key_file=Path(g.key_file), timeout=g.timeout_seconds)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"gateway: cannot load certificates: {exc}") from None
+
+
+def load_agents(config: Config) -> AgentDirectory:
+    path = config.api.agents_file
+    return AgentDirectory.load(Path(path)) if path else AgentDirectory()
 
 
 async def run_until_signalled(node_factory: Callable[[], Awaitable[Node]]) -> None:

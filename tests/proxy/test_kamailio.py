@@ -44,6 +44,7 @@ async def node(media_ports: tuple[int, int]) -> AsyncIterator[tuple[Node, list[D
     config = load_config(overrides={
         "ng": {"listen": f"127.0.0.1:{pick_udp_port()}"},
         "media": {"port_min": media_ports[0], "port_max": media_ports[1]},
+        "api": {"listen": "127.0.0.1:0"},
     })
     node = await Node.start(config, on_digit=lambda call, tag, event: digits.append(event))
     yield node, digits

@@ -29,6 +29,7 @@ async def node(free_udp_port: int, media_ports: tuple[int, int]) -> AsyncIterato
     config = load_config(overrides={
         "ng": {"listen": f"127.0.0.1:{free_udp_port}"},
         "media": {"port_min": media_ports[0], "port_max": media_ports[1]},
+        "api": {"listen": "127.0.0.1:0"},
     })
     node = await Node.start(config)
     yield node

@@ -1,0 +1,47 @@
+"""Request and response models of the payments API (field names after Twilio's Payments)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FieldName = Literal["payment-card-number", "expiration-date", "security-code", "postal-code"]
+
+
+class StartPayment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    payment_method: Literal["credit-card"] = "credit-card"
+    postal_code: bool = Field(False, description="Also capture a postal code (digits).")
+    valid_card_types: list[str] | None = Field(None, description="e.g. visa, mastercard, amex")
+    amount: str | None = Field(None, pattern=r"^\d+(\.\d{1,2})?$")
+    currency: str | None = Field(None, pattern=r"^[A-Z]{3}$")
+
+
+class UpdatePayment(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    capture: FieldName | None = Field(None, alias="Capture")
+    status: Literal["complete", "cancel"] | None = Field(None, alias="Status")
+
+
+class Payment(BaseModel):
+    sid: str
+    call_id: str
+    status: str
+    current_field: str
+    fields: dict[str, str]  # masked: "••••" / "•••• •••• •••• 1111"
+    brand: str
+    token: str
+    last4: str
+    error: str
+
+
+class Call(BaseModel):
+    call_id: str
+    agent_id: str
+    payment_sid: str = ""
+
+
+class Assign(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    agent_id: str = Field(min_length=1, max_length=64)

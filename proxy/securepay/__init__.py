@@ -1,0 +1,1 @@
+"""Secure-pay sessions: turn a caller's masked digits into a payment token."""
