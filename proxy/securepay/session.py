@@ -66,6 +66,7 @@ class PaymentSession:
         self.token = ""
         self.final_last4 = ""  # kept after the digits are wiped, for the agent's receipt
         self.final_brand = ""
+        self._final_masked: dict[str, str] | None = None
         self._today = today
         self._last_digit = now
         self._field_started = now
@@ -82,6 +83,8 @@ class PaymentSession:
         return f.buffer[-4:].decode() if f.valid else ""
 
     def masked(self) -> dict[str, str]:
+        if self._final_masked is not None:
+            return dict(self._final_masked)  # what was shown when the session ended
         out = {}
         for name, f in self.fields.items():
             dots = "•" * len(f.buffer)
@@ -170,6 +173,7 @@ class PaymentSession:
             raise SessionError(f"cannot re-capture in status {self.status}")
         self.fields[name].wipe()
         self.fields[name].attempts = 0
+        self._final_masked = None
         self.current = name
         self.status = "capturing"
         self._field_started = self._last_digit = now
@@ -198,6 +202,8 @@ class PaymentSession:
         """Finish the session and overwrite every digit buffer."""
         self.final_last4 = self.last4 or self.final_last4
         self.final_brand = self.brand or self.final_brand
+        if self._final_masked is None:
+            self._final_masked = self.masked()
         self.status, self.error = status, error
         self.current = None
         for f in self.fields.values():
