@@ -49,7 +49,7 @@ class CallPolicy:
     """Deployment defaults for masking (config [masking])."""
 
     always_on: bool = True
-    caller: Literal["offerer", "answerer", "both"] = "offerer"
+    caller: Literal["offerer", "answerer", "both", "none"] = "offerer"
     masking: MaskingPolicy = field(default_factory=MaskingPolicy)
     recording: tuple[str, int] | None = None  # RTP copy of what is sent (masked) to a recorder
 

@@ -6,10 +6,16 @@ importable and testable on its own.
 
 from __future__ import annotations
 
+import os
 import sys
 
-import click
-import typer
+# The media plane batches its NumPy work per 20 ms tick; multi-threaded BLAS would spin extra
+# cores on matrices this small. One thread per process (scale out with processes instead).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import click  # noqa: E402  (after the thread settings above)
+import typer  # noqa: E402
 
 app = typer.Typer(
     name="toneguard",

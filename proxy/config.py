@@ -74,10 +74,10 @@ class MediaConfig(_Section):
 class MaskingConfig(_Section):
     always_on: bool = True
     mode: str = "tone"
-    caller: Literal["offerer", "answerer", "both"] = "offerer"
+    caller: Literal["offerer", "answerer", "both", "none"] = "offerer"
     tone_frequency_hz: float = Field(400.0, ge=50, le=3900)
     volume_dbm0: float = Field(-20.0, ge=-63, le=0)
-    lookahead_ms: int = Field(30, ge=0, le=200)
+    lookahead_ms: int = Field(26, ge=0, le=200)
     recording_tap: str = ""
 
     @field_validator("mode")

@@ -100,7 +100,7 @@ class _Stream:
 class MaskingPipeline:
     """AudioPipeline that masks DTMF on every stream opened with an effective policy."""
 
-    def __init__(self, lookahead_ms: int = 30, capacity: int = 64, seed: int | None = None) -> None:
+    def __init__(self, lookahead_ms: int = 26, capacity: int = 64, seed: int | None = None) -> None:
         self._lookahead = lookahead_ms * RATE // 1000
         self._detector = DtmfDetector(capacity)
         self._streams: dict[str, _Stream] = {}

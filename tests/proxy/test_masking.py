@@ -26,6 +26,7 @@ from proxy.masking_policy import UNMASKED, DtmfSecurityMode, MaskingPolicy
 from proxy.rfc4733 import TelephoneEvent
 from proxy.rtp import RtpPacket
 
+LOOKAHEAD_MS = 26  # the default: 2 detector blocks (25.5 ms) after any onset
 CARDS = ("4111111111111111", "5555555555554444", "378282246310005")
 CODECS = {0: "PCMU", 8: "PCMA", 101: "telephone-event"}
 LAW = {"PCMU": "ulaw", "PCMA": "alaw"}
@@ -107,7 +108,7 @@ def run_pipeline(packets: list[RtpPacket], policy: MaskingPolicy, *, loss: float
                  ) -> tuple[list[RtpPacket], MaskingPipeline]:
     """Push packets at their send time (+ jitter), tick every 20 ms, collect what is released."""
     rng = random.Random(seed)
-    pipeline = MaskingPipeline(lookahead_ms=30, seed=seed)
+    pipeline = MaskingPipeline(lookahead_ms=LOOKAHEAD_MS, seed=seed)
     pipeline.open("caller", policy)
     ts0 = packets[0].timestamp
     arrivals = []

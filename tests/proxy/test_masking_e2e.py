@@ -39,7 +39,7 @@ async def recorder() -> AsyncIterator[RtpPeer]:
 @pytest.fixture
 async def engine(media_ports: tuple[int, int]) -> AsyncIterator[LocalMediaEngine]:
     engine = LocalMediaEngine("127.0.0.1", *media_ports,
-                              pipeline_factory=lambda: MaskingPipeline(lookahead_ms=30))
+                              pipeline_factory=lambda: MaskingPipeline(lookahead_ms=26))
     await engine.start()
     yield engine
     await engine.stop()
