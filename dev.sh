@@ -10,8 +10,8 @@ cd "$(dirname "$0")"
 # Real peers the tests start on loopback, and the talk-off material they render.
 APT_PACKAGES=(
     python3-venv python3-dev build-essential
-    rtpengine-daemon rtpengine-utils kamailio sip-tester baresip multimon-ng libspandsp2
-    espeak-ng sox redis-server chromium codec2-examples
+    rtpengine-daemon rtpengine-utils kamailio sip-tester multimon-ng libspandsp2
+    espeak-ng chromium codec2-examples
     fluidsynth timgm6mb-soundfont openttd-openmsx
 )
 VENV=${TONEGUARD_VENV:-.venv}
@@ -31,7 +31,7 @@ install_system() {
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
         "${missing[@]}"
     # The packaged daemons must not hold the ports tests use; tests start their own.
-    for svc in rtpengine-daemon kamailio redis-server; do
+    for svc in rtpengine-daemon kamailio; do
         $sudo systemctl disable --now "$svc" >/dev/null 2>&1 || true
     done
 }
