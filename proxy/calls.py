@@ -101,12 +101,14 @@ class CallRegistry:
     def __init__(self, engine: MediaEngine, *, address: str, advertised_address: str = "",
                  policy: CallPolicy | None = None, on_digit: DigitSink | None = None,
                  on_call: Callable[[str, bool], None] | None = None,
+                 on_securepay: Callable[[str], str] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self._engine = engine
         self._address = advertised_address or address
         self._policy = policy or CallPolicy()
         self._on_digit = on_digit
         self._on_call = on_call  # (call id, True when created / False when gone)
+        self._on_securepay = on_securepay  # call id → payment sid (ng-started secure pay)
         self._clock = clock
         self.calls: dict[str, Call] = {}
         self._by_stream: dict[str, tuple[str, str]] = {}  # stream id → (call id, tag)
@@ -138,15 +140,16 @@ class CallRegistry:
         sdp = self._parse_sdp(body)
         now = self._clock()
         call = self.calls.get(call_id)
+        created = call is None
         if call is None:
             call = Call(call_id, now, now)
             self.calls[call_id] = call
             self.counters["calls_total"] += 1
-            if self._on_call is not None:
-                self._on_call(call_id, True)
         call.last_signal = now
         if isinstance(body.get("metadata"), str):
             call.metadata = body["metadata"]
+        if created and self._on_call is not None:
+            self._on_call(call_id, True)
         a = call.parties.get(from_tag)
         if a is None:
             # A re-INVITE from the other side makes the answerer the offerer of this exchange.
@@ -467,11 +470,12 @@ class CallRegistry:
             if not chosen:
                 raise ng.NgError(f"No participant with address '{address}'")
             return chosen
-        from_tag = ng.get_str(body, "from-tag")
-        if from_tag:
-            if from_tag not in call.parties:
-                raise ng.NgError("Unknown from-tag")
-            return [call.parties[from_tag]]
+        for key in ("from-tag", "to-tag"):
+            tag = ng.get_str(body, key)
+            if tag:
+                if tag not in call.parties:
+                    raise ng.NgError(f"Unknown {key}")
+                return [call.parties[tag]]
         return list(call.parties.values())
 
     async def _set_dtmf(self, body: dict[str, Any], *, block: bool) -> dict[str, Any]:
@@ -512,7 +516,16 @@ class CallRegistry:
                     raise ng.NgError(str(exc)) from None
         log.info("dtmf policy changed", call_id=call.call_id, blocked=block,
                  parties=[p.tag for p in parties])
-        return {"result": "ok"}
+        reply: dict[str, Any] = {"result": "ok"}
+        # ToneGuard's own key: `block DTMF` with `secure-pay=start` also opens a payment.
+        if block and (ng.get_str(body, "secure-pay") or "").lower() in ("start", "yes", "on"):
+            if self._on_securepay is None:
+                raise ng.NgError("secure-pay is not available on this node")
+            try:
+                reply["secure-pay-sid"] = self._on_securepay(call.call_id)
+            except LookupError as exc:
+                raise ng.NgError(f"secure-pay: {exc}") from None
+        return reply
 
     # --- media events ----------------------------------------------------------------------
 

@@ -113,6 +113,7 @@ class SecurePayConfig(_Section):
     accepted_brands: tuple[str, ...] = ("visa", "mastercard", "amex", "discover", "jcb",
                                         "diners", "unionpay", "maestro")
     require_postal_code: bool = False
+    trigger_sequence: str = Field("", pattern=r"^[0-9*#]{0,8}$")
 
 
 class GatewayConfig(_Section):

@@ -70,7 +70,8 @@ class _Stream:
     stream_id: str
     row: int
     policy: MaskingPolicy
-    ts0: int | None = None
+    ts0: int | None = None  # RTP timestamp at media position 0 (re-based on SSRC changes)
+    ssrc: int | None = None
     law: str = "ulaw"
     media_fed: int = 0  # media samples fed to the detector
     newest_end: int = 0  # end of the newest audio received
@@ -152,16 +153,23 @@ class MaskingPipeline:
         name = codecs.get(packet.payload_type) or {0: "PCMU", 8: "PCMA"}.get(
             packet.payload_type, "")
         if stream.ts0 is None:
-            stream.ts0 = packet.timestamp
+            stream.ts0, stream.ssrc = packet.timestamp, packet.ssrc
         offset = (packet.timestamp - stream.ts0) % _TS_MOD
         start = offset - _TS_MOD if offset >= _TS_MOD // 2 else offset
+        if packet.ssrc != stream.ssrc or abs(start - stream.newest_end) > MAX_BUFFER_SAMPLES:
+            # A new source (SSRC change: transfer, re-INVITE, a new media server) or a jump in
+            # its clock: continue the timeline where it is rather than treating the packet as
+            # a second ahead or behind.
+            resume = max(stream.newest_end, stream.media_fed)
+            stream.ts0 = (packet.timestamp - resume) % _TS_MOD
+            stream.ssrc = packet.ssrc
+            stream.event_ts = None
+            start = resume
         if name in LAWS:
             law = LAWS[name]
             n = len(packet.payload)
             late = start < stream.media_fed
             if not late:
-                if start - stream.media_fed > MAX_BUFFER_SAMPLES:
-                    return  # implausibly far ahead (a timestamp jump): drop
                 stream.buffer[start] = (packet.payload, law)
                 stream.newest_end = max(stream.newest_end, start + n)
             else:

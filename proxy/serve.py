@@ -79,7 +79,8 @@ class Node:
         sp = config.securepay
         payments = PaymentManager(gateway, audit=audit, settings=CaptureSettings(
             sp.inter_digit_timeout_seconds, sp.field_timeout_seconds, sp.max_attempts,
-            tuple(sp.accepted_brands), sp.require_postal_code))
+            tuple(sp.accepted_brands), sp.require_postal_code),
+            trigger_sequence=sp.trigger_sequence)
 
         def digit(call_id: str, tag: str, event: DigitEvent) -> None:
             payments.on_digit(call_id, tag, event)
@@ -87,7 +88,14 @@ class Node:
                 on_digit(call_id, tag, event)
 
         def call_changed(call_id: str, alive: bool) -> None:
-            (payments.call_started if alive else payments.call_ended)(call_id)
+            if alive:
+                payments.call_started(call_id, registry.calls[call_id].metadata)
+            else:
+                payments.call_ended(call_id)
+
+        def securepay_from_ng(call_id: str) -> str:
+            info = payments.calls.get(call_id)
+            return payments.start(call_id, info.agent_id if info and info.agent_id else "ng").sid
 
         engine = LocalMediaEngine(
             media.address, media.port_min, media.port_max,
@@ -97,7 +105,7 @@ class Node:
         registry = CallRegistry(engine, address=media.address,
                                 advertised_address=media.advertised_address,
                                 policy=masking_policy(config), on_digit=digit,
-                                on_call=call_changed)
+                                on_call=call_changed, on_securepay=securepay_from_ng)
         server = NgServer(registry.handle, cache_ttl=config.ng.cookie_cache_seconds)
         node = cls(config, engine, registry, server, payments, _gateway=gateway)
         host, port = parse_hostport(config.ng.listen)

@@ -47,17 +47,19 @@ class PaymentError(LookupError):
 class CallInfo:
     call_id: str
     agent_id: str = ""  # "" = unassigned
+    recent: str = ""  # the last keys outside a payment, at most the trigger's length
 
 
 class PaymentManager:
     def __init__(self, tokeniser: Tokeniser | None, *, settings: CaptureSettings | None = None,
-                 audit: AuditLog | None = None, clock: Callable[[], float] = time.monotonic
-                 ) -> None:
+                 audit: AuditLog | None = None, clock: Callable[[], float] = time.monotonic,
+                 trigger_sequence: str = "") -> None:
         self._tokeniser = tokeniser
         self.settings = settings or CaptureSettings()
         self.audit = audit or AuditLog(None)
         self.bus = EventBus()
         self._clock = clock
+        self.trigger_sequence = trigger_sequence  # caller keys that open a payment ("" = off)
         self.calls: dict[str, CallInfo] = {}
         self.sessions: dict[str, PaymentSession] = {}
         self._active: dict[str, str] = {}  # call id → sid capturing on it
@@ -67,8 +69,16 @@ class PaymentManager:
 
     # --- calls -----------------------------------------------------------------------------
 
-    def call_started(self, call_id: str) -> None:
-        self.calls.setdefault(call_id, CallInfo(call_id))
+    def call_started(self, call_id: str, metadata: str = "") -> None:
+        """A call appeared. ``metadata`` from ng may assign it: ``agent=<id>`` (``;``/``&``
+        separated key=value pairs, as SIP proxies usually pass it)."""
+        info = self.calls.setdefault(call_id, CallInfo(call_id))
+        for item in metadata.replace("&", ";").split(";"):
+            key, _, value = item.partition("=")
+            if key.strip() == "agent" and value.strip():
+                info.agent_id = value.strip()
+                self.audit.record("call.assign", actor="ng", call_id=call_id,
+                                  agent_id=info.agent_id)
 
     def call_ended(self, call_id: str) -> None:
         sid = self._active.pop(call_id, None)
@@ -118,13 +128,32 @@ class PaymentManager:
         """A key the media plane found on the caller's stream (already masked for the agent)."""
         sid = self._active.get(call_id)
         if sid is None:
+            self._watch_trigger(call_id, event.digit)
             return
         session = self.sessions[sid]
+        field = session.current or ""
         what, error = session.key(event.digit, self._clock())
         if what == "ignored":
             return
-        self._publish(session, what, error=error)
+        self._changed(session, what, error, field)
+
+    def _changed(self, session: PaymentSession, what: str, error: str, field: str) -> None:
+        if what in ("field-complete", "error"):
+            self.audit.record("payment.field", call_id=session.call_id, session_id=session.sid,
+                              field=field, outcome=error or "valid")
+        self._publish(session, what, error=error, field=field)
         self._after_change(session)
+
+    def _watch_trigger(self, call_id: str, digit: str) -> None:
+        """Outside a payment, only the last few keys are kept, to spot the trigger sequence."""
+        trigger = self.trigger_sequence
+        info = self.calls.get(call_id)
+        if not trigger or info is None:
+            return
+        info.recent = (info.recent + digit)[-len(trigger):]
+        if info.recent == trigger:
+            info.recent = ""
+            self.start(call_id, info.agent_id or "caller-trigger")
 
     def recapture(self, call_id: str, sid: str, field: str, actor: str) -> PaymentSession:
         session = self.get(call_id, sid)
@@ -161,10 +190,10 @@ class PaymentManager:
         now = self._clock()
         for sid in list(self._active.values()):
             session = self.sessions[sid]
+            field = session.current or ""
             fired = session.poll(now)
             if fired is not None:
-                self._publish(session, fired[0], error=fired[1])
-                self._after_change(session)
+                self._changed(session, fired[0], fired[1], field)
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -249,3 +249,33 @@ def test_modes_replace_the_tone_with_their_signal(mode: str) -> None:
         assert abs(np.argmax(spectrum) * 8000 / tone_region.size - 400) < 20
     else:
         assert spandsp_detect(heard) in ("0", "00")  # the agent hears key 0, not key 7
+
+
+def test_an_ssrc_change_mid_call_keeps_masking_and_relaying() -> None:
+    """A transfer or a new media server restarts SSRC, sequence and timestamp: the digits that
+    follow are still masked and every packet still reaches the agent."""
+    first = g711.encode(np.concatenate([tones.dtmf_tone("5", 100, low_dbm0=-10),
+                                        np.zeros(1600)]), "ulaw").tobytes()
+    second = g711.encode(np.concatenate([np.zeros(800), tones.dtmf_tone("8", 100,
+                                                                          low_dbm0=-10),
+                                         np.zeros(1600)]), "ulaw").tobytes()
+    packets = [RtpPacket(0, 10 + k, 5000 + 160 * k, 111, payload=first[160 * k:160 * k + 160])
+               for k in range(len(first) // 160)]
+    base = len(packets)
+    packets += [RtpPacket(0, 60000 + k, 9_000_000 + 160 * k, 222,
+                          payload=second[160 * k:160 * k + 160])
+                for k in range(len(second) // 160)]
+    # Deliver in real time order regardless of the new timestamps.
+    pipeline = MaskingPipeline(lookahead_ms=LOOKAHEAD_MS)
+    pipeline.open("caller", MaskingPolicy())
+    out = []
+    for k, p in enumerate(packets + [None] * 10):
+        if p is not None:
+            pipeline.push("caller", p, CODECS, k * 0.02)
+        out += [q for _, q in pipeline.tick(k * 0.02 + 0.01)]
+    assert len(out) == len(packets)
+    heard = np.concatenate([g711.decode(np.frombuffer(p.payload, np.uint8), "ulaw")
+                            for p in out])
+    assert spandsp_detect(heard) == "" and multimon_detect(heard) == ""
+    assert "".join(e.digit for e in pipeline.drain_events()) == "58"
+    assert base > 0
