@@ -84,6 +84,8 @@ class Call:
     parties: dict[str, Party] = field(default_factory=dict)
     metadata: str = ""
     digits: int = 0  # count only: the digits themselves never stay here
+    caller: str = ""  # per-call override of whose DTMF is masked ("" = the node's setting)
+    recording: tuple[str, int] | None = None  # per-call recording tap
 
     def party(self, role: Role) -> Party | None:
         return next((p for p in self.parties.values() if p.role == role), None)
@@ -148,6 +150,12 @@ class CallRegistry:
         call.last_signal = now
         if isinstance(body.get("metadata"), str):
             call.metadata = body["metadata"]
+        try:
+            self._call_options(call, body)
+        except ng.NgError:
+            if created:
+                del self.calls[call_id]
+            raise
         if created and self._on_call is not None:
             self._on_call(call_id, True)
         a = call.parties.get(from_tag)
@@ -193,6 +201,23 @@ class CallRegistry:
         b.label = ng.get_str(body, "to-label") or ng.get_str(body, "label") or b.label
         out = await self._negotiate(call, b, a, sdp, body, offer=False)
         return {"result": "ok", "sdp": out}
+
+    def _call_options(self, call: Call, body: dict[str, Any]) -> None:
+        """ToneGuard's per-call keys on an offer: flag ``caller-offerer`` | ``caller-answerer``
+        | ``caller-both`` | ``caller-none`` (whose DTMF is masked) and ``recording-tap``
+        (``HOST:PORT`` receiving an RTP copy of the masked audio)."""
+        for flag in ng.flags(body):
+            if flag.startswith("caller-"):
+                choice = flag.removeprefix("caller-")
+                if choice not in ("offerer", "answerer", "both", "none"):
+                    raise ng.NgError(f"Invalid flag '{flag}'")
+                call.caller = choice
+        tap = ng.get_str(body, "recording-tap")
+        if tap:
+            host, _, port = tap.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ng.NgError("Invalid recording-tap: expected HOST:PORT")
+            call.recording = (host.strip("[]"), int(port))
 
     def _parse_sdp(self, body: dict[str, Any]) -> SessionDescription:
         text = ng.get_str(body, "sdp")
@@ -256,8 +281,8 @@ class CallRegistry:
                 srtp_send=s_media.offered_keys[s_media.crypto_suite].params
                 if proto in SAVP and s_media.crypto_suite else None,
                 codecs=section.codecs(),
-                masking=self._masking_for(sender, s_media.config.masking),
-                recording=self._policy.recording,
+                masking=self._masking_for(call, sender, s_media.config.masking),
+                recording=call.recording or self._policy.recording,
                 label=sender.label,
             )
             s_media.config = config
@@ -339,11 +364,12 @@ class CallRegistry:
                 if key is not None:
                     out.add_attribute("crypto", key.format())
 
-    def _masking_for(self, party: Party, current: MaskingPolicy | None) -> MaskingPolicy | None:
+    def _masking_for(self, call: Call, party: Party,
+                     current: MaskingPolicy | None) -> MaskingPolicy | None:
         if current is not None:
             return current  # a live block/unblock decision survives re-INVITEs
-        caller = self._policy.caller
-        protected = caller == "both" or caller == party.role
+        caller = call.caller or self._policy.caller
+        protected = caller in ("both", party.role)
         if not protected:
             return None
         if self._policy.always_on:

@@ -161,3 +161,20 @@ async def test_block_and_unblock_dtmf_change_the_callers_policy_live(
     finally:
         caller.close()
         agent.close()
+
+
+async def test_per_call_flags_choose_whose_dtmf_is_masked_and_a_recording_tap(
+        registry: CallRegistry) -> None:
+    await registry.handle({"command": "offer", "call-id": "pc", "from-tag": "ft",
+                           "flags": ["caller-answerer"], "recording-tap": "127.0.0.1:7000",
+                           "sdp": audio_sdp("127.0.0.1", 4000)})
+    await registry.handle({"command": "answer", "call-id": "pc", "from-tag": "ft",
+                           "to-tag": "tt", "sdp": audio_sdp("127.0.0.1", 4002)})
+    call = registry.calls["pc"]
+    assert call.parties["ft"].medias[0].config.masking is None
+    assert call.parties["tt"].medias[0].config.masking is not None
+    assert call.parties["ft"].medias[0].config.recording == ("127.0.0.1", 7000)
+    with pytest.raises(ng.NgError, match="Invalid flag"):
+        await registry.handle({"command": "offer", "call-id": "pc2", "from-tag": "f",
+                               "flags": ["caller-agent"], "sdp": audio_sdp("127.0.0.1", 4004)})
+    assert "pc2" not in registry.calls

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
-from dsp import tones
+from dsp import g711, tones
 from loadtest.rtp_peer import RtpPeer
 from loadtest.sdp_builder import audio_sdp, media_endpoint
 from proxy import sdes
@@ -112,11 +112,17 @@ async def test_srtp_toward_the_agent_from_a_plain_rtp_caller(node: Node) -> None
             f"--sdp={audio_sdp('127.0.0.1', agent.port, proto='RTP/SAVP', crypto=[agent_key])}")
         answered = new_sdp(answer)
         assert "RTP/AVP" in answered and "a=crypto" not in answered  # the caller stays plain
-        await caller.play(tones.sine(600, 300, -15.0), media_endpoint(answered))
-        await agent.wait_for(10)
-        heard = agent.received.audio().astype(float)
-        assert np.sqrt(np.mean(heard**2)) > 1000
-        assert agent.received.errors == 0
+        to_agent_side = media_endpoint(new_sdp(offer))
+        caller_audio = tones.sine(600, 400, -15.0)
+        agent_audio = tones.sine(1100, 400, -15.0)
+        await asyncio.gather(caller.play(caller_audio, media_endpoint(answered)),
+                             agent.play(agent_audio, to_agent_side))
+        await agent.wait_for(20)
+        await caller.wait_for(20)
+        # RTP in, SRTP out (and back): what each side decrypts/decodes is exactly what was sent.
+        assert np.array_equal(agent.received.audio(), g711.round_trip(caller_audio, "ulaw"))
+        assert np.array_equal(caller.received.audio(), g711.round_trip(agent_audio, "ulaw"))
+        assert agent.received.errors == 0 and caller.received.errors == 0
     finally:
         caller.close()
         agent.close()
