@@ -56,6 +56,7 @@ class MediaConfig(_Section):
     port_max: int = Field(40000, ge=1025, le=65535)
     idle_timeout_seconds: float = Field(60.0, gt=0)
     tick_ms: int = Field(20, ge=10, le=60)
+    workers: int = Field(1, ge=0, le=64)
 
     @field_validator("port_min")
     @classmethod

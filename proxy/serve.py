@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import ssl
 from collections.abc import Awaitable, Callable
@@ -30,7 +31,8 @@ from proxy.masking import MaskingPipeline
 from proxy.masking_policy import DtmfSecurityMode, MaskingPolicy
 from proxy.media.engine import LocalMediaEngine
 from proxy.media.pipeline import AudioPipeline
-from proxy.media.types import DigitEvent
+from proxy.media.types import DigitEvent, MediaEngine
+from proxy.media.workers import WorkerPoolEngine
 from proxy.metrics import Metrics
 from proxy.ng_server import NgServer
 from proxy.securepay.manager import PaymentManager
@@ -59,7 +61,7 @@ class Node:
     """One running ToneGuard node: what the CLI, the demo and tests start and stop."""
 
     config: Config
-    engine: LocalMediaEngine
+    engine: MediaEngine
     registry: CallRegistry
     ng: NgServer
     payments: PaymentManager
@@ -97,10 +99,18 @@ class Node:
             info = payments.calls.get(call_id)
             return payments.start(call_id, info.agent_id if info and info.agent_id else "ng").sid
 
-        engine = LocalMediaEngine(
-            media.address, media.port_min, media.port_max,
-            pipeline_factory=pipeline_factory or default_pipeline_factory(config),
-            tick_ms=media.tick_ms, idle_timeout=media.idle_timeout_seconds)
+        workers = media.workers or os.cpu_count() or 1
+        engine: MediaEngine
+        if workers > 1 and pipeline_factory is None:
+            engine = WorkerPoolEngine(media.address, media.port_min, media.port_max,
+                                      workers=workers, tick_ms=media.tick_ms,
+                                      idle_timeout=media.idle_timeout_seconds,
+                                      lookahead_ms=config.masking.lookahead_ms)
+        else:
+            engine = LocalMediaEngine(
+                media.address, media.port_min, media.port_max,
+                pipeline_factory=pipeline_factory or default_pipeline_factory(config),
+                tick_ms=media.tick_ms, idle_timeout=media.idle_timeout_seconds)
         await engine.start()
         registry = CallRegistry(engine, address=media.address,
                                 advertised_address=media.advertised_address,
@@ -217,6 +227,8 @@ def serve_command(
         help="Media address (overrides media.address).")] = None,
     port_range: Annotated[str | None, typer.Option(
         help="Media ports MIN-MAX (overrides media.port_min/port_max).")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Media worker processes (overrides media.workers; 0 = one per core).")] = None,
     log_format: Annotated[str | None, typer.Option(help="console|json")] = None,
 ) -> int:
     """Run the media relay: ng control socket (for Kamailio's rtpengine module) and media."""
@@ -231,6 +243,8 @@ def serve_command(
             print(f"toneguard serve: --port-range: expected MIN-MAX, got {port_range!r}")
             return 2
         overrides.setdefault("media", {}).update(port_min=int(low), port_max=int(high))
+    if workers is not None:
+        overrides.setdefault("media", {})["workers"] = workers
     if log_format:
         overrides.setdefault("logging", {})["format"] = log_format
     try:

@@ -1,0 +1,278 @@
+"""Media across cores: worker processes, each a LocalMediaEngine on its own shard of the port
+range, behind the same MediaEngine interface the control plane already uses.
+
+All streams of a call live on one worker (chosen by a stable hash of the call id), so linking
+and the per-tick masking batch stay inside one process. The parent talks to each worker over a
+multiprocessing pipe read from the event loop (no threads): requests carry an id, replies and
+media events come back on the same pipe. Digit events cross this pipe in clear — it never leaves
+the host and never reaches a log — and go to the subscribers exactly as from the local engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import multiprocessing
+import os
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import structlog
+
+from proxy.media.types import LocalEndpoint, MediaError, MediaEvent, StreamConfig, StreamStats
+
+log = structlog.get_logger("toneguard.workers")
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 5.0
+
+
+class WorkerError(MediaError):
+    """A worker failed, died, or did not answer."""
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    index: int
+    address: str
+    port_min: int
+    port_max: int
+    tick_ms: int
+    idle_timeout: float
+    lookahead_ms: int
+
+
+def shards(port_min: int, port_max: int, workers: int) -> list[tuple[int, int]]:
+    """Split [port_min, port_max] into ``workers`` even-aligned ranges of at least 4 ports."""
+    span = (port_max - port_min) // workers // 2 * 2
+    if span < 4:
+        raise ValueError(f"port range {port_min}-{port_max} is too small for {workers} workers")
+    return [(port_min + i * span, port_min + (i + 1) * span - 1) for i in range(workers)]
+
+
+# --- the worker process ---------------------------------------------------------------------
+
+def worker_main(conn: Connection, spec: WorkerSpec) -> None:
+    """Entry point of a worker process."""
+    try:
+        import uvloop
+        uvloop.run(_serve(conn, spec))
+    except ImportError:  # pragma: no cover
+        asyncio.run(_serve(conn, spec))
+    except KeyboardInterrupt:
+        pass
+
+
+async def _serve(conn: Connection, spec: WorkerSpec) -> None:
+    from proxy.masking import MaskingPipeline
+    from proxy.media.engine import LocalMediaEngine
+
+    engine = LocalMediaEngine(
+        spec.address, spec.port_min, spec.port_max,
+        pipeline_factory=lambda: MaskingPipeline(lookahead_ms=spec.lookahead_ms),
+        tick_ms=spec.tick_ms, idle_timeout=spec.idle_timeout)
+    await engine.start()
+    engine.subscribe(lambda event: conn.send(("event", event)))
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def handle(request_id: int, op: str, args: tuple[Any, ...],
+                     kwargs: dict[str, Any]) -> None:
+        try:
+            method = getattr(engine, op)
+            result = await method(*args, **kwargs)
+            conn.send(("reply", request_id, True, result))
+        except Exception as exc:  # sent back to the parent, which raises it there
+            conn.send(("reply", request_id, False, f"{type(exc).__name__}: {exc}"))
+
+    def readable() -> None:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            stopping.set()  # the parent is gone
+            return
+        if message[0] == "stop":
+            stopping.set()
+            return
+        _, request_id, op, args, kwargs = message
+        task = loop.create_task(handle(request_id, op, args, kwargs))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    loop.add_reader(conn.fileno(), readable)
+    conn.send(("ready", spec.index, os.getpid()))
+    await stopping.wait()
+    loop.remove_reader(conn.fileno())
+    await engine.stop()
+
+
+# --- the parent side ------------------------------------------------------------------------
+
+class _Worker:
+    def __init__(self, spec: WorkerSpec, context: Any) -> None:
+        self.spec = spec
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=worker_main, args=(child, spec),
+                                       name=f"toneguard-media-{spec.index}", daemon=True)
+        self._child = child
+        self._ids = itertools.count()
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self.ready: asyncio.Future[int] | None = None
+
+    def start(self, on_event: Callable[[MediaEvent], None]) -> None:
+        loop = asyncio.get_running_loop()
+        self.ready = loop.create_future()
+        self.process.start()
+        self._child.close()
+
+        def readable() -> None:
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError):
+                loop.remove_reader(self.conn.fileno())
+                for future in self._waiting.values():
+                    if not future.done():
+                        future.set_exception(WorkerError(f"media worker {self.spec.index} died"))
+                self._waiting.clear()
+                return
+            kind = message[0]
+            if kind == "event":
+                on_event(message[1])
+            elif kind == "reply":
+                future = self._waiting.pop(message[1], None)
+                if future is not None and not future.done():
+                    if message[2]:
+                        future.set_result(message[3])
+                    else:
+                        future.set_exception(WorkerError(message[3]))
+            elif kind == "ready" and self.ready is not None and not self.ready.done():
+                self.ready.set_result(message[2])
+
+        loop.add_reader(self.conn.fileno(), readable)
+
+    async def call(self, op: str, *args: Any, timeout: float = 5.0, **kwargs: Any) -> Any:
+        request_id = next(self._ids)
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = future
+        try:
+            self.conn.send(("call", request_id, op, args, kwargs))
+        except (OSError, ValueError):
+            self._waiting.pop(request_id, None)
+            raise WorkerError(f"media worker {self.spec.index} is not running") from None
+        try:
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            self._waiting.pop(request_id, None)
+            raise WorkerError(f"media worker {self.spec.index}: {op} timed out") from None
+
+    async def stop(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.conn.send(("stop",))
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(OSError, ValueError):
+            loop.remove_reader(self.conn.fileno())
+        deadline = loop.time() + STOP_TIMEOUT
+        while self.process.is_alive() and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self.process.is_alive():
+            self.process.terminate()
+            await asyncio.sleep(0.2)
+            if self.process.is_alive():
+                self.process.kill()
+        self.process.join(timeout=1)
+        self.conn.close()
+
+
+class WorkerPoolEngine:
+    """A MediaEngine whose streams run in ``workers`` processes."""
+
+    def __init__(self, address: str, port_min: int, port_max: int, *, workers: int = 2,
+                 tick_ms: int = 20, idle_timeout: float = 60.0, lookahead_ms: int = 26) -> None:
+        context = multiprocessing.get_context("spawn")  # a clean interpreter per worker
+        self._workers = [
+            _Worker(WorkerSpec(i, address, low, high, tick_ms, idle_timeout, lookahead_ms),
+                    context)
+            for i, (low, high) in enumerate(shards(port_min, port_max, workers))]
+        self._owner: dict[str, _Worker] = {}
+        self._subscribers: list[Callable[[MediaEvent], None]] = []
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.process.pid for w in self._workers if w.process.pid is not None]
+
+    def _publish(self, event: MediaEvent) -> None:
+        for callback in self._subscribers:
+            try:
+                callback(event)
+            except Exception:
+                log.exception("media event subscriber failed")
+
+    async def start(self) -> None:
+        for worker in self._workers:
+            worker.start(self._publish)
+        try:
+            async with asyncio.timeout(START_TIMEOUT):
+                for worker in self._workers:
+                    assert worker.ready is not None
+                    await worker.ready
+        except TimeoutError:
+            await self.stop()
+            raise WorkerError("media workers did not start") from None
+        log.info("media workers started", workers=len(self._workers))
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(w.stop() for w in self._workers))
+
+    def subscribe(self, callback: Callable[[MediaEvent], None]) -> None:
+        self._subscribers.append(callback)
+
+    def worker_for(self, call_id: str) -> int:
+        return zlib.crc32(call_id.encode()) % len(self._workers)
+
+    def _of(self, stream_id: str) -> _Worker:
+        worker = self._owner.get(stream_id)
+        if worker is None:
+            from proxy.media.types import UnknownStreamError
+            raise UnknownStreamError(stream_id)
+        return worker
+
+    async def allocate(self, stream_id: str, call_id: str, *, rtcp_mux: bool) -> LocalEndpoint:
+        worker = self._workers[self.worker_for(call_id)]
+        local: LocalEndpoint = await worker.call("allocate", stream_id, call_id,
+                                                 rtcp_mux=rtcp_mux)
+        self._owner[stream_id] = worker
+        return local
+
+    async def configure(self, stream_id: str, config: StreamConfig) -> None:
+        await self._of(stream_id).call("configure", stream_id, config)
+
+    async def link(self, a: str, b: str) -> None:
+        worker = self._of(a)
+        if self._of(b) is not worker:
+            raise MediaError(f"cannot link {a} and {b}: they live on different workers")
+        await worker.call("link", a, b)
+
+    async def release(self, stream_id: str) -> None:
+        worker = self._owner.pop(stream_id, None)
+        if worker is not None:
+            with contextlib.suppress(WorkerError):
+                await worker.call("release", stream_id)
+
+    async def stats(self, stream_id: str) -> StreamStats:
+        result: StreamStats = await self._of(stream_id).call("stats", stream_id)
+        return result
+
+    async def totals(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for result in await asyncio.gather(*(w.call("totals") for w in self._workers),
+                                           return_exceptions=True):
+            if isinstance(result, dict):
+                for key, value in result.items():
+                    out[key] = out.get(key, 0) + value
+        out["workers"] = len(self._workers)
+        return out
