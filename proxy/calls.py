@@ -299,7 +299,7 @@ class CallRegistry:
             out.replace_origin(self._address)
         if "sdp-version" in replaces and sdp_changed:
             out.bump_version()
-        out.remove_session_attributes(*ICE_ATTRIBUTES, *DTLS_ATTRIBUTES, "group", "msid-semantic")
+        out.remove_attributes(*ICE_ATTRIBUTES, *DTLS_ATTRIBUTES, "group", "msid-semantic")
         return out.serialise()
 
     async def _media(self, call: Call, party: Party, index: int,

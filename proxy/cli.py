@@ -46,6 +46,9 @@ app.add_typer(gateway_app, name="gateway")
 from proxy.demo import demo_command  # noqa: E402
 
 app.command("demo")(demo_command)
+from proxy.agents_cli import agents_app  # noqa: E402
+
+app.add_typer(agents_app, name="agents")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,9 +11,17 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from proxy.masking_policy import DtmfSecurityMode
 
@@ -29,6 +37,8 @@ def parse_hostport(text: str) -> tuple[str, int]:
         host, sep, port = text[1:].partition("]:")
     else:
         host, sep, port = text.rpartition(":")
+    if ":" in host and not text.startswith("["):
+        raise ValueError(f"an IPv6 address needs brackets: [ADDR]:PORT, got {text!r}")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"expected HOST:PORT (or [IPv6]:PORT), got {text!r}")
     return host, int(port)
@@ -38,15 +48,17 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class NgConfig(_Section):
-    listen: str = "127.0.0.1:2223"
-    cookie_cache_seconds: float = Field(60.0, gt=0)
+def _valid_hostport(value: str) -> str:
+    parse_hostport(value)
+    return value
 
-    @field_validator("listen")
-    @classmethod
-    def _hostport(cls, v: str) -> str:
-        parse_hostport(v)
-        return v
+
+HostPort = Annotated[str, AfterValidator(_valid_hostport)]
+
+
+class NgConfig(_Section):
+    listen: HostPort = "127.0.0.1:2223"
+    cookie_cache_seconds: float = Field(60.0, gt=0)
 
 
 class MediaConfig(_Section):
@@ -95,16 +107,9 @@ class MaskingConfig(_Section):
 
 
 class ApiConfig(_Section):
-    listen: str = "127.0.0.1:8080"
-    public_url: str = ""
+    listen: HostPort = "127.0.0.1:8080"
     agents_file: str = ""
     audit_file: str = ""
-
-    @field_validator("listen")
-    @classmethod
-    def _hostport(cls, v: str) -> str:
-        parse_hostport(v)
-        return v
 
 
 class SecurePayConfig(_Section):

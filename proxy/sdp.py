@@ -20,8 +20,28 @@ class SdpError(ValueError):
     """Malformed SDP; the message names the line."""
 
 
+class _Lines:
+    """What a media section and the session level share: ordered (type, value) lines."""
+
+    lines: list[tuple[str, str]]
+
+    @property
+    def connection(self) -> str | None:
+        for t, v in self.lines:
+            if t == "c":
+                return _connection_address(v)
+        return None
+
+    def set_connection(self, address: str) -> None:
+        self.lines = [(t, _connection_line(address) if t == "c" else v) for t, v in self.lines]
+
+    def remove_attributes(self, *names: str) -> None:
+        self.lines = [(t, v) for t, v in self.lines
+                      if not (t == "a" and v.partition(":")[0] in names)]
+
+
 @dataclass
-class MediaSection:
+class MediaSection(_Lines):
     media: str  # audio, video, ...
     port: int
     port_count: int | None
@@ -42,22 +62,8 @@ class MediaSection:
     def has_attribute(self, name: str) -> bool:
         return bool(self.attributes(name))
 
-    def remove_attributes(self, *names: str) -> None:
-        self.lines = [(t, v) for t, v in self.lines
-                      if not (t == "a" and v.partition(":")[0] in names)]
-
     def add_attribute(self, name: str, value: str | None = None) -> None:
         self.lines.append(("a", name if value is None else f"{name}:{value}"))
-
-    @property
-    def connection(self) -> str | None:
-        for t, v in self.lines:
-            if t == "c":
-                return _connection_address(v)
-        return None
-
-    def set_connection(self, address: str) -> None:
-        self.lines = [(t, _connection_line(address) if t == "c" else v) for t, v in self.lines]
 
     def codecs(self) -> dict[int, str]:
         """Payload type → encoding name, from a=rtpmap and the static table."""
@@ -98,22 +104,15 @@ class MediaSection:
 
 
 @dataclass
-class SessionDescription:
+class SessionDescription(_Lines):
     lines: list[tuple[str, str]]  # session-level, before the first m=
     media: list[MediaSection]
-
-    @property
-    def connection(self) -> str | None:
-        for t, v in self.lines:
-            if t == "c":
-                return _connection_address(v)
-        return None
 
     def media_connection(self, index: int) -> str | None:
         return self.media[index].connection or self.connection
 
     def set_connection(self, address: str) -> None:
-        self.lines = [(t, _connection_line(address) if t == "c" else v) for t, v in self.lines]
+        super().set_connection(address)
         for m in self.media:
             m.set_connection(address)
 
@@ -133,10 +132,6 @@ class SessionDescription:
                 parts[2] = str(int(parts[2]) + 1)
             return " ".join(parts)
         self.lines = [(t, bump(v) if t == "o" else v) for t, v in self.lines]
-
-    def remove_session_attributes(self, *names: str) -> None:
-        self.lines = [(t, v) for t, v in self.lines
-                      if not (t == "a" and v.partition(":")[0] in names)]
 
     def serialise(self) -> str:
         out = [f"{t}={v}" for t, v in self.lines]

@@ -79,6 +79,8 @@ class Node:
         media = config.media
         gateway = gateway_client(config)
         sp = config.securepay
+        if audit is None:
+            audit = AuditLog(Path(config.api.audit_file) if config.api.audit_file else None)
         payments = PaymentManager(gateway, audit=audit, settings=CaptureSettings(
             sp.inter_digit_timeout_seconds, sp.field_timeout_seconds, sp.max_attempts,
             tuple(sp.accepted_brands), sp.require_postal_code),
