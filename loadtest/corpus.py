@@ -5,7 +5,8 @@
   ``codec2-examples`` ships (8 kHz 16-bit raw);
 * music: the openMSX MIDI soundtrack (``openttd-openmsx``) rendered by fluidsynth with the
   TimGM6mb General MIDI soundfont;
-* call-progress and fax tones at several levels (synthesised: dsp.tones.call_progress).
+* call-progress and fax tones at several levels (synthesised: dsp.tones.call_progress), and
+  the modem frames and test sines that ``codec2-examples`` also ships.
 
 Everything is 8 kHz float64 at 16-bit scale. Rendering runs in parallel and is cached under
 ``${TONEGUARD_CACHE:-~/.cache/toneguard}/talkoff/`` so a second run costs nothing.
@@ -187,6 +188,19 @@ def codec2_speech(directory: Path = CODEC2_RAW) -> Corpus:
         items.append(Material(f"codec2-{path.stem}",
                               np.fromfile(path, dtype="<i2").astype(np.float64)))
     return Corpus("speech (codec2-examples)", tuple(items), ())
+
+
+def codec2_signals(directory: Path = CODEC2_RAW) -> Corpus:
+    """The rest of codec2-examples: modem frames (700D, DATAC1 OFDM) and spread 1 kHz sines."""
+    if not directory.is_dir():
+        return Corpus("modem signals (codec2-examples)", (), (f"{directory}: not installed",))
+    items = []
+    for path in sorted(directory.glob("*.raw")):
+        if any(tag in path.name for tag in CODEC2_NOT_SPEECH):
+            samples = np.fromfile(path, dtype="<i2").astype(np.float64)
+            if samples.size:
+                items.append(Material(f"codec2-{path.stem}", samples))
+    return Corpus("modem signals (codec2-examples)", tuple(items), ())
 
 
 # --- music ------------------------------------------------------------------------------

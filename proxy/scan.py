@@ -89,8 +89,9 @@ def scan_command(
 ) -> int:
     """Find DTMF digits in call recordings (WAV: 16-bit PCM at any rate, µ-law, A-law).
 
-    Exit codes: 0 nothing wrong; 1 digits found (with --fail-on-digits); 2 a file could not be
-    read and no digits were found.
+    Exit codes: 0 = clean (or digits found without --fail-on-digits);
+    1 = digits found and --fail-on-digits given;
+    2 = a file could not be read (and no digits counted as failure).
     """
     total = 0
     unreadable = 0

@@ -21,6 +21,8 @@ FORMAT_PCM = 0x0001
 FORMAT_ALAW = 0x0006
 FORMAT_ULAW = 0x0007
 FORMAT_EXTENSIBLE = 0xFFFE
+MAX_CHUNK_BYTES = 1 << 20
+STREAMING_SIZE = 0xFFFFFFFF  # data size left as a placeholder by a streaming writer
 _CODECS = {FORMAT_PCM: "pcm16", FORMAT_ALAW: "alaw", FORMAT_ULAW: "ulaw"}
 
 
@@ -87,7 +89,9 @@ def read_info(f: BinaryIO) -> WavInfo:
                 raise WavError(f"implausible fmt: {channels} channels at {rate} Hz")
             per_frame = channels * (2 if codec == "pcm16" else 1)
             available = max(0, min(size, file_size - offset))
-            if available < size:
+            if size == STREAMING_SIZE:
+                size = available  # a recorder that never finalised its header: read to EOF
+            elif available < size:
                 raise WavError(f"truncated: data chunk announces {size} bytes, "
                                f"file holds {available}")
             return WavInfo(codec, rate, channels, size // per_frame, offset)
@@ -103,12 +107,15 @@ def read_frames(path: Path, chunk_frames: int = 40_000) -> tuple[WavInfo, Iterat
         f.close()
         raise
 
+    # Bounded memory whatever the header claims: at most ~1 MiB of file per chunk.
+    per_chunk = max(1, min(chunk_frames, MAX_CHUNK_BYTES // info.bytes_per_frame))
+
     def frames() -> Iterator[npt.NDArray[np.float64]]:
         with f:
             f.seek(info.data_offset)
             remaining = info.frames
             while remaining > 0:
-                n = min(chunk_frames, remaining)
+                n = min(per_chunk, remaining)
                 raw = f.read(n * info.bytes_per_frame)
                 if len(raw) < n * info.bytes_per_frame:
                     raise WavError("truncated while reading")

@@ -69,6 +69,14 @@ def test_no_false_digits_in_30_minutes_of_music(music: corpus.Corpus, law: str) 
     _check(music, law, THIRTY_MINUTES)
 
 
+@pytest.fixture(scope="module")
+def signals() -> corpus.Corpus:
+    tones, modems = corpus.call_progress_tones(), corpus.codec2_signals()
+    return corpus.Corpus("call-progress, fax tones and modem signals", tones.items + modems.items,
+                         tones.failures + modems.failures)
+
+
 @pytest.mark.parametrize("law", ["ulaw", "alaw"])
-def test_no_false_digits_in_call_progress_and_fax_tones(law: str) -> None:
-    _check(corpus.call_progress_tones(), law, 5 * 60)
+def test_no_false_digits_in_call_progress_fax_tones_and_modem_signals(
+        signals: corpus.Corpus, law: str) -> None:
+    _check(signals, law, 5 * 60)

@@ -12,7 +12,7 @@ from scipy.signal import resample_poly
 from dsp import tones
 from proxy.cli import main
 from proxy.scan import scan_file
-from proxy.wav import write_wav
+from proxy.wav import MAX_CHUNK_BYTES, read_frames, write_wav
 
 
 def _keyed(keys: str, lead_ms: float = 300.0) -> np.ndarray:
@@ -135,3 +135,31 @@ def test_unsupported_formats_are_named(tmp_path: Path, capsys: pytest.CaptureFix
     path.write_bytes(bytes(data))
     assert main(["scan", str(path)]) == 2
     assert "unsupported format tag 0x0003" in capsys.readouterr().err
+
+
+def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture) -> None:
+    assert main(["scan", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "0 = clean" in text and "1 = digits found" in text and "2 = a file could not" in text
+
+
+def test_chunks_stay_bounded_however_many_channels_the_header_claims(tmp_path: Path) -> None:
+    path = tmp_path / "wide.wav"
+    write_wav(path, np.zeros((64, 20_000)))
+    info, chunks = read_frames(path, chunk_frames=1_000_000)
+    sizes = [c.shape for c in chunks]
+    assert info.channels == 64 and sum(s[1] for s in sizes) == 20_000
+    assert all(s[0] == 64 and s[1] * info.bytes_per_frame <= MAX_CHUNK_BYTES for s in sizes)
+    assert len(sizes) > 1
+
+
+def test_a_streaming_header_with_placeholder_size_is_read_to_the_end_of_the_file(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "live.wav"
+    write_wav(path, _keyed("27"), codec="ulaw")
+    data = path.read_bytes()
+    at = data.index(b"data") + 4
+    path.write_bytes(data[:4] + b"\xff\xff\xff\xff" + data[8:at] + b"\xff\xff\xff\xff"
+                     + data[at + 4:])
+    assert [f.digit for f in scan_file(path)] == ["2", "7"]
