@@ -8,7 +8,9 @@ the tick (its row gets silence and its timeline waits), so network jitter delays
 instead of corrupting detection.
 
 A packet is released toward the agent only once the detector has seen ``lookahead`` beyond its
-end. Whatever the receiver's ``suspect`` flag (or a confirmed digit, or an RFC 4733 event)
+end: 26 ms by default, because the first 12.75 ms block lying wholly inside a tone is complete
+at most two blocks (25.5 ms) after the tone's first sample, and the suspect flag fires on it.
+Whatever the receiver's ``suspect`` flag (or a confirmed digit, or an RFC 4733 event)
 covers — widened back by a block for the onset and forward by a block for the tail — is replaced
 by the policy's signal before release; everything else leaves byte for byte as it came.
 RFC 4733 events of a masked stream never leave at all. Digits found go to ``drain_events`` as

@@ -70,6 +70,7 @@ class Node:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _api: uvicorn.Server | None = None
     _gateway: GatewayClient | None = None
+    _last_totals: dict[str, int] = field(default_factory=dict)  # media counters, each second
 
     @classmethod
     async def start(cls, config: Config, *, agents: AgentDirectory | None = None,
@@ -163,8 +164,6 @@ class Node:
                                                 if s.status in ("capturing", "submitting"))},
             "media": dict(self._last_totals),
         }
-
-    _last_totals: dict[str, int] = field(default_factory=dict)
 
     async def _housekeeping(self) -> None:
         while True:

@@ -100,16 +100,12 @@ def create_app(manager: PaymentManager, agents: AgentDirectory,
     async def start(call_id: str, body: StartPayment, who: Who,
                     idempotency_key: Annotated[str | None, Header()] = None) -> Payment:
         owned_call(call_id, who)
-        if idempotency_key:
-            for s in manager.sessions.values():
-                if getattr(s, "idempotency_key", None) == idempotency_key:
-                    return payment_view(s)
         try:
             session = manager.start(call_id, who.agent_id, require_postal_code=body.postal_code,
-                                    accepted_brands=tuple(body.valid_card_types or ()))
+                                    accepted_brands=tuple(body.valid_card_types or ()),
+                                    idempotency_key=idempotency_key)
         except PaymentError as exc:
             raise HTTPException(409, str(exc)) from None
-        session.idempotency_key = idempotency_key  # type: ignore[attr-defined]
         return payment_view(session)
 
     @app.get("/v1/calls/{call_id}/payments/{sid}")

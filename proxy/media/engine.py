@@ -205,8 +205,8 @@ class LocalMediaEngine:
         if old is None and new is not None:
             self._pipeline.open(stream_id, new)
         elif old is not None and new is None:
-            for arrived, packet in self._pipeline.tick(self._clock()):
-                self._send_linked(arrived, packet)  # flush what was held back
+            # What the pipeline still holds for this stream is dropped, not flushed: a flush
+            # would release audio the detector has not finished looking at.
             self._pipeline.close(stream_id)
         elif new is not None and new != old:
             self._pipeline.update(stream_id, new)

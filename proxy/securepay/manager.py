@@ -63,6 +63,7 @@ class PaymentManager:
         self.calls: dict[str, CallInfo] = {}
         self.sessions: dict[str, PaymentSession] = {}
         self._active: dict[str, str] = {}  # call id → sid capturing on it
+        self._idempotency: dict[str, str] = {}  # Idempotency-Key → sid
         self._tasks: set[asyncio.Task[None]] = set()
         self.counters = {"started": 0, "complete": 0, "failed": 0, "cancelled": 0,
                          "gateway_errors": 0}
@@ -97,7 +98,10 @@ class PaymentManager:
     # --- sessions --------------------------------------------------------------------------
 
     def start(self, call_id: str, agent_id: str, *, require_postal_code: bool | None = None,
-              accepted_brands: tuple[str, ...] | None = None) -> PaymentSession:
+              accepted_brands: tuple[str, ...] | None = None,
+              idempotency_key: str | None = None) -> PaymentSession:
+        if idempotency_key and (sid := self._idempotency.get(idempotency_key)) is not None:
+            return self.sessions[sid]  # a retried request gets the payment it created
         if call_id not in self.calls:
             raise PaymentError("unknown call")
         if call_id in self._active:
@@ -113,6 +117,8 @@ class PaymentManager:
         session = PaymentSession(sid, call_id, agent_id, settings, self._clock())
         self.sessions[sid] = session
         self._active[call_id] = sid
+        if idempotency_key:
+            self._idempotency[idempotency_key] = sid
         self.counters["started"] += 1
         self.audit.record("payment.start", actor=agent_id, call_id=call_id, session_id=sid)
         self._publish(session, "started")

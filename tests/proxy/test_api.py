@@ -49,9 +49,12 @@ async def test_agents_see_and_act_on_their_own_calls_only(stack: Stack) -> None:
                                  headers=bearer(stack.agent_key))
         assert denied.status_code == 403
         started = await http.post("/v1/calls/mine/payments", json={},
-                                  headers=bearer(stack.agent_key))
+                                  headers={**bearer(stack.agent_key), "Idempotency-Key": "k1"})
         assert started.status_code == 201 and started.json()["status"] == "capturing"
         sid = started.json()["sid"]
+        retried = await http.post("/v1/calls/mine/payments", json={},
+                                  headers={**bearer(stack.agent_key), "Idempotency-Key": "k1"})
+        assert retried.json()["sid"] == sid  # a retried request gets the same payment
         assert (await http.get(f"/v1/calls/mine/payments/{sid}",
                                headers=bearer(stack.other_agent_key))).status_code == 403
         again = await http.post("/v1/calls/mine/payments", json={},
