@@ -178,3 +178,40 @@ async def test_per_call_flags_choose_whose_dtmf_is_masked_and_a_recording_tap(
         await registry.handle({"command": "offer", "call-id": "pc2", "from-tag": "f",
                                "flags": ["caller-agent"], "sdp": audio_sdp("127.0.0.1", 4004)})
     assert "pc2" not in registry.calls
+
+
+class _Sink(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.got: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        self.got.put_nowait(data)
+
+
+async def test_rtcp_is_relayed_separately_and_demultiplexed_under_rtcp_mux(
+        registry: CallRegistry) -> None:
+    loop = asyncio.get_running_loop()
+    sinks = [await loop.create_datagram_endpoint(_Sink, local_addr=("127.0.0.1", 0))
+             for _ in range(3)]
+    caller_rtp, agent_rtp, agent_rtcp = sinks
+    port = [t.get_extra_info("sockname")[1] for t, _ in sinks]
+    receiver_report = bytes([0x81, 201, 0, 7]) + b"\x00" * 28  # RTCP RR, one report block
+    try:
+        # The caller multiplexes RTCP on its RTP port; the agent uses a separate RTCP port.
+        await registry.handle({"command": "offer", "call-id": "rtcp", "from-tag": "ft",
+                               "sdp": audio_sdp("127.0.0.1", port[0], rtcp_mux=True)})
+        answer = await registry.handle({
+            "command": "answer", "call-id": "rtcp", "from-tag": "ft", "to-tag": "tt",
+            "sdp": audio_sdp("127.0.0.1", port[1], extra=(f"a=rtcp:{port[2]}",))})
+        assert "a=rtcp-mux" in answer["sdp"]  # the caller's rtcp-mux is accepted
+        to_toneguard = media_endpoint(answer["sdp"])
+        caller_rtp[0].sendto(receiver_report, to_toneguard)  # RTCP on the RTP port
+        async with asyncio.timeout(3):
+            relayed = await agent_rtcp[1].got.get()
+        assert relayed == receiver_report
+        assert agent_rtp[1].got.empty()  # not mistaken for RTP
+        stats = await registry._engine.stats("rtcp/ft/0")
+        assert stats.rtcp_in == 1 and stats.packets_in == 0
+    finally:
+        for t, _ in sinks:
+            t.close()
