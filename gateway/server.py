@@ -18,5 +18,6 @@ def build_server(paths: PkiPaths, host: str, port: int) -> uvicorn.Server:
         create_app(store), host=host, port=port, log_level="warning",
         ssl_certfile=str(paths.server_cert), ssl_keyfile=str(paths.server_key),
         ssl_ca_certs=str(paths.ca_cert), ssl_cert_reqs=ssl.CERT_REQUIRED,
-        access_log=False, lifespan="off")
+        access_log=False, lifespan="off",
+        log_config=None)  # leave the process's logging alone (no request bodies are logged)
     return uvicorn.Server(config)
