@@ -61,10 +61,10 @@ class _Held:
 
 @dataclass
 class _Digit:
-    digit: str
-    start: int
-    end: int | None
-    sources: set[str]
+    digit: str = field(repr=False)  # may be a card digit: never in a repr or traceback
+    start: int = 0
+    end: int | None = None
+    sources: set[str] = field(default_factory=set)
 
 
 @dataclass

@@ -14,7 +14,7 @@ import contextlib
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import structlog
@@ -47,7 +47,7 @@ class PaymentError(LookupError):
 class CallInfo:
     call_id: str
     agent_id: str = ""  # "" = unassigned
-    recent: str = ""  # the last keys outside a payment, at most the trigger's length
+    recent: str = field(default="", repr=False)  # last keys outside a payment (trigger only)
 
 
 class PaymentManager:

@@ -30,7 +30,7 @@ class SessionError(ValueError):
 @dataclass
 class _Field:
     name: str
-    buffer: bytearray = field(default_factory=bytearray)
+    buffer: bytearray = field(default_factory=bytearray, repr=False)  # clear digits
     valid: bool = False
     attempts: int = 0
 

@@ -90,3 +90,16 @@ def test_recapture_lets_the_agent_ask_again() -> None:
     assert s.status == "ready"
     with pytest.raises(ValueError, match="unknown field"):
         s.recapture("pin", 3.0)
+
+
+def test_no_object_holding_digits_shows_them_in_its_repr() -> None:
+    from proxy.masking import _Digit
+    from proxy.media.types import DigitEvent
+    from proxy.securepay.manager import CallInfo
+
+    s = session()
+    key_all(s, "41111111")
+    shown = " ".join([repr(s), repr(s.fields), repr(_Digit("7", 0)),
+                      repr(CallInfo("c", recent="4111")),
+                      repr(DigitEvent("st", "9", "inband", 0.0, 50.0))])
+    assert "4111" not in shown and "'7'" not in shown and "'9'" not in shown
