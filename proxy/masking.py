@@ -100,6 +100,16 @@ class _Stream:
         return g - self.mapping[0][1] + self.mapping[0][2] if self.mapping else 0
 
 
+def _first_gap(filled: list[tuple[int, int]], n: int) -> tuple[int, int] | None:
+    """[first unfilled sample, last unfilled sample + 1) of [0, n); None if all is filled."""
+    spans = merge(filled)
+    if len(spans) == 1 and spans[0][0] <= 0 and spans[0][1] >= n:
+        return None
+    first = 0 if not spans or spans[0][0] > 0 else spans[0][1]
+    last = n if not spans or spans[-1][1] < n else spans[-1][0]
+    return (first, last)
+
+
 class MaskingPipeline:
     """AudioPipeline that masks DTMF on every stream opened with an effective policy."""
 
@@ -252,7 +262,7 @@ class MaskingPipeline:
             stream.stalled_ticks = 0 if has_data else stream.stalled_ticks
             row = codes[stream.row]
             row[:] = SILENCE_CODE[stream.law]
-            received = np.zeros(TICK_SAMPLES, dtype=bool)
+            received: list[tuple[int, int]] = []  # filled [lo, hi) within this tick
             alaw_rows[stream.row] = stream.law == "alaw"
             for start in sorted(stream.buffer):
                 payload, law = stream.buffer[start]
@@ -260,26 +270,25 @@ class MaskingPipeline:
                 if lo < hi:
                     row[lo - fed:hi - fed] = np.frombuffer(payload, np.uint8,
                                                           hi - lo, lo - start)
-                    received[lo - fed:hi - fed] = True
+                    received.append((lo - fed, hi - fed))
                     alaw_rows[stream.row] = law == "alaw"
                 if start + len(payload) <= fed + TICK_SAMPLES:
                     del stream.buffer[start]
-            if not received.all() and not paused:
-                missing = np.flatnonzero(~received)
-                stream.lost = merge([*stream.lost, (fed + int(missing[0]),
-                                                    fed + int(missing[-1]) + 1)])
+            gap = _first_gap(received, TICK_SAMPLES)
+            if gap is not None and not paused:
+                stream.lost = merge([*stream.lost, (fed + gap[0], fed + gap[1])])
             stream.media_fed = fed + TICK_SAMPLES
         audio = np.where(alaw_rows[:, None], g711.decode(codes, "alaw", np.float32),
                          g711.decode(codes, "ulaw", np.float32))
         result = detector.process(audio)
+        suspect_rows = set(np.flatnonzero(result.suspect.any(axis=0)).tolist())
         for stream in active:
-            if not stream.policy.detect:
+            if not stream.policy.detect or stream.row not in suspect_rows:
                 continue
             column = result.suspect[:, stream.row]
-            if column.any():
-                media_starts = np.array([stream.to_media(int(g)) for g in result.block_starts])
-                stream.spans = merge([*stream.spans, *spans_from_suspect(
-                    media_starts, column, result.block_size, WIDEN_BEFORE, WIDEN_AFTER)])
+            media_starts = np.array([stream.to_media(int(g)) for g in result.block_starts])
+            stream.spans = merge([*stream.spans, *spans_from_suspect(
+                media_starts, column, result.block_size, WIDEN_BEFORE, WIDEN_AFTER)])
         by_row = {s.row: s for s in active}
         for event in result.events:
             stream = by_row.get(event.channel)
@@ -335,12 +344,13 @@ class MaskingPipeline:
             if h.kind == "event" and effective:
                 self.counters["dropped_events"] += 1
                 continue
-            if h.kind == "audio" and effective:
+            end = h.start + h.length
+            if h.kind == "audio" and effective and (h.late or any(
+                    s < end and e > h.start for s, e in stream.spans)):
                 mask = covered(stream.spans, h.start, h.length)
                 if h.late:
                     mask[:] = True  # not inspected in time: never let it through unmasked
-                if mask.any():
-                    packet = self._masked(stream, h, mask)
+                packet = self._masked(stream, h, mask)
             if stream.out_seq is None:
                 stream.out_seq = packet.sequence_number
             packet = RtpPacket(packet.payload_type, stream.out_seq, packet.timestamp,
