@@ -79,6 +79,11 @@ def redact_card_numbers(logger: Any, method: str, event_dict: dict[str, Any]) ->
     return out
 
 
+def _drop_color_message(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    event_dict.pop("color_message", None)  # uvicorn's ANSI-coloured duplicate of the message
+    return event_dict
+
+
 def configure_logging(format: str = "console", level: str = "info",
                       stream: TextIO | None = None) -> None:
     """Configure structlog and stdlib logging for the process."""
@@ -103,7 +108,7 @@ def configure_logging(format: str = "console", level: str = "info",
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared,
-                           structlog.stdlib.ExtraAdder()],
+                           structlog.stdlib.ExtraAdder(), _drop_color_message],
     ))
     root = logging.getLogger()
     root.handlers[:] = [handler]
