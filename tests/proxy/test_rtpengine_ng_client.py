@@ -24,11 +24,13 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-async def node(free_udp_port: int, media_ports: tuple[int, int]) -> AsyncIterator[Node]:
+@pytest.fixture(params=[1, 2], ids=["in-process", "2-workers"])
+async def node(request: pytest.FixtureRequest, free_udp_port: int,
+               media_ports: tuple[int, int]) -> AsyncIterator[Node]:
     config = load_config(overrides={
         "ng": {"listen": f"127.0.0.1:{free_udp_port}"},
-        "media": {"port_min": media_ports[0], "port_max": media_ports[1]},
+        "media": {"port_min": media_ports[0], "port_max": media_ports[1],
+                  "workers": request.param},
         "api": {"listen": "127.0.0.1:0"},
     })
     node = await Node.start(config)
@@ -136,7 +138,7 @@ async def test_block_and_unblock_dtmf_and_errors(node: Node) -> None:
         out = await ng_client(node, "block DTMF", "--call-id=ngc3", "--from-tag=caller",
                               "--DTMF-security=silence")
         assert succeeded(out)
-        media = node.registry.calls["ngc3"].parties["caller"].medias[0]
+        media = node.registry.calls["ngc3"].parties["caller"].medias[0]  # control-plane view
         assert media.config.masking is not None and media.config.masking.mode.value == "silence"
         out = await ng_client(node, "block DTMF", "--call-id=nosuch", expect_error=True)
         assert 'Error reason: "Unknown call-ID"' in out
