@@ -16,7 +16,8 @@ the relay spent, not the load generator. rtpengine runs in userspace (no kernel 
   would not compare like with like); packets are protected ahead of time so the generator's
   cost does not change.
 
-Latency is measured on plain-RTP runs: each payload carries its send time.
+Latency: plain payloads carry their scheduled send time; in SRTP runs the agent → caller
+direction (decrypted by the relay) is timed.
 """
 
 from __future__ import annotations
@@ -70,15 +71,25 @@ def _cpu_seconds(pid: int) -> float:
 
 
 class _Counter(asyncio.DatagramProtocol):
-    def __init__(self, loop: asyncio.AbstractEventLoop, timed: bool) -> None:
+    """Counts what arrives and times what it can read. A payload starts with its send time
+    (≥ 0), or, for packets encrypted ahead of time, −(tick + 1): the time it was scheduled
+    (``start`` + tick × 20 ms; generator lag included, so an upper bound). Encrypted arrivals
+    (``timed`` False) are only counted."""
+
+    start = 0.0
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.received = 0
         self.latencies: list[float] = []
-        self._loop, self._timed = loop, timed
+        self.timed = True
+        self._loop = loop
 
     def datagram_received(self, data: bytes, addr: object) -> None:
         self.received += 1
-        if self._timed and len(data) >= 20:
-            self.latencies.append(self._loop.time() - struct.unpack_from("!d", data, 12)[0])
+        if self.timed and len(data) >= 20:
+            stamp = struct.unpack_from("!d", data, 12)[0]
+            sent = stamp if stamp >= 0 else _Counter.start + (-stamp - 1) * 0.02
+            self.latencies.append(self._loop.time() - sent)
 
 
 @dataclass
@@ -119,7 +130,7 @@ async def run_relay(name: str, calls: int, seconds: float, tmp: Path) -> Outcome
     loop = asyncio.get_running_loop()
     ng_port = _free_udp()
     base = 42000 + (ng_port % 4000) // 2 * 2
-    proc = await _start(name, ng_port, (base, base + 4 * calls + 100), tmp)
+    proc = await _start(name, ng_port, (base, base + 8 * calls + 100), tmp)
     transport, ngc = await loop.create_datagram_endpoint(NgClient,
                                                          remote_addr=("127.0.0.1", ng_port))
     endpoints = []
@@ -138,7 +149,7 @@ async def run_relay(name: str, calls: int, seconds: float, tmp: Path) -> Outcome
             keys: list[sdes.CryptoAttribute | None] = [None, None]
             for _ in range(2):
                 t, proto = await loop.create_datagram_endpoint(
-                    lambda: _Counter(loop, timed=not srtp), local_addr=("127.0.0.1", 0))
+                    lambda: _Counter(loop), local_addr=("127.0.0.1", 0))
                 legs.append((t, proto, t.get_extra_info("sockname")[1]))
             proto_name = "RTP/SAVP" if srtp else "RTP/AVP"
             call_id = f"bench-{i}"
@@ -160,6 +171,7 @@ async def run_relay(name: str, calls: int, seconds: float, tmp: Path) -> Outcome
                 await ngc.request(transport, {"command": "block DTMF", "call-id": call_id,
                                               "from-tag": "a", "DTMF-security": "tone",
                                               "delay-buffer": 40})
+            legs[1][1].timed = not srtp  # the agent's leg receives SRTP: count only
             endpoints.append((legs[0], media_endpoint(answer["sdp"])))
             endpoints.append((legs[1], media_endpoint(offer["sdp"])))
             senders += [SrtpSender(k.params) if k else None for k in keys]
@@ -167,16 +179,16 @@ async def run_relay(name: str, calls: int, seconds: float, tmp: Path) -> Outcome
         prepared: list[list[bytes]] = []
         if srtp:  # protect every packet ahead of time: sending then costs what plain RTP does
             for n, sender in enumerate(senders):
-                packets = [struct.pack("!BBHII", 0x80, 0, t & 0xFFFF, t * 160, n) + payload
-                           for t in range(ticks)]
+                packets = [struct.pack("!BBHIId", 0x80, 0, t & 0xFFFF, t * 160, n, -t - 1.0)
+                           + payload[8:] for t in range(ticks)]
                 prepared.append([sender.protect(p) for p in packets] if sender else packets)
         cpu_before = _cpu_seconds(proc.pid)
-        start = loop.time()
+        start = _Counter.start = loop.time()
         for tick in range(ticks):
-            header = struct.pack("!BBHII", 0x80, 0, tick & 0xFFFF, tick * 160, 0)
-            stamp = struct.pack("!d", loop.time())
+            plain = struct.pack("!BBHIId", 0x80, 0, tick & 0xFFFF, tick * 160, 0, loop.time())
+            plain += payload[8:]
             for n, ((t, _, _), dest) in enumerate(endpoints):
-                t.sendto(prepared[n][tick] if srtp else header + stamp + payload[8:], dest)
+                t.sendto(prepared[n][tick] if srtp else plain, dest)
             await asyncio.sleep(max(0.0, start + (tick + 1) * 0.02 - loop.time()))
         await asyncio.sleep(0.3)
         cpu = _cpu_seconds(proc.pid) - cpu_before
