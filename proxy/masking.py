@@ -90,6 +90,7 @@ class _Stream:
     replacement_digit: str = "0"
     stalls: int = 0
     stalled_ticks: int = 0  # consecutive
+    warned_unmaskable: bool = False
     late: int = 0
     masked_samples: int = 0
 
@@ -193,6 +194,14 @@ class MaskingPipeline:
             self._on_telephone_event(stream, packet, start)
             stream.held.append(_Held(start, 0, packet, "event"))
         else:
+            # Comfort noise is harmless; any other codec cannot be inspected here, so it is
+            # relayed as is — counted, and said once per stream, as the operator must know.
+            if name != "CN":
+                self.counters["unmaskable_packets"] += 1
+                if not stream.warned_unmaskable:
+                    stream.warned_unmaskable = True
+                    log.warning("codec cannot be masked, relayed untouched",
+                                stream_id=stream.stream_id, codec=name or packet.payload_type)
             stream.held.append(_Held(start, 0, packet, "other"))
 
     def _on_telephone_event(self, stream: _Stream, packet: RtpPacket, start: int) -> None:

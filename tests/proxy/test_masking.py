@@ -279,3 +279,15 @@ def test_an_ssrc_change_mid_call_keeps_masking_and_relaying() -> None:
     assert spandsp_detect(heard) == "" and multimon_detect(heard) == ""
     assert "".join(e.digit for e in pipeline.drain_events()) == "58"
     assert base > 0
+
+
+def test_a_codec_that_cannot_be_masked_is_relayed_and_counted() -> None:
+    pipeline = MaskingPipeline(lookahead_ms=LOOKAHEAD_MS)
+    pipeline.open("caller", MaskingPolicy())
+    g722 = [RtpPacket(9, k, 160 * k, 1, payload=bytes(160)) for k in range(5)]
+    out = []
+    for k, p in enumerate(g722 + [None] * 5):
+        if p is not None:
+            pipeline.push("caller", p, {9: "G722"}, k * 0.02)
+        out += pipeline.tick(k * 0.02 + 0.01)
+    assert len(out) == 5 and pipeline.counters["unmaskable_packets"] == 5
