@@ -1,23 +1,23 @@
 """Media relay side by side with rtpengine: `python -m loadtest.bench_relay [--calls N ...]`.
 
-Each relay runs as its own process on loopback; this process sets calls up over ng (as Kamailio
-would) and plays both parties of every call: 20 ms PCMU packets each way, paced on the event
-loop. The relay's CPU time is read from /proc over the traffic window, so the figure is what
-the relay spent, not the load generator. rtpengine runs in userspace (no kernel module here):
+Each relay runs as its own process on loopback, pinned to core 1; this process, pinned to core
+0, sets calls up over ng (as Kamailio would) and then plays both parties of every call with
+:mod:`loadtest.traffic`: 20 ms PCMU packets each way, each stream at its own phase, batched
+``sendmmsg``, kernel receive timestamps. The relay's CPU time is read from /proc over the
+traffic window, so the figure is what the relay spent, not the load generator. rtpengine runs
+in userspace (no kernel module here):
 
 * rtpengine relay: `rtpengine --config-file=none -t -1 -i 127.0.0.1 -n ...` (its defaults);
 * rtpengine masking: the same with `block DTMF`, `DTMF-security=tone`, `delay-buffer=40` on the
   caller — the settings under which it replaces in-band tones at all (DESIGN.md);
 * ToneGuard relay: `masking.caller = "none"` (plain relay); ToneGuard masking: the default
-  always-on in-band masking of the caller; "×2" runs use two media worker processes;
+  always-on in-band masking of the caller; "×2" runs use two media worker processes and may use
+  both cores (the generator's too);
 * SRTP runs: the caller's leg plain RTP, the agent's leg SDES-SRTP (AES_CM_128_HMAC_SHA1_80,
   `transport-protocol=RTP/SAVP` on the offer), so both relays must encrypt one way and decrypt
   the other (with SRTP on both legs rtpengine passes the crypto through untouched, which
-  would not compare like with like); packets are protected ahead of time so the generator's
-  cost does not change.
-
-Latency: plain payloads carry their scheduled send time; in SRTP runs the agent → caller
-direction (decrypted by the relay) is timed.
+  would not compare like with like). The first packet of every encrypted stream is decrypted
+  with the key the relay offered and compared with what was sent.
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ import asyncio
 import os
 import shutil
 import socket
-import struct
+import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,10 +38,11 @@ import numpy as np
 
 from loadtest.sdp_builder import audio_sdp, media_endpoint
 from loadtest.simulate import NgClient
+from loadtest.traffic import Stream, Traffic, TrafficResult
 from proxy import sdes
-from proxy.srtp import SrtpSender
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+GENERATOR_CPU, RELAY_CPU = {0}, {1}
 
 
 def _free_udp() -> int:
@@ -70,46 +72,25 @@ def _cpu_seconds(pid: int) -> float:
     return total
 
 
-class _Counter(asyncio.DatagramProtocol):
-    """Counts what arrives and times what it can read. A payload starts with its send time
-    (≥ 0), or, for packets encrypted ahead of time, −(tick + 1): the time it was scheduled
-    (``start`` + tick × 20 ms; generator lag included, so an upper bound). Encrypted arrivals
-    (``timed`` False) are only counted."""
-
-    start = 0.0
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.received = 0
-        self.latencies: list[float] = []
-        self.timed = True
-        self._loop = loop
-
-    def datagram_received(self, data: bytes, addr: object) -> None:
-        self.received += 1
-        if self.timed and len(data) >= 20:
-            stamp = struct.unpack_from("!d", data, 12)[0]
-            sent = stamp if stamp >= 0 else _Counter.start + (-stamp - 1) * 0.02
-            self.latencies.append(self._loop.time() - sent)
-
-
 @dataclass
 class Outcome:
     name: str
     calls: int
-    cpu: float
-    seconds: float
-    sent: int
-    received: int
-    p50_ms: float = float("nan")
-    p99_ms: float = float("nan")
+    cpu: float  # relay CPU seconds over the traffic window
+    seconds: float  # the traffic window
+    traffic: TrafficResult
+    generator_cpu: float
 
     @property
     def core_percent(self) -> float:
         return 100 * self.cpu / self.seconds
 
+    @property
+    def us_per_packet(self) -> float:
+        return 1e6 * self.cpu / max(self.traffic.received, 1)
 
-async def _start(name: str, ng_port: int, ports: tuple[int, int], tmp: Path
-                 ) -> asyncio.subprocess.Process:
+
+def _start(name: str, ng_port: int, ports: tuple[int, int], tmp: Path) -> subprocess.Popen:
     if name.startswith("rtpengine"):
         cmd = ["rtpengine", "--config-file=none", "-t", "-1", "-i", "127.0.0.1", "-n",
                f"127.0.0.1:{ng_port}", "-f", "-E", "-m", str(ports[0]), "-M", str(ports[1]),
@@ -122,18 +103,16 @@ async def _start(name: str, ng_port: int, ports: tuple[int, int], tmp: Path
                           f'[api]\nlisten = "127.0.0.1:0"\n[media]\nworkers = {workers}\n')
         cmd = [sys.executable, "-m", "proxy.cli", "serve", "-c", str(config), "--ng-listen",
                f"127.0.0.1:{ng_port}", "--port-range", f"{ports[0]}-{ports[1]}"]
-    return await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.DEVNULL,
-                                                stderr=asyncio.subprocess.DEVNULL)
+    cpus = GENERATOR_CPU | RELAY_CPU if "×2" in name else RELAY_CPU
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: os.sched_setaffinity(0, cpus))
 
 
-async def run_relay(name: str, calls: int, seconds: float, tmp: Path) -> Outcome:
+async def _set_up_calls(name: str, calls: int, ng_port: int, traffic: Traffic) -> list[Stream]:
+    """Offer/answer every call over ng; each call's legs are the generator's two sockets."""
     loop = asyncio.get_running_loop()
-    ng_port = _free_udp()
-    base = 42000 + (ng_port % 4000) // 2 * 2
-    proc = await _start(name, ng_port, (base, base + 8 * calls + 100), tmp)
     transport, ngc = await loop.create_datagram_endpoint(NgClient,
                                                          remote_addr=("127.0.0.1", ng_port))
-    endpoints = []
     try:
         for _ in range(50):  # wait for the relay's ng socket
             try:
@@ -142,96 +121,104 @@ async def run_relay(name: str, calls: int, seconds: float, tmp: Path) -> Outcome
             except (TimeoutError, RuntimeError):
                 await asyncio.sleep(0.2)
         srtp = "SRTP" in name
-        ticks = int(seconds / 0.02)
-        senders: list[SrtpSender | None] = []
+        streams: list[Stream] = []
         for i in range(calls):
-            legs = []
-            keys: list[sdes.CryptoAttribute | None] = [None, None]
-            for _ in range(2):
-                t, proto = await loop.create_datagram_endpoint(
-                    lambda: _Counter(loop), local_addr=("127.0.0.1", 0))
-                legs.append((t, proto, t.get_extra_info("sockname")[1]))
-            proto_name = "RTP/SAVP" if srtp else "RTP/AVP"
             call_id = f"bench-{i}"
             offer_body = {"command": "offer", "call-id": call_id, "from-tag": "a",
-                          "sdp": audio_sdp("127.0.0.1", legs[0][2], payload_types=(0, 101))}
+                          "sdp": audio_sdp("127.0.0.1", traffic.ports[0],
+                                           payload_types=(0, 101))}
             if srtp:
                 offer_body["transport-protocol"] = "RTP/SAVP"
             offer = await ngc.request(transport, offer_body)
+            ours: sdes.CryptoAttribute | None = None
+            theirs: sdes.CryptoAttribute | None = None
             if srtp:  # answer with the suite the relay offered, under its tag
                 offered = sdes.offered([line.split(":", 1)[1] for line in
                                         offer["sdp"].splitlines() if line.startswith("a=crypto:")])
-                chosen = next(c for c in offered if c.suite == "AES_CM_128_HMAC_SHA1_80")
-                keys[1] = sdes.generate(chosen.suite, chosen.tag)
+                theirs = next(c for c in offered if c.suite == "AES_CM_128_HMAC_SHA1_80")
+                ours = sdes.generate(theirs.suite, theirs.tag)
             answer = await ngc.request(transport, {
                 "command": "answer", "call-id": call_id, "from-tag": "a", "to-tag": "b",
-                "sdp": audio_sdp("127.0.0.1", legs[1][2], payload_types=(0, 101),
-                                 proto=proto_name, crypto=[keys[1]] if srtp else None)})
+                "sdp": audio_sdp("127.0.0.1", traffic.ports[1], payload_types=(0, 101),
+                                 proto="RTP/SAVP" if srtp else "RTP/AVP",
+                                 crypto=[ours] if ours else None)})
             if name == "rtpengine masking":
                 await ngc.request(transport, {"command": "block DTMF", "call-id": call_id,
                                               "from-tag": "a", "DTMF-security": "tone",
                                               "delay-buffer": 40})
-            legs[1][1].timed = not srtp  # the agent's leg receives SRTP: count only
-            endpoints.append((legs[0], media_endpoint(answer["sdp"])))
-            endpoints.append((legs[1], media_endpoint(offer["sdp"])))
-            senders += [SrtpSender(k.params) if k else None for k in keys]
-        payload = bytes([0xFF]) * 160
-        prepared: list[list[bytes]] = []
-        if srtp:  # protect every packet ahead of time: sending then costs what plain RTP does
-            for n, sender in enumerate(senders):
-                packets = [struct.pack("!BBHIId", 0x80, 0, t & 0xFFFF, t * 160, n, -t - 1.0)
-                           + payload[8:] for t in range(ticks)]
-                prepared.append([sender.protect(p) for p in packets] if sender else packets)
-        cpu_before = _cpu_seconds(proc.pid)
-        start = _Counter.start = loop.time()
-        for tick in range(ticks):
-            plain = struct.pack("!BBHIId", 0x80, 0, tick & 0xFFFF, tick * 160, 0, loop.time())
-            plain += payload[8:]
-            for n, ((t, _, _), dest) in enumerate(endpoints):
-                t.sendto(prepared[n][tick] if srtp else plain, dest)
-            await asyncio.sleep(max(0.0, start + (tick + 1) * 0.02 - loop.time()))
-        await asyncio.sleep(0.3)
-        cpu = _cpu_seconds(proc.pid) - cpu_before
-        elapsed = loop.time() - start
-        received = sum(p.received for (_, p, _), _ in endpoints)
-        outcome = Outcome(name, calls, cpu, elapsed, ticks * len(endpoints), received)
-        latencies = [x for (_, p, _), _ in endpoints for x in p.latencies]
-        if latencies:
-            outcome.p50_ms = 1000 * float(np.percentile(latencies, 50))
-            outcome.p99_ms = 1000 * float(np.percentile(latencies, 99))
-        return outcome
+            # Caller → relay (answer SDP's address), decrypted by us on the agent's side with
+            # the relay's key; agent → relay (offer SDP's address), protected with ours.
+            streams.append(Stream(0, media_endpoint(answer["sdp"]),
+                                  recv_key=theirs.params if theirs else None))
+            streams.append(Stream(1, media_endpoint(offer["sdp"]),
+                                  send_key=ours.params if ours else None))
+        return streams
     finally:
         transport.close()
-        for (t, _, _), _ in endpoints:
-            t.close()
+
+
+def run_relay(name: str, calls: int, seconds: float, tmp: Path) -> Outcome:
+    ng_port = _free_udp()
+    base = 42000 + (ng_port % 4000) // 2 * 2
+    proc = _start(name, ng_port, (base, base + 8 * calls + 100), tmp)
+    traffic = Traffic()
+    try:
+        streams = asyncio.run(_set_up_calls(name, calls, ng_port, traffic))
+        traffic.prepare(streams, seconds)
+        cpu_before, gen_before = _cpu_seconds(proc.pid), time.process_time()
+        started = time.monotonic()
+        result = traffic.run()
+        elapsed = time.monotonic() - started
+        return Outcome(name, calls, _cpu_seconds(proc.pid) - cpu_before, elapsed, result,
+                       time.process_time() - gen_before)
+    finally:
+        traffic.close()
         proc.terminate()
-        await proc.wait()
+        proc.wait(timeout=20)
 
 
-async def main_async(calls_list: list[int], seconds: float, relays: list[str]) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        outcomes = [await run_relay(name, calls, seconds, Path(tmp))
-                    for calls in calls_list for name in relays]
+def _ms(value: float) -> str:
+    return "–" if np.isnan(value) else f"{value:.2f}"
+
+
+def report(outcomes: list[Outcome], seconds: float) -> None:
     print(f"Media relay on loopback, PCMU 20 ms both ways, {seconds:g} s of traffic per run; "
-          "relay CPU from /proc (one core = 100 %)")
+          "relay on core 1, generator on core 0; relay CPU from /proc (one core = 100 %)")
     print(f"{'relay':26} {'calls':>6} {'CPU %':>7} {'µs/packet':>10} {'delivered':>10} "
-          f"{'p50 ms':>7} {'p99 ms':>7} {'vs rtpengine':>13}")
+          f"{'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'vs rtpengine':>13} {'gen CPU':>8} "
+          f"{'gen lag p99':>12}")
     for o in outcomes:
         same = "rtpengine SRTP relay" if "SRTP" in o.name else "rtpengine relay"
         base = next((b for b in outcomes if b.name == same and b.calls == o.calls), None)
-        ratio = f"{o.cpu / base.cpu:.2f}×" if base and base.cpu else ""
-        print(f"{o.name:26} {o.calls:6d} {o.core_percent:6.1f}% "
-              f"{1e6 * o.cpu / max(o.received, 1):10.1f} {100 * o.received / o.sent:9.2f}% "
-              f"{o.p50_ms:7.2f} {o.p99_ms:7.2f} {ratio:>13}")
-    print("µs/packet: relay CPU per packet delivered; p50/p99: send → receive on loopback "
-          "(ToneGuard masking includes its 26 ms look-ahead); ratios against the rtpengine run "
-          "of the same kind")
+        ratio = f"{o.us_per_packet / base.us_per_packet:.2f}×" if base and base.cpu else ""
+        t = o.traffic
+        lag = 1000 * float(np.percentile(t.lateness, 99))
+        print(f"{o.name:26} {o.calls:6d} {o.core_percent:6.1f}% {o.us_per_packet:10.2f} "
+              f"{100 * t.received / t.sent:9.3f}% {_ms(t.percentile_ms(50)):>7} "
+              f"{_ms(t.percentile_ms(99)):>7} {_ms(t.percentile_ms(100)):>7} {ratio:>13} "
+              f"{100 * o.generator_cpu / o.seconds:7.1f}% {lag:9.2f} ms")
+        problems = []
+        if t.foreign:
+            problems.append(f"{t.foreign} arrivals not matching a packet sent")
+        if t.generator_drops:
+            problems.append(f"{t.generator_drops} dropped by the generator's own sockets")
+        if t.unverified:
+            problems.append(f"{len(t.unverified)} SRTP streams did not decrypt to what was sent")
+        if "SRTP" in o.name and t.verified < o.calls:
+            problems.append(f"only {t.verified} of {o.calls} SRTP streams verified")
+        if problems:
+            print(f"{'':26} !! {'; '.join(problems)}")
+    print("µs/packet: relay CPU per packet delivered; latency: from the sendmmsg that carried "
+          "a packet to the kernel's receive timestamp (ToneGuard masking includes its 26 ms "
+          "look-ahead); ratios: CPU per packet against the rtpengine run of the same kind; "
+          "gen lag: how late the generator's send slots fired")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, nargs="*", default=[100, 300])
+    parser.add_argument("--calls", type=int, nargs="*", default=[300, 1000])
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--relays", nargs="*", help="names to run (default: all)")
     args = parser.parse_args(argv)
     relays = ["ToneGuard relay", "ToneGuard relay ×2", "ToneGuard masking",
               "ToneGuard masking ×2", "ToneGuard SRTP relay"]
@@ -239,7 +226,17 @@ def main(argv: list[str] | None = None) -> None:
         relays = ["rtpengine relay", "rtpengine masking", "rtpengine SRTP relay", *relays]
     else:
         print("rtpengine not installed (apt-get install rtpengine-daemon): ToneGuard only")
-    asyncio.run(main_async(args.calls, args.seconds, relays))
+    if args.relays:
+        relays = [r for r in relays if r in args.relays]
+    if len(os.sched_getaffinity(0)) < 2:
+        print("bench_relay: needs two cores (relay and generator each pinned to one)",
+              file=sys.stderr)
+        raise SystemExit(2)
+    os.sched_setaffinity(0, GENERATOR_CPU)
+    with tempfile.TemporaryDirectory() as tmp:
+        outcomes = [run_relay(name, calls, args.seconds, Path(tmp))
+                    for calls in args.calls for name in relays]
+    report(outcomes, args.seconds)
 
 
 if __name__ == "__main__":

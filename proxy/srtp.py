@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pylibsrtp
+from pylibsrtp._binding import ffi, lib
 
 from proxy.media.types import SrtpParams
 
@@ -12,6 +13,10 @@ _PROFILES = {
     "AEAD_AES_128_GCM": pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM,
     "AEAD_AES_256_GCM": pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_256_GCM,
 }
+
+
+_protect, _unprotect = lib.srtp_protect, lib.srtp_unprotect
+_protect_rtcp, _unprotect_rtcp = lib.srtp_protect_rtcp, lib.srtp_unprotect_rtcp
 
 
 class SrtpError(Exception):
@@ -34,39 +39,63 @@ def _session(params: SrtpParams, inbound: bool) -> pylibsrtp.Session:
     return pylibsrtp.Session(policy)
 
 
+# libsrtp's srtp_err_status_t values a relay meets (others are reported by number).
+_STATUS = {1: "failure", 2: "bad parameter", 7: "authentication failed",
+           9: "replayed packet", 10: "packet too old for the replay window",
+           25: "bad MKI", 26: "packet index too old", 27: "packet index too far ahead"}
+MAX_PACKET = 1500  # larger datagrams are refused, not truncated
+_BUFFER = MAX_PACKET + 256  # room for the longest SRTP/SRTCP trailer (tag, MKI, index)
+
+
+class _Context:
+    """One libsrtp session, called through cffi directly on a buffer of its own.
+
+    Why not ``pylibsrtp.Session.protect``: per packet it allocates a length cell and goes
+    through two wrapper layers, which cost about half as much again as the cipher and MAC
+    themselves (0.6 µs of 1.8 µs per protect here). The session itself still comes from
+    pylibsrtp, which owns and frees it.
+    """
+
+    def __init__(self, params: SrtpParams, inbound: bool) -> None:
+        self._session = _session(params, inbound=inbound)
+        self._srtp = self._session._srtp[0]  # the srtp_t; pylibsrtp 1.0 (pinned) keeps it here
+        self._buffer = ffi.new("char[]", _BUFFER)
+        self._view = ffi.buffer(self._buffer)
+        self._length = ffi.new("int *")
+
+    def run(self, function: object, packet: bytes, what: str) -> bytes:
+        size = len(packet)
+        if size > MAX_PACKET:
+            raise SrtpError(f"{what}: {size}-byte packet is longer than {MAX_PACKET}")
+        self._view[0:size] = packet
+        self._length[0] = size
+        status = function(self._srtp, self._buffer, self._length)  # type: ignore[operator]
+        if status:
+            raise SrtpError(f"{what} failed: {_STATUS.get(status, f'status {status}')}")
+        return self._view[0:self._length[0]]
+
+
 class SrtpReceiver:
     """Unprotects what a peer sends us with the key from its ``a=crypto``."""
 
     def __init__(self, params: SrtpParams) -> None:
-        self._session = _session(params, inbound=True)
+        self._context = _Context(params, inbound=True)
 
     def unprotect(self, packet: bytes) -> bytes:
-        try:
-            return self._session.unprotect(packet)
-        except pylibsrtp.Error as exc:
-            raise SrtpError(f"SRTP unprotect failed: {exc}") from None
+        return self._context.run(_unprotect, packet, "SRTP unprotect")
 
     def unprotect_rtcp(self, packet: bytes) -> bytes:
-        try:
-            return self._session.unprotect_rtcp(packet)
-        except pylibsrtp.Error as exc:
-            raise SrtpError(f"SRTCP unprotect failed: {exc}") from None
+        return self._context.run(_unprotect_rtcp, packet, "SRTCP unprotect")
 
 
 class SrtpSender:
     """Protects what we send a peer with the key we advertised to it."""
 
     def __init__(self, params: SrtpParams) -> None:
-        self._session = _session(params, inbound=False)
+        self._context = _Context(params, inbound=False)
 
     def protect(self, packet: bytes) -> bytes:
-        try:
-            return self._session.protect(packet)
-        except pylibsrtp.Error as exc:
-            raise SrtpError(f"SRTP protect failed: {exc}") from None
+        return self._context.run(_protect, packet, "SRTP protect")
 
     def protect_rtcp(self, packet: bytes) -> bytes:
-        try:
-            return self._session.protect_rtcp(packet)
-        except pylibsrtp.Error as exc:
-            raise SrtpError(f"SRTCP protect failed: {exc}") from None
+        return self._context.run(_protect_rtcp, packet, "SRTCP protect")

@@ -38,11 +38,18 @@ log = structlog.get_logger("toneguard.media")
 
 
 class _Socket(asyncio.DatagramProtocol):
-    def __init__(self, on_datagram: Callable[[bytes, Address], None]) -> None:
+    """Hands a stream's datagrams to the engine. It holds the stream itself (set once the
+    stream exists), so the per-packet path does no lookup by id."""
+
+    def __init__(self, on_datagram: Callable[[_Stream, bytes, Address], None]) -> None:
         self._on_datagram = on_datagram
+        self.stream: _Stream | None = None
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
-        self._on_datagram(data, (addr[0], addr[1]))
+        if len(addr) != 2:  # IPv6 (host, port, flowinfo, scope_id): ports are what we keep
+            addr = (addr[0], addr[1])
+        if self.stream is not None:
+            self._on_datagram(self.stream, data, addr)
 
     def error_received(self, exc: Exception) -> None:  # ICMP unreachable etc.: keep going
         pass
@@ -57,8 +64,7 @@ class _Counters:
     rtcp_in: int = 0
     rtcp_out: int = 0
     errors: int = 0
-    last_packet: float = 0.0  # wall clock
-    last_packet_mono: float = 0.0
+    last_packet_mono: float = 0.0  # engine clock; 0 with packets_in == 0: none yet
     dtmf_masked: int = 0
 
 
@@ -71,12 +77,14 @@ class _Stream:
     rtcp: asyncio.DatagramTransport | None  # None under rtcp-mux
     config: StreamConfig = field(default_factory=StreamConfig)
     linked: str | None = None
+    peer: _Stream | None = None  # the linked stream itself, for the per-packet path
     endpoint: Address | None = None  # latched RTP source / destination
     rtcp_endpoint: Address | None = None
     receiver: SrtpReceiver | None = None
     sender: SrtpSender | None = None
     counters: _Counters = field(default_factory=_Counters)
     idle_reported: bool = False
+    released: bool = False
 
     def rtp_destination(self) -> Address | None:
         return self.endpoint or self.config.peer
@@ -146,15 +154,18 @@ class LocalMediaEngine:
             return self._streams[stream_id].local
         rtp_sock, rtcp_sock, port = self._bind_pair(rtcp_mux)
         loop = asyncio.get_running_loop()
-        rtp, _ = await loop.create_datagram_endpoint(
-            lambda: _Socket(lambda d, a: self._on_rtp(stream_id, d, a)), sock=rtp_sock)
-        rtcp = None
+        rtp, rtp_protocol = await loop.create_datagram_endpoint(
+            lambda: _Socket(self._on_rtp), sock=rtp_sock)
+        rtcp = rtcp_protocol = None
         if rtcp_sock is not None:
-            rtcp, _ = await loop.create_datagram_endpoint(
-                lambda: _Socket(lambda d, a: self._on_rtcp(stream_id, d, a)), sock=rtcp_sock)
+            rtcp, rtcp_protocol = await loop.create_datagram_endpoint(
+                lambda: _Socket(self._on_rtcp), sock=rtcp_sock)
         local = LocalEndpoint(self._address, port, port if rtcp_mux else port + 1)
         stream = _Stream(stream_id, call_id, local, rtp, rtcp,
                          config=StreamConfig(rtcp_mux=rtcp_mux))
+        for protocol in (rtp_protocol, rtcp_protocol):
+            if protocol is not None:
+                protocol.stream = stream
         stream.counters.last_packet_mono = self._clock()  # idle counts from allocation
         self._streams[stream_id] = stream
         return local
@@ -214,6 +225,7 @@ class LocalMediaEngine:
     async def link(self, a: str, b: str) -> None:
         sa, sb = self._get(a), self._get(b)
         sa.linked, sb.linked = b, a
+        sa.peer, sb.peer = sb, sa
 
     async def release(self, stream_id: str) -> None:
         stream = self._streams.pop(stream_id, None)
@@ -224,8 +236,10 @@ class LocalMediaEngine:
         for transport in (stream.rtp, stream.rtcp):
             if transport is not None:
                 transport.close()
-        if stream.linked and stream.linked in self._streams:
-            self._streams[stream.linked].linked = None
+        if stream.peer is not None:
+            stream.peer.linked = stream.peer.peer = None
+        stream.peer = None
+        stream.released = True
         c, t = stream.counters, self._released
         t.packets_in += c.packets_in
         t.bytes_in += c.bytes_in
@@ -239,8 +253,10 @@ class LocalMediaEngine:
     async def stats(self, stream_id: str) -> StreamStats:
         s = self._get(stream_id)
         c = s.counters
+        # Only the engine clock is read per packet; the wall time is worked out here.
+        last_packet = time.time() - (self._clock() - c.last_packet_mono) if c.packets_in else 0.0
         return StreamStats(c.packets_in, c.bytes_in, c.packets_out, c.bytes_out, c.rtcp_in,
-                           c.rtcp_out, c.errors, c.last_packet, s.endpoint, c.dtmf_masked)
+                           c.rtcp_out, c.errors, last_packet, s.endpoint, c.dtmf_masked)
 
     async def totals(self) -> dict[str, int]:
         out = {name: getattr(self._released, name) for name in (
@@ -268,15 +284,17 @@ class LocalMediaEngine:
             return True
         return current == addr
 
-    def _on_rtp(self, stream_id: str, data: bytes, addr: Address) -> None:
-        stream = self._streams.get(stream_id)
-        if stream is None:
+    def _on_rtp(self, stream: _Stream, data: bytes, addr: Address) -> None:
+        # The hot path: every relayed packet of every call runs through here.
+        if stream.released:
             return
-        if stream.config.rtcp_mux and is_rtcp(data):
-            self._on_rtcp(stream_id, data, addr)
+        config = stream.config
+        if config.rtcp_mux and is_rtcp(data):
+            self._on_rtcp(stream, data, addr)
             return
         c = stream.counters
-        if not self._latch(stream, addr, rtcp=False):
+        if config.symmetric and stream.endpoint != addr and \
+                not self._latch(stream, addr, rtcp=False):
             c.errors += 1
             return
         if stream.receiver is not None:
@@ -287,32 +305,29 @@ class LocalMediaEngine:
                 return
         c.packets_in += 1
         c.bytes_in += len(data)
-        c.last_packet = time.time()
         c.last_packet_mono = self._clock()
         stream.idle_reported = False
-        if stream.config.masking is not None:
+        if config.masking is not None:
             try:
                 packet = RtpPacket.parse(data)
             except RtpParseError:
                 c.errors += 1
                 return
-            self._pipeline.push(stream_id, packet, stream.config.codecs, self._clock())
+            self._pipeline.push(stream.stream_id, packet, config.codecs, c.last_packet_mono)
             return
         if len(data) < 12 or data[0] >> 6 != 2:
             c.errors += 1
             return
-        self._send_out(stream.linked, data)
+        if stream.peer is not None:
+            self._send_out(stream.peer, data)
 
     def _send_linked(self, arrived: str, packet: RtpPacket) -> None:
         stream = self._streams.get(arrived)
-        if stream is not None:
-            self._send_out(stream.linked, bytes(packet))
+        if stream is not None and stream.peer is not None:
+            self._send_out(stream.peer, bytes(packet))
 
-    def _send_out(self, out_id: str | None, plain: bytes) -> None:
-        out = self._streams.get(out_id) if out_id else None
-        if out is None:
-            return
-        dest = out.rtp_destination()
+    def _send_out(self, out: _Stream, plain: bytes) -> None:
+        dest = out.endpoint or out.config.peer
         if dest is None:
             out.counters.errors += 1  # nowhere to send yet (answer not seen, nothing latched)
             return
@@ -326,12 +341,12 @@ class LocalMediaEngine:
                 out.counters.errors += 1
                 return
         out.rtp.sendto(wire, dest)
-        out.counters.packets_out += 1
-        out.counters.bytes_out += len(plain)
+        c = out.counters
+        c.packets_out += 1
+        c.bytes_out += len(plain)
 
-    def _on_rtcp(self, stream_id: str, data: bytes, addr: Address) -> None:
-        stream = self._streams.get(stream_id)
-        if stream is None:
+    def _on_rtcp(self, stream: _Stream, data: bytes, addr: Address) -> None:
+        if stream.released:
             return
         if not self._latch(stream, addr, rtcp=True):
             stream.counters.errors += 1
@@ -343,7 +358,7 @@ class LocalMediaEngine:
                 stream.counters.errors += 1
                 return
         stream.counters.rtcp_in += 1
-        out = self._streams.get(stream.linked) if stream.linked else None
+        out = stream.peer
         if out is None:
             return
         dest = out.rtcp_destination()
