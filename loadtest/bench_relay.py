@@ -11,8 +11,9 @@ in userspace (no kernel module here):
 * rtpengine masking: the same with `block DTMF`, `DTMF-security=tone`, `delay-buffer=40` on the
   caller — the settings under which it replaces in-band tones at all (DESIGN.md);
 * ToneGuard relay: `masking.caller = "none"` (plain relay); ToneGuard masking: the default
-  always-on in-band masking of the caller; "×2" runs use two media worker processes and may use
-  both cores (the generator's too);
+  always-on in-band masking of the caller;
+* "×2" runs may use both cores (the generator's too): ToneGuard with two media worker
+  processes, rtpengine with its default two worker threads;
 * SRTP runs: the caller's leg plain RTP, the agent's leg SDES-SRTP (AES_CM_128_HMAC_SHA1_80,
   `transport-protocol=RTP/SAVP` on the offer), so both relays must encrypt one way and decrypt
   the other (with SRTP on both legs rtpengine passes the crypto through untouched, which
@@ -177,19 +178,32 @@ def run_relay(name: str, calls: int, seconds: float, tmp: Path) -> Outcome:
         proc.wait(timeout=20)
 
 
+def _kind(name: str) -> tuple[str, bool]:
+    kind = "SRTP" if "SRTP" in name else "masking" if "masking" in name else "relay"
+    return kind, "×2" in name
+
+
+def _baseline(outcome: Outcome, outcomes: list[Outcome]) -> Outcome | None:
+    """The rtpengine run of the same kind, calls and cores (else the same kind and calls)."""
+    rtpengine = [b for b in outcomes if b.name.startswith("rtpengine") and b.calls ==
+                 outcome.calls and _kind(b.name)[0] == _kind(outcome.name)[0]]
+    same_cores = [b for b in rtpengine if _kind(b.name) == _kind(outcome.name)]
+    return (same_cores or rtpengine or [None])[0]
+
+
 def _ms(value: float) -> str:
     return "–" if np.isnan(value) else f"{value:.2f}"
 
 
 def report(outcomes: list[Outcome], seconds: float) -> None:
     print(f"Media relay on loopback, PCMU 20 ms both ways, {seconds:g} s of traffic per run; "
-          "relay on core 1, generator on core 0; relay CPU from /proc (one core = 100 %)")
+          "relay on core 1 (×2: cores 0 and 1), generator on core 0; relay CPU from /proc "
+          "(one core = 100 %)")
     print(f"{'relay':26} {'calls':>6} {'CPU %':>7} {'µs/packet':>10} {'delivered':>10} "
           f"{'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'vs rtpengine':>13} {'gen CPU':>8} "
           f"{'gen lag p99':>12}")
     for o in outcomes:
-        same = "rtpengine SRTP relay" if "SRTP" in o.name else "rtpengine relay"
-        base = next((b for b in outcomes if b.name == same and b.calls == o.calls), None)
+        base = _baseline(o, outcomes)
         ratio = f"{o.us_per_packet / base.us_per_packet:.2f}×" if base and base.cpu else ""
         t = o.traffic
         lag = 1000 * float(np.percentile(t.lateness, 99))
@@ -221,9 +235,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--relays", nargs="*", help="names to run (default: all)")
     args = parser.parse_args(argv)
     relays = ["ToneGuard relay", "ToneGuard relay ×2", "ToneGuard masking",
-              "ToneGuard masking ×2", "ToneGuard SRTP relay"]
+              "ToneGuard masking ×2", "ToneGuard SRTP relay", "ToneGuard SRTP relay ×2"]
     if shutil.which("rtpengine"):
-        relays = ["rtpengine relay", "rtpengine masking", "rtpengine SRTP relay", *relays]
+        relays = ["rtpengine relay", "rtpengine relay ×2", "rtpengine masking",
+                  "rtpengine SRTP relay", "rtpengine SRTP relay ×2", *relays]
     else:
         print("rtpengine not installed (apt-get install rtpengine-daemon): ToneGuard only")
     if args.relays:
