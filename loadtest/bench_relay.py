@@ -195,37 +195,57 @@ def _ms(value: float) -> str:
     return "–" if np.isnan(value) else f"{value:.2f}"
 
 
+def _median_runs(outcomes: list[Outcome]) -> list[tuple[Outcome, list[Outcome]]]:
+    """Per (relay, calls): the run with the median CPU per packet, and all its runs."""
+    groups: dict[tuple[str, int], list[Outcome]] = {}
+    for o in outcomes:
+        groups.setdefault((o.name, o.calls), []).append(o)
+    return [(sorted(runs, key=lambda o: o.us_per_packet)[len(runs) // 2], runs)
+            for runs in groups.values()]
+
+
 def report(outcomes: list[Outcome], seconds: float) -> None:
-    print(f"Media relay on loopback, PCMU 20 ms both ways, {seconds:g} s of traffic per run; "
+    medians = _median_runs(outcomes)
+    repeats = max(len(runs) for _, runs in medians)
+    print(f"Media relay on loopback, PCMU 20 ms both ways, {seconds:g} s of traffic per run, "
+          f"{repeats} run(s) each, interleaved (the median run by CPU per packet is shown); "
           "relay on core 1 (×2: cores 0 and 1), generator on core 0; relay CPU from /proc "
           "(one core = 100 %)")
-    print(f"{'relay':26} {'calls':>6} {'CPU %':>7} {'µs/packet':>10} {'delivered':>10} "
-          f"{'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'vs rtpengine':>13} {'gen CPU':>8} "
-          f"{'gen lag p99':>12}")
-    for o in outcomes:
-        base = _baseline(o, outcomes)
+    print(f"{'relay':26} {'calls':>6} {'CPU %':>7} {'µs/packet':>10} {'range':>12} "
+          f"{'delivered':>10} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'vs rtpengine':>13} "
+          f"{'gen CPU':>8} {'gen lag p99':>12}")
+    chosen = [o for o, _ in medians]
+    for o, runs in medians:
+        base = _baseline(o, chosen)
         ratio = f"{o.us_per_packet / base.us_per_packet:.2f}×" if base and base.cpu else ""
+        spread = sorted(r.us_per_packet for r in runs)
         t = o.traffic
         lag = 1000 * float(np.percentile(t.lateness, 99))
+        delivered = min(r.traffic.received / r.traffic.sent for r in runs)  # the worst run
         print(f"{o.name:26} {o.calls:6d} {o.core_percent:6.1f}% {o.us_per_packet:10.2f} "
-              f"{100 * t.received / t.sent:9.3f}% {_ms(t.percentile_ms(50)):>7} "
-              f"{_ms(t.percentile_ms(99)):>7} {_ms(t.percentile_ms(100)):>7} {ratio:>13} "
+              f"{spread[0]:5.2f}–{spread[-1]:<6.2f} {100 * delivered:9.3f}% "
+              f"{_ms(t.percentile_ms(50)):>7} {_ms(t.percentile_ms(99)):>7} "
+              f"{_ms(t.percentile_ms(100)):>7} {ratio:>13} "
               f"{100 * o.generator_cpu / o.seconds:7.1f}% {lag:9.2f} ms")
         problems = []
-        if t.foreign:
-            problems.append(f"{t.foreign} arrivals not matching a packet sent")
-        if t.generator_drops:
-            problems.append(f"{t.generator_drops} dropped by the generator's own sockets")
-        if t.unverified:
-            problems.append(f"{len(t.unverified)} SRTP streams did not decrypt to what was sent")
-        if "SRTP" in o.name and t.verified < o.calls:
-            problems.append(f"only {t.verified} of {o.calls} SRTP streams verified")
+        for r in runs:
+            rt = r.traffic
+            if rt.foreign:
+                problems.append(f"{rt.foreign} arrivals not matching a packet sent")
+            if rt.generator_drops:
+                problems.append(f"{rt.generator_drops} dropped by the generator's own sockets")
+            if rt.unverified:
+                problems.append(f"{len(rt.unverified)} SRTP streams did not decrypt to what "
+                                "was sent")
+            if "SRTP" in r.name and rt.verified < r.calls:
+                problems.append(f"only {rt.verified} of {r.calls} SRTP streams verified")
         if problems:
-            print(f"{'':26} !! {'; '.join(problems)}")
-    print("µs/packet: relay CPU per packet delivered; latency: from the sendmmsg that carried "
-          "a packet to the kernel's receive timestamp (ToneGuard masking includes its 26 ms "
-          "look-ahead); ratios: CPU per packet against the rtpengine run of the same kind; "
-          "gen lag: how late the generator's send slots fired")
+            print(f"{'':26} !! {'; '.join(sorted(set(problems)))}")
+    print("µs/packet: relay CPU per packet delivered (range: over the runs); delivered: the "
+          "worst run; latency: from the sendmmsg that carried a packet to the kernel's receive "
+          "timestamp (ToneGuard masking includes its 26 ms look-ahead); ratios: CPU per packet "
+          "against the rtpengine run of the same kind; gen lag: how late the generator's send "
+          "slots fired")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -233,6 +253,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calls", type=int, nargs="*", default=[300, 1000])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--relays", nargs="*", help="names to run (default: all)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of each relay, interleaved (the median is reported)")
     args = parser.parse_args(argv)
     relays = ["ToneGuard relay", "ToneGuard relay ×2", "ToneGuard masking",
               "ToneGuard masking ×2", "ToneGuard SRTP relay", "ToneGuard SRTP relay ×2"]
@@ -250,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     os.sched_setaffinity(0, GENERATOR_CPU)
     with tempfile.TemporaryDirectory() as tmp:
         outcomes = [run_relay(name, calls, args.seconds, Path(tmp))
-                    for calls in args.calls for name in relays]
+                    for calls in args.calls for _ in range(args.repeat) for name in relays]
     report(outcomes, args.seconds)
 
 

@@ -191,6 +191,7 @@ class LocalMediaEngine:
         self._poller = _Poller()
         self._subscribers: list[Callable[[MediaEvent], None]] = []
         self._ticker: asyncio.Task[None] | None = None
+        self._next_idle_scan = 0.0  # scanned about once a second, not every tick
         self._released = _Counters()  # counters of streams already released (for totals)
         self._started = False
 
@@ -470,11 +471,22 @@ class LocalMediaEngine:
                 stream.counters.dtmf_masked += stream.config.masking is not None and \
                     stream.config.masking.effective
             self._publish(event)
+        if now >= self._next_idle_scan:
+            self._next_idle_scan = now + min(1.0, self._idle_timeout / 4)
+            self._report_idle(now)
+
+    def _report_idle(self, now: float) -> None:
+        """Publish an IdleEvent for each stream of a call none of whose streams has received
+        anything for ``idle_timeout`` (one silent direction, e.g. on hold, is not idle)."""
+        silent: dict[str, float] = {}  # call id -> shortest silence among its streams
         for stream in self._streams.values():
-            c = stream.counters
-            if not stream.idle_reported and now - c.last_packet_mono >= self._idle_timeout:
+            quiet = now - stream.counters.last_packet_mono
+            silent[stream.call_id] = min(quiet, silent.get(stream.call_id, quiet))
+        for stream in self._streams.values():
+            quiet = silent[stream.call_id]
+            if not stream.idle_reported and quiet >= self._idle_timeout:
                 stream.idle_reported = True
-                self._publish(IdleEvent(stream.stream_id, now - c.last_packet_mono))
+                self._publish(IdleEvent(stream.stream_id, quiet))
 
     def _publish(self, event: DigitEvent | IdleEvent) -> None:
         for callback in self._subscribers:

@@ -121,7 +121,7 @@ class DigitEvent:
 
 @dataclass(frozen=True, slots=True)
 class IdleEvent:
-    """A stream has seen no media for the configured idle timeout."""
+    """No stream of this stream's call has received media for the configured idle timeout."""
 
     stream_id: str
     idle_seconds: float

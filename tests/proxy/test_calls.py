@@ -215,3 +215,27 @@ async def test_rtcp_is_relayed_separately_and_demultiplexed_under_rtcp_mux(
     finally:
         for t, _ in sinks:
             t.close()
+
+
+async def test_a_call_is_deleted_when_all_its_media_stops_not_when_one_side_is_silent(
+        media_ports: tuple[int, int]) -> None:
+    engine = LocalMediaEngine("127.0.0.1", *media_ports, idle_timeout=0.3)
+    await engine.start()
+    registry = CallRegistry(engine, address="127.0.0.1",
+                            policy=CallPolicy(always_on=False, caller="none"))
+    caller, agent = await RtpPeer(seed=1).start(), await RtpPeer(seed=2).start()
+    try:
+        offer, answer = await _setup(registry, caller, agent, call_id="idle")
+        # Only the caller talks (the agent on mute, sending nothing) for three timeouts.
+        await caller.play(np.zeros(8000, np.int16), media_endpoint(answer["sdp"]))
+        assert await registry.reap_idle() == []
+        assert "idle" in registry.calls
+        await asyncio.sleep(0.3 + 1.0)  # silence, then the next idle scan (≤ 1 s apart)
+        assert await registry.reap_idle() == ["idle"]
+        assert "idle" not in registry.calls and registry.counters["calls_idle"] == 1
+        with pytest.raises(ng.NgError, match="Unknown call"):
+            await registry.handle({"command": "query", "call-id": "idle"})
+    finally:
+        caller.close()
+        agent.close()
+        await engine.stop()
