@@ -225,7 +225,7 @@ async def test_a_call_is_deleted_when_all_its_media_stops_not_when_one_side_is_s
                             policy=CallPolicy(always_on=False, caller="none"))
     caller, agent = await RtpPeer(seed=1).start(), await RtpPeer(seed=2).start()
     try:
-        offer, answer = await _setup(registry, caller, agent, call_id="idle")
+        _, answer = await _setup(registry, caller, agent, call_id="idle")
         # Only the caller talks (the agent on mute, sending nothing) for three timeouts.
         await caller.play(np.zeros(8000, np.int16), media_endpoint(answer["sdp"]))
         assert await registry.reap_idle() == []

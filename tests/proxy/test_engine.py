@@ -91,3 +91,47 @@ async def test_strangers_and_junk_are_counted_not_relayed_and_release_is_clean(
     caller.sendto(_rtp(4), ("127.0.0.1", port_a))  # to a closed port: nothing breaks
     await asyncio.sleep(0.05)
     assert (await engine.totals())["streams"] == 0
+
+
+async def test_a_new_address_in_sdp_latches_afresh_and_replies_follow_it(
+        engine: LocalMediaEngine) -> None:
+    old_phone, new_phone, agent = _udp(), _udp(), _udp()
+    port_a, port_b = await _pair(engine, "c", old_phone, agent)
+    old_phone.sendto(_rtp(1), ("127.0.0.1", port_a))
+    await _collect(agent, 1)
+    agent.sendto(_rtp(2), ("127.0.0.1", port_b))
+    assert len(await _collect(old_phone, 1)) == 1  # replies go to the latched phone
+    # A re-INVITE moves the caller (a transfer, a new NAT binding): latch afresh.
+    await engine.configure("c-a", StreamConfig(peer=new_phone.getsockname()))
+    new_phone.sendto(_rtp(3), ("127.0.0.1", port_a))
+    assert struct.unpack_from("!H", (await _collect(agent, 1))[0], 2)[0] == 3
+    old_phone.sendto(_rtp(4), ("127.0.0.1", port_a))  # the old address is now a stranger
+    agent.sendto(_rtp(5), ("127.0.0.1", port_b))
+    assert struct.unpack_from("!H", (await _collect(new_phone, 1))[0], 2)[0] == 5
+    await asyncio.sleep(0.05)
+    stats = await engine.stats("c-a")
+    assert stats.errors == 1 and stats.endpoint == new_phone.getsockname()
+    with pytest.raises(BlockingIOError):
+        old_phone.recv(2048)  # nothing more reached the old address
+
+
+async def test_ipv6_media_is_relayed_and_latched(media_ports: tuple[int, int]) -> None:
+    engine = LocalMediaEngine("::1", *media_ports)
+    await engine.start()
+    try:
+        caller, agent = (socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) for _ in range(2))
+        for s in (caller, agent):
+            s.bind(("::1", 0))
+            s.setblocking(False)
+        a = await engine.allocate("v6-a", "v6", rtcp_mux=True)
+        b = await engine.allocate("v6-b", "v6", rtcp_mux=True)
+        await engine.configure("v6-a", StreamConfig(peer=caller.getsockname()[:2], rtcp_mux=True))
+        await engine.configure("v6-b", StreamConfig(peer=agent.getsockname()[:2], rtcp_mux=True))
+        await engine.link("v6-a", "v6-b")
+        caller.sendto(_rtp(1), ("::1", a.rtp_port))
+        agent.sendto(_rtp(2), ("::1", b.rtp_port))
+        assert struct.unpack_from("!H", (await _collect(agent, 1))[0], 2)[0] == 1
+        assert struct.unpack_from("!H", (await _collect(caller, 1))[0], 2)[0] == 2
+        assert (await engine.stats("v6-a")).endpoint == caller.getsockname()[:2]
+    finally:
+        await engine.stop()
