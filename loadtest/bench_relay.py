@@ -212,7 +212,8 @@ def report(outcomes: list[Outcome], seconds: float) -> None:
           "relay on core 1 (×2: cores 0 and 1), generator on core 0; relay CPU from /proc "
           "(one core = 100 %)")
     print(f"{'relay':26} {'calls':>6} {'CPU %':>7} {'µs/packet':>10} {'range':>12} "
-          f"{'delivered':>10} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'vs rtpengine':>13} "
+          f"{'delivered':>10} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'warm-up':>8} "
+          f"{'vs rtpengine':>13} "
           f"{'gen CPU':>8} {'gen lag p99':>12}")
     chosen = [o for o, _ in medians]
     for o, runs in medians:
@@ -225,7 +226,7 @@ def report(outcomes: list[Outcome], seconds: float) -> None:
         print(f"{o.name:26} {o.calls:6d} {o.core_percent:6.1f}% {o.us_per_packet:10.2f} "
               f"{spread[0]:5.2f}–{spread[-1]:<6.2f} {100 * delivered:9.3f}% "
               f"{_ms(t.percentile_ms(50)):>7} {_ms(t.percentile_ms(99)):>7} "
-              f"{_ms(t.percentile_ms(100)):>7} {ratio:>13} "
+              f"{_ms(t.percentile_ms(100)):>7} {1000 * t.warmup_max:8.2f} {ratio:>13} "
               f"{100 * o.generator_cpu / o.seconds:7.1f}% {lag:9.2f} ms")
         problems = []
         for r in runs:
@@ -243,9 +244,10 @@ def report(outcomes: list[Outcome], seconds: float) -> None:
             print(f"{'':26} !! {'; '.join(sorted(set(problems)))}")
     print("µs/packet: relay CPU per packet delivered (range: over the runs); delivered: the "
           "worst run; latency: from the sendmmsg that carried a packet to the kernel's receive "
-          "timestamp (ToneGuard masking includes its 26 ms look-ahead); ratios: CPU per packet "
-          "against the rtpengine run of the same kind; gen lag: how late the generator's send "
-          "slots fired")
+          "timestamp, after the first second (warm-up: the first second's maximum, when every "
+          "call's media starts at once; ToneGuard masking includes its 26 ms look-ahead); "
+          "ratios: CPU per packet against the rtpengine run of the same kind; gen lag: how late "
+          "the generator's send slots fired")
 
 
 def main(argv: list[str] | None = None) -> None:

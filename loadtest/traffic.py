@@ -52,7 +52,8 @@ class TrafficResult:
     received: int
     foreign: int  # arrivals that are not one of our packets (or not as we sent them)
     generator_drops: int  # dropped by our own sockets' receive buffers (not the relay's fault)
-    latencies: npt.NDArray[np.float64]  # seconds, one per matched arrival
+    latencies: npt.NDArray[np.float64]  # seconds, one per matched arrival after the warm-up
+    warmup_max: float  # the longest latency during the warm-up (seconds)
     lateness: npt.NDArray[np.float64]  # how late each send slot fired, seconds
     verified: int = 0  # SRTP streams whose first arrival decrypted to what was sent
     unverified: list[int] = field(default_factory=list)
@@ -91,8 +92,13 @@ class Traffic:
         flat = self._packets.reshape(-1)
         self._senders = [BatchSender(sock, destinations, flat) for sock in self.sockets]
 
-    def run(self, *, drain: float = 0.3) -> TrafficResult:
-        """Play the prepared packets in real time; then wait ``drain`` seconds for stragglers."""
+    def run(self, *, drain: float = 0.3, warmup: float = 1.0) -> TrafficResult:
+        """Play the prepared packets in real time; then wait ``drain`` seconds for stragglers.
+
+        Latency percentiles leave out the first ``warmup`` seconds: every call's media starts
+        at once here, so a relay's per-stream set-up on the first packet (latching, SRTP
+        stream contexts) lands in one burst no real call mix produces. Its worst case is
+        reported on its own."""
         streams, ticks, lengths, senders = self._streams, self._ticks, self._lengths, \
             self._senders
         n = len(streams)
@@ -104,7 +110,7 @@ class Traffic:
             phase[members] = np.arange(members.size) * SLOTS // max(members.size, 1)
         groups = [[np.flatnonzero((sides == side) & (phase == slot)) for side in (0, 1)]
                   for slot in range(SLOTS)]
-        tally = _Tally(streams, ticks)
+        tally = _Tally(streams, ticks, timed_from=min(int(warmup / PTIME), ticks - 1))
         lateness = np.zeros(ticks * SLOTS)
         drops_before = sum(socket_drops(p) for p in self.ports)
 
@@ -136,6 +142,7 @@ class Traffic:
             sent=ticks * n, received=int(tally.arrivals.sum()), foreign=tally.foreign,
             generator_drops=sum(socket_drops(p) for p in self.ports) - drops_before,
             latencies=np.concatenate(tally.latencies) if tally.latencies else np.zeros(0),
+            warmup_max=tally.warmup_max,
             lateness=lateness)
         _verify(streams, self._packets, tally.first, result)
         return result
@@ -144,8 +151,9 @@ class Traffic:
 class _Tally:
     """What has come back: per-stream arrival counts, latencies, first encrypted arrivals."""
 
-    def __init__(self, streams: Sequence[Stream], ticks: int) -> None:
-        self.n, self.ticks = len(streams), ticks
+    def __init__(self, streams: Sequence[Stream], ticks: int, timed_from: int) -> None:
+        self.n, self.ticks, self.timed_from = len(streams), ticks, timed_from
+        self.warmup_max = 0.0
         self.sent_at = np.full((ticks, self.n), np.nan)  # time.time() of each packet's batch
         self.arrivals = np.zeros(self.n, np.int64)
         self.latencies: list[npt.NDArray[np.float64]] = []
@@ -174,7 +182,10 @@ class _Tally:
         delay = stamps[ok] - self.sent_at[seq, index]
         known = ~np.isnan(delay)  # a sequence number we have not sent (yet) is not ours
         self.foreign += len(rows) - int(known.sum())
-        self.latencies.append(delay[known])
+        timed = known & (seq >= self.timed_from)
+        self.latencies.append(delay[timed])
+        if np.any(early := known & ~timed):
+            self.warmup_max = max(self.warmup_max, float(delay[early].max()))
         np.add.at(self.arrivals, index[known], 1)
         keep = known & self._wanted[index]
         for i, row in zip(index[keep], ok[keep], strict=True):

@@ -35,6 +35,7 @@ from proxy.media.types import DigitEvent, MediaEngine
 from proxy.media.workers import WorkerPoolEngine
 from proxy.metrics import Metrics
 from proxy.ng_server import NgServer
+from proxy.runtime import freeze_startup_objects
 from proxy.securepay.manager import PaymentManager
 from proxy.securepay.session import CaptureSettings
 
@@ -219,6 +220,12 @@ async def run_until_signalled(node_factory: Callable[[], Awaitable[Node]]) -> No
         await node.stop()
 
 
+async def _start_for_production(config: Config) -> Node:
+    node = await Node.start(config)
+    freeze_startup_objects()
+    return node
+
+
 def serve_command(
     config_file: Annotated[Path | None, typer.Option(
         "--config", "-c", help="TOML configuration file (see config/toneguard.toml).")] = None,
@@ -260,7 +267,7 @@ def serve_command(
     except ImportError:  # pragma: no cover
         runner = asyncio.run
     try:
-        runner(run_until_signalled(lambda: Node.start(config)))
+        runner(run_until_signalled(lambda: _start_for_production(config)))
     except ConfigError as exc:
         print(f"toneguard serve: {exc}")
         return 2

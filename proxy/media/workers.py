@@ -69,6 +69,7 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
 async def _serve(conn: Connection, spec: WorkerSpec) -> None:
     from proxy.masking import MaskingPipeline
     from proxy.media.engine import LocalMediaEngine
+    from proxy.runtime import freeze_startup_objects
 
     engine = LocalMediaEngine(
         spec.address, spec.port_min, spec.port_max,
@@ -76,6 +77,7 @@ async def _serve(conn: Connection, spec: WorkerSpec) -> None:
         tick_ms=spec.tick_ms, idle_timeout=spec.idle_timeout)
     await engine.start()
     engine.subscribe(lambda event: conn.send(("event", event)))
+    freeze_startup_objects()
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     tasks: set[asyncio.Task[None]] = set()
