@@ -286,10 +286,14 @@ def main(argv: list[str] | None = None) -> None:
         print("bench_relay: needs two cores (relay and generator each pinned to one)",
               file=sys.stderr)
         raise SystemExit(2)
+    cpus = os.sched_getaffinity(0)
     os.sched_setaffinity(0, GENERATOR_CPU)
-    with tempfile.TemporaryDirectory() as tmp:
-        outcomes = [run_relay(name, calls, args.seconds, Path(tmp))
-                    for calls in args.calls for _ in range(args.repeat) for name in relays]
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            outcomes = [run_relay(name, calls, args.seconds, Path(tmp))
+                        for calls in args.calls for _ in range(args.repeat) for name in relays]
+    finally:
+        os.sched_setaffinity(0, cpus)
     report(outcomes, args.seconds)
 
 

@@ -79,14 +79,15 @@ class BatchSender:
     slots and the buffer offsets and lengths of their payloads.
     """
 
-    def __init__(self, sock: socket.socket, destinations: np.ndarray, buffer: np.ndarray) -> None:
+    def __init__(self, sock: socket.socket, destinations: np.ndarray, buffer: np.ndarray,
+                 capacity: int | None = None) -> None:
         self._fd = sock.fileno()
         self._sock = sock  # keep it open as long as we are
         if destinations.dtype != SOCKADDR_IN:
             raise TypeError("destinations must be sockaddrs() records")
         self._dest = destinations
         self._buffer = buffer  # payloads; must stay alive and unmoved
-        capacity = len(destinations)
+        capacity = capacity or len(destinations)  # most messages in one batch
         self._iov = np.zeros(capacity, IOVEC)
         self._msgs = np.zeros(capacity, MMSGHDR)
         self._msgs["namelen"] = SOCKADDR_IN.itemsize
@@ -105,6 +106,8 @@ class BatchSender:
         n = len(slots)
         if n == 0:
             return 0
+        if n > len(self._msgs):
+            raise ValueError(f"{n} messages in one batch; this sender takes {len(self._msgs)}")
         iov = self._iov[:n]
         iov["base"] = self._buffer_at + offsets.astype(np.uint64)
         iov["len"] = lengths

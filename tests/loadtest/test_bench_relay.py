@@ -1,0 +1,26 @@
+"""The relay benchmark runs end to end (a few calls, not for figures): both relays, real ng."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from loadtest import bench_relay
+
+
+@pytest.mark.peer
+@pytest.mark.skipif(shutil.which("rtpengine") is None, reason="rtpengine-daemon not installed")
+def test_the_relay_benchmark_runs_both_relays_and_verifies_srtp(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    cpus = os.sched_getaffinity(0)
+    bench_relay.main(["--calls", "4", "8", "--seconds", "1", "--repeat", "1", "--relays",
+                      "rtpengine SRTP relay", "ToneGuard SRTP relay", "ToneGuard relay ×2"])
+    out = capsys.readouterr().out
+    rows = {line[:26].strip(): line for line in out.splitlines() if " 4 " in line[26:34]}
+    assert set(rows) == {"rtpengine SRTP relay", "ToneGuard SRTP relay", "ToneGuard relay ×2"}
+    assert all("100.000%" in row for row in rows.values())
+    assert "!!" not in out  # every SRTP stream decrypted to what was sent, nothing foreign
+    assert "Most calls run" in out
+    assert os.sched_getaffinity(0) == cpus  # the generator's pinning is undone

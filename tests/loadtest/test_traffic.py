@@ -1,0 +1,141 @@
+"""The benchmark's load generator: batched UDP, kernel timestamps, matching, SRTP verification.
+
+A small relay in a thread stands in for ToneGuard/rtpengine: it forwards each stream's packets
+to the other side, protecting the caller's with a key of its own (as a relay's SRTP leg does),
+and can be told to corrupt them or drop some.
+"""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import struct
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from loadtest.mmsg import BatchReceiver, BatchSender, sockaddrs
+from loadtest.traffic import Stream, Traffic, TrafficResult
+from proxy import sdes
+from proxy.srtp import SrtpSender
+
+
+def test_sockaddrs_keep_network_byte_order() -> None:
+    record = sockaddrs([("127.0.0.1", 5004), ("10.1.2.3", 40000)])
+    assert record.tobytes()[:8] == struct.pack("=H", socket.AF_INET) + \
+        struct.pack("!H", 5004) + socket.inet_aton("127.0.0.1")
+    assert record[1].tobytes()[2:8] == struct.pack("!H", 40000) + socket.inet_aton("10.1.2.3")
+
+
+def test_batches_go_out_in_one_call_and_come_back_with_kernel_times() -> None:
+    sinks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+    for s in sinks:
+        s.bind(("127.0.0.1", 0))
+    source = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    source.bind(("127.0.0.1", 0))
+    buffer = np.arange(300, dtype=np.uint8)
+    sender = BatchSender(source, sockaddrs([s.getsockname() for s in sinks]), buffer,
+                         capacity=4)
+    receivers = [BatchReceiver(s, rcvbuf=1 << 20) for s in sinks]
+    before = time.time()
+    assert sender.send(np.array([2, 0, 1, 2]), np.array([0, 10, 20, 30]),
+                       np.array([5, 6, 7, 8])) == 4
+    time.sleep(0.05)
+    after = time.time()
+    got = [r.receive() for r in receivers]
+    assert [count for count, _, _ in got] == [1, 1, 2]
+    assert receivers[2].rows[1, :8].tolist() == list(range(30, 38))
+    assert got[0][1].tolist() == [6] and receivers[0].rows[0, :6].tolist() == list(range(10, 16))
+    stamps = np.concatenate([stamp for _, _, stamp in got])
+    assert np.all((stamps >= before - 0.001) & (stamps <= after))
+    assert receivers[0].receive()[0] == 0  # drained: no waiting
+
+
+class _Relay:
+    """Side 0's streams go to the agent's socket SRTP-protected with ``key``; side 1's go
+    to the caller's socket as they came. ``corrupt`` flips a payload byte after protecting;
+    ``drop_every`` drops every n-th packet."""
+
+    def __init__(self, key: sdes.CryptoAttribute, *, corrupt: bool = False,
+                 drop_every: int = 0) -> None:
+        self.key, self.corrupt, self.drop_every = key, corrupt, drop_every
+        self.sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(4)]
+        for s in self.sockets:
+            s.bind(("127.0.0.1", 0))
+            s.setblocking(False)
+        self.targets: dict[socket.socket, tuple[str, int]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def ports(self) -> list[tuple[str, int]]:
+        return [s.getsockname() for s in self.sockets]
+
+    def _run(self) -> None:
+        selector = selectors.DefaultSelector()
+        senders = {}
+        for index, s in enumerate(self.sockets):
+            selector.register(s, selectors.EVENT_READ)
+            if index % 2 == 0:
+                senders[s] = SrtpSender(self.key.params)
+        count = 0
+        while not self._stop.is_set():
+            for key, _ in selector.select(0.01):
+                s = key.fileobj
+                data = s.recv(2048)  # type: ignore[union-attr]
+                count += 1
+                if self.drop_every and count % self.drop_every == 0:
+                    continue
+                if s in senders:
+                    data = senders[s].protect(data)
+                    if self.corrupt:
+                        data = data[:20] + bytes([data[20] ^ 1]) + data[21:]
+                s.sendto(data, self.targets[s])  # type: ignore[union-attr]
+
+    def __enter__(self) -> _Relay:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        for s in self.sockets:
+            s.close()
+
+
+def _run(relay: _Relay, seconds: float = 0.4) -> TrafficResult:
+    traffic = Traffic()
+    try:
+        ports = relay.ports()
+        streams = []
+        for call in range(2):
+            caller_side, agent_side = relay.sockets[2 * call], relay.sockets[2 * call + 1]
+            relay.targets[caller_side] = ("127.0.0.1", traffic.ports[1])
+            relay.targets[agent_side] = ("127.0.0.1", traffic.ports[0])
+            streams.append(Stream(0, ports[2 * call], recv_key=relay.key.params))
+            streams.append(Stream(1, ports[2 * call + 1]))
+        with relay:
+            traffic.prepare(streams, seconds)
+            return traffic.run(drain=0.2, warmup=0.1)
+    finally:
+        traffic.close()
+
+
+def test_every_packet_is_matched_timed_and_its_srtp_verified() -> None:
+    result = _run(_Relay(sdes.generate("AES_CM_128_HMAC_SHA1_80", 1)))
+    assert result.sent == 4 * 20 and result.received == result.sent
+    assert result.foreign == 0 and result.generator_drops == 0
+    assert result.verified == 2 and result.unverified == []
+    assert result.latencies.size == 4 * 15  # the first 0.1 s (5 ticks) is warm-up
+    assert 0 < result.percentile_ms(50) < 50
+
+
+@pytest.mark.parametrize(("corrupt", "drop_every"), [(True, 0), (False, 7)])
+def test_corruption_and_loss_are_reported(corrupt: bool, drop_every: int) -> None:
+    result = _run(_Relay(sdes.generate("AES_CM_128_HMAC_SHA1_80", 1), corrupt=corrupt,
+                         drop_every=drop_every))
+    if corrupt:
+        assert result.unverified == [0, 2] and result.verified == 0
+    else:
+        assert result.received == result.sent - result.sent // 7
