@@ -16,6 +16,7 @@ from proxy.audit import AuditLog
 from proxy.auth import AgentDirectory
 from proxy.config import load_config
 from proxy.logging import configure_logging
+from proxy.media.engine import LocalMediaEngine
 from proxy.serve import Node
 from tests.conftest import pick_tcp_port, pick_udp_port
 
@@ -70,3 +71,12 @@ async def stack(tmp_path: Path, media_ports: tuple[int, int]) -> AsyncIterator[S
     gateway.should_exit = True
     await gateway_task
     configure_logging("console", "info")
+
+
+@pytest.fixture
+async def engine(media_ports: tuple[int, int]) -> AsyncIterator[LocalMediaEngine]:
+    """The in-process media engine on loopback, started and stopped."""
+    engine = LocalMediaEngine("127.0.0.1", *media_ports)
+    await engine.start()
+    yield engine
+    await engine.stop()

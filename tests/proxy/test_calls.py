@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
@@ -17,14 +16,6 @@ from proxy.masking_policy import DtmfSecurityMode
 from proxy.media.engine import LocalMediaEngine
 from proxy.media.types import SRTP_SUITES
 from proxy.sdp import parse
-
-
-@pytest.fixture
-async def engine(media_ports: tuple[int, int]) -> AsyncIterator[LocalMediaEngine]:
-    engine = LocalMediaEngine("127.0.0.1", *media_ports)
-    await engine.start()
-    yield engine
-    await engine.stop()
 
 
 @pytest.fixture

@@ -5,20 +5,11 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-from collections.abc import AsyncIterator
 
 import pytest
 
 from proxy.media.engine import LocalMediaEngine
 from proxy.media.types import StreamConfig
-
-
-@pytest.fixture
-async def engine(media_ports: tuple[int, int]) -> AsyncIterator[LocalMediaEngine]:
-    engine = LocalMediaEngine("127.0.0.1", *media_ports)
-    await engine.start()
-    yield engine
-    await engine.stop()
 
 
 def _udp() -> socket.socket:
