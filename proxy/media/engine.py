@@ -175,8 +175,7 @@ class _Stream:
     rtp: _Socket
     rtcp: _Socket | None  # None under rtcp-mux
     config: StreamConfig = field(default_factory=StreamConfig)
-    linked: str | None = None
-    peer: _Stream | None = None  # the linked stream itself, for the per-packet path
+    peer: _Stream | None = None  # the linked stream: where what arrives here is relayed
     direct: _ConnectedSocket | None = None  # connected to ``endpoint`` once latched
     endpoint: Address | None = None  # latched RTP source / destination
     rtcp_endpoint: Address | None = None
@@ -324,7 +323,6 @@ class LocalMediaEngine:
 
     async def link(self, a: str, b: str) -> None:
         sa, sb = self._get(a), self._get(b)
-        sa.linked, sb.linked = b, a
         sa.peer, sb.peer = sb, sa
 
     async def release(self, stream_id: str) -> None:
@@ -338,7 +336,7 @@ class LocalMediaEngine:
                 sock.close()
         stream.direct = None
         if stream.peer is not None:
-            stream.peer.linked = stream.peer.peer = None
+            stream.peer.peer = None
         stream.peer = None
         stream.released = True
         c, t = stream.counters, self._released
