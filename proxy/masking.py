@@ -20,7 +20,7 @@ DigitEvents: an in-band tone and an RFC 4733 event for the same key count once (
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import structlog
@@ -49,7 +49,7 @@ MAX_STALL_TICKS = 3  # after 60 ms with nothing new the stream has paused: run o
 _TS_MOD = 1 << 32
 
 
-@dataclass
+@dataclass(slots=True)  # one per packet in flight
 class _Held:
     start: int  # media sample position
     length: int
@@ -67,7 +67,7 @@ class _Digit:
     sources: set[str] = field(default_factory=set)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Stream:
     stream_id: str
     row: int
@@ -243,8 +243,10 @@ class MaskingPipeline:
         if active:
             self._detect(active)
         out: list[tuple[str, RtpPacket]] = []
+        seen = self._detector.samples_seen
+        inspected = seen - seen % BLOCK_SIZE
         for stream in active:
-            out += self._release(stream)
+            out += self._release(stream, inspected)
             self._emit_digits(stream, final=False)
         return out
 
@@ -255,6 +257,18 @@ class MaskingPipeline:
         g_start = detector.samples_seen
         for stream in active:
             fed = stream.media_fed
+            exact = stream.buffer.get(fed)
+            if exact is not None and len(exact[0]) == TICK_SAMPLES and stream.mapping and all(
+                    start == fed or start >= fed + TICK_SAMPLES for start in stream.buffer):
+                # The common case, kept lean: one packet fills exactly this tick's slot (what
+                # the general path below would do with it, without its bookkeeping).
+                payload, law = exact
+                codes[stream.row] = np.frombuffer(payload, np.uint8)
+                alaw_rows[stream.row] = law == "alaw"
+                del stream.buffer[fed]
+                stream.stalled_ticks = 0
+                stream.media_fed = fed + TICK_SAMPLES
+                continue
             has_data = any(start < fed + TICK_SAMPLES and start + len(c) > fed
                            for start, (c, _) in stream.buffer.items())
             paused = stream.stalled_ticks >= MAX_STALL_TICKS
@@ -337,40 +351,47 @@ class MaskingPipeline:
                 need = max(need, b + 2 * BLOCK_SIZE + 16)
         return need
 
-    def _release(self, stream: _Stream) -> list[tuple[str, RtpPacket]]:
-        done = stream.to_media(self._detector.samples_seen
-                               - self._detector.samples_seen % BLOCK_SIZE)
-        ready = [h for h in stream.held if self._release_point(stream, h) <= done]
+    def _release(self, stream: _Stream, inspected: int) -> list[tuple[str, RtpPacket]]:
+        """The held packets the detector has seen far enough past (``inspected``: detector
+        samples in whole blocks), masked where needed, in order."""
+        done = stream.to_media(inspected)
+        ready: list[_Held] = []
+        waiting: list[_Held] = []
+        lookahead, lossy = self._lookahead, bool(stream.lost)
+        for h in stream.held:  # (every packet of every masked call, every tick: kept lean)
+            need = self._release_point(stream, h) if lossy else h.start + h.length + lookahead
+            (ready if need <= done else waiting).append(h)
         if not ready:
             return []
         self._bridge_losses(stream)
-        waiting = {id(h) for h in ready}
-        stream.held = [h for h in stream.held if id(h) not in waiting]
+        stream.held = waiting
         effective = stream.policy.effective
         out = []
-        for h in sorted(ready, key=lambda h: (h.start, h.packet.sequence_number)):
+        if len(ready) > 1:
+            ready.sort(key=lambda h: (h.start, h.packet.sequence_number))
+        spans = stream.spans
+        for h in ready:
             packet = h.packet
             if h.kind == "event" and effective:
                 self.counters["dropped_events"] += 1
                 continue
             end = h.start + h.length
-            if h.kind == "audio" and effective and (h.late or any(
-                    s < end and e > h.start for s, e in stream.spans)):
+            if h.kind == "audio" and effective and (h.late or (spans and any(
+                    s < end and e > h.start for s, e in spans))):
                 mask = covered(stream.spans, h.start, h.length)
                 if h.late:
                     mask[:] = True  # not inspected in time: never let it through unmasked
                 packet = self._masked(stream, h, mask)
             if stream.out_seq is None:
                 stream.out_seq = packet.sequence_number
-            packet = RtpPacket(packet.payload_type, stream.out_seq, packet.timestamp,
-                               packet.ssrc, packet.marker, packet.csrc,
-                               packet.extension_profile, packet.extension, packet.payload)
+            if packet.sequence_number != stream.out_seq:  # after a dropped event: renumber
+                packet = replace(packet, sequence_number=stream.out_seq)
             stream.out_seq = (stream.out_seq + 1) & 0xFFFF
             out.append((stream.stream_id, packet))
-        # Spans wholly in the released past are no longer needed.
-        horizon = min((h.start for h in stream.held), default=done)
-        stream.spans = [s for s in stream.spans if s[1] > horizon - BLOCK_SIZE]
-        stream.lost = [s for s in stream.lost if s[1] > horizon - 4 * BLOCK_SIZE]
+        if stream.spans or stream.lost:  # those wholly in the released past are done with
+            horizon = min((h.start for h in stream.held), default=done)
+            stream.spans = [s for s in stream.spans if s[1] > horizon - BLOCK_SIZE]
+            stream.lost = [s for s in stream.lost if s[1] > horizon - 4 * BLOCK_SIZE]
         return out
 
     def _masked(self, stream: _Stream, held: _Held, mask: np.ndarray) -> RtpPacket:
