@@ -127,7 +127,10 @@ class BatchSender:
 
 class BatchReceiver:
     """Drains a socket with ``recvmmsg``: payloads into fixed-size rows of one array, with the
-    kernel's receive time of each (CLOCK_REALTIME, seconds)."""
+    kernel's receive time of each (CLOCK_REALTIME, seconds).
+
+    Create it a little before traffic: when no socket had asked for timestamps, the kernel
+    enables them a moment later, and a datagram arriving before that is stamped when read."""
 
     def __init__(self, sock: socket.socket, batch: int = 1024, row: int = 256,
                  rcvbuf: int = 32 << 20) -> None:

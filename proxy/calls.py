@@ -311,7 +311,8 @@ class CallRegistry:
             # when negotiated, is demultiplexed on the RTP port.
             try:
                 local = await self._engine.allocate(stream_id, call.call_id, rtcp_mux=False)
-            except PortsExhaustedError:
+            except PortsExhaustedError as exc:
+                log.error("cannot allocate media", call_id=call.call_id, reason=str(exc))
                 raise ng.NgError("Ran out of ports") from None
             party.medias.append(Media(i, stream_id, local))
             self._by_stream[stream_id] = (call.call_id, party.tag)

@@ -35,7 +35,7 @@ from proxy.media.types import DigitEvent, MediaEngine
 from proxy.media.workers import WorkerPoolEngine
 from proxy.metrics import Metrics
 from proxy.ng_server import NgServer
-from proxy.runtime import freeze_startup_objects
+from proxy.runtime import freeze_startup_objects, raise_open_file_limit
 from proxy.securepay.manager import PaymentManager
 from proxy.securepay.session import CaptureSettings
 
@@ -221,8 +221,10 @@ async def run_until_signalled(node_factory: Callable[[], Awaitable[Node]]) -> No
 
 
 async def _start_for_production(config: Config) -> Node:
+    open_files = raise_open_file_limit()
     node = await Node.start(config)
     freeze_startup_objects()
+    log.info("process limits", open_files=open_files)
     return node
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import resource
 import select
 import socket
 import time
@@ -284,9 +286,14 @@ class LocalMediaEngine:
                         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                     s.bind((self._address, p))
                     s.setblocking(False)
-            except OSError:
+            except OSError as exc:
                 for s in socks:
                     s.close()
+                if exc.errno in (errno.EMFILE, errno.ENFILE):  # not a port problem: say so
+                    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+                    raise PortsExhaustedError(
+                        f"out of file descriptors (open-file limit {limit}; each stream "
+                        "holds up to three sockets)") from None
                 continue
             return socks[0], (None if rtcp_mux else socks[1]), port
         raise PortsExhaustedError(f"no free port pair in {self._port_min}-{self._port_max}")

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import resource
 import socket
 import struct
 
 import pytest
 
 from proxy.media.engine import LocalMediaEngine
-from proxy.media.types import StreamConfig
+from proxy.media.types import PortsExhaustedError, StreamConfig
+from proxy.runtime import raise_open_file_limit
 
 
 def _udp() -> socket.socket:
@@ -126,3 +129,28 @@ async def test_ipv6_media_is_relayed_and_latched(media_ports: tuple[int, int]) -
         assert (await engine.stats("v6-a")).endpoint == caller.getsockname()[:2]
     finally:
         await engine.stop()
+
+
+async def test_running_out_of_file_descriptors_is_named_not_reported_as_ports(
+        engine: LocalMediaEngine) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 6, hard))
+    try:
+        with pytest.raises(PortsExhaustedError, match="out of file descriptors"):
+            for i in range(10):
+                await engine.allocate(f"s{i}", "c", rtcp_mux=False)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    await engine.allocate("after", "c", rtcp_mux=False)  # and it recovers once fds are back
+
+
+def test_the_open_file_limit_is_lifted_to_the_hard_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
+    try:
+        assert raise_open_file_limit() == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == (
+            hard if hard != resource.RLIM_INFINITY else 1 << 20)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
