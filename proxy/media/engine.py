@@ -1,9 +1,10 @@
 """The in-process media engine: UDP sockets per stream, RTP/RTCP relay, SDES-SRTP, masking tick.
 
-One asyncio event loop owns every socket. The receive path is synchronous
-(``datagram_received``): unprotect, check, then either forward at once (plain relay) or hand the
-packet to the audio pipeline, which a timer drains every tick (masked streams: decode, detect
-and mask are batched across all calls of this engine). Nothing here awaits per packet.
+One asyncio event loop owns every socket, through one epoll set (:class:`_Poller`) that is a
+single reader of the loop. The receive path is synchronous: read one datagram, unprotect,
+check, then either forward at once (plain relay) or hand the packet to the audio pipeline,
+which a timer drains every tick (masked streams: decode, detect and mask are batched across all
+calls of this engine). Nothing here awaits per packet.
 """
 
 from __future__ import annotations
