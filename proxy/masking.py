@@ -378,7 +378,7 @@ class MaskingPipeline:
             end = h.start + h.length
             if h.kind == "audio" and effective and (h.late or (spans and any(
                     s < end and e > h.start for s, e in spans))):
-                mask = covered(stream.spans, h.start, h.length)
+                mask = covered(spans, h.start, h.length)
                 if h.late:
                     mask[:] = True  # not inspected in time: never let it through unmasked
                 packet = self._masked(stream, h, mask)

@@ -216,6 +216,7 @@ class LocalMediaEngine:
             raise ValueError(f"port range {port_min}-{port_max}: port_min must be even and "
                              "below port_max")
         self._address = address
+        self._family = socket.AF_INET6 if ":" in address else socket.AF_INET
         self._port_min, self._port_max = port_min, port_max
         self._next_port = port_min
         self._pipeline = pipeline_factory()
@@ -271,7 +272,6 @@ class LocalMediaEngine:
         return local
 
     def _bind_pair(self, rtcp_mux: bool) -> tuple[socket.socket, socket.socket | None, int]:
-        family = socket.AF_INET6 if ":" in self._address else socket.AF_INET
         span = self._port_max - self._port_min
         for _ in range(0, span, 2):
             port = self._next_port
@@ -281,7 +281,7 @@ class LocalMediaEngine:
             socks: list[socket.socket] = []
             try:
                 for p in (port,) if rtcp_mux else (port, port + 1):
-                    s = socket.socket(family, socket.SOCK_DGRAM)
+                    s = socket.socket(self._family, socket.SOCK_DGRAM)
                     socks.append(s)
                     if p == port:  # for the connected twin (only our own user may join)
                         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -399,8 +399,7 @@ class LocalMediaEngine:
             stream.direct = None
         if addr is None:
             return
-        family = socket.AF_INET6 if ":" in self._address else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock = socket.socket(self._family, socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((self._address, stream.local.rtp_port))
@@ -423,8 +422,7 @@ class LocalMediaEngine:
             self._on_rtcp(stream, data, addr)
             return
         c = stream.counters
-        if config.symmetric and stream.endpoint != addr and \
-                not self._latch(stream, addr, rtcp=False):
+        if stream.endpoint != addr and not self._latch(stream, addr, rtcp=False):
             c.errors += 1
             return
         if stream.receiver is not None:
@@ -457,7 +455,7 @@ class LocalMediaEngine:
             self._send_out(stream.peer, bytes(packet))
 
     def _send_out(self, out: _Stream, plain: bytes) -> None:
-        dest = out.endpoint or out.config.peer
+        dest = out.rtp_destination()
         if dest is None:
             out.counters.errors += 1  # nowhere to send yet (answer not seen, nothing latched)
             return
