@@ -69,7 +69,7 @@ def per_channel(audio: npt.NDArray[np.float32]) -> float:
 
 def spandsp_per_channel(audio: npt.NDArray[np.float32]) -> float | None:
     try:
-        from loadtest.spandsp import SpandspDtmfReceiver
+        from proxy.demo.spandsp import SpandspDtmfReceiver
         receivers = [SpandspDtmfReceiver() for _ in range(audio.shape[0])]
     except (OSError, RuntimeError):
         return None

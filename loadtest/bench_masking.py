@@ -19,10 +19,10 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dsp import g711, tones  # noqa: E402
-from proxy.masking import MaskingPipeline  # noqa: E402
-from proxy.masking_policy import MaskingPolicy  # noqa: E402
+from proxy.media.masking import MaskingPipeline  # noqa: E402
 from proxy.media.pipeline import AudioPipeline, PassthroughPipeline  # noqa: E402
-from proxy.rtp import RtpPacket  # noqa: E402
+from proxy.media.policy import MaskingPolicy  # noqa: E402
+from proxy.media.rtp import RtpPacket  # noqa: E402
 
 CODECS = {0: "PCMU"}
 

@@ -37,10 +37,10 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtest.sdp_builder import audio_sdp, media_endpoint
-from loadtest.simulate import NgClient
 from loadtest.traffic import Stream, Traffic, TrafficResult
-from proxy import sdes
+from proxy.control import sdes
+from proxy.demo.sdp_builder import audio_sdp, media_endpoint
+from proxy.demo.simulate import NgClient
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 GENERATOR_CPU, RELAY_CPU = {0}, {1}
@@ -102,7 +102,7 @@ def _start(name: str, ng_port: int, ports: tuple[int, int], tmp: Path) -> subpro
         workers = 2 if "×2" in name else 1
         config.write_text(f'[masking]\ncaller = "{caller}"\n[logging]\nlevel = "warning"\n'
                           f'[api]\nlisten = "127.0.0.1:0"\n[media]\nworkers = {workers}\n')
-        cmd = [sys.executable, "-m", "proxy.cli", "serve", "-c", str(config), "--ng-listen",
+        cmd = [sys.executable, "-m", "proxy", "serve", "-c", str(config), "--ng-listen",
                f"127.0.0.1:{ng_port}", "--port-range", f"{ports[0]}-{ports[1]}"]
     cpus = GENERATOR_CPU | RELAY_CPU if "×2" in name else RELAY_CPU
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

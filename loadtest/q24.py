@@ -40,7 +40,7 @@ def toneguard_adapter(samples: npt.NDArray[np.int16]) -> str:
 
 
 def spandsp_adapter(samples: npt.NDArray[np.int16]) -> str:
-    from loadtest.spandsp import spandsp_detect  # needs libspandsp2
+    from proxy.demo.spandsp import spandsp_detect  # needs libspandsp2
 
     return spandsp_detect(samples)
 

@@ -25,8 +25,8 @@ import numpy as np
 import numpy.typing as npt
 
 from loadtest.mmsg import BatchReceiver, BatchSender, sockaddrs, socket_drops
+from proxy.media.srtp import SrtpError, SrtpReceiver, SrtpSender
 from proxy.media.types import SrtpParams
-from proxy.srtp import SrtpError, SrtpReceiver, SrtpSender
 
 PTIME = 0.02
 SLOTS = 20  # phases per 20 ms

@@ -15,8 +15,8 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, Header, HTTPException, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, PlainTextResponse
 
+from proxy.api.auth import AgentDirectory, Principal
 from proxy.api.models import Assign, Call, Payment, StartPayment, UpdatePayment
-from proxy.auth import AgentDirectory, Principal
 from proxy.securepay.manager import PaymentError, PaymentManager
 from proxy.securepay.session import PaymentSession
 

@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from proxy.masking_policy import MaskingPolicy
 from proxy.media.pipeline import AudioPipeline, PassthroughPipeline
+from proxy.media.policy import MaskingPolicy
+from proxy.media.rtp import RtpPacket, RtpParseError, is_rtcp
+from proxy.media.srtp import SrtpError, SrtpReceiver, SrtpSender
 from proxy.media.types import (
     Address,
     DigitEvent,
@@ -35,8 +37,6 @@ from proxy.media.types import (
     StreamStats,
     UnknownStreamError,
 )
-from proxy.rtp import RtpPacket, RtpParseError, is_rtcp
-from proxy.srtp import SrtpError, SrtpReceiver, SrtpSender
 
 log = structlog.get_logger("toneguard.media")
 

@@ -2,7 +2,7 @@
 
 For every stream whose ``StreamConfig.masking`` is set, the engine hands each received packet
 (SRTP already removed, parsed) to the worker's single pipeline, and every tick asks it for what
-to send. The masking pipeline (proxy.masking) holds audio back, detects and replaces DTMF; the
+to send. The masking pipeline (proxy.media.masking) holds audio back, detects and replaces DTMF; the
 passthrough pipeline here returns packets as pushed (for tests, benchmarks and as the reference
 for what "no added processing" costs).
 """
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from proxy.masking_policy import MaskingPolicy
+from proxy.media.policy import MaskingPolicy
+from proxy.media.rtp import RtpPacket
 from proxy.media.types import DigitEvent
-from proxy.rtp import RtpPacket
 
 
 class AudioPipeline(Protocol):

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from proxy.masking_policy import MaskingPolicy
+from proxy.media.policy import MaskingPolicy
 
 Address = tuple[str, int]
 

@@ -67,9 +67,9 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
 
 
 async def _serve(conn: Connection, spec: WorkerSpec) -> None:
-    from proxy.masking import MaskingPipeline
     from proxy.media.engine import LocalMediaEngine
-    from proxy.runtime import freeze_startup_objects
+    from proxy.media.masking import MaskingPipeline
+    from proxy.media.runtime import freeze_startup_objects
 
     engine = LocalMediaEngine(
         spec.address, spec.port_min, spec.port_max,

@@ -19,8 +19,10 @@ from typing import Protocol
 
 import structlog
 
-from proxy.audit import AuditLog
-from proxy.gateway_client import (
+from proxy.media.types import DigitEvent
+from proxy.securepay.audit import AuditLog
+from proxy.securepay.events import EventBus, PaymentEvent
+from proxy.securepay.gateway_client import (
     GatewayDeclinedError,
     GatewayError,
     GatewayTimeoutError,
@@ -28,8 +30,6 @@ from proxy.gateway_client import (
     GatewayUnavailableError,
     TokenResult,
 )
-from proxy.media.types import DigitEvent
-from proxy.securepay.events import EventBus, PaymentEvent
 from proxy.securepay.session import CaptureSettings, PaymentSession, SessionError
 
 log = structlog.get_logger("toneguard.securepay")

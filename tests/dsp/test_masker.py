@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from dsp.masker import covered, envelope, merge, monotone, replacement, spans_from_suspect
-from loadtest.leak import leaked_ms
+from proxy.demo.leak import leaked_ms
 
 
 def test_suspect_blocks_become_widened_spans() -> None:

@@ -15,7 +15,7 @@ import pytest
 from gateway.pki import PkiError, init_pki
 from gateway.server import build_server
 from gateway.store import TokenStore, load_key
-from proxy.gateway_client import (
+from proxy.securepay.gateway_client import (
     GatewayClient,
     GatewayDeclinedError,
     GatewayTlsError,

@@ -18,8 +18,8 @@ import pytest
 
 from loadtest.mmsg import BatchReceiver, BatchSender, sockaddrs
 from loadtest.traffic import Stream, Traffic, TrafficResult
-from proxy import sdes
-from proxy.srtp import SrtpSender
+from proxy.control import sdes
+from proxy.media.srtp import SrtpSender
 
 
 def test_sockaddrs_keep_network_byte_order() -> None:

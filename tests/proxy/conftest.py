@@ -12,12 +12,12 @@ import pytest
 
 from gateway.pki import PkiPaths, init_pki
 from gateway.server import build_server
-from proxy.audit import AuditLog
-from proxy.auth import AgentDirectory
-from proxy.config import load_config
-from proxy.logging import configure_logging
+from proxy.api.auth import AgentDirectory
 from proxy.media.engine import LocalMediaEngine
-from proxy.serve import Node
+from proxy.securepay.audit import AuditLog
+from proxy.service.config import load_config
+from proxy.service.logging import configure_logging
+from proxy.service.serve import Node
 from tests.conftest import pick_tcp_port, pick_udp_port
 
 

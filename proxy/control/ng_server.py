@@ -1,0 +1,147 @@
+"""The ng control socket: UDP, ``cookie SP dictionary``, retransmissions answered from a cache.
+
+``datagram_received`` stays synchronous and cheap: it parses, answers retransmissions from the
+cookie cache, and queues real work for one handler task (commands of a call must be applied in
+order). The queue is bounded; when it is full the request is dropped and counted — Kamailio
+retransmits, and a dropped retransmission is better than unbounded memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from proxy.control import ng
+
+log = structlog.get_logger("toneguard.ng")
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+Address = tuple[str, int]
+
+
+class CookieCache:
+    """Replies by (source, cookie) for ``ttl`` seconds, at most ``limit`` entries."""
+
+    def __init__(self, ttl: float = 60.0, limit: int = 100_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl, self._limit, self._clock = ttl, limit, clock
+        self._entries: OrderedDict[tuple[Address, str], tuple[float, bytes | None]] = (
+            OrderedDict())
+
+    def get(self, key: tuple[Address, str]) -> tuple[bool, bytes | None]:
+        """(known, reply); a known key with reply None is still being processed."""
+        self._expire()
+        entry = self._entries.get(key)
+        return (False, None) if entry is None else (True, entry[1])
+
+    def put(self, key: tuple[Address, str], reply: bytes | None) -> None:
+        self._entries[key] = (self._clock(), reply)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._limit:
+            self._entries.popitem(last=False)
+
+    def _expire(self) -> None:
+        cutoff = self._clock() - self._ttl
+        while self._entries:
+            key, (at, _) = next(iter(self._entries.items()))
+            if at >= cutoff:
+                break
+            del self._entries[key]
+
+
+class NgProtocol(asyncio.DatagramProtocol):
+    def __init__(self, server: NgServer) -> None:
+        self._server = server
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._server.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        self._server.received(data, (addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:
+        pass
+
+
+class NgServer:
+    """Serve the ng protocol over UDP with ``handler`` doing the commands."""
+
+    def __init__(self, handler: Handler, *, cache_ttl: float = 60.0, queue_size: int = 10_000,
+                 on_command: Callable[[str, str], None] | None = None) -> None:
+        self._handler = handler
+        self._cache = CookieCache(cache_ttl)
+        self._queue: asyncio.Queue[tuple[ng.NgMessage, Address]] = asyncio.Queue(queue_size)
+        self._worker: asyncio.Task[None] | None = None
+        self._on_command = on_command
+        self.transport: asyncio.DatagramTransport | None = None
+        self.counters = {"received": 0, "retransmissions": 0, "dropped": 0, "errors": 0}
+
+    async def start(self, host: str, port: int) -> Address:
+        loop = asyncio.get_running_loop()
+        await loop.create_datagram_endpoint(lambda: NgProtocol(self), local_addr=(host, port))
+        self._worker = asyncio.create_task(self._work(), name="ng-commands")
+        assert self.transport is not None
+        sockname = self.transport.get_extra_info("sockname")
+        return sockname[0], sockname[1]
+
+    async def stop(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+
+    def received(self, data: bytes, addr: Address) -> None:
+        self.counters["received"] += 1
+        try:
+            message = ng.parse_message(data)
+        except ng.NgFramingError:
+            self.counters["dropped"] += 1
+            return
+        except ng.NgError as exc:
+            cookie = data.split(b" ", 1)[0].decode("ascii", "replace")
+            self._send(ng.format_reply(cookie, ng.error_reply(exc.reason),
+                                       ng.error_encoding(exc)), addr)
+            return
+        known, reply = self._cache.get((addr, message.cookie))
+        if known:
+            self.counters["retransmissions"] += 1
+            if reply is not None:
+                self._send(reply, addr)
+            return  # still in progress: the reply goes out when it is ready
+        try:
+            self._queue.put_nowait((message, addr))
+        except asyncio.QueueFull:
+            self.counters["dropped"] += 1
+            return
+        self._cache.put((addr, message.cookie), None)
+
+    async def _work(self) -> None:
+        while True:
+            message, addr = await self._queue.get()
+            command = str(message.body.get("command", ""))
+            try:
+                reply = await self._handler(message.body)
+                result = str(reply.get("result", "ok"))
+            except ng.NgError as exc:
+                reply, result = ng.error_reply(exc.reason), "error"
+                self.counters["errors"] += 1
+            except Exception:
+                log.exception("ng command failed", command=command)
+                reply, result = ng.error_reply("Internal error"), "error"
+                self.counters["errors"] += 1
+            data = ng.format_reply(message.cookie, reply, message.encoding)
+            self._cache.put((addr, message.cookie), data)
+            self._send(data, addr)
+            if self._on_command is not None:
+                self._on_command(command, result)
+
+    def _send(self, data: bytes, addr: Address) -> None:
+        if self.transport is not None:
+            self.transport.sendto(data, addr)

@@ -1,0 +1,444 @@
+"""The masking pipeline: hold each caller's audio back, find DTMF, replace it, let the rest go.
+
+Every stream has a *media timeline* in samples, counted from the timestamp of its first packet.
+Once per tick all streams advance together: each feeds the next 20 ms of its timeline (from the
+packets received, silence where one is lost) into ONE shared DtmfDetector row — one decode, one
+``process``, no per-packet NumPy. A stream whose next packet has not arrived yet *stalls* for
+the tick (its row gets silence and its timeline waits), so network jitter delays it a little
+instead of corrupting detection.
+
+A packet is released toward the agent only once the detector has seen ``lookahead`` beyond its
+end: 26 ms by default, because the first 12.75 ms block lying wholly inside a tone is complete
+at most two blocks (25.5 ms) after the tone's first sample, and the suspect flag fires on it.
+Whatever the receiver's ``suspect`` flag (or a confirmed digit, or an RFC 4733 event)
+covers — widened back by a block for the onset and forward by a block for the tail — is replaced
+by the policy's signal before release; everything else leaves byte for byte as it came.
+RFC 4733 events of a masked stream never leave at all. Digits found go to ``drain_events`` as
+DigitEvents: an in-band tone and an RFC 4733 event for the same key count once ("both").
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import structlog
+
+from dsp import g711
+from dsp.dtmf import BLOCK_SIZE, DtmfDetector
+from dsp.masker import Span, covered, envelope, merge, replacement, spans_from_suspect
+from dsp.tones import DIGITS
+from proxy.media.policy import DtmfSecurityMode, MaskingPolicy
+from proxy.media.rfc4733 import Rfc4733Error, TelephoneEvent
+from proxy.media.rtp import RtpPacket
+from proxy.media.types import DigitEvent
+
+log = structlog.get_logger("toneguard.masking")
+RATE = 8000
+TICK_SAMPLES = 160
+LAWS = {"PCMU": "ulaw", "PCMA": "alaw"}
+SILENCE_CODE = {"ulaw": 0xFF, "alaw": 0xD5}
+WIDEN_BEFORE = BLOCK_SIZE + 16  # a tone can start up to a block before its first suspect block
+WIDEN_AFTER = BLOCK_SIZE  # hangover for the tail
+RAMP = 40  # 5 ms raised-cosine fade of the replacement at each span edge (inside the span)
+DEDUPE_SAMPLES = 120 * 8  # in-band and RFC 4733 starts this close are the same key
+EMIT_AFTER = 200 * 8  # wait this long after a key's start for its other copy before reporting
+MAX_BUFFER_SAMPLES = 8000  # packets more than 1 s ahead of the timeline are dropped
+MAX_STALL_TICKS = 3  # after 60 ms with nothing new the stream has paused: run on in silence
+_TS_MOD = 1 << 32
+
+
+@dataclass(slots=True)  # one per packet in flight
+class _Held:
+    start: int  # media sample position
+    length: int
+    packet: RtpPacket
+    kind: str  # "audio" | "event" | "other"
+    law: str | None = None
+    late: bool = False  # arrived after the detector had passed its position
+
+
+@dataclass
+class _Digit:
+    digit: str = field(repr=False)  # may be a card digit: never in a repr or traceback
+    start: int = 0
+    end: int | None = None
+    sources: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class _Stream:
+    stream_id: str
+    row: int
+    policy: MaskingPolicy
+    ts0: int | None = None  # RTP timestamp at media position 0 (re-based on SSRC changes)
+    ssrc: int | None = None
+    law: str = "ulaw"
+    media_fed: int = 0  # media samples fed to the detector
+    newest_end: int = 0  # end of the newest audio received
+    buffer: dict[int, tuple[bytes, str]] = field(default_factory=dict)  # start → codes, law
+    held: list[_Held] = field(default_factory=list)
+    spans: list[Span] = field(default_factory=list)
+    lost: list[Span] = field(default_factory=list)  # concealed with silence (packet loss)
+    # Detector-global sample G maps to media sample G - det_base + media_base (history kept
+    # because stalls change the mapping and a block may predate the last change).
+    mapping: list[tuple[int, int, int]] = field(default_factory=list)  # (from G, det_base, mb)
+    out_seq: int | None = None
+    digits: list[_Digit] = field(default_factory=list)
+    event_ts: int | None = None  # timestamp of the RFC 4733 event in progress
+    replacement_digit: str = "0"
+    stalls: int = 0
+    stalled_ticks: int = 0  # consecutive
+    warned_unmaskable: bool = False
+    late: int = 0
+    masked_samples: int = 0
+
+    def to_media(self, g: int) -> int:
+        for start, det_base, media_base in reversed(self.mapping):
+            if g >= start:
+                return g - det_base + media_base
+        return g - self.mapping[0][1] + self.mapping[0][2] if self.mapping else 0
+
+
+def _first_gap(filled: list[tuple[int, int]], n: int) -> tuple[int, int] | None:
+    """[first unfilled sample, last unfilled sample + 1) of [0, n); None if all is filled."""
+    spans = merge(filled)
+    if len(spans) == 1 and spans[0][0] <= 0 and spans[0][1] >= n:
+        return None
+    first = 0 if not spans or spans[0][0] > 0 else spans[0][1]
+    last = n if not spans or spans[-1][1] < n else spans[-1][0]
+    return (first, last)
+
+
+class MaskingPipeline:
+    """AudioPipeline that masks DTMF on every stream opened with an effective policy."""
+
+    def __init__(self, lookahead_ms: int = 26, capacity: int = 64, seed: int | None = None) -> None:
+        self._lookahead = lookahead_ms * RATE // 1000
+        self._detector = DtmfDetector(capacity)
+        self._streams: dict[str, _Stream] = {}
+        self._free_rows = list(range(capacity - 1, -1, -1))
+        self._events: list[DigitEvent] = []
+        self._origins: dict[int, int] = {}  # row → detector sample at its last reset
+        self._random = random.Random(seed)
+        self.counters = {"stalls": 0, "late": 0, "dropped_events": 0, "masked_packets": 0,
+                         "unmaskable_packets": 0}
+
+    # --- stream lifecycle ------------------------------------------------------------------
+
+    def open(self, stream_id: str, policy: MaskingPolicy) -> None:
+        if stream_id in self._streams:
+            self.update(stream_id, policy)
+            return
+        if not self._free_rows:
+            old = self._detector.channels
+            self._detector.resize(old * 2)
+            self._free_rows = list(range(old * 2 - 1, old - 1, -1))
+        row = self._free_rows.pop()
+        self._detector.reset(row)
+        self._origins[row] = self._detector.samples_seen
+        self._streams[stream_id] = _Stream(stream_id, row, policy)
+
+    def update(self, stream_id: str, policy: MaskingPolicy) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            stream.policy = policy
+
+    def close(self, stream_id: str) -> None:
+        stream = self._streams.pop(stream_id, None)
+        if stream is not None:
+            self._emit_digits(stream, final=True)
+            self._free_rows.append(stream.row)
+
+    @property
+    def latency_samples(self) -> int:
+        """Hold toward the agent beyond a packet's end (plus up to one tick of scheduling)."""
+        return self._lookahead
+
+    # --- receive ---------------------------------------------------------------------------
+
+    def push(self, stream_id: str, packet: RtpPacket, codecs: dict[int, str],
+             now: float) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        name = codecs.get(packet.payload_type) or {0: "PCMU", 8: "PCMA"}.get(
+            packet.payload_type, "")
+        if stream.ts0 is None:
+            stream.ts0, stream.ssrc = packet.timestamp, packet.ssrc
+        offset = (packet.timestamp - stream.ts0) % _TS_MOD
+        start = offset - _TS_MOD if offset >= _TS_MOD // 2 else offset
+        if packet.ssrc != stream.ssrc or abs(start - stream.newest_end) > MAX_BUFFER_SAMPLES:
+            # A new source (SSRC change: transfer, re-INVITE, a new media server) or a jump in
+            # its clock: continue the timeline where it is rather than treating the packet as
+            # a second ahead or behind.
+            resume = max(stream.newest_end, stream.media_fed)
+            stream.ts0 = (packet.timestamp - resume) % _TS_MOD
+            stream.ssrc = packet.ssrc
+            stream.event_ts = None
+            start = resume
+        if name in LAWS:
+            law = LAWS[name]
+            n = len(packet.payload)
+            late = start < stream.media_fed
+            if not late:
+                stream.buffer[start] = (packet.payload, law)
+                stream.newest_end = max(stream.newest_end, start + n)
+            else:
+                stream.late += 1
+                self.counters["late"] += 1
+            stream.law = law
+            stream.held.append(_Held(start, n, packet, "audio", law, late))
+        elif name == "telephone-event":
+            self._on_telephone_event(stream, packet, start)
+            stream.held.append(_Held(start, 0, packet, "event"))
+        else:
+            # Comfort noise is harmless; any other codec cannot be inspected here, so it is
+            # relayed as is — counted, and said once per stream, as the operator must know.
+            if name != "CN":
+                self.counters["unmaskable_packets"] += 1
+                if not stream.warned_unmaskable:
+                    stream.warned_unmaskable = True
+                    log.warning("codec cannot be masked, relayed untouched",
+                                stream_id=stream.stream_id, codec=name or packet.payload_type)
+            stream.held.append(_Held(start, 0, packet, "other"))
+
+    def _on_telephone_event(self, stream: _Stream, packet: RtpPacket, start: int) -> None:
+        try:
+            event = TelephoneEvent.parse(packet.payload)
+        except Rfc4733Error:
+            return
+        key = event.key
+        if key is None:
+            return
+        if stream.event_ts != packet.timestamp:
+            stream.event_ts = packet.timestamp
+            self._note_digit(stream, key, start, "rfc4733")
+        end = start + event.duration
+        # The caller may send the key in-band too: mask the audio under the event as well.
+        stream.spans = merge([*stream.spans, (start - WIDEN_BEFORE, end + WIDEN_AFTER)])
+        if event.end:
+            for d in stream.digits:
+                if d.digit == key and "rfc4733" in d.sources:
+                    d.end = max(d.end or 0, end)
+
+    def _note_digit(self, stream: _Stream, key: str, start: int, source: str) -> None:
+        """A key seen in-band or as an event: the other copy of the same press merges into it
+        (the nearest candidate of that key not yet seen from this source); repeats of a key
+        from one source are separate presses."""
+        candidates = [d for d in stream.digits if d.digit == key and source not in d.sources
+                      and abs(d.start - start) <= DEDUPE_SAMPLES]
+        if candidates:
+            d = min(candidates, key=lambda d: abs(d.start - start))
+            d.sources.add(source)
+            d.start = min(d.start, start)
+            return
+        stream.digits.append(_Digit(key, start, None, {source}))
+
+    # --- the tick --------------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[tuple[str, RtpPacket]]:
+        active = [s for s in self._streams.values() if s.ts0 is not None]
+        if active:
+            self._detect(active)
+        out: list[tuple[str, RtpPacket]] = []
+        seen = self._detector.samples_seen
+        inspected = seen - seen % BLOCK_SIZE
+        for stream in active:
+            out += self._release(stream, inspected)
+            self._emit_digits(stream, final=False)
+        return out
+
+    def _detect(self, active: list[_Stream]) -> None:
+        detector = self._detector
+        codes = np.full((detector.channels, TICK_SAMPLES), SILENCE_CODE["ulaw"], dtype=np.uint8)
+        alaw_rows = np.zeros(detector.channels, dtype=bool)
+        g_start = detector.samples_seen
+        for stream in active:
+            fed = stream.media_fed
+            exact = stream.buffer.get(fed)
+            if exact is not None and len(exact[0]) == TICK_SAMPLES and stream.mapping and all(
+                    start == fed or start >= fed + TICK_SAMPLES for start in stream.buffer):
+                # The common case, kept lean: one packet fills exactly this tick's slot (what
+                # the general path below would do with it, without its bookkeeping).
+                payload, law = exact
+                codes[stream.row] = np.frombuffer(payload, np.uint8)
+                alaw_rows[stream.row] = law == "alaw"
+                del stream.buffer[fed]
+                stream.stalled_ticks = 0
+                stream.media_fed = fed + TICK_SAMPLES
+                continue
+            has_data = any(start < fed + TICK_SAMPLES and start + len(c) > fed
+                           for start, (c, _) in stream.buffer.items())
+            paused = stream.stalled_ticks >= MAX_STALL_TICKS
+            if not has_data and stream.newest_end <= fed + TICK_SAMPLES and not paused:
+                # Nothing for this slot and nothing after it: the stream is behind, not lossy.
+                stream.stalled_ticks += 1
+                stream.stalls += 1
+                self.counters["stalls"] += 1 if stream.mapping else 0
+                stream.mapping.append((g_start + TICK_SAMPLES, g_start + TICK_SAMPLES, fed))
+                del stream.mapping[:-4]
+                continue
+            if not stream.mapping:
+                stream.mapping.append((g_start, g_start, fed))
+            stream.stalled_ticks = 0 if has_data else stream.stalled_ticks
+            row = codes[stream.row]
+            row[:] = SILENCE_CODE[stream.law]
+            received: list[tuple[int, int]] = []  # filled [lo, hi) within this tick
+            alaw_rows[stream.row] = stream.law == "alaw"
+            for start in sorted(stream.buffer):
+                payload, law = stream.buffer[start]
+                lo, hi = max(start, fed), min(start + len(payload), fed + TICK_SAMPLES)
+                if lo < hi:
+                    row[lo - fed:hi - fed] = np.frombuffer(payload, np.uint8,
+                                                          hi - lo, lo - start)
+                    received.append((lo - fed, hi - fed))
+                    alaw_rows[stream.row] = law == "alaw"
+                if start + len(payload) <= fed + TICK_SAMPLES:
+                    del stream.buffer[start]
+            gap = _first_gap(received, TICK_SAMPLES)
+            if gap is not None and not paused:
+                stream.lost = merge([*stream.lost, (fed + gap[0], fed + gap[1])])
+            stream.media_fed = fed + TICK_SAMPLES
+        audio = np.where(alaw_rows[:, None], g711.decode(codes, "alaw", np.float32),
+                         g711.decode(codes, "ulaw", np.float32))
+        result = detector.process(audio)
+        suspect_rows = set(np.flatnonzero(result.suspect.any(axis=0)).tolist())
+        for stream in active:
+            if not stream.policy.detect or stream.row not in suspect_rows:
+                continue
+            column = result.suspect[:, stream.row]
+            media_starts = np.array([stream.to_media(int(g)) for g in result.block_starts])
+            stream.spans = merge([*stream.spans, *spans_from_suspect(
+                media_starts, column, result.block_size, WIDEN_BEFORE, WIDEN_AFTER)])
+        by_row = {s.row: s for s in active}
+        for event in result.events:
+            stream = by_row.get(event.channel)
+            if stream is None or not stream.policy.detect:
+                continue
+            # Events count from the row's reset; map back to the detector clock, then media.
+            position = stream.to_media(event.sample + self._origins[stream.row])
+            if event.kind == "on":
+                self._note_digit(stream, event.digit, position, "inband")
+                stream.spans = merge([*stream.spans, (position - WIDEN_BEFORE, position)])
+            else:
+                for d in stream.digits:
+                    if d.digit == event.digit and "inband" in d.sources:
+                        d.end = max(d.end or 0, position)
+                stream.spans = merge([*stream.spans, (position, position + WIDEN_AFTER)])
+
+    def _bridge_losses(self, stream: _Stream) -> None:
+        """A lost packet can cut a tone into fragments too short to be suspected on their own.
+        A span that reaches a loss from either side continues through it and two blocks beyond
+        (any longer fragment fills a block and is suspected by itself)."""
+        extra = []
+        for a, b in stream.lost:
+            if any(s <= a + 1 and e >= a - WIDEN_AFTER for s, e in stream.spans):
+                extra.append((a, b + 2 * BLOCK_SIZE))
+            if any(s <= b + WIDEN_BEFORE and e >= b for s, e in stream.spans):
+                extra.append((a - 2 * BLOCK_SIZE, b))
+        if extra:
+            stream.spans = merge([*stream.spans, *extra])
+
+    def _release_point(self, stream: _Stream, held: _Held) -> int:
+        """Media position the detector must have passed before ``held`` may leave: look-ahead
+        beyond its end, and beyond any loss within that look-ahead (what follows a gap decides
+        whether the audio before it was the start of a tone)."""
+        need = held.start + held.length + self._lookahead
+        for a, b in stream.lost:
+            if a <= need and b > held.start:
+                need = max(need, b + 2 * BLOCK_SIZE + 16)
+        return need
+
+    def _release(self, stream: _Stream, inspected: int) -> list[tuple[str, RtpPacket]]:
+        """The held packets the detector has seen far enough past (``inspected``: detector
+        samples in whole blocks), masked where needed, in order."""
+        done = stream.to_media(inspected)
+        ready: list[_Held] = []
+        waiting: list[_Held] = []
+        lookahead, lossy = self._lookahead, bool(stream.lost)
+        for h in stream.held:  # (every packet of every masked call, every tick: kept lean)
+            need = self._release_point(stream, h) if lossy else h.start + h.length + lookahead
+            (ready if need <= done else waiting).append(h)
+        if not ready:
+            return []
+        self._bridge_losses(stream)
+        stream.held = waiting
+        effective = stream.policy.effective
+        out = []
+        if len(ready) > 1:
+            ready.sort(key=lambda h: (h.start, h.packet.sequence_number))
+        spans = stream.spans
+        for h in ready:
+            packet = h.packet
+            if h.kind == "event" and effective:
+                self.counters["dropped_events"] += 1
+                continue
+            end = h.start + h.length
+            if h.kind == "audio" and effective and (h.late or (spans and any(
+                    s < end and e > h.start for s, e in spans))):
+                mask = covered(spans, h.start, h.length)
+                if h.late:
+                    mask[:] = True  # not inspected in time: never let it through unmasked
+                packet = self._masked(stream, h, mask)
+            if stream.out_seq is None:
+                stream.out_seq = packet.sequence_number
+            if packet.sequence_number != stream.out_seq:  # after a dropped event: renumber
+                packet = replace(packet, sequence_number=stream.out_seq)
+            stream.out_seq = (stream.out_seq + 1) & 0xFFFF
+            out.append((stream.stream_id, packet))
+        if stream.spans or stream.lost:  # those wholly in the released past are done with
+            horizon = min((h.start for h in stream.held), default=done)
+            stream.spans = [s for s in stream.spans if s[1] > horizon - BLOCK_SIZE]
+            stream.lost = [s for s in stream.lost if s[1] > horizon - 4 * BLOCK_SIZE]
+        return out
+
+    def _masked(self, stream: _Stream, held: _Held, mask: np.ndarray) -> RtpPacket:
+        law = held.law or stream.law
+        samples = g711.decode(np.frombuffer(held.packet.payload, np.uint8), law).astype(
+            np.float64)
+        policy = stream.policy
+        mode = policy.mode.value
+        if policy.mode is DtmfSecurityMode.RANDOM and mask[0] and not self._was_masked(
+                stream, held.start):
+            stream.replacement_digit = self._random.choice(DIGITS)
+        substitute = replacement(mode, held.start, held.length,
+                                 frequency=policy.tone_frequency_hz, dbm0=policy.volume_dbm0,
+                                 digit=stream.replacement_digit if policy.mode is
+                                 DtmfSecurityMode.RANDOM else policy.digit)
+        gain = envelope(stream.spans, held.start, held.length, RAMP)
+        if held.late:
+            gain = np.maximum(gain, 1.0)
+        # Inside a span the original is gone entirely; only the replacement is faded in/out.
+        samples = np.where(mask, substitute * gain, samples)
+        stream.masked_samples += int(mask.sum())
+        self.counters["masked_packets"] += 1
+        payload = g711.encode(samples, law).tobytes()
+        p = held.packet
+        return RtpPacket(p.payload_type, p.sequence_number, p.timestamp, p.ssrc, p.marker,
+                         p.csrc, p.extension_profile, p.extension, payload)
+
+    def _was_masked(self, stream: _Stream, start: int) -> bool:
+        return bool(covered(stream.spans, start - 1, 1)[0])
+
+    # --- digits out ------------------------------------------------------------------------
+
+    def _emit_digits(self, stream: _Stream, final: bool) -> None:
+        keep = []
+        for d in stream.digits:
+            waited = stream.media_fed - d.start
+            ended = d.end is not None or waited >= 4 * EMIT_AFTER
+            if final or (waited >= EMIT_AFTER and ended):
+                source = "both" if len(d.sources) > 1 else next(iter(d.sources))
+                end = d.end if d.end is not None else d.start
+                self._events.append(DigitEvent(
+                    stream.stream_id, d.digit, source,  # type: ignore[arg-type]
+                    d.start / 8.0, max(0, end - d.start) / 8.0))
+            else:
+                keep.append(d)
+        stream.digits = keep
+
+    def drain_events(self) -> list[DigitEvent]:
+        events, self._events = self._events, []
+        return events

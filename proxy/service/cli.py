@@ -1,0 +1,70 @@
+"""The ``toneguard`` command: one typer app, each subcommand defined in its own module.
+
+Subcommands register here with ``app.command(...)(function)`` so that each module stays
+importable and testable on its own.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# The media plane batches its NumPy work per 20 ms tick; multi-threaded BLAS would spin extra
+# cores on matrices this small. One thread per process (scale out with processes instead).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import click  # noqa: E402  (after the thread settings above)
+import typer  # noqa: E402
+
+app = typer.Typer(
+    name="toneguard",
+    help="ToneGuard: a secure voice payment proxy (DTMF masking media relay).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+
+@app.callback()
+def _toneguard() -> None:
+    """ToneGuard: a secure voice payment proxy (DTMF masking media relay)."""
+    # A callback keeps typer in multi-command mode even while only one command is registered.
+
+
+# --- subcommand registrations (one line each) ---
+from proxy.service.scan import scan_command  # noqa: E402
+
+app.command("scan")(scan_command)
+from proxy.service.serve import serve_command  # noqa: E402
+
+app.command("serve")(serve_command)
+from gateway.cli import gateway_app  # noqa: E402
+
+app.add_typer(gateway_app, name="gateway")
+from proxy.demo.command import demo_command  # noqa: E402
+
+app.command("demo")(demo_command)
+from proxy.service.agents_cli import agents_app  # noqa: E402
+
+app.add_typer(agents_app, name="agents")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code (0 ok, 1 findings/failure, 2 usage error)."""
+    try:
+        result = app(args=argv if argv is not None else sys.argv[1:], standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        print("aborted", file=sys.stderr)
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

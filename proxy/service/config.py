@@ -1,0 +1,194 @@
+"""Configuration: embedded defaults ← TOML file ← command-line overrides, validated by pydantic.
+
+Every error names the file and the dotted key (``toneguard.toml: media.port_min: ...``); unknown
+keys are errors, not silently ignored, because a misspelt security setting must not fall back
+to a default unnoticed. The defaults are ``proxy/defaults/toneguard.toml`` (shipped in the
+wheel); ``config/toneguard.toml`` in the repository is the same file, documented.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from proxy.media.policy import DtmfSecurityMode
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says where and why."""
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` → (host, port)."""
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+    if ":" in host and not text.startswith("["):
+        raise ValueError(f"an IPv6 address needs brackets: [ADDR]:PORT, got {text!r}")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT (or [IPv6]:PORT), got {text!r}")
+    return host, int(port)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _valid_hostport(value: str) -> str:
+    parse_hostport(value)
+    return value
+
+
+HostPort = Annotated[str, AfterValidator(_valid_hostport)]
+
+
+class NgConfig(_Section):
+    listen: HostPort = "127.0.0.1:2223"
+    cookie_cache_seconds: float = Field(60.0, gt=0)
+
+
+class MediaConfig(_Section):
+    address: str = "127.0.0.1"
+    advertised_address: str = ""
+    port_min: int = Field(30000, ge=1024, le=65534)
+    port_max: int = Field(40000, ge=1025, le=65535)
+    idle_timeout_seconds: float = Field(60.0, gt=0)
+    tick_ms: int = Field(20, ge=10, le=60)
+    workers: int = Field(1, ge=0, le=64)
+
+    @field_validator("port_min")
+    @classmethod
+    def _even(cls, v: int) -> int:
+        if v % 2:
+            raise ValueError(f"must be an even integer 1024..65534, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _range(self) -> MediaConfig:
+        if self.port_max - self.port_min < 4:
+            raise ValueError("port_max must be at least port_min + 4 (two port pairs per call)")
+        return self
+
+
+class MaskingConfig(_Section):
+    always_on: bool = True
+    mode: str = "tone"
+    caller: Literal["offerer", "answerer", "both", "none"] = "offerer"
+    tone_frequency_hz: float = Field(400.0, ge=50, le=3900)
+    volume_dbm0: float = Field(-20.0, ge=-63, le=0)
+    lookahead_ms: int = Field(26, ge=0, le=200)
+    recording_tap: str = ""
+
+    @field_validator("mode")
+    @classmethod
+    def _mode(cls, v: str) -> str:
+        return DtmfSecurityMode.parse(v).value
+
+    @field_validator("recording_tap")
+    @classmethod
+    def _tap(cls, v: str) -> str:
+        if v:
+            parse_hostport(v)
+        return v
+
+
+class ApiConfig(_Section):
+    listen: HostPort = "127.0.0.1:8080"
+    agents_file: str = ""
+    audit_file: str = ""
+
+
+class SecurePayConfig(_Section):
+    inter_digit_timeout_seconds: float = Field(10.0, gt=0)
+    field_timeout_seconds: float = Field(60.0, gt=0)
+    max_attempts: int = Field(3, ge=1, le=10)
+    accepted_brands: tuple[str, ...] = ("visa", "mastercard", "amex", "discover", "jcb",
+                                        "diners", "unionpay", "maestro")
+    require_postal_code: bool = False
+    trigger_sequence: str = Field("", pattern=r"^[0-9*#]{0,8}$")
+
+
+class GatewayConfig(_Section):
+    url: str = ""  # "" = no gateway: sessions capture but cannot submit
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    timeout_seconds: float = Field(5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _complete(self) -> GatewayConfig:
+        if self.url and not (self.ca_file and self.cert_file and self.key_file):
+            raise ValueError("url needs ca_file, cert_file and key_file (mutual TLS)")
+        if self.url and not self.url.startswith("https://"):
+            raise ValueError("url must be https:// (card data only travels over TLS)")
+        return self
+
+
+class LoggingConfig(_Section):
+    format: Literal["console", "json"] = "console"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Config(_Section):
+    ng: NgConfig = NgConfig()
+    media: MediaConfig = MediaConfig()
+    masking: MaskingConfig = MaskingConfig()
+    api: ApiConfig = ApiConfig()
+    logging: LoggingConfig = LoggingConfig()
+    securepay: SecurePayConfig = SecurePayConfig()
+    gateway: GatewayConfig = GatewayConfig()
+
+
+def default_text() -> str:
+    return (Path(__file__).parent / "defaults" / "toneguard.toml").read_text("utf-8")
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Defaults, then ``path`` (if given), then ``overrides`` (``{"media": {"port_min": ...}}``)."""
+    data = tomllib.loads(default_text())
+    source = "defaults"
+    if path is not None:
+        source = path.name
+        try:
+            data = _merge(data, tomllib.loads(path.read_text("utf-8")))
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    if overrides:
+        data = _merge(data, overrides)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            message = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                message = "unknown key"
+            problems.append(f"{source}: {key}: {message}")
+        raise ConfigError("; ".join(problems)) from None

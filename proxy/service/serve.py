@@ -1,0 +1,276 @@
+"""`toneguard serve`: the ng control socket, the media engine and (when configured) the API.
+
+Services start in order and stop in reverse on SIGTERM/SIGINT: the ng socket stops taking
+commands first, then calls are released, then the media engine stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+import structlog
+import typer
+import uvicorn
+
+from proxy.api.app import create_app
+from proxy.api.auth import AgentDirectory
+from proxy.control.calls import CallPolicy, CallRegistry, DigitSink
+from proxy.control.ng_server import NgServer
+from proxy.media.engine import LocalMediaEngine
+from proxy.media.masking import MaskingPipeline
+from proxy.media.pipeline import AudioPipeline
+from proxy.media.policy import DtmfSecurityMode, MaskingPolicy
+from proxy.media.runtime import freeze_startup_objects, raise_open_file_limit
+from proxy.media.types import DigitEvent, MediaEngine
+from proxy.media.workers import WorkerPoolEngine
+from proxy.securepay.audit import AuditLog
+from proxy.securepay.gateway_client import GatewayClient
+from proxy.securepay.manager import PaymentManager
+from proxy.securepay.session import CaptureSettings
+from proxy.service.config import Config, ConfigError, load_config, parse_hostport
+from proxy.service.logging import configure_logging
+from proxy.service.metrics import Metrics
+
+log = structlog.get_logger("toneguard.serve")
+IDLE_REAP_SECONDS = 5.0
+
+
+def masking_policy(config: Config) -> CallPolicy:
+    m = config.masking
+    policy = MaskingPolicy(mode=DtmfSecurityMode.parse(m.mode),
+                           tone_frequency_hz=m.tone_frequency_hz, volume_dbm0=m.volume_dbm0)
+    return CallPolicy(always_on=m.always_on, caller=m.caller,
+                      masking=policy.with_mode(policy.mode),
+                      recording=parse_hostport(m.recording_tap) if m.recording_tap else None)
+
+
+def default_pipeline_factory(config: Config) -> Callable[[], AudioPipeline]:
+    lookahead = config.masking.lookahead_ms
+    return lambda: MaskingPipeline(lookahead_ms=lookahead)
+
+
+@dataclass
+class Node:
+    """One running ToneGuard node: what the CLI, the demo and tests start and stop."""
+
+    config: Config
+    engine: MediaEngine
+    registry: CallRegistry
+    ng: NgServer
+    payments: PaymentManager
+    ng_address: tuple[str, int] = ("", 0)
+    api_address: tuple[str, int] | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _api: uvicorn.Server | None = None
+    _gateway: GatewayClient | None = None
+    _last_totals: dict[str, int] = field(default_factory=dict)  # media counters, each second
+
+    @classmethod
+    async def start(cls, config: Config, *, agents: AgentDirectory | None = None,
+                    audit: AuditLog | None = None, on_digit: DigitSink | None = None,
+                    pipeline_factory: Callable[[], AudioPipeline] | None = None,
+                    api: bool = True) -> Node:
+        media = config.media
+        gateway = gateway_client(config)
+        sp = config.securepay
+        if audit is None:
+            audit = AuditLog(Path(config.api.audit_file) if config.api.audit_file else None)
+        payments = PaymentManager(gateway, audit=audit, settings=CaptureSettings(
+            sp.inter_digit_timeout_seconds, sp.field_timeout_seconds, sp.max_attempts,
+            tuple(sp.accepted_brands), sp.require_postal_code),
+            trigger_sequence=sp.trigger_sequence)
+
+        def digit(call_id: str, tag: str, event: DigitEvent) -> None:
+            payments.on_digit(call_id, tag, event)
+            if on_digit is not None:
+                on_digit(call_id, tag, event)
+
+        def call_changed(call_id: str, alive: bool) -> None:
+            if alive:
+                payments.call_started(call_id, registry.calls[call_id].metadata)
+            else:
+                payments.call_ended(call_id)
+
+        def securepay_from_ng(call_id: str) -> str:
+            info = payments.calls.get(call_id)
+            return payments.start(call_id, info.agent_id if info and info.agent_id else "ng").sid
+
+        workers = media.workers or os.cpu_count() or 1
+        engine: MediaEngine
+        if workers > 1 and pipeline_factory is None:
+            engine = WorkerPoolEngine(media.address, media.port_min, media.port_max,
+                                      workers=workers, tick_ms=media.tick_ms,
+                                      idle_timeout=media.idle_timeout_seconds,
+                                      lookahead_ms=config.masking.lookahead_ms)
+        else:
+            engine = LocalMediaEngine(
+                media.address, media.port_min, media.port_max,
+                pipeline_factory=pipeline_factory or default_pipeline_factory(config),
+                tick_ms=media.tick_ms, idle_timeout=media.idle_timeout_seconds)
+        await engine.start()
+        registry = CallRegistry(engine, address=media.address,
+                                advertised_address=media.advertised_address,
+                                policy=masking_policy(config), on_digit=digit,
+                                on_call=call_changed, on_securepay=securepay_from_ng)
+        server = NgServer(registry.handle, cache_ttl=config.ng.cookie_cache_seconds)
+        node = cls(config, engine, registry, server, payments, _gateway=gateway)
+        host, port = parse_hostport(config.ng.listen)
+        try:
+            node.ng_address = await server.start(host, port)
+            if api:
+                await node._start_api(agents or load_agents(config))
+        except OSError as exc:
+            await node.stop()
+            raise ConfigError(f"cannot bind: {exc.strerror}") from None
+        node._tasks.append(asyncio.create_task(node._housekeeping(), name="housekeeping"))
+        log.info("toneguard node started", ng=f"{node.ng_address[0]}:{node.ng_address[1]}",
+                 media=f"{media.address}:{media.port_min}-{media.port_max}",
+                 api=f"{node.api_address[0]}:{node.api_address[1]}" if node.api_address else "",
+                 masking=config.masking.mode, always_on=config.masking.always_on,
+                 gateway=config.gateway.url or "none")
+        return node
+
+    async def _start_api(self, agents: AgentDirectory) -> None:
+        host, port = parse_hostport(self.config.api.listen)
+        metrics = Metrics(self.snapshot)
+        app = create_app(self.payments, agents, metrics.render)
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None,
+                                               access_log=False, lifespan="off"))
+        self._api = server
+        task = asyncio.create_task(server.serve(), name="api")
+        self._tasks.append(task)
+        async with asyncio.timeout(10):
+            while not server.started:
+                if task.done():
+                    task.result()  # raises the bind error
+                    raise OSError(98, "API server stopped during start-up")
+                await asyncio.sleep(0.02)
+        sock = server.servers[0].sockets[0].getsockname()
+        self.api_address = (sock[0], sock[1])
+
+    def snapshot(self) -> dict[str, dict[str, float]]:
+        return {
+            "calls": {**self.registry.counters, "calls_active": len(self.registry.calls)},
+            "ng": dict(self.ng.counters),
+            "payments": {**self.payments.counters,
+                         "payments_active": sum(1 for s in self.payments.sessions.values()
+                                                if s.status in ("capturing", "submitting"))},
+            "media": dict(self._last_totals),
+        }
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.payments.poll()
+            self._last_totals = await self.engine.totals()
+            if int(asyncio.get_running_loop().time()) % int(IDLE_REAP_SECONDS) == 0:
+                await self.registry.reap_idle()
+
+    async def stop(self) -> None:
+        if self._api is not None:
+            self._api.should_exit = True
+        await self.ng.stop()
+        for task in self._tasks:
+            if task.get_name() != "api":
+                task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.payments.close()
+        await self.registry.close()
+        await self.engine.stop()
+        if self._gateway is not None:
+            await self._gateway.close()
+        log.info("toneguard node stopped")
+
+
+def gateway_client(config: Config) -> GatewayClient | None:
+    g = config.gateway
+    if not g.url:
+        return None
+    try:
+        return GatewayClient(g.url, ca_file=Path(g.ca_file), cert_file=Path(g.cert_file),
+                             key_file=Path(g.key_file), timeout=g.timeout_seconds)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"gateway: cannot load certificates: {exc}") from None
+
+
+def load_agents(config: Config) -> AgentDirectory:
+    path = config.api.agents_file
+    return AgentDirectory.load(Path(path)) if path else AgentDirectory()
+
+
+async def run_until_signalled(node_factory: Callable[[], Awaitable[Node]]) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    node = await node_factory()
+    try:
+        await stop.wait()
+    finally:
+        await node.stop()
+
+
+async def _start_for_production(config: Config) -> Node:
+    open_files = raise_open_file_limit()
+    node = await Node.start(config)
+    freeze_startup_objects()
+    log.info("process limits", open_files=open_files)
+    return node
+
+
+def serve_command(
+    config_file: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="TOML configuration file (see config/toneguard.toml).")] = None,
+    ng_listen: Annotated[str | None, typer.Option(
+        help="ng control socket HOST:PORT (overrides ng.listen).")] = None,
+    media_address: Annotated[str | None, typer.Option(
+        help="Media address (overrides media.address).")] = None,
+    port_range: Annotated[str | None, typer.Option(
+        help="Media ports MIN-MAX (overrides media.port_min/port_max).")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Media worker processes (overrides media.workers; 0 = one per core).")] = None,
+    log_format: Annotated[str | None, typer.Option(help="console|json")] = None,
+) -> int:
+    """Run the media relay: ng control socket (for Kamailio's rtpengine module) and media."""
+    overrides: dict[str, dict[str, object]] = {}
+    if ng_listen:
+        overrides.setdefault("ng", {})["listen"] = ng_listen
+    if media_address:
+        overrides.setdefault("media", {})["address"] = media_address
+    if port_range:
+        low, _, high = port_range.partition("-")
+        if not (low.isdigit() and high.isdigit()):
+            print(f"toneguard serve: --port-range: expected MIN-MAX, got {port_range!r}")
+            return 2
+        overrides.setdefault("media", {}).update(port_min=int(low), port_max=int(high))
+    if workers is not None:
+        overrides.setdefault("media", {})["workers"] = workers
+    if log_format:
+        overrides.setdefault("logging", {})["format"] = log_format
+    try:
+        config = load_config(config_file, overrides)
+    except ConfigError as exc:
+        print(f"toneguard serve: {exc}")
+        return 2
+    configure_logging(config.logging.format, config.logging.level)
+    try:
+        import uvloop
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover
+        runner = asyncio.run
+    try:
+        runner(run_until_signalled(lambda: _start_for_production(config)))
+    except ConfigError as exc:
+        print(f"toneguard serve: {exc}")
+        return 2
+    return 0

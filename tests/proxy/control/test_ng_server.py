@@ -1,0 +1,121 @@
+"""The ng UDP socket: bencode and JSON, cookies, retransmissions, malformed datagrams."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from proxy.control import bencode
+from proxy.control.ng import NgError
+from proxy.control.ng_server import CookieCache, NgServer
+
+
+class _Client(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.replies: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        self.replies.put_nowait(data)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[NgServer, list[dict[str, Any]], tuple[str, int]]]:
+    calls: list[dict[str, Any]] = []
+
+    async def handler(body: dict[str, Any]) -> dict[str, Any]:
+        calls.append(body)
+        if body["command"] == "boom":
+            raise NgError("Unrecognized command")
+        if body["command"] == "crash":
+            raise RuntimeError("bug")
+        return {"result": "ok", "echo": body.get("call-id", "")}
+
+    srv = NgServer(handler)
+    addr = await srv.start("127.0.0.1", 0)
+    yield srv, calls, addr
+    await srv.stop()
+
+
+async def _exchange(addr: tuple[str, int], datagrams: list[bytes], expect: int) -> list[bytes]:
+    loop = asyncio.get_running_loop()
+    transport, client = await loop.create_datagram_endpoint(_Client, remote_addr=addr)
+    try:
+        for d in datagrams:
+            transport.sendto(d)
+        async with asyncio.timeout(3):
+            return [await client.replies.get() for _ in range(expect)]
+    finally:
+        transport.close()
+
+
+async def test_bencode_request_gets_a_bencode_reply_with_the_same_cookie(server) -> None:
+    _, _calls, addr = server
+    [reply] = await _exchange(addr, [b"5323_1 d7:command4:ping7:call-id2:c1e"], 1)
+    cookie, _, payload = reply.partition(b" ")
+    assert cookie == b"5323_1"
+    assert bencode.decode(payload) == {"result": "ok", "echo": "c1"}
+
+
+async def test_json_request_gets_a_json_reply_and_key_spellings_are_folded(server) -> None:
+    _, calls, addr = server
+    [reply] = await _exchange(addr, [b'abc {"command":"ping","call ID":"x"}'], 1)
+    assert reply.startswith(b"abc {")
+    assert json.loads(reply.partition(b" ")[2]) == {"result": "ok", "echo": "x"}
+    assert calls[-1]["call-id"] == "x"
+
+
+async def test_a_retransmission_is_answered_from_the_cache_without_re_executing(server) -> None:
+    _, calls, addr = server
+    request = b"c7 d7:command5:offer7:call-id1:ae"
+    replies = await _exchange(addr, [request, request, request], 3)
+    assert len(set(replies)) == 1
+    assert len(calls) == 1
+
+
+async def test_errors_and_malformed_payloads_get_error_replies(server) -> None:
+    _srv, _calls, addr = server
+    replies = await _exchange(addr, [
+        b"e1 d7:command4:boome",
+        b"e2 d7:command5:crashe",
+        b"e3 d7:command",  # truncated bencode
+        b"e4 {not json",
+        b"e5 xyz",
+    ], 5)
+    by_cookie = {r.partition(b" ")[0]: r.partition(b" ")[2] for r in replies}
+    assert bencode.decode(by_cookie[b"e1"]) == {"result": "error",
+                                                "error-reason": "Unrecognized command"}
+    assert bencode.decode(by_cookie[b"e2"])["error-reason"] == "Internal error"
+    assert b"Could not decode bencode dictionary" in by_cookie[b"e3"]
+    assert json.loads(by_cookie[b"e4"])["error-reason"] == "Failed to parse JSON document"
+    assert b"Invalid NG data format" in by_cookie[b"e5"]
+
+
+async def test_datagrams_without_a_cookie_are_dropped_and_counted(server) -> None:
+    srv, _, addr = server
+    loop = asyncio.get_running_loop()
+    transport, client = await loop.create_datagram_endpoint(_Client, remote_addr=addr)
+    transport.sendto(b"nocookie")
+    transport.sendto(b"ok1 d7:command4:pinge")
+    async with asyncio.timeout(3):
+        reply = await client.replies.get()
+    transport.close()
+    assert reply.startswith(b"ok1 ")
+    assert srv.counters["dropped"] == 1
+
+
+def test_cookie_cache_expires_entries_and_bounds_its_size() -> None:
+    now = [0.0]
+    cache = CookieCache(ttl=30, limit=2, clock=lambda: now[0])
+    a = (("127.0.0.1", 1), "a")
+    cache.put(a, b"x")
+    assert cache.get(a) == (True, b"x")
+    now[0] = 31
+    assert cache.get(a) == (False, None)
+    for i in range(3):
+        cache.put((("h", 1), str(i)), b"y")
+    assert cache.get((("h", 1), "0")) == (False, None)
+    assert cache.get((("h", 1), "2")) == (True, b"y")

@@ -1,0 +1,22 @@
+"""The README's first command: `toneguard demo --once` runs the whole product on loopback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from proxy.demo.simulate import TEST_CARDS
+
+pytestmark = pytest.mark.peer
+
+
+def test_demo_tokenises_a_card_and_the_agent_hears_no_digit() -> None:
+    proc = subprocess.run([sys.executable, "-m", "proxy", "demo", "--once", "--api-port",
+                           "0"], capture_output=True, text=True, timeout=180, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "PASS: card tokenised, nothing leaked to the agent" in out
+    assert "token=tok_" in out and "••••••••••••1111" in out
+    assert TEST_CARDS["visa"][0] not in out  # not even the demo's own output shows it

@@ -1,0 +1,75 @@
+"""RTP parse / serialise: fields, byte-exact round trip, truncation at every length."""
+
+import pytest
+
+from proxy.media.rtp import RtpPacket, RtpParseError, is_rtcp, seq_after
+
+# V=2, M=1, PT=0, seq=0x1234, ts=0xdeadbeef, ssrc=0x01020304, 4 payload bytes.
+SIMPLE = bytes.fromhex("80801234deadbeef01020304") + b"\xff\xfe\xfd\xfc"
+# V=2, X=1, CC=1, PT=101, one CSRC, extension profile 0xBEDE with one word, padding 4.
+FULL = (
+    bytes.fromhex("b1651234000003e8cafebabe")
+    + bytes.fromhex("11223344")
+    + bytes.fromhex("bede0001")
+    + bytes.fromhex("10aa0000")
+    + bytes.fromhex("050a00a0")
+    + bytes.fromhex("00000004")
+)
+
+
+def test_simple_packet_fields_and_round_trip():
+    p = RtpPacket.parse(SIMPLE)
+    assert (p.payload_type, p.sequence_number, p.timestamp, p.ssrc, p.marker) == (
+        0, 0x1234, 0xDEADBEEF, 0x01020304, True
+    )
+    assert p.payload == b"\xff\xfe\xfd\xfc"
+    assert bytes(p) == SIMPLE
+
+
+def test_full_packet_fields_and_round_trip():
+    p = RtpPacket.parse(FULL)
+    assert p.payload_type == 101 and not p.marker
+    assert p.csrc == [0x11223344]
+    assert p.extension_profile == 0xBEDE and p.extension == bytes.fromhex("10aa0000")
+    assert p.payload == bytes.fromhex("050a00a0") and p.padding_size == 4
+    assert bytes(p) == FULL
+
+
+@pytest.mark.parametrize("packet", [SIMPLE, FULL], ids=["simple", "full"])
+def test_truncation_at_every_length_raises(packet):
+    for n in range(len(packet)):
+        data = packet[:n]
+        try:
+            p = RtpPacket.parse(data)
+        except RtpParseError:
+            continue
+        # A prefix may still parse when only payload bytes were cut.
+        assert len(p.payload) < len(RtpPacket.parse(packet).payload) or n >= 12
+
+
+def test_short_packet_error_message():
+    with pytest.raises(RtpParseError, match=r"less than 12 bytes \(3\)"):
+        RtpPacket.parse(b"\x80\x00\x00")
+
+
+def test_wrong_version_error_message():
+    with pytest.raises(RtpParseError, match="invalid version 1"):
+        RtpPacket.parse(b"\x40" + SIMPLE[1:])
+
+
+def test_bad_padding_is_refused():
+    data = bytearray(SIMPLE)
+    data[0] |= 0x20
+    data[-1] = 200
+    with pytest.raises(RtpParseError, match="padding length is invalid"):
+        RtpPacket.parse(bytes(data))
+
+
+def test_rtcp_demux_by_packet_type():
+    assert is_rtcp(bytes([0x80, 200]))  # SR
+    assert not is_rtcp(SIMPLE)
+
+
+def test_sequence_comparison_wraps():
+    assert seq_after(1, 0) and seq_after(0, 65535) and not seq_after(65535, 0)
+    assert not seq_after(5, 5)

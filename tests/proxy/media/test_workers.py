@@ -1,0 +1,79 @@
+"""Media in worker processes: calls spread over workers, relayed and masked there, digits and
+counters coming back to the control plane; workers stopped with the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+
+from dsp import tones
+from proxy.control.calls import CallRegistry
+from proxy.demo.phone import RtpPeer
+from proxy.demo.sdp_builder import audio_sdp, media_endpoint
+from proxy.demo.spandsp import spandsp_detect
+from proxy.media.types import DigitEvent
+from proxy.media.workers import WorkerPoolEngine, shards
+
+
+def test_port_range_is_split_into_even_shards() -> None:
+    assert shards(30000, 30099, 2) == [(30000, 30047), (30048, 30095)]
+    with pytest.raises(ValueError, match="too small"):
+        shards(30000, 30006, 4)
+
+
+@pytest.fixture
+async def pool(media_ports: tuple[int, int]) -> AsyncIterator[WorkerPoolEngine]:
+    engine = WorkerPoolEngine("127.0.0.1", *media_ports, workers=2)
+    await engine.start()
+    yield engine
+    await engine.stop()
+
+
+async def test_calls_on_two_workers_are_relayed_masked_and_counted(
+        pool: WorkerPoolEngine) -> None:
+    digits: list[tuple[str, DigitEvent]] = []
+    registry = CallRegistry(pool, address="127.0.0.1",
+                            on_digit=lambda call, tag, event: digits.append((call, event)))
+    ids = [f"w{i}" for i in range(20)]
+    chosen = {pool.worker_for(c) for c in ids}
+    assert chosen == {0, 1}
+    call_ids = [next(c for c in ids if pool.worker_for(c) == w) for w in (0, 1)]
+    peers = []
+    try:
+        plays = []
+        for n, call_id in enumerate(call_ids):
+            caller, agent = await RtpPeer(seed=n).start(), await RtpPeer(seed=n + 5).start()
+            peers += [caller, agent]
+            await registry.handle({"command": "offer", "call-id": call_id, "from-tag": "c",
+                                   "sdp": audio_sdp("127.0.0.1", caller.port)})
+            answer = await registry.handle({"command": "answer", "call-id": call_id,
+                                            "from-tag": "c", "to-tag": "a",
+                                            "sdp": audio_sdp("127.0.0.1", agent.port)})
+            keyed = tones.dtmf_sequence("12", tone_ms=70, gap_ms=70, lead_ms=200,
+                                        tail_ms=400, low_dbm0=-10.0)
+            plays.append(caller.play(keyed, media_endpoint(answer["sdp"])))
+        sent = await asyncio.gather(*plays)
+        for agent, count in zip(peers[1::2], sent, strict=True):
+            await agent.wait_for(count, timeout=5)
+            assert spandsp_detect(agent.received.audio()) == ""  # masked in the worker
+        async with asyncio.timeout(5):
+            while len(digits) < 4:
+                await asyncio.sleep(0.05)
+        assert sorted((c, e.digit) for c, e in digits) == sorted(
+            (c, d) for c in call_ids for d in "12")
+        totals = await pool.totals()
+        assert totals["workers"] == 2 and totals["packets_in"] >= sum(sent)
+        assert totals["dtmf_masked"] == 4
+        pids = pool.pids
+        assert len(set(pids)) == 2 and os.getpid() not in pids
+    finally:
+        for peer in peers:
+            peer.close()
+        await registry.close()
+    await pool.stop()
+    assert not any(w.process.is_alive() for w in pool._workers)
+    assert np.all([p > 0 for p in pids])
