@@ -10,6 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 STATIC_PAYLOADS = {0: "PCMU", 3: "GSM", 4: "G723", 8: "PCMA", 9: "G722", 13: "CN", 18: "G729"}
+# Encoding names are case-insensitive (RFC 4566 §6, RFC 3551 §6): ``pcmu``, ``Pcmu`` and
+# ``PCMU`` are one codec. Names are folded to these spellings where they are known (the
+# registry's), and to upper case otherwise, so the media plane compares one spelling.
+_CANONICAL_NAMES = {n.lower(): n for n in (
+    *STATIC_PAYLOADS.values(), "telephone-event", "opus", "G7221", "iLBC", "speex", "AMR",
+    "AMR-WB", "L16", "red", "ulpfec")}
 ICE_ATTRIBUTES = ("candidate", "ice-ufrag", "ice-pwd", "ice-options", "end-of-candidates",
                   "ice-lite", "remote-candidates")
 DTLS_ATTRIBUTES = ("fingerprint", "setup", "tls-id")
@@ -66,7 +72,8 @@ class MediaSection(_Lines):
         self.lines.append(("a", name if value is None else f"{name}:{value}"))
 
     def codecs(self) -> dict[int, str]:
-        """Payload type → encoding name, from a=rtpmap and the static table."""
+        """Payload type → encoding name (canonical spelling), from a=rtpmap and the static
+        table; an a=rtpmap overrides the static name of its payload type."""
         names: dict[int, str] = {}
         for fmt in self.formats:
             if fmt.isdigit() and int(fmt) in STATIC_PAYLOADS:
@@ -74,7 +81,7 @@ class MediaSection(_Lines):
         for value in self.attributes("rtpmap"):
             pt, _, encoding = value.partition(" ")
             if pt.isdigit():
-                names[int(pt)] = encoding.split("/")[0]
+                names[int(pt)] = canonical_encoding(encoding.split("/")[0])
         return {pt: name for pt, name in names.items() if str(pt) in self.formats}
 
     @property
@@ -138,6 +145,13 @@ class SessionDescription(_Lines):
         for m in self.media:
             out += m.serialise()
         return "\r\n".join(out) + "\r\n"
+
+
+def canonical_encoding(name: str) -> str:
+    """One spelling per encoding name: ``pcmu`` → ``PCMU``, ``TELEPHONE-EVENT`` →
+    ``telephone-event``, unknown names upper-cased."""
+    name = name.strip()
+    return _CANONICAL_NAMES.get(name.lower(), name.upper())
 
 
 def _connection_address(value: str) -> str:

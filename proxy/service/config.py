@@ -8,6 +8,7 @@ wheel); ``config/toneguard.toml`` in the repository is the same file, documented
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -87,7 +88,12 @@ class MediaConfig(_Section):
 class MaskingConfig(_Section):
     always_on: bool = True
     mode: str = "tone"
-    caller: Literal["offerer", "answerer", "both", "none"] = "offerer"
+    # Whose DTMF is masked when the call itself gives no hint (proxy/control/customer.py):
+    # "auto" = every party (fail closed), or offerer|answerer|both|none for the whole node.
+    caller: Literal["auto", "offerer", "answerer", "both", "none"] = "auto"
+    customer_networks: list[str] = []  # a party whose SDP/SIP address is inside is the customer
+    customer_labels: list[str] = ["customer"]  # ng label/from-label/to-label naming the customer
+    agent_labels: list[str] = ["agent"]  # ... naming the contact-centre side
     tone_frequency_hz: float = Field(400.0, ge=50, le=3900)
     volume_dbm0: float = Field(-20.0, ge=-63, le=0)
     lookahead_ms: int = Field(26, ge=0, le=200)
@@ -103,6 +109,16 @@ class MaskingConfig(_Section):
     def _tap(cls, v: str) -> str:
         if v:
             parse_hostport(v)
+        return v
+
+    @field_validator("customer_networks")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for net in v:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{net!r} is not a network (e.g. 198.51.100.0/24)") from exc
         return v
 
 

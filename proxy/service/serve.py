@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import signal
 import ssl
@@ -43,13 +44,18 @@ log = structlog.get_logger("toneguard.serve")
 IDLE_REAP_SECONDS = 5.0
 
 
-def masking_policy(config: Config) -> CallPolicy:
+def call_policy(config: Config) -> CallPolicy:
+    """The node's masking defaults ([masking]) as the call registry takes them."""
     m = config.masking
     policy = MaskingPolicy(mode=DtmfSecurityMode.parse(m.mode),
                            tone_frequency_hz=m.tone_frequency_hz, volume_dbm0=m.volume_dbm0)
     return CallPolicy(always_on=m.always_on, caller=m.caller,
                       masking=policy.with_mode(policy.mode),
-                      recording=parse_hostport(m.recording_tap) if m.recording_tap else None)
+                      recording=parse_hostport(m.recording_tap) if m.recording_tap else None,
+                      customer_networks=tuple(ipaddress.ip_network(n, strict=False)
+                                              for n in m.customer_networks),
+                      customer_labels=frozenset(s.lower() for s in m.customer_labels),
+                      agent_labels=frozenset(s.lower() for s in m.agent_labels))
 
 
 def default_pipeline_factory(config: Config) -> Callable[[], AudioPipeline]:
@@ -118,7 +124,7 @@ class Node:
         await engine.start()
         registry = CallRegistry(engine, address=media.address,
                                 advertised_address=media.advertised_address,
-                                policy=masking_policy(config), on_digit=digit,
+                                policy=call_policy(config), on_digit=digit,
                                 on_call=call_changed, on_securepay=securepay_from_ng)
         server = NgServer(registry.handle, cache_ttl=config.ng.cookie_cache_seconds)
         node = cls(config, engine, registry, server, payments, _gateway=gateway)
@@ -158,7 +164,10 @@ class Node:
 
     def snapshot(self) -> dict[str, dict[str, float]]:
         return {
-            "calls": {**self.registry.counters, "calls_active": len(self.registry.calls)},
+            "calls": {"calls_total": self.registry.counters.created,
+                      "calls_deleted": self.registry.counters.deleted,
+                      "calls_idle": self.registry.counters.idle,
+                      "calls_active": len(self.registry.calls)},
             "ng": dict(self.ng.counters),
             "payments": {**self.payments.counters,
                          "payments_active": sum(1 for s in self.payments.sessions.values()

@@ -223,7 +223,7 @@ async def test_a_call_is_deleted_when_all_its_media_stops_not_when_one_side_is_s
         assert "idle" in registry.calls
         await asyncio.sleep(0.3 + 1.0)  # silence, then the next idle scan (≤ 1 s apart)
         assert await registry.reap_idle() == ["idle"]
-        assert "idle" not in registry.calls and registry.counters["calls_idle"] == 1
+        assert "idle" not in registry.calls and registry.counters.idle == 1
         with pytest.raises(ng.NgError, match="Unknown call"):
             await registry.handle({"command": "query", "call-id": "idle"})
     finally:

@@ -1,0 +1,74 @@
+"""SDES keying of one leg: which key a stream receives with and which it advertises and sends.
+
+Apart from the packet path (which only sees :class:`~proxy.media.types.SrtpParams`), so another
+keying method (DTLS-SRTP) is another module beside this one.
+
+Keys are per leg and stable across re-negotiation: phones keep the key of the first answer
+(baresip does), so a re-offer or re-answer of the same call and tags advertises the key (suite
+and tag) already advertised, and only a suite not offered before gets a new key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from proxy.control import ng, sdes
+from proxy.control.sdp import MediaSection
+from proxy.media.types import SRTP_SUITES, SrtpParams
+
+
+@dataclass
+class SdesLeg:
+    """One stream's SDES state: the keys we advertised to the party it faces, by suite, and
+    the suite that party chose (what we send with)."""
+
+    ours: dict[str, sdes.CryptoAttribute] = field(default_factory=dict)
+    suite: str = ""
+
+    @property
+    def send(self) -> SrtpParams | None:
+        key = self.ours.get(self.suite)
+        return key.params if key is not None else None
+
+    def accept(self, section: MediaSection, *, offer: bool, index: int) -> SrtpParams:
+        """The key the party sends with, from its ``a=crypto`` (its offer or its answer)."""
+        try:
+            theirs = sdes.offered(section.attributes("crypto"))
+        except sdes.SdesError as exc:
+            raise ng.NgError(f"media {index}: {exc}") from exc
+        if not theirs:
+            raise ng.NgError(f"media {index}: {section.proto} without a supported a=crypto "
+                             f"suite ({', '.join(SRTP_SUITES)})")
+        chosen = theirs[0]  # the offerer's preference that we support / the answerer's pick
+        if offer:
+            kept = self.ours.get(chosen.suite)
+            # Our answer to this offer: our key for its suite, under the offerer's tag.
+            self.ours = {chosen.suite: sdes.CryptoAttribute(chosen.tag, chosen.suite,
+                                                            kept.params)
+                         if kept is not None else sdes.generate(chosen.suite, chosen.tag)}
+        elif chosen.suite not in self.ours:
+            raise ng.NgError(f"media {index}: answer chose {chosen.suite}, not offered")
+        self.suite = chosen.suite
+        return chosen.params
+
+    def advertise(self, out: MediaSection, *, offer: bool, options: frozenset[str]) -> None:
+        """Add our ``a=crypto`` line(s) to ``out`` (the SDP for the party this leg faces)."""
+        if "off" in options:
+            return
+        if offer:
+            suites = [s for s in SRTP_SUITES if f"no-{s.lower()}" not in options]
+            if not suites:
+                raise ng.NgError("SDES: every supported suite was excluded")
+            self.ours = {s: self._stable(s, tag) for tag, s in enumerate(suites, start=1)}
+            for key in self.ours.values():
+                out.add_attribute("crypto", key.format())
+        else:
+            key = self.ours.get(self.suite)
+            if key is not None:
+                out.add_attribute("crypto", key.format())
+
+    def _stable(self, suite: str, tag: int) -> sdes.CryptoAttribute:
+        kept = self.ours.get(suite)
+        if kept is None:
+            return sdes.generate(suite, tag)
+        return sdes.CryptoAttribute(tag, suite, kept.params)

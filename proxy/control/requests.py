@@ -1,0 +1,239 @@
+"""ng messages parsed once into typed requests, one class per command.
+
+As rtpengine turns every message into one flags struct before any handler runs
+(``call_flags.h``), handlers here never read the raw dictionary: :func:`parse_request` does,
+once, and raises :class:`~proxy.control.ng.NgError` with rtpengine's error reasons for what is
+missing or malformed. Keys arrive already folded by :func:`proxy.control.ng.normalise`; flags
+are compared in lower case. Unknown keys and flags are ignored, as rtpengine does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from proxy.control import ng
+from proxy.control.sdp import SdpError, SessionDescription
+from proxy.control.sdp import parse as parse_sdp
+from proxy.media.policy import DtmfSecurityMode
+from proxy.media.types import Address
+
+CallerChoice = Literal["offerer", "answerer", "both", "none"]
+CALLER_CHOICES: tuple[CallerChoice, ...] = ("offerer", "answerer", "both", "none")
+ICE_OPTIONS = ("", "remove", "default", "optional", "force", "force-relay")
+DTMF_DIGITS = "0123456789*#ABCD"
+
+
+@dataclass(frozen=True, slots=True)
+class PingRequest:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class NegotiateRequest:
+    """``offer`` (``to_tag`` empty or the callee's on a re-INVITE) or ``answer``."""
+
+    command: Literal["offer", "answer"]
+    call_id: str
+    from_tag: str
+    to_tag: str
+    sdp: SessionDescription
+    flags: frozenset[str]
+    transport_protocol: str | None = None
+    sdes: frozenset[str] = frozenset()  # SDES options: ``off``, ``no-<suite>`` (lower case)
+    ice: str = ""
+    dtls: str = ""
+    rtcp_mux: frozenset[str] = frozenset()
+    replace: frozenset[str] = frozenset()
+    received_from: str | None = None  # the SIP source address (``received-from`` [family, addr])
+    label: str | None = None
+    from_label: str | None = None
+    to_label: str | None = None
+    metadata: str | None = None
+    caller: CallerChoice | None = None  # ToneGuard's ``caller-*`` flag: whose DTMF is masked
+    recording_tap: Address | None = None
+
+    @property
+    def trust_address(self) -> bool:
+        return "trust-address" in self.flags
+
+    @property
+    def symmetric(self) -> bool:
+        return "asymmetric" not in self.flags
+
+    @property
+    def strict_source(self) -> bool:
+        return "strict-source" in self.flags
+
+    @property
+    def media_handover(self) -> bool:
+        return "media-handover" in self.flags
+
+    @property
+    def peer_address_override(self) -> str | None:
+        """Where to expect media from instead of the SDP's address (``SIP-source-address``)."""
+        if self.trust_address or "sip-source-address" not in self.flags:
+            return None
+        return self.received_from
+
+    @property
+    def demux_rtcp(self) -> bool:
+        return "demux" in self.rtcp_mux
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteRequest:
+    call_id: str
+    fatal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class QueryRequest:
+    call_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListRequest:
+    limit: int = 32
+
+
+@dataclass(frozen=True, slots=True)
+class StatisticsRequest:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class PartySelector:
+    """Which parties ``block DTMF``/``unblock DTMF`` act on (rtpengine's order of precedence);
+    all fields empty = the whole call."""
+
+    all: bool = False
+    label: str | None = None
+    address: str | None = None
+    from_tag: str | None = None
+    to_tag: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DtmfRequest:
+    """``block DTMF`` (``block`` True) or ``unblock DTMF``."""
+
+    call_id: str
+    block: bool
+    select: PartySelector
+    mode: DtmfSecurityMode | None = None
+    frequency_hz: float | None = None
+    volume_dbm0: float | None = None
+    digit: str | None = None
+    secure_pay: bool = False  # ToneGuard's ``secure-pay=start``: also open a payment
+
+
+Request = (PingRequest | NegotiateRequest | DeleteRequest | QueryRequest | ListRequest
+           | StatisticsRequest | DtmfRequest)
+
+
+def parse_request(body: dict[str, Any]) -> Request:
+    """Type one ng message (``body`` as :func:`ng.normalise` returns it)."""
+    command = body.get("command")
+    if not isinstance(command, str) or not command:
+        raise ng.NgError('Dictionary contains no key "command"')
+    parser = _PARSERS.get(command.lower())
+    if parser is None:
+        raise ng.NgError("Unrecognized command")
+    return parser(body)
+
+
+def _flag_words(body: dict[str, Any], key: str) -> frozenset[str]:
+    return frozenset(word.lower() for word in body.get(key, []))
+
+
+def _negotiate(command: Literal["offer", "answer"], body: dict[str, Any]) -> NegotiateRequest:
+    call_id = ng.require_str(body, "call-id")
+    from_tag = ng.require_str(body, "from-tag")
+    to_tag = ng.require_str(body, "to-tag") if command == "answer" else (
+        ng.get_str(body, "to-tag") or "")
+    flags = ng.flags(body)
+    caller: CallerChoice | None = None
+    for flag in flags:
+        if flag.startswith("caller-"):
+            choice = flag.removeprefix("caller-")
+            if choice not in CALLER_CHOICES:
+                raise ng.NgError(f"Invalid flag '{flag}'")
+            caller = choice  # type: ignore[assignment]  # checked against CALLER_CHOICES
+    ice = (ng.get_str(body, "ice") or "").lower()
+    if ice not in ICE_OPTIONS:
+        raise ng.NgError(f"Invalid ICE option '{ice}'")
+    received = body.get("received-from")
+    return NegotiateRequest(
+        command=command, call_id=call_id, from_tag=from_tag, to_tag=to_tag,
+        sdp=_sdp(body), flags=frozenset(flags),
+        transport_protocol=ng.get_str(body, "transport-protocol"),
+        sdes=_flag_words(body, "sdes") | {f[len("sdes-"):] for f in flags
+                                           if f.startswith("sdes-")},
+        ice=ice, dtls=(ng.get_str(body, "dtls") or "").lower(),
+        rtcp_mux=_flag_words(body, "rtcp-mux"), replace=_flag_words(body, "replace"),
+        received_from=str(received[1]) if isinstance(received, list) and len(received) == 2
+        else None,
+        label=ng.get_str(body, "label"), from_label=ng.get_str(body, "from-label"),
+        to_label=ng.get_str(body, "to-label"),
+        metadata=body["metadata"] if isinstance(body.get("metadata"), str) else None,
+        caller=caller, recording_tap=_hostport(ng.get_str(body, "recording-tap")),
+    )
+
+
+def _sdp(body: dict[str, Any]) -> SessionDescription:
+    text = ng.get_str(body, "sdp")
+    if not text:
+        raise ng.NgError("No SDP body in message")
+    try:
+        return parse_sdp(text)
+    except SdpError as exc:
+        raise ng.NgError(f"Failed to parse SDP: {exc}") from exc
+
+
+def _hostport(text: str | None) -> Address | None:
+    if not text:
+        return None
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ng.NgError("Invalid recording-tap: expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _dtmf(block: bool, body: dict[str, Any]) -> DtmfRequest:
+    call_id = ng.require_str(body, "call-id")
+    mode_text = ng.get_str(body, "dtmf-security")
+    try:
+        mode = DtmfSecurityMode.parse(mode_text) if mode_text else None
+    except ValueError as exc:
+        raise ng.NgError(str(exc)) from exc
+    frequency = ng.get_float(body, "frequency")
+    if frequency is not None and not 50 <= frequency <= 3900:
+        raise ng.NgError("Invalid frequency: must be 50-3900 Hz")
+    digit = ng.get_str(body, "digit") or ng.get_str(body, "code")
+    if digit is not None and (len(digit) != 1 or digit not in DTMF_DIGITS):
+        raise ng.NgError(f"Invalid digit '{digit}'")
+    volume = ng.get_float(body, "volume")
+    select = PartySelector(
+        all="all" in ng.flags(body), label=ng.get_str(body, "label") or None,
+        address=ng.get_str(body, "address") or None,
+        from_tag=ng.get_str(body, "from-tag") or None, to_tag=ng.get_str(body, "to-tag") or None)
+    return DtmfRequest(
+        call_id=call_id, block=block, select=select, mode=mode, frequency_hz=frequency,
+        volume_dbm0=-abs(volume) if volume is not None else None, digit=digit,
+        secure_pay=block and (ng.get_str(body, "secure-pay") or "").lower() in (
+            "start", "yes", "on"))
+
+
+_PARSERS: dict[str, Any] = {
+    "ping": lambda body: PingRequest(),
+    "offer": lambda body: _negotiate("offer", body),
+    "answer": lambda body: _negotiate("answer", body),
+    "delete": lambda body: DeleteRequest(ng.require_str(body, "call-id"),
+                                         fatal="fatal" in ng.flags(body)),
+    "query": lambda body: QueryRequest(ng.require_str(body, "call-id")),
+    "list": lambda body: ListRequest(ng.get_int(body, "limit", 32) or 32),
+    "statistics": lambda body: StatisticsRequest(),
+    "block dtmf": lambda body: _dtmf(True, body),
+    "unblock dtmf": lambda body: _dtmf(False, body),
+}

@@ -1,0 +1,190 @@
+"""Call control over the in-memory media engine: masking decisions, codecs, keys, capture."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import pytest
+
+from proxy.control import ng, sdes
+from proxy.control.calls import CallPolicy, CallRegistry
+from proxy.control.sdp import parse
+from proxy.demo.sdp_builder import audio_sdp
+from proxy.media.memory import MemoryMediaEngine
+from proxy.media.policy import DtmfSecurityMode
+from proxy.media.types import DigitEvent
+
+CUSTOMER_NET = "198.51.100.0/24"
+
+
+def _registry(**policy: Any) -> tuple[CallRegistry, MemoryMediaEngine]:
+    engine = MemoryMediaEngine()
+    return CallRegistry(engine, address="127.0.0.1", policy=CallPolicy(**policy)), engine
+
+
+async def _call(registry: CallRegistry, *, offer: dict[str, Any] | None = None,
+                answer: dict[str, Any] | None = None, offer_sdp: str | None = None,
+                answer_sdp: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    o = await registry.handle({"command": "offer", "call-id": "c", "from-tag": "ft",
+                               "sdp": offer_sdp or audio_sdp("127.0.0.1", 4000),
+                               **(offer or {})})
+    a = await registry.handle({"command": "answer", "call-id": "c", "from-tag": "ft",
+                               "to-tag": "tt", "sdp": answer_sdp or audio_sdp("127.0.0.1", 4002),
+                               **(answer or {})})
+    return o, a
+
+
+def _masked(registry: CallRegistry, tag: str) -> bool | None:
+    """True: masked; False: inspected, not masked; None: plain relay."""
+    policy = registry.calls["c"].parties[tag].medias[0].config.masking
+    return None if policy is None else policy.effective
+
+
+async def test_with_no_hint_every_party_is_masked_and_the_rule_is_logged() -> None:
+    registry, _ = _registry()
+    from structlog.testing import capture_logs
+    with capture_logs() as logs:
+        await _call(registry)
+    assert _masked(registry, "ft") is True and _masked(registry, "tt") is True
+    decided = [e for e in logs if e["event"] == "dtmf masking decided"]
+    assert len(decided) == 1 and decided[0]["rule"] == "no hint: every party masked"
+
+
+@pytest.mark.parametrize(("hint", "masked_ft", "masked_tt"), [
+    ({"offer": {"flags": ["caller-offerer"]}}, True, None),
+    ({"offer": {"flags": ["caller-answerer"]}}, None, True),
+    ({"offer": {"flags": ["caller-none"]}}, None, None),
+    ({"offer": {"from-label": "customer"}}, True, None),
+    ({"offer": {"label": "agent"}}, None, True),  # outbound: the agent side offers
+    ({"answer": {"to-label": "customer"}}, None, True),  # outbound: the customer answers
+    ({"offer": {"to-label": "CUSTOMER"}}, None, True),
+])
+async def test_hints_narrow_who_is_masked(hint: dict[str, dict[str, Any]],
+                                          masked_ft: bool | None,
+                                          masked_tt: bool | None) -> None:
+    registry, _ = _registry()
+    await _call(registry, **hint)
+    assert (_masked(registry, "ft"), _masked(registry, "tt")) == (masked_ft, masked_tt)
+
+
+async def test_a_party_in_a_customer_network_is_the_customer_whichever_side_offers() -> None:
+    registry, _ = _registry(customer_networks=(ipaddress.ip_network(CUSTOMER_NET),))
+    # Outbound: the contact centre (10.x) offers, the customer (198.51.100.7) answers.
+    await _call(registry, offer_sdp=audio_sdp("10.1.1.1", 4000),
+                answer_sdp=audio_sdp("198.51.100.7", 4002))
+    assert (_masked(registry, "ft"), _masked(registry, "tt")) == (None, True)
+
+
+async def test_the_call_flag_wins_over_labels_and_labels_over_the_node_setting() -> None:
+    registry, _ = _registry(caller="answerer")
+    await _call(registry, offer={"flags": ["caller-offerer"], "to-label": "customer"})
+    assert (_masked(registry, "ft"), _masked(registry, "tt")) == (True, None)
+    registry, _ = _registry(caller="answerer")
+    await _call(registry, offer={"from-label": "customer"})
+    assert (_masked(registry, "ft"), _masked(registry, "tt")) == (True, None)
+    registry, _ = _registry(caller="answerer")
+    await _call(registry)
+    assert (_masked(registry, "ft"), _masked(registry, "tt")) == (None, True)
+
+
+@pytest.mark.parametrize("spelling", ["pcmu", "Pcmu", "PCMU"])
+async def test_offers_keep_only_codecs_masking_can_inspect_in_any_spelling(spelling: str) -> None:
+    registry, engine = _registry()
+    sdp = audio_sdp("127.0.0.1", 4000, payload_types=(9, 0, 96, 101)).replace(
+        "a=rtpmap:0 PCMU/8000", f"a=rtpmap:0 {spelling}/8000").replace(
+        "a=rtpmap:101 telephone-event/8000",
+        "a=rtpmap:96 opus/48000/2\r\na=rtpmap:101 TELEPHONE-EVENT/8000")
+    offer, _ = await _call(registry, offer_sdp=sdp)
+    section = parse(offer["sdp"]).media[0]
+    assert section.formats == ["0", "101"]  # G722 and opus are gone, order kept
+    assert not [v for v in section.attributes("rtpmap") if v.startswith(("9 ", "96 "))]
+    assert engine.streams["c/ft/0"].config.codecs == {0: "PCMU", 9: "G722", 96: "opus",
+                                                      101: "telephone-event"}
+
+
+async def test_an_offer_with_no_inspectable_codec_is_refused_while_masking_applies() -> None:
+    registry, engine = _registry()
+    with pytest.raises(ng.NgError, match="no codec ToneGuard can inspect"):
+        await _call(registry, offer_sdp=audio_sdp("127.0.0.1", 4000, payload_types=(9, 18)))
+    assert registry.calls == {} and engine.streams == {}
+    registry, _ = _registry()
+    offer, _ = await _call(registry, offer={"flags": ["caller-none"]},
+                           offer_sdp=audio_sdp("127.0.0.1", 4000, payload_types=(9, 18)))
+    assert parse(offer["sdp"]).media[0].formats == ["9", "18"]  # nobody masked: untouched
+
+
+async def test_sdes_keys_stay_the_same_across_re_offers_and_re_answers() -> None:
+    registry, _ = _registry()
+    caller_key = sdes.generate("AES_CM_128_HMAC_SHA1_80")
+    offer_sdp = audio_sdp("127.0.0.1", 4000, proto="RTP/SAVP", crypto=[caller_key])
+
+    async def exchange() -> tuple[list[sdes.CryptoAttribute], list[sdes.CryptoAttribute]]:
+        offer = await registry.handle({"command": "offer", "call-id": "c", "from-tag": "ft",
+                                       "sdp": offer_sdp})
+        offered = sdes.offered(parse(offer["sdp"]).media[0].attributes("crypto"))
+        agent_key = sdes.generate(offered[2].suite, offered[2].tag)
+        answer = await registry.handle({
+            "command": "answer", "call-id": "c", "from-tag": "ft", "to-tag": "tt",
+            "sdp": audio_sdp("127.0.0.1", 4002, proto="RTP/SAVP", crypto=[agent_key])})
+        return offered, sdes.offered(parse(answer["sdp"]).media[0].attributes("crypto"))
+
+    first = await exchange()
+    for _ in range(3):  # hold, resume, hold again
+        assert await exchange() == first
+
+
+async def test_capture_forces_masking_and_unblock_is_refused_until_it_ends() -> None:
+    registry, _ = _registry()
+    await _call(registry, offer={"from-label": "customer"})
+    await registry.handle({"command": "unblock DTMF", "call-id": "c", "label": "customer"})
+    assert _masked(registry, "ft") is False
+    await registry.set_capture("c", True)
+    assert _masked(registry, "ft") is True  # whatever unblock said
+    with pytest.raises(ng.NgError, match="capturing card data"):
+        await registry.handle({"command": "unblock DTMF", "call-id": "c"})
+    assert _masked(registry, "ft") is True
+    # The agent's own DTMF may still be unblocked during the capture.
+    await registry.handle({"command": "unblock DTMF", "call-id": "c", "to-tag": "tt"})
+    # A re-INVITE during capture does not undo it.
+    await _call(registry, offer={"from-label": "customer"})
+    assert _masked(registry, "ft") is True
+    await registry.set_capture("c", False)
+    assert _masked(registry, "ft") is False  # back to what unblock said
+    with pytest.raises(LookupError):
+        await registry.set_capture("nope", True)
+
+
+async def test_block_dtmf_modes_survive_re_invites() -> None:
+    registry, _ = _registry()
+    await _call(registry, offer={"from-label": "customer"})
+    await registry.handle({"command": "block DTMF", "call-id": "c", "from-tag": "ft",
+                           "DTMF-security": "silence"})
+    await _call(registry, offer={"from-label": "customer"})
+    policy = registry.calls["c"].parties["ft"].medias[0].config.masking
+    assert policy is not None and policy.mode is DtmfSecurityMode.SILENCE and policy.effective
+
+
+async def test_port_exhaustion_is_answered_and_leaves_nothing_behind() -> None:
+    engine = MemoryMediaEngine(port_min=30000, port_max=30004)  # two pairs: one call
+    registry = CallRegistry(engine, address="127.0.0.1")
+    await _call(registry)
+    with pytest.raises(ng.NgError, match="Ran out of ports"):
+        await registry.handle({"command": "offer", "call-id": "d", "from-tag": "ft",
+                               "sdp": audio_sdp("127.0.0.1", 4004)})
+    assert list(registry.calls) == ["c"]
+    await registry.handle({"command": "delete", "call-id": "c"})
+    assert engine.streams == {} and registry.counters.deleted == 1
+
+
+async def test_digits_reach_the_sink_with_call_and_tag_and_are_counted_only() -> None:
+    got: list[tuple[str, str, DigitEvent]] = []
+    engine = MemoryMediaEngine()
+    registry = CallRegistry(engine, address="127.0.0.1",
+                            on_digit=lambda c, t, e: got.append((c, t, e)))
+    await _call(registry)
+    engine.publish(DigitEvent("c/ft/0", "4", "inband", 0.0, 80.0))
+    engine.publish(DigitEvent("unknown/x/0", "1", "inband", 0.0, 80.0))
+    assert [(c, t, e.digit) for c, t, e in got] == [("c", "ft", "4")]
+    query = await registry.handle({"command": "query", "call-id": "c"})
+    assert query["dtmf"] == {"digits": 1}
