@@ -54,11 +54,12 @@ async def node(media_ports: tuple[int, int]) -> AsyncIterator[tuple[Node, list[D
 async def test_call_through_kamailio_has_media_both_ways_through_toneguard(
         node: tuple[Node, list[DigitEvent]], tmp_path: Path) -> None:
     toneguard, digits = node
-    sip_port, uas_port, uas_media, uac_port, uac_media = (pick_udp_port() for _ in range(5))
+    sip_port, uas_port, uas_media = (pick_udp_port() for _ in range(3))
+    uac_port, uac_media = pick_udp_port("127.0.0.2"), pick_udp_port("127.0.0.2")
     cfg = KAMAILIO_CFG.read_text().replace(
         'SIP_LISTEN udp:127.0.0.1:5060', f'SIP_LISTEN udp:127.0.0.1:{sip_port}').replace(
         '"udp:127.0.0.1:2223"', f'"udp:127.0.0.1:{toneguard.ng_address[1]}"').replace(
-        '"sip:127.0.0.1:5080"', f'"sip:127.0.0.1:{uas_port}"')
+        '"sip:127.0.0.1:5080"', f'"sip:127.0.0.1:{uas_port}"')  # the caller: 127.0.0.2
     (tmp_path / "kamailio.cfg").write_text(cfg)
     (tmp_path / "pcap").mkdir()
     for name in ("g711a.pcap", "dtmf_2833_1.pcap"):
@@ -76,8 +77,8 @@ async def test_call_through_kamailio_has_media_both_ways_through_toneguard(
         await asyncio.sleep(1.0)  # kamailio binds and pings ToneGuard
         assert kamailio.returncode is None, (tmp_path / "kamailio.log").read_text()[-2000:]
         uac = await asyncio.create_subprocess_exec(
-            "sipp", "-sn", "uac_pcap", f"127.0.0.1:{sip_port}", "-i", "127.0.0.1",
-            "-p", str(uac_port), "-mi", "127.0.0.1", "-mp", str(uac_media), "-m", "1",
+            "sipp", "-sn", "uac_pcap", f"127.0.0.1:{sip_port}", "-i", "127.0.0.2",
+            "-p", str(uac_port), "-mi", "127.0.0.2", "-mp", str(uac_media), "-m", "1",
             "-timeout", "40", "-timeout_error", "-nostdin", "-trace_err",
             cwd=tmp_path, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
         observed: dict[str, int] = {}
