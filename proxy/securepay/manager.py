@@ -323,6 +323,8 @@ class PaymentManager:
 
     async def _tokenise(self, session: PaymentSession) -> None:
         assert self._tokeniser is not None
+        if session.status is not PaymentStatus.SUBMITTING:
+            return  # ended (cancelled, call gone) before the task ran: nothing was sent
         fields = session.values()
         try:
             result = await self._tokeniser.tokenise(fields, session.sid)
