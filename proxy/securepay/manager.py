@@ -316,7 +316,7 @@ class PaymentManager:
             self._publish(session, "error", error="gateway-not-configured")
             return
         session.move(Trigger.SUBMIT)
-        self._publish(session, "submitting")  # the event type, named after the status
+        self._publish(session, PaymentStatus.SUBMITTING.value)  # event type = the status
         task = asyncio.get_running_loop().create_task(self._tokenise(session))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
