@@ -135,7 +135,7 @@ class PaymentManager:
         self.trigger_sequence = trigger_sequence  # caller keys that open a payment ("" = off)
         self.calls: dict[str, CallInfo] = {}
         self.sessions: dict[str, PaymentSession] = {}
-        self._active: dict[str, str] = {}  # call id → sid capturing on it
+        self._active: dict[str, str] = {}  # call id → its payment not yet ended (one at most)
         self._idempotency: dict[str, str] = {}  # Idempotency-Key → sid
         self._tasks: set[asyncio.Task[None]] = set()
         self._capture = _CaptureTracker(on_capture)
@@ -163,7 +163,7 @@ class PaymentManager:
         self.calls.pop(call_id, None)
 
     def capturing(self, call_id: str) -> bool:
-        """True while a payment on the call is in a capturing status (``states.CAPTURING``:
+        """True while a payment on the call is in a capturing status (``CAPTURING_STATUSES``:
         only ``capturing``; ``ready``, ``submitting`` and ``failed-submit`` take no keys)."""
         return self._capture.capturing(call_id)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pytest
 from structlog.testing import capture_logs
 
@@ -252,3 +253,27 @@ async def test_a_gateway_answer_in_time_completes_and_an_error_is_retryable() ->
             await asyncio.sleep(0.01)
     assert p.status is PaymentStatus.COMPLETE and p.token == "tok_1" and p.final_last4 == "1111"
     assert hook.calls == [("c1", True, True), ("c1", False, False)]
+
+
+async def test_the_api_answers_503_when_masking_cannot_be_ensured() -> None:
+    from proxy.api.app import create_app
+    from proxy.api.auth import AgentDirectory
+
+    hook = Hook()
+    hook.fail_on = {True}
+    m = _manager(hook)
+    agents = AgentDirectory()
+    key = agents.add("agent-1", "agent")
+    app = create_app(m, agents)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://toneguard") as http:
+        r = await http.post("/v1/calls/c1/payments", json={},
+                            headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 503, r.text
+        assert r.json()["detail"] == "masking could not be ensured for this call"
+        assert PAN not in r.text
+        hook.fail_on = set()
+        r = await http.post("/v1/calls/c1/payments", json={},
+                            headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 201 and r.json()["status"] == "capturing"
+    assert [s.status for s in m.sessions.values()] == [PaymentStatus.CAPTURING]
