@@ -5,6 +5,7 @@ registry's wiring is tested with the registry)."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import httpx
 import pytest
@@ -43,7 +44,7 @@ class Clock:
         return self.now
 
 
-def _manager(hook: Hook, tokeniser: object = None, **settings: object) -> PaymentManager:
+def _manager(hook: Hook, tokeniser: object = None, **settings: Any) -> PaymentManager:
     manager = PaymentManager(tokeniser, on_capture=hook,  # type: ignore[arg-type]
                              settings=CaptureSettings(**settings) if settings else None,
                              clock=Clock(), trigger_sequence="*9")

@@ -126,7 +126,7 @@ async def test_events_stop_going_to_the_previous_agent_after_a_reassignment(
         await _assign(http, stack, "marker", "agent-demo")
         await http.post(f"/v1/calls/marker/payments/{marker.json()['sid']}",
                         json={"Status": "cancel"}, headers=bearer(stack.supervisor_key))
-        seen = []
+        seen: list[tuple[str, str]] = []
         while not seen or seen[-1] != ("marker", "ended"):
             event = await _next(demo)
             seen.append((event["call_id"], event["type"]))

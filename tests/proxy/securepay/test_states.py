@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import itertools
+from typing import Any
 
 import pytest
 
@@ -59,7 +60,7 @@ class Recorder:
         self.calls.append(("entered", old, new))
 
 
-def _session(observer: Recorder | None = None, **settings: object) -> PaymentSession:
+def _session(observer: Recorder | None = None, **settings: Any) -> PaymentSession:
     return PaymentSession("PA1", "call-1", "agent-1", CaptureSettings(**settings), now=0.0,
                           today=lambda: TODAY, observer=observer)
 
