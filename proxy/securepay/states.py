@@ -6,11 +6,12 @@ table does not list raises ``IllegalTransition``. The status values are wire for
 ``Payment.status`` and the WebSocket events carry them as these exact strings, and the agent
 panel shows them, so renaming a value is an API change.
 
-    (start) ──▶ capturing ──all fields valid──▶ ready ──submit──▶ submitting ──token──▶ complete
-                   ▲  │                           │                  │   └──declined──▶ failed
-                   │  └──attempts exhausted──▶ failed                 │
-                   │                              │            gateway error
-                   └────────re-capture────────────┴─── failed-submit ◀┘  (retry: submit again)
+    (start)        → capturing
+    capturing      → ready (all fields valid) | failed (attempts exhausted, timeouts)
+    ready          → submitting | failed-submit (no gateway)
+    submitting     → complete (token) | failed (declined) | failed-submit (gateway error)
+    failed-submit  → submitting (the agent retries, the caller need not key again)
+    capturing, ready, failed-submit → capturing (the agent re-asks a field)
     cancel: from every status that is not terminal.
 
 Digits are *captured* (caller keys become card fields) only in ``capturing``; ``ready``,
