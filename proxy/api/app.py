@@ -16,8 +16,14 @@ from fastapi import Depends, FastAPI, Header, HTTPException, WebSocket, WebSocke
 from fastapi.responses import FileResponse, PlainTextResponse
 
 from proxy.api.auth import AgentDirectory, Principal
-from proxy.api.models import Assign, Call, Payment, StartPayment, UpdatePayment
-from proxy.securepay.manager import PaymentError, PaymentManager
+from proxy.api.models import Assign, Call, Payment, RequestedStatus, StartPayment, UpdatePayment
+from proxy.securepay.events import PaymentEvent
+from proxy.securepay.manager import (
+    CaptureRefused,
+    PaymentConflict,
+    PaymentError,
+    PaymentManager,
+)
 from proxy.securepay.session import PaymentSession
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -28,6 +34,15 @@ def payment_view(session: PaymentSession) -> Payment:
                    current_field=session.current or "", fields=session.masked(),
                    brand=session.brand or session.final_brand, token=session.token,
                    last4=session.last4 or session.final_last4, error=session.error)
+
+
+def http_error(exc: PaymentError) -> HTTPException:
+    """409 for a state conflict, 503 when masking could not be ensured, else 404."""
+    if isinstance(exc, PaymentConflict):
+        return HTTPException(409, str(exc))
+    if isinstance(exc, CaptureRefused):
+        return HTTPException(503, str(exc))
+    return HTTPException(404, str(exc))
 
 
 def create_app(manager: PaymentManager, agents: AgentDirectory,
@@ -53,6 +68,14 @@ def create_app(manager: PaymentManager, agents: AgentDirectory,
         if not who.at_least("supervisor") and info.agent_id != who.agent_id:
             manager.audit.record("denied", actor=who.agent_id, call_id=call_id)
             raise HTTPException(403, "this call is not assigned to you")
+
+    def sees(who: Principal, event: PaymentEvent) -> bool:
+        """An agent gets the events of the calls assigned to it *now*: after a reassignment
+        the previous agent gets nothing more (the event's own agent only once the call is
+        gone, e.g. the final "ended")."""
+        if who.at_least("supervisor"):
+            return True
+        return manager.owner(event.call_id, event.agent_id) == who.agent_id
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -80,8 +103,7 @@ def create_app(manager: PaymentManager, agents: AgentDirectory,
 
     @app.get("/v1/calls")
     async def calls(who: Who) -> list[Call]:
-        active = {s.call_id: s.sid for s in manager.sessions.values()
-                  if s.status not in ("complete", "failed", "cancelled")}
+        active = {s.call_id: s.sid for s in manager.sessions.values() if not s.status.terminal}
         return [Call(call_id=c.call_id, agent_id=c.agent_id, payment_sid=active.get(c.call_id, ""))
                 for c in manager.calls.values()
                 if who.at_least("supervisor") or c.agent_id == who.agent_id]
@@ -90,6 +112,8 @@ def create_app(manager: PaymentManager, agents: AgentDirectory,
     async def assign(call_id: str, body: Assign, who: Who) -> Call:
         if not who.at_least("supervisor"):
             raise HTTPException(403, "only supervisors and admins assign calls")
+        if body.agent_id not in {agent_id for agent_id, _ in agents.agents()}:
+            raise HTTPException(422, "no such agent")
         try:
             info = manager.assign(call_id, body.agent_id, who.agent_id)
         except PaymentError as exc:
@@ -105,7 +129,7 @@ def create_app(manager: PaymentManager, agents: AgentDirectory,
                                     accepted_brands=tuple(body.valid_card_types or ()),
                                     idempotency_key=idempotency_key)
         except PaymentError as exc:
-            raise HTTPException(409, str(exc)) from None
+            raise http_error(exc) from exc
         return payment_view(session)
 
     @app.get("/v1/calls/{call_id}/payments/{sid}")
@@ -122,14 +146,14 @@ def create_app(manager: PaymentManager, agents: AgentDirectory,
         try:
             if body.capture:
                 session = manager.recapture(call_id, sid, body.capture, who.agent_id)
-            elif body.status == "complete":
+            elif body.status is RequestedStatus.COMPLETE:
                 session = manager.complete(call_id, sid, who.agent_id)
-            elif body.status == "cancel":
+            elif body.status is RequestedStatus.CANCEL:
                 session = manager.cancel(call_id, sid, who.agent_id)
             else:
                 raise HTTPException(422, "give Capture or Status")
         except PaymentError as exc:
-            raise HTTPException(409 if "status" in str(exc) else 404, str(exc)) from None
+            raise http_error(exc) from exc
         return payment_view(session)
 
     @app.websocket("/v1/events")
@@ -155,7 +179,7 @@ def create_app(manager: PaymentManager, agents: AgentDirectory,
                     receiver.result()  # raises WebSocketDisconnect when the client left
                     continue
                 event = getter.result()
-                if who.at_least("supervisor") or event.agent_id == who.agent_id:
+                if sees(who, event):
                     await ws.send_json(event.as_dict())
         except WebSocketDisconnect:
             pass

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from proxy.securepay.states import PaymentStatus
 
 FieldName = Literal["payment-card-number", "expiration-date", "security-code", "postal-code"]
 
@@ -18,16 +21,23 @@ class StartPayment(BaseModel):
     currency: str | None = Field(None, pattern=r"^[A-Z]{3}$")
 
 
+class RequestedStatus(StrEnum):
+    """What an agent may ask of a payment (Twilio's ``Status``): submit it or cancel it."""
+
+    COMPLETE = PaymentStatus.COMPLETE.value
+    CANCEL = "cancel"
+
+
 class UpdatePayment(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     capture: FieldName | None = Field(None, alias="Capture")
-    status: Literal["complete", "cancel"] | None = Field(None, alias="Status")
+    status: RequestedStatus | None = Field(None, alias="Status")
 
 
 class Payment(BaseModel):
     sid: str
     call_id: str
-    status: str
+    status: PaymentStatus
     current_field: str
     fields: dict[str, str]  # masked: "••••" / "•••• •••• •••• 1111"
     brand: str

@@ -32,6 +32,7 @@ from proxy.demo.multimon import multimon_detect
 from proxy.demo.phone import RtpPeer
 from proxy.demo.sdp_builder import audio_sdp, media_endpoint
 from proxy.demo.spandsp import spandsp_detect
+from proxy.securepay.states import PaymentStatus
 
 TEST_CARDS = {  # well-known test numbers; never real cards
     "visa": ("4111111111111111", "1230", "123"),
@@ -56,8 +57,8 @@ class SimResult:
 
     @property
     def ok(self) -> bool:
-        return (self.status == "complete" and bool(self.token) and not self.spandsp_digits
-                and not self.multimon_digits and self.leak_ms == 0.0)
+        return (self.status == PaymentStatus.COMPLETE and bool(self.token)
+                and not self.spandsp_digits and not self.multimon_digits and self.leak_ms == 0.0)
 
 
 class NgClient(asyncio.DatagramProtocol):

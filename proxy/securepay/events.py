@@ -8,14 +8,16 @@ import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from proxy.securepay.states import PaymentStatus
+
 
 @dataclass(frozen=True)
 class PaymentEvent:
     type: str  # started | progress | field-complete | error | submitting | result | ended
     call_id: str
     sid: str
-    agent_id: str
-    status: str
+    agent_id: str  # whom the event is for: the call's agent when it was published
+    status: PaymentStatus
     field: str = ""
     masked: dict[str, str] = dataclasses.field(default_factory=dict)  # "•••• 1111" style
     brand: str = ""
@@ -24,7 +26,8 @@ class PaymentEvent:
     last4: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain JSON types: the status as its wire string."""
+        return {**asdict(self), "status": self.status.value}
 
 
 class EventBus:
@@ -34,6 +37,10 @@ class EventBus:
         self._subscribers: set[asyncio.Queue[PaymentEvent]] = set()
         self._size = queue_size
         self.history: list[PaymentEvent] = []
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
 
     def subscribe(self) -> asyncio.Queue[PaymentEvent]:
         queue: asyncio.Queue[PaymentEvent] = asyncio.Queue(self._size)

@@ -5,6 +5,12 @@ a session is capturing on that call do keys become card fields. When every field
 session is submitted to the gateway; a gateway that is down or declines leaves the session
 retryable by the agent without the caller keying again (the digits stay in the session's memory
 until it ends, and only there).
+
+Fail closed: while any payment on a call is capturing, the call's customer audio must be masked
+whatever ``unblock DTMF``, policy or re-offers say. ``on_capture(call_id, True)`` is called
+before a call's first session starts capturing, and a start or re-capture whose hook raises does
+not happen (no capture without masking); ``on_capture(call_id, False)`` once no session of the
+call captures. Both come from the sessions' one status-change function, so no path skips them.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from proxy.securepay.gateway_client import (
     GatewayUnavailableError,
     TokenResult,
 )
-from proxy.securepay.session import CaptureSettings, PaymentSession, SessionError
+from proxy.securepay.session import CaptureSettings, PaymentSession
+from proxy.securepay.states import PaymentStatus, SessionError, Trigger
 
 log = structlog.get_logger("toneguard.securepay")
 
@@ -43,6 +50,72 @@ class PaymentError(LookupError):
     """Unknown call or payment, or an action the session's state forbids."""
 
 
+class PaymentConflict(PaymentError):
+    """An action the payment's status (or the call's other payment) forbids."""
+
+
+class CaptureRefused(PaymentError):
+    """The capture hook failed, so masking is not known to be on: the payment does not
+    capture (its start or re-capture did not happen)."""
+
+
+CaptureHook = Callable[[str, bool], None]
+
+
+class _CaptureTracker:
+    """Which sessions of each call are capturing; tells ``hook`` when a call starts and stops.
+
+    A session counts as capturing from just before its hook call (so a hook that asks
+    ``capturing(call_id)`` sees the capture it is switching masking on for) until just before
+    the hook is told it stopped."""
+
+    def __init__(self, hook: CaptureHook | None) -> None:
+        self._hook = hook
+        self._sids: dict[str, set[str]] = {}  # call id → sids in a capturing status
+
+    def capturing(self, call_id: str) -> bool:
+        return bool(self._sids.get(call_id))
+
+    def entering(self, session: PaymentSession, old: PaymentStatus | None,
+                 new: PaymentStatus) -> None:
+        if not new.capturing or (old is not None and old.capturing):
+            return
+        sids = self._sids.setdefault(session.call_id, set())
+        first = not sids
+        sids.add(session.sid)
+        if not first or self._hook is None:
+            return
+        try:
+            self._hook(session.call_id, True)
+        except Exception as exc:
+            sids.discard(session.sid)
+            if not sids:
+                del self._sids[session.call_id]
+            log.error("capture hook failed; payment not capturing", call_id=session.call_id,
+                      session_id=session.sid, error_type=type(exc).__name__)
+            raise CaptureRefused("masking could not be ensured for this call") from exc
+
+    def entered(self, session: PaymentSession, old: PaymentStatus | None,
+                new: PaymentStatus) -> None:
+        if old is None or not old.capturing or new.capturing:
+            return
+        sids = self._sids.get(session.call_id)
+        if sids is None or session.sid not in sids:
+            return
+        sids.discard(session.sid)
+        if sids:
+            return
+        del self._sids[session.call_id]
+        if self._hook is None:
+            return
+        try:
+            self._hook(session.call_id, False)
+        except Exception as exc:
+            # Failing to switch masking *off* is safe (it stays on); the session must still end.
+            log.error("capture hook failed to release masking", call_id=session.call_id,
+                      session_id=session.sid, error_type=type(exc).__name__)
+
+
 @dataclass
 class CallInfo:
     call_id: str
@@ -53,7 +126,7 @@ class CallInfo:
 class PaymentManager:
     def __init__(self, tokeniser: Tokeniser | None, *, settings: CaptureSettings | None = None,
                  audit: AuditLog | None = None, clock: Callable[[], float] = time.monotonic,
-                 trigger_sequence: str = "") -> None:
+                 trigger_sequence: str = "", on_capture: CaptureHook | None = None) -> None:
         self._tokeniser = tokeniser
         self.settings = settings or CaptureSettings()
         self.audit = audit or AuditLog(None)
@@ -62,10 +135,12 @@ class PaymentManager:
         self.trigger_sequence = trigger_sequence  # caller keys that open a payment ("" = off)
         self.calls: dict[str, CallInfo] = {}
         self.sessions: dict[str, PaymentSession] = {}
-        self._active: dict[str, str] = {}  # call id → sid capturing on it
+        self._active: dict[str, str] = {}  # call id → its payment not yet ended (one at most)
         self._idempotency: dict[str, str] = {}  # Idempotency-Key → sid
         self._tasks: set[asyncio.Task[None]] = set()
-        self.counters = {"started": 0, "complete": 0, "failed": 0, "cancelled": 0,
+        self._capture = _CaptureTracker(on_capture)
+        # One counter per outcome, named by its status value (metric names depend on them).
+        self.counters = {"started": 0, **{s.value: 0 for s in PaymentStatus if s.terminal},
                          "gateway_errors": 0}
 
     # --- calls -----------------------------------------------------------------------------
@@ -82,10 +157,20 @@ class PaymentManager:
                                   agent_id=info.agent_id)
 
     def call_ended(self, call_id: str) -> None:
-        sid = self._active.pop(call_id, None)
+        sid = self._active.get(call_id)
         if sid is not None:
-            self._end(self.sessions[sid], "cancelled", "call-ended")
+            self._end(self.sessions[sid], Trigger.CANCEL, "call-ended")
         self.calls.pop(call_id, None)
+
+    def capturing(self, call_id: str) -> bool:
+        """True while a payment on the call is in a capturing status (``CAPTURING_STATUSES``:
+        only ``capturing``; ``ready``, ``submitting`` and ``failed-submit`` take no keys)."""
+        return self._capture.capturing(call_id)
+
+    def owner(self, call_id: str, fallback: str = "") -> str:
+        """The agent the call is assigned to now (``fallback`` once the call is gone)."""
+        info = self.calls.get(call_id)
+        return info.agent_id if info is not None and info.agent_id else fallback
 
     def assign(self, call_id: str, agent_id: str, actor: str) -> CallInfo:
         info = self.calls.get(call_id)
@@ -105,7 +190,7 @@ class PaymentManager:
         if call_id not in self.calls:
             raise PaymentError("unknown call")
         if call_id in self._active:
-            raise PaymentError("a payment is already in progress on this call")
+            raise PaymentConflict("a payment is already in progress on this call")
         settings = self.settings
         if require_postal_code is not None or accepted_brands:
             settings = CaptureSettings(
@@ -114,7 +199,9 @@ class PaymentManager:
                 settings.require_postal_code if require_postal_code is None
                 else require_postal_code)
         sid = "PA" + secrets.token_hex(16)
-        session = PaymentSession(sid, call_id, agent_id, settings, self._clock())
+        # Raises CaptureRefused when masking cannot be switched on: then nothing is recorded.
+        session = PaymentSession(sid, call_id, agent_id, settings, self._clock(),
+                                 observer=self._capture)
         self.sessions[sid] = session
         self._active[call_id] = sid
         if idempotency_key:
@@ -159,15 +246,18 @@ class PaymentManager:
         info.recent = (info.recent + digit)[-len(trigger):]
         if info.recent == trigger:
             info.recent = ""
-            self.start(call_id, info.agent_id or "caller-trigger")
+            try:
+                self.start(call_id, info.agent_id or "caller-trigger")
+            except PaymentError as exc:  # called from the media plane: report, don't raise
+                log.warning("caller trigger did not open a payment", call_id=call_id,
+                            reason=type(exc).__name__)
 
     def recapture(self, call_id: str, sid: str, field: str, actor: str) -> PaymentSession:
         session = self.get(call_id, sid)
         try:
             session.recapture(field, self._clock())
         except SessionError as exc:
-            raise PaymentError(str(exc)) from None
-        self._active[call_id] = sid
+            raise PaymentConflict(str(exc)) from exc
         self.audit.record("payment.recapture", actor=actor, call_id=call_id, session_id=sid,
                           field=field)
         self._publish(session, "progress", field=field)
@@ -176,19 +266,18 @@ class PaymentManager:
     def complete(self, call_id: str, sid: str, actor: str) -> PaymentSession:
         """Submit (or resubmit after a gateway failure)."""
         session = self.get(call_id, sid)
-        if session.status not in ("ready", "failed-submit"):
-            raise PaymentError(f"cannot complete a payment in status {session.status}")
-        session.status = "ready"
+        if session.status not in (PaymentStatus.READY, PaymentStatus.FAILED_SUBMIT):
+            raise PaymentConflict(f"cannot complete a payment in status {session.status.value}")
         self.audit.record("payment.complete", actor=actor, call_id=call_id, session_id=sid)
         self._submit(session)
         return session
 
     def cancel(self, call_id: str, sid: str, actor: str) -> PaymentSession:
         session = self.get(call_id, sid)
-        if session.status in ("complete", "failed", "cancelled"):
+        if session.status.terminal:
             return session
         self.audit.record("payment.cancel", actor=actor, call_id=call_id, session_id=sid)
-        self._end(session, "cancelled")
+        self._end(session, Trigger.CANCEL)
         return session
 
     def poll(self) -> None:
@@ -208,72 +297,96 @@ class PaymentManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for session in self.sessions.values():
-            if session.status not in ("complete", "failed", "cancelled"):
-                session.end("cancelled", "shutdown")
+            if not session.status.terminal:
+                session.move(Trigger.CANCEL, "shutdown")
         self._active.clear()
 
     # --- internals -------------------------------------------------------------------------
 
     def _after_change(self, session: PaymentSession) -> None:
-        if session.status == "failed":
-            self._end(session, "failed", session.error)
-        elif session.status == "ready":
+        """A key or a timeout moved the session: it may have failed or become ready."""
+        if session.status is PaymentStatus.FAILED:
+            self._ended(session)
+        elif session.status is PaymentStatus.READY:
             self._submit(session)
 
     def _submit(self, session: PaymentSession) -> None:
         if self._tokeniser is None:
-            session.status = "failed-submit"
+            session.move(Trigger.NO_GATEWAY, "gateway-not-configured")
             self._publish(session, "error", error="gateway-not-configured")
             return
-        session.status = "submitting"
-        self._publish(session, "submitting")
+        session.move(Trigger.SUBMIT)
+        self._publish(session, PaymentStatus.SUBMITTING.value)  # event type = the status
         task = asyncio.get_running_loop().create_task(self._tokenise(session))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _tokenise(self, session: PaymentSession) -> None:
         assert self._tokeniser is not None
+        if session.status is not PaymentStatus.SUBMITTING:
+            return  # ended (cancelled, call gone) before the task ran: nothing was sent
         fields = session.values()
         try:
             result = await self._tokeniser.tokenise(fields, session.sid)
         except GatewayDeclinedError as exc:
-            self._end(session, "failed", f"declined:{exc.code}")
+            if not self._late(session, "declined"):
+                self._end(session, Trigger.DECLINED, f"declined:{exc.code}")
             return
         except (GatewayUnavailableError, GatewayTimeoutError, GatewayTlsError,
                 GatewayError) as exc:
             self.counters["gateway_errors"] += 1
-            session.status = "failed-submit"  # retryable: the caller need not key again
             error = {GatewayUnavailableError: "gateway-unavailable",
                      GatewayTimeoutError: "gateway-timeout",
                      GatewayTlsError: "gateway-tls"}.get(type(exc), "gateway-error")
             self.audit.record("payment.gateway_error", call_id=session.call_id,
                               session_id=session.sid, outcome=error)
-            self._publish(session, "error", error=error)
+            if not self._late(session, error):
+                # Retryable: the caller need not key again.
+                session.move(Trigger.GATEWAY_ERROR, error)
+                self._publish(session, "error", error=error)
             return
         finally:
             for key in fields:
                 fields[key] = ""
+        if self._late(session, "tokenised"):
+            return
         session.token = result.token
-        self._end(session, "complete")
+        self._end(session, Trigger.TOKENISED)
 
-    def _end(self, session: PaymentSession, status: str, error: str = "") -> None:
-        session.end(status, error)
+    def _late(self, session: PaymentSession, outcome: str) -> bool:
+        """The gateway answered after the payment ended (cancelled, call gone): the answer
+        changes nothing, but is audited (a token may exist for a cancelled payment)."""
+        if session.status is PaymentStatus.SUBMITTING:
+            return False
+        self.audit.record("payment.late_gateway_reply", call_id=session.call_id,
+                          session_id=session.sid, outcome=outcome)
+        return True
+
+    def _end(self, session: PaymentSession, trigger: Trigger, error: str = "") -> None:
+        session.move(trigger, error)
+        self._ended(session)
+
+    def _ended(self, session: PaymentSession) -> None:
+        """Bookkeeping once a session reached a terminal status."""
         if self._active.get(session.call_id) == session.sid:
             del self._active[session.call_id]
-        self.counters[status] = self.counters.get(status, 0) + 1
+        status = session.status
+        self.counters[status.value] = self.counters.get(status.value, 0) + 1
         self.audit.record("payment.end", call_id=session.call_id, session_id=session.sid,
-                          outcome=status, error=error, token=session.token,
+                          outcome=status.value, error=session.error, token=session.token,
                           last4=session.final_last4)
-        self._publish(session, "result" if status == "complete" else "ended", error=error)
+        self._publish(session, "result" if status is PaymentStatus.COMPLETE else "ended",
+                      error=session.error)
 
     def _publish(self, session: PaymentSession, kind: str, *, error: str = "",
                  field: str = "") -> None:
         event = PaymentEvent(
-            type=kind, call_id=session.call_id, sid=session.sid, agent_id=session.agent_id,
+            type=kind, call_id=session.call_id, sid=session.sid,
+            agent_id=self.owner(session.call_id, session.agent_id),
             status=session.status, field=field or (session.current or ""),
             masked=session.masked(), brand=session.brand or session.final_brand, error=error,
             token=session.token,
             last4=session.last4 or session.final_last4)
         self.bus.publish(event)
         log.info("payment event", kind=kind, call_id=session.call_id, session_id=session.sid,
-                 status=session.status, error=error)
+                 status=session.status.value, error=error)

@@ -8,6 +8,10 @@ only once a complete number is valid.
 Keys: digits fill the current field; ``#`` finishes it; ``*`` clears it. A field also finishes
 by itself when it can hold no more: the card number when it reaches a length valid for its brand
 and passes Luhn, the expiry at 4 digits, the security code at its brand's length.
+
+The status changes only in ``move``, which looks the change up in ``states.TRANSITIONS`` and
+tells a ``StatusObserver`` (the manager) before and after, so that masking can be switched on
+before a single key is captured and no path can skip it.
 """
 
 from __future__ import annotations
@@ -15,16 +19,23 @@ from __future__ import annotations
 import datetime
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from proxy.securepay import cards
+from proxy.securepay.states import (
+    IllegalTransition,
+    PaymentStatus,
+    SessionError,
+    Trigger,
+    next_status,
+)
+
+__all__ = ["CARD", "CODE", "EXPIRY", "POSTAL", "CaptureSettings", "IllegalTransition",
+           "PaymentSession", "PaymentStatus", "SessionError", "StatusObserver", "Trigger"]
 
 CARD, EXPIRY, CODE, POSTAL = ("payment-card-number", "expiration-date", "security-code",
                               "postal-code")
 MAX_LENGTH = {CARD: 19, EXPIRY: 4, CODE: 4, POSTAL: 10}
-
-
-class SessionError(ValueError):
-    """A request the session's state does not allow (message never holds digits)."""
 
 
 @dataclass
@@ -50,18 +61,34 @@ class CaptureSettings:
     require_postal_code: bool = False
 
 
+class StatusObserver(Protocol):
+    """Told of every change of a session's status (``old`` is None for the start)."""
+
+    def entering(self, session: PaymentSession, old: PaymentStatus | None,
+                 new: PaymentStatus) -> None:
+        """Before the change; raising stops it (the session keeps its status)."""
+
+    def entered(self, session: PaymentSession, old: PaymentStatus | None,
+                new: PaymentStatus) -> None:
+        """After the change; must not raise."""
+
+
 class PaymentSession:
-    """States: capturing → ready (all fields valid) → submitting → complete | failed;
-    cancelled at any point. ``on_change`` is called with (kind, field, error)."""
+    """One payment's capture; its statuses and their order are ``states.TRANSITIONS``.
+
+    Constructing a session starts it (``Trigger.START``): if the observer refuses, the
+    constructor raises and no session exists."""
 
     def __init__(self, sid: str, call_id: str, agent_id: str, settings: CaptureSettings,
-                 now: float, today: Callable[[], datetime.date] = datetime.date.today) -> None:
+                 now: float, today: Callable[[], datetime.date] = datetime.date.today,
+                 observer: StatusObserver | None = None) -> None:
         self.sid, self.call_id, self.agent_id = sid, call_id, agent_id
         self.settings = settings
         names = [CARD, EXPIRY, CODE] + ([POSTAL] if settings.require_postal_code else [])
         self.fields = {n: _Field(n) for n in names}
         self.current: str | None = CARD
-        self.status = "capturing"
+        self._status: PaymentStatus | None = None
+        self._observer = observer
         self.error = ""
         self.token = ""
         self.final_last4 = ""  # kept after the digits are wiped, for the agent's receipt
@@ -70,6 +97,40 @@ class PaymentSession:
         self._today = today
         self._last_digit = now
         self._field_started = now
+        self.move(Trigger.START)
+
+    # --- status ---------------------------------------------------------------------------
+
+    @property
+    def status(self) -> PaymentStatus:
+        assert self._status is not None  # set by the constructor's START
+        return self._status
+
+    def move(self, trigger: Trigger, error: str = "") -> PaymentStatus:
+        """The one place a status changes: look it up, let the observer veto, then commit.
+
+        A move into a terminal status also records what the agent was shown and overwrites
+        every digit buffer. Raises IllegalTransition when the table does not allow it."""
+        old = self._status
+        new = next_status(old, trigger)
+        if self._observer is not None:
+            self._observer.entering(self, old, new)
+        if new.terminal:
+            self._finalise()
+        self._status = new
+        self.error = error
+        if self._observer is not None:
+            self._observer.entered(self, old, new)
+        return new
+
+    def _finalise(self) -> None:
+        self.final_last4 = self.last4 or self.final_last4
+        self.final_brand = self.brand or self.final_brand
+        if self._final_masked is None:
+            self._final_masked = self.masked()
+        self.current = None
+        for f in self.fields.values():
+            f.wipe()
 
     # --- what may be shown ----------------------------------------------------------------
 
@@ -93,13 +154,14 @@ class PaymentSession:
 
     def __repr__(self) -> str:
         return (f"PaymentSession(sid={self.sid!r}, call_id={self.call_id!r}, "
-                f"status={self.status!r}, current={self.current!r}, masked={self.masked()})")
+                f"status={self._status and self._status.value!r}, current={self.current!r}, "
+                f"masked={self.masked()})")
 
     # --- input ----------------------------------------------------------------------------
 
     def key(self, digit: str, now: float) -> tuple[str, str]:
         """Apply one caller key; returns (what happened, error code or "")."""
-        if self.status != "capturing" or self.current is None:
+        if self.status is not PaymentStatus.CAPTURING or self.current is None:
             return "ignored", ""
         f = self.fields[self.current]
         self._last_digit = now
@@ -156,31 +218,29 @@ class PaymentSession:
         f.wipe()
         f.attempts += 1
         if f.attempts >= self.settings.max_attempts:
-            self.end("failed", error)
+            self.move(Trigger.ATTEMPTS_EXHAUSTED, error)
         return "error", error
 
     def _advance(self, now: float) -> None:
         self.current = next((n for n, f in self.fields.items() if not f.valid), None)
         self._field_started = now
         if self.current is None:
-            self.status = "ready"
+            self.move(Trigger.ALL_FIELDS_VALID)
 
     def recapture(self, name: str, now: float) -> None:
         """The agent asks for a field again (e.g. the caller misspoke)."""
         if name not in self.fields:
             raise SessionError(f"unknown field {name!r}")
-        if self.status not in ("capturing", "ready", "failed-submit"):
-            raise SessionError(f"cannot re-capture in status {self.status}")
+        # First the move (which may be refused, e.g. masking cannot be ensured), then the wipe.
+        self.move(Trigger.RECAPTURE)
         self.fields[name].wipe()
         self.fields[name].attempts = 0
-        self._final_masked = None
         self.current = name
-        self.status = "capturing"
         self._field_started = self._last_digit = now
 
     def poll(self, now: float) -> tuple[str, str] | None:
         """Timeouts: (event, error) when one fires."""
-        if self.status != "capturing" or self.current is None:
+        if self.status is not PaymentStatus.CAPTURING or self.current is None:
             return None
         f = self.fields[self.current]
         if f.buffer and now - self._last_digit >= self.settings.inter_digit_timeout:
@@ -194,17 +254,6 @@ class PaymentSession:
 
     def values(self) -> dict[str, str]:
         """The clear fields, for the gateway request only (the caller must not keep them)."""
-        if self.status not in ("ready", "submitting"):
-            raise SessionError(f"not ready to submit (status {self.status})")
+        if self.status not in (PaymentStatus.READY, PaymentStatus.SUBMITTING):
+            raise SessionError(f"not ready to submit (status {self.status.value})")
         return {name: f.buffer.decode() for name, f in self.fields.items()}
-
-    def end(self, status: str, error: str = "") -> None:
-        """Finish the session and overwrite every digit buffer."""
-        self.final_last4 = self.last4 or self.final_last4
-        self.final_brand = self.brand or self.final_brand
-        if self._final_masked is None:
-            self._final_masked = self.masked()
-        self.status, self.error = status, error
-        self.current = None
-        for f in self.fields.values():
-            f.wipe()

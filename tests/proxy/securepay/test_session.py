@@ -6,7 +6,7 @@ import datetime
 
 import pytest
 
-from proxy.securepay.session import CARD, CODE, EXPIRY, CaptureSettings, PaymentSession
+from proxy.securepay.session import CARD, CODE, EXPIRY, CaptureSettings, PaymentSession, Trigger
 
 TODAY = datetime.date(2026, 11, 24)
 
@@ -77,7 +77,7 @@ def test_ending_overwrites_the_digit_buffers_in_place() -> None:
     s = session()
     key_all(s, "4111111111111111")
     buffer = s.fields[CARD].buffer
-    s.end("cancelled")
+    s.move(Trigger.CANCEL)
     assert len(buffer) == 0 and s.final_last4 == "1111" and s.final_brand == "visa"
 
 
