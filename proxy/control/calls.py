@@ -14,6 +14,7 @@ Digits the media plane reports are passed to ``on_digit`` (the secure-pay manage
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -355,18 +356,34 @@ class CallRegistry:
                 except MediaError as exc:
                     raise ng.NgError(f"media {m.index}: {exc}") from exc
 
-    async def set_capture(self, call_id: str, capturing: bool) -> None:
+    def capture_changed(self, call_id: str, capturing: bool) -> asyncio.Task[None] | None:
         """A secure-pay session of the call started (or stopped) capturing digits: the
-        customers' DTMF is masked whatever ``unblock DTMF`` or the policy said."""
+        customers' DTMF is masked whatever ``unblock DTMF`` or the policy said.
+
+        Synchronous, for the payment manager's hook: the call is marked at once (so an
+        ``unblock DTMF`` is refused from now on) and a LookupError refuses a capture on a call
+        this node does not have; the streams are reconfigured by the task returned (masking
+        applies to audio still held in the look-ahead, so the switch is not late for it).
+        """
         call = self.calls.get(call_id)
         if call is None:
             if capturing:
                 raise LookupError(f"no call {call_id!r} on this node")
-            return
-        if call.capturing != capturing:
-            call.capturing = capturing
-            log.info("secure-pay capture masking", call_id=call_id, capturing=capturing)
-            await self._apply_masking(call)
+            return None
+        if call.capturing == capturing:
+            return None
+        call.capturing = capturing
+        log.info("secure-pay capture masking", call_id=call_id, capturing=capturing)
+        task = asyncio.get_running_loop().create_task(self._apply_masking(call),
+                                                      name=f"capture-masking {call_id}")
+        task.add_done_callback(_log_failure)
+        return task
+
+    async def set_capture(self, call_id: str, capturing: bool) -> None:
+        """:meth:`capture_changed`, waiting until the streams are reconfigured."""
+        task = self.capture_changed(call_id, capturing)
+        if task is not None:
+            await task
 
     # --- delete / query / list / statistics ------------------------------------------------
 
@@ -509,6 +526,12 @@ class CallRegistry:
     async def close(self) -> None:
         for call in list(self.calls.values()):
             await self._drop(call)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("reconfiguring masking failed", task=task.get_name(),
+                  error=repr(task.exception()))
 
 
 def _inspectable_formats(section: MediaSection, index: int) -> list[str]:

@@ -89,10 +89,17 @@ class Node:
         sp = config.securepay
         if audit is None:
             audit = AuditLog(Path(config.api.audit_file) if config.api.audit_file else None)
+        registry: CallRegistry  # built below; the hooks run only once the node is up
+
+        def capture_changed(call_id: str, active: bool) -> None:
+            # Capturing card data forces the customer's masking on (and refuses unblock).
+            registry.capture_changed(call_id, active)
+
         payments = PaymentManager(gateway, audit=audit, settings=CaptureSettings(
             sp.inter_digit_timeout_seconds, sp.field_timeout_seconds, sp.max_attempts,
             tuple(sp.accepted_brands), sp.require_postal_code),
-            trigger_sequence=sp.trigger_sequence)
+            trigger_sequence=sp.trigger_sequence,
+            on_capture=capture_changed)
 
         def digit(call_id: str, tag: str, event: DigitEvent) -> None:
             payments.on_digit(call_id, tag, event)
@@ -171,7 +178,7 @@ class Node:
             "ng": dict(self.ng.counters),
             "payments": {**self.payments.counters,
                          "payments_active": sum(1 for s in self.payments.sessions.values()
-                                                if s.status in ("capturing", "submitting"))},
+                                                if not s.status.terminal)},
             "media": dict(self._last_totals),
         }
 
