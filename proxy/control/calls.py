@@ -472,10 +472,10 @@ class CallRegistry:
             "totalstatistics": {"totalsessions": self.counters["calls_total"],
                                 "deletedsessions": self.counters["calls_deleted"],
                                 "timeoutsessions": self.counters["calls_idle"],
-                                "packets": totals.get("packets_in", 0),
-                                "bytes": totals.get("bytes_in", 0),
-                                "errors": totals.get("errors", 0),
-                                "dtmfmasked": totals.get("dtmf_masked", 0)},
+                                "packets": totals.packets_in,
+                                "bytes": totals.bytes_in,
+                                "errors": totals.errors,
+                                "dtmfmasked": totals.dtmf_masked},
             "controlstatistics": {"proxies": []},
         }}
 
