@@ -93,7 +93,7 @@ def create_app(manager: PaymentManager, agents: AgentDirectory,
         try:
             info = manager.assign(call_id, body.agent_id, who.agent_id)
         except PaymentError as exc:
-            raise HTTPException(404, str(exc)) from None
+            raise HTTPException(404, str(exc)) from exc
         return Call(call_id=info.call_id, agent_id=info.agent_id)
 
     @app.post("/v1/calls/{call_id}/payments", status_code=201)
@@ -105,7 +105,7 @@ def create_app(manager: PaymentManager, agents: AgentDirectory,
                                     accepted_brands=tuple(body.valid_card_types or ()),
                                     idempotency_key=idempotency_key)
         except PaymentError as exc:
-            raise HTTPException(409, str(exc)) from None
+            raise HTTPException(409, str(exc)) from exc
         return payment_view(session)
 
     @app.get("/v1/calls/{call_id}/payments/{sid}")
@@ -114,7 +114,7 @@ def create_app(manager: PaymentManager, agents: AgentDirectory,
         try:
             return payment_view(manager.get(call_id, sid))
         except PaymentError as exc:
-            raise HTTPException(404, str(exc)) from None
+            raise HTTPException(404, str(exc)) from exc
 
     @app.post("/v1/calls/{call_id}/payments/{sid}")
     async def update_payment(call_id: str, sid: str, body: UpdatePayment, who: Who) -> Payment:
@@ -129,7 +129,7 @@ def create_app(manager: PaymentManager, agents: AgentDirectory,
             else:
                 raise HTTPException(422, "give Capture or Status")
         except PaymentError as exc:
-            raise HTTPException(409 if "status" in str(exc) else 404, str(exc)) from None
+            raise HTTPException(409 if "status" in str(exc) else 404, str(exc)) from exc
         return payment_view(session)
 
     @app.websocket("/v1/events")

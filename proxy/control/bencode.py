@@ -77,8 +77,8 @@ def _decode(data: bytes, i: int, depth: int) -> tuple[Value, int]:
             raise BencodeError(f"invalid integer at byte {i}")
         try:
             return int(text), end + 1
-        except ValueError:
-            raise BencodeError(f"invalid integer at byte {i}") from None
+        except ValueError as exc:
+            raise BencodeError(f"invalid integer at byte {i}") from exc
     if c == ord("l"):
         items = []
         i += 1

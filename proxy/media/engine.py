@@ -310,7 +310,7 @@ class LocalMediaEngine:
                     limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
                     raise PortsExhaustedError(
                         f"out of file descriptors (open-file limit {limit}; each stream "
-                        "holds up to three sockets)") from None
+                        "holds up to three sockets)") from exc
                 continue
             return socks[0], (None if rtcp_mux else socks[1]), port
         raise PortsExhaustedError(f"no free port pair in {self._port_min}-{self._port_max}")
@@ -318,8 +318,8 @@ class LocalMediaEngine:
     def _get(self, stream_id: str) -> _Stream:
         try:
             return self._streams[stream_id]
-        except KeyError:
-            raise UnknownStreamError(stream_id) from None
+        except KeyError as exc:
+            raise UnknownStreamError(stream_id) from exc
 
     async def configure(self, stream_id: str, config: StreamConfig) -> None:
         stream = self._get(stream_id)

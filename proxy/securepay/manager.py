@@ -166,7 +166,7 @@ class PaymentManager:
         try:
             session.recapture(field, self._clock())
         except SessionError as exc:
-            raise PaymentError(str(exc)) from None
+            raise PaymentError(str(exc)) from exc
         self._active[call_id] = sid
         self.audit.record("payment.recapture", actor=actor, call_id=call_id, session_id=sid,
                           field=field)
