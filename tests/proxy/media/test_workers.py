@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from dsp import tones
-from proxy.control import ng
 from proxy.control.calls import CallRegistry
+from proxy.control.ng_server import NgServer
 from proxy.demo.phone import RtpPeer
 from proxy.demo.sdp_builder import audio_sdp, media_endpoint
+from proxy.demo.simulate import NgClient
 from proxy.demo.spandsp import spandsp_detect
 from proxy.media.types import DigitEvent, PortsExhaustedError, UnknownStreamError
 from proxy.media.workers import RemoteTraceback, WorkerError, WorkerPoolEngine, portable, shards
@@ -102,23 +103,28 @@ def test_an_exception_crosses_the_pipe_as_itself_or_as_a_worker_error_naming_it(
 async def test_running_out_of_ports_in_a_worker_reaches_the_control_plane_as_such(
         media_ports: tuple[int, int]) -> None:
     """With workers the engine's errors keep their type: an offer that finds no port gets
-    rtpengine's "Ran out of ports", not "Internal error"."""
+    rtpengine's "Ran out of ports" on the ng socket, not "Internal error"."""
     low = media_ports[0]
     pool = WorkerPoolEngine("127.0.0.1", low, low + 9, workers=2)  # 4 ports = 2 streams each
     await pool.start()
     registry = CallRegistry(pool, address="127.0.0.1")
+    server = NgServer(registry.handle)
+    transport, client = await asyncio.get_running_loop().create_datagram_endpoint(
+        NgClient, remote_addr=await server.start("127.0.0.1", 0))
     try:
         on_worker_0 = (c for c in (f"x{i}" for i in range(1000)) if pool.worker_for(c) == 0)
-        with pytest.raises(ng.NgError) as refused:
+        with pytest.raises(RuntimeError, match=r"^ng offer: Ran out of ports$"):
             for _ in range(3):  # each call takes two streams: the second cannot be placed
-                await registry.handle({"command": "offer", "call-id": next(on_worker_0),
-                                       "from-tag": "c", "sdp": audio_sdp("127.0.0.1", 4000)})
-        assert refused.value.reason == "Ran out of ports"
+                await client.request(transport, {
+                    "command": "offer", "call-id": next(on_worker_0), "from-tag": "c",
+                    "sdp": audio_sdp("127.0.0.1", 4000)})
         # Straight from the engine: the worker's own exception type, its traceback as cause.
         with pytest.raises(PortsExhaustedError, match="no free port pair") as raised:
             await pool.allocate("extra", next(on_worker_0), rtcp_mux=False)
         cause = raised.value.__cause__
         assert isinstance(cause, RemoteTraceback) and "_bind_pair" in cause.text
     finally:
+        transport.close()
+        await server.stop()
         await registry.close()
         await pool.stop()
