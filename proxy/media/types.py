@@ -148,7 +148,7 @@ class MaskingCounters(_Summable):
     unmaskable_packets: int = counter(
         "packets of a masked stream in a codec that cannot be inspected")
     late_packets: int = counter(
-        "audio packets that arrived after detection had passed them (sent fully masked)")
+        "audio packets that arrived after detection had passed their place (masked whole)")
     dropped_events: int = counter("RFC 4733 events of a masked stream dropped")
     stalls: int = counter("ticks a masked stream waited for a late packet")
 
