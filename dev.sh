@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # ToneGuard set-up and run, for a fresh Debian 12 machine with Python 3.11.
 #   ./dev.sh demo [ARGS]   install, then run the embedded demo (toneguard demo)
-#   ./dev.sh test [ARGS]   install, then lint and run the whole test suite (ARGS go to pytest)
+#   ./dev.sh test [ARGS]   install, then lint (ruff), type-check (mypy) and run the whole test
+#                          suite (ARGS go to pytest)
 #   ./dev.sh bench         install, then run the benchmarks and print their tables
 #   ./dev.sh install       install only (Debian packages when root or with sudo, then .venv)
 set -euo pipefail
@@ -53,6 +54,7 @@ case "$cmd" in
     test)
         install_system; install_python
         "$VENV/bin/ruff" check .
+        "$VENV/bin/mypy"  # files and strictness: [tool.mypy] in pyproject.toml
         exec "$VENV/bin/python" -m pytest "$@" ;;
     bench)
         install_system; install_python

@@ -172,8 +172,9 @@ def _wrap(phase: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     return (phase + np.pi) % (2 * np.pi) - np.pi
 
 
-def _db(ratio: float) -> float:
-    return 10.0 ** (ratio / 10.0)
+def _power_ratio(db: float) -> float:
+    """An energy (power) ratio given in dB, as a plain factor: 6 dB -> 3.98."""
+    return 10.0 ** (db / 10.0)
 
 
 def _group_best(energy: npt.NDArray[np.float64]) -> tuple[npt.NDArray, npt.NDArray, npt.NDArray]:
@@ -211,15 +212,15 @@ def _measure(blocks: npt.NDArray[np.float32], config: DtmfConfig) -> _BlockMeasu
     hit = (
         (low_level >= level_floor)
         & (high_level >= level_floor)
-        & (twist <= _db(config.reverse_twist_db))
-        & (twist >= 1.0 / _db(config.normal_twist_db))
-        & (low_e >= _db(config.relative_peak_db) * low_second)
-        & (high_e >= _db(config.relative_peak_db) * high_second)
+        & (twist <= _power_ratio(config.reverse_twist_db))
+        & (twist >= 1.0 / _power_ratio(config.normal_twist_db))
+        & (low_e >= _power_ratio(config.relative_peak_db) * low_second)
+        & (high_e >= _power_ratio(config.relative_peak_db) * high_second)
         & (share >= config.min_energy_share)
     )
     # Does the tone fill the block? Judged on the stronger tone: the weaker one's half-block
     # DFTs (51 samples, 157 Hz bins) carry too much leakage from a strong partner under twist.
-    limit = _db(config.max_half_imbalance_db)
+    limit = _power_ratio(config.max_half_imbalance_db)
     stronger = np.where(high_level > low_level, high_i, low)
     ea = np.abs(half_a[rows, stronger]) ** 2
     eb = np.abs(half_b[rows, stronger]) ** 2
@@ -235,14 +236,14 @@ def _measure(blocks: npt.NDArray[np.float32], config: DtmfConfig) -> _BlockMeasu
             hit &= np.abs(ratio / 2.0 - 1.0) > config.octave_tolerance
 
     suspect_floor = dbm0_energy(config.suspect_min_level_dbm0)
-    suspect_twist = _db(config.suspect_max_twist_db)
+    suspect_twist = _power_ratio(config.suspect_max_twist_db)
     suspect = (
         (low_e >= suspect_floor)
         & (high_e >= suspect_floor)
         & (high_e <= suspect_twist * low_e)
         & (low_e <= suspect_twist * high_e)
-        & (low_e >= _db(config.suspect_relative_peak_db) * low_second)
-        & (high_e >= _db(config.suspect_relative_peak_db) * high_second)
+        & (low_e >= _power_ratio(config.suspect_relative_peak_db) * low_second)
+        & (high_e >= _power_ratio(config.suspect_relative_peak_db) * high_second)
         & ((low_e + high_e) >= config.suspect_min_energy_share * np.maximum(total, _EPS))
     )
     if config.suspect_frequency_tolerance is not None:

@@ -188,7 +188,7 @@ def _baseline(outcome: Outcome, outcomes: list[Outcome]) -> Outcome | None:
     rtpengine = [b for b in outcomes if b.name.startswith("rtpengine") and b.calls ==
                  outcome.calls and _kind(b.name)[0] == _kind(outcome.name)[0]]
     same_cores = [b for b in rtpengine if _kind(b.name) == _kind(outcome.name)]
-    return (same_cores or rtpengine or [None])[0]
+    return (same_cores or rtpengine)[0] if same_cores or rtpengine else None
 
 
 def _ms(value: float) -> str:

@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import tempfile
 import wave
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from math import gcd
@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.signal import resample_poly
 
-from dsp import tones
+from dsp import levels, tones
 
 RATE = 8000
 CODEC2_RAW = Path("/usr/share/codec2/raw")
@@ -97,7 +97,7 @@ def _read_wav(path: Path) -> npt.NDArray[np.float64]:
     return mono
 
 
-def _cached(name: str, render: callable) -> npt.NDArray[np.float64]:  # type: ignore[valid-type]
+def _cached(name: str, render: Callable[[], npt.NDArray[np.float64]]) -> npt.NDArray[np.float64]:
     path = cache_dir() / f"{name}.npy"
     if path.exists():
         return np.load(path).astype(np.float64)
@@ -157,7 +157,7 @@ def _espeak(voice: str, index: int) -> npt.NDArray[np.float64]:
         audio = _read_wav(out)
     # Telephone speech level: about −20 dBm0 on average (plus the peaks of real speech).
     rms = np.sqrt(np.mean(audio**2)) or 1.0
-    return audio * (tones.dbm0_to_amplitude(-20.0) / np.sqrt(2) / rms)
+    return audio * (levels.dbm0_to_amplitude(-20.0) / np.sqrt(2) / rms)
 
 
 def espeak_speech(voices: Iterable[str] = VOICES) -> Corpus:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -53,7 +54,7 @@ def _hear(adapter: Adapter, signal: npt.NDArray[np.float64], law: str) -> str:
     return adapter(g711.round_trip(signal, law))
 
 
-def _all_keys(adapter: Adapter, law: str, **tone_kwargs: float) -> bool:
+def _all_keys(adapter: Adapter, law: str, **tone_kwargs: Any) -> bool:
     """All 16 keys, 50 ms on / 50 ms off, decoded exactly."""
     signal = tones.dtmf_sequence(KEYS, tone_ms=50, gap_ms=50, lead_ms=_PAD_MS,
                                  tail_ms=_PAD_MS, **tone_kwargs)
@@ -146,7 +147,7 @@ def _accepts(adapter: Adapter, law: str, tone_index: int, error: float) -> bool:
     """Do all 4 keys containing tone ``tone_index`` (0–3 low, 4–7 high) decode at ``error``?"""
     if tone_index < 4:
         keys = KEYS[tone_index * 4: tone_index * 4 + 4]
-        kwargs = {"low_error": error}
+        kwargs: dict[str, Any] = {"low_error": error}
     else:
         keys = KEYS[tone_index - 4:: 4]
         kwargs = {"high_error": error}

@@ -56,11 +56,6 @@ def decode(data: bytes) -> Value:
     return value
 
 
-def decode_prefix(data: bytes, start: int = 0) -> tuple[Value, int]:
-    """Decode one value starting at ``start``; return it and the offset just past it."""
-    return _decode(data, start, 0)
-
-
 def _decode(data: bytes, i: int, depth: int) -> tuple[Value, int]:
     if depth > MAX_DEPTH:
         raise BencodeError(f"nesting deeper than {MAX_DEPTH} at byte {i}")
@@ -77,8 +72,8 @@ def _decode(data: bytes, i: int, depth: int) -> tuple[Value, int]:
             raise BencodeError(f"invalid integer at byte {i}")
         try:
             return int(text), end + 1
-        except ValueError:
-            raise BencodeError(f"invalid integer at byte {i}") from None
+        except ValueError as exc:
+            raise BencodeError(f"invalid integer at byte {i}") from exc
     if c == ord("l"):
         items = []
         i += 1

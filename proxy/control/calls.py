@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -159,25 +159,23 @@ class CallRegistry:
         return await self.dispatch(parse_request(ng.normalise(body)))
 
     async def dispatch(self, request: Request) -> dict[str, Any]:
-        handler: Callable[[Any], Awaitable[dict[str, Any]]]
         match request:
             case PingRequest():
                 return {"result": "pong"}
             case NegotiateRequest(command="offer"):
-                handler = self.offer
+                return await self.offer(request)
             case NegotiateRequest():
-                handler = self.answer
+                return await self.answer(request)
             case DeleteRequest():
-                handler = self.delete
+                return await self.delete(request)
             case QueryRequest():
-                handler = self.query
+                return await self.query(request)
             case ListRequest():
-                handler = self.list_calls
+                return await self.list_calls(request)
             case StatisticsRequest():
-                handler = self.statistics
+                return await self.statistics(request)
             case DtmfRequest():
-                handler = self.set_dtmf
-        return await handler(request)
+                return await self.set_dtmf(request)
 
     # --- offer / answer --------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ said (and ``unblock DTMF`` on a customer is refused).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
@@ -67,7 +67,7 @@ class Decision:
     reason: str  # which rule decided (for the call's log line; never an address or a digit)
 
 
-def decide(parties: list[PartyView], call_caller: str, policy: CallPolicy) -> Decision:
+def decide(parties: Sequence[PartyView], call_caller: str, policy: CallPolicy) -> Decision:
     """Which of ``parties`` are customers, and by which rule."""
     everyone = frozenset(range(len(parties)))
     if call_caller:
@@ -89,7 +89,7 @@ def decide(parties: list[PartyView], call_caller: str, policy: CallPolicy) -> De
     return Decision(everyone, "no hint: every party masked")
 
 
-def _by_role(parties: list[PartyView], caller: str) -> frozenset[int]:
+def _by_role(parties: Sequence[PartyView], caller: str) -> frozenset[int]:
     if caller == "both":
         return frozenset(range(len(parties)))
     return frozenset(i for i, p in enumerate(parties) if p.role == caller)

@@ -62,10 +62,8 @@ class SdesLeg:
             self.ours = {s: self._stable(s, tag) for tag, s in enumerate(suites, start=1)}
             for key in self.ours.values():
                 out.add_attribute("crypto", key.format())
-        else:
-            key = self.ours.get(self.suite)
-            if key is not None:
-                out.add_attribute("crypto", key.format())
+        elif (chosen := self.ours.get(self.suite)) is not None:
+            out.add_attribute("crypto", chosen.format())
 
     def _stable(self, suite: str, tag: int) -> sdes.CryptoAttribute:
         kept = self.ours.get(suite)

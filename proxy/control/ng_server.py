@@ -18,10 +18,10 @@ from typing import Any
 import structlog
 
 from proxy.control import ng
+from proxy.media.types import Address
 
 log = structlog.get_logger("toneguard.ng")
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
-Address = tuple[str, int]
 
 
 class CookieCache:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from proxy.media.types import Address, StreamStats
+from proxy.media.types import Address, MediaTotals, StreamStats
 
 if TYPE_CHECKING:
     from proxy.control.calls import Call, Media
@@ -69,15 +69,13 @@ def _endpoint(addr: Address | None) -> dict[str, Any]:
 
 
 def statistics_reply(*, calls: int, streams: int, created: int, deleted: int, idle: int,
-                     totals: dict[str, int]) -> dict[str, Any]:
+                     totals: MediaTotals) -> dict[str, Any]:
     return {"result": "ok", "statistics": {
         "currentstatistics": {"sessionsown": calls, "sessionstotal": calls,
                               "streams": streams, "packetrate": 0},
         "totalstatistics": {"totalsessions": created, "deletedsessions": deleted,
                             "timeoutsessions": idle,
-                            "packets": totals.get("packets_in", 0),
-                            "bytes": totals.get("bytes_in", 0),
-                            "errors": totals.get("errors", 0),
-                            "dtmfmasked": totals.get("dtmf_masked", 0)},
+                            "packets": totals.packets_in, "bytes": totals.bytes_in,
+                            "errors": totals.errors, "dtmfmasked": totals.dtmf_masked},
         "controlstatistics": {"proxies": []},
     }}

@@ -159,7 +159,7 @@ def _negotiate(command: Literal["offer", "answer"], body: dict[str, Any]) -> Neg
             choice = flag.removeprefix("caller-")
             if choice not in CALLER_CHOICES:
                 raise ng.NgError(f"Invalid flag '{flag}'")
-            caller = choice  # type: ignore[assignment]  # checked against CALLER_CHOICES
+            caller = choice  # checked against CALLER_CHOICES just above
     ice = (ng.get_str(body, "ice") or "").lower()
     if ice not in ICE_OPTIONS:
         raise ng.NgError(f"Invalid ICE option '{ice}'")

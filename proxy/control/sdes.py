@@ -54,8 +54,8 @@ def parse_crypto(value: str) -> CryptoAttribute | None:
         raise SdesError(f"a=crypto tag {tag}: MKI is not supported")
     try:
         key_salt = base64.b64decode(b64 + "=" * (-len(b64) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        raise SdesError(f"a=crypto tag {tag}: key is not valid base64") from None
+    except (binascii.Error, ValueError) as exc:
+        raise SdesError(f"a=crypto tag {tag}: key is not valid base64") from exc
     if len(key_salt) != KEY_SALT_LENGTH[suite]:
         raise SdesError(f"a=crypto tag {tag}: {suite} needs {KEY_SALT_LENGTH[suite]} bytes "
                         f"of key and salt, got {len(key_salt)}")

@@ -19,6 +19,7 @@ import json
 import os
 import secrets
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -118,7 +119,7 @@ def caller_audio(card: tuple[str, str, str], seed: int = 3
 
 async def run_call(ng: tuple[str, int], api: str, admin_key: str, agent_key: str, *,
                    brand: str = "visa", agent_id: str = "agent-demo", keep_call: bool = False,
-                   log: callable = print) -> SimResult:  # type: ignore[valid-type]
+                   log: Callable[[str], None] = print) -> SimResult:
     loop = asyncio.get_running_loop()
     call_id = "sim-" + secrets.token_hex(4)
     result = SimResult(call_id)
@@ -179,7 +180,7 @@ async def run_call(ng: tuple[str, int], api: str, admin_key: str, agent_key: str
 
 
 async def _collect(ws: websockets.ClientConnection, play: asyncio.Future, call_id: str,
-                   log: callable) -> list[dict]:  # type: ignore[valid-type]
+                   log: Callable[[str], None]) -> list[dict]:
     events: list[dict] = []
 
     async def receive() -> None:
@@ -199,7 +200,7 @@ async def _collect(ws: websockets.ClientConnection, play: asyncio.Future, call_i
     return events
 
 
-def report(result: SimResult, log: callable = print) -> None:  # type: ignore[valid-type]
+def report(result: SimResult, log: Callable[[str], None] = print) -> None:
     log("")
     log("What the agent saw")
     for name, value in result.agent_view.items():

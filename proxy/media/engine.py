@@ -17,7 +17,7 @@ import select
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import structlog
 
@@ -32,8 +32,10 @@ from proxy.media.types import (
     LocalEndpoint,
     MediaError,
     MediaEvent,
+    MediaTotals,
     PortsExhaustedError,
     StreamConfig,
+    StreamCounters,
     StreamStats,
     UnknownStreamError,
 )
@@ -159,6 +161,9 @@ class _ConnectedSocket(_Socket):
 
 @dataclass
 class _Counters:
+    """A stream's live counters, written by the packet path. Every int field is a
+    :class:`StreamCounters` field of the same name (what stats and totals report)."""
+
     packets_in: int = 0
     bytes_in: int = 0
     packets_out: int = 0
@@ -168,6 +173,17 @@ class _Counters:
     errors: int = 0
     last_packet_mono: float = 0.0  # engine clock; 0 with packets_in == 0: none yet
     dtmf_masked: int = 0
+
+
+_COUNTER_NAMES = tuple(f.name for f in fields(StreamCounters))
+
+
+def _counts(c: _Counters) -> dict[str, int]:
+    return {name: getattr(c, name) for name in _COUNTER_NAMES}
+
+
+def _frozen(c: _Counters) -> StreamCounters:
+    return StreamCounters(**_counts(c))
 
 
 @dataclass
@@ -228,7 +244,7 @@ class LocalMediaEngine:
         self._subscribers: list[Callable[[MediaEvent], None]] = []
         self._ticker: asyncio.Task[None] | None = None
         self._next_idle_scan = 0.0  # scanned about once a second, not every tick
-        self._released = _Counters()  # counters of streams already released (for totals)
+        self._released = StreamCounters()  # of the streams already released (for totals)
         self._started = False
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -294,7 +310,7 @@ class LocalMediaEngine:
                     limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
                     raise PortsExhaustedError(
                         f"out of file descriptors (open-file limit {limit}; each stream "
-                        "holds up to three sockets)") from None
+                        "holds up to three sockets)") from exc
                 continue
             return socks[0], (None if rtcp_mux else socks[1]), port
         raise PortsExhaustedError(f"no free port pair in {self._port_min}-{self._port_max}")
@@ -302,8 +318,8 @@ class LocalMediaEngine:
     def _get(self, stream_id: str) -> _Stream:
         try:
             return self._streams[stream_id]
-        except KeyError:
-            raise UnknownStreamError(stream_id) from None
+        except KeyError as exc:
+            raise UnknownStreamError(stream_id) from exc
 
     async def configure(self, stream_id: str, config: StreamConfig) -> None:
         stream = self._get(stream_id)
@@ -347,34 +363,22 @@ class LocalMediaEngine:
             stream.peer.peer = None
         stream.peer = None
         stream.released = True
-        c, t = stream.counters, self._released
-        t.packets_in += c.packets_in
-        t.bytes_in += c.bytes_in
-        t.packets_out += c.packets_out
-        t.bytes_out += c.bytes_out
-        t.rtcp_in += c.rtcp_in
-        t.rtcp_out += c.rtcp_out
-        t.errors += c.errors
-        t.dtmf_masked += c.dtmf_masked
+        self._released += _frozen(stream.counters)  # totals stay monotonic
 
     async def stats(self, stream_id: str) -> StreamStats:
         s = self._get(stream_id)
         c = s.counters
         # Only the engine clock is read per packet; the wall time is worked out here.
         last_packet = time.time() - (self._clock() - c.last_packet_mono) if c.packets_in else 0.0
-        return StreamStats(c.packets_in, c.bytes_in, c.packets_out, c.bytes_out, c.rtcp_in,
-                           c.rtcp_out, c.errors, last_packet, s.endpoint, c.dtmf_masked)
+        return StreamStats(**_counts(c), last_packet=last_packet, endpoint=s.endpoint)
 
-    async def totals(self) -> dict[str, int]:
-        out = {name: getattr(self._released, name) for name in (
-            "packets_in", "bytes_in", "packets_out", "bytes_out", "rtcp_in", "rtcp_out",
-            "errors", "dtmf_masked")}
-        for s in self._streams.values():
-            for name in out:
-                out[name] += getattr(s.counters, name)
-        out["streams"] = len(self._streams)
-        out["workers"] = 1
-        return out
+    async def totals(self) -> MediaTotals:
+        live = [s.counters for s in self._streams.values()]
+        released = self._released
+        counts = {name: getattr(released, name) + sum(getattr(c, name) for c in live)
+                  for name in _COUNTER_NAMES}
+        return MediaTotals(**counts, masking=self._pipeline.counters(),
+                           streams=len(self._streams), workers=1)
 
     # --- packet path -----------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ DigitEvents: an in-band tone and an RFC 4733 event for the same key count once (
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import structlog
@@ -31,8 +31,8 @@ from dsp.masker import Span, covered, envelope, merge, replacement, spans_from_s
 from dsp.tones import DIGITS
 from proxy.media.policy import DtmfSecurityMode, MaskingPolicy
 from proxy.media.rfc4733 import Rfc4733Error, TelephoneEvent
-from proxy.media.rtp import RtpPacket
-from proxy.media.types import DigitEvent
+from proxy.media.rtp import RTP_TS_MOD, RtpPacket
+from proxy.media.types import DigitEvent, MaskingCounters
 
 log = structlog.get_logger("toneguard.masking")
 RATE = 8000
@@ -46,7 +46,6 @@ DEDUPE_SAMPLES = 120 * 8  # in-band and RFC 4733 starts this close are the same 
 EMIT_AFTER = 200 * 8  # wait this long after a key's start for its other copy before reporting
 MAX_BUFFER_SAMPLES = 8000  # packets more than 1 s ahead of the timeline are dropped
 MAX_STALL_TICKS = 3  # after 60 ms with nothing new the stream has paused: run on in silence
-_TS_MOD = 1 << 32
 
 
 @dataclass(slots=True)  # one per packet in flight
@@ -88,17 +87,29 @@ class _Stream:
     digits: list[_Digit] = field(default_factory=list)
     event_ts: int | None = None  # timestamp of the RFC 4733 event in progress
     replacement_digit: str = "0"
-    stalls: int = 0
     stalled_ticks: int = 0  # consecutive
     warned_unmaskable: bool = False
-    late: int = 0
-    masked_samples: int = 0
 
     def to_media(self, g: int) -> int:
         for start, det_base, media_base in reversed(self.mapping):
             if g >= start:
                 return g - det_base + media_base
         return g - self.mapping[0][1] + self.mapping[0][2] if self.mapping else 0
+
+
+@dataclass(slots=True)
+class _Counts:
+    """The pipeline's live counters: each field is a :class:`MaskingCounters` field of the same
+    name (what ``counters()`` reports; a test checks the two match)."""
+
+    masked_packets: int = 0
+    unmaskable_packets: int = 0
+    late_packets: int = 0
+    dropped_events: int = 0
+    stalls: int = 0
+
+
+_COUNT_NAMES = tuple(f.name for f in fields(MaskingCounters))
 
 
 def _first_gap(filled: list[tuple[int, int]], n: int) -> tuple[int, int] | None:
@@ -122,8 +133,7 @@ class MaskingPipeline:
         self._events: list[DigitEvent] = []
         self._origins: dict[int, int] = {}  # row → detector sample at its last reset
         self._random = random.Random(seed)
-        self.counters = {"stalls": 0, "late": 0, "dropped_events": 0, "masked_packets": 0,
-                         "unmaskable_packets": 0}
+        self._counts = _Counts()
 
     # --- stream lifecycle ------------------------------------------------------------------
 
@@ -151,11 +161,6 @@ class MaskingPipeline:
             self._emit_digits(stream, final=True)
             self._free_rows.append(stream.row)
 
-    @property
-    def latency_samples(self) -> int:
-        """Hold toward the agent beyond a packet's end (plus up to one tick of scheduling)."""
-        return self._lookahead
-
     # --- receive ---------------------------------------------------------------------------
 
     def push(self, stream_id: str, packet: RtpPacket, codecs: dict[int, str],
@@ -167,14 +172,14 @@ class MaskingPipeline:
             packet.payload_type, "")
         if stream.ts0 is None:
             stream.ts0, stream.ssrc = packet.timestamp, packet.ssrc
-        offset = (packet.timestamp - stream.ts0) % _TS_MOD
-        start = offset - _TS_MOD if offset >= _TS_MOD // 2 else offset
+        offset = (packet.timestamp - stream.ts0) % RTP_TS_MOD
+        start = offset - RTP_TS_MOD if offset >= RTP_TS_MOD // 2 else offset
         if packet.ssrc != stream.ssrc or abs(start - stream.newest_end) > MAX_BUFFER_SAMPLES:
             # A new source (SSRC change: transfer, re-INVITE, a new media server) or a jump in
             # its clock: continue the timeline where it is rather than treating the packet as
             # a second ahead or behind.
             resume = max(stream.newest_end, stream.media_fed)
-            stream.ts0 = (packet.timestamp - resume) % _TS_MOD
+            stream.ts0 = (packet.timestamp - resume) % RTP_TS_MOD
             stream.ssrc = packet.ssrc
             stream.event_ts = None
             start = resume
@@ -186,8 +191,7 @@ class MaskingPipeline:
                 stream.buffer[start] = (packet.payload, law)
                 stream.newest_end = max(stream.newest_end, start + n)
             else:
-                stream.late += 1
-                self.counters["late"] += 1
+                self._counts.late_packets += 1
             stream.law = law
             stream.held.append(_Held(start, n, packet, "audio", law, late))
         elif name == "telephone-event":
@@ -197,7 +201,7 @@ class MaskingPipeline:
             # Comfort noise is harmless; any other codec cannot be inspected here, so it is
             # relayed as is — counted, and said once per stream, as the operator must know.
             if name != "CN":
-                self.counters["unmaskable_packets"] += 1
+                self._counts.unmaskable_packets += 1
                 if not stream.warned_unmaskable:
                     stream.warned_unmaskable = True
                     log.warning("codec cannot be masked, relayed untouched",
@@ -275,8 +279,7 @@ class MaskingPipeline:
             if not has_data and stream.newest_end <= fed + TICK_SAMPLES and not paused:
                 # Nothing for this slot and nothing after it: the stream is behind, not lossy.
                 stream.stalled_ticks += 1
-                stream.stalls += 1
-                self.counters["stalls"] += 1 if stream.mapping else 0
+                self._counts.stalls += 1 if stream.mapping else 0
                 stream.mapping.append((g_start + TICK_SAMPLES, g_start + TICK_SAMPLES, fed))
                 del stream.mapping[:-4]
                 continue
@@ -314,9 +317,10 @@ class MaskingPipeline:
                 media_starts, column, result.block_size, WIDEN_BEFORE, WIDEN_AFTER)])
         by_row = {s.row: s for s in active}
         for event in result.events:
-            stream = by_row.get(event.channel)
-            if stream is None or not stream.policy.detect:
+            owner = by_row.get(event.channel)
+            if owner is None or not owner.policy.detect:
                 continue
+            stream = owner
             # Events count from the row's reset; map back to the detector clock, then media.
             position = stream.to_media(event.sample + self._origins[stream.row])
             if event.kind == "on":
@@ -373,7 +377,7 @@ class MaskingPipeline:
         for h in ready:
             packet = h.packet
             if h.kind == "event" and effective:
-                self.counters["dropped_events"] += 1
+                self._counts.dropped_events += 1
                 continue
             end = h.start + h.length
             if h.kind == "audio" and effective and (h.late or (spans and any(
@@ -412,8 +416,7 @@ class MaskingPipeline:
             gain = np.maximum(gain, 1.0)
         # Inside a span the original is gone entirely; only the replacement is faded in/out.
         samples = np.where(mask, substitute * gain, samples)
-        stream.masked_samples += int(mask.sum())
-        self.counters["masked_packets"] += 1
+        self._counts.masked_packets += 1
         payload = g711.encode(samples, law).tobytes()
         p = held.packet
         return RtpPacket(p.payload_type, p.sequence_number, p.timestamp, p.ssrc, p.marker,
@@ -442,3 +445,6 @@ class MaskingPipeline:
     def drain_events(self) -> list[DigitEvent]:
         events, self._events = self._events, []
         return events
+
+    def counters(self) -> MaskingCounters:
+        return MaskingCounters(**{name: getattr(self._counts, name) for name in _COUNT_NAMES})

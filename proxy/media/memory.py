@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from proxy.media.types import (
     LocalEndpoint,
     MediaEvent,
+    MediaTotals,
     PortsExhaustedError,
     StreamConfig,
     StreamStats,
@@ -85,8 +86,8 @@ class MemoryMediaEngine:
         self._get(stream_id)
         return StreamStats()
 
-    async def totals(self) -> dict[str, int]:
-        return {"streams": len(self.streams), "workers": 0}
+    async def totals(self) -> MediaTotals:
+        return MediaTotals(streams=len(self.streams), workers=0)
 
     def subscribe(self, callback: Callable[[MediaEvent], None]) -> None:
         self._subscribers.append(callback)

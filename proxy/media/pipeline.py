@@ -13,7 +13,7 @@ from typing import Protocol
 
 from proxy.media.policy import MaskingPolicy
 from proxy.media.rtp import RtpPacket
-from proxy.media.types import DigitEvent
+from proxy.media.types import DigitEvent, MaskingCounters
 
 
 class AudioPipeline(Protocol):
@@ -31,6 +31,10 @@ class AudioPipeline(Protocol):
         ...
 
     def drain_events(self) -> list[DigitEvent]: ...
+
+    def counters(self) -> MaskingCounters:
+        """What the pipeline has counted since it was made, over all its streams."""
+        ...
 
 
 class PassthroughPipeline:
@@ -61,3 +65,6 @@ class PassthroughPipeline:
 
     def drain_events(self) -> list[DigitEvent]:
         return []
+
+    def counters(self) -> MaskingCounters:
+        return MaskingCounters()  # it masks nothing

@@ -17,8 +17,8 @@ interface; the control plane cannot tell them apart.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from dataclasses import Field, dataclass, field, fields
+from typing import Any, ClassVar, Literal, Protocol, Self
 
 from proxy.media.policy import MaskingPolicy
 
@@ -83,20 +83,84 @@ class StreamConfig:
     label: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class StreamStats:
-    """Counters of one stream (what ``query`` reports)."""
+def counter(help: str, *, metric: str = "") -> int:
+    """A counter field: an int that only grows (reset only by a restart).
 
-    packets_in: int = 0
-    bytes_in: int = 0
-    packets_out: int = 0
-    bytes_out: int = 0
-    rtcp_in: int = 0
-    rtcp_out: int = 0
-    errors: int = 0  # dropped: malformed, SRTP auth/replay failure, unknown source
+    ``help`` says what it counts (Prometheus HELP); ``metric`` names it there, without the
+    plane prefix and the ``_total`` suffix, when the field name would not read well (default:
+    the field name). A plain ``name: int = 0`` is a counter too, exported under its own name.
+    """
+    # dataclasses treats the Field as the field's declaration; mypy sees the int default.
+    return field(default=0, metadata={"help": help, "metric": metric})
+
+
+class _Summable:
+    """Counters that add up field by field (ints, and nested counters that add up too): a new
+    field needs no code here or in any sum."""
+
+    __slots__ = ()
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]  # subclasses are dataclasses
+
+    def __add__(self, other: Self) -> Self:
+        if type(other) is not type(self):
+            return NotImplemented
+        return type(self)(**{f.name: getattr(self, f.name) + getattr(other, f.name)
+                             for f in fields(self)})
+
+
+@dataclass(frozen=True, slots=True)
+class StreamCounters(_Summable):
+    """What the packet path counts on one stream.
+
+    Every field is an int :func:`counter`. They are reported per stream (:class:`StreamStats`,
+    ``query``), summed over every stream, live and released, of every worker
+    (:class:`MediaTotals`, ``statistics``) and exported as ``toneguard_media_<metric>_total``.
+    A new counter is one field here plus its increment in the engine (whose mutable per-stream
+    ``_Counters`` must carry a field of the same name; a test checks they match).
+    """
+
+    packets_in: int = counter("RTP packets received and accepted", metric="packets_received")
+    bytes_in: int = counter("RTP bytes received and accepted (after SRTP)",
+                            metric="bytes_received")
+    packets_out: int = counter("RTP packets sent", metric="packets_sent")
+    bytes_out: int = counter("RTP bytes sent (before SRTP)", metric="bytes_sent")
+    rtcp_in: int = counter("RTCP packets received", metric="rtcp_packets_received")
+    rtcp_out: int = counter("RTCP packets sent", metric="rtcp_packets_sent")
+    errors: int = counter(
+        "packets dropped: malformed, SRTP auth/replay failure, unknown source, send failure")
+    dtmf_masked: int = counter("DTMF digits masked on received media", metric="digits_masked")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStats(StreamCounters):
+    """One stream's counters and state (what ``query`` reports)."""
+
     last_packet: float = 0.0  # wall clock seconds of the last packet received, 0 = none
     endpoint: Address | None = None  # the latched remote endpoint
-    dtmf_masked: int = 0  # digits masked on this stream's received media
+
+
+@dataclass(frozen=True, slots=True)
+class MaskingCounters(_Summable):
+    """What a masking pipeline counts, over all its streams (exported as
+    ``toneguard_masking_<metric>_total``). Every field is an int :func:`counter`."""
+
+    masked_packets: int = counter("audio packets sent with some of their audio replaced")
+    unmaskable_packets: int = counter(
+        "packets of a masked stream in a codec that cannot be inspected")
+    late_packets: int = counter(
+        "audio packets that arrived after detection had passed their place (masked whole)")
+    dropped_events: int = counter("RFC 4733 events of a masked stream dropped")
+    stalls: int = counter("ticks a masked stream waited for a late packet")
+
+
+@dataclass(frozen=True, slots=True)
+class MediaTotals(StreamCounters):
+    """Engine-wide counters (the :class:`StreamCounters` of every stream, live and released)
+    and gauges, summed over workers with ``+``."""
+
+    masking: MaskingCounters = field(default_factory=MaskingCounters)
+    streams: int = 0  # gauge: streams allocated now
+    workers: int = 0  # gauge: engines (worker processes, or 1 in process) that answered
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,8 +216,8 @@ class MediaEngine(Protocol):
 
     async def stats(self, stream_id: str) -> StreamStats: ...
 
-    async def totals(self) -> dict[str, int]:
-        """Engine-wide counters (packets, bytes, errors, streams, workers)."""
+    async def totals(self) -> MediaTotals:
+        """Engine-wide counters and gauges (monotonic: released streams still count)."""
         ...
 
     def subscribe(self, callback: Callable[[MediaEvent], None]) -> None:

@@ -15,6 +15,8 @@ import contextlib
 import itertools
 import multiprocessing
 import os
+import pickle
+import traceback
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +25,15 @@ from typing import Any
 
 import structlog
 
-from proxy.media.types import LocalEndpoint, MediaError, MediaEvent, StreamConfig, StreamStats
+from proxy.media.types import (
+    LocalEndpoint,
+    MediaError,
+    MediaEvent,
+    MediaTotals,
+    StreamConfig,
+    StreamStats,
+    UnknownStreamError,
+)
 
 log = structlog.get_logger("toneguard.workers")
 START_TIMEOUT = 20.0
@@ -31,7 +41,29 @@ STOP_TIMEOUT = 5.0
 
 
 class WorkerError(MediaError):
-    """A worker failed, died, or did not answer."""
+    """A worker failed, died, or did not answer (or raised what cannot cross the pipe)."""
+
+
+class RemoteTraceback(Exception):
+    """The worker-side traceback of an exception re-raised in the parent: set as its cause, so
+    logs show where in the worker it happened (a traceback does not pickle)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f"\n\"\"\"\n{self.text}\"\"\""
+
+
+def portable(exc: BaseException) -> BaseException:
+    """``exc`` itself if it survives a pickle round trip (its type and arguments reach the
+    parent: ``PortsExhaustedError`` stays one), else a WorkerError naming its type."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:  # e.g. a required keyword-only argument, an unpicklable attribute
+        return WorkerError(f"{type(exc).__name__}: {exc}")
+    return exc
 
 
 @dataclass(frozen=True)
@@ -89,7 +121,8 @@ async def _serve(conn: Connection, spec: WorkerSpec) -> None:
             result = await method(*args, **kwargs)
             conn.send(("reply", request_id, True, result))
         except Exception as exc:  # sent back to the parent, which raises it there
-            conn.send(("reply", request_id, False, f"{type(exc).__name__}: {exc}"))
+            text = "".join(traceback.format_exception(exc))
+            conn.send(("reply", request_id, False, (portable(exc), text)))
 
     def readable() -> None:
         try:
@@ -145,12 +178,14 @@ class _Worker:
             if kind == "event":
                 on_event(message[1])
             elif kind == "reply":
-                future = self._waiting.pop(message[1], None)
-                if future is not None and not future.done():
+                waiting: asyncio.Future[Any] | None = self._waiting.pop(message[1], None)
+                if waiting is not None and not waiting.done():
                     if message[2]:
-                        future.set_result(message[3])
+                        waiting.set_result(message[3])
                     else:
-                        future.set_exception(WorkerError(message[3]))
+                        error, text = message[3]
+                        error.__cause__ = RemoteTraceback(text)
+                        waiting.set_exception(error)
             elif kind == "ready" and self.ready is not None and not self.ready.done():
                 self.ready.set_result(message[2])
 
@@ -162,15 +197,15 @@ class _Worker:
         self._waiting[request_id] = future
         try:
             self.conn.send(("call", request_id, op, args, kwargs))
-        except (OSError, ValueError):
+        except (OSError, ValueError) as exc:
             self._waiting.pop(request_id, None)
-            raise WorkerError(f"media worker {self.spec.index} is not running") from None
+            raise WorkerError(f"media worker {self.spec.index} is not running") from exc
         try:
             async with asyncio.timeout(timeout):
                 return await future
-        except TimeoutError:
+        except TimeoutError as exc:
             self._waiting.pop(request_id, None)
-            raise WorkerError(f"media worker {self.spec.index}: {op} timed out") from None
+            raise WorkerError(f"media worker {self.spec.index}: {op} timed out") from exc
 
     async def stop(self) -> None:
         with contextlib.suppress(OSError, ValueError):
@@ -222,9 +257,9 @@ class WorkerPoolEngine:
                 for worker in self._workers:
                     assert worker.ready is not None
                     await worker.ready
-        except TimeoutError:
+        except TimeoutError as exc:
             await self.stop()
-            raise WorkerError("media workers did not start") from None
+            raise WorkerError("media workers did not start") from exc
         log.info("media workers started", workers=len(self._workers))
 
     async def stop(self) -> None:
@@ -239,7 +274,6 @@ class WorkerPoolEngine:
     def _of(self, stream_id: str) -> _Worker:
         worker = self._owner.get(stream_id)
         if worker is None:
-            from proxy.media.types import UnknownStreamError
             raise UnknownStreamError(stream_id)
         return worker
 
@@ -269,12 +303,15 @@ class WorkerPoolEngine:
         result: StreamStats = await self._of(stream_id).call("stats", stream_id)
         return result
 
-    async def totals(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for result in await asyncio.gather(*(w.call("totals") for w in self._workers),
-                                           return_exceptions=True):
-            if isinstance(result, dict):
-                for key, value in result.items():
-                    out[key] = out.get(key, 0) + value
-        out["workers"] = len(self._workers)
-        return out
+    async def totals(self) -> MediaTotals:
+        """The sum of every worker's totals; ``workers`` counts those that answered."""
+        total = MediaTotals()
+        results = await asyncio.gather(*(w.call("totals") for w in self._workers),
+                                       return_exceptions=True)
+        for worker, result in zip(self._workers, results, strict=True):
+            if isinstance(result, MediaTotals):
+                total += result
+            else:
+                log.warning("media worker did not report totals", worker=worker.spec.index,
+                            error=f"{type(result).__name__}: {result}")
+        return total

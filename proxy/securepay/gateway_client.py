@@ -61,15 +61,15 @@ class GatewayClient:
         try:
             response = await self._client.post("/v1/tokens", json=body,
                                                headers={"Idempotency-Key": idempotency_key})
-        except httpx.TimeoutException:
-            raise GatewayTimeoutError("gateway did not answer in time") from None
+        except httpx.TimeoutException as exc:
+            raise GatewayTimeoutError("gateway did not answer in time") from exc
         except httpx.ConnectError as exc:
             if isinstance(exc.__context__, ssl.SSLError) or "SSL" in str(exc):
-                raise GatewayTlsError("TLS handshake with the gateway failed") from None
-            raise GatewayUnavailableError("gateway unreachable") from None
-        except (httpx.RemoteProtocolError, httpx.ReadError):
+                raise GatewayTlsError("TLS handshake with the gateway failed") from exc
+            raise GatewayUnavailableError("gateway unreachable") from exc
+        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
             # A server that drops us during the handshake (no client certificate) lands here.
-            raise GatewayTlsError("gateway closed the connection (mutual TLS refused?)") from None
+            raise GatewayTlsError("gateway closed the connection (mutual TLS refused?)") from exc
         finally:
             body.clear()
         data = response.json() if response.headers.get("content-type", "").startswith(

@@ -192,9 +192,9 @@ def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = 
         try:
             data = _merge(data, tomllib.loads(path.read_text("utf-8")))
         except OSError as exc:
-            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     if overrides:
         data = _merge(data, overrides)
     try:
@@ -207,4 +207,4 @@ def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = 
             if err["type"] == "extra_forbidden":
                 message = "unknown key"
             problems.append(f"{source}: {key}: {message}")
-        raise ConfigError("; ".join(problems)) from None
+        raise ConfigError("; ".join(problems)) from exc

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -33,7 +34,8 @@ def _redact(value: Any, depth: int = 0) -> Any:
     return value
 
 
-def redact_card_numbers(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def redact_card_numbers(logger: Any, method: str,
+                        event_dict: MutableMapping[str, Any]) -> dict[str, Any]:
     """structlog processor: mask card numbers anywhere in the event."""
     exc_info = event_dict.pop("exc_info", None)
     out = {k: _redact(v) for k, v in event_dict.items()}
@@ -49,7 +51,8 @@ def redact_card_numbers(logger: Any, method: str, event_dict: dict[str, Any]) ->
     return out
 
 
-def _drop_color_message(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _drop_color_message(logger: Any, method: str,
+                        event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     event_dict.pop("color_message", None)  # uvicorn's ANSI-coloured duplicate of the message
     return event_dict
 

@@ -1,38 +1,135 @@
 """Prometheus metrics with their own registry, read from the live counters at scrape time.
 
+Every metric is one row of a table that says its name, its type (counter or gauge) and its
+help, and how to read it from a :class:`Readings`: nothing is guessed from a key's spelling.
+The media rows come from the counter dataclasses themselves (every field of
+:class:`~proxy.media.types.StreamCounters` and :class:`~proxy.media.types.MaskingCounters` is
+a counter), so a counter added there appears here with no change to this file.
+
+Names follow the Prometheus conventions: ``toneguard_<plane>_<what>``, counters end in
+``_total`` (the client library appends it), gauges say what they measure now.
+
 No label ever carries a call id, a digit or anything that could hold card data: labels are
 fixed names (direction, outcome, command).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import enum
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, fields
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from proxy.control.calls import CallCounters
+from proxy.media.types import MaskingCounters, MediaTotals, StreamCounters
 
-class _Snapshot(Collector):
-    def __init__(self, read: Callable[[], dict[str, dict[str, float]]]) -> None:
+PREFIX = "toneguard"
+
+
+@dataclass(frozen=True, slots=True)
+class Readings:
+    """One scrape's worth of numbers from every plane."""
+
+    media: MediaTotals  # refreshed once a second by the node
+    calls: CallCounters
+    # The ng server's and secure-pay's counters, by key, until they are typed too.
+    calls_active: int
+    ng: Mapping[str, int]
+    payments: Mapping[str, int]
+    payments_active: int
+
+
+class Kind(enum.Enum):
+    COUNTER = "counter"
+    GAUGE = "gauge"
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    """One row of the table. ``name`` excludes ``_total``: the exposition adds it to counters."""
+
+    name: str
+    kind: Kind
+    help: str
+    read: Callable[[Readings], float]
+
+
+def _counter_rows(plane: str, counters: type[StreamCounters] | type[MaskingCounters],
+                  get: Callable[[Readings], StreamCounters | MaskingCounters]) -> list[Metric]:
+    """One counter per field of a counters dataclass, named and described by its metadata."""
+    rows = []
+    for f in fields(counters):
+        name = f.metadata.get("metric") or f.name
+
+        def read(r: Readings, attribute: str = f.name) -> float:
+            return float(getattr(get(r), attribute))
+
+        help_text = f.metadata.get("help") or f.name.replace("_", " ")
+        rows.append(Metric(f"{PREFIX}_{plane}_{name}", Kind.COUNTER, help_text, read))
+    return rows
+
+
+C, G = Kind.COUNTER, Kind.GAUGE
+METRICS: tuple[Metric, ...] = (
+    *_counter_rows("media", StreamCounters, lambda r: r.media),
+    Metric(f"{PREFIX}_media_streams", G, "media streams allocated now",
+           lambda r: r.media.streams),
+    Metric(f"{PREFIX}_media_workers", G, "media engines (worker processes) answering",
+           lambda r: r.media.workers),
+    *_counter_rows("masking", MaskingCounters, lambda r: r.media.masking),
+    Metric(f"{PREFIX}_calls_created", C, "calls created by an offer",
+           lambda r: r.calls.created),
+    Metric(f"{PREFIX}_calls_deleted", C, "calls deleted", lambda r: r.calls.deleted),
+    Metric(f"{PREFIX}_calls_timed_out", C, "calls deleted for lack of media",
+           lambda r: r.calls.idle),
+    Metric(f"{PREFIX}_calls_active", G, "calls now", lambda r: r.calls_active),
+    Metric(f"{PREFIX}_ng_messages_received", C, "ng datagrams received",
+           lambda r: r.ng["received"]),
+    Metric(f"{PREFIX}_ng_retransmissions", C, "ng retransmissions answered from the cache",
+           lambda r: r.ng["retransmissions"]),
+    Metric(f"{PREFIX}_ng_messages_dropped", C, "ng datagrams dropped: unparsable, queue full",
+           lambda r: r.ng["dropped"]),
+    Metric(f"{PREFIX}_ng_errors", C, "ng commands answered with an error",
+           lambda r: r.ng["errors"]),
+    Metric(f"{PREFIX}_payments_started", C, "secure-pay sessions started",
+           lambda r: r.payments["started"]),
+    Metric(f"{PREFIX}_payments_completed", C, "secure-pay sessions tokenised",
+           lambda r: r.payments["complete"]),
+    Metric(f"{PREFIX}_payments_failed", C, "secure-pay sessions failed or declined",
+           lambda r: r.payments["failed"]),
+    Metric(f"{PREFIX}_payments_cancelled", C, "secure-pay sessions cancelled",
+           lambda r: r.payments["cancelled"]),
+    Metric(f"{PREFIX}_payments_gateway_errors", C, "gateway calls that failed (retryable)",
+           lambda r: r.payments["gateway_errors"]),
+    Metric(f"{PREFIX}_payments_active", G, "secure-pay sessions capturing or submitting now",
+           lambda r: r.payments_active),
+)
+
+
+class _Table(Collector):
+    def __init__(self, metrics: tuple[Metric, ...], read: Callable[[], Readings]) -> None:
+        self._metrics = metrics
         self._read = read
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        snap = self._read()
-        gauges = {"calls_active", "streams_active", "payments_active"}
-        for name, values in snap.items():
-            for key, value in values.items():
-                metric = f"toneguard_{name}_{key}"
-                if key in gauges:
-                    yield GaugeMetricFamily(metric, f"{name} {key}", value=value)
-                else:
-                    yield CounterMetricFamily(metric, f"{name} {key}", value=value)
+        readings = self._read()
+        for m in self._metrics:
+            family = CounterMetricFamily if m.kind is Kind.COUNTER else GaugeMetricFamily
+            yield family(m.name, m.help, value=m.read(readings))
 
 
 class Metrics:
-    def __init__(self, read: Callable[[], dict[str, dict[str, float]]]) -> None:
+    def __init__(self, read: Callable[[], Readings],
+                 metrics: tuple[Metric, ...] = METRICS) -> None:
+        names = [m.name for m in metrics]
+        if len(set(names)) != len(names):
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"metric names repeat: {repeated}")
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_Snapshot(read))
+        self.registry.register(_Table(metrics, read))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import os
 import signal
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import structlog
 import typer
@@ -30,7 +31,7 @@ from proxy.media.masking import MaskingPipeline
 from proxy.media.pipeline import AudioPipeline
 from proxy.media.policy import DtmfSecurityMode, MaskingPolicy
 from proxy.media.runtime import freeze_startup_objects, raise_open_file_limit
-from proxy.media.types import DigitEvent, MediaEngine
+from proxy.media.types import DigitEvent, MediaEngine, MediaTotals
 from proxy.media.workers import WorkerPoolEngine
 from proxy.securepay.audit import AuditLog
 from proxy.securepay.gateway_client import GatewayClient
@@ -38,7 +39,7 @@ from proxy.securepay.manager import PaymentManager
 from proxy.securepay.session import CaptureSettings
 from proxy.service.config import Config, ConfigError, load_config, parse_hostport
 from proxy.service.logging import configure_logging
-from proxy.service.metrics import Metrics
+from proxy.service.metrics import Metrics, Readings
 
 log = structlog.get_logger("toneguard.serve")
 IDLE_REAP_SECONDS = 5.0
@@ -77,7 +78,7 @@ class Node:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _api: uvicorn.Server | None = None
     _gateway: GatewayClient | None = None
-    _last_totals: dict[str, int] = field(default_factory=dict)  # media counters, each second
+    _last_totals: MediaTotals = field(default_factory=MediaTotals)  # refreshed each second
 
     @classmethod
     async def start(cls, config: Config, *, agents: AgentDirectory | None = None,
@@ -142,7 +143,7 @@ class Node:
                 await node._start_api(agents or load_agents(config))
         except OSError as exc:
             await node.stop()
-            raise ConfigError(f"cannot bind: {exc.strerror}") from None
+            raise ConfigError(f"cannot bind: {exc.strerror}") from exc
         node._tasks.append(asyncio.create_task(node._housekeeping(), name="housekeeping"))
         log.info("toneguard node started", ng=f"{node.ng_address[0]}:{node.ng_address[1]}",
                  media=f"{media.address}:{media.port_min}-{media.port_max}",
@@ -153,7 +154,7 @@ class Node:
 
     async def _start_api(self, agents: AgentDirectory) -> None:
         host, port = parse_hostport(self.config.api.listen)
-        metrics = Metrics(self.snapshot)
+        metrics = Metrics(self.readings)
         app = create_app(self.payments, agents, metrics.render)
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None,
                                                access_log=False, lifespan="off"))
@@ -169,18 +170,16 @@ class Node:
         sock = server.servers[0].sockets[0].getsockname()
         self.api_address = (sock[0], sock[1])
 
-    def snapshot(self) -> dict[str, dict[str, float]]:
-        return {
-            "calls": {"calls_total": self.registry.counters.created,
-                      "calls_deleted": self.registry.counters.deleted,
-                      "calls_idle": self.registry.counters.idle,
-                      "calls_active": len(self.registry.calls)},
-            "ng": dict(self.ng.counters),
-            "payments": {**self.payments.counters,
-                         "payments_active": sum(1 for s in self.payments.sessions.values()
-                                                if not s.status.terminal)},
-            "media": dict(self._last_totals),
-        }
+    def readings(self) -> Readings:
+        """What /metrics reports (media totals as of the last housekeeping second)."""
+        return Readings(
+            media=self._last_totals,
+            calls=dataclasses.replace(self.registry.counters),
+            calls_active=len(self.registry.calls),
+            ng=dict(self.ng.counters),
+            payments=dict(self.payments.counters),
+            payments_active=sum(1 for s in self.payments.sessions.values()
+                                if not s.status.terminal))
 
     async def _housekeeping(self) -> None:
         while True:
@@ -216,7 +215,7 @@ def gateway_client(config: Config) -> GatewayClient | None:
         return GatewayClient(g.url, ca_file=Path(g.ca_file), cert_file=Path(g.cert_file),
                              key_file=Path(g.key_file), timeout=g.timeout_seconds)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"gateway: cannot load certificates: {exc}") from None
+        raise ConfigError(f"gateway: cannot load certificates: {exc}") from exc
 
 
 def load_agents(config: Config) -> AgentDirectory:
@@ -279,6 +278,7 @@ def serve_command(
         print(f"toneguard serve: {exc}")
         return 2
     configure_logging(config.logging.format, config.logging.level)
+    runner: Callable[[Coroutine[Any, Any, None]], None]
     try:
         import uvloop
         runner = uvloop.run

@@ -84,7 +84,9 @@ async def test_strangers_and_junk_are_counted_not_relayed_and_release_is_clean(
     await engine.release("c-b")
     caller.sendto(_rtp(4), ("127.0.0.1", port_a))  # to a closed port: nothing breaks
     await asyncio.sleep(0.05)
-    assert (await engine.totals())["streams"] == 0
+    totals = await engine.totals()  # released streams still count: the totals never go back
+    assert (totals.streams, totals.workers) == (0, 1)
+    assert (totals.packets_in, totals.packets_out, totals.errors) == (2, 2, 2)
 
 
 async def test_a_new_address_in_sdp_latches_afresh_and_replies_follow_it(

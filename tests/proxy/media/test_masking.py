@@ -170,7 +170,7 @@ def test_no_digit_reaches_the_agent(speech: np.ndarray, card: str, codec: str, s
     pcm = heard.astype(np.int16)
     leaks = leaked_ms_per_window(heard, [(s - 160, e + 160) for s, e in call.windows])
     print(f"\n{card[:4]}… {codec} {source} loss={loss}: leak ms per digit {leaks}; "
-          f"masked packets {pipeline.counters['masked_packets']}")
+          f"masked packets {pipeline.counters().masked_packets}")
     assert spandsp_detect(pcm) == ""
     assert multimon_detect(pcm) == ""
     assert max(leaks) == 0.0
@@ -218,7 +218,7 @@ def test_audio_without_dtmf_passes_byte_for_byte() -> None:
     out, pipeline = run_pipeline(packets, MaskingPolicy())
     assert [p.payload for p in out] == [p.payload for p in packets]
     assert [p.sequence_number for p in out] == list(range(100, 100 + len(packets)))
-    assert pipeline.counters["masked_packets"] == 0
+    assert pipeline.counters().masked_packets == 0
 
 
 def test_speech_is_rarely_touched(speech: np.ndarray) -> None:
@@ -290,4 +290,4 @@ def test_a_codec_that_cannot_be_masked_is_relayed_and_counted() -> None:
         if p is not None:
             pipeline.push("caller", p, {9: "G722"}, k * 0.02)
         out += pipeline.tick(k * 0.02 + 0.01)
-    assert len(out) == 5 and pipeline.counters["unmaskable_packets"] == 5
+    assert len(out) == 5 and pipeline.counters().unmaskable_packets == 5

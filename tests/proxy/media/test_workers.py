@@ -12,11 +12,13 @@ import pytest
 
 from dsp import tones
 from proxy.control.calls import CallRegistry
+from proxy.control.ng_server import NgServer
 from proxy.demo.phone import RtpPeer
 from proxy.demo.sdp_builder import audio_sdp, media_endpoint
+from proxy.demo.simulate import NgClient
 from proxy.demo.spandsp import spandsp_detect
-from proxy.media.types import DigitEvent
-from proxy.media.workers import WorkerPoolEngine, shards
+from proxy.media.types import DigitEvent, PortsExhaustedError, UnknownStreamError
+from proxy.media.workers import RemoteTraceback, WorkerError, WorkerPoolEngine, portable, shards
 
 
 def test_port_range_is_split_into_even_shards() -> None:
@@ -66,8 +68,13 @@ async def test_calls_on_two_workers_are_relayed_masked_and_counted(
         assert sorted((c, e.digit) for c, e in digits) == sorted(
             (c, d) for c in call_ids for d in "12")
         totals = await pool.totals()
-        assert totals["workers"] == 2 and totals["packets_in"] >= sum(sent)
-        assert totals["dtmf_masked"] == 4
+        assert totals.workers == 2 and totals.packets_in >= sum(sent)
+        assert totals.dtmf_masked == 4
+        # Each worker's masking pipeline counted its call's masked audio; the sums came back.
+        assert totals.masking.masked_packets > 0
+        reply = await registry.handle({"command": "statistics"})
+        ng_totals = reply["statistics"]["totalstatistics"]
+        assert ng_totals["packets"] >= sum(sent) and ng_totals["dtmfmasked"] == 4
         pids = pool.pids
         assert len(set(pids)) == 2 and os.getpid() not in pids
     finally:
@@ -77,3 +84,47 @@ async def test_calls_on_two_workers_are_relayed_masked_and_counted(
     await pool.stop()
     assert not any(w.process.is_alive() for w in pool._workers)
     assert np.all([p > 0 for p in pids])
+
+
+class _NeedsTwoArguments(Exception):
+    def __init__(self, what: str, why: str) -> None:
+        super().__init__(f"{what}: {why}")  # unpickling would call it with one argument
+
+
+def test_an_exception_crosses_the_pipe_as_itself_or_as_a_worker_error_naming_it() -> None:
+    exhausted = PortsExhaustedError("no free port pair in 30000-30003")
+    assert portable(exhausted) is exhausted
+    unknown = UnknownStreamError("s1")
+    assert portable(unknown) is unknown
+    odd = portable(_NeedsTwoArguments("x", "y"))
+    assert isinstance(odd, WorkerError) and str(odd) == "_NeedsTwoArguments: x: y"
+
+
+async def test_running_out_of_ports_in_a_worker_reaches_the_control_plane_as_such(
+        media_ports: tuple[int, int]) -> None:
+    """With workers the engine's errors keep their type: an offer that finds no port gets
+    rtpengine's "Ran out of ports" on the ng socket, not "Internal error"."""
+    low = media_ports[0]
+    pool = WorkerPoolEngine("127.0.0.1", low, low + 9, workers=2)  # 4 ports = 2 streams each
+    await pool.start()
+    registry = CallRegistry(pool, address="127.0.0.1")
+    server = NgServer(registry.handle)
+    transport, client = await asyncio.get_running_loop().create_datagram_endpoint(
+        NgClient, remote_addr=await server.start("127.0.0.1", 0))
+    try:
+        on_worker_0 = (c for c in (f"x{i}" for i in range(1000)) if pool.worker_for(c) == 0)
+        with pytest.raises(RuntimeError, match=r"^ng offer: Ran out of ports$"):
+            for _ in range(3):  # each call takes two streams: the second cannot be placed
+                await client.request(transport, {
+                    "command": "offer", "call-id": next(on_worker_0), "from-tag": "c",
+                    "sdp": audio_sdp("127.0.0.1", 4000)})
+        # Straight from the engine: the worker's own exception type, its traceback as cause.
+        with pytest.raises(PortsExhaustedError, match="no free port pair") as raised:
+            await pool.allocate("extra", next(on_worker_0), rtcp_mux=False)
+        cause = raised.value.__cause__
+        assert isinstance(cause, RemoteTraceback) and "_bind_pair" in cause.text
+    finally:
+        transport.close()
+        await server.stop()
+        await registry.close()
+        await pool.stop()
