@@ -41,6 +41,7 @@ from proxy.control.sdp import (
     DTLS_ATTRIBUTES,
     ICE_ATTRIBUTES,
     MediaSection,
+    SessionDescription,
 )
 from proxy.control.sdp import parse as parse_sdp
 from proxy.media.policy import DtmfSecurityMode, MaskingPolicy
@@ -55,8 +56,8 @@ from proxy.media.types import (
     StreamConfig,
 )
 
-__all__ = ["PENDING_TAG", "Call", "CallCounters", "CallPolicy", "CallRegistry", "DigitSink",
-           "Media", "Party"]
+__all__ = ["PENDING_TAG", "Call", "CallCounters", "CallLimits", "CallPolicy", "CallRegistry",
+           "DigitSink", "Media", "Party"]
 
 log = structlog.get_logger("toneguard.calls")
 PENDING_TAG = "~"
@@ -117,6 +118,14 @@ class Call:
         return next((p for p in self.parties.values() if p is not party), None)
 
 
+@dataclass(frozen=True, slots=True)
+class CallLimits:
+    """What one call may take of the node (config [ng])."""
+
+    max_media_per_offer: int = 8
+    max_parties: int = 4
+
+
 @dataclass(slots=True)
 class CallCounters:
     created: int = 0
@@ -134,6 +143,7 @@ class CallRegistry:
                  policy: CallPolicy | None = None, on_digit: DigitSink | None = None,
                  on_call: Callable[[str, bool], None] | None = None,
                  on_securepay: Callable[[str], str] | None = None,
+                 limits: CallLimits | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self._engine = engine
         self._address = advertised_address or address
@@ -142,6 +152,7 @@ class CallRegistry:
         self._on_call = on_call  # (call id, True when created / False when gone)
         self._on_securepay = on_securepay  # call id → payment sid (ng-started secure pay)
         self._clock = clock
+        self._limits = limits or CallLimits()
         self.calls: dict[str, Call] = {}
         self._by_stream: dict[str, tuple[str, str]] = {}  # stream id → (call id, tag)
         self.counters = CallCounters()
@@ -180,8 +191,15 @@ class CallRegistry:
     # --- offer / answer --------------------------------------------------------------------
 
     async def offer(self, req: NegotiateRequest) -> dict[str, Any]:
+        if len(req.sdp.media) > self._limits.max_media_per_offer:
+            raise ng.NgError(f"Too many media sections ({len(req.sdp.media)} > "
+                             f"{self._limits.max_media_per_offer})")
         now = self._clock()
         call = self.calls.get(req.call_id)
+        if (call is not None and req.from_tag not in call.parties
+                and len(call.parties) >= self._limits.max_parties):
+            raise ng.NgError(f"Too many parties on this call (at most "
+                             f"{self._limits.max_parties})")
         created = call is None
         if call is None:
             call = Call(req.call_id, now, now)
@@ -245,15 +263,9 @@ class CallRegistry:
         if req.dtls in ("passive", "active"):
             raise ng.NgError("DTLS-SRTP is not supported yet (use SDES or plain RTP)")
         sdp = req.sdp
-        for index, section in enumerate(sdp.media):
-            if "TLS" in section.proto.upper():
-                raise ng.NgError(f"media {index}: {section.proto} (DTLS-SRTP) is not "
-                                 "supported yet")
         cut_codecs = offer and self._masks_anyone(call)
-        if cut_codecs:  # refused before anything changes: a re-offer leaves the call as it was
-            for index, section in enumerate(sdp.media):
-                if section.media.lower() == "audio" and section.port != 0:
-                    _inspectable_formats(section, index)
+        _check_sections(sdp, cut_codecs)  # before anything changes: a refused re-offer
+        # leaves the call as it was
         out = parse_sdp(sdp.serialise())  # a deep copy we rewrite for the receiver
         sdp_changed = False
         for index, section in enumerate(sdp.media):
@@ -530,6 +542,20 @@ def _log_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("reconfiguring masking failed", task=task.get_name(),
                   error=repr(task.exception()))
+
+
+def _check_sections(sdp: SessionDescription, cut_codecs: bool) -> None:
+    """What would make a media section unusable, said before any stream is touched."""
+    for index, section in enumerate(sdp.media):
+        if "TLS" in section.proto.upper():
+            raise ng.NgError(f"media {index}: {section.proto} (DTLS-SRTP) is not supported yet")
+        if section.port == 0:
+            continue
+        if not section.rtcp_mux and (section.rtcp_port or section.port + 1) > 65535:
+            raise ng.NgError(f"media {index}: port {section.port} leaves no port for RTCP "
+                             "(use a=rtcp or rtcp-mux)")
+        if cut_codecs and section.media.lower() == "audio":
+            _inspectable_formats(section, index)
 
 
 def _inspectable_formats(section: MediaSection, index: int) -> list[str]:

@@ -17,6 +17,7 @@ from proxy.control import bencode
 
 Encoding = Literal["bencode", "json"]
 MAX_MESSAGE = 65_535
+MAX_COOKIE = 256  # rtpengine's clients send short cookies; a longer one is not a client
 
 
 class NgFramingError(ValueError):
@@ -68,13 +69,13 @@ def parse_message(data: bytes) -> NgMessage:
     """Split and decode one datagram; raises NgFramingError, or NgError (reply-able)."""
     if len(data) > MAX_MESSAGE:
         raise NgFramingError("message too large")
-    space = data.find(b" ")
+    space = data.find(b" ", 0, MAX_COOKIE + 1)
     if space <= 0:
-        raise NgFramingError("no cookie")
+        raise NgFramingError("no cookie (or one over 256 bytes)")
     try:
         cookie = data[:space].decode("ascii")
-    except UnicodeDecodeError:
-        raise NgFramingError("cookie is not ASCII") from None
+    except UnicodeDecodeError as exc:
+        raise NgFramingError("cookie is not ASCII") from exc
     payload = data[space + 1:]
     return NgMessage(cookie, *_decode_body(payload))
 
@@ -85,14 +86,16 @@ def _decode_body(payload: bytes) -> tuple[dict[str, Any], Encoding]:
     if payload[:1] == b"{":
         try:
             body = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
-            raise _ReplyError("Failed to parse JSON document", "json") from None
+            # A lone surrogate ("\ud800") decodes but could never be encoded in a reply.
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except (ValueError, UnicodeError, RecursionError) as exc:
+            raise _ReplyError("Failed to parse JSON document", "json") from exc
         encoding: Encoding = "json"
     elif payload[:1] == b"d":
         try:
             body = bencode.decode(payload)
-        except bencode.BencodeError:
-            raise _ReplyError("Could not decode bencode dictionary", "bencode") from None
+        except bencode.BencodeError as exc:
+            raise _ReplyError("Could not decode bencode dictionary", "bencode") from exc
         encoding = "bencode"
     else:
         raise _ReplyError("Invalid NG data format", "bencode")
@@ -101,7 +104,7 @@ def _decode_body(payload: bytes) -> tuple[dict[str, Any], Encoding]:
     try:
         return normalise(body), encoding
     except NgError as exc:
-        raise _ReplyError(exc.reason, encoding) from None
+        raise _ReplyError(exc.reason, encoding) from exc
 
 
 class _ReplyError(NgError):
@@ -162,8 +165,8 @@ def get_float(body: dict[str, Any], key: str, default: float | None = None) -> f
         return default
     try:
         return float(value)
-    except (TypeError, ValueError):
-        raise NgError(f"Invalid value for key '{key}': expected a number") from None
+    except (TypeError, ValueError) as exc:
+        raise NgError(f"Invalid value for key '{key}': expected a number") from exc
 
 
 def flags(body: dict[str, Any]) -> set[str]:

@@ -25,13 +25,15 @@ Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class CookieCache:
-    """Replies by (source, cookie) for ``ttl`` seconds, at most ``limit`` entries."""
+    """Replies by (source, cookie) for ``ttl`` seconds, bounded by ``max_bytes`` of cookies and
+    replies together (the oldest go first): a flood of large cookies cannot grow memory."""
 
-    def __init__(self, ttl: float = 60.0, limit: int = 100_000,
+    def __init__(self, ttl: float = 60.0, max_bytes: int = 64 * 1024 * 1024,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._ttl, self._limit, self._clock = ttl, limit, clock
+        self._ttl, self._max_bytes, self._clock = ttl, max_bytes, clock
         self._entries: OrderedDict[tuple[Address, str], tuple[float, bytes | None]] = (
             OrderedDict())
+        self.size = 0  # bytes of cookies and replies held
 
     def get(self, key: tuple[Address, str]) -> tuple[bool, bytes | None]:
         """(known, reply); a known key with reply None is still being processed."""
@@ -40,10 +42,16 @@ class CookieCache:
         return (False, None) if entry is None else (True, entry[1])
 
     def put(self, key: tuple[Address, str], reply: bytes | None) -> None:
+        self._drop(key)
         self._entries[key] = (self._clock(), reply)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._limit:
-            self._entries.popitem(last=False)
+        self.size += _cost(key, reply)
+        while self.size > self._max_bytes and self._entries:
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: tuple[Address, str]) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self.size -= _cost(key, entry[1])
 
     def _expire(self) -> None:
         cutoff = self._clock() - self._ttl
@@ -51,7 +59,11 @@ class CookieCache:
             key, (at, _) = next(iter(self._entries.items()))
             if at >= cutoff:
                 break
-            del self._entries[key]
+            self._drop(key)
+
+
+def _cost(key: tuple[Address, str], reply: bytes | None) -> int:
+    return len(key[1]) + (len(reply) if reply else 0) + 64  # + what an entry costs itself
 
 
 class NgProtocol(asyncio.DatagramProtocol):
@@ -71,10 +83,11 @@ class NgProtocol(asyncio.DatagramProtocol):
 class NgServer:
     """Serve the ng protocol over UDP with ``handler`` doing the commands."""
 
-    def __init__(self, handler: Handler, *, cache_ttl: float = 60.0, queue_size: int = 10_000,
+    def __init__(self, handler: Handler, *, cache_ttl: float = 60.0,
+                 cache_bytes: int = 64 * 1024 * 1024, queue_size: int = 10_000,
                  on_command: Callable[[str, str], None] | None = None) -> None:
         self._handler = handler
-        self._cache = CookieCache(cache_ttl)
+        self._cache = CookieCache(cache_ttl, cache_bytes)
         self._queue: asyncio.Queue[tuple[ng.NgMessage, Address]] = asyncio.Queue(queue_size)
         self._worker: asyncio.Task[None] | None = None
         self._on_command = on_command
@@ -123,24 +136,42 @@ class NgServer:
         self._cache.put((addr, message.cookie), None)
 
     async def _work(self) -> None:
+        # One task serves every command in order: nothing a message does may end it.
         while True:
             message, addr = await self._queue.get()
-            command = str(message.body.get("command", ""))
             try:
-                reply = await self._handler(message.body)
-                result = str(reply.get("result", "ok"))
-            except ng.NgError as exc:
-                reply, result = ng.error_reply(exc.reason), "error"
-                self.counters["errors"] += 1
-            except Exception:
-                log.exception("ng command failed", command=command)
-                reply, result = ng.error_reply("Internal error"), "error"
-                self.counters["errors"] += 1
-            data = ng.format_reply(message.cookie, reply, message.encoding)
+                data, command, result = await self._reply(message)
+            except Exception:  # even the error reply failed: answer without any echo
+                log.exception("ng reply failed")
+                data, command, result = ng.format_reply(
+                    message.cookie, ng.error_reply("Internal error"), "bencode"), "", "error"
             self._cache.put((addr, message.cookie), data)
             self._send(data, addr)
             if self._on_command is not None:
                 self._on_command(command, result)
+
+    async def _reply(self, message: ng.NgMessage) -> tuple[bytes, str, str]:
+        """The encoded reply to one message, its command and result."""
+        command = str(message.body.get("command", ""))[:40]
+        try:
+            reply = await self._handler(message.body)
+            data = ng.format_reply(message.cookie, reply, message.encoding)
+            result = str(reply.get("result", "ok"))
+        except ng.NgError as exc:
+            reply, result = ng.error_reply(exc.reason), "error"
+            self.counters["errors"] += 1
+            data = ng.format_reply(message.cookie, reply, message.encoding)
+        except Exception:
+            log.exception("ng command failed", command=command)
+            reply, result = ng.error_reply("Internal error"), "error"
+            self.counters["errors"] += 1
+            data = ng.format_reply(message.cookie, reply, message.encoding)
+        if len(data) > ng.MAX_MESSAGE:  # cannot go out as one UDP datagram
+            log.warning("ng reply too large", command=command, size=len(data))
+            data = ng.format_reply(message.cookie, ng.error_reply(
+                "Reply too large for one datagram"), message.encoding)
+            result = "error"
+        return data, command, result
 
     def _send(self, data: bytes, addr: Address) -> None:
         if self.transport is not None:

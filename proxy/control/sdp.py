@@ -7,6 +7,7 @@ RTCP, ICE attributes).
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
 STATIC_PAYLOADS = {0: "PCMU", 3: "GSM", 4: "G723", 8: "PCMA", 9: "G722", 13: "CN", 18: "G729"}
@@ -96,7 +97,7 @@ class MediaSection(_Lines):
         """From ``a=rtcp:PORT [IN IP4 ADDR]``."""
         for value in self.attributes("rtcp"):
             head = value.split()[0] if value.split() else ""
-            if head.isdigit():
+            if head.isdigit() and 0 < int(head) < 65536:
                 return int(head)
         return None
 
@@ -157,8 +158,13 @@ def canonical_encoding(name: str) -> str:
 def _connection_address(value: str) -> str:
     parts = value.split()
     if len(parts) < 3:
-        raise SdpError(f"bad c= line: {value!r}")
-    return parts[2].split("/")[0]
+        raise SdpError(f"bad c= line: {value[:60]!r}")
+    address = parts[2].split("/")[0]
+    try:  # a relay sends to what it is told: never a name to resolve on the packet path
+        ipaddress.ip_address(address)
+    except ValueError as exc:
+        raise SdpError(f"c= address is not an IP address: {address[:60]!r}") from exc
+    return address
 
 
 def _connection_line(address: str) -> str:
@@ -183,10 +189,12 @@ def parse(text: str) -> SessionDescription:
             lines.append((t, value))
     if not lines or lines[0][0] != "v":
         raise SdpError("line 1: SDP must start with v=")
+    session = SessionDescription(lines, media)
+    session.connection  # noqa: B018  (validates the session-level c= line)
     for i, m in enumerate(media):
-        if m.connection is None and not any(t == "c" for t, _ in lines) and m.port != 0:
+        if m.connection is None and session.connection is None and m.port != 0:
             raise SdpError(f"media section {i}: no c= line (session or media level)")
-    return SessionDescription(lines, media)
+    return session
 
 
 def _parse_m(value: str, n: int) -> MediaSection:

@@ -60,6 +60,9 @@ HostPort = Annotated[str, AfterValidator(_valid_hostport)]
 class NgConfig(_Section):
     listen: HostPort = "127.0.0.1:2223"
     cookie_cache_seconds: float = Field(60.0, gt=0)
+    cookie_cache_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024)  # replies kept, in all
+    max_media_per_offer: int = Field(8, ge=1, le=64)  # m= sections one offer may open
+    max_parties_per_call: int = Field(4, ge=2, le=64)  # tags one call may have
 
 
 class MediaConfig(_Section):

@@ -188,3 +188,48 @@ async def test_digits_reach_the_sink_with_call_and_tag_and_are_counted_only() ->
     assert [(c, t, e.digit) for c, t, e in got] == [("c", "ft", "4")]
     query = await registry.handle({"command": "query", "call-id": "c"})
     assert query["dtmf"] == {"digits": 1}
+
+
+@pytest.mark.parametrize(("sdp", "reason"), [
+    (audio_sdp("127.0.0.1", 65535), "leaves no port for RTCP"),
+    (audio_sdp("127.0.0.1", 4000).replace("c=IN IP4 127.0.0.1", "c=IN IP4 127.0.\x000.1"),
+     "not an IP address"),
+    (audio_sdp("127.0.0.1", 4000).replace("c=IN IP4 127.0.0.1", "c=IN IP4 media.example"),
+     "not an IP address"),
+    (audio_sdp("127.0.0.1", 4000) + "m=audio 4002 RTP/AVP 0\r\n" * 8, "Too many media"),
+])
+async def test_unusable_sdp_is_refused_and_leaves_nothing_behind(sdp: str, reason: str) -> None:
+    registry, engine = _registry()
+    with pytest.raises(ng.NgError, match=reason):
+        await registry.handle({"command": "offer", "call-id": "c", "from-tag": "ft", "sdp": sdp})
+    assert registry.calls == {} and engine.streams == {}
+
+
+async def test_a_refused_re_offer_leaves_the_call_as_it_was() -> None:
+    registry, engine = _registry()
+    await _call(registry)
+    before = {sid: s.config for sid, s in engine.streams.items()}
+    with pytest.raises(ng.NgError, match="no codec ToneGuard can inspect"):
+        await registry.handle({"command": "offer", "call-id": "c", "from-tag": "ft",
+                               "sdp": audio_sdp("127.0.0.2", 5000, payload_types=(9,))})
+    assert {sid: s.config for sid, s in engine.streams.items()} == before
+
+
+async def test_a_session_level_connection_line_is_enough() -> None:
+    registry, engine = _registry()
+    sdp = audio_sdp("127.0.0.1", 4000).replace("m=audio", "b=AS:64\r\nm=audio")
+    await _call(registry, offer_sdp=sdp)
+    assert engine.streams["c/ft/0"].config.peer == ("127.0.0.1", 4000)
+
+
+async def test_parties_per_call_are_limited() -> None:
+    from proxy.control.calls import CallLimits
+    engine = MemoryMediaEngine(port_max=31000)
+    registry = CallRegistry(engine, address="127.0.0.1", limits=CallLimits(max_parties=3))
+    await _call(registry)
+    await registry.handle({"command": "offer", "call-id": "c", "from-tag": "third",
+                           "sdp": audio_sdp("127.0.0.1", 4004)})
+    with pytest.raises(ng.NgError, match="Too many parties"):
+        await registry.handle({"command": "offer", "call-id": "c", "from-tag": "fourth",
+                               "sdp": audio_sdp("127.0.0.1", 4006)})
+    assert len(registry.calls["c"].parties) == 3

@@ -109,7 +109,7 @@ async def test_datagrams_without_a_cookie_are_dropped_and_counted(server) -> Non
 
 def test_cookie_cache_expires_entries_and_bounds_its_size() -> None:
     now = [0.0]
-    cache = CookieCache(ttl=30, limit=2, clock=lambda: now[0])
+    cache = CookieCache(ttl=30, max_bytes=2 * (1 + 1 + 64), clock=lambda: now[0])  # two
     a = (("127.0.0.1", 1), "a")
     cache.put(a, b"x")
     assert cache.get(a) == (True, b"x")
@@ -119,3 +119,73 @@ def test_cookie_cache_expires_entries_and_bounds_its_size() -> None:
         cache.put((("h", 1), str(i)), b"y")
     assert cache.get((("h", 1), "0")) == (False, None)
     assert cache.get((("h", 1), "2")) == (True, b"y")
+
+
+async def test_a_reply_that_cannot_be_encoded_or_sent_is_an_error_and_the_socket_lives_on(
+        server) -> None:
+    """A JSON call-id with a lone surrogate used to kill the command task silently."""
+    srv, _calls, addr = server
+    bad = b'c1 {"command":"offer","call-id":"\\ud800x"}'
+    deep = b"c2 " + b'{"a":' * 3000 + b"1" + b"}" * 3000
+    [r1, r2] = await _exchange(addr, [bad, deep], 2)
+    assert json.loads(r1.partition(b" ")[2])["error-reason"] == "Failed to parse JSON document"
+    assert json.loads(r2.partition(b" ")[2])["result"] == "error"
+    [pong] = await _exchange(addr, [b"c3 d7:command4:pinge"], 1)
+    assert bencode.decode(pong.partition(b" ")[2])["result"] == "ok"
+
+
+async def test_a_reply_too_large_for_a_datagram_is_answered_with_an_error() -> None:
+    async def handler(body: dict[str, Any]) -> dict[str, Any]:
+        return {"result": "ok", "calls": ["x" * 100] * 1000}  # ~100 KB
+
+    srv = NgServer(handler)
+    addr = await srv.start("127.0.0.1", 0)
+    try:
+        [reply] = await _exchange(addr, [b"c1 d7:command4:liste"], 1)
+        body = bencode.decode(reply.partition(b" ")[2])
+        assert body == {"result": "error", "error-reason": "Reply too large for one datagram"}
+    finally:
+        await srv.stop()
+
+
+async def test_a_handler_whose_reply_will_not_encode_gets_internal_error_and_no_echo() -> None:
+    async def handler(body: dict[str, Any]) -> dict[str, Any]:
+        return {"result": "ok", "weird": object()}
+
+    srv = NgServer(handler)
+    addr = await srv.start("127.0.0.1", 0)
+    try:
+        [reply, pong] = await _exchange(addr, [b"c1 d7:command4:pinge",
+                                               b"c2 d7:command4:pinge"], 2)
+        assert bencode.decode(reply.partition(b" ")[2])["error-reason"] == "Internal error"
+        assert pong.startswith(b"c2 ")  # the task is still serving
+    finally:
+        await srv.stop()
+
+
+def test_the_cookie_cache_is_bounded_by_bytes_not_count() -> None:
+    now = [0.0]
+    cache = CookieCache(ttl=60, max_bytes=1_000_000, clock=lambda: now[0])
+    for n in range(4000):  # 4 000 replies with 60 KB cookies: 240 MB if unbounded
+        cache.put((("127.0.0.1", 1), f"{n:05d}" + "x" * 60_000), b"reply")
+    assert cache.size <= 1_000_000
+    assert cache.get((("127.0.0.1", 1), "03999" + "x" * 60_000)) == (True, b"reply")
+    assert cache.get((("127.0.0.1", 1), "00000" + "x" * 60_000)) == (False, None)
+    now[0] = 120.0
+    assert cache.get((("127.0.0.1", 1), "anything")) == (False, None)
+    assert cache.size == 0  # expired entries give their bytes back
+
+
+async def test_a_cookie_longer_than_any_client_sends_is_dropped(server) -> None:
+    srv, calls, addr = server
+    loop = asyncio.get_running_loop()
+    transport, client = await loop.create_datagram_endpoint(_Client, remote_addr=addr)
+    try:
+        transport.sendto(b"x" * 300 + b" d7:command4:pinge")
+        transport.sendto(b"ok d7:command4:pinge")
+        async with asyncio.timeout(3):
+            reply = await client.replies.get()
+        assert reply.startswith(b"ok ") and client.replies.empty()
+        assert srv.counters["dropped"] == 1
+    finally:
+        transport.close()
