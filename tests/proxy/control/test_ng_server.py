@@ -124,7 +124,7 @@ def test_cookie_cache_expires_entries_and_bounds_its_size() -> None:
 async def test_a_reply_that_cannot_be_encoded_or_sent_is_an_error_and_the_socket_lives_on(
         server) -> None:
     """A JSON call-id with a lone surrogate used to kill the command task silently."""
-    srv, _calls, addr = server
+    _srv, _calls, addr = server
     bad = b'c1 {"command":"offer","call-id":"\\ud800x"}'
     deep = b"c2 " + b'{"a":' * 3000 + b"1" + b"}" * 3000
     [r1, r2] = await _exchange(addr, [bad, deep], 2)
@@ -177,7 +177,7 @@ def test_the_cookie_cache_is_bounded_by_bytes_not_count() -> None:
 
 
 async def test_a_cookie_longer_than_any_client_sends_is_dropped(server) -> None:
-    srv, calls, addr = server
+    srv, _calls, addr = server
     loop = asyncio.get_running_loop()
     transport, client = await loop.create_datagram_endpoint(_Client, remote_addr=addr)
     try:
