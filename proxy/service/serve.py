@@ -185,12 +185,24 @@ class Node:
                                 if not s.status.terminal))
 
     async def _housekeeping(self) -> None:
+        """Payment timeouts, media totals for /metrics, idle calls: once a second. One failing
+        step is logged and the others go on (a node without timeouts or reaping is worse than
+        one with a logged bug)."""
         while True:
             await asyncio.sleep(1.0)
-            self.payments.poll()
-            self._last_totals = await self.engine.totals()
-            if int(asyncio.get_running_loop().time()) % int(IDLE_REAP_SECONDS) == 0:
-                await self.registry.reap_idle()
+            reap = int(asyncio.get_running_loop().time()) % int(IDLE_REAP_SECONDS) == 0
+            for step in (self._poll_payments, self._read_totals,
+                         *((self.registry.reap_idle,) if reap else ())):
+                try:
+                    await step()
+                except Exception:
+                    log.exception("housekeeping step failed", step=step.__name__)
+
+    async def _poll_payments(self) -> None:
+        self.payments.poll()
+
+    async def _read_totals(self) -> None:
+        self._last_totals = await self.engine.totals()
 
     async def stop(self) -> None:
         if self._api is not None:
