@@ -1,0 +1,634 @@
+"""A call through a real ToneGuard node for the fail-closed tests, and the one check they share.
+
+Everything goes over loopback sockets, as in production: Kamailio's side of ng (bencode over
+UDP), the agent's REST calls, and RTP/SRTP between RtpPeer phones and the node. The packets are
+built here rather than by ``RtpPeer.play`` so that a test chooses, per packet, the payload
+type, the packet size (ptime), the SSRC and the port it goes to — the things an attacker
+chooses too.
+
+What the agent and the recording tap receive is decoded per source (SSRC): spandsp and
+multimon-ng must find no key and the leak meter no millisecond of DTMF energy above −45 dBm0.
+Decoding per source matters: two sources interleaved on one timeline would overwrite each
+other, and a masked copy could hide an unmasked one. Failure messages never show a decoded
+key: digits are printed as ``•``.
+
+Assumption: ToneGuard relays a party's packets under that party's SSRC (as rtpengine does), so
+"the caller's audio reached the agent" is counted by the caller's SSRC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import secrets
+import struct
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+
+from dsp import g711, tones
+from proxy.control import bencode, sdes
+from proxy.control.sdp import parse
+from proxy.demo.leak import leaked_ms
+from proxy.demo.multimon import multimon_detect
+from proxy.demo.phone import Received, RtpPeer
+from proxy.demo.simulate import TEST_CARDS
+from proxy.demo.spandsp import spandsp_detect
+from proxy.media.rfc4733 import EVENT_KEYS
+from proxy.media.rtp import RtpPacket
+from proxy.media.types import SrtpParams
+from tests.conftest import pick_udp_port
+from tests.proxy.conftest import Stack
+
+Address = tuple[str, int]
+CARD, EXPIRY, CODE = TEST_CARDS["visa"]
+KEYED = f"{CARD}#{EXPIRY}#{CODE}#"  # the caller keys the whole card, each field ended by #
+RATE = 8000
+TONE_MS, GAP_MS = 70, 70  # well inside Q.24's "must accept" (≥ 40 ms): a leak would decode
+KEY_DBM0 = -12.0
+NOISE_DBM0 = -50.0  # the caller's line noise under the keys
+AGENT_NOISE_DBM0 = -45.0
+LAWS = {0: "ulaw", 8: "alaw"}  # the audio codecs the phones here speak
+AGENT_ID = "agent-demo"  # the agent the stack's agent key belongs to
+ARRIVED_FRACTION = 0.8  # of the caller's audio packets sent, at least this many must arrive
+SETTLE_SECONDS = 4.0  # bound on waiting for the relay to flush after the last packet
+
+
+def blind(keys: str) -> str:
+    """Decoded keys as they may appear in a failure message: digits hidden."""
+    return "".join("•" if k.isdigit() else k for k in keys)
+
+
+async def until(condition: Callable[[], bool], timeout: float) -> bool:
+    """Wait (bounded) until ``condition()`` holds; False if it did not within ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+# --- SDP ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Codec:
+    """One payload type of an m= line; ``name`` as written on a=rtpmap (any case), or None to
+    leave a static type without a=rtpmap (RFC 3551 allows it)."""
+
+    pt: int
+    name: str | None
+
+    @property
+    def is_event(self) -> bool:
+        return (self.name or "").lower() == "telephone-event"
+
+
+def phone_sdp(address: str, port: int, codecs: Sequence[Codec], *, proto: str = "RTP/AVP",
+              crypto: Sequence[sdes.CryptoAttribute] = (), rtcp_mux: bool = False,
+              rtcp_port: int | None = None, ptime: int = 20, session: int = 4711) -> str:
+    lines = ["v=0", f"o=- {session} 1 IN IP4 {address}", "s=phone", "t=0 0",
+             f"c=IN IP4 {address}",
+             f"m=audio {port} {proto} {' '.join(str(c.pt) for c in codecs)}"]
+    for c in codecs:
+        if c.name is not None:
+            lines.append(f"a=rtpmap:{c.pt} {c.name}/8000")
+        if c.is_event:
+            lines.append(f"a=fmtp:{c.pt} 0-16")
+    lines += [f"a=crypto:{c.format()}" for c in crypto]
+    if rtcp_port is not None:
+        lines.append(f"a=rtcp:{rtcp_port}")
+    if rtcp_mux:
+        lines.append("a=rtcp-mux")
+    lines += ["a=sendrecv", f"a=ptime:{ptime}"]
+    return "\r\n".join(lines) + "\r\n"
+
+
+# --- audio and packets ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Key:
+    key: str = field(repr=False)  # may be a card digit
+    start: int  # sample position in the segment
+    length: int  # samples
+
+
+def keyed_audio(keys: str, *, inband: bool = True, lead_ms: int = 300, tail_ms: int = 400,
+                seed: int = 5) -> tuple[npt.NDArray[np.float64], list[Key]]:
+    """Line noise with ``keys`` keyed in it (as tones when ``inband``), and where each key is."""
+    rng = np.random.default_rng(seed)
+    step = (TONE_MS + GAP_MS) * RATE // 1000
+    lead = lead_ms * RATE // 1000
+    n = lead + len(keys) * step + tail_ms * RATE // 1000
+    audio = tones.white_noise(n, NOISE_DBM0, rng)
+    placed = []
+    for i, k in enumerate(keys):
+        start = lead + i * step
+        tone = tones.dtmf_tone(k, TONE_MS, low_dbm0=KEY_DBM0)
+        if inband:
+            audio[start:start + tone.size] += tone
+        placed.append(Key(k, start, tone.size))
+    return audio, placed
+
+
+def noise(seconds: float, dbm0: float = AGENT_NOISE_DBM0, seed: int = 9
+          ) -> npt.NDArray[np.float64]:
+    return tones.white_noise(int(seconds * RATE), dbm0, np.random.default_rng(seed))
+
+
+Send = tuple[float, RtpPacket, Address]  # (seconds from the start, packet, destination)
+
+
+class RtpSource:
+    """One SSRC's sequence and timestamp counters; builds paced packet plans for it."""
+
+    def __init__(self, ssrc: int | None = None, seed: int | None = None) -> None:
+        rng = random.Random(seed)
+        self.ssrc = rng.getrandbits(32) if ssrc is None else ssrc
+        self.seq = rng.getrandbits(16)
+        self.ts = rng.getrandbits(32)
+        self._started = False
+
+    def segment(self, audio: npt.ArrayLike, dest: Address, *, pt: int = 0, ptime: int = 20,
+                keys: Sequence[Key] = (), event_pt: int | None = None,
+                event_dest: Address | None = None) -> list[Send]:
+        """Audio as ``ptime`` ms packets of codec ``pt`` and, with ``event_pt``, each of
+        ``keys`` as RFC 4733 events (an update every 20 ms, three end packets) on the same
+        SSRC; timestamps continue from the previous segment."""
+        law = LAWS[pt]
+        codes = g711.encode(np.asarray(audio), law).tobytes()
+        size = ptime * RATE // 1000
+        planned: list[tuple[float, int, int, bytes, bool, Address]] = []
+        for i in range(0, len(codes) - size + 1, size):
+            planned.append((i / RATE, pt, i, codes[i:i + size], not self._started and i == 0,
+                            dest))
+        if event_pt is not None:
+            for k in keys:
+                code = EVENT_KEYS.index(k.key)
+                steps = max(1, k.length // 160)
+                for step in range(1, steps + 1):
+                    payload = struct.pack("!BBH", code, 10, step * 160)
+                    planned.append(((k.start + (step - 1) * 160) / RATE, event_pt, k.start,
+                                    payload, step == 1, event_dest or dest))
+                end = struct.pack("!BBH", code, 0x80 | 10, steps * 160)
+                planned += [((k.start + steps * 160) / RATE, event_pt, k.start, end, False,
+                             event_dest or dest)] * 3
+        planned.sort(key=lambda p: p[0])
+        sends: list[Send] = []
+        for at, payload_type, offset, payload, marker, to in planned:
+            packet = RtpPacket(payload_type=payload_type, sequence_number=self.seq,
+                               timestamp=(self.ts + offset) & 0xFFFFFFFF, ssrc=self.ssrc,
+                               marker=marker, payload=payload)
+            self.seq = (self.seq + 1) & 0xFFFF
+            sends.append((at, packet, to))
+        self.ts = (self.ts + len(codes) // size * size) & 0xFFFFFFFF
+        self._started = True
+        return sends
+
+
+def impair(sends: list[Send], *, loss: float, reorder: float, rng: random.Random
+           ) -> list[Send]:
+    """Drop a fraction of the packets; send another fraction one packet late."""
+    kept = [s for s in sends if rng.random() >= loss]
+    out = list(kept)
+    for i in range(len(out) - 1):
+        if rng.random() < reorder:
+            (a, pa, da), (b, pb, db) = out[i], out[i + 1]
+            out[i], out[i + 1] = (a, pb, db), (b, pa, da)
+    return out
+
+
+def merge(*plans: list[Send]) -> list[Send]:
+    return sorted((s for plan in plans for s in plan), key=lambda s: s[0])
+
+
+async def send(peer: RtpPeer, plan: list[Send]) -> None:
+    """Send a plan from ``peer``'s socket, paced on the event loop clock."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for at, packet, dest in plan:
+        delay = start + at - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        peer.send_packet(packet, dest)
+
+
+# --- what arrived ---------------------------------------------------------------------------
+
+@dataclass
+class Heard:
+    """Everything one listener received from one SSRC."""
+
+    ssrc: int
+    packets: int = 0
+    payload_types: Counter[int] = field(default_factory=Counter)
+    audio: npt.NDArray[np.int16] = field(default_factory=lambda: np.zeros(0, np.int16))
+
+
+MAX_SECONDS = 120  # a timeline longer than this is not one of our calls: cut there
+
+
+def by_source(received: Received) -> dict[int, Heard]:
+    """Per SSRC: packet counts by payload type and the G.711 audio on its own timeline (lost
+    packets as silence)."""
+    groups: dict[int, list[RtpPacket]] = {}
+    for _, p in received.packets:
+        groups.setdefault(p.ssrc, []).append(p)
+    out = {}
+    for ssrc, packets in groups.items():
+        heard = Heard(ssrc, len(packets), Counter(p.payload_type for p in packets))
+        audio = [p for p in packets if p.payload_type in LAWS]
+        if audio:
+            ref = audio[0].timestamp
+            offsets = [((p.timestamp - ref + (1 << 31)) % (1 << 32)) - (1 << 31) for p in audio]
+            low = min(offsets)
+            end = max(o + len(p.payload) for o, p in zip(offsets, audio, strict=True))
+            length = min(end - low, MAX_SECONDS * RATE)
+            pcm = np.zeros(length, dtype=np.int16)
+            for o, p in zip(offsets, audio, strict=True):
+                at = o - low
+                if at < length:
+                    samples = g711.decode(np.frombuffer(p.payload, np.uint8), LAWS[p.payload_type])
+                    pcm[at:at + samples.size] = samples[:length - at]
+            heard.audio = pcm
+        out[ssrc] = heard
+    return out
+
+
+@dataclass(frozen=True)
+class Verdict:
+    spandsp: str = field(repr=False)
+    multimon: str = field(repr=False)
+    leak_ms: float
+
+    @property
+    def clean(self) -> bool:
+        return not self.spandsp and not self.multimon and self.leak_ms == 0.0
+
+    def __str__(self) -> str:
+        return (f"spandsp decoded {len(self.spandsp)} key(s) '{blind(self.spandsp)}', "
+                f"multimon-ng {len(self.multimon)} '{blind(self.multimon)}', "
+                f"leak meter {self.leak_ms:.0f} ms above -45 dBm0")
+
+
+def judge(audio: npt.ArrayLike) -> Verdict:
+    x = np.asarray(audio)
+    if x.size == 0:
+        return Verdict("", "", 0.0)
+    return Verdict(spandsp_detect(x), multimon_detect(x), leaked_ms(x))
+
+
+# --- ng and REST ----------------------------------------------------------------------------
+
+class NgControl(asyncio.DatagramProtocol):
+    """Kamailio's side of ng: one request, retransmitted until its reply (which is returned,
+    error or not)."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        cookie, _, payload = data.partition(b" ")
+        future = self._waiting.pop(cookie.decode(), None)
+        if future is not None and not future.done():
+            future.set_result(bencode.decode(payload))  # type: ignore[arg-type]
+
+    async def request(self, body: dict[str, Any]) -> dict[str, Any]:
+        assert self.transport is not None
+        cookie = secrets.token_hex(6)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[cookie] = future
+        data = cookie.encode() + b" " + bencode.encode(body)
+        for _ in range(5):
+            self.transport.sendto(data)
+            try:
+                async with asyncio.timeout(1.0):
+                    return await asyncio.shield(future)
+            except TimeoutError:
+                continue
+        raise TimeoutError(f"no ng reply to {body.get('command')}")
+
+    async def ok(self, body: dict[str, Any]) -> dict[str, Any]:
+        reply = await self.request(body)
+        assert reply.get("result") in ("ok", "pong"), (
+            f"ng {body.get('command')} refused: {reply.get('error-reason')}")
+        return reply
+
+
+# --- one call -------------------------------------------------------------------------------
+
+async def bind_pair(host: str = "127.0.0.1", *, srtp_send: SrtpParams | None = None,
+                    seed: int = 1) -> tuple[RtpPeer, RtpPeer]:
+    """A phone's two sockets: RTP on an even port, RTCP on the next one."""
+    for _ in range(50):
+        port = pick_udp_port(host) // 2 * 2
+        rtp = RtpPeer(host, srtp_send=srtp_send, seed=seed)
+        try:
+            await rtp.start(port)
+        except OSError:
+            continue
+        rtcp = RtpPeer(host)
+        try:
+            await rtcp.start(port + 1)
+        except OSError:
+            rtp.close()
+            continue
+        return rtp, rtcp
+    raise OSError("no free even/odd UDP port pair on loopback")
+
+
+@dataclass
+class CallSetup:
+    """The caller's offer; the agent answers in kind (same first codec, same events)."""
+
+    codecs: Sequence[Codec] = (Codec(0, "PCMU"), Codec(8, "PCMA"),
+                               Codec(101, "telephone-event"))
+    ptime: int = 20
+    rtcp_mux: bool = False
+    caller_suite: str | None = None  # SDES-SRTP on the caller leg with this suite
+    agent_plain: bool = True  # False: the agent leg speaks what the caller offered
+    agent_suite: str | None = None  # which of the offered suites the agent picks (SAVP)
+    advertise_rtcp: bool = False  # the caller's SDP says a=rtcp:<port+1>
+    offer_extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def send_codec(self) -> Codec:
+        return next(c for c in self.codecs if c.pt in LAWS)
+
+    @property
+    def event_codec(self) -> Codec | None:
+        return next((c for c in self.codecs if c.is_event), None)
+
+
+class CallRig:
+    """A caller, an agent (RTP and RTCP ports), a recording tap and a node, in one call."""
+
+    def __init__(self, stack: Stack, setup: CallSetup) -> None:
+        self.stack = stack
+        self.setup = setup
+        self.call_id = "fc-" + secrets.token_hex(4)
+        self.ng = NgControl()
+        self.http = httpx.AsyncClient(base_url=stack.api, timeout=10)
+        self.caller_key = sdes.generate(setup.caller_suite) if setup.caller_suite else None
+        self.caller = RtpPeer(srtp_send=self.caller_key.params if self.caller_key else None,
+                              seed=31)
+        self.agent_key: sdes.CryptoAttribute | None = None
+        self.agent: RtpPeer | None = None
+        self.agent_rtcp: RtpPeer | None = None
+        self.tap = RtpPeer(seed=33)
+        self.caller_src = RtpSource(self.caller.ssrc, seed=34)
+        self.agent_src: RtpSource | None = None
+        self.offer_body: dict[str, Any] = {}
+        self.answer_body: dict[str, Any] = {}
+        self.to_toneguard: Address = ("", 0)  # where the caller sends RTP
+        self.to_toneguard_rtcp: Address = ("", 0)  # ...and RTCP (a=rtcp, else RTP + 1)
+        self.agent_to_toneguard: Address = ("", 0)  # where the agent sends RTP
+        self._closers: list[Callable[[], None]] = []
+
+    async def start(self) -> CallRig:
+        s = self.setup
+        loop = asyncio.get_running_loop()
+        await loop.create_datagram_endpoint(lambda: self.ng, remote_addr=self.stack.ng)
+        self._closers.append(lambda: self.ng.transport.close() if self.ng.transport else None)
+        await self.caller.start()
+        self._closers.append(self.caller.close)
+        await self.tap.start()
+        self._closers.append(self.tap.close)
+        self.offer_body = {
+            "command": "offer", "call-id": self.call_id, "from-tag": "caller",
+            "label": "caller", "replace": ["origin"],
+            "recording-tap": f"127.0.0.1:{self.tap.port}",
+            "sdp": self.caller_sdp(), **s.offer_extra}
+        if s.agent_plain:
+            self.offer_body.setdefault("transport-protocol", "RTP/AVP")
+        offer = await self.ng.ok(self.offer_body)
+        chosen = self._agent_side(offer["sdp"])
+        if chosen is not None:
+            self.agent_key = sdes.generate(chosen.suite, chosen.tag)
+        self.agent, self.agent_rtcp = await bind_pair(
+            srtp_send=self.agent_key.params if self.agent_key else None, seed=32)
+        self._closers += [self.agent.close, self.agent_rtcp.close]
+        self.agent.set_srtp_recv(chosen.params if chosen else None)
+        self.agent_src = RtpSource(self.agent.ssrc, seed=35)
+        self.answer_body = {
+            "command": "answer", "call-id": self.call_id, "from-tag": "caller",
+            "to-tag": "agent", "label": "agent", "sdp": self.agent_sdp(offer["sdp"])}
+        answer = await self.ng.ok(self.answer_body)
+        self._caller_keys(answer["sdp"])
+        r = await self.http.post(f"/v1/calls/{self.call_id}/assign", json={"agent_id": AGENT_ID},
+                                 headers={"Authorization": f"Bearer {self.stack.admin_key}"})
+        r.raise_for_status()
+        return self
+
+    def caller_sdp(self) -> str:
+        s = self.setup
+        return phone_sdp("127.0.0.1", self.caller.port, s.codecs,
+                         proto="RTP/SAVP" if self.caller_key else "RTP/AVP",
+                         crypto=[self.caller_key] if self.caller_key else (),
+                         rtcp_mux=s.rtcp_mux, ptime=s.ptime,
+                         rtcp_port=self.caller.port + 1 if s.advertise_rtcp else None)
+
+    def agent_sdp(self, offer_sdp: str) -> str:
+        assert self.agent is not None
+        section = parse(offer_sdp).media[0]
+        codecs = [Codec(self.setup.send_codec.pt, {0: "PCMU", 8: "PCMA"}[
+            self.setup.send_codec.pt])]
+        if (event := self.setup.event_codec) is not None:
+            codecs.append(Codec(event.pt, "telephone-event"))
+        return phone_sdp("127.0.0.1", self.agent.port, codecs, proto=section.proto,
+                         crypto=[self.agent_key] if self.agent_key else (),
+                         rtcp_mux=section.rtcp_mux, session=4712)
+
+    def _agent_side(self, offer_sdp: str) -> sdes.CryptoAttribute | None:
+        """Where the agent sends, and on an SRTP agent leg the key ToneGuard will send with
+        (the suite the agent picks from the offer; the agent's own key is made once, for
+        that suite, and kept across re-offers as phones do)."""
+        parsed = parse(offer_sdp)
+        section = parsed.media[0]
+        self.agent_to_toneguard = (parsed.media_connection(0) or "", section.port)
+        if section.proto not in ("RTP/SAVP", "RTP/SAVPF"):
+            return None
+        offered = sdes.offered(section.attributes("crypto"))
+        assert offered, "an SRTP offer to the agent carries no usable a=crypto"
+        wanted = self.agent_key.suite if self.agent_key else self.setup.agent_suite
+        return next((c for c in offered if c.suite == wanted), offered[0])
+
+    def _caller_keys(self, answer_sdp: str) -> None:
+        section = parse(answer_sdp).media[0]
+        self.to_toneguard = (parse(answer_sdp).media_connection(0) or "", section.port)
+        self.to_toneguard_rtcp = (self.to_toneguard[0], section.rtcp_port or section.port + 1)
+        if self.caller_key is not None:
+            offered = sdes.offered(section.attributes("crypto"))
+            assert offered, "the answer to an SDES caller carries no usable a=crypto"
+            self.caller.set_srtp_recv(offered[0].params)
+
+    async def reoffer(self) -> None:
+        """A re-INVITE with the same SDP: offer and answer again; keys follow the new SDP."""
+        offer = await self.ng.ok(self.offer_body)
+        chosen = self._agent_side(offer["sdp"])
+        assert self.agent is not None
+        self.agent.set_srtp_recv(chosen.params if chosen else None)
+        self.answer_body["sdp"] = self.agent_sdp(offer["sdp"])
+        answer = await self.ng.ok(self.answer_body)
+        self._caller_keys(answer["sdp"])
+
+    async def close(self) -> None:
+        try:
+            if self.ng.transport is not None:
+                await self.ng.request({"command": "delete", "call-id": self.call_id})
+        finally:
+            await self.http.aclose()
+            for closer in self._closers:
+                closer()
+
+    async def __aenter__(self) -> CallRig:
+        try:
+            return await self.start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- talking --------------------------------------------------------------------------
+
+    def agent_plan(self, seconds: float, seed: int = 9) -> list[Send]:
+        """The agent's own audio (noise) toward ToneGuard, for ``seconds``."""
+        assert self.agent_src is not None
+        return self.agent_src.segment(noise(seconds, seed=seed), self.agent_to_toneguard,
+                                      pt=self.setup.send_codec.pt)
+
+    async def talk(self, caller_plan: list[Send], *, agent: bool = True,
+                   extra: Sequence[tuple[RtpPeer, list[Send]]] = ()) -> None:
+        """Play the caller's plan (and the agent's noise for as long), then wait until what
+        the caller sent to the RTP port has reached the agent (bounded: a node that drops it
+        is caught by the checks, not here)."""
+        assert self.agent is not None
+        seconds = (caller_plan[-1][0] + 0.1) if caller_plan else 0.1
+        plays = [send(self.caller, caller_plan)]
+        if agent:
+            plays.append(send(self.agent, self.agent_plan(seconds)))
+        plays += [send(peer, plan) for peer, plan in extra]
+        await asyncio.gather(*plays)
+        last = max((p.sequence_number for _, p, d in caller_plan
+                    if d == self.to_toneguard and p.payload_type in LAWS), default=None)
+        await until(lambda: self._arrived_seq(last), SETTLE_SECONDS)
+
+    def _arrived_seq(self, seq: int | None) -> bool:
+        """The caller's packet ``seq`` (or a later one) reached the agent."""
+        assert self.agent is not None
+        if seq is None:
+            return True
+        tail = [p for _, p in self.agent.received.packets[-20:] if p.ssrc == self.caller.ssrc]
+        return any(((p.sequence_number - seq) & 0xFFFF) < 0x8000 for p in tail)
+
+    # --- what arrived ---------------------------------------------------------------------
+
+    def agent_heard(self) -> dict[int, Heard]:
+        assert self.agent is not None
+        return by_source(self.agent.received)
+
+    def arrived(self, ssrc: int, where: str = "agent") -> int:
+        """Audio packets of ``ssrc`` the agent (or the tap) received."""
+        peer = self.agent if where == "agent" else self.tap
+        assert peer is not None
+        return sum(1 for _, p in peer.received.packets
+                   if p.ssrc == ssrc and p.payload_type in LAWS)
+
+    def leaks(self, *, event_pts: Sequence[int] = (), foreign: Sequence[int] = ()) -> list[str]:
+        """Every way the caller's keys reached the agent or the recording tap, as sentences
+        (empty: nothing leaked). ``event_pts``: RFC 4733 payload types the caller used (none
+        may reach the agent); ``foreign``: SSRCs of which no packet may reach the agent."""
+        assert self.agent is not None and self.agent_rtcp is not None and self.agent_src
+        problems = []
+        for where, heard in (("agent RTP port", self.agent_heard()),
+                             ("recording tap", by_source(self.tap.received))):
+            for ssrc, h in heard.items():
+                if where == "recording tap" and ssrc == self.agent_src.ssrc:
+                    continue  # the agent's own voice, recorded too
+                verdict = judge(h.audio)
+                if not verdict.clean:
+                    problems.append(f"{where}, SSRC {ssrc:#x} ({h.packets} packets): {verdict}")
+                events = sum(h.payload_types[pt] for pt in event_pts)
+                if events:
+                    problems.append(f"{where}, SSRC {ssrc:#x}: {events} RFC 4733 event "
+                                    "packet(s) of the caller arrived")
+                if ssrc in foreign and h.packets:
+                    problems.append(f"{where}: {h.packets} packet(s) of foreign SSRC "
+                                    f"{ssrc:#x} arrived")
+        stray = self.agent_rtcp.received.packets
+        if stray:
+            problems.append(f"agent RTCP port: {len(stray)} RTP packet(s) arrived "
+                            f"(SSRCs {sorted({p.ssrc for _, p in stray})})")
+            for ssrc, h in by_source(self.agent_rtcp.received).items():
+                verdict = judge(h.audio)
+                if not verdict.clean:
+                    problems.append(f"agent RTCP port, SSRC {ssrc:#x}: {verdict}")
+        return problems
+
+    def audio_arrived(self, sent: int) -> list[str]:
+        """Sentences if less than ARRIVED_FRACTION of the caller's ``sent`` audio packets
+        reached the agent or the recording tap (silence must not pass as 'nothing leaked')."""
+        problems = []
+        for where in ("agent", "tap"):
+            got = self.arrived(self.caller.ssrc, where)
+            if got < ARRIVED_FRACTION * sent:
+                problems.append(f"only {got} of the caller's {sent} audio packets reached the "
+                                f"{'agent' if where == 'agent' else 'recording tap'}")
+        return problems
+
+    # --- control --------------------------------------------------------------------------
+
+    async def dtmf(self, block: bool, **extra: Any) -> dict[str, Any]:
+        """``block DTMF`` / ``unblock DTMF`` on the caller (reply returned, error or not)."""
+        body = {"command": "block DTMF" if block else "unblock DTMF", "call-id": self.call_id,
+                **extra}
+        return await self.ng.request(body)
+
+    async def start_payment(self) -> str:
+        r = await self.http.post(f"/v1/calls/{self.call_id}/payments", json={},
+                                 headers={"Authorization": f"Bearer {self.stack.agent_key}"})
+        assert r.status_code == 201, f"payment start: HTTP {r.status_code} {r.text[:200]}"
+        sid: str = r.json()["sid"]
+        return sid
+
+    async def cancel_payment(self, sid: str) -> None:
+        r = await self.http.post(f"/v1/calls/{self.call_id}/payments/{sid}",
+                                 json={"Status": "cancel"},
+                                 headers={"Authorization": f"Bearer {self.stack.agent_key}"})
+        assert r.status_code == 200, f"payment cancel: HTTP {r.status_code} {r.text[:200]}"
+
+    async def payment(self, sid: str) -> dict[str, Any]:
+        r = await self.http.get(f"/v1/calls/{self.call_id}/payments/{sid}",
+                                headers={"Authorization": f"Bearer {self.stack.agent_key}"})
+        r.raise_for_status()
+        result: dict[str, Any] = r.json()
+        return result
+
+    async def payment_settled(self, sid: str, timeout: float = 10.0) -> dict[str, Any]:
+        """The payment once it left capturing/submitting (or as it is after ``timeout``)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            view = await self.payment(sid)
+            if view["status"] not in ("capturing", "ready", "submitting") or (
+                    loop.time() >= deadline):
+                return view
+            await asyncio.sleep(0.05)
+
+    async def caller_stream(self) -> dict[str, Any]:
+        """The caller's stream as ng ``query`` reports it (stats, latched endpoint)."""
+        reply = await self.ng.ok({"command": "query", "call-id": self.call_id})
+        stream: dict[str, Any] = reply["tags"]["caller"]["medias"][0]["streams"][0]
+        return stream
