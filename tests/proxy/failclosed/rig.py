@@ -393,6 +393,7 @@ class CallRig:
         self.to_toneguard: Address = ("", 0)  # where the caller sends RTP
         self.to_toneguard_rtcp: Address = ("", 0)  # ...and RTCP (a=rtcp, else RTP + 1)
         self.agent_to_toneguard: Address = ("", 0)  # where the agent sends RTP
+        self.agent_sent = 0  # audio packets the agent sent toward the caller
         self._closers: list[Callable[[], None]] = []
 
     async def start(self) -> CallRig:
@@ -518,7 +519,9 @@ class CallRig:
         seconds = (caller_plan[-1][0] + 0.1) if caller_plan else 0.1
         plays = [send(self.caller, caller_plan)]
         if agent:
-            plays.append(send(self.agent, self.agent_plan(seconds)))
+            agent_plan = self.agent_plan(seconds)
+            self.agent_sent += len(agent_plan)
+            plays.append(send(self.agent, agent_plan))
         plays += [send(peer, plan) for peer, plan in extra]
         await asyncio.gather(*plays)
         last = max((p.sequence_number for _, p, d in caller_plan
@@ -570,7 +573,8 @@ class CallRig:
         stray = self.agent_rtcp.received.packets
         if stray:
             problems.append(f"agent RTCP port: {len(stray)} RTP packet(s) arrived "
-                            f"(SSRCs {sorted({p.ssrc for _, p in stray})})")
+                            f""
+                            f"(SSRCs {', '.join(sorted({f'{p.ssrc:#x}' for _, p in stray}))})")
             for ssrc, h in by_source(self.agent_rtcp.received).items():
                 verdict = judge(h.audio)
                 if not verdict.clean:
@@ -587,6 +591,14 @@ class CallRig:
                 problems.append(f"only {got} of the caller's {sent} audio packets reached the "
                                 f"{'agent' if where == 'agent' else 'recording tap'}")
         return problems
+
+    def caller_heard_agent(self) -> list[str]:
+        """A sentence if the real caller got less than half of the agent's audio."""
+        got = sum(1 for _, p in self.caller.received.packets if p.payload_type in LAWS)
+        if got < self.agent_sent / 2:
+            return [f"the real caller received {got} of the agent's {self.agent_sent} "
+                    "audio packets"]
+        return []
 
     # --- control --------------------------------------------------------------------------
 
