@@ -524,17 +524,18 @@ class CallRig:
             plays.append(send(self.agent, agent_plan))
         plays += [send(peer, plan) for peer, plan in extra]
         await asyncio.gather(*plays)
-        last = max((p.sequence_number for _, p, d in caller_plan
-                    if d == self.to_toneguard and p.payload_type in LAWS), default=None)
-        await until(lambda: self._arrived_seq(last), SETTLE_SECONDS)
+        stamps = [p.timestamp for _, p, d in caller_plan if d == self.to_toneguard
+                  and p.payload_type in LAWS and p.ssrc == self.caller.ssrc]
+        if stamps:
+            last = max(stamps, key=lambda ts: (ts - stamps[0]) & 0xFFFFFFFF)
+            await until(lambda: self._arrived_ts(last), SETTLE_SECONDS)
 
-    def _arrived_seq(self, seq: int | None) -> bool:
-        """The caller's packet ``seq`` (or a later one) reached the agent."""
+    def _arrived_ts(self, timestamp: int) -> bool:
+        """The caller's audio at RTP ``timestamp`` (or later) reached the agent. (Timestamps,
+        not sequence numbers: a masking relay renumbers after the events it drops.)"""
         assert self.agent is not None
-        if seq is None:
-            return True
         tail = [p for _, p in self.agent.received.packets[-20:] if p.ssrc == self.caller.ssrc]
-        return any(((p.sequence_number - seq) & 0xFFFF) < 0x8000 for p in tail)
+        return any(((p.timestamp - timestamp) & 0xFFFFFFFF) < 0x80000000 for p in tail)
 
     # --- what arrived ---------------------------------------------------------------------
 
