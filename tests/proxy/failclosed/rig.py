@@ -359,7 +359,6 @@ class CallSetup:
     agent_plain: bool = True  # False: the agent leg speaks what the caller offered
     agent_suite: str | None = None  # which of the offered suites the agent picks (SAVP)
     advertise_rtcp: bool = False  # the caller's SDP says a=rtcp:<port+1>
-    offer_extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def send_codec(self) -> Codec:
@@ -409,7 +408,7 @@ class CallRig:
             "command": "offer", "call-id": self.call_id, "from-tag": "caller",
             "label": "caller", "replace": ["origin"],
             "recording-tap": f"127.0.0.1:{self.tap.port}",
-            "sdp": self.caller_sdp(), **s.offer_extra}
+            "sdp": self.caller_sdp()}
         if s.agent_plain:
             self.offer_body.setdefault("transport-protocol", "RTP/AVP")
         offer = await self.ng.ok(self.offer_body)
@@ -510,18 +509,16 @@ class CallRig:
         return self.agent_src.segment(noise(seconds, seed=seed), self.agent_to_toneguard,
                                       pt=self.setup.send_codec.pt)
 
-    async def talk(self, caller_plan: list[Send], *, agent: bool = True,
+    async def talk(self, caller_plan: list[Send], *,
                    extra: Sequence[tuple[RtpPeer, list[Send]]] = ()) -> None:
         """Play the caller's plan (and the agent's noise for as long), then wait until what
         the caller sent to the RTP port has reached the agent (bounded: a node that drops it
         is caught by the checks, not here)."""
         assert self.agent is not None
         seconds = (caller_plan[-1][0] + 0.1) if caller_plan else 0.1
-        plays = [send(self.caller, caller_plan)]
-        if agent:
-            agent_plan = self.agent_plan(seconds)
-            self.agent_sent += len(agent_plan)
-            plays.append(send(self.agent, agent_plan))
+        agent_plan = self.agent_plan(seconds)
+        self.agent_sent += len(agent_plan)
+        plays = [send(self.caller, caller_plan), send(self.agent, agent_plan)]
         plays += [send(peer, plan) for peer, plan in extra]
         await asyncio.gather(*plays)
         stamps = [p.timestamp for _, p, d in caller_plan if d == self.to_toneguard
@@ -574,7 +571,6 @@ class CallRig:
         stray = self.agent_rtcp.received.packets
         if stray:
             problems.append(f"agent RTCP port: {len(stray)} RTP packet(s) arrived "
-                            f""
                             f"(SSRCs {', '.join(sorted({f'{p.ssrc:#x}' for _, p in stray}))})")
             for ssrc, h in by_source(self.agent_rtcp.received).items():
                 verdict = judge(h.audio)
