@@ -47,7 +47,9 @@ from tests.proxy.conftest import Stack
 
 Address = tuple[str, int]
 CARD, EXPIRY, CODE = TEST_CARDS["visa"]
-KEYED = f"{CARD}#{EXPIRY}#{CODE}#"  # the caller keys the whole card, each field ended by #
+# The caller keys the whole card, number and expiry each ended by #. The security code ends
+# the capture by itself (a key after it would no longer be a captured one), so none follows.
+KEYED = f"{CARD}#{EXPIRY}#{CODE}"
 RATE = 8000
 TONE_MS, GAP_MS = 70, 70  # well inside Q.24's "must accept" (≥ 40 ms): a leak would decode
 KEY_DBM0 = -12.0
