@@ -11,7 +11,8 @@ agent's audio), ``unblock DTMF`` (by from-tag, label, address, ``all`` or call-w
 re-offer/answer with the same SDP, and a payment started or cancelled over REST.
 
 The invariant, whenever masking applies (always, unless the sequence unblocked the caller
-while no payment was capturing — then nothing is asserted about keys for that call):
+while no payment was capturing — then nothing is asserted about keys for that call; likewise
+if masking rested on a payment that loss-garbled keys made fail before the keying ended):
 spandsp and multimon-ng decode no key and the leak meter finds 0 ms of DTMF energy above
 −45 dBm0 in what the agent (RTP and RTCP ports) and the recording tap received; no RFC 4733
 event of the caller and no packet keyed onto the RTCP port reaches the agent. Always: the
