@@ -11,7 +11,8 @@ from __future__ import annotations
 import pytest
 
 from tests.proxy.conftest import Stack
-from tests.proxy.failclosed.rig import KEYED, CallRig, CallSetup, Codec, keyed_audio
+from tests.proxy.failclosed.rig import CallRig, CallSetup
+from tests.proxy.failclosed.wire import KEYED, Codec, keyed_audio
 
 
 @pytest.mark.parametrize("name", ["pcmu", "Pcmu", "PCMU"])

@@ -33,13 +33,12 @@ import pytest
 
 from proxy.media.types import SRTP_SUITES
 from tests.proxy.conftest import Stack
-from tests.proxy.failclosed.rig import (
+from tests.proxy.failclosed.rig import CallRig, CallSetup
+from tests.proxy.failclosed.wire import (
     CARD,
     CODE,
     EXPIRY,
     LAWS,
-    CallRig,
-    CallSetup,
     Codec,
     RtpSource,
     impair,

@@ -13,14 +13,8 @@ import socket
 from proxy.demo.phone import RtpPeer
 from proxy.demo.simulate import TEST_CARDS
 from tests.proxy.conftest import Stack
-from tests.proxy.failclosed.rig import (
-    KEYED,
-    CallRig,
-    CallSetup,
-    Codec,
-    RtpSource,
-    keyed_audio,
-)
+from tests.proxy.failclosed.rig import CallRig, CallSetup
+from tests.proxy.failclosed.wire import KEYED, Codec, RtpSource, keyed_audio
 
 STRANGER = "127.0.0.66"  # another loopback address: a different host as far as UDP can tell
 STRANGER_FIRST = 0.3  # seconds the stranger sends alone before the caller's first packet

@@ -11,15 +11,8 @@ from __future__ import annotations
 import pytest
 
 from tests.proxy.conftest import Stack
-from tests.proxy.failclosed.rig import (
-    KEYED,
-    CallRig,
-    CallSetup,
-    Codec,
-    RtpSource,
-    keyed_audio,
-    merge,
-)
+from tests.proxy.failclosed.rig import CallRig, CallSetup
+from tests.proxy.failclosed.wire import KEYED, Codec, RtpSource, keyed_audio, merge
 
 
 @pytest.mark.parametrize("mux", [True, False], ids=["rtcp-mux", "no-mux"])

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from tests.proxy.conftest import Stack
-from tests.proxy.failclosed.rig import CARD, KEYED, CallRig, CallSetup, Codec, keyed_audio
+from tests.proxy.failclosed.rig import CallRig, CallSetup
+from tests.proxy.failclosed.wire import CARD, KEYED, Codec, keyed_audio
 
 
 @pytest.mark.parametrize("order", ["unblock-then-pay", "pay-then-unblock"])

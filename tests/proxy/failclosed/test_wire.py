@@ -1,11 +1,11 @@
-"""The rig's own checks, without a node: what the fail-closed tests rely on to see a leak."""
+"""The wire helpers, without a node: what the fail-closed tests rely on to see a leak."""
 
 from __future__ import annotations
 
 import random
 
 from proxy.demo.phone import Received
-from tests.proxy.failclosed.rig import (
+from tests.proxy.failclosed.wire import (
     RtpSource,
     blind,
     by_source,
