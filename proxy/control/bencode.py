@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TypeAlias
 
 Value: TypeAlias = "int | str | bytes | list[Value] | dict[str, Value]"
+MAX_INT_DIGITS = 20  # beyond 64 bits: no ng value needs more, and a string is ≤ 64 KiB
 MAX_DEPTH = 32  # nesting beyond this is refused: a hostile message must not exhaust the stack
 
 
@@ -67,6 +68,8 @@ def _decode(data: bytes, i: int, depth: int) -> tuple[Value, int]:
         if end < 0:
             raise BencodeError(f"unterminated integer at byte {i}")
         text = data[i + 1:end]
+        if len(text) > MAX_INT_DIGITS:  # (Python refuses to convert past 4 300 digits)
+            raise BencodeError(f"integer of {len(text)} digits at byte {i}")
         if not text or text in (b"-", b"-0") or (text[0:1] == b"0" and len(text) > 1) or (
                 text[:2] == b"-0"):
             raise BencodeError(f"invalid integer at byte {i}")
@@ -96,7 +99,7 @@ def _decode(data: bytes, i: int, depth: int) -> tuple[Value, int]:
         return result, i + 1
     if 0x30 <= c <= 0x39:
         colon = data.find(b":", i)
-        if colon < 0 or not data[i:colon].isdigit():
+        if colon < 0 or colon - i > MAX_INT_DIGITS or not data[i:colon].isdigit():
             raise BencodeError(f"invalid string length at byte {i}")
         length = int(data[i:colon])
         start = colon + 1

@@ -154,7 +154,7 @@ def get_int(body: dict[str, Any], key: str, default: int | None = None) -> int |
         return default
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit() and len(value) <= 20:
         return int(value)
     raise NgError(f"Invalid value for key '{key}': expected an integer")
 

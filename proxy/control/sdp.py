@@ -187,8 +187,8 @@ def parse(text: str) -> SessionDescription:
             media[-1].lines.append((t, value))
         else:
             lines.append((t, value))
-    if not lines or lines[0][0] != "v":
-        raise SdpError("line 1: SDP must start with v=")
+    if not lines or lines[0] != ("v", "0"):
+        raise SdpError("line 1: SDP must start with v=0")
     session = SessionDescription(lines, media)
     session.connection  # noqa: B018  (validates the session-level c= line)
     for i, m in enumerate(media):
