@@ -71,7 +71,19 @@ class StreamConfig:
     peer: Address | None = None  # from the SDP c=/m= of the endpoint; None = learn from traffic
     rtcp_peer: Address | None = None  # from a=rtcp, else peer port + 1; == peer when rtcp_mux
     rtcp_mux: bool = False
-    symmetric: bool = True  # latch onto the source of the first packet (NAT); ``trust address``
+    # Symmetric RTP: send to the source we latched onto (NAT). False (ng ``asymmetric``): send
+    # to ``peer`` and never latch; what is accepted follows the same source rules below.
+    symmetric: bool = True
+    # Who may send to this stream (fail closed; the rules in full: LocalMediaEngine._admits).
+    # By default a source may latch when its IP equals the IP of ``peer`` (any port: a NAT'd
+    # port); with no usable ``peer`` (None, 0.0.0.0, ::) any source may latch, but only within
+    # the learning window. Once latched, only that exact source (IP and port) is accepted.
+    strict_source: bool = False  # accept only ``peer`` exactly (IP and port); never learn
+    learn_any_source: bool = False  # NAT option: any source may latch within the window
+    # Re-latch to a new source: with SRTP any source whose packet authenticates; with plain
+    # RTP only a source the rules above would let latch (RTP Bleed otherwise).
+    media_handover: bool = False
+    learning_window: float = 5.0  # seconds after (re)configuration during which to learn
     srtp_recv: SrtpParams | None = None  # decrypt what the endpoint sends us
     srtp_send: SrtpParams | None = None  # encrypt what we send the endpoint
     # payload type -> encoding name ("PCMU", "PCMA", "telephone-event", ...)
@@ -93,10 +105,13 @@ class StreamStats:
     bytes_out: int = 0
     rtcp_in: int = 0
     rtcp_out: int = 0
-    errors: int = 0  # dropped: malformed, SRTP auth/replay failure, unknown source
+    errors: int = 0  # every packet dropped: malformed, SRTP auth/replay failure, and below
     last_packet: float = 0.0  # wall clock seconds of the last packet received, 0 = none
     endpoint: Address | None = None  # the latched remote endpoint
     dtmf_masked: int = 0  # digits masked on this stream's received media
+    stranger_packets: int = 0  # dropped: from a source this stream does not accept
+    rtcp_not_rtcp: int = 0  # dropped: on an RTCP port (or demuxed as RTCP) but not RTCP
+    uninspectable_packets: int = 0  # dropped: masked stream, payload type not inspectable
 
 
 @dataclass(frozen=True, slots=True)
