@@ -228,7 +228,8 @@ class _Stream:
     sdp_ip: _IP | None = None  # a source must have this IP to latch (None: see sdp_learnable)
     sdp_learnable: bool = True  # no usable SDP address: any source may latch in the window
     learn_until: float = 0.0  # engine clock: end of the learning window
-    kinds: dict[int, PayloadKind] = field(default_factory=dict)  # PT -> what masking can read
+    # PT -> what masking can read, while masking is effective (None: nothing to drop)
+    masked_kinds: dict[int, PayloadKind] | None = None
     warned_stranger: bool = False
     warned_uninspectable: bool = False
 
@@ -374,7 +375,8 @@ class LocalMediaEngine:
             stream.rtcp_endpoint = None
         stream.config = config
         stream.sdp_ip, stream.sdp_learnable = _sdp_source(config.peer)
-        stream.kinds = payload_kinds(config.codecs)
+        effective = config.masking is not None and config.masking.effective
+        stream.masked_kinds = payload_kinds(config.codecs) if effective else None
         # The learning window (re)opens for an unlatched stream whenever either side of its
         # link is configured: a caller starts sending when the answer comes, not at the offer.
         now = self._clock()
@@ -573,10 +575,9 @@ class LocalMediaEngine:
         c.bytes_in += len(data)
         c.last_packet_mono = self._clock()
         stream.idle_reported = False
-        masking = config.masking
-        if masking is not None:
-            if masking.effective and \
-                    stream.kinds.get(data[1] & 0x7F, UNINSPECTABLE) is UNINSPECTABLE:
+        if config.masking is not None:
+            kinds = stream.masked_kinds
+            if kinds is not None and kinds.get(data[1] & 0x7F, UNINSPECTABLE) is UNINSPECTABLE:
                 self._uninspectable(stream, data[1] & 0x7F)
                 return
             try:
