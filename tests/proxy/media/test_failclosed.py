@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import pytest
+from structlog.testing import capture_logs
 
 from dsp import g711, tones
 from proxy.demo.leak import leaked_ms
@@ -322,14 +323,17 @@ async def test_a_payload_type_change_to_another_g711_law_is_masked_not_dropped(
 
 # --- 3. RTCP ports carry RTCP only ----------------------------------------------------------
 
-@pytest.mark.parametrize("caller_mux", [False, True], ids=["rtcp-port", "rtcp-mux"])
+@pytest.mark.parametrize(("caller_mux", "srtp"), [(False, False), (True, False), (False, True)],
+                         ids=["rtcp-port", "rtcp-mux", "srtcp-port"])
 async def test_rtp_sent_to_an_rtcp_path_never_reaches_the_agent(
-        engine: LocalMediaEngine, peers: Peers, caller_mux: bool) -> None:
+        engine: LocalMediaEngine, peers: Peers, caller_mux: bool, srtp: bool) -> None:
     """The caller's audio goes, masked, to the RTP port; an unmasked copy of the card goes to
     the RTCP port (or, under rtcp-mux, as RTP whose byte 1 demuxes it as RTCP). The agent
     uses rtcp-mux, so whatever the RTCP path relays lands on the port it plays audio from."""
-    caller, agent = await peers(seed=9), await peers(seed=10)
-    call = await _call(engine, caller, agent, caller_mux=caller_mux, agent_mux=True)
+    key = SrtpParams("AES_CM_128_HMAC_SHA1_80", os.urandom(30)) if srtp else None
+    caller, agent = await peers(seed=9, srtp_send=key), await peers(seed=10)
+    call = await _call(engine, caller, agent, caller_mux=caller_mux, agent_mux=True,
+                       srtp_recv=key)
     audio = _card_audio()
     ticks = _frames(caller, audio, call.caller_rtp)
     codes = g711.encode(audio, "ulaw").tobytes()
@@ -591,3 +595,18 @@ async def test_ports_are_chosen_unpredictably_and_exhaustion_is_still_exact(
             await small.allocate("s3", "c", rtcp_mux=False)
     finally:
         await small.stop()
+
+
+async def test_the_uninspectable_warning_names_the_payload_type_never_the_sdp_text(
+        engine: LocalMediaEngine, peers: Peers) -> None:
+    """An encoding name is whatever the SDP said: even a card number. Logs get the PT only."""
+    caller, agent = await peers(seed=42), await peers(seed=43)
+    call = await _call(engine, caller, agent, codecs={0: "PCMU", 96: CARD})
+    with capture_logs() as logs:
+        sent = await _send(caller, _frames(caller, np.zeros(FRAME * 3), call.caller_rtp,
+                                           pt=96))
+        await _stats_until(engine, lambda s: s.uninspectable_packets == sent)
+    warnings = [e for e in logs if "cannot be inspected" in e["event"]]
+    assert len(warnings) == 1 and warnings[0]["payload_type"] == 96  # once per stream
+    assert CARD not in repr(logs)
+    assert agent.received.packets == []
