@@ -115,7 +115,7 @@ async def _call(engine: LocalMediaEngine, caller: RtpPeer, agent: RtpPeer, *,
     a = await engine.allocate("a", "call", rtcp_mux=caller_mux)
     b = await engine.allocate("b", "call", rtcp_mux=agent_mux)
     await engine.link("a", "b")
-    peer = (caller.host, caller.port) if caller_peer == "sdp" else caller_peer
+    peer = (caller.host, caller.port) if isinstance(caller_peer, str) else caller_peer
     await engine.configure("a", StreamConfig(
         peer=peer, rtcp_mux=caller_mux, codecs=codecs, masking=MaskingPolicy(),
         **caller_config))  # type: ignore[arg-type]
@@ -157,6 +157,7 @@ def _frames(peer: RtpPeer, audio: npt.ArrayLike, dest: tuple[str, int], *, pt: i
         batch = [(peer.next_packet(codes[k * FRAME:(k + 1) * FRAME],
                                    pt_of(k) if pt_of else pt, marker=k == 0), dest)]
         for key, start, length in windows:
+            assert events_pt is not None
             pos = (k + 1) * FRAME - start
             if 0 < pos <= length + 2 * FRAME:
                 ev = TelephoneEvent("0123456789*#ABCD".index(key), pos > length, 10,
