@@ -33,8 +33,8 @@ FLAGS = ["trust-address", "SIP-source-address", "symmetric", "asymmetric", "all"
          "caller-offerer", "caller-answerer", "caller-both", "caller-none", "caller-x",
          "strict-source", "media-handover", "SDES-no-AES_CM_128_HMAC_SHA1_80", "loop-protect"]
 TEST_PANS = (b"4111111111111111", b"5555555555554444", b"378282246310005")
-WEIRD = ["", " ", "\x00", "\ud800x", "é", "4111111111111111", "5555 5555 5555 4444", "a" * 300, "-1", "1e309",
-         "65536", "0", "127.0.0.1:0", "[::1]:7000", "::", "%s%n", "${jndi:x}", "\r\n"]
+WEIRD = ["", " ", "\x00", "\ud800x", "é", "4111111111111111", "5555 5555 5555 4444", "a" * 300,
+         "-1", "1e309", "65536", "0", "127.0.0.1:0", "[::1]:7000", "::", "%s%n", "${jndi:x}", "\r\n"]
 
 
 def sdp(rng: random.Random, port: int = 0) -> str:
@@ -95,9 +95,9 @@ def _value(rng: random.Random, key: str, depth: int = 0) -> Any:
     if key == "sdp" and roll < 0.7:
         return sdp(rng)
     if key in ("flags", "replace", "rtcp-mux", "SDES") and roll < 0.7:
-        return rng.sample(FLAGS + ["origin", "SDP-version", "demux", "off"], rng.randrange(4))
+        return rng.sample([*FLAGS, "origin", "SDP-version", "demux", "off"], rng.randrange(4))
     if key == "received-from" and roll < 0.5:
-        return [rng.choice(["IP4", "IP6", ""]), rng.choice(WEIRD + ["192.0.2.9"])]
+        return [rng.choice(["IP4", "IP6", ""]), rng.choice([*WEIRD, "192.0.2.9"])]
     if roll < 0.45:
         return rng.choice(["c1", "c2", "ft", "tt", "x", *WEIRD])
     if roll < 0.6:

@@ -12,18 +12,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
+import math
 import resource
+import secrets
 import select
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 
 import structlog
 
+from proxy.media.codecs import UNINSPECTABLE, PayloadKind, payload_kinds
 from proxy.media.pipeline import AudioPipeline, PassthroughPipeline
 from proxy.media.policy import MaskingPolicy
-from proxy.media.rtp import RtpPacket, RtpParseError, is_rtcp
+from proxy.media.rtp import RtpPacket, RtpParseError, is_rtcp, valid_rtcp, valid_rtcp_header
 from proxy.media.srtp import SrtpError, SrtpReceiver, SrtpSender
 from proxy.media.types import (
     Address,
@@ -45,6 +49,36 @@ log = structlog.get_logger("toneguard.media")
 
 _MAX_DATAGRAM = 65535
 _EVENTS_PER_WAKEUP = 512  # then back to the event loop (ng, API, timers), which calls again
+
+_IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _ip(host: str) -> _IP | None:
+    """An address literal as one comparable value (IPv4-mapped IPv6 as IPv4); None if not one."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _sdp_source(peer: Address | None) -> tuple[_IP | None, bool]:
+    """(the IP a source must have, whether an unknown source may be learned in the window).
+
+    None or an unspecified address (0.0.0.0, ::, an empty c=) names no one: learn within the
+    window. A host name cannot be matched against a datagram's source without DNS on the packet
+    path, so it matches no source (only ``learn_any_source`` latches it): fail closed.
+    """
+    if peer is None or not peer[0]:
+        return None, True
+    ip = _ip(peer[0])
+    if ip is None:
+        return None, False
+    if ip.is_unspecified:
+        return None, True
+    return ip, False
 
 
 class _Poller:
@@ -173,6 +207,9 @@ class _Counters:
     errors: int = 0
     last_packet_mono: float = 0.0  # engine clock; 0 with packets_in == 0: none yet
     dtmf_masked: int = 0
+    stranger_packets: int = 0  # dropped (and in ``errors``): a source this stream refuses
+    rtcp_not_rtcp: int = 0  # dropped (and in ``errors``): on an RTCP path, not RTCP
+    uninspectable_packets: int = 0  # dropped (and in ``errors``): masked, PT not inspectable
 
 
 _COUNTER_NAMES = tuple(f.name for f in fields(StreamCounters))
@@ -203,6 +240,14 @@ class _Stream:
     counters: _Counters = field(default_factory=_Counters)
     idle_reported: bool = False
     released: bool = False
+    # Derived from ``config`` once per configure (the packet path only reads them):
+    sdp_ip: _IP | None = None  # a source must have this IP to latch (None: see sdp_learnable)
+    sdp_learnable: bool = True  # no usable SDP address: any source may latch in the window
+    learn_until: float = 0.0  # engine clock: end of the learning window
+    # PT -> what masking can read, while masking is effective (None: nothing to drop)
+    masked_kinds: dict[int, PayloadKind] | None = None
+    warned_stranger: bool = False
+    warned_uninspectable: bool = False
 
     def rtp_destination(self) -> Address | None:
         return self.endpoint or self.config.peer
@@ -234,7 +279,6 @@ class LocalMediaEngine:
         self._address = address
         self._family = socket.AF_INET6 if ":" in address else socket.AF_INET
         self._port_min, self._port_max = port_min, port_max
-        self._next_port = port_min
         self._pipeline = pipeline_factory()
         self._tick = tick_ms / 1000.0
         self._idle_timeout = idle_timeout
@@ -284,16 +328,29 @@ class LocalMediaEngine:
             if sock is not None:
                 sock.stream = stream
         stream.counters.last_packet_mono = self._clock()  # idle counts from allocation
+        stream.learn_until = stream.counters.last_packet_mono + stream.config.learning_window
         self._streams[stream_id] = stream
         return local
 
+    def _port_order(self) -> Iterator[int]:
+        """Every even port of the range (room for port + 1) once, in an unpredictable order.
+
+        Why: sequential ports let anyone who sees one call's SDP guess the next call's ports
+        and race its first packet. A random start and a random step coprime with the number
+        of slots visits each slot exactly once, so exhaustion is still detected exactly.
+        """
+        slots = (self._port_max - self._port_min + 1) // 2
+        start = secrets.randbelow(slots)
+        step = 1
+        if slots > 2:
+            step = 1 + secrets.randbelow(slots - 1)
+            while math.gcd(step, slots) != 1:
+                step = 1 + secrets.randbelow(slots - 1)
+        for i in range(slots):
+            yield self._port_min + 2 * ((start + i * step) % slots)
+
     def _bind_pair(self, rtcp_mux: bool) -> tuple[socket.socket, socket.socket | None, int]:
-        span = self._port_max - self._port_min
-        for _ in range(0, span, 2):
-            port = self._next_port
-            self._next_port += 2
-            if self._next_port + 1 > self._port_max:
-                self._next_port = self._port_min
+        for port in self._port_order():
             socks: list[socket.socket] = []
             try:
                 for p in (port,) if rtcp_mux else (port, port + 1):
@@ -328,10 +385,20 @@ class LocalMediaEngine:
             raise MediaError(f"{stream_id}: allocated with rtcp-mux; cannot split RTCP later")
         stream.receiver = SrtpReceiver(config.srtp_recv) if config.srtp_recv else None
         stream.sender = SrtpSender(config.srtp_send) if config.srtp_send else None
-        if config.peer != old.peer or config.symmetric != old.symmetric:
+        if (config.peer, config.symmetric, config.strict_source, config.learn_any_source) != (
+                old.peer, old.symmetric, old.strict_source, old.learn_any_source):
             self._set_endpoint(stream, None)  # a new remote address in SDP: latch afresh
             stream.rtcp_endpoint = None
         stream.config = config
+        stream.sdp_ip, stream.sdp_learnable = _sdp_source(config.peer)
+        effective = config.masking is not None and config.masking.effective
+        stream.masked_kinds = payload_kinds(config.codecs) if effective else None
+        # The learning window (re)opens for an unlatched stream whenever either side of its
+        # link is configured: a caller starts sending when the answer comes, not at the offer.
+        now = self._clock()
+        for s in (stream, stream.peer):
+            if s is not None and s.endpoint is None:
+                s.learn_until = max(s.learn_until, now + s.config.learning_window)
         self._sync_pipeline(stream_id, old.masking, config.masking)
 
     def _sync_pipeline(self, stream_id: str, old: MaskingPolicy | None,
@@ -381,19 +448,76 @@ class LocalMediaEngine:
                            streams=len(self._streams), workers=1)
 
     # --- packet path -----------------------------------------------------------------------
+    #
+    # Who may send to a stream (fail closed: the first packet may come from a stranger, and
+    # "RTP Bleed" is what happens when it latches):
+    # - Latched: only the latched source (IP and port) is accepted: the fast path is one tuple
+    #   comparison. A new SSRC from it is fine (transfers, media servers restart SSRCs).
+    # - Unlatched, SDP address usable: a source whose IP is the SDP address (any port: NAT'd
+    #   port) latches; ``strict_source``: only the SDP address and port exactly.
+    # - Unlatched, no usable SDP address (None, 0.0.0.0, ::), or ``learn_any_source``: any source
+    #   latches, but only within the learning window after (re)configuration.
+    # - SRTP: the packet must authenticate before it latches (libsrtp updates its replay window
+    #   only on success, so a stranger's attempts cannot disturb the real peer's).
+    # - ``media_handover``: a latched stream moves to a new source that SRTP-authenticates, or,
+    #   for plain RTP, to one the unlatched rules admit.
+    # - RTCP latches only onto the RTP endpoint's IP (and never before RTP has latched); under
+    #   rtcp-mux only the RTP endpoint itself. Anything on an RTCP path must be RTCP.
+    # Everything refused is counted (``stranger_packets``, in ``errors``), logged once per
+    # stream, never relayed; a stranger is never sent anything (we send only to the endpoint
+    # or the SDP address).
 
-    def _latch(self, stream: _Stream, addr: Address, rtcp: bool) -> bool:
-        """Symmetric RTP: the first source becomes the endpoint; others are refused."""
-        if not stream.config.symmetric:
+    def _may_latch(self, stream: _Stream, addr: Address, port: int | None) -> bool:
+        """Whether an unlatched stream accepts ``addr`` (``port``: the SDP's, for strict)."""
+        config = stream.config
+        if config.strict_source:
+            return stream.sdp_ip is not None and addr[1] == port and _ip(addr[0]) == stream.sdp_ip
+        if stream.sdp_ip is not None and _ip(addr[0]) == stream.sdp_ip:
             return True
-        current = stream.rtcp_endpoint if rtcp and not stream.config.rtcp_mux else stream.endpoint
-        if current is None:
-            if rtcp and not stream.config.rtcp_mux:
-                stream.rtcp_endpoint = addr
-            else:
-                self._set_endpoint(stream, addr)
-            return True
-        return current == addr
+        return (config.learn_any_source or stream.sdp_learnable) and \
+            self._clock() < stream.learn_until
+
+    def _admits_rtp(self, stream: _Stream, addr: Address) -> bool:
+        """A packet from ``addr`` (not the latched endpoint) may be checked further."""
+        config = stream.config
+        port = config.peer[1] if config.peer else None
+        if stream.endpoint is None:  # unlatched (always so when asymmetric)
+            return self._may_latch(stream, addr, port)
+        if not config.media_handover:
+            return False
+        # Handover: with SRTP whoever authenticates (checked next, before latching);
+        # plain RTP carries no proof of origin, so only a source the latch rules admit.
+        return stream.receiver is not None or self._may_latch(stream, addr, port)
+
+    def _admits_rtcp(self, stream: _Stream, addr: Address) -> bool | None:
+        """For RTCP from ``addr`` (not the RTCP endpoint): None = refuse, False = accept
+        without latching, True = accept and latch the RTCP endpoint."""
+        config = stream.config
+        if config.rtcp_mux:  # one 5-tuple for both: RTP decides who that is
+            if stream.endpoint is not None:
+                return None
+            port = config.peer[1] if config.peer else None
+            return False if self._may_latch(stream, addr, port) else None
+        dest = stream.rtcp_destination()
+        port = dest[1] if dest else None
+        if stream.rtcp_endpoint is not None and not config.media_handover:
+            return None
+        endpoint = stream.endpoint
+        if endpoint is None:  # RTP not latched (or asymmetric): accept what RTP would
+            return False if self._may_latch(stream, addr, port) else None
+        if _ip(addr[0]) != _ip(endpoint[0]) or (config.strict_source and addr[1] != port):
+            return None
+        return True
+
+    def _refuse(self, stream: _Stream, addr: Address) -> None:
+        c = stream.counters
+        c.errors += 1
+        c.stranger_packets += 1
+        if not stream.warned_stranger:
+            stream.warned_stranger = True
+            log.warning("media from a source this stream does not accept: dropped",
+                        stream=stream.stream_id, source=addr[0], source_port=addr[1],
+                        endpoint=stream.endpoint)
 
     def _set_endpoint(self, stream: _Stream, addr: Address | None) -> None:
         """Latch (or forget) the RTP endpoint, with a socket connected to it."""
@@ -403,6 +527,8 @@ class LocalMediaEngine:
             stream.direct = None
         if addr is None:
             return
+        if stream.rtcp_endpoint is not None and _ip(stream.rtcp_endpoint[0]) != _ip(addr[0]):
+            stream.rtcp_endpoint = None  # RTCP follows the RTP endpoint (media handover)
         sock = socket.socket(self._family, socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -426,9 +552,12 @@ class LocalMediaEngine:
             self._on_rtcp(stream, data, addr)
             return
         c = stream.counters
-        if stream.endpoint != addr and not self._latch(stream, addr, rtcp=False):
-            c.errors += 1
-            return
+        latch = False
+        if stream.endpoint != addr:
+            if not self._admits_rtp(stream, addr):
+                self._refuse(stream, addr)
+                return
+            latch = config.symmetric
         if stream.receiver is not None:
             try:
                 data = stream.receiver.unprotect(data)
@@ -438,11 +567,17 @@ class LocalMediaEngine:
         if len(data) < 12 or data[0] >> 6 != 2:  # not RTP version 2
             c.errors += 1
             return
+        if latch:  # an admitted source's first valid (authenticated) packet
+            self._set_endpoint(stream, addr)
         c.packets_in += 1
         c.bytes_in += len(data)
         c.last_packet_mono = self._clock()
         stream.idle_reported = False
         if config.masking is not None:
+            kinds = stream.masked_kinds
+            if kinds is not None and kinds.get(data[1] & 0x7F, UNINSPECTABLE) is UNINSPECTABLE:
+                self._uninspectable(stream, data[1] & 0x7F)
+                return
             try:
                 packet = RtpPacket.parse(data)
             except RtpParseError:
@@ -452,6 +587,20 @@ class LocalMediaEngine:
             return
         if stream.peer is not None:
             self._send_out(stream.peer, data)
+
+    def _uninspectable(self, stream: _Stream, payload_type: int) -> None:
+        """A masked stream's packet the masking cannot read (an unknown codec, a payload type
+        the SDP did not name): dropped, never relayed. Said once per stream: the operator must
+        know the caller's audio is not getting through."""
+        c = stream.counters
+        c.errors += 1
+        c.uninspectable_packets += 1
+        if not stream.warned_uninspectable:
+            stream.warned_uninspectable = True
+            # The PT only: an encoding name is free text from the SDP and stays out of logs.
+            log.warning("payload type cannot be inspected on a masked stream: dropped",
+                        stream=stream.stream_id, payload_type=payload_type,
+                        in_sdp=payload_type in stream.config.codecs)
 
     def _send_linked(self, arrived: str, packet: RtpPacket) -> None:
         stream = self._streams.get(arrived)
@@ -483,16 +632,32 @@ class LocalMediaEngine:
     def _on_rtcp(self, stream: _Stream, data: bytes, addr: Address) -> None:
         if stream.released:
             return
-        if not self._latch(stream, addr, rtcp=True):
-            stream.counters.errors += 1
+        c = stream.counters
+        plain = stream.receiver is None
+        # Plain: the whole compound is checked now. SRTCP: only its clear header can be, until
+        # it has authenticated (below).
+        if not (valid_rtcp(data) if plain else valid_rtcp_header(data)):
+            self._not_rtcp(stream)
             return
+        latch = False
+        if addr != (stream.endpoint if stream.config.rtcp_mux else stream.rtcp_endpoint):
+            verdict = self._admits_rtcp(stream, addr)
+            if verdict is None:
+                self._refuse(stream, addr)
+                return
+            latch = verdict and stream.config.symmetric
         if stream.receiver is not None:
             try:
                 data = stream.receiver.unprotect_rtcp(data)
             except SrtpError:
-                stream.counters.errors += 1
+                c.errors += 1
                 return
-        stream.counters.rtcp_in += 1
+            if not valid_rtcp(data):
+                self._not_rtcp(stream)
+                return
+        if latch:
+            stream.rtcp_endpoint = addr
+        c.rtcp_in += 1
         out = stream.peer
         if out is None:
             return
@@ -510,6 +675,13 @@ class LocalMediaEngine:
             out.counters.rtcp_out += 1
         else:
             out.counters.errors += 1
+
+    def _not_rtcp(self, stream: _Stream) -> None:
+        """On an RTCP port, or demuxed as RTCP under rtcp-mux, but not RTCP (RFC 5761 §4):
+        dropped. Plain RTP sent to the a=rtcp port once reached the agent this way."""
+        c = stream.counters
+        c.errors += 1
+        c.rtcp_not_rtcp += 1
 
     # --- the tick --------------------------------------------------------------------------
 

@@ -15,6 +15,13 @@ covers — widened back by a block for the onset and forward by a block for the 
 by the policy's signal before release; everything else leaves byte for byte as it came.
 RFC 4733 events of a masked stream never leave at all. Digits found go to ``drain_events`` as
 DigitEvents: an in-band tone and an RFC 4733 event for the same key count once ("both").
+
+Fail closed: codec names are matched in any letter case (proxy.media.codecs). While a stream's
+policy is effective, a packet whose payload type cannot be inspected (not PCMU, PCMA,
+telephone-event or CN, or a PT its SDP did not name) is dropped and counted
+(``uninspectable_packets``), never relayed; comfort noise leaves with its noise level only
+(RFC 3389 spectral coefficients could shape noise into tones). With the policy not effective
+(mode ``off``) such packets are relayed as they came.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from dsp import g711
 from dsp.dtmf import BLOCK_SIZE, DtmfDetector
 from dsp.masker import Span, covered, envelope, merge, replacement, spans_from_suspect
 from dsp.tones import DIGITS
+from proxy.media.codecs import LAW_OF_KIND, UNINSPECTABLE, PayloadKind, payload_kinds
 from proxy.media.policy import DtmfSecurityMode, MaskingPolicy
 from proxy.media.rfc4733 import Rfc4733Error, TelephoneEvent
 from proxy.media.rtp import RTP_TS_MOD, RtpPacket
@@ -37,7 +45,6 @@ from proxy.media.types import DigitEvent, MaskingCounters
 log = structlog.get_logger("toneguard.masking")
 RATE = 8000
 TICK_SAMPLES = 160
-LAWS = {"PCMU": "ulaw", "PCMA": "alaw"}
 SILENCE_CODE = {"ulaw": 0xFF, "alaw": 0xD5}
 WIDEN_BEFORE = BLOCK_SIZE + 16  # a tone can start up to a block before its first suspect block
 WIDEN_AFTER = BLOCK_SIZE  # hangover for the tail
@@ -53,7 +60,7 @@ class _Held:
     start: int  # media sample position
     length: int
     packet: RtpPacket
-    kind: str  # "audio" | "event" | "other"
+    kind: str  # "audio" | "event" | "cn" | "other"
     law: str | None = None
     late: bool = False  # arrived after the detector had passed its position
 
@@ -88,7 +95,9 @@ class _Stream:
     event_ts: int | None = None  # timestamp of the RFC 4733 event in progress
     replacement_digit: str = "0"
     stalled_ticks: int = 0  # consecutive
-    warned_unmaskable: bool = False
+    warned_uninspectable: bool = False
+    codecs: dict[int, str] | None = None  # the mapping ``kinds`` was built from (identity)
+    kinds: dict[int, PayloadKind] = field(default_factory=dict)
 
     def to_media(self, g: int) -> int:
         for start, det_base, media_base in reversed(self.mapping):
@@ -103,7 +112,7 @@ class _Counts:
     name (what ``counters()`` reports; a test checks the two match)."""
 
     masked_packets: int = 0
-    unmaskable_packets: int = 0
+    uninspectable_packets: int = 0
     late_packets: int = 0
     dropped_events: int = 0
     stalls: int = 0
@@ -168,8 +177,14 @@ class MaskingPipeline:
         stream = self._streams.get(stream_id)
         if stream is None:
             return
-        name = codecs.get(packet.payload_type) or {0: "PCMU", 8: "PCMA"}.get(
-            packet.payload_type, "")
+        if codecs is not stream.codecs:  # a new configuration: classify its PTs once
+            stream.codecs, stream.kinds = codecs, payload_kinds(codecs)
+        kind = stream.kinds.get(packet.payload_type, UNINSPECTABLE)
+        if kind is UNINSPECTABLE and stream.policy.effective:
+            # Dropped before it touches the timeline: what cannot be inspected must neither
+            # reach the agent nor steer how the audio around it is placed.
+            self._uninspectable(stream, packet.payload_type)
+            return
         if stream.ts0 is None:
             stream.ts0, stream.ssrc = packet.timestamp, packet.ssrc
         offset = (packet.timestamp - stream.ts0) % RTP_TS_MOD
@@ -183,8 +198,8 @@ class MaskingPipeline:
             stream.ssrc = packet.ssrc
             stream.event_ts = None
             start = resume
-        if name in LAWS:
-            law = LAWS[name]
+        if kind is PayloadKind.ULAW or kind is PayloadKind.ALAW:
+            law = LAW_OF_KIND[kind]
             n = len(packet.payload)
             late = start < stream.media_fed
             if not late:
@@ -194,19 +209,21 @@ class MaskingPipeline:
                 self._counts.late_packets += 1
             stream.law = law
             stream.held.append(_Held(start, n, packet, "audio", law, late))
-        elif name == "telephone-event":
+        elif kind is PayloadKind.EVENT:
             self._on_telephone_event(stream, packet, start)
             stream.held.append(_Held(start, 0, packet, "event"))
-        else:
-            # Comfort noise is harmless; any other codec cannot be inspected here, so it is
-            # relayed as is — counted, and said once per stream, as the operator must know.
-            if name != "CN":
-                self._counts.unmaskable_packets += 1
-                if not stream.warned_unmaskable:
-                    stream.warned_unmaskable = True
-                    log.warning("codec cannot be masked, relayed untouched",
-                                stream_id=stream.stream_id, codec=name or packet.payload_type)
+        elif kind is PayloadKind.CN:
+            stream.held.append(_Held(start, 0, packet, "cn"))
+        else:  # not inspectable, policy not effective (mode off): relayed unless that changes
             stream.held.append(_Held(start, 0, packet, "other"))
+
+    def _uninspectable(self, stream: _Stream, payload_type: int) -> None:
+        self._counts.uninspectable_packets += 1
+        if not stream.warned_uninspectable:
+            stream.warned_uninspectable = True
+            # The PT only: an encoding name is free text from the SDP and stays out of logs.
+            log.warning("payload type cannot be inspected on a masked stream: dropped",
+                        stream_id=stream.stream_id, payload_type=payload_type)
 
     def _on_telephone_event(self, stream: _Stream, packet: RtpPacket, start: int) -> None:
         try:
@@ -379,6 +396,11 @@ class MaskingPipeline:
             if h.kind == "event" and effective:
                 self._counts.dropped_events += 1
                 continue
+            if h.kind == "other" and effective:  # held while unmasked; masked since
+                self._uninspectable(stream, packet.payload_type)
+                continue
+            if h.kind == "cn" and effective and len(packet.payload) > 1:
+                packet = replace(packet, payload=packet.payload[:1])  # level only, RFC 3389
             end = h.start + h.length
             if h.kind == "audio" and effective and (h.late or (spans and any(
                     s < end and e > h.start for s, e in spans))):

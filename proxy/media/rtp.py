@@ -24,8 +24,38 @@ class RtpParseError(ValueError):
 
 
 def is_rtcp(data: bytes) -> bool:
-    """True if a datagram on an rtcp-mux port is RTCP (RFC 5761 §4), judged by byte 1."""
+    """True if a datagram on an rtcp-mux port is RTCP (RFC 5761 §4), judged by byte 1.
+
+    Only the demultiplexing decision: whether it really is RTCP is :func:`valid_rtcp`'s call.
+    """
     return len(data) >= 2 and RTCP_PT_MIN <= data[1] <= RTCP_PT_MAX
+
+
+def valid_rtcp_header(data: bytes) -> bool:
+    """The first RTCP header looks right: version 2, packet type 192-223, at least header and
+    SSRC (8 bytes). All an SRTCP packet shows in clear before it is authenticated."""
+    return len(data) >= 8 and data[0] >> 6 == RTP_VERSION and \
+        RTCP_PT_MIN <= data[1] <= RTCP_PT_MAX
+
+
+def valid_rtcp(data: bytes) -> bool:
+    """A whole (compound) RTCP datagram (RFC 3550 §6.1 / A.2, RFC 5761 §4).
+
+    Every packet in it has version 2 and a packet type in 192-223 (marker bit set, PT 64-95:
+    the range RTP may not use under rtcp-mux), and the length fields add up exactly to the
+    datagram. Why so strict: what an RTCP port relays must be something no receiver would
+    play as audio; plain RTP sent to an RTCP port fails on byte 1 or on the lengths.
+    """
+    end = len(data)
+    if end < 8:
+        return False
+    pos = 0
+    while pos < end:
+        if end - pos < 4 or data[pos] >> 6 != RTP_VERSION or \
+                not RTCP_PT_MIN <= data[pos + 1] <= RTCP_PT_MAX:
+            return False
+        pos += ((data[pos + 2] << 8 | data[pos + 3]) + 1) * 4
+    return pos == end
 
 
 @dataclass(slots=True)

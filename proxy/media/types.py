@@ -71,7 +71,19 @@ class StreamConfig:
     peer: Address | None = None  # from the SDP c=/m= of the endpoint; None = learn from traffic
     rtcp_peer: Address | None = None  # from a=rtcp, else peer port + 1; == peer when rtcp_mux
     rtcp_mux: bool = False
-    symmetric: bool = True  # latch onto the source of the first packet (NAT); ``trust address``
+    # Symmetric RTP: send to the source we latched onto (NAT). False (ng ``asymmetric``): send
+    # to ``peer`` and never latch; what is accepted follows the same source rules below.
+    symmetric: bool = True
+    # Who may send to this stream (fail closed; the rules in full: LocalMediaEngine._admits).
+    # By default a source may latch when its IP equals the IP of ``peer`` (any port: a NAT'd
+    # port); with no usable ``peer`` (None, 0.0.0.0, ::) any source may latch, but only within
+    # the learning window. Once latched, only that exact source (IP and port) is accepted.
+    strict_source: bool = False  # accept only ``peer`` exactly (IP and port); never learn
+    learn_any_source: bool = False  # NAT option: any source may latch within the window
+    # Re-latch to a new source: with SRTP any source whose packet authenticates; with plain
+    # RTP only a source the rules above would let latch (RTP Bleed otherwise).
+    media_handover: bool = False
+    learning_window: float = 5.0  # seconds after (re)configuration during which to learn
     srtp_recv: SrtpParams | None = None  # decrypt what the endpoint sends us
     srtp_send: SrtpParams | None = None  # encrypt what we send the endpoint
     # payload type -> encoding name ("PCMU", "PCMA", "telephone-event", ...)
@@ -129,6 +141,12 @@ class StreamCounters(_Summable):
     errors: int = counter(
         "packets dropped: malformed, SRTP auth/replay failure, unknown source, send failure")
     dtmf_masked: int = counter("DTMF digits masked on received media", metric="digits_masked")
+    stranger_packets: int = counter(
+        "packets dropped: from a source the stream does not accept (latching rules)")
+    rtcp_not_rtcp: int = counter(
+        "packets dropped: on an RTCP port, or demultiplexed as RTCP, but not valid RTCP")
+    uninspectable_packets: int = counter(
+        "packets dropped: a masked stream's payload type masking cannot inspect")
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +163,8 @@ class MaskingCounters(_Summable):
     ``toneguard_masking_<metric>_total``). Every field is an int :func:`counter`."""
 
     masked_packets: int = counter("audio packets sent with some of their audio replaced")
-    unmaskable_packets: int = counter(
-        "packets of a masked stream in a codec that cannot be inspected")
+    uninspectable_packets: int = counter(
+        "packets of a masked stream dropped: payload type masking cannot inspect")
     late_packets: int = counter(
         "audio packets that arrived after detection had passed their place (masked whole)")
     dropped_events: int = counter("RFC 4733 events of a masked stream dropped")

@@ -281,13 +281,82 @@ def test_an_ssrc_change_mid_call_keeps_masking_and_relaying() -> None:
     assert base > 0
 
 
-def test_a_codec_that_cannot_be_masked_is_relayed_and_counted() -> None:
+def _push_ticks(pipeline: MaskingPipeline, packets: list[RtpPacket],
+                codecs: dict[int, str]) -> list[RtpPacket]:
+    out: list[RtpPacket] = []
+    for k, p in enumerate([*packets, *[None] * 5]):
+        if p is not None:
+            pipeline.push("caller", p, codecs, k * 0.02)
+        out += [q for _, q in pipeline.tick(k * 0.02 + 0.01)]
+    return out
+
+
+def test_a_codec_that_cannot_be_inspected_is_dropped_and_counted_while_masked() -> None:
     pipeline = MaskingPipeline(lookahead_ms=LOOKAHEAD_MS)
     pipeline.open("caller", MaskingPolicy())
     g722 = [RtpPacket(9, k, 160 * k, 1, payload=bytes(160)) for k in range(5)]
-    out = []
-    for k, p in enumerate(g722 + [None] * 5):
-        if p is not None:
-            pipeline.push("caller", p, {9: "G722"}, k * 0.02)
-        out += pipeline.tick(k * 0.02 + 0.01)
-    assert len(out) == 5 and pipeline.counters().unmaskable_packets == 5
+    assert _push_ticks(pipeline, g722, {9: "G722"}) == []
+    assert pipeline.counters().uninspectable_packets == 5
+
+
+def test_a_codec_that_cannot_be_inspected_is_relayed_when_masking_is_off() -> None:
+    """The control: mode ``off`` relays what it cannot read (the policy is not effective)."""
+    pipeline = MaskingPipeline(lookahead_ms=LOOKAHEAD_MS)
+    pipeline.open("caller", UNMASKED)
+    g722 = [RtpPacket(9, k, 160 * k, 1, payload=bytes(160)) for k in range(5)]
+    assert len(_push_ticks(pipeline, g722, {9: "G722"})) == 5
+    assert pipeline.counters().uninspectable_packets == 0
+
+
+def test_a_payload_type_the_sdp_did_not_name_is_dropped_even_if_static() -> None:
+    pipeline = MaskingPipeline(lookahead_ms=LOOKAHEAD_MS)
+    pipeline.open("caller", MaskingPolicy())
+    codes = g711.encode(tones.dtmf_tone("4", 200, low_dbm0=-10), "alaw").tobytes()
+    pcma = [RtpPacket(8, k, 160 * k, 1, payload=codes[160 * k:160 * k + 160])
+            for k in range(len(codes) // 160)]
+    assert _push_ticks(pipeline, pcma, {0: "PCMU", 101: "telephone-event"}) == []
+    assert pipeline.counters().uninspectable_packets == len(pcma)
+
+
+@pytest.mark.parametrize("spelling", ["pcmu", "Pcmu", "PCMU"])
+def test_codec_names_match_in_any_case(spelling: str) -> None:
+    audio = np.concatenate([np.zeros(1600), tones.dtmf_tone("7", 120, low_dbm0=-10),
+                            np.zeros(2400)])
+    pipeline = MaskingPipeline(lookahead_ms=LOOKAHEAD_MS)
+    pipeline.open("caller", MaskingPolicy())
+    out = _push_ticks(pipeline, _packets(audio), {0: spelling})
+    assert len(out) == len(_packets(audio))
+    heard = agent_audio(out, "PCMU", 0, audio.size)
+    assert spandsp_detect(heard) == "" and multimon_detect(heard) == ""
+    assert [e.digit for e in pipeline.drain_events()] == ["7"]
+
+
+@pytest.mark.parametrize(("pt", "name"), [(101, "TELEPHONE-EVENT"), (96, "Telephone-Event"),
+                                          (127, "telephone-event")])
+def test_telephone_events_in_any_case_and_at_any_pt_are_never_forwarded(
+        pt: int, name: str) -> None:
+    pipeline = MaskingPipeline(lookahead_ms=LOOKAHEAD_MS)
+    pipeline.open("caller", MaskingPolicy())
+    silence = g711.encode(np.zeros(160), "ulaw").tobytes()
+    packets = []
+    for k in range(12):
+        packets.append(RtpPacket(0, 2 * k, 160 * k, 1, payload=silence))
+        if 2 <= k < 8:
+            ev = TelephoneEvent(9, k == 7, 10, 160 * (k - 1))
+            packets.append(RtpPacket(pt, 2 * k + 1, 320, 1, payload=bytes(ev)))
+    out = _push_ticks(pipeline, packets, {0: "PCMU", pt: name})
+    assert [p.payload_type for p in out] == [0] * 12
+    assert [p.sequence_number for p in out] == list(range(12))  # renumbered past the gap
+    assert pipeline.counters().dropped_events == 6
+    assert [e.digit for e in pipeline.drain_events()] == ["9"]
+
+
+def test_comfort_noise_leaves_with_its_level_only() -> None:
+    pipeline = MaskingPipeline(lookahead_ms=LOOKAHEAD_MS)
+    pipeline.open("caller", MaskingPolicy())
+    silence = g711.encode(np.zeros(160), "ulaw").tobytes()
+    packets = [RtpPacket(0, 0, 0, 1, payload=silence),
+               RtpPacket(13, 1, 160, 1, payload=bytes([40, 1, 2, 3, 4])),
+               RtpPacket(0, 2, 320, 1, payload=silence)]
+    out = _push_ticks(pipeline, packets, {0: "PCMU", 13: "cn"})
+    assert [(p.payload_type, p.payload) for p in out if p.payload_type == 13] == [(13, b"(")]

@@ -2,7 +2,14 @@
 
 import pytest
 
-from proxy.media.rtp import RtpPacket, RtpParseError, is_rtcp, seq_after
+from proxy.media.rtp import (
+    RtpPacket,
+    RtpParseError,
+    is_rtcp,
+    seq_after,
+    valid_rtcp,
+    valid_rtcp_header,
+)
 
 # V=2, M=1, PT=0, seq=0x1234, ts=0xdeadbeef, ssrc=0x01020304, 4 payload bytes.
 SIMPLE = bytes.fromhex("80801234deadbeef01020304") + b"\xff\xfe\xfd\xfc"
@@ -73,3 +80,33 @@ def test_rtcp_demux_by_packet_type():
 def test_sequence_comparison_wraps():
     assert seq_after(1, 0) and seq_after(0, 65535) and not seq_after(65535, 0)
     assert not seq_after(5, 5)
+
+
+RR = bytes([0x80, 201, 0, 1]) + bytes(4)  # receiver report, no blocks
+SDES = bytes([0x81, 202, 0, 2]) + bytes(4) + bytes([1, 0, 0, 0])
+
+
+def test_valid_rtcp_accepts_single_and_compound_packets() -> None:
+    assert valid_rtcp(RR) and valid_rtcp(RR + SDES)
+    assert valid_rtcp_header(RR)
+
+
+@pytest.mark.parametrize("data", [
+    SIMPLE,  # plain RTP: byte 1 is not 192-223
+    bytes([0x80, 191, 0, 1]) + bytes(4),  # PT just below the range
+    bytes([0x80, 224, 0, 1]) + bytes(4),  # just above
+    bytes([0x40, 201, 0, 1]) + bytes(4),  # version 1
+    RR + b"\x00",  # lengths do not add up to the datagram
+    RR[:-1],  # truncated
+    RR + bytes([0x80, 0, 0, 1]) + bytes(4),  # an RTP-looking packet after a valid one
+    bytes([0x80, 200, 0, 42]) + bytes(160),  # RTP, PT 72: seq 42 read as a length misfits
+], ids=["rtp", "pt-191", "pt-224", "version-1", "trailing", "truncated", "rtp-after",
+        "rtp-pt72"])
+def test_valid_rtcp_rejects_what_is_not_rtcp(data: bytes) -> None:
+    assert not valid_rtcp(data)
+
+
+def test_an_rtp_packet_shaped_exactly_like_rtcp_passes_and_is_rtcp_to_every_receiver() -> None:
+    """The limit of the check: marker + PT 72 with seq 42 and 168 bytes after the header is,
+    byte for byte, an RTCP SR; a receiver demuxes it as RTCP (RFC 5761 §4), never plays it."""
+    assert valid_rtcp(bytes([0x80, 200, 0, 42]) + bytes(168))

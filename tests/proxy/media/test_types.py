@@ -29,7 +29,7 @@ def test_counters_of_different_kinds_do_not_add() -> None:
 
 
 def test_totals_and_stats_cross_a_pickle_unchanged_and_stay_frozen() -> None:
-    totals = MediaTotals(packets_in=9, masking=MaskingCounters(unmaskable_packets=3), streams=2)
+    totals = MediaTotals(packets_in=9, masking=MaskingCounters(uninspectable_packets=3), streams=2)
     stats = StreamStats(packets_in=4, last_packet=12.5, endpoint=("127.0.0.1", 4000))
     for value in (totals, stats):
         assert pickle.loads(pickle.dumps(value)) == value

@@ -39,7 +39,7 @@ def _families(text: str) -> dict[str, tuple[str, dict[str, float]]]:
 def test_each_metric_is_exported_with_its_declared_type() -> None:
     readings = Readings(
         media=MediaTotals(packets_in=40, dtmf_masked=2, streams=2, workers=1,
-                          masking=MaskingCounters(masked_packets=7, unmaskable_packets=1)),
+                          masking=MaskingCounters(masked_packets=7, uninspectable_packets=1)),
         calls=CALLS, calls_active=2, ng=NG, payments=PAYMENTS, payments_active=1)
     families = _families(Metrics(lambda: readings).render().decode())
     assert set(families) == {m.name for m in METRICS}
@@ -54,7 +54,7 @@ def test_each_metric_is_exported_with_its_declared_type() -> None:
         "toneguard_media_packets_received_total"] == 40.0
     assert families["toneguard_masking_masked_packets"][1][
         "toneguard_masking_masked_packets_total"] == 7.0
-    assert families["toneguard_masking_unmaskable_packets"][0] == "counter"
+    assert families["toneguard_masking_uninspectable_packets"][0] == "counter"
     assert families["toneguard_calls_created"][1]["toneguard_calls_created_total"] == 3.0
 
 
