@@ -34,7 +34,8 @@ FLAGS = ["trust-address", "SIP-source-address", "symmetric", "asymmetric", "all"
          "strict-source", "media-handover", "SDES-no-AES_CM_128_HMAC_SHA1_80", "loop-protect"]
 TEST_PANS = (b"4111111111111111", b"5555555555554444", b"378282246310005")
 WEIRD = ["", " ", "\x00", "\ud800x", "é", "4111111111111111", "5555 5555 5555 4444", "a" * 300,
-         "-1", "1e309", "65536", "0", "127.0.0.1:0", "[::1]:7000", "::", "%s%n", "${jndi:x}", "\r\n"]
+         "-1", "1e309", "65536", "0", "127.0.0.1:0", "[::1]:7000", "::", "%s%n", "${jndi:x}",
+         "\r\n"]
 
 
 def sdp(rng: random.Random, port: int = 0) -> str:
