@@ -103,7 +103,7 @@ async def test_after_a_flood_of_fuzzed_datagrams_ping_is_answered_and_a_call_rel
                                         "from-tag": "a", "to-tag": "b",
                                         "sdp": audio_sdp("127.0.0.1", agent.port)})
         await caller.play(np.zeros(1600, np.int16), media_endpoint(answer["sdp"]))  # 200 ms
-        await agent.wait_for(8)
+        await agent.wait_for(8, timeout=20)
         assert media_endpoint(offer["sdp"])[1] != 0 and server.counters["received"] > 0
     finally:
         transport.close()
