@@ -268,8 +268,13 @@ class PaymentManager:
 
     def _publish(self, session: PaymentSession, kind: str, *, error: str = "",
                  field: str = "") -> None:
+        # Addressed to the agent the call is assigned to NOW, as the REST routes check it: a
+        # call moved to another agent (or a payment a supervisor started) must not keep
+        # streaming to whoever started the payment.
+        info = self.calls.get(session.call_id)
+        recipient = info.agent_id if info is not None and info.agent_id else session.agent_id
         event = PaymentEvent(
-            type=kind, call_id=session.call_id, sid=session.sid, agent_id=session.agent_id,
+            type=kind, call_id=session.call_id, sid=session.sid, agent_id=recipient,
             status=session.status, field=field or (session.current or ""),
             masked=session.masked(), brand=session.brand or session.final_brand, error=error,
             token=session.token,
