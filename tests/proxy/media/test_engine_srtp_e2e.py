@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -124,6 +125,55 @@ async def test_tampered_wrong_key_and_replayed_srtp_is_dropped_and_counted(
     assert (await media.stats("c-b")).packets_out == 12
     with pytest.raises(BlockingIOError):
         agent.recv(2048)  # and nothing else is queued for the agent
+
+
+def _sender_report(ssrc: int, ntp: int) -> bytes:
+    return struct.pack("!BBHIIIIII", 0x80, 200, 6, ssrc, ntp, 0, ntp * 160, ntp, ntp * 172)
+
+
+async def test_srtcp_that_fails_authentication_is_dropped_and_counted(
+        media_ports: tuple[int, int]) -> None:
+    """The same for the RTCP port: a tampered, a wrong-key and a replayed SRTCP report are
+    refused; the good reports around them reach the agent's RTCP port."""
+    media = LocalMediaEngine("127.0.0.1", *media_ports)
+    await media.start()
+    try:
+        caller, caller_rtcp, agent, agent_rtcp = _udp(), _udp(), _udp(), _udp()
+        caller_key = sdes.generate(SUITE).params
+        a = await media.allocate("c-a", "c", rtcp_mux=False)
+        await media.allocate("c-b", "c", rtcp_mux=False)
+        await media.configure("c-a", StreamConfig(peer=caller.getsockname(),
+                                                  rtcp_peer=caller_rtcp.getsockname(),
+                                                  srtp_recv=caller_key))
+        await media.configure("c-b", StreamConfig(peer=agent.getsockname(),
+                                                  rtcp_peer=agent_rtcp.getsockname()))
+        await media.link("c-a", "c-b")
+        to_engine = ("127.0.0.1", a.rtcp_port)
+        sender = SrtpSender(caller_key)
+        reports = {n: sender.protect_rtcp(_sender_report(SSRC, n)) for n in range(4)}
+        tampered = bytearray(sender.protect_rtcp(_sender_report(SSRC, 100)))
+        tampered[12] ^= 0x01
+        wrong_key = SrtpSender(sdes.generate(SUITE).params).protect_rtcp(
+            _sender_report(SSRC, 101))
+        loop = asyncio.get_running_loop()
+        caller_rtcp.sendto(reports[0], to_engine)  # latches the caller's RTCP source
+        async with asyncio.timeout(5):
+            got = [await loop.sock_recv(agent_rtcp, 2048)]
+        for data in (bytes(tampered), reports[1], wrong_key, reports[2], reports[1],
+                     reports[3]):
+            caller_rtcp.sendto(data, to_engine)
+        async with asyncio.timeout(5):
+            while len(got) < 4:
+                got.append(await loop.sock_recv(agent_rtcp, 2048))
+        assert got == [_sender_report(SSRC, n) for n in range(4)]  # in clear, in order, once
+        stats = await media.stats("c-a")
+        assert (stats.rtcp_in, stats.errors) == (4, 3)
+        with pytest.raises(BlockingIOError):
+            agent_rtcp.recv(2048)
+        with pytest.raises(BlockingIOError):
+            agent.recv(2048)  # nor did any of it come out as RTP
+    finally:
+        await media.stop()
 
 
 @pytest.mark.xfail(strict=True, reason="engine latches the source before SRTP authenticates it "
