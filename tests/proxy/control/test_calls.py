@@ -210,18 +210,33 @@ async def test_rtcp_is_relayed_separately_and_demultiplexed_under_rtcp_mux(
 
 async def test_a_call_is_deleted_when_all_its_media_stops_not_when_one_side_is_silent(
         media_ports: tuple[int, int]) -> None:
-    engine = LocalMediaEngine("127.0.0.1", *media_ports, idle_timeout=0.3)
+    # The engine's clock is the test's: idleness is decided on it, not on how fast a loaded
+    # machine happens to run the caller's pacing or the idle scan.
+    now = [1000.0]
+    engine = LocalMediaEngine("127.0.0.1", *media_ports, idle_timeout=0.3,
+                              clock=lambda: now[0])
     await engine.start()
     registry = CallRegistry(engine, address="127.0.0.1",
                             policy=CallPolicy(always_on=False, caller="none"))
     caller, agent = await RtpPeer(seed=1).start(), await RtpPeer(seed=2).start()
     try:
         _, answer = await _setup(registry, caller, agent, call_id="idle")
+        to_toneguard = media_endpoint(answer["sdp"])
         # Only the caller talks (the agent on mute, sending nothing) for three timeouts.
-        await caller.play(np.zeros(8000, np.int16), media_endpoint(answer["sdp"]))
+        for sent in range(1, 11):
+            caller.send_packet(caller.next_packet(bytes(160), 0), to_toneguard)
+            async with asyncio.timeout(5):
+                while (await engine.stats("idle/ft/0")).packets_in < sent:
+                    await asyncio.sleep(0.005)
+            now[0] += 0.1
+            engine.run_tick()  # an idle scan at this moment
+        agent_side = registry.calls["idle"].parties["tt"].medias[0].stream_id
+        assert (await engine.stats(agent_side)).packets_in == 0  # the agent side: silent
+        await agent.wait_for(10)  # and the caller's audio did reach it
         assert await registry.reap_idle() == []
         assert "idle" in registry.calls
-        await asyncio.sleep(0.3 + 1.0)  # silence, then the next idle scan (≤ 1 s apart)
+        now[0] += 0.3  # then nobody sends for one timeout
+        engine.run_tick()
         assert await registry.reap_idle() == ["idle"]
         assert "idle" not in registry.calls and registry.counters.idle == 1
         with pytest.raises(ng.NgError, match="Unknown call"):

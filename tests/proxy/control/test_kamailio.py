@@ -1,17 +1,23 @@
 """Kamailio 5.6 (stock rtpengine module) drives ToneGuard; sipp places a call whose RTP flows
 both ways through ToneGuard: sipp UAC plays Debian's g711a.pcap and an RFC 2833 key, sipp UAS
-echoes the audio back. Everything on loopback, started and stopped by the test."""
+echoes the audio back. A recording tap (an RtpPeer) gets a copy of everything ToneGuard sends
+either party: the audio must be there, the caller's RFC 2833 key must not (had it reached the
+far end, the echo would have brought it back through ToneGuard too). Everything on loopback,
+started and stopped by the test."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import shutil
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from proxy.demo.phone import RtpPeer
 from proxy.media.types import DigitEvent
 from proxy.service.config import load_config
 from proxy.service.serve import Node
@@ -39,20 +45,47 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
 
 
 @pytest.fixture
-async def node(media_ports: tuple[int, int]) -> AsyncIterator[tuple[Node, list[DigitEvent]]]:
+async def recorder() -> AsyncIterator[RtpPeer]:
+    peer = await RtpPeer().start()
+    yield peer
+    peer.close()
+
+
+@pytest.fixture
+async def node(media_ports: tuple[int, int], recorder: RtpPeer
+               ) -> AsyncIterator[tuple[Node, list[DigitEvent]]]:
     digits: list[DigitEvent] = []
     config = load_config(overrides={
         "ng": {"listen": f"127.0.0.1:{pick_udp_port()}"},
         "media": {"port_min": media_ports[0], "port_max": media_ports[1]},
         "api": {"listen": "127.0.0.1:0"},
+        "masking": {"recording_tap": f"127.0.0.1:{recorder.port}"},
     })
     node = await Node.start(config, on_digit=lambda call, tag, event: digits.append(event))
     yield node, digits
     await node.stop()
 
 
+def _udp_port_taken(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+        return False
+
+
+async def _kamailio_ready(kamailio: asyncio.subprocess.Process, sip_port: int,
+                          toneguard: Node, log: Path) -> None:
+    """Until kamailio has bound its SIP port and its rtpengine module has pinged ToneGuard."""
+    async with asyncio.timeout(20):
+        while not (_udp_port_taken(sip_port) and toneguard.ng.counters["received"] > 0):
+            assert kamailio.returncode is None, log.read_text()[-2000:]
+            await asyncio.sleep(0.05)
+
+
 async def test_call_through_kamailio_has_media_both_ways_through_toneguard(
-        node: tuple[Node, list[DigitEvent]], tmp_path: Path) -> None:
+        node: tuple[Node, list[DigitEvent]], recorder: RtpPeer, tmp_path: Path) -> None:
     toneguard, digits = node
     sip_port, uas_port, uas_media = (pick_udp_port() for _ in range(3))
     uac_port, uac_media = pick_udp_port("127.0.0.2"), pick_udp_port("127.0.0.2")
@@ -74,8 +107,7 @@ async def test_call_through_kamailio_has_media_both_ways_through_toneguard(
         cwd=tmp_path, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     uac = None
     try:
-        await asyncio.sleep(1.0)  # kamailio binds and pings ToneGuard
-        assert kamailio.returncode is None, (tmp_path / "kamailio.log").read_text()[-2000:]
+        await _kamailio_ready(kamailio, sip_port, toneguard, tmp_path / "kamailio.log")
         uac = await asyncio.create_subprocess_exec(
             "sipp", "-sn", "uac_pcap", f"127.0.0.1:{sip_port}", "-i", "127.0.0.2",
             "-p", str(uac_port), "-mi", "127.0.0.2", "-mp", str(uac_media), "-m", "1",
@@ -102,6 +134,11 @@ async def test_call_through_kamailio_has_media_both_ways_through_toneguard(
         assert min(observed.values()) > 100, observed  # ~8 s of 20 ms packets each way
         assert toneguard.registry.calls == {}  # BYE → rtpengine_manage → delete
         assert [d.digit for d in digits] == ["1"] and digits[0].source == "rfc4733"
+        # The key arrived (above) but went no further: not one telephone-event packet was
+        # sent to either party, while the audio was (PCMA, both ways).
+        assert len(recorder.received.events(8)) > 200, len(recorder.received.packets)
+        assert recorder.received.events(101) == []
+        assert {p.payload_type for _, p in recorder.received.packets} == {8}
     finally:
         for proc in (uac, uas, kamailio):
             if proc is not None:

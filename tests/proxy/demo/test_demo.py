@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -20,3 +21,8 @@ def test_demo_tokenises_a_card_and_the_agent_hears_no_digit() -> None:
     assert "PASS: card tokenised, nothing leaked to the agent" in out
     assert "token=tok_" in out and "••••••••••••1111" in out
     assert TEST_CARDS["visa"][0] not in out  # not even the demo's own output shows it
+    # "Nothing leaked" counts only if the agent heard the call: the seconds it heard.
+    heard = re.search(r"agent's audio \(([\d.]+) s heard of ([\d.]+) s sent\)", out)
+    assert heard is not None, out[-3000:]
+    assert float(heard[2]) > 5 and float(heard[1]) >= 0.95 * float(heard[2]), heard[0]
+    assert "spandsp decoded:      nothing" in out and "multimon-ng decoded:  nothing" in out

@@ -7,12 +7,13 @@ import os
 import resource
 import socket
 import struct
+from collections.abc import Callable
 
 import pytest
 
 from proxy.media.engine import LocalMediaEngine
 from proxy.media.runtime import raise_open_file_limit
-from proxy.media.types import PortsExhaustedError, StreamConfig
+from proxy.media.types import PortsExhaustedError, StreamConfig, StreamStats
 
 
 def _udp() -> socket.socket:
@@ -33,6 +34,17 @@ async def _collect(sock: socket.socket, count: int, timeout: float = 5.0) -> lis
         while len(got) < count:
             got.append(await loop.sock_recv(sock, 2048))
     return got
+
+
+async def _stats_once(engine: LocalMediaEngine, stream_id: str,
+                      condition: Callable[[StreamStats], bool],
+                      timeout: float = 5.0) -> StreamStats:
+    """The stream's stats once ``condition`` holds: datagrams on a stream's two sockets (its
+    own and the one connected to the latched endpoint) are read in no fixed order."""
+    async with asyncio.timeout(timeout):
+        while not condition(stats := await engine.stats(stream_id)):
+            await asyncio.sleep(0.01)
+    return stats
 
 
 async def _pair(engine: LocalMediaEngine, call: str, caller: socket.socket,
@@ -78,12 +90,13 @@ async def test_strangers_and_junk_are_counted_not_relayed_and_release_is_clean(
     caller.sendto(_rtp(3), ("127.0.0.1", port_a))
     got = await _collect(agent, 1)
     assert struct.unpack_from("!H", got[0], 2)[0] == 3  # the stranger's and the junk never came
-    stats = await engine.stats("c-a")
+    stats = await _stats_once(engine, "c-a", lambda s: s.errors >= 2)
     assert (stats.packets_in, stats.errors) == (2, 2)
+    with pytest.raises(BlockingIOError):
+        agent.recv(2048)  # nothing else was relayed
     await engine.release("c-a")
     await engine.release("c-b")
     caller.sendto(_rtp(4), ("127.0.0.1", port_a))  # to a closed port: nothing breaks
-    await asyncio.sleep(0.05)
     totals = await engine.totals()  # released streams still count: the totals never go back
     assert (totals.streams, totals.workers) == (0, 1)
     assert (totals.packets_in, totals.packets_out, totals.errors) == (2, 2, 2)
@@ -104,9 +117,10 @@ async def test_a_new_address_in_sdp_latches_afresh_and_replies_follow_it(
     old_phone.sendto(_rtp(4), ("127.0.0.1", port_a))  # the old address is now a stranger
     agent.sendto(_rtp(5), ("127.0.0.1", port_b))
     assert struct.unpack_from("!H", (await _collect(new_phone, 1))[0], 2)[0] == 5
-    await asyncio.sleep(0.05)
-    stats = await engine.stats("c-a")
+    stats = await _stats_once(engine, "c-a", lambda s: s.errors >= 1)
     assert stats.errors == 1 and stats.endpoint == new_phone.getsockname()
+    new_phone.sendto(_rtp(6), ("127.0.0.1", port_a))  # after the old phone's, same socket path
+    assert struct.unpack_from("!H", (await _collect(agent, 1))[0], 2)[0] == 6
     with pytest.raises(BlockingIOError):
         old_phone.recv(2048)  # nothing more reached the old address
 

@@ -42,16 +42,39 @@ def test_full_packet_fields_and_round_trip():
     assert bytes(p) == FULL
 
 
-@pytest.mark.parametrize("packet", [SIMPLE, FULL], ids=["simple", "full"])
-def test_truncation_at_every_length_raises(packet):
-    for n in range(len(packet)):
-        data = packet[:n]
-        try:
-            p = RtpPacket.parse(data)
-        except RtpParseError:
-            continue
-        # A prefix may still parse when only payload bytes were cut.
-        assert len(p.payload) < len(RtpPacket.parse(packet).payload) or n >= 12
+def _full_prefix_error(n: int) -> str:
+    """What a prefix of FULL (12 header, 4 CSRC, 4 + 4 extension, 4 payload, 4 padding) lacks."""
+    if n < 12:
+        return r"less than 12 bytes"
+    if n < 16:
+        return r"truncated in CSRC list"
+    if n < 20:
+        return r"truncated in extension header"
+    if n < 24:
+        return r"truncated in extension data"
+    return r"padding length is invalid"  # the last byte is no longer a valid padding count
+
+
+@pytest.mark.parametrize("n", range(len(FULL)))
+def test_every_truncation_of_a_full_packet_is_refused_saying_where(n: int) -> None:
+    with pytest.raises(RtpParseError, match=_full_prefix_error(n)):
+        RtpPacket.parse(FULL[:n])
+
+
+def test_a_simple_packet_cut_in_its_payload_keeps_what_arrived() -> None:
+    for n in range(len(SIMPLE)):
+        if n < 12:
+            with pytest.raises(RtpParseError, match=rf"less than 12 bytes \({n}\)"):
+                RtpPacket.parse(SIMPLE[:n])
+        else:  # RTP has no payload length: a shorter payload is all a relay can know
+            assert RtpPacket.parse(SIMPLE[:n]).payload == SIMPLE[12:n]
+
+
+def test_an_extension_longer_than_the_packet_is_refused() -> None:
+    data = bytearray(FULL)
+    data[18:20] = (200).to_bytes(2, "big")  # 200 words of extension claimed, 4 bytes present
+    with pytest.raises(RtpParseError, match="truncated in extension data"):
+        RtpPacket.parse(bytes(data))
 
 
 def test_short_packet_error_message():

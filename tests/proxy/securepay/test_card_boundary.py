@@ -60,7 +60,10 @@ async def test_card_number_reaches_the_gateway_and_nothing_else(stack: Stack) ->
     session = stack.node.payments.sessions[sid]
     assert all(not f.buffer for f in session.fields.values())
     assert PAN not in repr(session)
-    # And the agent heard no digit (decoded by two independent receivers in run_call).
+    # And the agent heard the call — all of it — but no digit (decoded by two independent
+    # receivers in run_call).
+    assert result.caller_audio_seconds > 5
+    assert result.agent_audio_seconds >= 0.95 * result.caller_audio_seconds, result
     assert result.spandsp_digits == result.multimon_digits == "" and result.leak_ms == 0.0
 
 
@@ -73,6 +76,8 @@ async def test_a_declined_card_is_reported_without_its_number(stack: Stack) -> N
                                 brand="declined", log=lambda line: None)
     finally:
         del simulate.TEST_CARDS["declined"]
-    assert result.status == "failed"
+    assert result.status == "failed" and not result.ok
+    assert result.agent_audio_seconds >= 0.95 * result.caller_audio_seconds > 5
+    assert result.spandsp_digits == result.multimon_digits == ""
     assert any(e.get("error") == "declined:card_declined" for e in result.events)
     assert "4000000000000002" not in stack.logs.getvalue() + json.dumps(result.events)

@@ -9,6 +9,7 @@ import json
 
 import httpx
 import numpy as np
+import pytest
 
 from dsp import tones
 from proxy.demo.phone import RtpPeer
@@ -99,11 +100,21 @@ async def test_the_caller_trigger_sequence_opens_a_payment(stack: Stack) -> None
     caller, agent = await RtpPeer(seed=9).start(), await RtpPeer(seed=10).start()
     try:
         to_toneguard = await _call(stack, "trigger", caller, agent, metadata="agent=agent-demo")
-        await caller.play(_keys("12*9" + PAN + "1230" + CODE), to_toneguard)
-        await _wait(lambda: any(s.call_id == "trigger" and s.status == "complete"
-                                for s in stack.node.payments.sessions.values()), timeout=15)
-        session = next(s for s in stack.node.payments.sessions.values()
-                       if s.call_id == "trigger")
+        sessions = stack.node.payments.sessions
+        playing = asyncio.create_task(caller.play(_keys("12*9" + PAN + "1230" + CODE),
+                                                  to_toneguard))
+        # Two stages, so a failure says which one: the trigger opened exactly one payment ...
+        await _wait(lambda: any(s.call_id == "trigger" for s in sessions.values()), timeout=10)
+        await playing
+        # ... and every key after it went into that payment (masked progress in the message).
+        try:
+            await _wait(lambda: any(s.status == "complete" for s in sessions.values()),
+                        timeout=15)
+        except TimeoutError:
+            pytest.fail(f"payment not complete: {[repr(s) for s in sessions.values()]}; "
+                        f"media {(await stack.node.engine.totals())}")
+        [session] = sessions.values()
+        assert session.call_id == "trigger" and session.agent_id == "agent-demo"
         assert session.token.startswith("tok_") and session.final_last4 == "4444"
         _assert_clean(stack)
     finally:
