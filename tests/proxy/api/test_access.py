@@ -202,7 +202,7 @@ async def test_complete_is_the_owner_s_and_supervisor_s_only(
         sid = r.json()["sid"]
         _key_digits(node, "mine", PAN + "#" + EXPIRY + "#" + CODE + "#")
         session = node.payments.sessions[sid]
-        assert (session.status, session.error) == ("failed-submit", "")
+        assert (session.status, session.error) == ("failed-submit", "gateway-not-configured")
         path = f"/v1/calls/mine/payments/{sid}"
         submissions = _submissions(node)
         for key in (None, "tg_0000_nope"):

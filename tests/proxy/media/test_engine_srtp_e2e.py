@@ -176,8 +176,6 @@ async def test_srtcp_that_fails_authentication_is_dropped_and_counted(
         await media.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="engine latches the source before SRTP authenticates it "
-                   "(proxy/media/engine.py _on_rtp: _latch runs before unprotect); reported")
 async def test_a_stranger_without_the_key_cannot_take_the_caller_s_place(
         media_ports: tuple[int, int]) -> None:
     """The first packet may come from a stranger: one that fails SRTP authentication must not
