@@ -57,7 +57,7 @@ from proxy.media.types import (
 )
 
 __all__ = ["PENDING_TAG", "Call", "CallCounters", "CallLimits", "CallPolicy", "CallRegistry",
-           "DigitSink", "Media", "Party"]
+           "DigitSink", "LatchingDefaults", "Media", "Party"]
 
 log = structlog.get_logger("toneguard.calls")
 PENDING_TAG = "~"
@@ -126,6 +126,14 @@ class CallLimits:
     max_parties: int = 4
 
 
+@dataclass(frozen=True, slots=True)
+class LatchingDefaults:
+    """How streams learn their remote endpoint (config [media]; ng flags per offer/answer)."""
+
+    learn_any_source: bool = False
+    learning_window: float = 5.0
+
+
 @dataclass(slots=True)
 class CallCounters:
     created: int = 0
@@ -144,6 +152,7 @@ class CallRegistry:
                  on_call: Callable[[str, bool], None] | None = None,
                  on_securepay: Callable[[str], str] | None = None,
                  limits: CallLimits | None = None,
+                 latching: LatchingDefaults | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self._engine = engine
         self._address = advertised_address or address
@@ -153,6 +162,7 @@ class CallRegistry:
         self._on_securepay = on_securepay  # call id → payment sid (ng-started secure pay)
         self._clock = clock
         self._limits = limits or CallLimits()
+        self._latching = latching or LatchingDefaults()
         self.calls: dict[str, Call] = {}
         self._by_stream: dict[str, tuple[str, str]] = {}  # stream id → (call id, tag)
         self.counters = CallCounters()
@@ -292,6 +302,9 @@ class CallRegistry:
                 rtcp_peer=(peer_addr, section.port if section.rtcp_mux else rtcp_port),
                 rtcp_mux=section.rtcp_mux,
                 symmetric=req.symmetric,
+                media_handover=req.media_handover,
+                learn_any_source=req.learn_any_source or self._latching.learn_any_source,
+                learning_window=self._latching.learning_window,
                 srtp_recv=srtp_recv,
                 srtp_send=s_media.keys.send if proto in SAVP else None,
                 codecs=section.codecs(),

@@ -62,8 +62,9 @@ class NegotiateRequest:
         return "asymmetric" not in self.flags
 
     @property
-    def strict_source(self) -> bool:
-        return "strict-source" in self.flags
+    def learn_any_source(self) -> bool:
+        """ToneGuard's flag: any source may latch within the learning window (NAT)."""
+        return "learn-any-source" in self.flags
 
     @property
     def media_handover(self) -> bool:

@@ -73,6 +73,11 @@ class MediaConfig(_Section):
     idle_timeout_seconds: float = Field(60.0, gt=0)
     tick_ms: int = Field(20, ge=10, le=60)
     workers: int = Field(1, ge=0, le=64)
+    # Latching (proxy/media/engine.py): a stream latches only onto a source whose IP is the
+    # SDP's; learn_any_source lets any source latch within the learning window (NAT'd peers
+    # whose SDP shows a private address) — the weaker, rtpengine-like setting.
+    learn_any_source: bool = False
+    learning_window_seconds: float = Field(5.0, gt=0, le=300)
 
     @field_validator("port_min")
     @classmethod

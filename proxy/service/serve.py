@@ -24,7 +24,13 @@ import uvicorn
 
 from proxy.api.app import create_app
 from proxy.api.auth import AgentDirectory
-from proxy.control.calls import CallLimits, CallPolicy, CallRegistry, DigitSink
+from proxy.control.calls import (
+    CallLimits,
+    CallPolicy,
+    CallRegistry,
+    DigitSink,
+    LatchingDefaults,
+)
 from proxy.control.ng_server import NgServer
 from proxy.media.engine import LocalMediaEngine
 from proxy.media.masking import MaskingPipeline
@@ -135,7 +141,9 @@ class Node:
                                 policy=call_policy(config), on_digit=digit,
                                 on_call=call_changed, on_securepay=securepay_from_ng,
                                 limits=CallLimits(config.ng.max_media_per_offer,
-                                                  config.ng.max_parties_per_call))
+                                                  config.ng.max_parties_per_call),
+                                latching=LatchingDefaults(media.learn_any_source,
+                                                          media.learning_window_seconds))
         server = NgServer(registry.handle, cache_ttl=config.ng.cookie_cache_seconds,
                           cache_bytes=config.ng.cookie_cache_bytes)
         node = cls(config, engine, registry, server, payments, _gateway=gateway)

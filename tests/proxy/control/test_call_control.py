@@ -233,3 +233,18 @@ async def test_parties_per_call_are_limited() -> None:
         await registry.handle({"command": "offer", "call-id": "c", "from-tag": "fourth",
                                "sdp": audio_sdp("127.0.0.1", 4006)})
     assert len(registry.calls["c"].parties) == 3
+
+
+async def test_latching_options_reach_the_streams_from_flags_and_node_defaults() -> None:
+    from proxy.control.calls import LatchingDefaults
+    registry, engine = _registry()
+    await _call(registry, offer={"flags": ["media-handover", "learn-any-source"]})
+    caller = engine.streams["c/ft/0"].config
+    assert caller.media_handover and caller.learn_any_source and caller.learning_window == 5.0
+    assert not engine.streams["c/tt/0"].config.media_handover  # the answer had no flags
+    engine = MemoryMediaEngine()
+    registry = CallRegistry(engine, address="127.0.0.1",
+                            latching=LatchingDefaults(learn_any_source=True, learning_window=2))
+    await _call(registry)
+    config = engine.streams["c/tt/0"].config
+    assert config.learn_any_source and config.learning_window == 2 and not config.media_handover
