@@ -241,10 +241,11 @@ async def test_latching_options_reach_the_streams_from_flags_and_node_defaults()
     await _call(registry, offer={"flags": ["media-handover", "learn-any-source"]})
     caller = engine.streams["c/ft/0"].config
     assert caller.media_handover and caller.learn_any_source and caller.learning_window == 5.0
-    assert not engine.streams["c/tt/0"].config.media_handover  # the answer had no flags
+    agent_stream = registry.calls["c"].parties["tt"].medias[0].stream_id
+    assert not engine.streams[agent_stream].config.media_handover  # the answer had no flags
     engine = MemoryMediaEngine()
     registry = CallRegistry(engine, address="127.0.0.1",
                             latching=LatchingDefaults(learn_any_source=True, learning_window=2))
     await _call(registry)
-    config = engine.streams["c/tt/0"].config
+    config = engine.streams[registry.calls["c"].parties["tt"].medias[0].stream_id].config
     assert config.learn_any_source and config.learning_window == 2 and not config.media_handover
