@@ -383,8 +383,13 @@ class LocalMediaEngine:
         old = stream.config
         if stream.rtcp is None and not config.rtcp_mux:
             raise MediaError(f"{stream_id}: allocated with rtcp-mux; cannot split RTCP later")
-        stream.receiver = SrtpReceiver(config.srtp_recv) if config.srtp_recv else None
-        stream.sender = SrtpSender(config.srtp_send) if config.srtp_send else None
+        # SRTP contexts live as long as their keys: a re-INVITE with the same keys (a hold, a
+        # resume, a block DTMF) keeps the rollover counter and replay window, so a phone that
+        # keeps its key keeps being understood after 65 536 packets too.
+        if config.srtp_recv != old.srtp_recv or stream.receiver is None:
+            stream.receiver = SrtpReceiver(config.srtp_recv) if config.srtp_recv else None
+        if config.srtp_send != old.srtp_send or stream.sender is None:
+            stream.sender = SrtpSender(config.srtp_send) if config.srtp_send else None
         if (config.peer, config.symmetric, config.strict_source, config.learn_any_source) != (
                 old.peer, old.symmetric, old.strict_source, old.learn_any_source):
             self._set_endpoint(stream, None)  # a new remote address in SDP: latch afresh

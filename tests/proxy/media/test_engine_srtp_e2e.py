@@ -13,6 +13,7 @@ import asyncio
 import socket
 import struct
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 
 import pytest
 
@@ -227,3 +228,39 @@ def test_the_attack_packets_really_fail_authentication() -> None:
             _plain(3, bytes(160))), good):
         with pytest.raises(SrtpError):
             receiver.unprotect(bad)
+
+
+async def test_re_configuring_with_the_same_keys_keeps_the_srtp_context(
+        media_ports: tuple[int, int]) -> None:
+    """A hold/resume re-INVITE re-configures the stream with the same keys: the replay window
+    (and rollover counter) must survive it — a packet seen before is still refused after —
+    while new keys do start a new context."""
+    media = LocalMediaEngine("127.0.0.1", *media_ports)
+    await media.start()
+    caller, agent = _udp(), _udp()
+    key, new_key = sdes.generate(SUITE).params, sdes.generate(SUITE).params
+    try:
+        a = await media.allocate("a", "c", rtcp_mux=False)
+        await media.allocate("b", "c", rtcp_mux=False)
+        await media.link("a", "b")
+        config_a = StreamConfig(peer=caller.getsockname(), srtp_recv=key, codecs=CODECS)
+        await media.configure("a", config_a)
+        await media.configure("b", StreamConfig(peer=agent.getsockname(), codecs=CODECS))
+        sender = SrtpSender(key)
+        first = sender.protect(_plain(0, _payloads(1)[0]))
+        caller.sendto(first, ("127.0.0.1", a.rtp_port))
+        await _receive(agent, lambda d: d, 0)
+        await media.configure("a", config_a)  # a re-INVITE: same keys
+        caller.sendto(first, ("127.0.0.1", a.rtp_port))  # a replay
+        caller.sendto(sender.protect(_plain(1, _payloads(2)[1])), ("127.0.0.1", a.rtp_port))
+        got = await _receive(agent, lambda d: d, 1)
+        assert [p.sequence_number for p in got] == [1]  # the replay was refused
+        assert (await media.stats("a")).errors == 1
+        await media.configure("a", replace(config_a, srtp_recv=new_key))  # the phone re-keys
+        caller.sendto(SrtpSender(new_key).protect(_plain(2, _payloads(3)[2])),
+                      ("127.0.0.1", a.rtp_port))
+        assert [p.sequence_number for p in await _receive(agent, lambda d: d, 2)] == [2]
+    finally:
+        caller.close()
+        agent.close()
+        await media.stop()
