@@ -4,6 +4,7 @@
 #   ./dev.sh test [ARGS]   install, then lint (ruff), type-check (mypy) and run the whole test
 #                          suite (ARGS go to pytest)
 #   ./dev.sh bench         install, then run the benchmarks and print their tables
+#   ./dev.sh fuzz [ARGS]   install, then the fuzzing campaign at length (TONEGUARD_FUZZ_SEED=…)
 #   ./dev.sh install       install only (Debian packages when root or with sudo, then .venv)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -56,9 +57,14 @@ case "$cmd" in
         "$VENV/bin/ruff" check .
         "$VENV/bin/mypy"  # files and strictness: [tool.mypy] in pyproject.toml
         exec "$VENV/bin/python" -m pytest "$@" ;;
+    fuzz)  # the fuzzing campaign at length: 250 000 inputs per surface (1 000 000 in all)
+        install_system; install_python
+        TONEGUARD_FUZZ_INPUTS=${TONEGUARD_FUZZ_INPUTS:-250000} exec "$VENV/bin/python" -m pytest \
+            -p no:cacheprovider -o timeout=7200 tests/proxy/control/test_fuzz_ng.py \
+            tests/proxy/media/test_fuzz_datagrams.py "$@" ;;
     bench)
         install_system; install_python
         exec "$VENV/bin/python" -m loadtest.bench "$@" ;;
     *)
-        sed -n '2,7p' "$0"; exit 2 ;;
+        sed -n '2,8p' "$0"; exit 2 ;;
 esac
