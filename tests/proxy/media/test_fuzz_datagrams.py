@@ -36,16 +36,18 @@ def _udp(host: str = "127.0.0.1") -> socket.socket:
     return s
 
 
-async def _drain(sock: socket.socket, quiet: float = 0.3) -> list[bytes]:
-    """Everything queued on ``sock`` until it stays quiet for ``quiet`` seconds."""
+async def _listen(sock: socket.socket, got: list[bytes], stop: asyncio.Event,
+                  quiet: float = 0.5) -> None:
+    """Collect what ``sock`` receives (all along, so its buffer never overflows) until ``stop``
+    is set and the socket has then been quiet for ``quiet`` seconds."""
     loop = asyncio.get_running_loop()
-    got = []
     while True:
         try:
             async with asyncio.timeout(quiet):
                 got.append(await loop.sock_recv(sock, 4096))
         except TimeoutError:
-            return got
+            if stop.is_set():
+                return
 
 
 @pytest.mark.parametrize("srtp", [False, True], ids=["rtp", "srtp"])
@@ -80,6 +82,9 @@ async def test_fuzzed_datagrams_at_a_live_masked_call_change_nothing_it_relays(
 
         talk()  # latches the caller
         sent = 0
+        heard: list[bytes] = []
+        stop = asyncio.Event()
+        listener = asyncio.create_task(_listen(agent, heard, stop))
         with capture_logs() as logs:
             for n in range(fuzzing.INPUTS):
                 data = fuzzing.rtp_like(rng, ssrc=CALLER_SSRC if rng.random() < 0.3 else 7)
@@ -92,7 +97,8 @@ async def test_fuzzed_datagrams_at_a_live_masked_call_change_nothing_it_relays(
             for _ in range(10):
                 talk()
                 await asyncio.sleep(0.02)
-            heard = await _drain(agent)
+            stop.set()
+            await listener
         assert [e for e in logs if e.get("log_level") in ("error", "critical")
                 or "exc_info" in e] == [], f"seed {seed}"
         packets = [RtpPacket.parse(d) for d in heard if len(d) >= 12 and d[1] & 0x7F < 72]
