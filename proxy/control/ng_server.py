@@ -110,11 +110,6 @@ class NgServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
 
-    @property
-    def queued(self) -> int:
-        """Requests waiting for the command task."""
-        return self._queue.qsize()
-
     def received(self, data: bytes, addr: Address) -> None:
         self.counters["received"] += 1
         try:

@@ -91,10 +91,13 @@ async def test_after_a_flood_of_fuzzed_datagrams_ping_is_answered_and_a_call_rel
             transport.sendto(data)
             if n % 50 == 0:
                 await asyncio.sleep(0.005)  # let the server drain its socket
-        async with asyncio.timeout(60):  # behind whatever of the flood is still queued
-            while server.queued:
-                await asyncio.sleep(0.05)
-        [pong] = await _exchange(addr, [b"p1 d7:command4:pinge"], 1)
+        pong = b""
+        async with asyncio.timeout(90):  # behind whatever of the flood is still queued
+            while not pong:  # Kamailio retransmits too: the cookie cache answers the repeat
+                try:
+                    [pong] = await _exchange(addr, [b"p1 d7:command4:pinge"], 1)
+                except TimeoutError:
+                    continue
         assert pong == b"p1 d6:result4:ponge", f"seed {seed}"
         offer = await registry.handle({"command": "offer", "call-id": "live", "from-tag": "a",
                                        "flags": ["caller-none"],
