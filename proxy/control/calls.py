@@ -255,17 +255,27 @@ class CallRegistry:
             raise ng.NgError("Unknown call-ID or from-tag")
         b = call.parties.get(req.to_tag) or call.parties.get(PENDING_TAG)
         if b is None:
-            raise ng.NgError("Unknown to-tag")
-        if b.tag == PENDING_TAG:
-            del call.parties[PENDING_TAG]
-            b.tag = req.to_tag
-            call.parties[req.to_tag] = b
-            for m in b.medias:
-                self._by_stream[m.stream_id] = (call.call_id, req.to_tag)
+            # A forked INVITE: another branch answers (a 183 from one phone, the 200 from
+            # another). Every branch was offered the same ports, so the streams stay; the
+            # latest answer says where to send — the branch that answered last wins.
+            b = call.other(a)
+            if b is None:
+                raise ng.NgError("Unknown to-tag")
+            log.info("forked call: another branch answered", call_id=call.call_id,
+                     replaced_tag=b.tag, to_tag=req.to_tag)
+        if b.tag != req.to_tag:
+            self._retag(call, b, req.to_tag)
         b.label = req.to_label or req.label or b.label
         b.source_address = req.received_from or b.source_address
         out = await self._negotiate(call, b, a, req, offer=False)
         return {"result": "ok", "sdp": out}
+
+    def _retag(self, call: Call, party: Party, tag: str) -> None:
+        del call.parties[party.tag]
+        party.tag = tag
+        call.parties[tag] = party
+        for m in party.medias:
+            self._by_stream[m.stream_id] = (call.call_id, tag)
 
     async def _negotiate(self, call: Call, sender: Party, receiver: Party,
                          req: NegotiateRequest, *, offer: bool) -> str:

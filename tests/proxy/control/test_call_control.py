@@ -249,3 +249,22 @@ async def test_latching_options_reach_the_streams_from_flags_and_node_defaults()
     await _call(registry)
     config = engine.streams[registry.calls["c"].parties["tt"].medias[0].stream_id].config
     assert config.learn_any_source and config.learning_window == 2 and not config.media_handover
+
+
+async def test_a_forked_call_follows_the_branch_that_answered_last() -> None:
+    """183 with SDP from one branch, then the 200 from another: the winner's address is where
+    media goes, the streams (ports offered to every branch) stay, the loser leaves no tag."""
+    registry, engine = _registry()
+    offer = await registry.handle({"command": "offer", "call-id": "c", "from-tag": "ft",
+                                   "to-label": "customer",
+                                   "sdp": audio_sdp("127.0.0.1", 4000)})
+    for to_tag, port in (("early", 5000), ("winner", 6000)):
+        await registry.handle({"command": "answer", "call-id": "c", "from-tag": "ft",
+                               "to-tag": to_tag, "sdp": audio_sdp("127.0.0.2", port)})
+    call = registry.calls["c"]
+    assert set(call.parties) == {"ft", "winner"}
+    winner = call.parties["winner"]
+    assert winner.medias[0].config.peer == ("127.0.0.2", 6000)
+    assert winner.medias[0].local.rtp_port == parse(offer["sdp"]).media[0].port
+    assert _masked(registry, "winner") is True and _masked(registry, "ft") is None
+    assert len(engine.streams) == 2
