@@ -12,7 +12,7 @@ cd "$(dirname "$0")"
 # Real peers the tests start on loopback, and the talk-off material they render.
 APT_PACKAGES=(
     python3-venv python3-dev build-essential
-    rtpengine-daemon rtpengine-utils kamailio sip-tester multimon-ng libspandsp2
+    rtpengine-daemon rtpengine-utils kamailio sip-tester baresip-core multimon-ng libspandsp2
     espeak-ng chromium codec2-examples
     fluidsynth timgm6mb-soundfont openttd-openmsx
 )

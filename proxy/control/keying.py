@@ -5,7 +5,8 @@ keying method (DTLS-SRTP) is another module beside this one.
 
 Keys are per leg and stable across re-negotiation: phones keep the key of the first answer
 (baresip does), so a re-offer or re-answer of the same call and tags advertises the key (suite
-and tag) already advertised, and only a suite not offered before gets a new key.
+and tag) already advertised — a re-offer puts the suite the leg uses first, so the phone need
+not switch — and only a suite not offered before gets a new key.
 """
 
 from __future__ import annotations
@@ -59,7 +60,13 @@ class SdesLeg:
             suites = [s for s in SRTP_SUITES if f"no-{s.lower()}" not in options]
             if not suites:
                 raise ng.NgError("SDES: every supported suite was excluded")
-            self.ours = {s: self._stable(s, tag) for tag, s in enumerate(suites, start=1)}
+            if self.suite in suites:  # a re-offer: what the leg uses now comes first, as it was
+                suites.remove(self.suite)
+                suites.insert(0, self.suite)
+            kept_tag = self.ours[self.suite].tag if self.suite in self.ours else None
+            tags = iter(t for t in range(1, len(suites) + 2) if t != kept_tag)
+            self.ours = {s: self._stable(s, kept_tag if s == self.suite and kept_tag else
+                                         next(tags)) for s in suites}
             for key in self.ours.values():
                 out.add_attribute("crypto", key.format())
         elif (chosen := self.ours.get(self.suite)) is not None:

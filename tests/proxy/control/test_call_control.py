@@ -123,15 +123,20 @@ async def test_sdes_keys_stay_the_same_across_re_offers_and_re_answers() -> None
         offer = await registry.handle({"command": "offer", "call-id": "c", "from-tag": "ft",
                                        "sdp": offer_sdp})
         offered = sdes.offered(parse(offer["sdp"]).media[0].attributes("crypto"))
-        agent_key = sdes.generate(offered[2].suite, offered[2].tag)
+        pick = next(c for c in offered if c.suite == "AES_CM_128_HMAC_SHA1_80")
+        agent_key = sdes.generate(pick.suite, pick.tag)
         answer = await registry.handle({
             "command": "answer", "call-id": "c", "from-tag": "ft", "to-tag": "tt",
             "sdp": audio_sdp("127.0.0.1", 4002, proto="RTP/SAVP", crypto=[agent_key])})
         return offered, sdes.offered(parse(answer["sdp"]).media[0].attributes("crypto"))
 
-    first = await exchange()
+    first_offer, first_answer = await exchange()
+    chosen = next(c for c in first_offer if c.suite == "AES_CM_128_HMAC_SHA1_80")
     for _ in range(3):  # hold, resume, hold again
-        assert await exchange() == first
+        offer, answer = await exchange()
+        assert answer == first_answer  # the caller's key, suite and tag: unchanged
+        assert set(offer) == set(first_offer)  # every suite keeps its key and tag ...
+        assert offer[0] == chosen  # ... and the one in use is offered first
 
 
 async def test_capture_forces_masking_and_unblock_is_refused_until_it_ends() -> None:
