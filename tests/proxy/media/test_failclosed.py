@@ -199,7 +199,7 @@ def _heard(peer: RtpPeer, laws: dict[int, str]) -> npt.NDArray[np.int16]:
     return out
 
 
-async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+async def _until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
     async with asyncio.timeout(timeout):
         while not condition():
             await asyncio.sleep(0.02)
