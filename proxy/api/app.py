@@ -265,13 +265,10 @@ def create_app(manager: PaymentManager, agents: AgentDirectory,
             return
         try:
             who = await guard.check(keys[0], source)
-        except AuthRefused as exc:
-            if exc.status == 429:
-                await ws.send_denial_response(JSONResponse(
-                    {"detail": exc.reason}, status_code=429,
-                    headers={"Retry-After": str(max(1, round(exc.retry_after)))}))
-            else:
-                await ws.close(code=4401)
+        except AuthRefused:
+            # 403 on the handshake whether wrong or rate-limited (uvicorn logs an error for
+            # every denial response with another status); the REST API tells 429 apart.
+            await ws.close(code=4401)
             return
         await ws.accept(subprotocol=WS_SUBPROTOCOL)
         queue = manager.bus.subscribe()

@@ -85,6 +85,8 @@ class Node:
                     pipeline_factory: Callable[[], AudioPipeline] | None = None,
                     api: bool = True) -> Node:
         media = config.media
+        if api and agents is None:
+            agents = load_agents(config)  # a missing agents file refuses before anything starts
         gateway = gateway_client(config)
         sp = config.securepay
         if audit is None:
@@ -139,7 +141,7 @@ class Node:
         try:
             node.ng_address = await server.start(host, port)
             if api:
-                await node._start_api(agents or load_agents(config))
+                await node._start_api(agents or AgentDirectory())
         except OSError as exc:
             await node.stop()
             raise ConfigError(f"cannot bind: {exc.strerror}") from None
