@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -51,15 +52,31 @@ def _console_log() -> None:
 
 
 async def _run(server: uvicorn.Server, url: str) -> None:
-    log = logging.getLogger("toneguard.gateway")
     task = asyncio.create_task(server.serve())
     while not server.started and not task.done():
         await asyncio.sleep(0.05)
     if server.started:
-        log.info("listening on %s (mutual TLS, client certificates from our CA only)", url)
+        logging.getLogger("toneguard.gateway").info(
+            "listening on %s (mutual TLS, client certificates from our CA only)", url)
     await task  # uvicorn handles SIGINT/SIGTERM: it stops accepting and finishes requests
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _run_until_signalled(server: uvicorn.Server, url: str) -> None:
+    """uvicorn re-raises the signal it caught once it has shut down; with SIGTERM's default
+    action that would kill the process before it could say it stopped."""
+    previous = signal.signal(signal.SIGTERM, _interrupted)
+    try:
+        asyncio.run(_run(server, url))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if server.started:
-        log.info("stopped")
+        logging.getLogger("toneguard.gateway").info("stopped")
 
 
 @gateway_app.command("serve")
@@ -86,5 +103,5 @@ def serve_command(
         print(f"toneguard gateway serve: {exc}")
         return 2
     _console_log()
-    asyncio.run(_run(server, f"https://{listen}"))
+    _run_until_signalled(server, f"https://{listen}")
     return 0 if server.started else 2
