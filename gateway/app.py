@@ -49,7 +49,9 @@ class TokenRequest(BaseModel):
 
 
 def create_app(store: TokenStore, *, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
-    app = FastAPI(title="ToneGuard gateway stub", version="1", docs_url=None, redoc_url=None)
+    # No slash redirects: their Location repeats the query string (whatever was put there).
+    app = FastAPI(title="ToneGuard gateway stub", version="1", docs_url=None, redoc_url=None,
+                  redirect_slashes=False)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: object, exc: RequestValidationError) -> JSONResponse:

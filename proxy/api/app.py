@@ -101,8 +101,10 @@ def create_app(manager: PaymentManager, agents: AgentDirectory,
     settings = settings or ApiSettings()
     # /docs and /redoc are off (a browser cannot send the key to them, and their CDN scripts
     # would need a looser CSP); /openapi.json needs a key.
+    # No slash redirects: the 307's Location would repeat the query string (a key or a card
+    # number someone put there) back to the client and into any proxy's log.
     app = FastAPI(title="ToneGuard", version="1", docs_url=None, redoc_url=None,
-                  openapi_url=None,
+                  openapi_url=None, redirect_slashes=False,
                   description="Secure-pay sessions on calls relayed by ToneGuard.")
     guard = KeyGuard(agents, settings.auth, audit=manager.audit.record)
     app.state.key_guard = guard
