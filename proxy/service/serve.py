@@ -164,7 +164,8 @@ class Node:
                               key_lockout_failures=api.key_lockout_failures,
                               key_lockout_seconds=api.key_lockout_seconds)))
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None,
-                                               access_log=False, lifespan="off"))
+                                               access_log=False, lifespan="off",
+                                               ws_max_size=api.max_body_bytes))
         self._api = server
         task = asyncio.create_task(server.serve(), name="api")
         self._tasks.append(task)

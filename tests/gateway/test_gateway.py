@@ -310,3 +310,16 @@ def test_gateway_serve_logs_listening_each_request_and_shutdown(pki) -> None:
     for secret in ("4111111111111111", "idem-log-secret", "123\"", "security"):
         assert secret not in text
     assert proc.returncode == 0
+
+
+async def test_the_client_reports_a_reused_key_by_its_code(pki, gateway: str) -> None:
+    from proxy.securepay.gateway_client import GatewayError
+
+    c = client(pki, gateway)
+    try:
+        await c.tokenise(dict(VISA), "idem-client-0001")
+        with pytest.raises(GatewayError, match=r"HTTP 409 \(idempotency_key_reused\)") as err:
+            await c.tokenise({**VISA, "security-code": "999"}, "idem-client-0001")
+        assert "999" not in str(err.value) and "4111" not in str(err.value)
+    finally:
+        await c.close()
