@@ -14,6 +14,7 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import math
 import re
 import secrets
 from collections.abc import Callable
@@ -126,7 +127,7 @@ def create_app(manager: PaymentManager, agents: AgentDirectory,
         except AuthRefused as exc:
             if exc.status == 429:
                 raise HTTPException(429, exc.reason, headers={
-                    "Retry-After": str(max(1, round(exc.retry_after)))}) from None
+                    "Retry-After": str(max(1, math.ceil(exc.retry_after)))}) from None
             raise HTTPException(401, exc.reason,
                                 headers={"WWW-Authenticate": "Bearer"}) from None
 

@@ -389,3 +389,15 @@ async def test_hostile_requests_over_real_sockets_leave_no_trace(
                         if not r.name.startswith(client)])
     assert "toneguard node started" in logs
     assert "Traceback" not in logs and PAN not in logs and key.split("_", 2)[2] not in logs
+
+
+async def test_a_valid_key_costs_one_scrypt_then_comes_from_the_cache(served: Served) -> None:
+    guard = served.node._api.config.app.state.key_guard  # type: ignore[union-attr]
+    async with httpx.AsyncClient(base_url=served.api) as http:
+        for _ in range(5):
+            r = await http.get("/v1/me", headers=bearer(served.keys["alice"]))
+            assert r.status_code == 200
+        near_miss = served.keys["alice"][:-1] + ("A" if served.keys["alice"][-1] != "A" else "B")
+        assert (await http.get("/v1/me", headers=bearer(near_miss))).status_code == 401
+    assert (guard.counters["verified"], guard.counters["cached"]) == (1, 4)
+    assert guard.counters["refused"] == 1  # the near miss was hashed, not served from cache
