@@ -85,6 +85,7 @@ class GatewayClient:
             raise GatewayDeclinedError(str(data.get("decline_code", "declined")))
         # 409 idempotency_key_reused, 413 body_too_large, 422 invalid_request: the gateway's
         # error codes are fixed words, never the request's values.
-        code = data.get("error") if isinstance(data.get("error"), str) else ""
+        error = data.get("error")
+        code = error if isinstance(error, str) else ""
         suffix = f" ({code})" if code.replace("_", "").isalpha() and len(code) <= 40 else ""
         raise GatewayError(f"gateway answered HTTP {response.status_code}{suffix}")

