@@ -1,21 +1,46 @@
 """FastAPI app: payments per call, call assignment, live events, the agent panel, health.
 
 Every request is authenticated (``Authorization: Bearer <key>``; the WebSocket takes the key as
-``?key=``). An agent sees and acts on its own calls only; supervisors and admins on all.
-Responses and events carry masked card data only; every action is audited.
+its second offered subprotocol, ``Sec-WebSocket-Protocol: toneguard, <key>``, never in the URL
+where access logs and browser history keep it). An agent sees and acts on its own calls only;
+supervisors and admins on all. Responses and events carry masked card data only; every action
+is audited. Keys are checked off the event loop, with limits (:class:`proxy.api.auth.KeyGuard`);
+request bodies are limited before anything reads them (:class:`proxy.api.middleware.BodyLimit`).
 """
 
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import hmac
+import math
+import re
+import secrets
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, WebSocket, WebSocketDisconnect
-from fastapi.responses import FileResponse, PlainTextResponse
+from fastapi import (
+    Depends,
+    FastAPI,
+    Header,
+    HTTPException,
+    Request,
+    WebSocket,
+    WebSocketDisconnect,
+)
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 
-from proxy.api.auth import AgentDirectory, Principal
+from proxy.api.auth import AgentDirectory, AuthRefused, AuthSettings, KeyGuard, Principal
+from proxy.api.middleware import (
+    BodyLimit,
+    SecurityHeaders,
+    content_security_policy,
+    install_log_redaction,
+)
 from proxy.api.models import Assign, Call, Payment, RequestedStatus, StartPayment, UpdatePayment
 from proxy.securepay.events import PaymentEvent
 from proxy.securepay.manager import (
@@ -27,6 +52,16 @@ from proxy.securepay.manager import (
 from proxy.securepay.session import PaymentSession
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
+WS_SUBPROTOCOL = "toneguard"  # offered first by clients, echoed by the server; the key follows
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """What ``[api]`` configures beyond the listen address (see proxy/service/config.py)."""
+
+    max_body_bytes: int = 64 * 1024
+    public_metrics: bool = False  # True: /metrics without a key (a scraper on a trusted net)
+    auth: AuthSettings = field(default_factory=AuthSettings)
 
 
 def payment_view(session: PaymentSession) -> Payment:
@@ -45,19 +80,64 @@ def http_error(exc: PaymentError) -> HTTPException:
     return HTTPException(404, str(exc))
 
 
-def create_app(manager: PaymentManager, agents: AgentDirectory,
-               metrics_text: Callable[[], bytes] | None = None) -> FastAPI:
-    app = FastAPI(title="ToneGuard", version="1",
-                  description="Secure-pay sessions on calls relayed by ToneGuard.")
+def _style_hashes(html: Path) -> list[str]:
+    """CSP hashes of the panel's inline ``<style>`` blocks, computed from the file served."""
+    try:
+        text = html.read_text("utf-8")
+    except OSError:
+        return []
+    return [base64.b64encode(hashlib.sha256(m.encode()).digest()).decode()
+            for m in re.findall(r"<style>(.*?)</style>", text, re.S)]
 
-    def principal(authorization: Annotated[str | None, Header()] = None) -> Principal:
+
+def _validation_fields(exc: RequestValidationError) -> list[str]:
+    """Where a request was invalid (``body.amount``), never what was sent: FastAPI's default
+    422 body echoes the input, which may be a card number typed into the wrong field."""
+    return sorted({".".join(str(p) for p in e.get("loc", ())) for e in exc.errors()})
+
+
+def create_app(manager: PaymentManager, agents: AgentDirectory,
+               metrics_text: Callable[[], bytes] | None = None,
+               settings: ApiSettings | None = None) -> FastAPI:
+    settings = settings or ApiSettings()
+    # /docs and /redoc are off (a browser cannot send the key to them, and their CDN scripts
+    # would need a looser CSP); /openapi.json needs a key.
+    # No slash redirects: the 307's Location would repeat the query string (a key or a card
+    # number someone put there) back to the client and into any proxy's log.
+    app = FastAPI(title="ToneGuard", version="1", docs_url=None, redoc_url=None,
+                  openapi_url=None, redirect_slashes=False,
+                  description="Secure-pay sessions on calls relayed by ToneGuard.")
+    guard = KeyGuard(agents, settings.auth, audit=manager.audit.record)
+    app.state.key_guard = guard
+    install_log_redaction()
+    # Idempotency-Keys are scoped to (agent, call) and kept only as a keyed hash: one agent
+    # reusing another's key gets a payment of its own, and a key that is a card number by
+    # mistake is not kept in memory.
+    idempotency_secret = secrets.token_bytes(32)
+    static_files = {p.name: p for p in STATIC.iterdir() if p.is_file()}
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": "invalid request", "fields": _validation_fields(exc)},
+                            status_code=422)
+
+    async def authorize(api_key: str, source: str) -> Principal:
+        try:
+            return await guard.check(api_key, source)
+        except AuthRefused as exc:
+            if exc.status == 429:
+                raise HTTPException(429, exc.reason, headers={
+                    "Retry-After": str(max(1, math.ceil(exc.retry_after)))}) from None
+            raise HTTPException(401, exc.reason,
+                                headers={"WWW-Authenticate": "Bearer"}) from None
+
+    async def principal(request: Request,
+                        authorization: Annotated[str | None, Header()] = None) -> Principal:
         if not authorization or not authorization.startswith("Bearer "):
             raise HTTPException(401, "missing bearer API key",
                                 headers={"WWW-Authenticate": "Bearer"})
-        who = agents.authenticate(authorization.removeprefix("Bearer ").strip())
-        if who is None:
-            raise HTTPException(401, "invalid API key", headers={"WWW-Authenticate": "Bearer"})
-        return who
+        source = request.client.host if request.client else "unknown"
+        return await authorize(authorization.removeprefix("Bearer ").strip(), source)
 
     Who = Annotated[Principal, Depends(principal)]
 
@@ -77,14 +157,31 @@ def create_app(manager: PaymentManager, agents: AgentDirectory,
             return True
         return manager.owner(event.call_id, event.agent_id) == who.agent_id
 
+    def scoped(key: str | None, who: Principal, call_id: str) -> str | None:
+        if not key:
+            return None
+        message = b"\0".join(part.encode("utf-8", "replace")
+                             for part in (who.agent_id, call_id, key))
+        return hmac.new(idempotency_secret, message, hashlib.sha256).hexdigest()
+
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/metrics", response_class=PlainTextResponse)
-    async def metrics() -> PlainTextResponse:
+    @app.get("/metrics", response_class=PlainTextResponse, include_in_schema=False)
+    async def metrics(request: Request,
+                      authorization: Annotated[str | None, Header()] = None
+                      ) -> PlainTextResponse:
+        if not settings.public_metrics:
+            who = await principal(request, authorization)
+            if not who.at_least("supervisor"):
+                raise HTTPException(403, "metrics need a supervisor or admin key")
         body = metrics_text() if metrics_text else b""
         return PlainTextResponse(body, media_type="text/plain; version=0.0.4")
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(who: Who) -> dict[str, Any]:
+        return app.openapi()
 
     @app.get("/panel", include_in_schema=False)
     async def panel() -> FileResponse:
@@ -92,8 +189,10 @@ def create_app(manager: PaymentManager, agents: AgentDirectory,
 
     @app.get("/static/{name}", include_in_schema=False)
     async def static(name: str) -> FileResponse:
-        path = (STATIC / name).resolve()
-        if path.parent != STATIC or not path.is_file():
+        # Only the files shipped in static/, looked up by exact name: no path is built from
+        # the request (a NUL or "..", once a 500 or a traversal, is just an unknown name).
+        path = static_files.get(name)
+        if path is None:
             raise HTTPException(404, "not found")
         return FileResponse(path)
 
@@ -112,6 +211,7 @@ def create_app(manager: PaymentManager, agents: AgentDirectory,
     async def assign(call_id: str, body: Assign, who: Who) -> Call:
         if not who.at_least("supervisor"):
             raise HTTPException(403, "only supervisors and admins assign calls")
+        agents.refresh()
         if body.agent_id not in {agent_id for agent_id, _ in agents.agents()}:
             raise HTTPException(422, "no such agent")
         try:
@@ -122,12 +222,13 @@ def create_app(manager: PaymentManager, agents: AgentDirectory,
 
     @app.post("/v1/calls/{call_id}/payments", status_code=201)
     async def start(call_id: str, body: StartPayment, who: Who,
-                    idempotency_key: Annotated[str | None, Header()] = None) -> Payment:
+                    idempotency_key: Annotated[str | None, Header(max_length=255)] = None
+                    ) -> Payment:
         owned_call(call_id, who)
         try:
             session = manager.start(call_id, who.agent_id, require_postal_code=body.postal_code,
                                     accepted_brands=tuple(body.valid_card_types or ()),
-                                    idempotency_key=idempotency_key)
+                                    idempotency_key=scoped(idempotency_key, who, call_id))
         except PaymentError as exc:
             raise http_error(exc) from exc
         return payment_view(session)
@@ -157,17 +258,27 @@ def create_app(manager: PaymentManager, agents: AgentDirectory,
         return payment_view(session)
 
     @app.websocket("/v1/events")
-    async def events(ws: WebSocket, key: str = "") -> None:
-        who = agents.authenticate(key)
-        if who is None:
+    async def events(ws: WebSocket) -> None:
+        offered = ws.scope.get("subprotocols") or []
+        keys = [p for p in offered if p != WS_SUBPROTOCOL]
+        source = ws.client.host if ws.client else "unknown"
+        if WS_SUBPROTOCOL not in offered or len(keys) != 1 or "key" in ws.query_params:
+            # A key in the URL is refused even when valid: it would already be in a log.
             await ws.close(code=4401)
             return
-        await ws.accept()
+        try:
+            who = await guard.check(keys[0], source)
+        except AuthRefused:
+            # 403 on the handshake whether wrong or rate-limited (uvicorn logs an error for
+            # every denial response with another status); the REST API tells 429 apart.
+            await ws.close(code=4401)
+            return
+        await ws.accept(subprotocol=WS_SUBPROTOCOL)
         queue = manager.bus.subscribe()
         try:
             while True:
                 getter = asyncio.ensure_future(queue.get())
-                receiver = asyncio.ensure_future(ws.receive_text())
+                receiver = asyncio.ensure_future(ws.receive())
                 done, _ = await asyncio.wait({getter, receiver},
                                              return_when=asyncio.FIRST_COMPLETED)
                 for task in (getter, receiver):
@@ -176,7 +287,9 @@ def create_app(manager: PaymentManager, agents: AgentDirectory,
                         with contextlib.suppress(asyncio.CancelledError):
                             await task
                 if receiver in done:
-                    receiver.result()  # raises WebSocketDisconnect when the client left
+                    # What the client sends is ignored (text or binary); only leaving counts.
+                    if receiver.result()["type"] == "websocket.disconnect":
+                        return
                     continue
                 event = getter.result()
                 if sees(who, event):
@@ -186,4 +299,8 @@ def create_app(manager: PaymentManager, agents: AgentDirectory,
         finally:
             manager.bus.unsubscribe(queue)
 
+    # Outermost last: the body limit sees the request before anything else reads it.
+    app.add_middleware(SecurityHeaders,
+                       csp=content_security_policy(_style_hashes(STATIC / "panel.html")))
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

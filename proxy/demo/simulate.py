@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import httpx
 import numpy as np
 import websockets
+from websockets.typing import Subprotocol
 
 from dsp import tones
 from proxy.control import bencode
@@ -147,8 +148,10 @@ async def run_call(ng: tuple[str, int], api: str, admin_key: str, agent_key: str
             r = await http.post(f"/v1/calls/{call_id}/assign", json={"agent_id": agent_id},
                                 headers={"Authorization": f"Bearer {admin_key}"})
             r.raise_for_status()
-            ws_url = api.replace("http", "ws", 1) + f"/v1/events?key={agent_key}"
-            async with websockets.connect(ws_url) as ws:
+            ws_url = api.replace("http", "ws", 1) + "/v1/events"
+            # The key travels as a subprotocol, never in the URL (access logs keep URLs).
+            async with websockets.connect(ws_url, subprotocols=[
+                    Subprotocol("toneguard"), Subprotocol(agent_key)]) as ws:
                 r = await http.post(f"/v1/calls/{call_id}/payments", json={},
                                     headers={"Authorization": f"Bearer {agent_key}"})
                 r.raise_for_status()

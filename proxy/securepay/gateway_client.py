@@ -72,10 +72,20 @@ class GatewayClient:
             raise GatewayTlsError("gateway closed the connection (mutual TLS refused?)") from exc
         finally:
             body.clear()
-        data = response.json() if response.headers.get("content-type", "").startswith(
-            "application/json") else {}
+        try:
+            data = response.json() if response.headers.get("content-type", "").startswith(
+                "application/json") else {}
+        except ValueError:
+            data = {}
+        if not isinstance(data, dict):
+            data = {}
         if response.status_code == 201 and data.get("status") == "approved":
             return TokenResult(data["token"], data["brand"], data["last4"], data["expiry"])
         if response.status_code == 402:
             raise GatewayDeclinedError(str(data.get("decline_code", "declined")))
-        raise GatewayError(f"gateway answered HTTP {response.status_code}")
+        # 409 idempotency_key_reused, 413 body_too_large, 422 invalid_request: the gateway's
+        # error codes are fixed words, never the request's values.
+        error = data.get("error")
+        code = error if isinstance(error, str) else ""
+        suffix = f" ({code})" if code.replace("_", "").isalpha() and len(code) <= 40 else ""
+        raise GatewayError(f"gateway answered HTTP {response.status_code}{suffix}")

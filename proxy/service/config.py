@@ -134,6 +134,12 @@ class ApiConfig(_Section):
     listen: HostPort = "127.0.0.1:8080"
     agents_file: str = ""
     audit_file: str = ""
+    max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    public_metrics: bool = False
+    auth_failures_per_source: int = Field(10, ge=1, le=10_000)
+    auth_failure_window_seconds: float = Field(60.0, gt=0)
+    key_lockout_failures: int = Field(5, ge=1, le=1000)
+    key_lockout_seconds: float = Field(300.0, ge=0)
 
 
 class SecurePayConfig(_Section):

@@ -22,8 +22,8 @@ import structlog
 import typer
 import uvicorn
 
-from proxy.api.app import create_app
-from proxy.api.auth import AgentDirectory
+from proxy.api.app import ApiSettings, create_app
+from proxy.api.auth import AgentDirectory, AgentsFileError, AuthSettings
 from proxy.control.calls import (
     CallLimits,
     CallPolicy,
@@ -92,6 +92,8 @@ class Node:
                     pipeline_factory: Callable[[], AudioPipeline] | None = None,
                     api: bool = True) -> Node:
         media = config.media
+        if api and agents is None:
+            agents = load_agents(config)  # a missing agents file refuses before anything starts
         gateway = gateway_client(config)
         sp = config.securepay
         if audit is None:
@@ -151,7 +153,7 @@ class Node:
         try:
             node.ng_address = await server.start(host, port)
             if api:
-                await node._start_api(agents or load_agents(config))
+                await node._start_api(agents or AgentDirectory())
         except OSError as exc:
             await node.stop()
             raise ConfigError(f"cannot bind: {exc.strerror}") from exc
@@ -166,9 +168,16 @@ class Node:
     async def _start_api(self, agents: AgentDirectory) -> None:
         host, port = parse_hostport(self.config.api.listen)
         metrics = Metrics(self.readings)
-        app = create_app(self.payments, agents, metrics.render)
+        api = self.config.api
+        app = create_app(self.payments, agents, metrics.render, ApiSettings(
+            max_body_bytes=api.max_body_bytes, public_metrics=api.public_metrics,
+            auth=AuthSettings(failures_per_source=api.auth_failures_per_source,
+                              failure_window_seconds=api.auth_failure_window_seconds,
+                              key_lockout_failures=api.key_lockout_failures,
+                              key_lockout_seconds=api.key_lockout_seconds)))
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None,
-                                               access_log=False, lifespan="off"))
+                                               access_log=False, lifespan="off",
+                                               ws_max_size=api.max_body_bytes))
         self._api = server
         task = asyncio.create_task(server.serve(), name="api")
         self._tasks.append(task)
@@ -242,8 +251,15 @@ def gateway_client(config: Config) -> GatewayClient | None:
 
 
 def load_agents(config: Config) -> AgentDirectory:
+    """The agents file, re-read when it changes; a configured but missing or unreadable file
+    refuses to start (an API with no keys would silently refuse every agent)."""
     path = config.api.agents_file
-    return AgentDirectory.load(Path(path)) if path else AgentDirectory()
+    if not path:
+        return AgentDirectory()
+    try:
+        return AgentDirectory.load(Path(path))
+    except AgentsFileError as exc:
+        raise ConfigError(f"api.agents_file: {exc}") from None
 
 
 async def run_until_signalled(node_factory: Callable[[], Awaitable[Node]]) -> None:

@@ -74,7 +74,9 @@ async function select(call) {
 
 function listen() {
   const proto = location.protocol === "https:" ? "wss" : "ws";
-  const socket = new WebSocket(`${proto}://${location.host}/v1/events?key=${encodeURIComponent(state.key)}`);
+  // The key goes as the second subprotocol (Sec-WebSocket-Protocol), never in the URL:
+  // URLs end up in access logs and history. The server answers with "toneguard".
+  const socket = new WebSocket(`${proto}://${location.host}/v1/events`, ["toneguard", state.key]);
   socket.onmessage = (message) => {
     const event = JSON.parse(message.data);
     if (event.call_id === state.call && (!state.sid || event.sid === state.sid)) render(event);

@@ -71,6 +71,8 @@ async def test_agents_see_and_act_on_their_own_calls_only(stack: Stack) -> None:
 
 async def test_openapi_documents_the_payments_api(stack: Stack) -> None:
     async with httpx.AsyncClient(base_url=stack.api) as http:
-        spec = (await http.get("/openapi.json")).json()
+        assert (await http.get("/openapi.json")).status_code == 401
+        assert (await http.get("/docs")).status_code == 404
+        spec = (await http.get("/openapi.json", headers=bearer(stack.agent_key))).json()
     assert "/v1/calls/{call_id}/payments" in spec["paths"]
     assert "/v1/calls/{call_id}/payments/{sid}" in spec["paths"]

@@ -43,7 +43,8 @@ async def test_card_number_reaches_the_gateway_and_nothing_else(stack: Stack) ->
         payment = (await http.get(f"/v1/calls/{result.call_id}/payments/{sid}",
                                   headers=headers)).text
         calls = (await http.get("/v1/calls", headers=headers)).text
-        metrics = (await http.get("/metrics")).text
+        metrics = (await http.get("/metrics", headers={
+            "Authorization": f"Bearer {stack.admin_key}"})).text
     query = await stack.node.registry.handle({"command": "query", "call-id": result.call_id})
 
     assert json.loads(payment)["token"] == result.token and "1111" in payment

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import websockets
+from websockets.typing import Subprotocol
 
 from proxy.demo.sdp_builder import audio_sdp
 from proxy.media.types import DigitEvent
@@ -78,7 +79,7 @@ async def test_the_api_reports_the_same_status_strings(stack: Stack) -> None:
                                 json={"Status": "completed"}, headers=me)).status_code == 422
         calls = (await http.get("/v1/calls", headers=me)).json()
         assert {c["call_id"]: c["payment_sid"] for c in calls} == {"paid": "", "dropped": ""}
-        spec = (await http.get("/openapi.json")).json()
+        spec = (await http.get("/openapi.json", headers=me)).json()
     schemas = spec["components"]["schemas"]
     assert set(schemas["PaymentStatus"]["enum"]) == WIRE_STATUSES
     assert set(schemas["RequestedStatus"]["enum"]) == {"complete", "cancel"}
@@ -88,15 +89,20 @@ async def test_the_api_reports_the_same_status_strings(stack: Stack) -> None:
     assert all(type(status) is str and status in WIRE_STATUSES for _, status in kinds)
 
 
+def _key(api_key: str) -> list[Subprotocol]:
+    """The events socket takes the API key as its second subprotocol, never in the URL."""
+    return [Subprotocol("toneguard"), Subprotocol(api_key)]
+
+
 async def test_events_stop_going_to_the_previous_agent_after_a_reassignment(
         stack: Stack) -> None:
     await _call(stack, "moved")
     await _call(stack, "marker")
-    ws_url = stack.api.replace("http", "ws") + "/v1/events?key="
+    ws_url = stack.api.replace("http", "ws") + "/v1/events"
     bus = stack.node.payments.bus
     async with httpx.AsyncClient(base_url=stack.api) as http, \
-            websockets.connect(ws_url + stack.agent_key) as demo, \
-            websockets.connect(ws_url + stack.other_agent_key) as other:
+            websockets.connect(ws_url, subprotocols=_key(stack.agent_key)) as demo, \
+            websockets.connect(ws_url, subprotocols=_key(stack.other_agent_key)) as other:
         await _until(lambda: bus.subscriber_count == 2)
         await _assign(http, stack, "moved", "agent-demo")
         started = await http.post("/v1/calls/moved/payments", json={},
