@@ -80,7 +80,7 @@ async def node(request: pytest.FixtureRequest, media_ports: tuple[int, int]
         "ng": {"listen": f"127.0.0.1:{pick_udp_port()}"},
         "media": {"port_min": media_ports[0], "port_max": media_ports[1],
                   "workers": request.param},
-        "api": {"listen": "127.0.0.1:0"},
+        "api": {"listen": "127.0.0.1:0", "public_metrics": True},
     })
     node = await Node.start(config, agents=AgentDirectory())
     yield node
