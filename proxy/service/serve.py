@@ -144,7 +144,12 @@ class Node:
             except OSError as exc:
                 raise BindError.of("ng socket", config.ng.listen, exc) from exc
             if api:
-                await node._start_api(agents or load_agents(config))
+                try:
+                    await node._start_api(agents or load_agents(config))
+                except BindError:
+                    raise
+                except OSError as exc:  # the API server died while starting
+                    raise BindError.of("API socket", config.api.listen, exc) from exc
         except BindError:
             await node.stop()
             raise
