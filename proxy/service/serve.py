@@ -144,13 +144,14 @@ class Node:
             except OSError as exc:
                 raise BindError.of("ng socket", config.ng.listen, exc) from exc
             if api:
+                directory = agents or load_agents(config)
                 try:
-                    await node._start_api(agents or load_agents(config))
+                    await node._start_api(directory)
                 except BindError:
                     raise
                 except OSError as exc:  # the API server died while starting
                     raise BindError.of("API socket", config.api.listen, exc) from exc
-        except BindError:
+        except (ConfigError, OSError):
             await node.stop()
             raise
         node._tasks.append(asyncio.create_task(node._housekeeping(), name="housekeeping"))
@@ -348,5 +349,9 @@ def serve_command(
         return EXIT_CONFIG
     except BindError as exc:
         print(f"toneguard serve: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except OSError as exc:  # e.g. the agents file cannot be read
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"toneguard serve: {where}{exc.strerror or exc}", file=sys.stderr)
         return EXIT_RUNTIME
     return 0
