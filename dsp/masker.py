@@ -65,19 +65,25 @@ def envelope(spans: list[Span], start: int, n: int, ramp: int) -> npt.NDArray[np
     return gain
 
 
-def monotone(start: int, n: int, frequency: float, dbm0: float) -> npt.NDArray[np.float64]:
-    """A sine at ``frequency`` for samples [start, start+n), phase from the absolute position."""
+def monotone(start: int, n: int, frequency: float, dbm0: float,
+             rate: int = RATE) -> npt.NDArray[np.float64]:
+    """A sine at ``frequency`` for samples [start, start+n), phase from the absolute position.
+
+    ``rate`` is 8 kHz on the media path; recordings redacted at their own rate pass theirs.
+    """
     t = np.arange(start, start + n, dtype=np.float64)
-    return dbm0_to_amplitude(dbm0) * np.sin(2 * np.pi * frequency * t / RATE)
+    return dbm0_to_amplitude(dbm0) * np.sin(2 * np.pi * frequency * t / rate)
 
 
-def digit_tone(digit: str, start: int, n: int, dbm0: float) -> npt.NDArray[np.float64]:
+def digit_tone(digit: str, start: int, n: int, dbm0: float,
+               rate: int = RATE) -> npt.NDArray[np.float64]:
     low, high = digit_freqs(digit)
-    return monotone(start, n, low, dbm0) + monotone(start, n, high, dbm0)
+    return monotone(start, n, low, dbm0, rate) + monotone(start, n, high, dbm0, rate)
 
 
 def replacement(mode: str, start: int, n: int, *, frequency: float = 400.0,
-                dbm0: float = -20.0, digit: str = "0") -> npt.NDArray[np.float64]:
+                dbm0: float = -20.0, digit: str = "0", rate: int = RATE
+                ) -> npt.NDArray[np.float64]:
     """The samples that replace masked audio in DTMF-security ``mode``.
 
     ``tone``: a flat monotone off every DTMF frequency (400 Hz by default). ``silence`` and
@@ -85,7 +91,7 @@ def replacement(mode: str, start: int, n: int, *, frequency: float = 400.0,
     chose ``digit``; for random the caller picks it per digit).
     """
     if mode == "tone":
-        return monotone(start, n, frequency, dbm0)
+        return monotone(start, n, frequency, dbm0, rate)
     if mode in ("zero", "DTMF", "random"):
-        return digit_tone("0" if mode == "zero" else digit, start, n, dbm0)
+        return digit_tone("0" if mode == "zero" else digit, start, n, dbm0, rate)
     return np.zeros(n)

@@ -27,10 +27,15 @@ gateway_app = typer.Typer(help="The tokenising payment gateway stub (mutual TLS)
 def init_command(
     data_dir: Annotated[Path, typer.Option(help="Directory for certificates, key, database.")],
     force: Annotated[bool, typer.Option(help="Replace existing certificates and key.")] = False,
+    host: Annotated[list[str] | None, typer.Option(
+        "--host", metavar="NAME",
+        help="A DNS name or IP address ToneGuard reaches the gateway by, put in the server "
+             "certificate (repeat for several; localhost, 127.0.0.1 and ::1 are always "
+             "included).")] = None,
 ) -> int:
     """Create the CA, server and client certificates and the card-encryption key."""
     try:
-        paths = init_pki(data_dir, force=force)
+        paths = init_pki(data_dir, force=force, hosts=tuple(host or ()))
     except PkiError as exc:
         print(f"toneguard gateway init: {exc}")
         return 2

@@ -10,6 +10,7 @@ import base64
 import datetime
 import ipaddress
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 VALIDITY_DAYS = 825
+# The server certificate always names the loopback host, whatever else ``--host`` adds: the
+# single-host quickstart and the compose file reach the gateway on 127.0.0.1.
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+_DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 
 class PkiError(RuntimeError):
@@ -102,14 +107,29 @@ def issue(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, common_
                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
     if hosts:
-        names: list[x509.GeneralName] = []
-        for host in hosts:
-            try:
-                names.append(x509.IPAddress(ipaddress.ip_address(host)))
-            except ValueError:
-                names.append(x509.DNSName(host))
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [subject_name(h) for h in dict.fromkeys(hosts)]), critical=False)
     return key, builder.sign(ca_key, hashes.SHA256())
+
+
+def subject_name(host: str) -> x509.GeneralName:
+    """``host`` as a SAN entry: an IP address (v4 or v6) or a DNS name. Raises PkiError.
+
+    TLS clients match an IP literal only against IP entries and a name only against DNS
+    entries, so the two must not be confused; a malformed name would make a certificate no
+    client ever accepts, so it is refused here rather than found out at the first payment.
+    """
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    name = host.rstrip(".").lower()
+    labels = name.split(".")
+    if not name or len(name) > 253 or not all(_DNS_LABEL.match(label) for label in labels) \
+            or labels[-1].isdigit():
+        raise PkiError(f"host {host!r} is not an IP address or a DNS name "
+                       "(letters, digits and '-' in dot-separated labels)")
+    return x509.DNSName(name)
 
 
 def create_ca(common_name: str = "ToneGuard deployment CA"
@@ -121,8 +141,15 @@ def create_ca(common_name: str = "ToneGuard deployment CA"
     return key, cert
 
 
-def init_pki(root: Path, *, force: bool = False,
-             hosts: tuple[str, ...] = ("127.0.0.1", "localhost", "::1")) -> PkiPaths:
+def init_pki(root: Path, *, force: bool = False, hosts: tuple[str, ...] = ()) -> PkiPaths:
+    """Write a new PKI into ``root``; the server certificate names ``LOCAL_HOSTS`` + ``hosts``.
+
+    Raises PkiError if a host is malformed (before anything is written) or if ``root``
+    already holds PKI files and ``force`` is not set.
+    """
+    all_hosts = tuple(dict.fromkeys((*LOCAL_HOSTS, *hosts)))
+    for host in all_hosts:
+        subject_name(host)
     paths = PkiPaths(root)
     root.mkdir(parents=True, exist_ok=True)
     existing = [p for p in paths.all() if p.exists()]
@@ -131,7 +158,7 @@ def init_pki(root: Path, *, force: bool = False,
                        "use --force to replace them (existing tokens become undecryptable)")
     ca_key, ca_cert = create_ca()
     server_key, server_cert = issue(ca_key, ca_cert, "toneguard-gateway", server=True,
-                                    hosts=hosts)
+                                    hosts=all_hosts)
     client_key, client_cert = issue(ca_key, ca_cert, "toneguard-proxy", server=False)
     pem = serialization.Encoding.PEM
     paths.ca_cert.write_bytes(ca_cert.public_bytes(pem))

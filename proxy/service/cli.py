@@ -14,17 +14,22 @@ import sys
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-import click  # noqa: E402  (after the thread settings above)
-import typer  # noqa: E402
+import typer  # noqa: E402  (after the thread settings above)
 
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+# Plain (click-style) help: typer's rich help prints a type column with `<bool>` beside every
+# flag, which reads as if the flag took a value. The mode given here applies to every subcommand
+# and sub-app, because typer passes the top-level app's mode down when it builds the groups.
 app = typer.Typer(
     name="toneguard",
     help="ToneGuard: a secure voice payment proxy (DTMF masking media relay).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
-
 
 
 @app.callback()
@@ -52,17 +57,31 @@ app.add_typer(agents_app, name="agents")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI and return its exit code (0 ok, 1 findings/failure, 2 usage error)."""
+    """Run the CLI and return its exit code (0 ok, 1 findings/failure, 2 usage error).
+
+    ``standalone_mode=False`` hands us the exceptions typer would otherwise print and exit on,
+    so that a command's own return value becomes the exit code. Typer vendors its own copy of
+    click (``typer._click``): its exceptions are not ``click``'s, so they are caught through the
+    public ``typer.TyperException`` base (usage errors carry ``show()`` and exit code 2).
+    """
     try:
-        result = app(args=argv if argv is not None else sys.argv[1:], standalone_mode=False)
-    except click.exceptions.Exit as exc:
+        result = app(args=argv if argv is not None else sys.argv[1:], prog_name="toneguard",
+                     standalone_mode=False)
+    except typer.Exit as exc:  # --help, and commands that exit early
         return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
+    except typer.Abort:
+        print("toneguard: aborted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("toneguard: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except typer.TyperException as exc:
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()  # "Usage: ... Try '... --help'. Error: ...", or the help for a bare command
+        else:
+            print(f"toneguard: {exc.format_message()}", file=sys.stderr)
         return exc.exit_code
-    except click.exceptions.Abort:
-        print("aborted", file=sys.stderr)
-        return 130
     return result if isinstance(result, int) else 0
 
 

@@ -197,8 +197,25 @@ def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
-    """Defaults, then ``path`` (if given), then ``overrides`` (``{"media": {"port_min": ...}}``)."""
+def _blame(loc: tuple[str, ...], flags: Mapping[str, str], source: str) -> str:
+    """Who set the value at ``loc``: the command-line flags that touched it, else the file.
+
+    A section-level check (``media``: port_max vs port_min) is blamed on a flag that set any
+    key inside that section, since the flag is what the user just typed.
+    """
+    dotted = ".".join(loc)
+    named = [flag for key, flag in flags.items()
+             if key == dotted or key.startswith(dotted + ".") or dotted.startswith(key + ".")]
+    return ", ".join(dict.fromkeys(named)) if named else source
+
+
+def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = None,
+                flags: Mapping[str, str] | None = None) -> Config:
+    """Defaults, then ``path`` (if given), then ``overrides`` (``{"media": {"port_min": ...}}``).
+
+    ``flags`` maps the dotted keys an override sets to the command-line flag that set them
+    (``{"media.port_min": "--port-range"}``), so that an error names the flag, not the file.
+    """
     data = tomllib.loads(default_text())
     source = "defaults"
     if path is not None:
@@ -216,9 +233,10 @@ def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = 
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"])
+            loc = tuple(str(p) for p in err["loc"])
+            key = ".".join(loc)
             message = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 message = "unknown key"
-            problems.append(f"{source}: {key}: {message}")
+            problems.append(f"{_blame(loc, flags or {}, source)}: {key}: {message}")
         raise ConfigError("; ".join(problems)) from exc

@@ -12,7 +12,9 @@ import dataclasses
 import ipaddress
 import os
 import signal
+import socket
 import ssl
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,12 +153,20 @@ class Node:
         node = cls(config, engine, registry, server, payments, _gateway=gateway)
         host, port = parse_hostport(config.ng.listen)
         try:
-            node.ng_address = await server.start(host, port)
+            try:
+                node.ng_address = await server.start(host, port)
+            except OSError as exc:
+                raise BindError.of("ng socket", config.ng.listen, exc) from exc
             if api:
-                await node._start_api(agents or AgentDirectory())
-        except OSError as exc:
+                try:
+                    await node._start_api(agents or AgentDirectory())
+                except BindError:
+                    raise
+                except OSError as exc:  # the API server died while starting
+                    raise BindError.of("API socket", config.api.listen, exc) from exc
+        except (ConfigError, OSError):
             await node.stop()
-            raise ConfigError(f"cannot bind: {exc.strerror}") from exc
+            raise
         node._tasks.append(asyncio.create_task(node._housekeeping(), name="housekeeping"))
         log.info("toneguard node started", ng=f"{node.ng_address[0]}:{node.ng_address[1]}",
                  media=f"{media.address}:{media.port_min}-{media.port_max}",
@@ -167,6 +177,12 @@ class Node:
 
     async def _start_api(self, agents: AgentDirectory) -> None:
         host, port = parse_hostport(self.config.api.listen)
+        # Bound here rather than by uvicorn, which logs a raw errno and exits the process (3)
+        # from inside its task when the port is taken.
+        try:
+            listener = _tcp_listener(host, port)
+        except OSError as exc:
+            raise BindError.of("API socket", self.config.api.listen, exc) from exc
         metrics = Metrics(self.readings)
         api = self.config.api
         app = create_app(self.payments, agents, metrics.render, ApiSettings(
@@ -179,7 +195,7 @@ class Node:
                                                access_log=False, lifespan="off",
                                                ws_max_size=api.max_body_bytes))
         self._api = server
-        task = asyncio.create_task(server.serve(), name="api")
+        task = asyncio.create_task(server.serve(sockets=[listener]), name="api")
         self._tasks.append(task)
         async with asyncio.timeout(10):
             while not server.started:
@@ -239,6 +255,28 @@ class Node:
         log.info("toneguard node stopped")
 
 
+class BindError(OSError):
+    """A listening socket could not be bound; the message names the socket and the address."""
+
+    @classmethod
+    def of(cls, what: str, address: str, exc: OSError) -> BindError:
+        # uvloop raises "could not bind to local_addr (...)" without an errno, the OSError that
+        # has it as its cause; asyncio raises that OSError itself.
+        cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+        errno = cause.errno or exc.errno
+        reason = os.strerror(errno) if errno else (exc.strerror or str(exc))
+        return cls(errno or 0, f"cannot bind the {what} {address}: {reason.lower()}")
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _tcp_listener(host: str, port: int) -> socket.socket:
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                flags=socket.AI_PASSIVE)[0][0]
+    return socket.create_server((host, port), family=family, backlog=2048)
+
+
 def gateway_client(config: Config) -> GatewayClient | None:
     g = config.gateway
     if not g.url:
@@ -282,40 +320,59 @@ async def _start_for_production(config: Config) -> Node:
     return node
 
 
+EXIT_CONFIG = 2  # a usage or configuration error: fix the flag or the file named
+EXIT_RUNTIME = 1  # the configuration is fine but the node could not run (a port is taken)
+
+
 def serve_command(
     config_file: Annotated[Path | None, typer.Option(
-        "--config", "-c", help="TOML configuration file (see config/toneguard.toml).")] = None,
+        "--config", "-c", metavar="FILE",
+        help="TOML configuration file (see config/toneguard.toml).")] = None,
     ng_listen: Annotated[str | None, typer.Option(
-        help="ng control socket HOST:PORT (overrides ng.listen).")] = None,
+        metavar="HOST:PORT", help="ng control socket (overrides ng.listen).")] = None,
     media_address: Annotated[str | None, typer.Option(
-        help="Media address (overrides media.address).")] = None,
+        metavar="ADDRESS", help="Media address (overrides media.address).")] = None,
     port_range: Annotated[str | None, typer.Option(
-        help="Media ports MIN-MAX (overrides media.port_min/port_max).")] = None,
+        metavar="MIN-MAX", help="Media ports (overrides media.port_min/port_max).")] = None,
     workers: Annotated[int | None, typer.Option(
+        metavar="N",
         help="Media worker processes (overrides media.workers; 0 = one per core).")] = None,
-    log_format: Annotated[str | None, typer.Option(help="console|json")] = None,
+    log_format: Annotated[str | None, typer.Option(
+        metavar="console|json", help="Log format (overrides logging.format).")] = None,
 ) -> int:
-    """Run the media relay: ng control socket (for Kamailio's rtpengine module) and media."""
+    """Run the media relay: ng control socket (for Kamailio's rtpengine module) and media.
+
+    Exit codes: 0 = stopped by SIGTERM/SIGINT; 1 = could not run (e.g. a port is taken);
+    2 = usage or configuration error (the message names the flag or the file).
+    """
     overrides: dict[str, dict[str, object]] = {}
+    flags: dict[str, str] = {}  # dotted key -> the flag that set it, for error messages
+
+    def override(section: str, key: str, value: object, flag: str) -> None:
+        overrides.setdefault(section, {})[key] = value
+        flags[f"{section}.{key}"] = flag
+
     if ng_listen:
-        overrides.setdefault("ng", {})["listen"] = ng_listen
+        override("ng", "listen", ng_listen, "--ng-listen")
     if media_address:
-        overrides.setdefault("media", {})["address"] = media_address
+        override("media", "address", media_address, "--media-address")
     if port_range:
         low, _, high = port_range.partition("-")
         if not (low.isdigit() and high.isdigit()):
-            print(f"toneguard serve: --port-range: expected MIN-MAX, got {port_range!r}")
-            return 2
-        overrides.setdefault("media", {}).update(port_min=int(low), port_max=int(high))
+            print(f"toneguard serve: --port-range: expected MIN-MAX, got {port_range!r}",
+                  file=sys.stderr)
+            return EXIT_CONFIG
+        override("media", "port_min", int(low), "--port-range")
+        override("media", "port_max", int(high), "--port-range")
     if workers is not None:
-        overrides.setdefault("media", {})["workers"] = workers
+        override("media", "workers", workers, "--workers")
     if log_format:
-        overrides.setdefault("logging", {})["format"] = log_format
+        override("logging", "format", log_format, "--log-format")
     try:
-        config = load_config(config_file, overrides)
+        config = load_config(config_file, overrides, flags)
     except ConfigError as exc:
-        print(f"toneguard serve: {exc}")
-        return 2
+        print(f"toneguard serve: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     configure_logging(config.logging.format, config.logging.level)
     runner: Callable[[Coroutine[Any, Any, None]], None]
     try:
@@ -326,6 +383,13 @@ def serve_command(
     try:
         runner(run_until_signalled(lambda: _start_for_production(config)))
     except ConfigError as exc:
-        print(f"toneguard serve: {exc}")
-        return 2
+        print(f"toneguard serve: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except BindError as exc:
+        print(f"toneguard serve: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except OSError as exc:  # e.g. the agents file cannot be read
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"toneguard serve: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_RUNTIME
     return 0

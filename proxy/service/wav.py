@@ -155,3 +155,29 @@ def write_wav(path: Path, samples: npt.ArrayLike, rate: int = 8000, codec: str =
     body += b"LIST" + struct.pack("<I", 4) + b"INFO"  # an extra chunk readers must skip
     body += b"data" + struct.pack("<I", len(data)) + data + (b"\x00" if len(data) & 1 else b"")
     path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+
+
+def _encode(samples: npt.NDArray[np.float64], codec: str) -> npt.NDArray:
+    pcm = np.clip(np.rint(samples), -32768, 32767).astype("<i2")
+    return pcm if codec == "pcm16" else g711.encode(pcm, codec)
+
+
+def rewrite_channel(f: BinaryIO, info: WavInfo, channel: int, start: int,
+                    samples: npt.NDArray[np.float64]) -> None:
+    """Overwrite ``channel`` of frames [start, start+len(samples)) of an open WAV (``r+b``).
+
+    Only that channel's bytes in those frames change: the header, the other channels and every
+    other frame stay byte for byte as they were (a redacted copy is auditable against the
+    original). ``samples`` are at 16-bit scale, encoded in the file's own codec.
+    """
+    n = len(samples)
+    if not (0 <= channel < info.channels and 0 <= start <= info.frames - n):
+        raise ValueError(f"rewrite_channel: frames {start}..{start + n} of channel {channel} "
+                         f"are outside {info.frames} frames × {info.channels} channels")
+    dtype = "<i2" if info.codec == "pcm16" else np.uint8
+    f.seek(info.data_offset + start * info.bytes_per_frame)
+    raw = f.read(n * info.bytes_per_frame)
+    frames = np.frombuffer(raw, dtype=dtype).reshape(n, info.channels).copy()
+    frames[:, channel] = _encode(samples, info.codec)
+    f.seek(info.data_offset + start * info.bytes_per_frame)
+    f.write(frames.tobytes())
