@@ -94,5 +94,5 @@ def test_serve_refuses_a_configured_but_missing_agents_file(
     config.write_text(f'[api]\nagents_file = "{tmp_path / "missing.json"}"\n'
                       f'[ng]\nlisten = "127.0.0.1:{pick_udp_port()}"\n')
     assert main(["serve", "-c", str(config)]) == 2
-    out = capsys.readouterr().out
-    assert "api.agents_file" in out and "no such agents file" in out
+    err = capsys.readouterr().err  # errors go to stderr
+    assert "api.agents_file" in err and "no such agents file" in err
