@@ -30,7 +30,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Iterable, Sequence  # noqa: E402
-from dataclasses import dataclass, replace  # noqa: E402
+from dataclasses import dataclass, field, replace  # noqa: E402
 
 import numpy as np  # noqa: E402
 import numpy.typing as npt  # noqa: E402
@@ -44,6 +44,7 @@ from proxy.demo.spandsp import spandsp_detect  # noqa: E402
 from proxy.media.masking import WIDEN_AFTER, WIDEN_BEFORE, MaskingPipeline  # noqa: E402
 from proxy.media.policy import MaskingPolicy  # noqa: E402
 from proxy.media.rtp import RtpPacket  # noqa: E402
+from proxy.media.types import DigitEvent  # noqa: E402
 
 RATE = 8000
 TICK = 160
@@ -63,7 +64,7 @@ class Mixture:
     source: str  # material name
     ratio_db: float  # interferer power over the keyed stretch ÷ power of the tone pair
     law: str
-    card: str
+    card: str = field(repr=False)  # a test card, but still a PAN: never in a repr
     audio: npt.NDArray[np.float64]  # what the caller sends (8 kHz, 16-bit scale, G.711 grid)
     windows: tuple[tuple[int, int], ...]  # where each key's tones are, [start, end) samples
     under: npt.NDArray[np.float64]  # the interferer alone, as mixed (the decoders' control)
@@ -159,10 +160,11 @@ def mixtures(quick: bool, tone_dbm0: float = -12.0, seed: int = 16,
     return out
 
 
-def mask(items: Sequence[Mixture], config: DtmfConfig | None = None
-         ) -> list[npt.NDArray[np.float64]]:
+def mask(items: Sequence[Mixture], config: DtmfConfig | None = None,
+         events: list[DigitEvent] | None = None) -> list[npt.NDArray[np.float64]]:
     """What the agent hears: every mixture through ONE MaskingPipeline as its own stream
-    (``config``: the receiver's, swapped in through the pipeline's detector)."""
+    (``config``: the receiver's, swapped in through the pipeline's detector). The digits the
+    pipeline reports (stream ``m<i>`` for mixture i) go to ``events`` if given."""
     policy = MaskingPolicy()
     pipeline = MaskingPipeline(lookahead_ms=26, capacity=max(64, len(items)), seed=1)
     if config is not None:
@@ -185,6 +187,13 @@ def mask(items: Sequence[Mixture], config: DtmfConfig | None = None
             law = items[i].law
             pos = packet.timestamp
             heard[i][pos:pos + TICK] = g711.decode(np.frombuffer(packet.payload, np.uint8), law)
+        drained = pipeline.drain_events()
+        if events is not None:
+            events += drained
+    for i in range(len(items)):
+        pipeline.close(f"m{i}")
+    if events is not None:
+        events += pipeline.drain_events()
     return heard
 
 
