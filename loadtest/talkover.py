@@ -31,6 +31,7 @@ import argparse  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Iterable, Sequence  # noqa: E402
 from dataclasses import dataclass, field, replace  # noqa: E402
+from typing import Literal  # noqa: E402
 
 import numpy as np  # noqa: E402
 import numpy.typing as npt  # noqa: E402
@@ -54,6 +55,7 @@ LAWS = ("ulaw", "alaw")
 PT = {"ulaw": 0, "alaw": 8}
 CODECS = {0: "PCMU", 8: "PCMA"}
 PACKET_MS = 20.0
+METHODS: tuple[Literal["narrowband", "energy_share"], ...] = ("narrowband", "energy_share")
 
 
 @dataclass(frozen=True)
@@ -289,7 +291,7 @@ def costs(laws: Sequence[str] = LAWS, quick: bool = False) -> list[tuple[str, st
         for law in laws:
             batch = g711.round_trip(pieces, law).astype(np.float32)
             minutes = batch.size / RATE / 60.0
-            for method in ("narrowband", "energy_share"):
+            for method in METHODS:
                 config = replace(DtmfConfig(), suspect_method=method)
                 flagged, blocks, ms, packets = false_masking(batch, config)
                 out.append((mat.kind, law, Cost(method, minutes, flagged, blocks, ms, packets)))
@@ -324,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     failures = 0
     if not args.skip_sweep:
         items = mixtures(args.quick, args.tone_dbm0)
-        methods = ("narrowband", "energy_share") if args.method == "both" else (args.method,)
+        methods = [m for m in METHODS if args.method in ("both", m)]
         for method in methods:
             start = time.monotonic()
             outcomes = run_sweep(items, replace(DtmfConfig(), suspect_method=method))
