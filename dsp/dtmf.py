@@ -26,7 +26,21 @@ the tone covers, measured from the coherent amplitude — reaches ``min_duration
 between the 23 ms that must never be reported and the 40 ms that always must.
 
 Independently, a lenient per-block ``suspect`` flag says "this might be a DTMF tone" long
-before a digit is confirmed; the masker acts on it so no tone ever reaches the agent.
+before a digit is confirmed; the masker acts on it so no tone ever reaches the agent. It is
+raised (``suspect_method="narrowband"``) by any of three rules:
+
+* one block: the two tones carry 60 % of its energy, stand clear of their groups, are on
+  frequency, and are not below their spectral neighbourhood (clean keys, from the first block
+  wholly inside the tone);
+* talk-over, two blocks (25.5 ms): the same key in both, its tones carrying a fifth of the
+  energy and standing out as narrowband peaks above their neighbourhood — a Hann window over
+  both blocks, bins 90–280 Hz from each tone, where voiced speech and music put their next
+  harmonic — by 6 dB, or by −6 dB when the key is sharp (10 dB above its groups, within 1.5 %);
+* follow-on: a block continuing a suspected key while its tones stay plausible.
+
+Only the rare windows that pass the per-block checks are transformed for the neighbourhood, in
+one matrix product for all channels. The older rule (the first alone, at 4 dB and 5 %, no
+neighbourhood) stays callable as ``suspect_method="energy_share"`` for comparisons.
 """
 
 from __future__ import annotations
@@ -105,12 +119,15 @@ class DtmfConfig:
     suspect_clean_relative_peak_db: float = 6.0
     suspect_clean_frequency_tolerance: float = 0.035
     # ...and its tones are not below their neighbourhood (defined below): a keyed tone alone
-    # stands 20 dB and more above it, even in the partly filled window of its onset, while
-    # one block of speech or music posing as a key usually has a harmonic as loud next to it.
+    # stands far above it, even in the partly filled window of its onset (short, quiet and
+    # loud clean keys still leave 0 ms of leak), while one block of speech or music posing as
+    # a key often has a harmonic as loud next to it.
     suspect_clean_neighbour_db: float = 0.0
     # "narrowband", talk-over: both blocks of a 25.5 ms window show the same key, each tone
     # this far above the rest of its group and this close to nominal; the two tones carry at
-    # least this share of the window's energy (a decoder needs ~40 % over 40 ms: margin)...
+    # least this share of the window's energy (well under what multimon-ng, the more lenient
+    # of the two reference decoders, needs: it decodes nothing under white noise 6 dB above
+    # the pair, where the share is about a fifth)...
     talkover_relative_peak_db: float = 4.0
     talkover_frequency_tolerance: float = 0.025
     talkover_min_energy_share: float = 0.2
