@@ -26,7 +26,21 @@ the tone covers, measured from the coherent amplitude — reaches ``min_duration
 between the 23 ms that must never be reported and the 40 ms that always must.
 
 Independently, a lenient per-block ``suspect`` flag says "this might be a DTMF tone" long
-before a digit is confirmed; the masker acts on it so no tone ever reaches the agent.
+before a digit is confirmed; the masker acts on it so no tone ever reaches the agent. It is
+raised (``suspect_method="narrowband"``) by any of three rules:
+
+* one block: the two tones carry 60 % of its energy, stand clear of their groups, are on
+  frequency, and are not below their spectral neighbourhood (clean keys, from the first block
+  wholly inside the tone);
+* talk-over, two blocks (25.5 ms): the same key in both, its tones carrying a fifth of the
+  energy and standing out as narrowband peaks above their neighbourhood — a Hann window over
+  both blocks, bins 90–280 Hz from each tone, where voiced speech and music put their next
+  harmonic — by 6 dB, or by −6 dB when the key is sharp (10 dB above its groups, within 1.5 %);
+* follow-on: a block continuing a suspected key while its tones stay plausible.
+
+Only the rare windows that pass the per-block checks are transformed for the neighbourhood, in
+one matrix product for all channels. The older rule (the first alone, at 4 dB and 5 %, no
+neighbourhood) stays callable as ``suspect_method="energy_share"`` for comparisons.
 """
 
 from __future__ import annotations
@@ -94,6 +108,48 @@ class DtmfConfig:
     suspect_max_twist_db: float = 12.0
     suspect_relative_peak_db: float = 4.0
     suspect_frequency_tolerance: float | None = 0.05
+    # Which suspicion. "energy_share": the rule above alone (two tones carrying 60 % of one
+    # block), kept callable for comparison benchmarks. "narrowband" (default): the same rule
+    # made stricter where speech and music fooled it (the peak and frequency figures below),
+    # OR the talk-over rule: a key's two tones as narrowband peaks in two consecutive blocks,
+    # which holds when speech as loud as the tones takes most of the energy (issue 16).
+    suspect_method: Literal["narrowband", "energy_share"] = "narrowband"
+    # "narrowband", single block: relative peak and frequency tolerance of the share rule
+    # (4 dB and 5 % let one block of speech in 3 000 through; clean tones still pass by far).
+    suspect_clean_relative_peak_db: float = 6.0
+    suspect_clean_frequency_tolerance: float = 0.035
+    # ...and its tones are not below their neighbourhood (defined below): a keyed tone alone
+    # stands far above it, even in the partly filled window of its onset (short, quiet and
+    # loud clean keys still leave 0 ms of leak), while one block of speech or music posing as
+    # a key often has a harmonic as loud next to it.
+    suspect_clean_neighbour_db: float = 0.0
+    # "narrowband", talk-over: both blocks of a 25.5 ms window show the same key, each tone
+    # this far above the rest of its group and this close to nominal; the two tones carry at
+    # least this share of the window's energy (well under what multimon-ng, the more lenient
+    # of the two reference decoders, needs: it decodes nothing under white noise 6 dB above
+    # the pair, where the share is about a fifth)...
+    talkover_relative_peak_db: float = 4.0
+    talkover_frequency_tolerance: float = 0.025
+    talkover_min_energy_share: float = 0.2
+    # ...and each tone stands this far above the strongest of its neighbour bins 90–280 Hz
+    # away (Hann window over the two blocks: 39 Hz bins). Voiced speech and most music put a
+    # harmonic there (F0 ≥ 85 Hz); a keyed tone does not (the harmonic rule).
+    talkover_neighbour_db: float = 6.0
+    # A key whose tones stand this far above the rest of their groups and this close to
+    # nominal in both blocks (what speech seldom does) needs only this neighbour margin: music
+    # under the tones often puts a partial as loud as the tone within 280 Hz.
+    talkover_strong_peak_db: float = 10.0
+    talkover_strong_frequency_tolerance: float = 0.015
+    talkover_strong_neighbour_db: float = -6.0
+    # Once a block is suspected, following blocks showing the same key stay suspected while
+    # its tones remain plausible (this peak, tolerance and share, over the one block): a tone
+    # speech covers for a moment must not come back out between suspected blocks.
+    follow_relative_peak_db: float = 4.0
+    follow_frequency_tolerance: float = 0.035
+    follow_min_energy_share: float = 0.1
+    # ...bridging this many blocks where they don't (covered anyway: the masker widens spans
+    # by more than a block each way).
+    follow_bridge_blocks: int = 1
 
     def __post_init__(self) -> None:
         if self.sample_rate != SAMPLE_RATE:
@@ -157,6 +213,66 @@ _RAD_TO_REL = SAMPLE_RATE / (2 * np.pi * _HANN_HOP * FREQS)
 _LOW = slice(0, 4)
 _HIGH = slice(4, 8)
 
+# The talk-over suspicion's neighbourhood: a Hann window over two blocks (25.5 ms, 39 Hz bins),
+# each tone against bins 90–280 Hz below it (and above it where that stays clear of the other
+# group): where voiced speech (F0 85–300 Hz) or music puts the neighbouring harmonic. Every
+# reference is ≥ 2.3 bins from its tone, so a pure tone reads ≥ 30 dB down there.
+_WIDE = 2 * BLOCK_SIZE
+_NEIGHBOUR_OFFSETS_HZ = (90.0, 115.0, 145.0, 180.0, 225.0, 280.0)
+_GROUP_CLEARANCE_HZ = 100.0  # references keep this far from the other group's tones
+
+
+def _neighbour_references() -> list[list[float]]:
+    refs = []
+    for i, f in enumerate(FREQS):
+        below = [f - d for d in _NEIGHBOUR_OFFSETS_HZ]
+        above = [f + d for d in _NEIGHBOUR_OFFSETS_HZ]
+        if i < 4:  # low group: above only while clear of the high group's 1209 Hz
+            refs.append(below + [r for r in above if r <= HIGH_FREQS[0] - _GROUP_CLEARANCE_HZ])
+        else:  # high group: below only while clear of the low group's 941 Hz
+            refs.append([r for r in below if r >= LOW_FREQS[-1] + _GROUP_CLEARANCE_HZ] + above)
+    return refs
+
+
+def _neighbour_basis() -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64],
+                                npt.NDArray[np.bool_]]:
+    """Basis (2 blocks × 2·F) of the tone bins then all reference bins, and per tone the
+    column indices of its references (padded; the mask says which are real)."""
+    refs = _neighbour_references()
+    freqs = list(FREQS) + [r for group in refs for r in group]
+    n = np.arange(_WIDE, dtype=np.float64)
+    hann = np.hanning(_WIDE + 2)[1:-1]
+    cols = [hann * np.cos(2 * np.pi * f * n / SAMPLE_RATE) for f in freqs]
+    cols += [-hann * np.sin(2 * np.pi * f * n / SAMPLE_RATE) for f in freqs]
+    width = max(len(r) for r in refs)
+    index = np.zeros((_NTONES, width), dtype=np.int64)
+    valid = np.zeros((_NTONES, width), dtype=bool)
+    column = _NTONES
+    for i, group in enumerate(refs):
+        index[i, :len(group)] = np.arange(column, column + len(group))
+        valid[i, :len(group)] = True
+        column += len(group)
+    return np.stack(cols, axis=1).astype(np.float32), index, valid
+
+
+_NEIGHBOUR_BASIS, _NEIGHBOUR_INDEX, _NEIGHBOUR_VALID = _neighbour_basis()
+
+
+def _stands_out(windows: npt.NDArray[np.float32], key: npt.NDArray[np.int64],
+                factor: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+    """For (M, 2 blocks) windows and the key suspected in each: do both of the key's tones
+    stand ``factor`` (energy) above every reference bin of their neighbourhood?"""
+    y = (windows @ _NEIGHBOUR_BASIS).astype(np.float64)
+    half = y.shape[1] // 2
+    power = y[:, :half] ** 2 + y[:, half:] ** 2  # (M, F)
+    rows = np.arange(key.size)
+    out = np.ones(key.size, dtype=bool)
+    for tone in (key // 4, key % 4 + 4):
+        refs = power[rows[:, None], _NEIGHBOUR_INDEX[tone]]  # (M, width)
+        strongest = np.where(_NEIGHBOUR_VALID[tone], refs, 0.0).max(axis=1)
+        out &= power[rows, tone] >= factor * strongest
+    return out
+
 
 @dataclass
 class _BlockMeasures:
@@ -166,6 +282,14 @@ class _BlockMeasures:
     energy: npt.NDArray[np.float64]  # (C, 8) tone energy in the block (robust to ±2.5 %)
     hit_digit: npt.NDArray[np.int64]  # (C,) key index 0..15 of a hit, −1 otherwise
     suspect: npt.NDArray[np.bool_]  # (C,)
+    # For the talk-over suspicion (two blocks): the block's strongest key, whether it passes
+    # the per-block talk-over checks, the key's tone energy and the block's total energy.
+    key: npt.NDArray[np.int64] | None = None  # (C,)
+    talkover: npt.NDArray[np.bool_] | None = None  # (C,)
+    strong: npt.NDArray[np.bool_] | None = None  # (C,) ...and passes the strong-key checks
+    follow: npt.NDArray[np.bool_] | None = None  # (C,) the key may continue a suspicion
+    pair: npt.NDArray[np.float64] | None = None  # (C,)
+    total: npt.NDArray[np.float64] | None = None  # (C,)
 
 
 def _wrap(phase: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -237,22 +361,47 @@ def _measure(blocks: npt.NDArray[np.float32], config: DtmfConfig) -> _BlockMeasu
 
     suspect_floor = dbm0_energy(config.suspect_min_level_dbm0)
     suspect_twist = _power_ratio(config.suspect_max_twist_db)
-    suspect = (
+    # Cheapest first, shared by both suspicions: level and twist of the strongest pair.
+    plausible = (
         (low_e >= suspect_floor)
         & (high_e >= suspect_floor)
         & (high_e <= suspect_twist * low_e)
         & (low_e <= suspect_twist * high_e)
-        & (low_e >= _power_ratio(config.suspect_relative_peak_db) * low_second)
-        & (high_e >= _power_ratio(config.suspect_relative_peak_db) * high_second)
+    )
+    advance = np.angle(hann2 * np.conj(hann1))
+    error = np.abs(_wrap(advance - _NOMINAL_ADVANCE) * _RAD_TO_REL)
+    worst_error = np.maximum(error[rows, low], error[rows, high_i])
+    peak = np.minimum(low_e / np.maximum(low_second, _EPS),
+                      high_e / np.maximum(high_second, _EPS))
+    narrowband = config.suspect_method == "narrowband"
+    peak_db = (config.suspect_clean_relative_peak_db if narrowband
+               else config.suspect_relative_peak_db)
+    tolerance = (config.suspect_clean_frequency_tolerance if narrowband
+                 else config.suspect_frequency_tolerance)
+    suspect = (
+        plausible
+        & (peak >= _power_ratio(peak_db))
         & ((low_e + high_e) >= config.suspect_min_energy_share * np.maximum(total, _EPS))
     )
-    if config.suspect_frequency_tolerance is not None:
-        advance = np.angle(hann2 * np.conj(hann1))
-        error = np.abs(_wrap(advance - _NOMINAL_ADVANCE) * _RAD_TO_REL)
-        suspect &= (error[rows, low] <= config.suspect_frequency_tolerance) & (
-            error[rows, high_i] <= config.suspect_frequency_tolerance)
+    if tolerance is not None:
+        suspect &= worst_error <= tolerance
     hit_digit = np.where(hit, low * 4 + high, -1)
-    return _BlockMeasures(amp=amp, energy=energy, hit_digit=hit_digit, suspect=suspect)
+    measures = _BlockMeasures(amp=amp, energy=energy, hit_digit=hit_digit, suspect=suspect)
+    if narrowband:
+        measures.key = low * 4 + high
+        measures.talkover = (plausible
+                             & (peak >= _power_ratio(config.talkover_relative_peak_db))
+                             & (worst_error <= config.talkover_frequency_tolerance))
+        measures.strong = (measures.talkover
+                           & (peak >= _power_ratio(config.talkover_strong_peak_db))
+                           & (worst_error <= config.talkover_strong_frequency_tolerance))
+        measures.pair = low_e + high_e
+        measures.total = total
+        measures.follow = (plausible
+                           & (peak >= _power_ratio(config.follow_relative_peak_db))
+                           & (worst_error <= config.follow_frequency_tolerance)
+                           & (low_e + high_e >= config.follow_min_energy_share * total))
+    return measures
 
 
 def dbm0_energy(dbm0: float) -> float:
@@ -309,6 +458,51 @@ class _Segments:
         self.post_cover[ch] = 0.0
 
 
+@dataclass
+class _TalkoverState:
+    """Per channel, the last block of the previous ``process`` call, as the talk-over
+    suspicion needs it (its window spans two blocks)."""
+
+    channels: int
+    key: npt.NDArray[np.int64] = field(init=False)
+    candidate: npt.NDArray[np.bool_] = field(init=False)
+    pair: npt.NDArray[np.float64] = field(init=False)
+    total: npt.NDArray[np.float64] = field(init=False)
+    block: npt.NDArray[np.float32] = field(init=False)
+    held: npt.NDArray[np.int64] = field(init=False)  # key suspected last, −1: none
+    missed: npt.NDArray[np.int64] = field(init=False)  # blocks since it was last suspected
+    strong: npt.NDArray[np.bool_] = field(init=False)
+
+    def __post_init__(self) -> None:
+        c = self.channels
+        self.key = np.full(c, -1, dtype=np.int64)
+        self.held = np.full(c, -1, dtype=np.int64)
+        self.missed = np.zeros(c, dtype=np.int64)
+        self.strong = np.zeros(c, dtype=bool)
+        self.candidate = np.zeros(c, dtype=bool)
+        self.pair = np.zeros(c)
+        self.total = np.zeros(c)
+        self.block = np.zeros((c, BLOCK_SIZE), dtype=np.float32)
+
+    def resized(self, channels: int) -> _TalkoverState:
+        bigger = _TalkoverState(channels)
+        n = min(channels, self.channels)
+        for name in ("key", "candidate", "pair", "total", "block", "held", "missed",
+                     "strong"):
+            getattr(bigger, name)[:n] = getattr(self, name)[:n]
+        return bigger
+
+    def clear(self, ch: int) -> None:
+        self.key[ch] = -1
+        self.held[ch] = -1
+        self.missed[ch] = 0
+        self.strong[ch] = False
+        self.candidate[ch] = False
+        self.pair[ch] = 0.0
+        self.total[ch] = 0.0
+        self.block[ch] = 0.0
+
+
 def _tone_indices(digit: npt.NDArray[np.int64]) -> tuple[npt.NDArray, npt.NDArray]:
     return digit // 4, digit % 4 + 4
 
@@ -325,6 +519,7 @@ class DtmfDetector:
         self._seen = 0  # samples consumed per channel (global clock)
         self._origin = np.zeros(channels, dtype=np.int64)  # global sample of each stream's 0
         self._prev_amp = np.zeros((channels, _NTONES))
+        self._talk = _TalkoverState(channels)
         self._seg = _Segments(channels)
         self._min_duration = self._config.min_duration_ms * SAMPLE_RATE / 1000.0
 
@@ -347,6 +542,7 @@ class DtmfDetector:
             raise IndexError(f"DtmfDetector.reset: no channel {channel}")
         self._pending[channel] = 0.0
         self._prev_amp[channel] = 0.0
+        self._talk.clear(channel)
         self._seg.clear(channel)
         self._origin[channel] = self.samples_seen
 
@@ -363,6 +559,7 @@ class DtmfDetector:
         origin = np.full(channels, self.samples_seen, dtype=np.int64)
         origin[:n] = self._origin[:n]
         self._pending, self._prev_amp, self._origin = pending, prev, origin
+        self._talk = self._talk.resized(channels)
         self._seg = self._seg.resized(channels)
         self._channels = channels
 
@@ -382,6 +579,9 @@ class DtmfDetector:
         if count:
             blocks = data[:, :used].reshape(self._channels * count, BLOCK_SIZE)
             measures = _measure(blocks, self._config)
+            if measures.talkover is not None:
+                measures.suspect = self._talkover(data[:, :used], measures, count)
+                measures.suspect = self._follow(measures, count)
             for b in range(count):
                 sel = slice(b, None, count)  # block b of every channel
                 m = _BlockMeasures(
@@ -394,6 +594,64 @@ class DtmfDetector:
             self._seen += used
         return DetectorOutput(events=events, block_starts=starts, block_size=BLOCK_SIZE,
                               suspect=suspect)
+
+    def _talkover(self, data: npt.NDArray[np.float32], m: _BlockMeasures,
+                  count: int) -> npt.NDArray[np.bool_]:
+        """The talk-over suspicion of every block (flattened like ``m``): the block and the one
+        before it show the same key passing the per-block checks, the key's tones carry the
+        window's share, and both stand out of their neighbourhood over the two blocks. Only
+        the (rare) windows that get that far are transformed, all in one product."""
+        assert m.key is not None and m.talkover is not None
+        assert m.pair is not None and m.total is not None and m.strong is not None
+        cfg, state, c = self._config, self._talk, self._channels
+        key, cand = m.key.reshape(c, count), m.talkover.reshape(c, count)
+        strong = m.strong.reshape(c, count)
+        prev_strong = np.concatenate([state.strong[:, None], strong[:, :-1]], axis=1)
+        pair, total = m.pair.reshape(c, count), m.total.reshape(c, count)
+        prev_key = np.concatenate([state.key[:, None], key[:, :-1]], axis=1)
+        prev_cand = np.concatenate([state.candidate[:, None], cand[:, :-1]], axis=1)
+        prev_pair = np.concatenate([state.pair[:, None], pair[:, :-1]], axis=1)
+        prev_total = np.concatenate([state.total[:, None], total[:, :-1]], axis=1)
+        two = (cand & prev_cand & (key == prev_key)
+               & (pair + prev_pair >= cfg.talkover_min_energy_share * (total + prev_total)))
+        clean = m.suspect.reshape(c, count)
+        out = np.zeros((c, count), dtype=bool)
+        ch, b = np.nonzero(two | clean)
+        if ch.size:
+            blocks = data.reshape(c, count, BLOCK_SIZE)
+            prev = np.where((b == 0)[:, None], state.block[ch],
+                            blocks[ch, np.maximum(b - 1, 0)])
+            windows = np.concatenate([prev, blocks[ch, b]], axis=1)
+            # The margin each path asks for; a window on several paths needs the smallest.
+            margin = np.full(ch.size, np.inf)
+            margin = np.where(clean[ch, b], cfg.suspect_clean_neighbour_db, margin)
+            on_two = two[ch, b]
+            strong_two = on_two & strong[ch, b] & prev_strong[ch, b]
+            margin = np.where(on_two, np.minimum(margin, cfg.talkover_neighbour_db), margin)
+            margin = np.where(strong_two, np.minimum(margin, cfg.talkover_strong_neighbour_db),
+                              margin)
+            out[ch, b] = _stands_out(windows, key[ch, b], 10.0 ** (margin / 10.0))
+        state.key, state.candidate = key[:, -1].copy(), cand[:, -1].copy()
+        state.strong = strong[:, -1].copy()
+        state.pair, state.total = pair[:, -1].copy(), total[:, -1].copy()
+        state.block = data[:, -BLOCK_SIZE:].copy()
+        return out.reshape(-1)
+
+    def _follow(self, m: _BlockMeasures, count: int) -> npt.NDArray[np.bool_]:
+        """Suspicion carried forward block by block (vectorised over channels) while the
+        suspected key's tones persist."""
+        assert m.key is not None and m.follow is not None
+        c, state = self._channels, self._talk
+        key, follow = m.key.reshape(c, count), m.follow.reshape(c, count)
+        suspect = m.suspect.reshape(c, count).copy()
+        held, missed = state.held, state.missed
+        bridge = self._config.follow_bridge_blocks
+        for b in range(count):
+            suspect[:, b] |= follow[:, b] & (key[:, b] == held)
+            missed = np.where(suspect[:, b], 0, missed + 1)
+            held = np.where(suspect[:, b], key[:, b], np.where(missed > bridge, -1, held))
+        state.held, state.missed = held, missed
+        return suspect.reshape(-1)
 
     # --- the decision logic: vectorised except where a digit starts or ends -----------------
 

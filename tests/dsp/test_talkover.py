@@ -1,0 +1,65 @@
+"""The receiver's suspect flag under talk-over: a key's tones with something as loud under them.
+
+The energy-share rule (``suspect_method="energy_share"``) is the control: it must lose the key
+where the narrowband suspicion keeps it, which proves the mixture is hard enough.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import numpy.typing as npt
+
+from dsp import g711, tones
+from dsp.dtmf import BLOCK_SIZE, DtmfConfig, DtmfDetector
+from loadtest import corpus
+
+ENERGY_SHARE = replace(DtmfConfig(), suspect_method="energy_share")
+
+
+def _suspect(x: npt.NDArray[np.float64], config: DtmfConfig | None = None
+             ) -> npt.NDArray[np.bool_]:
+    """Per-block suspect flags of one signal fed in 20 ms ticks, as the media plane feeds it."""
+    detector = DtmfDetector(1, config)
+    flags = [detector.process(x[None, t:t + 160]).suspect[:, 0] for t in range(0, x.size, 160)]
+    return np.concatenate(flags)
+
+
+def _key_under_noise(noise_dbm0: float, seed: int = 16) -> npt.NDArray[np.float64]:
+    rng = np.random.default_rng(seed)
+    tone = tones.dtmf_tone("5", 300, low_dbm0=-12.0)  # the pair: −9 dBm0
+    return g711.round_trip(tone + tones.white_noise(tone.size, noise_dbm0, rng),
+                           "ulaw").astype(np.float64)
+
+
+def test_a_key_under_noise_as_loud_as_its_tones_stays_suspected() -> None:
+    x = _key_under_noise(-9.0)
+    narrowband, control = _suspect(x), _suspect(x, ENERGY_SHARE)
+    assert narrowband.size == x.size // BLOCK_SIZE
+    assert narrowband.sum() >= narrowband.size - 3
+    assert control.sum() <= 3  # the energy-share rule loses it: the mixture bites
+
+
+def test_speech_alone_is_seldom_suspected() -> None:
+    material = corpus.espeak_speech(voices=("en",))
+    assert material.items, material.failures
+    speech = g711.round_trip(material.items[0].samples[: 60 * 8000], "ulaw").astype(np.float64)
+    flags = _suspect(speech)
+    print(f"\nsuspect blocks in 60 s of speech: {int(flags.sum())} of {flags.size}")
+    assert flags.size > 4000
+    assert flags.sum() <= 0.002 * flags.size
+
+
+def test_reset_forgets_the_previous_block_of_the_talkover_window() -> None:
+    """The talk-over window spans two blocks: after a reset the next block has no predecessor
+    (nor a suspicion to follow), so under noise as loud as the key (no single block carries
+    60 %) it is not suspected, while the blocks after it are."""
+    x = _key_under_noise(-9.0)
+    k = 5
+    assert _suspect(x)[k - 1:k + 3].all()  # without a reset: suspected throughout
+    detector = DtmfDetector(1)
+    detector.process(x[None, : k * BLOCK_SIZE])
+    detector.reset(0)
+    after = detector.process(x[None, k * BLOCK_SIZE:(k + 4) * BLOCK_SIZE]).suspect[:, 0]
+    assert after.tolist() == [False, True, True, True]

@@ -1,0 +1,112 @@
+"""Masking under talk-over (issue 16): a card keyed while speech, music or noise plays under it.
+
+A seeded, bounded subset of `python -m loadtest.talkover`: test cards keyed at −12 dBm0 per tone
+with espeak-ng and codec2 speech, MIDI music and white noise mixed under them at +3, 0 and −3 dB
+(interferer power against the tone pair), µ-law and A-law, each through the real MaskingPipeline.
+spandsp and multimon-ng decode the caller's audio and the agent leg. The energy-share suspicion
+this replaced runs on the same mixtures as the control: it must leak there, which proves the
+material bites.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from difflib import SequenceMatcher
+
+import numpy as np
+import pytest
+
+from dsp import g711, tones
+from dsp.dtmf import DtmfConfig
+from loadtest import talkover
+from proxy.demo.leak import leaked_ms_per_window
+from proxy.demo.multimon import multimon_detect
+from proxy.demo.spandsp import spandsp_detect
+from proxy.media.types import DigitEvent
+
+RATIOS = (3.0, 0.0, -3.0)
+ENERGY_SHARE = replace(DtmfConfig(), suspect_method="energy_share")
+
+
+@pytest.fixture(scope="module")
+def items() -> list[talkover.Mixture]:
+    return talkover.mixtures(quick=True, ratios=RATIOS)
+
+
+@pytest.fixture(scope="module")
+def narrowband(items: list[talkover.Mixture]) -> list[talkover.Outcome]:
+    return talkover.run_sweep(items, DtmfConfig())
+
+
+@pytest.fixture(scope="module")
+def energy_share(items: list[talkover.Mixture]) -> list[talkover.Outcome]:
+    return talkover.run_sweep(items, ENERGY_SHARE)
+
+
+def _agent_digits(outcomes: list[talkover.Outcome]) -> int:
+    return sum(len(o.agent_spandsp) + len(o.agent_multimon) for o in outcomes if o.audible)
+
+
+def test_narrowband_suspicion_leaks_far_fewer_digits_than_energy_share(
+        narrowband: list[talkover.Outcome], energy_share: list[talkover.Outcome]) -> None:
+    for kind in ("speech", "music", "noise"):
+        assert any(o.audible for o in narrowband if o.mixture.kind == kind), kind
+    new, old = _agent_digits(narrowband), _agent_digits(energy_share)
+    print(f"\ntalk-over subset ({len(narrowband)} mixtures): digits decoded on the agent leg "
+          f"narrowband {new}, energy share {old}")
+    assert old >= 40, "the control leaks little: the mixtures do not bite"
+    assert new * 4 <= old
+
+
+@pytest.mark.xfail(strict=True, reason="issue 16 still open: on this subset 16 of 54 audible "
+                   "mixtures leak a digit to multimon-ng (22 digits; spandsp none)")
+def test_no_digit_reaches_the_agent_wherever_a_decoder_hears_one(
+        narrowband: list[talkover.Outcome]) -> None:
+    leaky = [o for o in narrowband if o.audible and o.leaked]
+    assert not leaky, f"{len(leaky)} mixtures leak"
+
+
+def test_speech_well_below_the_tones_leaks_nothing_and_every_key_is_captured() -> None:
+    """Speech and noise 10 dB under the tones: nothing reaches the agent, and the receiver
+    reports the card's keys to the pipeline's digit stream (capture follows)."""
+    items = [m for m in talkover.mixtures(quick=True, ratios=(-10.0,), laws=("ulaw",))
+             if m.kind != "music"]
+    events: list[DigitEvent] = []
+    heard = talkover.mask(items, events=events)
+    for i, (m, agent) in enumerate(zip(items, heard, strict=True)):
+        caller = spandsp_detect(m.audio)
+        heard_card = len(caller) >= len(m.card) - 2  # spandsp does hear the card
+        assert heard_card, m.source
+        silent = spandsp_detect(agent) == "" and multimon_detect(agent) == ""
+        assert silent, m.source
+        found = "".join(e.digit for e in events if e.stream_id == f"m{i}")
+        # Compared as counts so a failure never prints the card. The receiver's digit decision
+        # is untouched by this work; under speech it misses or splits a key now and then (its
+        # 85 % energy-share test: measured here, up to 2 of 16 keys at −10 dB).
+        matched = sum(b.size for b in SequenceMatcher(None, found, m.card).get_matching_blocks())
+        captured = matched >= len(m.card) - 2 and len(found) <= len(m.card) + 1
+        assert captured, f"{m.source}: {len(found)} keys reported, {matched} matched"
+
+
+@pytest.mark.parametrize(("tone_ms", "dbm0"), [(20, -20.0), (100, -40.0), (60, -3.0)])
+def test_clean_short_and_quiet_keys_are_masked_completely(tone_ms: int, dbm0: float) -> None:
+    """No interferer: what the energy-share rule masked, the narrowband suspicion masks too —
+    short tones, quiet tones, loud tones: 0 ms of DTMF energy above −45 dBm0 per key."""
+    card = talkover.CARDS[0]
+    rng = np.random.default_rng(tone_ms)
+    parts, windows, pos = [np.zeros(4000)], [], 4000
+    for key in card:
+        tone = tones.dtmf_tone(key, tone_ms, low_dbm0=dbm0)
+        gap = np.zeros(int(rng.integers(400, 800)))
+        parts += [tone, gap]
+        windows.append((pos, pos + tone.size))
+        pos += tone.size + gap.size
+    parts.append(np.zeros(4000))
+    audio = g711.round_trip(np.concatenate(parts), "ulaw").astype(np.float64)
+    mixture = talkover.Mixture("clean", "none", -99.0, "ulaw", card, audio, tuple(windows),
+                               np.zeros(audio.size))
+    agent = talkover.mask([mixture])[0]
+    leaks = leaked_ms_per_window(agent, [(s - 160, e + 160) for s, e in windows])
+    assert max(leaks) == 0.0
+    assert spandsp_detect(agent) == "" and multimon_detect(agent) == ""
+    assert np.any(agent != 0.0)  # the agent leg did carry audio: the masker's replacement
