@@ -1,0 +1,214 @@
+"""Mutation testing of the security-critical modules, one module at a time (``./dev.sh mutate``).
+
+mutmut reads its settings from ``pyproject.toml`` in the directory it runs in and has no
+per-module test selection, so each module is staged in ``build/mutate/<module>/``: a copy of the
+source packages and tests, with a ``pyproject.toml`` whose ``[tool.mutmut]`` is the repository's
+shared settings plus ``only_mutate`` = that module and ``pytest_add_cli_args_test_selection`` =
+its small, fast test set from ``[tool.toneguard.mutate.modules]``. Keeping the set small is the
+point: the machine is shared, and a mutant is only worth running against tests that are quick and
+decisive. The staging copy also keeps the worktree clean (mutmut writes ``mutants/`` beside the
+config it reads).
+
+Usage: ``python scripts/mutate.py [--keep] [--max-children N] [MODULE ...]`` where MODULE is a
+path from the table (default: all, in table order). Prints killed/survived/... per module and the
+diff of every surviving mutant; exits 1 if any module has survivors or untested mutants.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGE = ROOT / "build" / "mutate"
+# What a staged copy needs: the packages mutmut copies into mutants/, the tests, config files.
+COPY = ("dsp", "proxy", "gateway", "loadtest", "tests", "config")
+# mutmut verdicts that mean "no test noticed this mutant". A timeout counts as noticed: the mutant
+# made a test hang, which is a failure (mutmut's timeouts are CPU-time limits, not wall clock).
+BAD = ("survived", "no tests", "suspicious", "segfault", "not checked")
+
+
+class MutateError(RuntimeError):
+    """The mutation run could not be set up or did not finish."""
+
+
+@dataclass(frozen=True)
+class Equivalent:
+    """A reviewed surviving mutant: the module and the mutated line as mutmut writes it.
+
+    Keyed by the line's text rather than mutmut's numbered name, because the numbers shift when
+    the function changes; a changed line no longer matches and comes back for review.
+    """
+
+    module: str
+    line: str
+    why: str
+
+
+@dataclass
+class Survivor:
+    module: str
+    name: str
+    status: str
+    lineno: int | None
+    removed: str
+    added: str
+    diff: str
+
+
+def load_table(
+    pyproject: Path,
+) -> tuple[dict[str, object], dict[str, list[str]], list[Equivalent]]:
+    data = tomllib.loads(pyproject.read_text())
+    try:
+        shared = dict(data["tool"]["mutmut"])
+        mutate = data["tool"]["toneguard"]["mutate"]
+        modules = dict(mutate["modules"])
+        equivalent = [Equivalent(e["module"], e["line"].strip(), e["why"])
+                      for e in mutate.get("equivalent", [])]
+    except KeyError as exc:
+        raise MutateError(f"{pyproject}: missing key {exc} (tool.mutmut, "
+                          "tool.toneguard.mutate.modules, .equivalent: module, line, why)") from exc
+    return shared, {str(k): list(v) for k, v in modules.items()}, equivalent
+
+
+def _toml_value(value: object) -> str:
+    # json spells strings, numbers, booleans and lists the way TOML does for these plain values.
+    return json.dumps(value)
+
+
+def stage(module: str, tests: list[str], shared: dict[str, object], keep: bool) -> Path:
+    """Copy the tree into build/mutate/<module>/ and write its pyproject.toml."""
+    where = STAGE / module.replace("/", "_").removesuffix(".py")
+    if where.exists() and not keep:
+        shutil.rmtree(where)
+    where.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in COPY:
+        src = ROOT / name
+        if src.exists():
+            # copy2 keeps mtimes, which mutmut compares to decide whether to regenerate mutants.
+            shutil.copytree(src, where / name, ignore=ignore, dirs_exist_ok=True,
+                            copy_function=shutil.copy2)
+    base = (ROOT / "pyproject.toml").read_text()
+    settings = {**shared, "only_mutate": [module],
+                "pytest_add_cli_args_test_selection": tests}
+    # Drop the repository's [tool.mutmut] and write the staged one (tomllib cannot write TOML).
+    kept: list[str] = []
+    skipping = False
+    for line in base.splitlines():
+        if line.startswith("["):
+            skipping = line.strip() == "[tool.mutmut]"
+        if not skipping:
+            kept.append(line)
+    kept.append("\n[tool.mutmut]")
+    kept.extend(f"{key} = {_toml_value(value)}" for key, value in settings.items())
+    (where / "pyproject.toml").write_text("\n".join(kept) + "\n")
+    return where
+
+
+def run_module(where: Path, max_children: int) -> None:
+    env = {**os.environ, "PYTHONPATH": str(where)}
+    cmd = ["nice", "-n", "15", sys.executable, "-m", "mutmut", "run",
+           "--max-children", str(max_children)]
+    log = where / "mutmut.log"
+    # mutmut redraws a progress line many times a second: keep it in a file, not the terminal.
+    with log.open("w") as out:
+        done = subprocess.run(cmd, cwd=where, env=env, stdout=out, stderr=subprocess.STDOUT,
+                              check=False)
+    if done.returncode != 0:
+        print(log.read_text()[-4000:], file=sys.stderr)
+        raise MutateError(f"mutmut run failed in {where} (exit {done.returncode}), log: {log}")
+
+
+def results(where: Path) -> dict[str, str]:
+    out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=where,
+                         capture_output=True, text=True, check=True).stdout
+    verdicts: dict[str, str] = {}
+    for line in out.splitlines():
+        name, sep, status = line.strip().rpartition(": ")
+        if sep:
+            verdicts[name] = status
+    return verdicts
+
+
+def survivor(where: Path, module: str, name: str, status: str) -> Survivor:
+    """The mutant's diff, and where in the module its changed line is."""
+    diff = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=where,
+                          capture_output=True, text=True, check=False).stdout
+    lines = diff.splitlines()
+    body = [ln for ln in lines if not ln.startswith(("---", "+++", "@@", "#"))]
+    removed = next((ln[1:] for ln in body if ln.startswith("-")), "")
+    added = next((ln[1:] for ln in body if ln.startswith("+")), "")
+    # mutmut's diff is function-relative; find the function's first line, then the removed line.
+    lineno = None
+    source = (ROOT / module).read_text().splitlines()
+    head = next((ln[1:] for ln in body if ln[:1] == " " or ln[:1] == "-"), "")
+    try:
+        start = source.index(head)
+        lineno = source.index(removed, start) + 1
+    except ValueError:
+        pass
+    return Survivor(module, name, status, lineno, removed.strip(), added.strip(), diff)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", help="module paths (default: all in the table)")
+    parser.add_argument("--keep", action="store_true",
+                        help="reuse build/mutate/<module>: mutmut resumes")
+    parser.add_argument("--max-children", type=int, default=1,
+                        help="parallel mutant workers (default 1: the machine is shared)")
+    args = parser.parse_args(argv)
+    shared, table, equivalent = load_table(ROOT / "pyproject.toml")
+    unknown = [m for m in args.modules if m not in table]
+    if unknown:
+        parser.error(f"not in [tool.toneguard.mutate.modules]: {', '.join(unknown)}")
+    summary: list[tuple[str, Counter[str]]] = []
+    unexplained: list[Survivor] = []
+    for module in args.modules or list(table):
+        print(f"== {module}: tests {' '.join(table[module])}", flush=True)
+        where = stage(module, table[module], shared, args.keep)
+        run_module(where, args.max_children)
+        verdicts = results(where)
+        counts: Counter[str] = Counter()
+        for name, status in sorted(verdicts.items()):
+            if status not in BAD:
+                counts[status] += 1
+                continue
+            found = survivor(where, module, name, status)
+            why = next((e.why for e in equivalent
+                        if e.module == module and e.line == found.added), None)
+            if why is not None and status == "survived":
+                counts["equivalent"] += 1
+                print(f"equivalent {module}:{found.lineno} {found.added}\n    because {why}")
+            else:
+                counts[status] += 1
+                unexplained.append(found)
+        summary.append((module, counts))
+    for found in unexplained:
+        print(f"{found.status.upper()} {found.module}:{found.lineno} {found.name}")
+        print(found.diff)
+    print(f"{'module':<34} {'mutants':>7} {'killed':>7} {'timeout':>7} {'equiv':>5} "
+          f"{'survived':>8} {'other':>5} {'score':>6}")
+    for module, counts in summary:
+        total = sum(counts.values())
+        caught = counts["killed"] + counts["timeout"]
+        other = total - caught - counts["equivalent"] - counts["survived"]
+        # Score over the mutants a test could kill: equivalent ones change no behaviour.
+        score = 100.0 * caught / (total - counts["equivalent"]) if total else 0.0
+        print(f"{module:<34} {total:>7} {counts['killed']:>7} {counts['timeout']:>7} "
+              f"{counts['equivalent']:>5} {counts['survived']:>8} {other:>5} {score:>5.1f}%")
+    return 1 if unexplained else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
