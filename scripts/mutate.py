@@ -115,13 +115,13 @@ def stage(module: str, tests: list[str], shared: dict[str, object], keep: bool) 
     return where
 
 
-def run_module(where: Path, max_children: int) -> None:
+def run_module(where: Path, max_children: int, names: list[str] | None = None) -> None:
     env = {**os.environ, "PYTHONPATH": str(where)}
     cmd = ["nice", "-n", "15", sys.executable, "-m", "mutmut", "run",
-           "--max-children", str(max_children)]
+           "--max-children", str(max_children), *(names or [])]
     log = where / "mutmut.log"
     # mutmut redraws a progress line many times a second: keep it in a file, not the terminal.
-    with log.open("w") as out:
+    with log.open("a") as out:
         done = subprocess.run(cmd, cwd=where, env=env, stdout=out, stderr=subprocess.STDOUT,
                               check=False)
     if done.returncode != 0:
@@ -149,12 +149,13 @@ def survivor(where: Path, module: str, name: str, status: str) -> Survivor:
     removed = next((ln[1:] for ln in body if ln.startswith("-")), "")
     added = next((ln[1:] for ln in body if ln.startswith("+")), "")
     # mutmut's diff is function-relative; find the function's first line, then the removed line.
+    # Compared stripped: mutmut dedents methods in its diff.
     lineno = None
-    source = (ROOT / module).read_text().splitlines()
+    source = [ln.strip() for ln in (ROOT / module).read_text().splitlines()]
     head = next((ln[1:] for ln in body if ln[:1] == " " or ln[:1] == "-"), "")
     try:
-        start = source.index(head)
-        lineno = source.index(removed, start) + 1
+        start = source.index(head.strip())
+        lineno = source.index(removed.strip(), start) + 1
     except ValueError:
         pass
     return Survivor(module, name, status, lineno, removed.strip(), added.strip(), diff)
@@ -179,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
         where = stage(module, table[module], shared, args.keep)
         run_module(where, args.max_children)
         verdicts = results(where)
+        stale = [name for name, status in verdicts.items() if status in BAD]
+        if args.keep and stale:
+            # mutmut keeps earlier verdicts even when the tests changed: re-run the survivors.
+            run_module(where, args.max_children, stale)
+            verdicts = results(where)
         counts: Counter[str] = Counter()
         for name, status in sorted(verdicts.items()):
             if status not in BAD:
