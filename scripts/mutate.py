@@ -17,6 +17,7 @@ diff of every surviving mutant; exits 1 if any module has survivors or untested 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import shutil
@@ -53,6 +54,20 @@ class Equivalent:
     why: str
 
 
+@dataclass(frozen=True)
+class Manual:
+    """A mutant mutmut cannot make (it skips decorated functions, e.g. every FastAPI endpoint):
+    the ``occurrence``-th line of ``module`` whose text contains ``line`` gets ``line`` replaced by
+    ``replace`` in a plain copy of the tree, and the module's tests must then fail."""
+
+    module: str
+    line: str
+    replace: str
+    occurrence: int
+    why: str
+    equivalent: str = ""  # why it is expected to survive, if it is
+
+
 @dataclass
 class Survivor:
     module: str
@@ -64,20 +79,29 @@ class Survivor:
     diff: str
 
 
-def load_table(
-    pyproject: Path,
-) -> tuple[dict[str, object], dict[str, list[str]], list[Equivalent]]:
+@dataclass(frozen=True)
+class Table:
+    shared: dict[str, object]
+    modules: dict[str, list[str]]
+    equivalent: list[Equivalent]
+    manual: list[Manual]
+
+
+def load_table(pyproject: Path) -> Table:
     data = tomllib.loads(pyproject.read_text())
     try:
         shared = dict(data["tool"]["mutmut"])
         mutate = data["tool"]["toneguard"]["mutate"]
-        modules = dict(mutate["modules"])
+        modules = {str(k): list(v) for k, v in dict(mutate["modules"]).items()}
         equivalent = [Equivalent(e["module"], e["line"].strip(), e["why"])
                       for e in mutate.get("equivalent", [])]
+        manual = [Manual(e["module"], e["line"], e["replace"], int(e.get("occurrence", 1)),
+                         e["why"], e.get("equivalent", "")) for e in mutate.get("manual", [])]
     except KeyError as exc:
         raise MutateError(f"{pyproject}: missing key {exc} (tool.mutmut, "
-                          "tool.toneguard.mutate.modules, .equivalent: module, line, why)") from exc
-    return shared, {str(k): list(v) for k, v in modules.items()}, equivalent
+                          "tool.toneguard.mutate.modules, .equivalent: module, line, why; "
+                          ".manual: module, line, replace, why)") from exc
+    return Table(shared, modules, equivalent, manual)
 
 
 def _toml_value(value: object) -> str:
@@ -161,6 +185,48 @@ def survivor(where: Path, module: str, name: str, status: str) -> Survivor:
     return Survivor(module, name, status, lineno, removed.strip(), added.strip(), diff)
 
 
+def run_manual(where: Path, mutant: Manual, tests: list[str]) -> tuple[int, str]:
+    """Apply one hand-written mutant to a plain copy of the tree; returns (line, verdict)."""
+    plain = where / "manual"
+    if plain.exists():
+        shutil.rmtree(plain)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in (*COPY, "pyproject.toml"):
+        src = where / name
+        if src.is_dir():
+            shutil.copytree(src, plain / name, ignore=ignore)
+        elif src.exists():
+            shutil.copy2(src, plain / name)
+    target = plain / mutant.module
+    lines = target.read_text().splitlines(keepends=True)
+    hits = [i for i, ln in enumerate(lines) if mutant.line in ln]
+    if len(hits) < mutant.occurrence:
+        raise MutateError(f"manual mutant: {mutant.module} has {len(hits)} line(s) with "
+                          f"{mutant.line!r}, wanted occurrence {mutant.occurrence}: update "
+                          "[[tool.toneguard.mutate.manual]]")
+    index = hits[mutant.occurrence - 1]
+    lines[index] = lines[index].replace(mutant.line, mutant.replace, 1)
+    target.write_text("".join(lines))
+    env = {**os.environ, "PYTHONPATH": str(plain)}
+    done = subprocess.run(["nice", "-n", "15", sys.executable, "-m", "pytest", "-x", "-q",
+                           "-p", "no:cacheprovider", *tests], cwd=plain, env=env,
+                          capture_output=True, text=True, check=False)
+    # 1: a test failed. Anything else (collection error, usage) is not a kill by a test.
+    verdict = {0: "survived", 1: "killed"}.get(done.returncode, f"error {done.returncode}")
+    return index + 1, verdict
+
+
+def unreached(module: str) -> list[str]:
+    """Functions mutmut leaves alone: decorated ones (other than staticmethod/classmethod)."""
+    names = []
+    for node in ast.walk(ast.parse((ROOT / module).read_text())):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and any(
+                not (isinstance(d, ast.Name) and d.id in ("staticmethod", "classmethod"))
+                for d in node.decorator_list):
+            names.append(f"{node.name}:{node.lineno}")
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="*", help="module paths (default: all in the table)")
@@ -169,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-children", type=int, default=1,
                         help="parallel mutant workers (default 1: the machine is shared)")
     args = parser.parse_args(argv)
-    shared, table, equivalent = load_table(ROOT / "pyproject.toml")
+    config = load_table(ROOT / "pyproject.toml")
+    table, equivalent = config.modules, config.equivalent
     unknown = [m for m in args.modules if m not in table]
     if unknown:
         parser.error(f"not in [tool.toneguard.mutate.modules]: {', '.join(unknown)}")
@@ -177,7 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     unexplained: list[Survivor] = []
     for module in args.modules or list(table):
         print(f"== {module}: tests {' '.join(table[module])}", flush=True)
-        where = stage(module, table[module], shared, args.keep)
+        skipped = unreached(module)
+        if skipped:
+            print(f"not mutated by mutmut (decorated): {', '.join(skipped)}")
+        where = stage(module, table[module], config.shared, args.keep)
         run_module(where, args.max_children)
         verdicts = results(where)
         stale = [name for name, status in verdicts.items() if status in BAD]
@@ -199,20 +269,35 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 counts[status] += 1
                 unexplained.append(found)
+        for mutant in (m for m in config.manual if m.module == module):
+            lineno, verdict = run_manual(where, mutant, table[module])
+            if verdict == "survived" and mutant.equivalent:
+                verdict = "equivalent"
+            counts[f"manual {verdict}"] += 1
+            print(f"manual {module}:{lineno} {mutant.line.strip()} -> {mutant.replace.strip()}: "
+                  f"{verdict}")
+            if verdict not in ("killed", "equivalent"):
+                unexplained.append(Survivor(module, "manual", verdict, lineno, mutant.line,
+                                            mutant.replace, mutant.why))
         summary.append((module, counts))
     for found in unexplained:
         print(f"{found.status.upper()} {found.module}:{found.lineno} {found.name}")
         print(found.diff)
     print(f"{'module':<34} {'mutants':>7} {'killed':>7} {'timeout':>7} {'equiv':>5} "
-          f"{'survived':>8} {'other':>5} {'score':>6}")
+          f"{'survived':>8} {'other':>5} {'score':>6} {'manual':>7}")
     for module, counts in summary:
-        total = sum(counts.values())
+        manual = sum(n for k, n in counts.items() if k.startswith("manual "))
+        total = sum(counts.values()) - manual
         caught = counts["killed"] + counts["timeout"]
         other = total - caught - counts["equivalent"] - counts["survived"]
         # Score over the mutants a test could kill: equivalent ones change no behaviour.
-        score = 100.0 * caught / (total - counts["equivalent"]) if total else 0.0
+        killable = total - counts["equivalent"]
+        score = 100.0 * caught / killable if killable else 100.0
+        hand = (f"{counts['manual killed']}+{counts['manual equivalent']}eq/{manual}"
+                if manual else "-")
         print(f"{module:<34} {total:>7} {counts['killed']:>7} {counts['timeout']:>7} "
-              f"{counts['equivalent']:>5} {counts['survived']:>8} {other:>5} {score:>5.1f}%")
+              f"{counts['equivalent']:>5} {counts['survived']:>8} {other:>5} {score:>5.1f}% "
+              f"{hand:>7}")
     return 1 if unexplained else 0
 
 
