@@ -32,9 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 STAGE = ROOT / "build" / "mutate"
 # What a staged copy needs: the packages mutmut copies into mutants/, the tests, config files.
 COPY = ("dsp", "proxy", "gateway", "loadtest", "tests", "config")
-# mutmut verdicts that mean "no test noticed this mutant". A timeout counts as noticed: the mutant
-# made a test hang, which is a failure (mutmut's timeouts are CPU-time limits, not wall clock).
-BAD = ("survived", "no tests", "suspicious", "segfault", "not checked")
+# mutmut verdicts that mean "no test noticed this mutant". A timeout or a segfault counts as
+# noticed: the mutant made a test hang or crash (mutmut's timeouts are CPU-time limits).
+BAD = ("survived", "no tests", "suspicious", "not checked")
 
 
 class MutateError(RuntimeError):
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     for module, counts in summary:
         manual = sum(n for k, n in counts.items() if k.startswith("manual "))
         total = sum(counts.values()) - manual
-        caught = counts["killed"] + counts["timeout"]
+        caught = counts["killed"] + counts["timeout"] + counts["segfault"]
         other = total - caught - counts["equivalent"] - counts["survived"]
         # Score over the mutants a test could kill: equivalent ones change no behaviour.
         killable = total - counts["equivalent"]
