@@ -30,19 +30,6 @@ def payment_view(session: PaymentSession) -> Payment:
                    last4=session.last4 or session.final_last4, error=session.error)
 
 
-def may_see(who: Principal, agent_id: str) -> bool:
-    """Supervisors and admins see every call and its events; an agent only those assigned to it.
-
-    Kept out of the endpoints so it is one decision, and one a mutation tool can reach (mutmut
-    leaves decorated functions alone, and every endpoint is decorated).
-    """
-    return who.at_least("supervisor") or agent_id == who.agent_id
-
-
-def may_assign(who: Principal) -> bool:
-    return who.at_least("supervisor")
-
-
 def create_app(manager: PaymentManager, agents: AgentDirectory,
                metrics_text: Callable[[], bytes] | None = None) -> FastAPI:
     app = FastAPI(title="ToneGuard", version="1",
@@ -63,7 +50,7 @@ def create_app(manager: PaymentManager, agents: AgentDirectory,
         info = manager.calls.get(call_id)
         if info is None:
             raise HTTPException(404, "unknown call")
-        if not may_see(who, info.agent_id):
+        if not who.at_least("supervisor") and info.agent_id != who.agent_id:
             manager.audit.record("denied", actor=who.agent_id, call_id=call_id)
             raise HTTPException(403, "this call is not assigned to you")
 
@@ -97,11 +84,11 @@ def create_app(manager: PaymentManager, agents: AgentDirectory,
                   if s.status not in ("complete", "failed", "cancelled")}
         return [Call(call_id=c.call_id, agent_id=c.agent_id, payment_sid=active.get(c.call_id, ""))
                 for c in manager.calls.values()
-                if may_see(who, c.agent_id)]
+                if who.at_least("supervisor") or c.agent_id == who.agent_id]
 
     @app.post("/v1/calls/{call_id}/assign")
     async def assign(call_id: str, body: Assign, who: Who) -> Call:
-        if not may_assign(who):
+        if not who.at_least("supervisor"):
             raise HTTPException(403, "only supervisors and admins assign calls")
         try:
             info = manager.assign(call_id, body.agent_id, who.agent_id)
@@ -168,7 +155,7 @@ def create_app(manager: PaymentManager, agents: AgentDirectory,
                     receiver.result()  # raises WebSocketDisconnect when the client left
                     continue
                 event = getter.result()
-                if may_see(who, event.agent_id):
+                if who.at_least("supervisor") or event.agent_id == who.agent_id:
                     await ws.send_json(event.as_dict())
         except WebSocketDisconnect:
             pass
