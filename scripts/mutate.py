@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import fnmatch
 import json
 import os
 import shutil
@@ -83,6 +84,7 @@ class Survivor:
 class Table:
     shared: dict[str, object]
     modules: dict[str, list[str]]
+    only: dict[str, list[str]]  # module -> mutant name globs (its functions worth the CPU)
     equivalent: list[Equivalent]
     manual: list[Manual]
 
@@ -93,6 +95,7 @@ def load_table(pyproject: Path) -> Table:
         shared = dict(data["tool"]["mutmut"])
         mutate = data["tool"]["toneguard"]["mutate"]
         modules = {str(k): list(v) for k, v in dict(mutate["modules"]).items()}
+        only = {str(k): list(v) for k, v in dict(mutate.get("only", {})).items()}
         equivalent = [Equivalent(e["module"], e["line"].strip(), e["why"])
                       for e in mutate.get("equivalent", [])]
         manual = [Manual(e["module"], e["line"], e["replace"], int(e.get("occurrence", 1)),
@@ -101,7 +104,7 @@ def load_table(pyproject: Path) -> Table:
         raise MutateError(f"{pyproject}: missing key {exc} (tool.mutmut, "
                           "tool.toneguard.mutate.modules, .equivalent: module, line, why; "
                           ".manual: module, line, replace, why)") from exc
-    return Table(shared, modules, equivalent, manual)
+    return Table(shared, modules, only, equivalent, manual)
 
 
 def _toml_value(value: object) -> str:
@@ -109,20 +112,33 @@ def _toml_value(value: object) -> str:
     return json.dumps(value)
 
 
-def stage(module: str, tests: list[str], shared: dict[str, object], keep: bool) -> Path:
-    """Copy the tree into build/mutate/<module>/ and write its pyproject.toml."""
+def stage(module: str, tests: list[str], shared: dict[str, object], keep: bool,
+          ref: str | None) -> Path:
+    """Copy the tree (or commit ``ref``) into build/mutate/<module>/, write its pyproject.toml."""
     where = STAGE / module.replace("/", "_").removesuffix(".py")
+    if ref:
+        where = where.with_name(f"{where.name}@{ref.replace('/', '_')}")
     if where.exists() and not keep:
         shutil.rmtree(where)
     where.mkdir(parents=True, exist_ok=True)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in COPY:
-        src = ROOT / name
-        if src.exists():
-            # copy2 keeps mtimes, which mutmut compares to decide whether to regenerate mutants.
-            shutil.copytree(src, where / name, ignore=ignore, dirs_exist_ok=True,
-                            copy_function=shutil.copy2)
-    base = (ROOT / "pyproject.toml").read_text()
+    if ref:
+        # Another commit's code and tests (e.g. a branch being merged), with this tree's table.
+        names = [n for n in (*COPY, "pyproject.toml")
+                 if subprocess.run(["git", "cat-file", "-e", f"{ref}:{n}"], cwd=ROOT,
+                                   capture_output=True, check=False).returncode == 0]
+        archive = subprocess.run(["git", "archive", ref, *names], cwd=ROOT, capture_output=True,
+                                 check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True)
+    else:
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+        for name in COPY:
+            src = ROOT / name
+            if src.exists():
+                # copy2 keeps mtimes, which mutmut compares to decide whether to regenerate.
+                shutil.copytree(src, where / name, ignore=ignore, dirs_exist_ok=True,
+                                copy_function=shutil.copy2)
+        shutil.copy2(ROOT / "pyproject.toml", where / "pyproject.toml")
+    base = (where / "pyproject.toml").read_text()
     settings = {**shared, "only_mutate": [module],
                 "pytest_add_cli_args_test_selection": tests}
     # Drop the repository's [tool.mutmut] and write the staged one (tomllib cannot write TOML).
@@ -165,7 +181,7 @@ def results(where: Path) -> dict[str, str]:
 
 
 def survivor(where: Path, module: str, name: str, status: str) -> Survivor:
-    """The mutant's diff, and where in the module its changed line is."""
+    """The mutant's diff, and where in the (staged) module its changed line is."""
     diff = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=where,
                           capture_output=True, text=True, check=False).stdout
     lines = diff.splitlines()
@@ -175,7 +191,7 @@ def survivor(where: Path, module: str, name: str, status: str) -> Survivor:
     # mutmut's diff is function-relative; find the function's first line, then the removed line.
     # Compared stripped: mutmut dedents methods in its diff.
     lineno = None
-    source = [ln.strip() for ln in (ROOT / module).read_text().splitlines()]
+    source = [ln.strip() for ln in (where / module).read_text().splitlines()]
     head = next((ln[1:] for ln in body if ln[:1] == " " or ln[:1] == "-"), "")
     try:
         start = source.index(head.strip())
@@ -197,7 +213,7 @@ def run_manual(where: Path, mutant: Manual, tests: list[str]) -> tuple[int, str]
             shutil.copytree(src, plain / name, ignore=ignore)
         elif src.exists():
             shutil.copy2(src, plain / name)
-    target = plain / mutant.module
+    target = plain / mutant.module  # the staged module: the working tree's or the ref's
     lines = target.read_text().splitlines(keepends=True)
     hits = [i for i, ln in enumerate(lines) if mutant.line in ln]
     if len(hits) < mutant.occurrence:
@@ -216,10 +232,10 @@ def run_manual(where: Path, mutant: Manual, tests: list[str]) -> tuple[int, str]
     return index + 1, verdict
 
 
-def unreached(module: str) -> list[str]:
+def unreached(where: Path, module: str) -> list[str]:
     """Functions mutmut leaves alone: decorated ones (other than staticmethod/classmethod)."""
     names = []
-    for node in ast.walk(ast.parse((ROOT / module).read_text())):
+    for node in ast.walk(ast.parse((where / module).read_text())):
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and any(
                 not (isinstance(d, ast.Name) and d.id in ("staticmethod", "classmethod"))
                 for d in node.decorator_list):
@@ -234,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="reuse build/mutate/<module>: mutmut resumes")
     parser.add_argument("--max-children", type=int, default=1,
                         help="parallel mutant workers (default 1: the machine is shared)")
+    parser.add_argument("--ref", help="mutate this commit's code and tests (git archive) "
+                        "instead of the working tree; the table is still this tree's")
     args = parser.parse_args(argv)
     config = load_table(ROOT / "pyproject.toml")
     table, equivalent = config.modules, config.equivalent
@@ -244,17 +262,21 @@ def main(argv: list[str] | None = None) -> int:
     unexplained: list[Survivor] = []
     for module in args.modules or list(table):
         print(f"== {module}: tests {' '.join(table[module])}", flush=True)
-        skipped = unreached(module)
+        where = stage(module, table[module], config.shared, args.keep, args.ref)
+        skipped = unreached(where, module)
         if skipped:
             print(f"not mutated by mutmut (decorated): {', '.join(skipped)}")
-        where = stage(module, table[module], config.shared, args.keep)
-        run_module(where, args.max_children)
-        verdicts = results(where)
+        globs = config.only.get(module, [])
+        if globs:
+            print(f"only mutants matching: {' '.join(globs)}")
+        run_module(where, args.max_children, globs)
+        verdicts = {name: status for name, status in results(where).items()
+                    if not globs or any(fnmatch.fnmatchcase(name, g) for g in globs)}
         stale = [name for name, status in verdicts.items() if status in BAD]
         if args.keep and stale:
             # mutmut keeps earlier verdicts even when the tests changed: re-run the survivors.
             run_module(where, args.max_children, stale)
-            verdicts = results(where)
+            verdicts = {name: results(where)[name] for name in verdicts}
         counts: Counter[str] = Counter()
         for name, status in sorted(verdicts.items()):
             if status not in BAD:
