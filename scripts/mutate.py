@@ -250,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="reuse build/mutate/<module>: mutmut resumes")
     parser.add_argument("--max-children", type=int, default=1,
                         help="parallel mutant workers (default 1: the machine is shared)")
+    parser.add_argument("--only", action="append", default=[], metavar="GLOB",
+                        help="mutant name glob (repeatable), instead of the table's for the module")
     parser.add_argument("--ref", help="mutate this commit's code and tests (git archive) "
                         "instead of the working tree; the table is still this tree's")
     args = parser.parse_args(argv)
@@ -266,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         skipped = unreached(where, module)
         if skipped:
             print(f"not mutated by mutmut (decorated): {', '.join(skipped)}")
-        globs = config.only.get(module, [])
+        globs = args.only or config.only.get(module, [])
         if globs:
             print(f"only mutants matching: {' '.join(globs)}")
         run_module(where, args.max_children, globs)
