@@ -225,7 +225,7 @@ def run_manual(where: Path, mutant: Manual, tests: list[str]) -> tuple[int, str]
     target.write_text("".join(lines))
     env = {**os.environ, "PYTHONPATH": str(plain)}
     done = subprocess.run(["nice", "-n", "15", sys.executable, "-m", "pytest", "-x", "-q",
-                           "-p", "no:cacheprovider", *tests], cwd=plain, env=env,
+                           "-p", "no:cacheprovider", "--timeout=60", *tests], cwd=plain, env=env,
                           capture_output=True, text=True, check=False)
     # 1: a test failed. Anything else (collection error, usage) is not a kill by a test.
     verdict = {0: "survived", 1: "killed"}.get(done.returncode, f"error {done.returncode}")

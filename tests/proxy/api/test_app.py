@@ -219,6 +219,7 @@ def test_start_passes_the_requested_options_and_idempotency_key(api: Api) -> Non
     assert retried.status_code == 201 and retried.json()["sid"] == first.json()["sid"]
 
 
+@pytest.mark.timeout(20)  # a missing event would leave receive_json() waiting
 def test_events_reach_the_calls_agent_and_supervisors_only(api: Api) -> None:
     client = api.client
     with client.websocket_connect(f"/v1/events?key={api.ann_key}") as ann, \
@@ -230,6 +231,7 @@ def test_events_reach_the_calls_agent_and_supervisors_only(api: Api) -> None:
         assert [sup.receive_json()["sid"] for _ in range(2)] == [bob_sid, ann_sid]
 
 
+@pytest.mark.timeout(20)
 @pytest.mark.parametrize("query", ["", "?key=", "?key=tg_00000000_nope"])
 def test_the_event_stream_refuses_a_missing_or_wrong_key(api: Api, query: str) -> None:
     with pytest.raises(WebSocketDisconnect) as refused, \
