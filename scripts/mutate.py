@@ -9,9 +9,11 @@ point: the machine is shared, and a mutant is only worth running against tests t
 decisive. The staging copy also keeps the worktree clean (mutmut writes ``mutants/`` beside the
 config it reads).
 
-Usage: ``python scripts/mutate.py [--keep] [--max-children N] [MODULE ...]`` where MODULE is a
-path from the table (default: all, in table order). Prints killed/survived/... per module and the
-diff of every surviving mutant; exits 1 if any module has survivors or untested mutants.
+Usage: ``python scripts/mutate.py [--keep] [--max-children N] [--ref COMMIT] [--only GLOB]
+[MODULE ...]`` where MODULE is a path from the table (default: all, in table order). Reviewed
+equivalent survivors and hand-written mutants (for what mutmut skips) come from the same table.
+Prints the verdicts per module and the diff of every unexplained survivor; exits 1 if there is
+one. docs/mutation.md has the scores and the review of every survivor.
 """
 
 from __future__ import annotations
