@@ -5,6 +5,7 @@
 #                          suite (ARGS go to pytest)
 #   ./dev.sh bench         install, then run the benchmarks and print their tables
 #   ./dev.sh fuzz [ARGS]   install, then the fuzzing campaign at length (TONEGUARD_FUZZ_SEED=…)
+#   ./dev.sh mutate [MOD]  install (+ mutmut), then mutation-test the security-critical modules
 #   ./dev.sh install       install only (Debian packages when root or with sudo, then .venv)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -65,6 +66,12 @@ case "$cmd" in
     bench)
         install_system; install_python
         exec "$VENV/bin/python" -m loadtest.bench "$@" ;;
+    mutate)
+        # Not part of `test`: minutes of CPU, run by hand (docs/mutation.md).
+        install_system; install_python
+        "$VENV/bin/python" -c 'import mutmut' 2>/dev/null \
+            || "$VENV/bin/pip" install -q -e '.[test,mutate]'
+        exec "$VENV/bin/python" scripts/mutate.py "$@" ;;
     *)
         sed -n '2,8p' "$0"; exit 2 ;;
 esac

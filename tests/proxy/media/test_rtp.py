@@ -133,3 +133,95 @@ def test_an_rtp_packet_shaped_exactly_like_rtcp_passes_and_is_rtcp_to_every_rece
     """The limit of the check: marker + PT 72 with seq 42 and 168 bytes after the header is,
     byte for byte, an RTCP SR; a receiver demuxes it as RTCP (RFC 5761 §4), never plays it."""
     assert valid_rtcp(bytes([0x80, 200, 0, 42]) + bytes(168))
+
+
+def header(first: int, second: int = 0) -> bytes:
+    """A 12-byte fixed header with the given first two bytes (seq 1, ts 2, ssrc 3)."""
+    return bytes([first, second]) + bytes.fromhex("0001" "00000002" "00000003")
+
+
+def test_a_bare_header_is_a_packet_with_nothing_else():
+    p = RtpPacket.parse(header(0x80))
+    assert p == RtpPacket(payload_type=0, sequence_number=1, timestamp=2, ssrc=3, marker=False)
+    assert (p.csrc, p.extension_profile, p.extension, p.payload, p.padding_size) == (
+        [], None, b"", b"", 0)
+    assert bytes(p) == header(0x80)
+
+
+def test_csrcs_may_end_the_packet_and_an_odd_count_is_not_an_extension_or_padding():
+    data = header(0x83) + bytes.fromhex("00000001" "00000002" "00000003")  # CC=3, no X, no P
+    p = RtpPacket.parse(data)
+    assert p.csrc == [1, 2, 3] and p.extension_profile is None and p.padding_size == 0
+    assert p.payload == b"" and bytes(p) == data
+    p = RtpPacket.parse(header(0x81) + bytes.fromhex("00000007") + b"\xaa")  # CC=1
+    assert (p.csrc, p.extension, p.padding_size, p.payload) == ([7], b"", 0, b"\xaa")
+
+
+def test_a_truncated_csrc_list_is_refused_with_both_lengths():
+    with pytest.raises(RtpParseError, match=r"^RTP packet truncated in CSRC list \(19 < 20\)$"):
+        RtpPacket.parse(header(0x82) + bytes(7))
+
+
+def test_an_empty_extension_may_end_the_packet():
+    data = header(0x90) + bytes.fromhex("bede0000")
+    p = RtpPacket.parse(data)
+    assert (p.extension_profile, p.extension, p.payload, p.csrc) == (0xBEDE, b"", b"", [])
+    assert bytes(p) == data
+
+
+def test_extension_data_may_end_the_packet():
+    data = header(0x90) + bytes.fromhex("bede0002" "11223344" "55667788")
+    p = RtpPacket.parse(data)
+    assert p.extension == bytes.fromhex("1122334455667788") and p.payload == b""
+    assert bytes(p) == data
+
+
+def test_truncated_extensions_are_refused_saying_where():
+    with pytest.raises(RtpParseError, match=r"^RTP packet truncated in extension header$"):
+        RtpPacket.parse(header(0x90) + bytes.fromhex("bede00"))
+    with pytest.raises(RtpParseError, match=r"^RTP packet truncated in extension data$"):
+        RtpPacket.parse(header(0x90) + bytes.fromhex("bede0002" "11223344" "556677"))
+
+
+def test_padding_may_take_every_byte_after_the_header():
+    p = RtpPacket.parse(header(0xA0) + bytes.fromhex("00000004"))
+    assert p.payload == b"" and p.padding_size == 4
+    p = RtpPacket.parse(header(0xA0) + b"\xaa\x01")  # one byte of padding: the count itself
+    assert p.payload == b"\xaa" and p.padding_size == 1
+    assert bytes(p) == header(0xA0) + b"\xaa\x01"
+
+
+@pytest.mark.parametrize("tail", [b"\x00", b"\xaa\x00", bytes.fromhex("00000005")])
+def test_a_zero_or_overlong_padding_count_is_refused(tail):
+    with pytest.raises(RtpParseError, match=r"^RTP packet padding length is invalid \(\d+\)$"):
+        RtpPacket.parse(header(0xA0) + tail)
+
+
+def test_serialising_sets_each_flag_bit_alone():
+    assert bytes(RtpPacket(extension_profile=0xBEDE))[0] == 0x90
+    assert bytes(RtpPacket(padding_size=4))[0] == 0xA0
+    assert bytes(RtpPacket(padding_size=4))[-4:] == bytes.fromhex("00000004")
+    assert bytes(RtpPacket(payload_type=0, marker=False))[1] == 0x00
+    assert bytes(RtpPacket(payload_type=8, marker=True))[1] == 0x88
+
+
+def test_extension_data_not_a_whole_number_of_words_cannot_be_serialised():
+    with pytest.raises(ValueError, match=r"^RTP extension data must be a multiple of 4 bytes$"):
+        bytes(RtpPacket(extension_profile=0xBEDE, extension=b"\x01\x02\x03"))
+
+
+@pytest.mark.parametrize(("pt", "rtcp"), [(191, False), (192, True), (200, True), (223, True),
+                                          (224, False), (0x80 | 0, False), (0x80 | 96, False)])
+def test_rtcp_is_packet_types_192_to_223(pt, rtcp):
+    assert is_rtcp(bytes([0x80, pt])) is rtcp
+    assert is_rtcp(bytes([0x80, pt]) + bytes(10)) is rtcp
+
+
+def test_one_byte_is_not_rtcp():
+    assert not is_rtcp(b"\x80")
+    assert not is_rtcp(b"")
+
+
+def test_sequence_numbers_less_than_half_the_space_ahead_come_after():
+    assert seq_after(32767, 0) and not seq_after(32768, 0)
+    assert seq_after(100, 65535 - 32666) and not seq_after(100, 65535 - 32667)

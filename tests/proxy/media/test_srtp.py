@@ -8,7 +8,7 @@ import pylibsrtp
 import pytest
 
 from proxy.control import sdes
-from proxy.media.srtp import MAX_PACKET, SrtpError, SrtpReceiver, SrtpSender
+from proxy.media.srtp import MAX_PACKET, SrtpError, SrtpReceiver, SrtpSender, _Context
 from proxy.media.types import SrtpParams
 
 SUITES = {"AES_CM_128_HMAC_SHA1_80": 10, "AES_CM_128_HMAC_SHA1_32": 4,
@@ -83,3 +83,56 @@ def test_contexts_do_not_share_buffers() -> None:
     a.protect(rtp(2))
     b.protect(rtp(3))
     assert first == kept
+
+
+def test_reordering_within_1024_packets_is_accepted_and_older_is_refused() -> None:
+    params = sdes.generate("AES_CM_128_HMAC_SHA1_80", 1).params
+    sender = SrtpSender(params)
+    wires = [sender.protect(rtp(seq)) for seq in range(1101)]
+    receiver = SrtpReceiver(params)
+    assert receiver.unprotect(wires[1100]) == rtp(1100)
+    assert receiver.unprotect(wires[1100 - 1023]) == rtp(1100 - 1023)
+    with pytest.raises(SrtpError, match=r"^SRTP unprotect failed: packet too old for the replay"):
+        receiver.unprotect(wires[1100 - 1024])
+
+
+def test_the_same_packet_may_be_protected_again() -> None:
+    """A relay forwards what the peer repeats (retransmissions, duplicates): no replay error."""
+    sender = SrtpSender(sdes.generate("AES_CM_128_HMAC_SHA1_80", 1).params)
+    assert sender.protect(rtp(7)) == sender.protect(rtp(7))
+
+
+def test_a_packet_of_exactly_the_maximum_size_is_protected() -> None:
+    params = sdes.generate("AES_CM_128_HMAC_SHA1_80", 1).params
+    largest = rtp(1, bytes(MAX_PACKET - 12))
+    assert len(SrtpSender(params).protect(largest)) == MAX_PACKET + 10  # tag beyond the limit
+    fits = rtp(2, bytes(MAX_PACKET - 12 - 10))  # arrives as exactly MAX_PACKET bytes
+    assert SrtpReceiver(params).unprotect(SrtpSender(params).protect(fits)) == fits
+    with pytest.raises(SrtpError, match=f"^SRTP protect: {MAX_PACKET + 1}-byte packet is longer "
+                                        f"than {MAX_PACKET}$"):
+        SrtpSender(params).protect(largest + b"x")
+
+
+def test_each_operation_names_itself_in_its_errors() -> None:
+    params = sdes.generate("AES_CM_128_HMAC_SHA1_80", 1).params
+    sender, receiver = SrtpSender(params), SrtpReceiver(params)
+    for operation, name in ((sender.protect, "SRTP protect"),
+                            (sender.protect_rtcp, "SRTCP protect"),
+                            (receiver.unprotect, "SRTP unprotect"),
+                            (receiver.unprotect_rtcp, "SRTCP unprotect")):
+        with pytest.raises(SrtpError, match=f"^{name} failed: bad parameter$"):
+            operation(b"")
+        with pytest.raises(SrtpError, match=f"^{name}: 1501-byte packet is longer than 1500$"):
+            operation(bytes(MAX_PACKET + 1))
+
+
+def test_a_status_without_a_name_is_reported_by_number() -> None:
+    context = _Context(sdes.generate("AES_CM_128_HMAC_SHA1_80", 1).params, inbound=True)
+    with pytest.raises(SrtpError, match=r"^probe failed: status 99$"):
+        context.run(lambda srtp, buffer, length: 99, b"\x80" * 12, "probe")
+
+
+def test_an_unsupported_suite_is_refused_by_name() -> None:
+    params = SrtpParams("NULL_HMAC_SHA1_80", bytes(30))
+    with pytest.raises(SrtpError, match=r"^unsupported SRTP suite NULL_HMAC_SHA1_80$"):
+        SrtpSender(params)

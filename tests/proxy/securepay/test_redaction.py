@@ -1,0 +1,36 @@
+"""The PAN finder masks every Luhn-valid 13–19 digit run and nothing else.
+
+The 13- and 19-digit cases use synthetic Luhn-valid numbers (a 1, zeros, a check digit): no
+listed test card has those lengths, and these are no one's card.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.securepay.redaction import contains_pan, redact_text
+
+THIRTEEN = "1000000000009"  # Luhn-valid, 13 digits: the shortest length that must be masked
+NINETEEN = "1000000000000000009"  # Luhn-valid, 19 digits: the longest
+TWELVE = "100000000008"  # Luhn-valid, but too short to be a card number
+
+
+@pytest.mark.parametrize("pan", [THIRTEEN, "378282246310005", "4111111111111111", NINETEEN])
+def test_every_card_length_from_13_to_19_digits_is_masked(pan: str) -> None:
+    assert redact_text(f"pan={pan};") == f"pan=[PAN redacted …{pan[-4:]}];"
+
+
+def test_a_12_digit_luhn_valid_run_is_left_alone() -> None:
+    assert redact_text(f"id {TWELVE}") == f"id {TWELVE}"
+
+
+def test_two_cards_in_one_line_are_both_masked() -> None:
+    text = redact_text("4111111111111111 and 5555 5555 5555 4444")
+    assert text == "[PAN redacted …1111] and [PAN redacted …4444]"
+
+
+def test_contains_pan_is_true_only_for_text_with_a_card_number() -> None:
+    assert contains_pan("card 4111111111111111 here")
+    assert contains_pan("5555-5555-5555-4444")
+    assert not contains_pan("card 4111111111111112 here")  # fails Luhn
+    assert not contains_pan("no digits at all")
