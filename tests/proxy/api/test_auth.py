@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.api.auth import ROLES, AgentDirectory, Principal
+from proxy.api.auth import ROLES, AgentDirectory, AgentsFileError, DuplicateAgentError, Principal
 
 # A key written by hand, hashed here with the documented scrypt parameters (not auth's helper), so
 # a file written by an earlier release keeps authenticating. The secret holds "_" on purpose: the
@@ -58,10 +58,9 @@ def test_anything_but_the_exact_key_is_refused(stored: Path, key: str) -> None:
     assert AgentDirectory.load(stored).authenticate(key) is None
 
 
-def test_a_missing_file_is_an_empty_directory(tmp_path: Path) -> None:
-    directory = AgentDirectory.load(tmp_path / "absent.json")
-    assert directory.agents() == []
-    assert directory.authenticate(f"tg_{KEY_ID}_{SECRET}") is None
+def test_a_missing_file_is_refused_naming_how_to_create_it(tmp_path: Path) -> None:
+    with pytest.raises(AgentsFileError, match="no such agents file.*toneguard agents add"):
+        AgentDirectory.load(tmp_path / "absent.json")
 
 
 def test_add_returns_a_key_that_works_and_stores_only_a_salted_hash(tmp_path: Path) -> None:
@@ -85,13 +84,15 @@ def test_add_returns_a_key_that_works_and_stores_only_a_salted_hash(tmp_path: Pa
     assert AgentDirectory.load(path).authenticate(key) == Principal("bob", "agent")
 
 
-def test_two_keys_for_one_agent_get_different_salts() -> None:
+def test_two_agents_keys_get_different_salts_and_a_name_has_one_key() -> None:
     directory = AgentDirectory()
-    first, second = directory.add("bob", "agent"), directory.add("bob", "agent")
+    first, second = directory.add("bob", "agent"), directory.add("bea", "agent")
     assert first != second
     salts = {e["salt"] for e in directory._entries.values()}
     assert len(salts) == 2
-    assert directory.agents() == [("bob", "agent")]
+    with pytest.raises(DuplicateAgentError):
+        directory.add("bob", "agent")
+    assert directory.agents() == [("bea", "agent"), ("bob", "agent")]
 
 
 def test_save_replaces_the_file_rather_than_appending(tmp_path: Path) -> None:
@@ -105,9 +106,9 @@ def test_save_replaces_the_file_rather_than_appending(tmp_path: Path) -> None:
 
 def test_agents_lists_each_agent_and_role_once_sorted() -> None:
     directory = AgentDirectory()
-    for agent, role in (("zed", "agent"), ("amy", "admin"), ("zed", "agent"), ("amy", "agent")):
+    for agent, role in (("zed", "agent"), ("amy", "admin"), ("bo", "agent")):
         directory.add(agent, role)
-    assert directory.agents() == [("amy", "admin"), ("amy", "agent"), ("zed", "agent")]
+    assert directory.agents() == [("amy", "admin"), ("bo", "agent"), ("zed", "agent")]
 
 
 @pytest.mark.parametrize("role", ["root", "Agent", "", "supervisors"])
