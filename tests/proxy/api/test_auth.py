@@ -59,7 +59,7 @@ def test_anything_but_the_exact_key_is_refused(stored: Path, key: str) -> None:
 
 
 def test_a_missing_file_is_refused_naming_how_to_create_it(tmp_path: Path) -> None:
-    with pytest.raises(AgentsFileError, match="no such agents file.*toneguard agents add"):
+    with pytest.raises(AgentsFileError, match=r"no such agents file.*toneguard agents add"):
         AgentDirectory.load(tmp_path / "absent.json")
 
 
