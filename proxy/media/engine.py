@@ -48,6 +48,10 @@ log = structlog.get_logger("toneguard.media")
 
 
 _MAX_DATAGRAM = 65535
+# A masked stream's packets are held for inspection: one larger than an Ethernet frame is no
+# phone's audio (G.711 at a 160 ms ptime is 1 292 bytes), and 65 000-byte ones would make the
+# look-ahead hold seconds of audio per packet. Dropped and counted instead.
+_MAX_MASKED_PACKET = 1500
 _EVENTS_PER_WAKEUP = 512  # then back to the event loop (ng, API, timers), which calls again
 
 _IP = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -570,6 +574,9 @@ class LocalMediaEngine:
                 c.errors += 1
                 return
         if len(data) < 12 or data[0] >> 6 != 2:  # not RTP version 2
+            c.errors += 1
+            return
+        if len(data) > _MAX_MASKED_PACKET and config.masking is not None:
             c.errors += 1
             return
         if latch:  # an admitted source's first valid (authenticated) packet

@@ -178,7 +178,10 @@ async def _send(peer: RtpPeer, ticks: Send, *, raw: Callable[[RtpPacket], bytes]
         if delay > 0:
             await asyncio.sleep(delay)
         for packet, dest in batch:
-            peer.send_packet(packet, dest)
+            if raw is None:
+                peer.send_packet(packet, dest)
+            else:  # the bytes ``raw`` makes of it (it may send something else first)
+                _raw(peer, raw(packet), dest)
             sent += 1
     return sent
 
@@ -611,3 +614,30 @@ async def test_the_uninspectable_warning_names_the_payload_type_never_the_sdp_te
     assert len(warnings) == 1 and warnings[0]["payload_type"] == 96  # once per stream
     assert CARD not in repr(logs)
     assert agent.received.packets == []
+
+
+async def test_oversized_packets_on_a_masked_stream_are_dropped_and_audio_goes_on(
+        engine: LocalMediaEngine, peers: Peers) -> None:
+    """65 000-byte PCMU packets (8 s of audio each) from the latched caller: each would make the
+    look-ahead hold seconds of audio; they are dropped and counted, the call's normal-sized audio
+    still reaches the agent, and the masking still masks."""
+    caller, agent = await peers(seed=21), await peers(seed=22)
+    call = await _call(engine, caller, agent)
+    ticks = _frames(caller, _card_audio(), call.caller_rtp)
+    huge = 0
+
+    def oversized(packet: RtpPacket) -> bytes:  # every fifth packet is followed by a huge one
+        nonlocal huge
+        if packet.sequence_number % 5 == 2:
+            huge += 1
+            _raw(caller, bytes(RtpPacket(0, (packet.sequence_number + 30000) & 0xFFFF,
+                                         packet.timestamp, packet.ssrc,
+                                         payload=bytes(65000))), call.caller_rtp)
+        return bytes(packet)
+
+    sent = await _send(caller, ticks, raw=oversized)
+    await _until(lambda: len(agent.received.packets) >= sent)
+    assert max(len(p.payload) for _, p in agent.received.packets) == FRAME
+    _assert_no_digits(_heard(agent, {0: "ulaw"}))
+    stats = await _stats_until(engine, lambda s: s.errors >= huge)
+    assert huge > 20 and stats.errors == huge and stats.packets_in == sent
