@@ -62,7 +62,8 @@ case "$cmd" in
         install_system; install_python
         TONEGUARD_FUZZ_INPUTS=${TONEGUARD_FUZZ_INPUTS:-250000} exec "$VENV/bin/python" -m pytest \
             -p no:cacheprovider -o timeout=7200 tests/proxy/control/test_fuzz_ng.py \
-            tests/proxy/media/test_fuzz_datagrams.py "$@" ;;
+            tests/proxy/media/test_fuzz_datagrams.py tests/proxy/api/test_fuzz_http.py \
+            tests/gateway/test_fuzz_http.py "$@" ;;
     bench)
         install_system; install_python
         exec "$VENV/bin/python" -m loadtest.bench "$@" ;;

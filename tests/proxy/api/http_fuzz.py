@@ -20,8 +20,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 PANS = ("4111111111111111", "5555555555554444", "378282246310005")
-# ≥ 2 000 per surface in CI (issue 12); `TG_FUZZ_EXAMPLES=200000 pytest ...` for a long run.
-EXAMPLES = int(os.environ.get("TG_FUZZ_EXAMPLES", "2000"))
+# 10 000 per surface in the test suite, like every surface of the campaign (tests/fuzzing.py);
+# `./dev.sh fuzz` runs more (TONEGUARD_FUZZ_INPUTS).
+EXAMPLES = int(os.environ.get("TONEGUARD_FUZZ_INPUTS", "10000"))
 FUZZ_SETTINGS = settings(max_examples=EXAMPLES, derandomize=True, deadline=None,
                          database=None, print_blob=False,
                          suppress_health_check=[HealthCheck.too_slow,
