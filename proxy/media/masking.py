@@ -74,7 +74,7 @@ class _Digit:
 
 
 @dataclass(slots=True)
-class _Stream:
+class _MaskedStream:
     stream_id: str
     row: int
     policy: MaskingPolicy
@@ -137,7 +137,7 @@ class MaskingPipeline:
     def __init__(self, lookahead_ms: int = 26, capacity: int = 64, seed: int | None = None) -> None:
         self._lookahead = lookahead_ms * RATE // 1000
         self._detector = DtmfDetector(capacity)
-        self._streams: dict[str, _Stream] = {}
+        self._streams: dict[str, _MaskedStream] = {}
         self._free_rows = list(range(capacity - 1, -1, -1))
         self._events: list[DigitEvent] = []
         self._origins: dict[int, int] = {}  # row → detector sample at its last reset
@@ -157,7 +157,7 @@ class MaskingPipeline:
         row = self._free_rows.pop()
         self._detector.reset(row)
         self._origins[row] = self._detector.samples_seen
-        self._streams[stream_id] = _Stream(stream_id, row, policy)
+        self._streams[stream_id] = _MaskedStream(stream_id, row, policy)
 
     def update(self, stream_id: str, policy: MaskingPolicy) -> None:
         stream = self._streams.get(stream_id)
@@ -217,7 +217,7 @@ class MaskingPipeline:
         else:  # not inspectable, policy not effective (mode off): relayed unless that changes
             stream.held.append(_Held(start, 0, packet, "other"))
 
-    def _uninspectable(self, stream: _Stream, payload_type: int) -> None:
+    def _uninspectable(self, stream: _MaskedStream, payload_type: int) -> None:
         self._counts.uninspectable_packets += 1
         if not stream.warned_uninspectable:
             stream.warned_uninspectable = True
@@ -225,7 +225,7 @@ class MaskingPipeline:
             log.warning("payload type cannot be inspected on a masked stream: dropped",
                         stream_id=stream.stream_id, payload_type=payload_type)
 
-    def _on_telephone_event(self, stream: _Stream, packet: RtpPacket, start: int) -> None:
+    def _on_telephone_event(self, stream: _MaskedStream, packet: RtpPacket, start: int) -> None:
         try:
             event = TelephoneEvent.parse(packet.payload)
         except Rfc4733Error:
@@ -244,7 +244,7 @@ class MaskingPipeline:
                 if d.digit == key and "rfc4733" in d.sources:
                     d.end = max(d.end or 0, end)
 
-    def _note_digit(self, stream: _Stream, key: str, start: int, source: str) -> None:
+    def _note_digit(self, stream: _MaskedStream, key: str, start: int, source: str) -> None:
         """A key seen in-band or as an event: the other copy of the same press merges into it
         (the nearest candidate of that key not yet seen from this source); repeats of a key
         from one source are separate presses."""
@@ -271,7 +271,7 @@ class MaskingPipeline:
             self._emit_digits(stream, final=False)
         return out
 
-    def _detect(self, active: list[_Stream]) -> None:
+    def _detect(self, active: list[_MaskedStream]) -> None:
         detector = self._detector
         codes = np.full((detector.channels, TICK_SAMPLES), SILENCE_CODE["ulaw"], dtype=np.uint8)
         alaw_rows = np.zeros(detector.channels, dtype=bool)
@@ -349,7 +349,7 @@ class MaskingPipeline:
                         d.end = max(d.end or 0, position)
                 stream.spans = merge([*stream.spans, (position, position + WIDEN_AFTER)])
 
-    def _bridge_losses(self, stream: _Stream) -> None:
+    def _bridge_losses(self, stream: _MaskedStream) -> None:
         """A lost packet can cut a tone into fragments too short to be suspected on their own.
         A span that reaches a loss from either side continues through it and two blocks beyond
         (any longer fragment fills a block and is suspected by itself)."""
@@ -362,7 +362,7 @@ class MaskingPipeline:
         if extra:
             stream.spans = merge([*stream.spans, *extra])
 
-    def _release_point(self, stream: _Stream, held: _Held) -> int:
+    def _release_point(self, stream: _MaskedStream, held: _Held) -> int:
         """Media position the detector must have passed before ``held`` may leave: look-ahead
         beyond its end, and beyond any loss within that look-ahead (what follows a gap decides
         whether the audio before it was the start of a tone)."""
@@ -372,7 +372,7 @@ class MaskingPipeline:
                 need = max(need, b + 2 * BLOCK_SIZE + 16)
         return need
 
-    def _release(self, stream: _Stream, inspected: int) -> list[tuple[str, RtpPacket]]:
+    def _release(self, stream: _MaskedStream, inspected: int) -> list[tuple[str, RtpPacket]]:
         """The held packets the detector has seen far enough past (``inspected``: detector
         samples in whole blocks), masked where needed, in order."""
         done = stream.to_media(inspected)
@@ -420,7 +420,7 @@ class MaskingPipeline:
             stream.lost = [s for s in stream.lost if s[1] > horizon - 4 * BLOCK_SIZE]
         return out
 
-    def _masked(self, stream: _Stream, held: _Held, mask: np.ndarray) -> RtpPacket:
+    def _masked(self, stream: _MaskedStream, held: _Held, mask: np.ndarray) -> RtpPacket:
         law = held.law or stream.law
         samples = g711.decode(np.frombuffer(held.packet.payload, np.uint8), law).astype(
             np.float64)
@@ -444,12 +444,12 @@ class MaskingPipeline:
         return RtpPacket(p.payload_type, p.sequence_number, p.timestamp, p.ssrc, p.marker,
                          p.csrc, p.extension_profile, p.extension, payload)
 
-    def _was_masked(self, stream: _Stream, start: int) -> bool:
+    def _was_masked(self, stream: _MaskedStream, start: int) -> bool:
         return bool(covered(stream.spans, start - 1, 1)[0])
 
     # --- digits out ------------------------------------------------------------------------
 
-    def _emit_digits(self, stream: _Stream, final: bool) -> None:
+    def _emit_digits(self, stream: _MaskedStream, final: bool) -> None:
         keep = []
         for d in stream.digits:
             waited = stream.media_fed - d.start

@@ -297,7 +297,7 @@ def load_agents(config: Config) -> AgentDirectory:
     try:
         return AgentDirectory.load(Path(path))
     except AgentsFileError as exc:
-        raise ConfigError(f"api.agents_file: {exc}") from None
+        raise ConfigError(f"api.agents_file: {exc}") from exc
 
 
 async def run_until_signalled(node_factory: Callable[[], Awaitable[Node]]) -> None:
