@@ -22,6 +22,7 @@ from proxy.media.types import DigitEvent
 from proxy.service.config import load_config
 from proxy.service.serve import Node
 from tests.conftest import pick_udp_port
+from tests.proxy.control.sip_peers import stop
 
 KAMAILIO_CFG = Path(__file__).parents[3] / "config" / "kamailio" / "kamailio.cfg"
 PCAP_DIR = Path("/usr/share/sip-tester")
@@ -31,17 +32,6 @@ pytestmark = [
     pytest.mark.skipif(not (shutil.which("kamailio") and shutil.which("sipp")),
                        reason="needs kamailio and sip-tester (sipp)"),
 ]
-
-
-async def _stop(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        proc.terminate()
-        try:
-            async with asyncio.timeout(5):
-                await proc.wait()
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
 
 
 @pytest.fixture
@@ -142,5 +132,5 @@ async def test_call_through_kamailio_has_media_both_ways_through_toneguard(
     finally:
         for proc in (uac, uas, kamailio):
             if proc is not None:
-                await _stop(proc)
+                await stop(proc)
         log.close()
