@@ -155,3 +155,29 @@ async def test_assigning_a_call_to_an_agent_that_does_not_exist_is_refused(stack
     assert [(c["call_id"], c["agent_id"]) for c in calls] == [("kept", "agent-demo")]
     assert [r.get("agent_id") for r in stack.node.payments.audit.records
             if r["action"] == "call.assign"] == ["agent-demo"]
+
+
+async def test_a_call_id_and_agent_that_look_like_card_numbers_are_served_and_redacted(
+        stack: Stack) -> None:
+    """An attacker's Call-ID (or ng metadata) that is a PAN: the offer and the payment work, the
+    audit trail records them redacted, housekeeping goes on, and the call leaves nothing."""
+    pan = "4111111111111111"
+    reply = await stack.node.registry.handle({
+        "command": "offer", "call-id": pan, "from-tag": "caller", "metadata": f"agent={pan}",
+        "sdp": audio_sdp("127.0.0.1", 4000)})
+    assert reply["result"] == "ok"
+    async with httpx.AsyncClient(base_url=stack.api) as http:
+        started = await http.post(f"/v1/calls/{pan}/payments", json={},
+                                  headers=bearer(stack.supervisor_key))
+        assert started.status_code == 201, started.text
+        stack.node.payments.poll()  # what housekeeping runs each second: must not raise
+        cancelled = await http.post(f"/v1/calls/{pan}/payments/{started.json()['sid']}",
+                                    json={"Status": "cancel"},
+                                    headers=bearer(stack.supervisor_key))
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    await stack.node.registry.handle({"command": "delete", "call-id": pan})
+    assert pan not in stack.node.registry.calls
+    actions = [r["action"] for r in stack.node.payments.audit.records]
+    assert {"call.assign", "payment.start", "payment.cancel"} <= set(actions), actions
+    assert stack.node.payments.audit.redacted >= 3
+    assert pan not in stack.audit_file.read_text()
