@@ -34,3 +34,11 @@ def test_contains_pan_is_true_only_for_text_with_a_card_number() -> None:
     assert contains_pan("5555-5555-5555-4444")
     assert not contains_pan("card 4111111111111112 here")  # fails Luhn
     assert not contains_pan("no digits at all")
+
+
+def test_payment_ids_never_look_like_card_numbers() -> None:
+    from proxy.securepay.manager import _session_id
+    ids = [_session_id() for _ in range(3000)]  # ~6 would hold a Luhn-valid run otherwise
+    assert len(set(ids)) == 3000
+    assert not any(contains_pan(sid) for sid in ids)
+    assert all(sid.startswith("PA") and len(sid) == 34 for sid in ids)
