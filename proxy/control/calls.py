@@ -226,6 +226,8 @@ class CallRegistry:
         if created and self._on_call is not None:
             self._on_call(req.call_id, True)
         a = call.parties.get(req.from_tag)
+        if a is not None:
+            log.info("call re-offered", call_id=call.call_id, from_tag=a.tag)
         if a is None:
             # A re-INVITE from the other side makes the answerer the offerer of this exchange.
             role: Role = "offerer" if not call.parties else "answerer"
@@ -268,6 +270,7 @@ class CallRegistry:
         b.label = req.to_label or req.label or b.label
         b.source_address = req.received_from or b.source_address
         out = await self._negotiate(call, b, a, req, offer=False)
+        log.info("call answered", call_id=call.call_id, from_tag=a.tag, to_tag=b.tag)
         return {"result": "ok", "sdp": out}
 
     def _retag(self, call: Call, party: Party, tag: str) -> None:

@@ -160,6 +160,10 @@ class NgServer:
         except ng.NgError as exc:
             reply, result = ng.error_reply(exc.reason), "error"
             self.counters["errors"] += 1
+            # Kamailio logs only that rtpengine_offer() failed: say why here. The reason names
+            # what was wrong, never a value (no SDP, key or digit is ever put in one).
+            log.info("ng command refused", command=command,
+                     call_id=str(message.body.get("call-id", ""))[:80], reason=exc.reason)
             data = ng.format_reply(message.cookie, reply, message.encoding)
         except Exception:
             log.exception("ng command failed", command=command)

@@ -536,6 +536,8 @@ class LocalMediaEngine:
             stream.direct = None
         if addr is None:
             return
+        log.info("media latched", stream=stream.stream_id, call_id=stream.call_id,
+                 source=addr[0], source_port=addr[1])  # once per stream and source
         if stream.rtcp_endpoint is not None and _ip(stream.rtcp_endpoint[0]) != _ip(addr[0]):
             stream.rtcp_endpoint = None  # RTCP follows the RTP endpoint (media handover)
         sock = socket.socket(self._family, socket.SOCK_DGRAM)

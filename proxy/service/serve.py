@@ -238,6 +238,9 @@ class Node:
         self._last_totals = await self.engine.totals()
 
     async def stop(self) -> None:
+        if self.registry.calls:  # Kamailio's deletes for these will find nothing: say so
+            log.warning("stopping with live calls: their media ends now",
+                        calls=len(self.registry.calls))
         if self._api is not None:
             self._api.should_exit = True
         await self.ng.stop()

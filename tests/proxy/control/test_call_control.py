@@ -273,3 +273,25 @@ async def test_a_forked_call_follows_the_branch_that_answered_last() -> None:
     assert winner.medias[0].local.rtp_port == parse(offer["sdp"]).media[0].port
     assert _masked(registry, "winner") is True and _masked(registry, "ft") is None
     assert len(engine.streams) == 2
+
+
+async def test_each_call_event_is_one_log_line_with_call_id_and_tags_and_no_sdp() -> None:
+    from structlog.testing import capture_logs
+    registry, _ = _registry()
+    key = sdes.generate("AES_CM_128_HMAC_SHA1_80")
+    with capture_logs() as logs:
+        await _call(registry, offer_sdp=audio_sdp("127.0.0.1", 4000, proto="RTP/SAVP",
+                                                  crypto=[key]),
+                    answer_sdp=audio_sdp("127.0.0.1", 4002, proto="RTP/SAVP",
+                                         crypto=[sdes.generate("AEAD_AES_256_GCM", 1)]))
+        await registry.handle({"command": "offer", "call-id": "c", "from-tag": "ft",
+                               "sdp": audio_sdp("127.0.0.1", 4000, proto="RTP/SAVP",
+                                                crypto=[key])})
+        await registry.handle({"command": "delete", "call-id": "c"})
+    events = [(e["event"], e.get("call_id")) for e in logs]
+    assert events == [("call created", "c"), ("dtmf masking decided", "c"),
+                      ("call answered", "c"), ("call re-offered", "c"), ("call deleted", "c")]
+    answered = logs[2]
+    assert (answered["from_tag"], answered["to_tag"]) == ("ft", "tt")
+    text = repr(logs)
+    assert "inline:" not in text and "v=0" not in text  # no SDP, no key material

@@ -189,3 +189,13 @@ async def test_a_cookie_longer_than_any_client_sends_is_dropped(server) -> None:
         assert srv.counters["dropped"] == 1
     finally:
         transport.close()
+
+
+async def test_a_refused_command_is_logged_with_its_reason(server) -> None:
+    from structlog.testing import capture_logs
+    _srv, _calls, addr = server
+    with capture_logs() as logs:
+        await _exchange(addr, [b"c1 d7:call-id2:x17:command4:boome"], 1)
+    refused = [e for e in logs if e["event"] == "ng command refused"]
+    assert refused and refused[0]["command"] == "boom" and refused[0]["call_id"] == "x1"
+    assert refused[0]["reason"] == "Unrecognized command"
