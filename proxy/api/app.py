@@ -98,7 +98,9 @@ def _validation_fields(exc: RequestValidationError) -> list[str]:
 
 def create_app(manager: PaymentManager, agents: AgentDirectory,
                metrics_text: Callable[[], bytes] | None = None,
-               settings: ApiSettings | None = None) -> FastAPI:
+               settings: ApiSettings | None = None,
+               readiness: Callable[[], list[str]] | None = None) -> FastAPI:
+    """``readiness`` names what keeps the node from taking calls (empty: ready)."""
     settings = settings or ApiSettings()
     # /docs and /redoc are off (a browser cannot send the key to them, and their CDN scripts
     # would need a looser CSP); /openapi.json needs a key.
@@ -165,8 +167,18 @@ def create_app(manager: PaymentManager, agents: AgentDirectory,
         return hmac.new(idempotency_secret, message, hashlib.sha256).hexdigest()
 
     @app.get("/health")
+    @app.get("/healthz")
     async def health() -> dict[str, str]:
+        """Liveness: the process answers (no key: a load balancer or kubelet asks)."""
         return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def ready() -> JSONResponse:
+        """Readiness: the ng socket, the media engine and its workers are up and the node is
+        not stopping; otherwise 503 naming what is not (no key, no call data)."""
+        problems = readiness() if readiness is not None else []
+        return JSONResponse({"status": "ready" if not problems else "not ready",
+                             "problems": problems}, status_code=503 if problems else 200)
 
     @app.get("/metrics", response_class=PlainTextResponse, include_in_schema=False)
     async def metrics(request: Request,

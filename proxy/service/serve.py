@@ -87,6 +87,8 @@ class Node:
     _api: uvicorn.Server | None = None
     _gateway: GatewayClient | None = None
     _last_totals: MediaTotals = field(default_factory=MediaTotals)  # refreshed each second
+    _media_engines: int = 1  # worker processes (or 1 in process) that must answer
+    _stopping: bool = False
 
     @classmethod
     async def start(cls, config: Config, *, agents: AgentDirectory | None = None,
@@ -150,7 +152,8 @@ class Node:
                                                           media.learning_window_seconds))
         server = NgServer(registry.handle, cache_ttl=config.ng.cookie_cache_seconds,
                           cache_bytes=config.ng.cookie_cache_bytes)
-        node = cls(config, engine, registry, server, payments, _gateway=gateway)
+        node = cls(config, engine, registry, server, payments, _gateway=gateway,
+                   _media_engines=workers if isinstance(engine, WorkerPoolEngine) else 1)
         host, port = parse_hostport(config.ng.listen)
         try:
             try:
@@ -190,7 +193,8 @@ class Node:
             auth=AuthSettings(failures_per_source=api.auth_failures_per_source,
                               failure_window_seconds=api.auth_failure_window_seconds,
                               key_lockout_failures=api.key_lockout_failures,
-                              key_lockout_seconds=api.key_lockout_seconds)))
+                              key_lockout_seconds=api.key_lockout_seconds)),
+            readiness=self.readiness)
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None,
                                                access_log=False, lifespan="off",
                                                ws_max_size=api.max_body_bytes))
@@ -237,7 +241,20 @@ class Node:
     async def _read_totals(self) -> None:
         self._last_totals = await self.engine.totals()
 
+    def readiness(self) -> list[str]:
+        """What keeps this node from taking calls now (``/readyz``); empty when ready."""
+        problems = []
+        if self._stopping:
+            problems.append("stopping")
+        if self.ng.transport is None or self.ng.transport.is_closing():
+            problems.append("ng socket not open")
+        if self._last_totals.workers < self._media_engines:
+            problems.append(f"media engines answering: {self._last_totals.workers} of "
+                            f"{self._media_engines}")
+        return problems
+
     async def stop(self) -> None:
+        self._stopping = True
         if self.registry.calls:  # Kamailio's deletes for these will find nothing: say so
             log.warning("stopping with live calls: their media ends now",
                         calls=len(self.registry.calls))
