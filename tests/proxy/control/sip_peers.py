@@ -21,6 +21,10 @@ import numpy as np
 from dsp import g711, tones
 from proxy.media.rfc4733 import TelephoneEvent
 from proxy.media.rtp import RtpPacket
+from proxy.media.types import DigitEvent
+from proxy.service.config import load_config
+from proxy.service.serve import Node
+from tests.conftest import pick_udp_port
 
 KAMAILIO_CFG = Path(__file__).parents[3] / "config" / "kamailio" / "kamailio.cfg"
 CARRIER_IP = "127.0.0.2"  # the carrier (customers) — the cfg's CARRIER_NET
@@ -244,3 +248,17 @@ async def wait_udp_bound(ip: str, port: int, timeout: float = 10.0) -> None:
     async with asyncio.timeout(timeout):
         while not _port_taken(ip, port):
             await asyncio.sleep(0.05)
+
+
+async def start_node(media_ports: tuple[int, int], digits: list[DigitEvent], *,
+                     masking: dict[str, object] | None = None,
+                     media: dict[str, object] | None = None) -> Node:
+    """A ToneGuard node for a SIP test: ng on a free loopback port (Kamailio's target), media
+    in ``media_ports``, its API on any port, every digit it reports appended to ``digits``."""
+    config = load_config(overrides={
+        "ng": {"listen": f"127.0.0.1:{pick_udp_port()}"},
+        "media": {"port_min": media_ports[0], "port_max": media_ports[1], **(media or {})},
+        "api": {"listen": "127.0.0.1:0"},
+        "masking": masking or {},
+    })
+    return await Node.start(config, on_digit=lambda call, tag, event: digits.append(event))

@@ -21,7 +21,6 @@ from proxy.demo.spandsp import spandsp_detect
 from proxy.media.rtp import RtpPacket, RtpParseError, is_rtcp
 from proxy.media.srtp import SrtpError, SrtpReceiver
 from proxy.media.types import DigitEvent, SrtpParams
-from proxy.service.config import load_config
 from proxy.service.serve import Node
 from tests.conftest import pick_tcp_port, pick_udp_port
 from tests.proxy.control import sip_peers
@@ -68,17 +67,12 @@ def _frames_with(samples: np.ndarray, freq: float) -> int:
 async def node(request: pytest.FixtureRequest, media_ports: tuple[int, int]
                ) -> AsyncIterator[tuple[Node, list[DigitEvent]]]:
     digits: list[DigitEvent] = []
-    config = load_config(overrides={
-        "masking": {"always_on": request.param},
-        "ng": {"listen": f"127.0.0.1:{pick_udp_port()}"},
-        # baresip binds its RTP socket to the wildcard address, so its packets leave from
-        # 127.0.0.1 while its SDP says 127.0.0.2 — as a phone behind NAT does: the documented
-        # NAT option lets such a source latch within the learning window.
-        "media": {"port_min": media_ports[0], "port_max": media_ports[1],
-                  "learn_any_source": True},
-        "api": {"listen": "127.0.0.1:0"},
-    })
-    node = await Node.start(config, on_digit=lambda call, tag, event: digits.append(event))
+    # baresip binds its RTP socket to the wildcard address, so its packets leave from
+    # 127.0.0.1 while its SDP says 127.0.0.2 — as a phone behind NAT does: the documented
+    # NAT option lets such a source latch within the learning window.
+    node = await sip_peers.start_node(media_ports, digits,
+                                      masking={"always_on": request.param},
+                                      media={"learn_any_source": True})
     yield node, digits
     await node.stop()
 

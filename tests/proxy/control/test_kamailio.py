@@ -19,10 +19,9 @@ import pytest
 
 from proxy.demo.phone import RtpPeer
 from proxy.media.types import DigitEvent
-from proxy.service.config import load_config
 from proxy.service.serve import Node
 from tests.conftest import pick_udp_port
-from tests.proxy.control.sip_peers import stop
+from tests.proxy.control.sip_peers import start_node, stop
 
 KAMAILIO_CFG = Path(__file__).parents[3] / "config" / "kamailio" / "kamailio.cfg"
 PCAP_DIR = Path("/usr/share/sip-tester")
@@ -45,13 +44,8 @@ async def recorder() -> AsyncIterator[RtpPeer]:
 async def node(media_ports: tuple[int, int], recorder: RtpPeer
                ) -> AsyncIterator[tuple[Node, list[DigitEvent]]]:
     digits: list[DigitEvent] = []
-    config = load_config(overrides={
-        "ng": {"listen": f"127.0.0.1:{pick_udp_port()}"},
-        "media": {"port_min": media_ports[0], "port_max": media_ports[1]},
-        "api": {"listen": "127.0.0.1:0"},
-        "masking": {"recording_tap": f"127.0.0.1:{recorder.port}"},
-    })
-    node = await Node.start(config, on_digit=lambda call, tag, event: digits.append(event))
+    node = await start_node(media_ports, digits,
+                            masking={"recording_tap": f"127.0.0.1:{recorder.port}"})
     yield node, digits
     await node.stop()
 

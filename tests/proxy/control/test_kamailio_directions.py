@@ -20,7 +20,6 @@ from proxy.demo.multimon import multimon_detect
 from proxy.demo.phone import RtpPeer
 from proxy.demo.spandsp import spandsp_detect
 from proxy.media.types import DigitEvent
-from proxy.service.config import load_config
 from proxy.service.serve import Node
 from tests.conftest import pick_udp_port
 from tests.proxy.control import sip_peers
@@ -36,13 +35,7 @@ EVENTS = "123#"
 
 
 async def _node(media_ports: tuple[int, int], **masking: object) -> Node:
-    config = load_config(overrides={
-        "ng": {"listen": f"127.0.0.1:{pick_udp_port()}"},
-        "media": {"port_min": media_ports[0], "port_max": media_ports[1]},
-        "api": {"listen": "127.0.0.1:0"},
-        "masking": masking,
-    })
-    return await Node.start(config, on_digit=lambda call, tag, event: DIGITS.append(event))
+    return await sip_peers.start_node(media_ports, DIGITS, masking=masking)
 
 
 DIGITS: list[DigitEvent] = []
