@@ -16,6 +16,7 @@ APT_PACKAGES=(
     rtpengine-daemon rtpengine-utils kamailio sip-tester baresip-core multimon-ng libspandsp2
     espeak-ng chromium codec2-examples
     fluidsynth timgm6mb-soundfont openttd-openmsx
+    redis-server sox libsox-fmt-all kamailio-websocket-modules
 )
 VENV=${TONEGUARD_VENV:-.venv}
 PYTHON=${PYTHON:-python3}
@@ -34,7 +35,7 @@ install_system() {
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
         "${missing[@]}"
     # The packaged daemons must not hold the ports tests use; tests start their own.
-    for svc in rtpengine-daemon kamailio; do
+    for svc in rtpengine-daemon kamailio redis-server; do
         $sudo systemctl disable --now "$svc" >/dev/null 2>&1 || true
     done
 }
