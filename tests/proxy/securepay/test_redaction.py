@@ -42,3 +42,45 @@ def test_payment_ids_never_look_like_card_numbers() -> None:
     assert len(set(ids)) == 3000
     assert not any(contains_pan(sid) for sid in ids)
     assert all(sid.startswith("PA") and len(sid) == 34 for sid in ids)
+
+
+@pytest.mark.parametrize("written", [
+    "4111  1111  1111  1111",  # two spaces
+    "4111\t1111\t1111\t1111",
+    "4111.1111.1111.1111",
+    "4111/1111/1111/1111",
+    "5555-5555 5555.4444",  # mixed
+])
+def test_cards_written_with_other_separators_are_masked(written: str) -> None:
+    text = redact_text(f"card: {written} end")
+    assert "1111" not in text.replace("…1111", "") and "5555" not in text, text
+    assert text.startswith("card: [PAN redacted …") and text.endswith("] end")
+
+
+@pytest.mark.parametrize("written", [
+    "seq 12 4111 1111 1111 1111",  # a number, then the card
+    "4111111111111111 7",  # the card, then a number
+    "994111111111111111",  # glued on the left (18 digits)
+    "41111111111111110000",  # glued on the right (20 digits)
+    "00378282246310005",  # a 15-digit card glued to zeros
+])
+def test_a_card_next_to_or_glued_to_other_digits_is_masked(written: str) -> None:
+    text = redact_text(written)
+    assert "411111111111" not in text.replace(" ", "") and "82246" not in text, text
+    assert "[PAN redacted" in text
+
+
+@pytest.mark.parametrize("text", [
+    "took 0.30000000000000004 s",  # a float: each side of the point is its own number
+    "rtp 127.0.0.1:30000 ssrc 3735928559",
+    "2026-12-01 12:14:12",
+    "id 4111111111111112",  # 16 digits, fails Luhn, no card inside at 13-16 digits
+])
+def test_numbers_that_hold_no_card_are_left_alone(text: str) -> None:
+    assert redact_text(text) == text
+
+
+@pytest.mark.timeout(60)  # a hang guard, not a benchmark: a window scan would take many minutes
+def test_a_huge_digit_run_is_masked_without_scanning_it() -> None:
+    hostile = "7" * 200_000  # e.g. a call id sent to be logged
+    assert redact_text(f"call-id={hostile}") == "call-id=[PAN redacted …7777]"
