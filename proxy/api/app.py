@@ -135,11 +135,12 @@ def create_app(manager: PaymentManager, agents: AgentDirectory,
 
     async def principal(request: Request,
                         authorization: Annotated[str | None, Header()] = None) -> Principal:
-        if not authorization or not authorization.startswith("Bearer "):
+        scheme, _, api_key = (authorization or "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not api_key.strip():  # schemes are case-insensitive
             raise HTTPException(401, "missing bearer API key",
                                 headers={"WWW-Authenticate": "Bearer"})
         source = request.client.host if request.client else "unknown"
-        return await authorize(authorization.removeprefix("Bearer ").strip(), source)
+        return await authorize(api_key.strip(), source)
 
     Who = Annotated[Principal, Depends(principal)]
 
