@@ -65,7 +65,7 @@ def start(api: Api, call_id: str, who: dict[str, str]) -> str:
     {"Authorization": ""},
     {"Authorization": "Basic YW5uOnB3"},
     {"Authorization": "Bearer"},
-    {"Authorization": "bearer tg_x_y"},
+    {"Authorization": "Bearertg_x_y"},
 ])
 def test_a_request_without_a_bearer_key_is_refused(api: Api, headers: dict[str, str]) -> None:
     r = api.client.get("/v1/me", headers=headers)
