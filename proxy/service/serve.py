@@ -48,6 +48,7 @@ from proxy.securepay.session import CaptureSettings
 from proxy.service.config import Config, ConfigError, load_config, parse_hostport
 from proxy.service.logging import configure_logging
 from proxy.service.metrics import Metrics, Readings
+from proxy.store.node import NodeState, StoreConfigError
 
 log = structlog.get_logger("toneguard.serve")
 IDLE_REAP_SECONDS = 5.0
@@ -89,6 +90,7 @@ class Node:
     _last_totals: MediaTotals = field(default_factory=MediaTotals)  # refreshed each second
     _media_engines: int = 1  # worker processes (or 1 in process) that must answer
     _stopping: bool = False
+    state: NodeState | None = None  # the shared store ([store] url), None = alone
 
     @classmethod
     async def start(cls, config: Config, *, agents: AgentDirectory | None = None,
@@ -156,6 +158,14 @@ class Node:
                    _media_engines=workers if isinstance(engine, WorkerPoolEngine) else 1)
         host, port = parse_hostport(config.ng.listen)
         try:
+            if config.store.url:  # before the ng socket: Kamailio's next command finds the call
+                try:
+                    node.state = await NodeState.open(
+                        url=config.store.url, key_file=config.store.key_file,
+                        node=config.store.node_id or config.ng.listen, registry=registry,
+                        payments=payments, limit=config.store.queue_limit)
+                except StoreConfigError as exc:
+                    raise ConfigError(str(exc)) from exc
             try:
                 node.ng_address = await server.start(host, port)
             except OSError as exc:
@@ -219,7 +229,8 @@ class Node:
             ng=dict(self.ng.counters),
             payments=dict(self.payments.counters),
             payments_active=sum(1 for s in self.payments.sessions.values()
-                                if not s.status.terminal))
+                                if not s.status.terminal),
+            store=self.state.sync if self.state is not None else None)
 
     async def _housekeeping(self) -> None:
         """Payment timeouts, media totals for /metrics, idle calls: once a second. One failing
@@ -251,6 +262,8 @@ class Node:
         if self._last_totals.workers < self._media_engines:
             problems.append(f"media engines answering: {self._last_totals.workers} of "
                             f"{self._media_engines}")
+        if self.state is not None:
+            problems += self.state.problems()  # "degraded: ...": calls still work (200)
         return problems
 
     async def stop(self) -> None:
@@ -261,6 +274,8 @@ class Node:
         if self._api is not None:
             self._api.should_exit = True
         await self.ng.stop()
+        if self.state is not None:  # first: the calls closed below stay in the store
+            await self.state.stop()
         for task in self._tasks:
             if task.get_name() != "api":
                 task.cancel()
@@ -359,6 +374,8 @@ def serve_command(
         help="Media worker processes (overrides media.workers; 0 = one per core).")] = None,
     log_format: Annotated[str | None, typer.Option(
         metavar="console|json", help="Log format (overrides logging.format).")] = None,
+    store: Annotated[str | None, typer.Option(
+        metavar="URL", help="Shared state, redis://HOST:PORT/DB (overrides store.url).")] = None,
 ) -> int:
     """Run the media relay: ng control socket (for Kamailio's rtpengine module) and media.
 
@@ -388,6 +405,8 @@ def serve_command(
         override("media", "workers", workers, "--workers")
     if log_format:
         override("logging", "format", log_format, "--log-format")
+    if store:
+        override("store", "url", store, "--store")
     try:
         config = load_config(config_file, overrides, flags)
     except ConfigError as exc:
