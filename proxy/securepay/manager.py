@@ -321,6 +321,7 @@ class PaymentManager:
                                        "postal-code" in fields)
         session = PaymentSession(sid, call_id, agent_id, settings, self._clock(),
                                  observer=self._capture)
+        session.error = "node-restarted"  # what the agent is shown until the next change
         self.sessions[sid] = session
         self._active[call_id] = sid
         self.audit.record("payment.resume", actor="restart", call_id=call_id, session_id=sid)

@@ -74,11 +74,11 @@ def store_key(tmp_path: Path) -> Path:
     return path
 
 
-async def dump_all(server: RedisServer) -> dict[bytes, bytes]:
+async def dump_all(server: RedisServer) -> dict[bytes, tuple[bytes, bytes]]:
     """Every key and its value as Redis would give it to anyone with access: SCAN, then DUMP
     (the serialised value, whatever its type) and the readable form (GET/HGETALL/SMEMBERS)."""
     client = server.client()
-    out: dict[bytes, bytes] = {}
+    out: dict[bytes, tuple[bytes, bytes]] = {}
     try:
         async for key in client.scan_iter(match="*", count=1000):
             kind = (await client.type(key)).decode()
@@ -91,7 +91,7 @@ async def dump_all(server: RedisServer) -> dict[bytes, bytes]:
                 readable = b"\n".join(sorted(await client.smembers(key)))
             else:
                 readable = b""
-            out[key] = dumped + b"\n" + readable
+            out[key] = (dumped, readable)
     finally:
         await client.aclose()
     return out
