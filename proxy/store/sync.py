@@ -30,13 +30,14 @@ BATCH_DELAY = 0.02  # gather changes this long before a write (an offer and its 
 RETRY_ATTEMPTS = 4
 RETRY_FIRST_PAUSE = 0.1  # then doubling: 0.1 + 0.2 + 0.4 s before degrading
 RECHECK_SECONDS = 1.0
+HEARTBEAT_SECONDS = 2.0  # an idle writer pings this often: an outage shows without a write
 
 
 @dataclass(slots=True)
 class SyncCounters:
     writes: int = 0  # call records written or deleted
     batches: int = 0  # round trips that succeeded
-    failures: int = 0  # attempts that failed (each retried or degrading)
+    failures: int = 0  # attempts (writes, heartbeat pings) that failed: retried or degrading
     resyncs: int = 0  # full re-syncs after an outage
     dropped: int = 0  # changes not queued: degraded or the set was full (a re-sync follows)
 
@@ -122,7 +123,13 @@ class StateSync:
 
     async def _run(self) -> None:
         while True:
-            await self._wake.wait()
+            try:
+                async with asyncio.timeout(HEARTBEAT_SECONDS):
+                    await self._wake.wait()
+            except TimeoutError:
+                if not await self._attempt(self.store.ping):
+                    await self._outage()
+                continue
             await asyncio.sleep(BATCH_DELAY)
             self._wake.clear()
             if self._resync:
@@ -133,6 +140,7 @@ class StateSync:
                 batch = {call_id: self._collect(call_id) for call_id in ids}
                 if await self._attempt(functools.partial(self.store.write, self.node, batch)):
                     self.counters.writes += len(batch)
+                    self.counters.batches += 1
                 else:
                     await self._outage()
             if not self._dirty and not self._resync:
@@ -151,7 +159,6 @@ class StateSync:
                     await asyncio.sleep(pause)
                     pause *= 2
                 continue
-            self.counters.batches += 1
             return True
         return False
 
