@@ -174,6 +174,7 @@ class StoreConfig(_Section):
     url: str = ""  # redis://HOST:PORT/DB (or rediss://, unix://)
     key_file: str = ""  # base64 AES key (16/24/32 bytes) the node set shares: seals SRTP keys
     node_id: str = ""  # this node's name in the store ("" = its ng listen address)
+    api_url: str = ""  # where other nodes reach this node's API ("" = http://<api.listen>)
     queue_limit: int = Field(10_000, ge=1, le=1_000_000)  # changed calls waiting to be written
 
     @field_validator("url")

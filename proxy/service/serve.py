@@ -48,6 +48,7 @@ from proxy.securepay.session import CaptureSettings
 from proxy.service.config import Config, ConfigError, load_config, parse_hostport
 from proxy.service.logging import configure_logging
 from proxy.service.metrics import Metrics, Readings
+from proxy.store.forward import ClusterRouter
 from proxy.store.node import NodeState, StoreConfigError
 
 log = structlog.get_logger("toneguard.serve")
@@ -91,6 +92,7 @@ class Node:
     _media_engines: int = 1  # worker processes (or 1 in process) that must answer
     _stopping: bool = False
     state: NodeState | None = None  # the shared store ([store] url), None = alone
+    _router: ClusterRouter | None = None
 
     @classmethod
     async def start(cls, config: Config, *, agents: AgentDirectory | None = None,
@@ -205,7 +207,12 @@ class Node:
                               key_lockout_failures=api.key_lockout_failures,
                               key_lockout_seconds=api.key_lockout_seconds)),
             readiness=self.readiness)
-        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None,
+        asgi: Any = app
+        if self.state is not None:  # calls of the other nodes: listed here, actions forwarded
+            asgi = self._router = ClusterRouter(app, node=self.state.node, store=self.state.store,
+                                 local=lambda call_id: call_id in self.registry.calls,
+                                 max_body=api.max_body_bytes)
+        server = uvicorn.Server(uvicorn.Config(asgi, host=host, port=port, log_config=None,
                                                access_log=False, lifespan="off",
                                                ws_max_size=api.max_body_bytes))
         self._api = server
@@ -219,6 +226,9 @@ class Node:
                 await asyncio.sleep(0.02)
         sock = server.servers[0].sockets[0].getsockname()
         self.api_address = (sock[0], sock[1])
+        if self.state is not None:
+            await self.state.announce(self.config.store.api_url
+                                      or f"http://{_url_host(sock[0])}:{sock[1]}")
 
     def readings(self) -> Readings:
         """What /metrics reports (media totals as of the last housekeeping second)."""
@@ -282,6 +292,8 @@ class Node:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._router is not None:
+            await self._router.aclose()
         await self.payments.close()
         await self.registry.close()
         await self.engine.stop()
@@ -304,6 +316,10 @@ class BindError(OSError):
 
     def __str__(self) -> str:
         return str(self.strerror)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _tcp_listener(host: str, port: int) -> socket.socket:

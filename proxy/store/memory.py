@@ -12,6 +12,7 @@ class MemoryStore:
         self.records: dict[str, bytes] = {}
         self.owner: dict[str, str] = {}
         self.ops = 0
+        self.apis: dict[str, str] = {}
 
     async def write(self, node: str, batch: Mapping[str, bytes | None]) -> None:
         for call_id, record in batch.items():
@@ -32,6 +33,12 @@ class MemoryStore:
 
     async def owners(self) -> dict[str, str]:
         return dict(self.owner)
+
+    async def announce(self, node: str, api_url: str) -> None:
+        self.apis[node] = api_url
+
+    async def nodes(self) -> dict[str, str]:
+        return dict(self.apis)
 
     async def ping(self) -> None:
         pass

@@ -125,6 +125,13 @@ class NodeState:
                 log.error("payment not resumed", call_id=call_id, session_id=p.sid,
                           reason=type(exc).__name__)
 
+    async def announce(self, api_url: str) -> None:
+        """Where this node's API answers, for the other nodes' forwarding (best effort)."""
+        try:
+            await self.store.announce(self.node, api_url)
+        except StoreError as exc:
+            log.warning("could not announce this node's API", reason=str(exc))
+
     def problems(self) -> list[str]:
         return self.sync.problems()
 

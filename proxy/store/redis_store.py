@@ -5,6 +5,7 @@ Layout (every key under ``toneguard:``)::
     toneguard:call:<call id>        the call's record (JSON, see proxy.store.records)
     toneguard:node:<node>:calls     set: the call ids that node owns (what a restart loads)
     toneguard:calls                 hash: call id → owning node (what any node's API lists)
+    toneguard:nodes                 hash: node → its API's base URL (where actions are sent)
 
 A write of a batch is one pipelined round trip (three commands per call). The client does
 not retry on its own: :mod:`proxy.store.sync` decides how often and how long, so a Redis that
@@ -24,6 +25,7 @@ from proxy.store.base import StoreError
 
 PREFIX = "toneguard"
 OWNERS = f"{PREFIX}:calls"
+NODES = f"{PREFIX}:nodes"
 
 
 def call_key(call_id: str) -> str:
@@ -82,6 +84,21 @@ class RedisStore:
     async def owners(self) -> dict[str, str]:
         try:
             found = await self._redis.hgetall(OWNERS)
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"redis: {type(exc).__name__}: {exc}") from exc
+        self.ops += 1
+        return {k.decode(): v.decode() for k, v in found.items()}
+
+    async def announce(self, node: str, api_url: str) -> None:
+        try:
+            await self._redis.hset(NODES, node, api_url)
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"redis: {type(exc).__name__}: {exc}") from exc
+        self.ops += 1
+
+    async def nodes(self) -> dict[str, str]:
+        try:
+            found = await self._redis.hgetall(NODES)
         except (RedisError, OSError) as exc:
             raise StoreError(f"redis: {type(exc).__name__}: {exc}") from exc
         self.ops += 1
