@@ -18,8 +18,10 @@ from proxy.media.types import MediaError
 from proxy.securepay.manager import PaymentError, PaymentManager
 from proxy.securepay.states import PaymentStatus
 from proxy.store.base import StateStore, StoreError
+from proxy.store.events import EventFanout
 from proxy.store.memory import MemoryStore
 from proxy.store.records import CallRecord, PaymentRecord, RecordError, decode, encode
+from proxy.store.redis_store import RedisStore
 from proxy.store.sealing import Sealer, SealError
 from proxy.store.sync import StateSync
 
@@ -33,8 +35,6 @@ class StoreConfigError(ValueError):
 def open_store(url: str) -> StateStore:
     if not url or url == "memory://":
         return MemoryStore()
-    from proxy.store.redis_store import RedisStore  # only nodes that use Redis import it
-
     return RedisStore(url)
 
 
@@ -49,6 +49,7 @@ class NodeState:
         self._last_sid: dict[str, str] = {}  # call id → its latest payment (kept once ended)
         self.sync = StateSync(store, node, self.collect, lambda: list(registry.calls),
                               limit=limit)
+        self.events: EventFanout | None = None
         self.restored: list[str] = []
         self.restore_seconds = 0.0
 
@@ -68,6 +69,10 @@ class NodeState:
         registry.on_state = state.sync.mark
         payments.on_state = state.sync.mark
         state.sync.start()
+        if isinstance(state.store, RedisStore):  # several nodes: events fan out
+            state.events = EventFanout(state.store.client, state.store.url, node,
+                                        payments.bus)
+            state.events.start()
         return state
 
     def collect(self, call_id: str) -> bytes | None:
@@ -138,4 +143,6 @@ class NodeState:
     async def stop(self) -> None:
         self._registry.on_state = None
         self._payments.on_state = None
+        if self.events is not None:
+            await self.events.stop()
         await self.sync.stop()

@@ -49,6 +49,11 @@ class RedisStore:
         except ValueError as exc:  # a malformed URL (checked by the config too)
             raise StoreError(f"store url: {exc}") from exc
 
+    @property
+    def client(self) -> aioredis.Redis:
+        """The connection pool (the event fan-out publishes and subscribes through it)."""
+        return self._redis
+
     async def write(self, node: str, batch: Mapping[str, bytes | None]) -> None:
         if not batch:
             return

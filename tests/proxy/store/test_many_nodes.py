@@ -6,12 +6,15 @@ node stopped → Kamailio disables it and new calls go to the other, whose calls
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 from pathlib import Path
 
 import httpx
 import pytest
+import websockets
 
+from proxy.api.app import WS_SUBPROTOCOL
 from tests.conftest import pick_udp_port
 from tests.proxy.control.sip_peers import CARRIER_IP, KAMAILIO_CFG, stop
 from tests.proxy.store.conftest import RedisServer
@@ -98,7 +101,9 @@ async def test_two_nodes_behind_kamailio_share_calls_and_survive_one_stopping(
             supervisor = {"Authorization": f"Bearer {c.keys['supervisor']}"}
             alice = {"Authorization": f"Bearer {c.keys['alice']}"}
             remote = sorted(on_b)[0]
-            async with httpx.AsyncClient(timeout=10) as http:
+            ws_url = a.api.replace("http", "ws") + "/v1/events"
+            async with httpx.AsyncClient(timeout=10) as http, websockets.connect(
+                    ws_url, subprotocols=[WS_SUBPROTOCOL, c.keys["alice"]]) as events:
                 # Either node's API lists the calls of both.
                 for node in (a, b):
                     listed = (await http.get(f"{node.api}/v1/calls", headers=supervisor)).json()
@@ -113,6 +118,11 @@ async def test_two_nodes_behind_kamailio_share_calls_and_survive_one_stopping(
                 sid = r.json()["sid"]
                 r = await http.get(f"{b.api}/v1/calls/{remote}/payments/{sid}", headers=alice)
                 assert r.status_code == 200 and r.json()["status"] == "capturing"
+                # The payment's events reach alice's WebSocket on node-a (Redis pub/sub).
+                async with asyncio.timeout(10):
+                    event = json.loads(await events.recv())
+                assert (event["type"], event["call_id"], event["sid"]) == (
+                    "started", remote, sid)
                 mine = (await http.get(f"{a.api}/v1/calls", headers=alice)).json()
                 assert [x["call_id"] for x in mine] == [remote]  # alice sees hers, any node
                 assert mine[0]["payment_sid"] == sid
