@@ -91,18 +91,25 @@ class NodeState:
                             [PaymentRecord.of(session)] if session is not None else [])
         return encode(record, self._sealer)
 
-    async def restore(self) -> None:
+    async def restore(self) -> bool:
         """Adopt every call the store says this node owns. A call that cannot be restored
-        (unreadable, a port taken) is logged and its record deleted; a store that cannot be
-        read leaves the node empty and degraded until it answers (then re-synced)."""
+        (unreadable, a port taken) is logged and its record deleted. A store that cannot be
+        read leaves the node degraded (calls it takes now work as usual) and this is tried
+        again when the store answers, before the re-sync (which would otherwise delete the
+        records of the calls not restored). False: the store could not be read."""
         started = time.monotonic()
         try:
             records = await self.store.load(self.node)
         except StoreError as exc:
-            log.error("store unreadable at start: no calls restored", reason=str(exc))
-            self.sync.lost("unreadable at start")
-            return
+            log.error("store unreadable at start: calls not restored yet", reason=str(exc))
+            if self.sync.before_resync is None:
+                self.sync.before_resync = self.restore
+                self.sync.lost("unreadable at start")
+            return False
+        self.sync.before_resync = None
         for call_id, data in records.items():
+            if call_id in self._registry.calls:
+                continue  # a late restore: Kamailio re-offered it meanwhile; ours is newer
             try:
                 record = decode(data, self._sealer)
                 await self._registry.adopt(record.call)
@@ -116,6 +123,7 @@ class NodeState:
         log.info("calls restored from the store", calls=len(self.restored),
                  failed=len(records) - len(self.restored),
                  ms=round(self.restore_seconds * 1000, 1))
+        return True
 
     def _restore_payments(self, record: CallRecord) -> None:
         call_id = record.call.call_id

@@ -61,6 +61,9 @@ class StateSync:
         self.degraded = ""  # why, when the store is not being written
         self._resync = False
         self.counters = SyncCounters()
+        # Run once the store answers again, before the re-sync replaces what it holds (a node
+        # that started while the store was down restores its calls then); False: not yet.
+        self.before_resync: Callable[[], Awaitable[bool]] | None = None
 
     # --- hooks (synchronous, O(1)) ------------------------------------------------------------
 
@@ -178,6 +181,8 @@ class StateSync:
                 return
 
     async def _full_sync(self) -> bool:
+        if self.before_resync is not None and not await self.before_resync():
+            return False
         records = {c: r for c in list(self._live()) if (r := self._collect(c)) is not None}
         self._dirty.clear()
         if not await self._attempt(functools.partial(self.store.replace, self.node, records)):

@@ -3,8 +3,10 @@ material is never in a record in clear; a record sealed under another key does n
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
+from collections.abc import Mapping
 
 import pytest
 
@@ -13,6 +15,8 @@ from proxy.control.calls import CallRegistry
 from proxy.demo.sdp_builder import audio_sdp
 from proxy.media.memory import MemoryMediaEngine
 from proxy.securepay.manager import PaymentManager
+from proxy.store import sync
+from proxy.store.base import StoreError
 from proxy.store.memory import MemoryStore
 from proxy.store.node import NodeState
 from proxy.store.records import CallRecord, decode, encode
@@ -144,3 +148,55 @@ async def _open(store: MemoryStore, key: str, registry: CallRegistry,
     path.write_text(key)
     return await NodeState.open(url="memory://", key_file=str(path), node="node-a",
                                 registry=registry, payments=payments, store=store)
+
+
+class FlakyStore(MemoryStore):
+    """A MemoryStore that can be 'down' (every call raises StoreError)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise StoreError("down")
+
+    async def write(self, node: str, batch: Mapping[str, bytes | None]) -> None:
+        self._check()
+        await super().write(node, batch)
+
+    async def load(self, node: str) -> dict[str, bytes]:
+        self._check()
+        return await super().load(node)
+
+    async def ping(self) -> None:
+        self._check()
+
+
+async def test_a_node_started_while_the_store_is_down_restores_when_it_answers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not restored at start (degraded), restored once the store answers, and the re-sync
+    that follows keeps the record instead of deleting a call the node did not have yet."""
+    monkeypatch.setattr(sync, "RETRY_FIRST_PAUSE", 0.01)
+    monkeypatch.setattr(sync, "RECHECK_SECONDS", 0.05)
+    key = base64.b64encode(os.urandom(32)).decode()
+    store = FlakyStore()
+    registry = CallRegistry(MemoryMediaEngine(), address="127.0.0.1")
+    first = await _open(store, key, registry, PaymentManager(None))
+    await _sdes_call(registry)
+    assert await first.sync.flush()
+    await first.stop()
+
+    store.down = True
+    registry2 = CallRegistry(MemoryMediaEngine(), address="127.0.0.1")
+    second = await _open(store, key, registry2, PaymentManager(None))
+    try:
+        assert second.restored == [] and second.problems()
+        store.down = False
+        async with asyncio.timeout(5):
+            while second.sync.degraded:
+                await asyncio.sleep(0.02)
+        assert second.restored == ["c1"] and "c1" in registry2.calls
+        assert "c1" in store.records and store.owner["c1"] == "node-a"
+    finally:
+        await second.stop()
