@@ -36,7 +36,7 @@ class PaymentRecord:
     sid: str
     agent_id: str
     status: str
-    field: str  # the field being keyed ("" = none)
+    current: str  # the field being keyed ("" = none)
     fields: list[str]  # the fields this payment asks for, in order
     masked: dict[str, str] = field(default_factory=dict)
     brand: str = ""
@@ -81,7 +81,7 @@ def decode(data: bytes, sealer: Sealer) -> CallRecord:
         c = body["call"]
         call = Call(c["call_id"], c["created"], c["last_signal"], metadata=c["metadata"],
                     caller=c["caller"],
-                    recording=tuple(c["recording"]) if c["recording"] else None)  # type: ignore[arg-type]
+                    recording=_address(c["recording"]))
         for p in c["parties"]:
             party = _unparty(p, call.call_id, sealer)
             call.parties[party.tag] = party

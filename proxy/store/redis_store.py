@@ -71,7 +71,7 @@ class RedisStore:
 
     async def replace(self, node: str, records: Mapping[str, bytes]) -> None:
         try:
-            known = {m.decode() for m in await self._redis.smembers(node_key(node))}
+            known = {_text(m) for m in await self._redis.smembers(node_key(node))}
         except (RedisError, OSError) as exc:
             raise StoreError(f"redis: {type(exc).__name__}: {exc}") from exc
         self.ops += 1
@@ -79,12 +79,12 @@ class RedisStore:
 
     async def load(self, node: str) -> dict[str, bytes]:
         try:
-            ids = sorted(m.decode() for m in await self._redis.smembers(node_key(node)))
+            ids = sorted(_text(m) for m in await self._redis.smembers(node_key(node)))
             values = await self._redis.mget([call_key(c) for c in ids]) if ids else []
         except (RedisError, OSError) as exc:
             raise StoreError(f"redis: {type(exc).__name__}: {exc}") from exc
         self.ops += 2
-        return {c: v for c, v in zip(ids, values, strict=True) if v is not None}
+        return {c: _bytes(v) for c, v in zip(ids, values, strict=True) if v is not None}
 
     async def owners(self) -> dict[str, str]:
         try:
@@ -92,7 +92,7 @@ class RedisStore:
         except (RedisError, OSError) as exc:
             raise StoreError(f"redis: {type(exc).__name__}: {exc}") from exc
         self.ops += 1
-        return {k.decode(): v.decode() for k, v in found.items()}
+        return {_text(k): _text(v) for k, v in found.items()}
 
     async def announce(self, node: str, api_url: str) -> None:
         try:
@@ -107,7 +107,7 @@ class RedisStore:
         except (RedisError, OSError) as exc:
             raise StoreError(f"redis: {type(exc).__name__}: {exc}") from exc
         self.ops += 1
-        return {k.decode(): v.decode() for k, v in found.items()}
+        return {_text(k): _text(v) for k, v in found.items()}
 
     async def ping(self) -> None:
         try:
@@ -127,3 +127,12 @@ class RedisStore:
         finally:
             await pipe.reset()
         self.ops += commands
+
+
+def _text(value: bytes | str) -> str:
+    """The client returns bytes (``decode_responses=False``); its types say bytes or str."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()

@@ -13,7 +13,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import websockets
 
+from proxy.api.app import WS_SUBPROTOCOL
 from proxy.demo.multimon import multimon_detect
 from proxy.demo.phone import Received, RtpPeer
 from proxy.demo.sdp_builder import audio_sdp, media_endpoint
@@ -139,6 +141,10 @@ async def test_kill_9_mid_payment_then_restart_restores_call_media_masking_and_p
                 assert p["status"] == "capturing" and p["error"] == "node-restarted"
                 assert p["current_field"] == "payment-card-number"
                 assert p["fields"]["payment-card-number"] == ""  # nothing before the crash
+                # The agent's WebSocket (reconnected to the new process) follows the payment.
+                ws_url = node.api.replace("http", "ws") + "/v1/events"
+                events = await websockets.connect(
+                    ws_url, subprotocols=[WS_SUBPROTOCOL, c.keys["alice"]])
                 keyed_from = loop.time()
                 await talker.say(card_audio(PAN + EXPIRY + CODE))
 
@@ -149,6 +155,14 @@ async def test_kill_9_mid_payment_then_restart_restores_call_media_masking_and_p
                 payment = await _until(finished, 20, "the resumed payment finishes")
             assert payment["status"] == "complete", payment
             assert payment["token"] and payment["last4"] == "1111"
+            seen = []
+            async with asyncio.timeout(10):
+                while "result" not in seen:
+                    event = json.loads(await events.recv())
+                    assert event["sid"] == sid and PAN not in json.dumps(event)
+                    seen.append(event["type"])
+            await events.close()
+            assert "field-complete" in seen and seen[-1] == "result"
 
             # The agent heard the caller after the restart, and no digit in it.
             await asyncio.sleep(0.2)
