@@ -16,6 +16,8 @@ import pytest
 import websockets
 
 from proxy.api.app import WS_SUBPROTOCOL
+from proxy.control import sdes
+from proxy.control.sdp import parse as parse_sdp
 from proxy.demo.multimon import multimon_detect
 from proxy.demo.phone import Received, RtpPeer
 from proxy.demo.sdp_builder import audio_sdp, media_endpoint
@@ -195,3 +197,57 @@ async def test_kill_9_mid_payment_then_restart_restores_call_media_masking_and_p
 
 async def _async(value: bool) -> bool:
     return value
+
+
+async def test_kill_9_restart_keeps_an_sdes_srtp_call_decrypting_both_ways(
+        tmp_path: Path, redis_server: RedisServer, store_key: Path,
+        media_ports: tuple[int, int]) -> None:
+    """The caller's leg is SDES-SRTP: after the restart the node decrypts what the caller
+    sends with the caller's key and encrypts toward it with the key it advertised before the
+    crash (both only ever in Redis sealed)."""
+    caller_key = sdes.generate("AES_CM_128_HMAC_SHA1_80", 1)
+    async with cluster(tmp_path, store_key) as c:
+        node = c.node("node-s", store_url=redis_server.url, media_ports=media_ports)
+        await node.start()
+        await node.ready()
+        caller = await RtpPeer(seed=1, srtp_send=caller_key.params).start()
+        agent = await RtpPeer(seed=2).start()
+        transport, ng = await _ng(node.ng)
+        talkers: list[Talker] = []
+        try:
+            offer = await ng.request(transport, {
+                "command": "offer", "call-id": "srtp-1", "from-tag": "ft", "label": "customer",
+                "transport-protocol": "RTP/AVP",
+                "sdp": audio_sdp("127.0.0.1", caller.port, proto="RTP/SAVP",
+                                 crypto=[caller_key])})
+            answer = await ng.request(transport, {
+                "command": "answer", "call-id": "srtp-1", "from-tag": "ft", "to-tag": "tt",
+                "label": "agent", "sdp": audio_sdp("127.0.0.1", agent.port)})
+            ours = sdes.offered(parse_sdp(answer["sdp"]).media[0].attributes("crypto"))
+            assert ours and ours[0].params.key_salt != caller_key.params.key_salt
+            caller.set_srtp_recv(ours[0].params)
+            talkers = [Talker(caller, media_endpoint(answer["sdp"])).start(),
+                       Talker(agent, media_endpoint(offer["sdp"])).start()]
+            await agent.wait_for(10)
+            await caller.wait_for(10)
+
+            loop = asyncio.get_running_loop()
+            killed = loop.time()
+            node.kill9()
+            assert node.proc is not None
+            await node.proc.wait()
+            await node.start()
+            await node.ready()
+            for phone in (agent, caller):
+                async with asyncio.timeout(10):
+                    while sum(1 for t, _ in phone.received.packets if t > killed) < 25:
+                        await asyncio.sleep(0.1)
+            assert caller.received.errors == 0  # every packet toward it decrypted
+            stats = await ng.request(transport, {"command": "query", "call-id": "srtp-1"})
+            assert set(stats["tags"]) == {"ft", "tt"}
+        finally:
+            for talker in talkers:
+                await talker.stop()
+            transport.close()
+            caller.close()
+            agent.close()
