@@ -21,7 +21,8 @@ from tests.proxy.store.conftest import RedisServer
 from tests.proxy.store.nodes import NodeProcess, Talker, cluster
 from tests.proxy.store.test_restart import _ng, _until
 
-pytestmark = pytest.mark.skipif(not shutil.which("multimon-ng"), reason="needs multimon-ng")
+pytestmark = [pytest.mark.peer,
+              pytest.mark.skipif(not shutil.which("multimon-ng"), reason="needs multimon-ng")]
 
 
 async def _call(node: NodeProcess, call_id: str, caller: RtpPeer, agent: RtpPeer

@@ -30,7 +30,8 @@ from tests.proxy.store.nodes import Talker, cluster
 PAN, EXPIRY, CODE = "4111111111111111", "1230", "737"
 TEST_PANS = ("4111111111111111", "5555555555554444", "378282246310005")
 
-pytestmark = pytest.mark.skipif(not shutil.which("multimon-ng"), reason="needs multimon-ng")
+pytestmark = [pytest.mark.peer,
+              pytest.mark.skipif(not shutil.which("multimon-ng"), reason="needs multimon-ng")]
 
 
 async def _ng(ng: tuple[str, int]) -> tuple[asyncio.DatagramTransport, NgClient]:
