@@ -12,7 +12,6 @@ from math import gcd
 
 import numpy as np
 import numpy.typing as npt
-from scipy.signal import resample_poly
 
 
 class StreamResampler:
@@ -48,6 +47,10 @@ class StreamResampler:
         if ready <= 0:
             return np.zeros((buf.shape[0], 0))
         stop = min(buf.shape[1], start + ready + (0 if final else ctx))
+        # Imported here: scipy.signal costs ~1.5 s CPU to import, and every `toneguard`
+        # command (serve too, whose restart gap it lengthened) imports this module via scan.
+        from scipy.signal import resample_poly
+
         out = resample_poly(buf[:, :stop], self.up, self.down, axis=1)
         first = start * self.up // self.down
         count = -(-ready * self.up // self.down) if final else ready * self.up // self.down

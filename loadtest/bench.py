@@ -13,6 +13,7 @@ BENCHMARKS: dict[str, str] = {
     "dtmf": "loadtest.bench_dtmf",  # detector: real-time channels per core vs a naive loop
     "relay": "loadtest.bench_relay",  # media relay: packets/s and CPU vs rtpengine
     "masking": "loadtest.bench_masking",  # always-on masking cost vs passthrough
+    "restart": "loadtest.bench_restart",  # media gap after kill -9 + restart, Redis ops/call
 }
 
 

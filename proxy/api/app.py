@@ -178,8 +178,11 @@ def create_app(manager: PaymentManager, agents: AgentDirectory,
         """Readiness: the ng socket, the media engine and its workers are up and the node is
         not stopping; otherwise 503 naming what is not (no key, no call data)."""
         problems = readiness() if readiness is not None else []
-        return JSONResponse({"status": "ready" if not problems else "not ready",
-                             "problems": problems}, status_code=503 if problems else 200)
+        # "degraded: ..." (the shared store is down) is reported but still ready: calls work.
+        blocking = [p for p in problems if not p.startswith("degraded")]
+        status = "not ready" if blocking else "degraded" if problems else "ready"
+        return JSONResponse({"status": status, "problems": problems},
+                            status_code=503 if blocking else 200)
 
     @app.get("/metrics", response_class=PlainTextResponse, include_in_schema=False)
     async def metrics(request: Request,

@@ -167,6 +167,8 @@ class CallRegistry:
         self._by_stream: dict[str, tuple[str, str]] = {}  # stream id → (call id, tag)
         self.counters = CallCounters()
         self._idle: list[str] = []
+        # Told the id of a call whose state changed (proxy.store writes it later, off this path).
+        self.on_state: Callable[[str], None] | None = None
         engine.subscribe(self._on_media_event)
 
     @property
@@ -180,6 +182,14 @@ class CallRegistry:
         return await self.dispatch(parse_request(ng.normalise(body)))
 
     async def dispatch(self, request: Request) -> dict[str, Any]:
+        try:
+            return await self._dispatch(request)
+        finally:
+            if self.on_state is not None and isinstance(
+                    request, NegotiateRequest | DeleteRequest | DtmfRequest):
+                self.on_state(request.call_id)
+
+    async def _dispatch(self, request: Request) -> dict[str, Any]:
         match request:
             case PingRequest():
                 return {"result": "pong"}
@@ -448,6 +458,8 @@ class CallRegistry:
                 self._by_stream.pop(m.stream_id, None)
         if self.calls.pop(call.call_id, None) is not None and self._on_call is not None:
             self._on_call(call.call_id, False)
+        if self.on_state is not None:
+            self.on_state(call.call_id)
 
     async def query(self, req: QueryRequest) -> dict[str, Any]:
         return await self._query_reply(self._call(req.call_id))
@@ -562,6 +574,34 @@ class CallRegistry:
     async def close(self) -> None:
         for call in list(self.calls.values()):
             await self._drop(call)
+
+    async def adopt(self, call: Call) -> None:
+        """Take over a call restored from the shared store (a restart): bind each stream's
+        own port again, configure it as it was (masking included) and only then link the
+        parties, so nothing is relayed unmasked. A stream whose port cannot be bound fails the
+        whole call (released again) with a MediaError."""
+        streams = [m for p in call.parties.values() for m in p.medias]
+        try:
+            for m in streams:
+                await self._engine.allocate(m.stream_id, call.call_id,
+                                            rtcp_mux=m.local.rtcp_port == m.local.rtp_port,
+                                            port=m.local.rtp_port)
+                await self._engine.configure(m.stream_id, m.config)
+            parties = list(call.parties.values())
+            if len(parties) == 2:
+                a, b = parties
+                for ma, mb in zip(a.medias, b.medias, strict=False):
+                    await self._engine.link(ma.stream_id, mb.stream_id)
+        except MediaError:
+            for m in streams:
+                await self._engine.release(m.stream_id)
+            raise
+        self.calls[call.call_id] = call
+        for party in call.parties.values():
+            for m in party.medias:
+                self._by_stream[m.stream_id] = (call.call_id, party.tag)
+        if self._on_call is not None:
+            self._on_call(call.call_id, True)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

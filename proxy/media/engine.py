@@ -319,10 +319,11 @@ class LocalMediaEngine:
 
     # --- streams ---------------------------------------------------------------------------
 
-    async def allocate(self, stream_id: str, call_id: str, *, rtcp_mux: bool) -> LocalEndpoint:
+    async def allocate(self, stream_id: str, call_id: str, *, rtcp_mux: bool,
+                       port: int | None = None) -> LocalEndpoint:
         if stream_id in self._streams:
             return self._streams[stream_id].local
-        rtp_sock, rtcp_sock, port = self._bind_pair(rtcp_mux)
+        rtp_sock, rtcp_sock, port = self._bind_pair(rtcp_mux, port)
         rtp = _Socket(rtp_sock, self._poller, self._on_rtp)
         rtcp = _Socket(rtcp_sock, self._poller, self._on_rtcp) if rtcp_sock is not None else None
         local = LocalEndpoint(self._address, port, port if rtcp_mux else port + 1)
@@ -353,8 +354,15 @@ class LocalMediaEngine:
         for i in range(slots):
             yield self._port_min + 2 * ((start + i * step) % slots)
 
-    def _bind_pair(self, rtcp_mux: bool) -> tuple[socket.socket, socket.socket | None, int]:
-        for port in self._port_order():
+    def _bind_pair(self, rtcp_mux: bool, wanted: int | None = None
+                   ) -> tuple[socket.socket, socket.socket | None, int]:
+        """A free port (pair) of the range; ``wanted``: that port or none (a call restored
+        after a restart keeps the ports its parties were told)."""
+        if wanted is not None and not (self._port_min <= wanted < self._port_max
+                                       and wanted % 2 == 0):
+            raise PortsExhaustedError(f"port {wanted} is not an even port of "
+                                      f"{self._port_min}-{self._port_max}")
+        for port in self._port_order() if wanted is None else (wanted,):
             socks: list[socket.socket] = []
             try:
                 for p in (port,) if rtcp_mux else (port, port + 1):
@@ -374,6 +382,8 @@ class LocalMediaEngine:
                         "holds up to three sockets)") from exc
                 continue
             return socks[0], (None if rtcp_mux else socks[1]), port
+        if wanted is not None:
+            raise PortsExhaustedError(f"port {wanted} (or {wanted + 1}) is taken")
         raise PortsExhaustedError(f"no free port pair in {self._port_min}-{self._port_max}")
 
     def _get(self, stream_id: str) -> _Stream:

@@ -50,12 +50,18 @@ class MemoryMediaEngine:
         for stream_id in list(self.streams):
             await self.release(stream_id)
 
-    async def allocate(self, stream_id: str, call_id: str, *, rtcp_mux: bool) -> LocalEndpoint:
+    async def allocate(self, stream_id: str, call_id: str, *, rtcp_mux: bool,
+                       port: int | None = None) -> LocalEndpoint:
         if stream_id in self.streams:
             return self.streams[stream_id].local
-        if not self._free:
+        if port is not None:
+            if port not in self._free:
+                raise PortsExhaustedError(f"port {port} is taken or outside the range")
+            self._free.remove(port)
+        elif not self._free:
             raise PortsExhaustedError("no free port pair in the memory engine's range")
-        port = self._free.pop()
+        else:
+            port = self._free.pop()
         local = LocalEndpoint(self._address, port, port if rtcp_mux else port + 1)
         self.streams[stream_id] = MemoryStream(stream_id, call_id, local,
                                                StreamConfig(rtcp_mux=rtcp_mux))

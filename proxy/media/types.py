@@ -220,8 +220,10 @@ class MediaEngine(Protocol):
 
     async def stop(self) -> None: ...
 
-    async def allocate(self, stream_id: str, call_id: str, *, rtcp_mux: bool) -> LocalEndpoint:
-        """Bind a port (pair) for a new stream; streams of one call share a worker."""
+    async def allocate(self, stream_id: str, call_id: str, *, rtcp_mux: bool,
+                       port: int | None = None) -> LocalEndpoint:
+        """Bind a port (pair) for a new stream; streams of one call share a worker. ``port``:
+        exactly that port (a call restored after a restart), else PortsExhaustedError."""
         ...
 
     async def configure(self, stream_id: str, config: StreamConfig) -> None: ...

@@ -277,10 +277,12 @@ class WorkerPoolEngine:
             raise UnknownStreamError(stream_id)
         return worker
 
-    async def allocate(self, stream_id: str, call_id: str, *, rtcp_mux: bool) -> LocalEndpoint:
+    async def allocate(self, stream_id: str, call_id: str, *, rtcp_mux: bool,
+                       port: int | None = None) -> LocalEndpoint:
+        # The same call id picks the same worker (and so the same port shard) after a restart.
         worker = self._workers[self.worker_for(call_id)]
         local: LocalEndpoint = await worker.call("allocate", stream_id, call_id,
-                                                 rtcp_mux=rtcp_mux)
+                                                 rtcp_mux=rtcp_mux, port=port)
         self._owner[stream_id] = worker
         return local
 

@@ -140,6 +140,9 @@ class PaymentManager:
         self._idempotency: dict[str, str] = {}  # Idempotency-Key → sid
         self._tasks: set[asyncio.Task[None]] = set()
         self._capture = _CaptureTracker(on_capture)
+        # Told the call id whenever an assignment or a payment's status/progress changes
+        # (proxy.store writes the metadata later; it never reads a digit).
+        self.on_state: Callable[[str], None] | None = None
         # One counter per outcome, named by its status value (metric names depend on them).
         self.counters = {"started": 0, **{s.value: 0 for s in PaymentStatus if s.terminal},
                          "gateway_errors": 0}
@@ -156,6 +159,7 @@ class PaymentManager:
                 info.agent_id = value.strip()
                 self.audit.record("call.assign", actor="ng", call_id=call_id,
                                   agent_id=info.agent_id)
+                self._state_changed(call_id)
 
     def call_ended(self, call_id: str) -> None:
         sid = self._active.get(call_id)
@@ -179,6 +183,7 @@ class PaymentManager:
             raise PaymentError("unknown call")
         info.agent_id = agent_id
         self.audit.record("call.assign", actor=actor, call_id=call_id, agent_id=agent_id)
+        self._state_changed(call_id)
         return info
 
     # --- sessions --------------------------------------------------------------------------
@@ -302,6 +307,31 @@ class PaymentManager:
                 session.move(Trigger.CANCEL, "shutdown")
         self._active.clear()
 
+    def resume(self, call_id: str, sid: str, agent_id: str, fields: list[str]) -> PaymentSession:
+        """A payment that was open when this node stopped (restored from the shared store):
+        the same sid capturing again, nothing keyed before kept (digits are never stored), so
+        the caller keys again from the first field whose digits are gone — the card number.
+        Masking is on before it captures (the capture hook, as for any start)."""
+        if call_id not in self.calls:
+            raise PaymentError("unknown call")
+        settings = self.settings
+        if ("postal-code" in fields) != settings.require_postal_code:
+            settings = CaptureSettings(settings.inter_digit_timeout, settings.field_timeout,
+                                       settings.max_attempts, settings.accepted_brands,
+                                       "postal-code" in fields)
+        session = PaymentSession(sid, call_id, agent_id, settings, self._clock(),
+                                 observer=self._capture)
+        session.error = "node-restarted"  # what the agent is shown until the next change
+        self.sessions[sid] = session
+        self._active[call_id] = sid
+        self.audit.record("payment.resume", actor="restart", call_id=call_id, session_id=sid)
+        self._publish(session, "progress", error="node-restarted")
+        return session
+
+    def _state_changed(self, call_id: str) -> None:
+        if self.on_state is not None:
+            self.on_state(call_id)
+
     # --- internals -------------------------------------------------------------------------
 
     def _after_change(self, session: PaymentSession) -> None:
@@ -389,6 +419,7 @@ class PaymentManager:
             token=session.token,
             last4=session.last4 or session.final_last4)
         self.bus.publish(event)
+        self._state_changed(session.call_id)
         log.info("payment event", kind=kind, call_id=session.call_id, session_id=session.sid,
                  status=session.status.value, error=error)
 

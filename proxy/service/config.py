@@ -168,6 +168,29 @@ class GatewayConfig(_Section):
         return self
 
 
+class StoreConfig(_Section):
+    """Shared state (proxy/store): "" = this node alone, in memory, as before."""
+
+    url: str = ""  # redis://HOST:PORT/DB (or rediss://, unix://)
+    key_file: str = ""  # base64 AES key (16/24/32 bytes) the node set shares: seals SRTP keys
+    node_id: str = ""  # this node's name in the store ("" = its ng listen address)
+    api_url: str = ""  # where other nodes reach this node's API ("" = http://<api.listen>)
+    queue_limit: int = Field(10_000, ge=1, le=1_000_000)  # changed calls waiting to be written
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if v and not v.startswith(("redis://", "rediss://", "unix://", "memory://")):
+            raise ValueError(f"expected redis://HOST:PORT/DB, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _key(self) -> StoreConfig:
+        if self.url and not self.key_file:
+            raise ValueError("url needs key_file (SRTP keys are written sealed with it)")
+        return self
+
+
 class LoggingConfig(_Section):
     format: Literal["console", "json"] = "console"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -181,6 +204,7 @@ class Config(_Section):
     logging: LoggingConfig = LoggingConfig()
     securepay: SecurePayConfig = SecurePayConfig()
     gateway: GatewayConfig = GatewayConfig()
+    store: StoreConfig = StoreConfig()
 
 
 def default_text() -> str:

@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 
 from proxy.control.calls import CallCounters
 from proxy.media.types import MaskingCounters, MediaTotals, StreamCounters
+from proxy.store.sync import StateSync
 
 PREFIX = "toneguard"
 
@@ -40,6 +41,7 @@ class Readings:
     ng: Mapping[str, int]
     payments: Mapping[str, int]
     payments_active: int
+    store: StateSync | None = None  # the shared store's writer ([store] url), None = alone
 
 
 class Kind(enum.Enum):
@@ -104,6 +106,18 @@ METRICS: tuple[Metric, ...] = (
            lambda r: r.payments["cancelled"]),
     Metric(f"{PREFIX}_payments_gateway_errors", C, "gateway calls that failed (retryable)",
            lambda r: r.payments["gateway_errors"]),
+    Metric(f"{PREFIX}_store_degraded", G, "1 while the shared store is not being written",
+           lambda r: float(bool(r.store and r.store.degraded))),
+    Metric(f"{PREFIX}_store_pending", G, "changed calls waiting to be written to the store",
+           lambda r: r.store.pending if r.store else 0),
+    Metric(f"{PREFIX}_store_writes", C, "call records written to (or deleted from) the store",
+           lambda r: r.store.counters.writes if r.store else 0),
+    Metric(f"{PREFIX}_store_failures", C, "store write attempts that failed (retried)",
+           lambda r: r.store.counters.failures if r.store else 0),
+    Metric(f"{PREFIX}_store_resyncs", C, "full re-syncs of this node's calls after an outage",
+           lambda r: r.store.counters.resyncs if r.store else 0),
+    Metric(f"{PREFIX}_store_commands", C, "commands sent to the store",
+           lambda r: r.store.store.ops if r.store else 0),
     Metric(f"{PREFIX}_payments_active", G, "secure-pay sessions capturing or submitting now",
            lambda r: r.payments_active),
 )

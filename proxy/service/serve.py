@@ -48,6 +48,8 @@ from proxy.securepay.session import CaptureSettings
 from proxy.service.config import Config, ConfigError, load_config, parse_hostport
 from proxy.service.logging import configure_logging
 from proxy.service.metrics import Metrics, Readings
+from proxy.store.forward import ClusterRouter
+from proxy.store.node import NodeState, StoreConfigError
 
 log = structlog.get_logger("toneguard.serve")
 IDLE_REAP_SECONDS = 5.0
@@ -89,6 +91,8 @@ class Node:
     _last_totals: MediaTotals = field(default_factory=MediaTotals)  # refreshed each second
     _media_engines: int = 1  # worker processes (or 1 in process) that must answer
     _stopping: bool = False
+    state: NodeState | None = None  # the shared store ([store] url), None = alone
+    _router: ClusterRouter | None = None
 
     @classmethod
     async def start(cls, config: Config, *, agents: AgentDirectory | None = None,
@@ -156,6 +160,14 @@ class Node:
                    _media_engines=workers if isinstance(engine, WorkerPoolEngine) else 1)
         host, port = parse_hostport(config.ng.listen)
         try:
+            if config.store.url:  # before the ng socket: Kamailio's next command finds the call
+                try:
+                    node.state = await NodeState.open(
+                        url=config.store.url, key_file=config.store.key_file,
+                        node=config.store.node_id or config.ng.listen, registry=registry,
+                        payments=payments, limit=config.store.queue_limit)
+                except StoreConfigError as exc:
+                    raise ConfigError(str(exc)) from exc
             try:
                 node.ng_address = await server.start(host, port)
             except OSError as exc:
@@ -195,7 +207,12 @@ class Node:
                               key_lockout_failures=api.key_lockout_failures,
                               key_lockout_seconds=api.key_lockout_seconds)),
             readiness=self.readiness)
-        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None,
+        asgi: Any = app
+        if self.state is not None:  # calls of the other nodes: listed here, actions forwarded
+            asgi = self._router = ClusterRouter(app, node=self.state.node, store=self.state.store,
+                                 local=lambda call_id: call_id in self.registry.calls,
+                                 max_body=api.max_body_bytes)
+        server = uvicorn.Server(uvicorn.Config(asgi, host=host, port=port, log_config=None,
                                                access_log=False, lifespan="off",
                                                ws_max_size=api.max_body_bytes))
         self._api = server
@@ -209,6 +226,9 @@ class Node:
                 await asyncio.sleep(0.02)
         sock = server.servers[0].sockets[0].getsockname()
         self.api_address = (sock[0], sock[1])
+        if self.state is not None:
+            await self.state.announce(self.config.store.api_url
+                                      or f"http://{_url_host(sock[0])}:{sock[1]}")
 
     def readings(self) -> Readings:
         """What /metrics reports (media totals as of the last housekeeping second)."""
@@ -219,7 +239,8 @@ class Node:
             ng=dict(self.ng.counters),
             payments=dict(self.payments.counters),
             payments_active=sum(1 for s in self.payments.sessions.values()
-                                if not s.status.terminal))
+                                if not s.status.terminal),
+            store=self.state.sync if self.state is not None else None)
 
     async def _housekeeping(self) -> None:
         """Payment timeouts, media totals for /metrics, idle calls: once a second. One failing
@@ -251,6 +272,8 @@ class Node:
         if self._last_totals.workers < self._media_engines:
             problems.append(f"media engines answering: {self._last_totals.workers} of "
                             f"{self._media_engines}")
+        if self.state is not None:
+            problems += self.state.problems()  # "degraded: ...": calls still work (200)
         return problems
 
     async def stop(self) -> None:
@@ -261,12 +284,16 @@ class Node:
         if self._api is not None:
             self._api.should_exit = True
         await self.ng.stop()
+        if self.state is not None:  # first: the calls closed below stay in the store
+            await self.state.stop()
         for task in self._tasks:
             if task.get_name() != "api":
                 task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._router is not None:
+            await self._router.aclose()
         await self.payments.close()
         await self.registry.close()
         await self.engine.stop()
@@ -289,6 +316,10 @@ class BindError(OSError):
 
     def __str__(self) -> str:
         return str(self.strerror)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _tcp_listener(host: str, port: int) -> socket.socket:
@@ -359,6 +390,8 @@ def serve_command(
         help="Media worker processes (overrides media.workers; 0 = one per core).")] = None,
     log_format: Annotated[str | None, typer.Option(
         metavar="console|json", help="Log format (overrides logging.format).")] = None,
+    store: Annotated[str | None, typer.Option(
+        metavar="URL", help="Shared state, redis://HOST:PORT/DB (overrides store.url).")] = None,
 ) -> int:
     """Run the media relay: ng control socket (for Kamailio's rtpengine module) and media.
 
@@ -388,6 +421,8 @@ def serve_command(
         override("media", "workers", workers, "--workers")
     if log_format:
         override("logging", "format", log_format, "--log-format")
+    if store:
+        override("store", "url", store, "--store")
     try:
         config = load_config(config_file, overrides, flags)
     except ConfigError as exc:

@@ -1,0 +1,223 @@
+"""Restart without dropped calls, measured: `python -m loadtest.bench_restart [--calls N]`.
+
+A real redis-server and a `toneguard serve` process (its own port range) on loopback; N calls
+set up over ng as Kamailio would; one socket plays every caller (a 20 ms PCMU packet per call
+every 20 ms, one SSRC per call) and one socket is every agent. Then ``kill -9`` the node and
+start it again with the same config, and report per call the media gap (last packet the agent
+got before the kill → first after), the time from the new process's spawn to its first relayed
+packet and to ``/readyz``, and the node's own restore time (its log). Redis commands per call
+(setup and delete, from redis ``INFO``) and the CPU of writing one call record are printed too.
+Figures only: nothing is asserted (this machine is shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from proxy.demo.sdp_builder import audio_sdp, media_endpoint
+from proxy.demo.simulate import NgClient
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free(kind: int = socket.SOCK_DGRAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Agents(asyncio.DatagramProtocol):
+    """Every agent: arrival times per SSRC (one SSRC per call)."""
+
+    def __init__(self) -> None:
+        self.arrivals: dict[int, list[float]] = {}
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        if len(data) >= 12 and data[1] & 0x7F == 0:
+            ssrc = struct.unpack_from("!I", data, 8)[0]
+            self.arrivals.setdefault(ssrc, []).append(time.monotonic())
+
+
+async def _callers(sock: asyncio.DatagramTransport, dests: list[tuple[str, int]],
+                   stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    seq, start = 0, loop.time()
+    payload = b"\xff" * 160
+    while not stop.is_set():
+        for i, dest in enumerate(dests):
+            header = struct.pack("!BBHII", 0x80, 0, seq & 0xFFFF, seq * 160, 0x1000 + i)
+            sock.sendto(header + payload, dest)
+        seq += 1
+        await asyncio.sleep(max(0.0, start + seq * 0.02 - loop.time()))
+
+
+def _spawn(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "proxy", "serve", "-c", str(config)],
+                                cwd=config.parent, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+
+
+async def _ready(api: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    async with httpx.AsyncClient(timeout=2) as http, asyncio.timeout(timeout):
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError("toneguard serve exited")
+            try:
+                if (await http.get(f"{api}/readyz")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.05)
+
+
+def _redis_commands(port: int) -> int:
+    out = subprocess.run(["redis-cli", "-p", str(port), "INFO", "stats"], capture_output=True,
+                         text=True, check=True).stdout
+    line = next(x for x in out.splitlines() if x.startswith("total_commands_processed:"))
+    return int(line.split(":")[1])
+
+
+async def _record_cpu_us() -> tuple[float, int]:
+    """CPU µs to encode (seal keys, serialise) one SDES call's record, and its size."""
+    from proxy.control import sdes
+    from proxy.control.calls import CallRegistry
+    from proxy.media.memory import MemoryMediaEngine
+    from proxy.service.logging import configure_logging
+    from proxy.store.records import CallRecord, encode
+    from proxy.store.sealing import Sealer
+
+    configure_logging("console", "error")
+    registry = CallRegistry(MemoryMediaEngine(), address="127.0.0.1")
+    await registry.handle({"command": "offer", "call-id": "c", "from-tag": "f",
+                           "sdp": audio_sdp("127.0.0.1", 4000, proto="RTP/SAVP",
+                                            crypto=[sdes.generate(
+                                                "AES_CM_128_HMAC_SHA1_80")])})
+    await registry.handle({"command": "answer", "call-id": "c", "from-tag": "f",
+                           "to-tag": "t", "sdp": audio_sdp("127.0.0.1", 4002)})
+    record, sealer = CallRecord(registry.calls["c"], "n", "alice"), Sealer(os.urandom(32))
+    n = 2000
+    t = time.process_time()
+    for _ in range(n):
+        data = encode(record, sealer)
+    return (time.process_time() - t) / n * 1e6, len(data)
+
+
+async def run(calls: int, workdir: Path) -> None:
+    redis_port, ng_port, api_port = _free(socket.SOCK_STREAM), _free(), _free(socket.SOCK_STREAM)
+    redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+                              "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    key = workdir / "store.key"
+    key.write_text(base64.b64encode(os.urandom(32)).decode())
+    low = 50000 + (_free() % 50) * 100 // 2 * 2
+    config = workdir / "node.toml"
+    config.write_text(f"""[ng]\nlisten = "127.0.0.1:{ng_port}"\n
+[media]\nport_min = {low}\nport_max = {low + 4 * calls + 100}\n
+[api]\nlisten = "127.0.0.1:{api_port}"\n[logging]\nformat = "json"\n
+[store]\nurl = "redis://127.0.0.1:{redis_port}/0"\nkey_file = "{key}"\nnode_id = "bench"\n""")
+    log = workdir / "node.log"
+    api = f"http://127.0.0.1:{api_port}"
+    loop = asyncio.get_running_loop()
+    time.sleep(0.3)
+    proc = _spawn(config, log)
+    agents_t, agents = await loop.create_datagram_endpoint(Agents, local_addr=("127.0.0.1", 0))
+    agent_port = agents_t.get_extra_info("sockname")[1]
+    callers_t, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
+                                                       local_addr=("127.0.0.1", 0))
+    caller_port = callers_t.get_extra_info("sockname")[1]
+    ng_t, ng = await loop.create_datagram_endpoint(NgClient, remote_addr=("127.0.0.1", ng_port))
+    stop = asyncio.Event()
+    try:
+        await _ready(api, proc)
+        before = _redis_commands(redis_port)
+        dests = []
+        for i in range(calls):
+            await ng.request(ng_t, {"command": "offer", "call-id": f"bench-{i}",
+                                    "from-tag": "caller", "label": "customer",
+                                    "sdp": audio_sdp("127.0.0.1", caller_port)})
+            answer = await ng.request(ng_t, {"command": "answer", "call-id": f"bench-{i}",
+                                             "from-tag": "caller", "to-tag": "agent",
+                                             "label": "agent",
+                                             "sdp": audio_sdp("127.0.0.1", agent_port)})
+            dests.append(media_endpoint(answer["sdp"]))
+        await asyncio.sleep(1.0)  # the writer's batches
+        setup_ops = _redis_commands(redis_port) - before - 1  # less our own INFO
+        sender = asyncio.create_task(_callers(callers_t, dests, stop))
+        await asyncio.sleep(3.0)
+        flowing = sum(1 for s in range(calls) if agents.arrivals.get(0x1000 + s))
+
+        killed = time.monotonic()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        spawned = time.monotonic()
+        proc = _spawn(config, log)
+        await _ready(api, proc)
+        ready = time.monotonic()
+        async with asyncio.timeout(60):
+            while sum(1 for s in range(calls)
+                      if any(t > killed for t in agents.arrivals.get(0x1000 + s, []))) < calls:
+                await asyncio.sleep(0.05)
+        gaps, to_media = [], []
+        for s in range(calls):
+            times = agents.arrivals[0x1000 + s]
+            first_after = min(t for t in times if t > killed)
+            last_before = max(t for t in times if t <= killed)
+            gaps.append(first_after - last_before)
+            to_media.append(first_after - spawned)
+        stop.set()
+        await sender
+        before = _redis_commands(redis_port)
+        for i in range(calls):
+            await ng.request(ng_t, {"command": "delete", "call-id": f"bench-{i}"})
+        await asyncio.sleep(1.0)
+        delete_ops = _redis_commands(redis_port) - before - 1
+        restored_ms = [json.loads(line).get("ms") for line in log.read_text().splitlines()
+                       if "calls restored" in line]
+    finally:
+        stop.set()
+        for t in (agents_t, callers_t, ng_t):
+            t.close()
+        proc.terminate()
+        proc.wait()
+        redis.terminate()
+        redis.wait()
+    cpu_us, size = await _record_cpu_us()
+    q = statistics.quantiles
+    print(f"calls: {calls} (media flowing before the kill: {flowing})")
+    print(f"media gap across kill -9 + restart: median {statistics.median(gaps):.2f} s, "
+          f"p90 {q(gaps, n=10)[-1]:.2f} s, max {max(gaps):.2f} s")
+    print(f"new process spawn → first relayed packet: median {statistics.median(to_media):.2f} s"
+          f", max {max(to_media):.2f} s; spawn → /readyz {ready - spawned:.2f} s")
+    print(f"node's own restore of {calls} calls (load + bind + configure): "
+          f"{restored_ms[-1]} ms")
+    print(f"redis commands per call: setup (offer+answer) {setup_ops / calls:.1f}, "
+          f"delete {delete_ops / calls:.1f}")
+    print(f"record: {size} bytes, {cpu_us:.0f} µs CPU to build and seal (per write)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.bench_restart")
+    parser.add_argument("--calls", type=int, default=100)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(run(args.calls, Path(tmp)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

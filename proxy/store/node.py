@@ -1,0 +1,156 @@
+"""A node's side of the shared store: what it writes for each call, and its calls back at start.
+
+``NodeState.open`` (from ``toneguard serve`` when ``[store] url`` is set) loads the records
+this node owns, adopts each call (same ports, same keys, masking configured before the parties
+are linked), resumes open payments (masking on before capture), then hooks the call registry
+and the payment manager so every later change is written by :class:`proxy.store.sync.StateSync`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import structlog
+
+from proxy.control.calls import CallRegistry
+from proxy.media.types import MediaError
+from proxy.securepay.manager import PaymentError, PaymentManager
+from proxy.securepay.states import PaymentStatus
+from proxy.store.base import StateStore, StoreError
+from proxy.store.events import EventFanout
+from proxy.store.memory import MemoryStore
+from proxy.store.records import CallRecord, PaymentRecord, RecordError, decode, encode
+from proxy.store.redis_store import RedisStore
+from proxy.store.sealing import Sealer, SealError
+from proxy.store.sync import StateSync
+
+log = structlog.get_logger("toneguard.store")
+
+
+class StoreConfigError(ValueError):
+    """The store cannot be set up as configured (names the setting)."""
+
+
+def open_store(url: str) -> StateStore:
+    if not url or url == "memory://":
+        return MemoryStore()
+    return RedisStore(url)
+
+
+class NodeState:
+    def __init__(self, store: StateStore, sealer: Sealer, node: str, registry: CallRegistry,
+                 payments: PaymentManager, *, limit: int = 10_000) -> None:
+        self.store = store
+        self.node = node
+        self._sealer = sealer
+        self._registry = registry
+        self._payments = payments
+        self._last_sid: dict[str, str] = {}  # call id → its latest payment (kept once ended)
+        self.sync = StateSync(store, node, self.collect, lambda: list(registry.calls),
+                              limit=limit)
+        self.events: EventFanout | None = None
+        self.restored: list[str] = []
+        self.restore_seconds = 0.0
+
+    @classmethod
+    async def open(cls, *, url: str, key_file: str, node: str, registry: CallRegistry,
+                   payments: PaymentManager, limit: int = 10_000,
+                   store: StateStore | None = None) -> NodeState:
+        try:
+            sealer = Sealer.from_file(Path(key_file))
+        except OSError as exc:
+            raise StoreConfigError(f"store.key_file: cannot read {key_file}: "
+                                   f"{exc.strerror}") from exc
+        except SealError as exc:
+            raise StoreConfigError(f"store.key_file: {exc}") from exc
+        state = cls(store or open_store(url), sealer, node, registry, payments, limit=limit)
+        await state.restore()
+        registry.on_state = state.sync.mark
+        payments.on_state = state.sync.mark
+        state.sync.start()
+        if isinstance(state.store, RedisStore):  # several nodes: events fan out
+            state.events = EventFanout(state.store.client, state.store.url, node,
+                                        payments.bus)
+            state.events.start()
+        return state
+
+    def collect(self, call_id: str) -> bytes | None:
+        """The call's record as of now (None once the call is gone: its record is deleted)."""
+        call = self._registry.calls.get(call_id)
+        if call is None:
+            self._last_sid.pop(call_id, None)
+            return None
+        info = self._payments.calls.get(call_id)
+        active = self._payments._active.get(call_id)  # one dict read, no digits
+        if active is not None:
+            self._last_sid[call_id] = active
+        sid = self._last_sid.get(call_id)
+        session = self._payments.sessions.get(sid) if sid else None
+        record = CallRecord(call, self.node, info.agent_id if info else "",
+                            [PaymentRecord.of(session)] if session is not None else [])
+        return encode(record, self._sealer)
+
+    async def restore(self) -> bool:
+        """Adopt every call the store says this node owns. A call that cannot be restored
+        (unreadable, a port taken) is logged and its record deleted. A store that cannot be
+        read leaves the node degraded (calls it takes now work as usual) and this is tried
+        again when the store answers, before the re-sync (which would otherwise delete the
+        records of the calls not restored). False: the store could not be read."""
+        started = time.monotonic()
+        try:
+            records = await self.store.load(self.node)
+        except StoreError as exc:
+            log.error("store unreadable at start: calls not restored yet", reason=str(exc))
+            if self.sync.before_resync is None:
+                self.sync.before_resync = self.restore
+                self.sync.lost("unreadable at start")
+            return False
+        self.sync.before_resync = None
+        for call_id, data in records.items():
+            if call_id in self._registry.calls:
+                continue  # a late restore: Kamailio re-offered it meanwhile; ours is newer
+            try:
+                record = decode(data, self._sealer)
+                await self._registry.adopt(record.call)
+            except (RecordError, SealError, MediaError) as exc:
+                log.error("call not restored", call_id=call_id, reason=str(exc))
+                self.sync.mark(call_id)  # not in the registry: its record is deleted
+                continue
+            self._restore_payments(record)
+            self.restored.append(call_id)
+        self.restore_seconds = time.monotonic() - started
+        log.info("calls restored from the store", calls=len(self.restored),
+                 failed=len(records) - len(self.restored),
+                 ms=round(self.restore_seconds * 1000, 1))
+        return True
+
+    def _restore_payments(self, record: CallRecord) -> None:
+        call_id = record.call.call_id
+        if record.agent_id and self._payments.owner(call_id) != record.agent_id:
+            self._payments.assign(call_id, record.agent_id, "restart")
+        for p in record.payments:
+            if PaymentStatus(p.status).terminal:
+                continue
+            try:
+                self._payments.resume(call_id, p.sid, p.agent_id, p.fields)
+            except PaymentError as exc:
+                log.error("payment not resumed", call_id=call_id, session_id=p.sid,
+                          reason=type(exc).__name__)
+
+    async def announce(self, api_url: str) -> None:
+        """Where this node's API answers, for the other nodes' forwarding (best effort)."""
+        try:
+            await self.store.announce(self.node, api_url)
+        except StoreError as exc:
+            log.warning("could not announce this node's API", reason=str(exc))
+
+    def problems(self) -> list[str]:
+        return self.sync.problems()
+
+    async def stop(self) -> None:
+        self._registry.on_state = None
+        self._payments.on_state = None
+        if self.events is not None:
+            await self.events.stop()
+        await self.sync.stop()

@@ -1,0 +1,185 @@
+"""What is written about a call, and back: one JSON record per call.
+
+Written: the call's restorable state (parties, streams, local ports, SDP endpoints, codecs,
+masking policy and ``block DTMF`` decisions, SRTP keys *sealed*), its agent assignment, and its
+payments' metadata (status, the field being keyed, the masked values the agent is shown,
+brand, token). Never written: a digit being keyed, a card number, a security code — a
+:class:`~proxy.securepay.session.PaymentSession`'s buffers are not read here at all, only
+``masked()``, which is what the agent sees anyway.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from proxy.control.calls import Call, Media, Party
+from proxy.control.keying import SdesLeg
+from proxy.control.sdes import CryptoAttribute
+from proxy.media.policy import DtmfSecurityMode, MaskingPolicy
+from proxy.media.types import LocalEndpoint, SrtpParams, StreamConfig
+from proxy.securepay.session import PaymentSession
+from proxy.store.sealing import Sealer, SealError
+
+VERSION = 1
+
+
+class RecordError(ValueError):
+    """A record this version cannot read (says which call, never a key)."""
+
+
+@dataclass
+class PaymentRecord:
+    """A payment as the store keeps it: no digits."""
+
+    sid: str
+    agent_id: str
+    status: str
+    current: str  # the field being keyed ("" = none)
+    fields: list[str]  # the fields this payment asks for, in order
+    masked: dict[str, str] = field(default_factory=dict)
+    brand: str = ""
+    token: str = ""
+    error: str = ""
+
+    @classmethod
+    def of(cls, session: PaymentSession) -> PaymentRecord:
+        return cls(session.sid, session.agent_id, session.status.value, session.current or "",
+                   list(session.fields), session.masked(),
+                   session.brand or session.final_brand, session.token, session.error)
+
+
+@dataclass
+class CallRecord:
+    call: Call
+    node: str
+    agent_id: str = ""
+    payments: list[PaymentRecord] = field(default_factory=list)
+
+
+def encode(record: CallRecord, sealer: Sealer) -> bytes:
+    call = record.call
+    body = {
+        "v": VERSION, "node": record.node, "agent_id": record.agent_id,
+        "payments": [vars(p) for p in record.payments],
+        "call": {
+            "call_id": call.call_id, "created": call.created, "last_signal": call.last_signal,
+            "metadata": call.metadata, "caller": call.caller,
+            "recording": list(call.recording) if call.recording else None,
+            "parties": [_party(p, call.call_id, sealer) for p in call.parties.values()],
+        },
+    }
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode(data: bytes, sealer: Sealer) -> CallRecord:
+    try:
+        body = json.loads(data)
+        if body.get("v") != VERSION:
+            raise RecordError(f"record version {body.get('v')!r}, expected {VERSION}")
+        c = body["call"]
+        call = Call(c["call_id"], c["created"], c["last_signal"], metadata=c["metadata"],
+                    caller=c["caller"],
+                    recording=_address(c["recording"]))
+        for p in c["parties"]:
+            party = _unparty(p, call.call_id, sealer)
+            call.parties[party.tag] = party
+        return CallRecord(call, body["node"], body["agent_id"],
+                          [PaymentRecord(**p) for p in body["payments"]])
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, RecordError | SealError):  # already says what it is
+            raise
+        raise RecordError(f"unreadable call record: {type(exc).__name__}") from exc
+
+
+# --- parts -----------------------------------------------------------------------------------
+
+def _party(p: Party, call_id: str, sealer: Sealer) -> dict[str, Any]:
+    return {"tag": p.tag, "role": p.role, "created": p.created, "label": p.label,
+            "source_address": p.source_address,
+            "dtmf": _policy(p.dtmf), "medias": [_media(m, call_id, sealer) for m in p.medias]}
+
+
+def _unparty(d: dict[str, Any], call_id: str, sealer: Sealer) -> Party:
+    return Party(d["tag"], d["role"], d["created"], label=d["label"],
+                 source_address=d["source_address"], dtmf=_unpolicy(d["dtmf"]),
+                 medias=[_unmedia(m, call_id, sealer) for m in d["medias"]])
+
+
+def _media(m: Media, call_id: str, sealer: Sealer) -> dict[str, Any]:
+    c = m.config
+    return {
+        "index": m.index, "stream_id": m.stream_id, "kind": m.kind, "protocol": m.protocol,
+        "sdp_address": m.sdp_address,
+        "local": [m.local.address, m.local.rtp_port, m.local.rtcp_port],
+        "keys": {"suite": m.keys.suite,
+                 "ours": [{"tag": a.tag, "params": _seal(a.params, call_id, sealer)}
+                          for a in m.keys.ours.values()]},
+        "config": {
+            "peer": list(c.peer) if c.peer else None,
+            "rtcp_peer": list(c.rtcp_peer) if c.rtcp_peer else None,
+            "rtcp_mux": c.rtcp_mux, "symmetric": c.symmetric, "strict_source": c.strict_source,
+            "learn_any_source": c.learn_any_source, "media_handover": c.media_handover,
+            "learning_window": c.learning_window,
+            "srtp_recv": _seal(c.srtp_recv, call_id, sealer),
+            "srtp_send": _seal(c.srtp_send, call_id, sealer),
+            "codecs": {str(pt): name for pt, name in c.codecs.items()},
+            "masking": _policy(c.masking),
+            "recording": list(c.recording) if c.recording else None,
+            "label": c.label,
+        },
+    }
+
+
+def _unmedia(d: dict[str, Any], call_id: str, sealer: Sealer) -> Media:
+    c = d["config"]
+    config = StreamConfig(
+        peer=_address(c["peer"]), rtcp_peer=_address(c["rtcp_peer"]), rtcp_mux=c["rtcp_mux"],
+        symmetric=c["symmetric"], strict_source=c["strict_source"],
+        learn_any_source=c["learn_any_source"], media_handover=c["media_handover"],
+        learning_window=c["learning_window"],
+        srtp_recv=_unseal(c["srtp_recv"], call_id, sealer),
+        srtp_send=_unseal(c["srtp_send"], call_id, sealer),
+        codecs={int(pt): name for pt, name in c["codecs"].items()},
+        masking=_unpolicy(c["masking"]), recording=_address(c["recording"]), label=c["label"])
+    keys = SdesLeg(suite=d["keys"]["suite"])
+    for a in d["keys"]["ours"]:
+        params = _unseal(a["params"], call_id, sealer)
+        assert params is not None
+        keys.ours[params.suite] = CryptoAttribute(a["tag"], params.suite, params)
+    address, rtp, rtcp = d["local"]
+    return Media(d["index"], d["stream_id"], LocalEndpoint(address, rtp, rtcp), kind=d["kind"],
+                 protocol=d["protocol"], config=config, keys=keys,
+                 sdp_address=d["sdp_address"])
+
+
+def _address(value: list[Any] | None) -> tuple[str, int] | None:
+    return (str(value[0]), int(value[1])) if value else None
+
+
+def _seal(params: SrtpParams | None, call_id: str, sealer: Sealer) -> dict[str, str] | None:
+    if params is None:
+        return None
+    return {"suite": params.suite, "sealed": sealer.seal(params.key_salt, call_id)}
+
+
+def _unseal(d: dict[str, str] | None, call_id: str, sealer: Sealer) -> SrtpParams | None:
+    if d is None:
+        return None
+    return SrtpParams(d["suite"], sealer.open(d["sealed"], call_id))
+
+
+def _policy(p: MaskingPolicy | None) -> dict[str, Any] | None:
+    if p is None:
+        return None
+    return {"masked": p.masked, "mode": p.mode.value, "tone_frequency_hz": p.tone_frequency_hz,
+            "volume_dbm0": p.volume_dbm0, "digit": p.digit, "detect": p.detect}
+
+
+def _unpolicy(d: dict[str, Any] | None) -> MaskingPolicy | None:
+    if d is None:
+        return None
+    return MaskingPolicy(masked=d["masked"], mode=DtmfSecurityMode.parse(d["mode"]),
+                         tone_frequency_hz=d["tone_frequency_hz"],
+                         volume_dbm0=d["volume_dbm0"], digit=d["digit"], detect=d["detect"])
