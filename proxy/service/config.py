@@ -168,6 +168,13 @@ class GatewayConfig(_Section):
         return self
 
 
+class ServiceConfig(_Section):
+    # SIGTERM drains: new offers are refused the way Kamailio's rtpengine module moves on to
+    # another node, live calls run until they end or for this long, then the node stops.
+    # 0 = stop at once (live calls' media ends with the process).
+    drain_seconds: float = Field(900.0, ge=0, le=7 * 24 * 3600)
+
+
 class LoggingConfig(_Section):
     format: Literal["console", "json"] = "console"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -181,6 +188,7 @@ class Config(_Section):
     logging: LoggingConfig = LoggingConfig()
     securepay: SecurePayConfig = SecurePayConfig()
     gateway: GatewayConfig = GatewayConfig()
+    service: ServiceConfig = ServiceConfig()
 
 
 def default_text() -> str:

@@ -1,7 +1,20 @@
 """`toneguard serve`: the ng control socket, the media engine and (when configured) the API.
 
-Services start in order and stop in reverse on SIGTERM/SIGINT: the ng socket stops taking
-commands first, then calls are released, then the media engine stops.
+Services start in order and stop in reverse: the ng socket stops taking commands first, then
+calls are released, then the media engine stops.
+
+SIGTERM drains first (``service.drain_seconds``): offers for new calls are refused the way
+Kamailio's rtpengine module moves on to the next node of its set, while everything for live
+calls (answers, re-offers, block DTMF, deletes, pings, the API and payments) goes on; the node
+stops when the last call has gone or at the limit. SIGINT, or a second SIGTERM, stops at once.
+
+Why ``load limit``: the module (``rtpengine.c``, ``rtpp_function_call``) sends
+``supports: [load limit]`` with every command and, on a reply whose ``result`` is ``load
+limit``, queries the next node without marking this one disabled — so answers and deletes of
+the calls that stay here still reach it. For a client that does not say it supports that, the
+error reason ``Parallel session limit reached`` does the same in Kamailio (and is what
+rtpengine itself answers at its session limit). Not answering at all would be worse: the
+module would wait for its retransmissions to time out, then disable the node for every call.
 """
 
 from __future__ import annotations
@@ -15,6 +28,7 @@ import signal
 import socket
 import ssl
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +40,7 @@ import uvicorn
 
 from proxy.api.app import ApiSettings, create_app
 from proxy.api.auth import AgentDirectory, AgentsFileError, AuthSettings
+from proxy.control import ng
 from proxy.control.calls import (
     CallLimits,
     CallPolicy,
@@ -34,7 +49,14 @@ from proxy.control.calls import (
     LatchingDefaults,
 )
 from proxy.control.ng_server import NgServer
+from proxy.control.requests import (
+    DtmfRequest,
+    NegotiateRequest,
+    Request,
+    parse_request,
+)
 from proxy.media.engine import LocalMediaEngine
+from proxy.media.latency import NG_BUCKETS, Histogram, Recorder
 from proxy.media.masking import MaskingPipeline
 from proxy.media.pipeline import AudioPipeline
 from proxy.media.policy import DtmfSecurityMode, MaskingPolicy
@@ -51,6 +73,31 @@ from proxy.service.metrics import Metrics, Readings
 
 log = structlog.get_logger("toneguard.serve")
 IDLE_REAP_SECONDS = 5.0
+DRAIN_REPORT_SECONDS = 30.0  # while draining, "calls left" at least this often
+# The ng commands timed by name; anything else (unknown, unparsable) is timed as "other", so a
+# client cannot make up label values.
+NG_COMMANDS = ("ping", "offer", "answer", "delete", "query", "list", "statistics",
+               "block DTMF", "unblock DTMF")
+DRAINING_MESSAGE = "draining: this node takes no new calls"
+SESSION_LIMIT_REASON = "Parallel session limit reached"
+
+
+def refuse_new_call(request: NegotiateRequest) -> dict[str, Any]:
+    """The reply to an offer for a new call while draining: one that makes Kamailio's
+    rtpengine module try the next node of its set (see the module docstring)."""
+    if "load-limit" in request.supports:  # the ng key folding turns "load limit" into this
+        return {"result": "load limit", "message": DRAINING_MESSAGE}
+    return ng.error_reply(SESSION_LIMIT_REASON)
+
+
+def command_name(request: Request) -> str:
+    match request:
+        case NegotiateRequest():
+            return request.command
+        case DtmfRequest():
+            return "block DTMF" if request.block else "unblock DTMF"
+        case _:
+            return type(request).__name__.removesuffix("Request").lower()
 
 
 def call_policy(config: Config) -> CallPolicy:
@@ -89,6 +136,11 @@ class Node:
     _last_totals: MediaTotals = field(default_factory=MediaTotals)  # refreshed each second
     _media_engines: int = 1  # worker processes (or 1 in process) that must answer
     _stopping: bool = False
+    _draining: bool = False
+    _offers_refused: int = 0
+    _calls_changed: asyncio.Event = field(default_factory=asyncio.Event)  # a call came or went
+    _ng_time: dict[str, Recorder] = field(default_factory=lambda: {
+        name: Recorder(NG_BUCKETS) for name in (*NG_COMMANDS, "other")})
 
     @classmethod
     async def start(cls, config: Config, *, agents: AgentDirectory | None = None,
@@ -119,7 +171,10 @@ class Node:
             if on_digit is not None:
                 on_digit(call_id, tag, event)
 
+        calls_changed = asyncio.Event()
+
         def call_changed(call_id: str, alive: bool) -> None:
+            calls_changed.set()  # wakes a drain waiting for the last call
             if alive:
                 payments.call_started(call_id, registry.calls[call_id].metadata)
             else:
@@ -150,10 +205,16 @@ class Node:
                                                   config.ng.max_parties_per_call),
                                 latching=LatchingDefaults(media.learn_any_source,
                                                           media.learning_window_seconds))
-        server = NgServer(registry.handle, cache_ttl=config.ng.cookie_cache_seconds,
+        node: Node  # the ng handler below is the node's; it runs only once the node is up
+
+        async def handle_ng(body: dict[str, Any]) -> dict[str, Any]:
+            return await node.handle_ng(body)
+
+        server = NgServer(handle_ng, cache_ttl=config.ng.cookie_cache_seconds,
                           cache_bytes=config.ng.cookie_cache_bytes)
         node = cls(config, engine, registry, server, payments, _gateway=gateway,
-                   _media_engines=workers if isinstance(engine, WorkerPoolEngine) else 1)
+                   _media_engines=workers if isinstance(engine, WorkerPoolEngine) else 1,
+                   _calls_changed=calls_changed)
         host, port = parse_hostport(config.ng.listen)
         try:
             try:
@@ -210,6 +271,58 @@ class Node:
         sock = server.servers[0].sockets[0].getsockname()
         self.api_address = (sock[0], sock[1])
 
+    async def handle_ng(self, body: dict[str, Any]) -> dict[str, Any]:
+        """One ng message: parsed once, refused if it would start a call while draining, else
+        handled by the call registry; its handling time is recorded under its command."""
+        started = time.perf_counter()
+        name = "other"
+        try:
+            request = parse_request(ng.normalise(body))
+            name = command_name(request)
+            if (self._draining and isinstance(request, NegotiateRequest)
+                    and request.command == "offer" and request.call_id not in self.registry.calls):
+                self._offers_refused += 1
+                log.info("offer refused: draining", call_id=request.call_id[:80],
+                         from_tag=request.from_tag[:80])
+                return refuse_new_call(request)
+            return await self.registry.dispatch(request)
+        finally:
+            self._ng_time.get(name, self._ng_time["other"]).observe(
+                time.perf_counter() - started)
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    async def drain(self, limit: float | None = None) -> bool:
+        """Take no new calls; return once the last live call has gone (True) or after
+        ``limit`` seconds (``service.drain_seconds``) with calls still up (False)."""
+        limit = self.config.service.drain_seconds if limit is None else limit
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        deadline = began + limit
+        self._draining = True
+        log.info("drain started: new offers refused, live calls kept",
+                 calls=len(self.registry.calls), limit_seconds=limit)
+        reported, reported_at = len(self.registry.calls), began
+        while self.registry.calls:
+            now = loop.time()
+            if now >= deadline:
+                log.warning("drain limit reached: stopping with live calls",
+                            calls=len(self.registry.calls), limit_seconds=limit)
+                return False
+            left = len(self.registry.calls)
+            if left != reported or now - reported_at >= DRAIN_REPORT_SECONDS:
+                log.info("draining: calls left", calls=left,
+                         seconds_left=round(deadline - now))
+                reported, reported_at = left, now
+            self._calls_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(deadline - now, DRAIN_REPORT_SECONDS)):
+                    await self._calls_changed.wait()
+        log.info("drain done: no live calls", seconds=round(loop.time() - began, 1))
+        return True
+
     def readings(self) -> Readings:
         """What /metrics reports (media totals as of the last housekeeping second)."""
         return Readings(
@@ -219,7 +332,15 @@ class Node:
             ng=dict(self.ng.counters),
             payments=dict(self.payments.counters),
             payments_active=sum(1 for s in self.payments.sessions.values()
-                                if not s.status.terminal))
+                                if not s.status.terminal),
+            ng_seconds=self.ng_seconds(),
+            draining=self._draining,
+            offers_refused=self._offers_refused)
+
+    def ng_seconds(self) -> dict[str, Histogram]:
+        """ng handling time per command (commands never seen are left out)."""
+        snaps = {name: r.snapshot() for name, r in self._ng_time.items()}
+        return {name: h for name, h in snaps.items() if h.count}
 
     async def _housekeeping(self) -> None:
         """Payment timeouts, media totals for /metrics, idle calls: once a second. One failing
@@ -246,6 +367,8 @@ class Node:
         problems = []
         if self._stopping:
             problems.append("stopping")
+        elif self._draining:
+            problems.append("draining")
         if self.ng.transport is None or self.ng.transport.is_closing():
             problems.append("ng socket not open")
         if self._last_totals.workers < self._media_engines:
@@ -321,13 +444,26 @@ def load_agents(config: Config) -> AgentDirectory:
 
 
 async def run_until_signalled(node_factory: Callable[[], Awaitable[Node]]) -> None:
-    stop = asyncio.Event()
+    """Run a node until SIGINT (stop now) or SIGTERM (drain, then stop; a second signal
+    during the drain stops at once)."""
+    signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, signals.put_nowait, sig)
     node = await node_factory()
     try:
-        await stop.wait()
+        first = await signals.get()
+        if first is signal.SIGTERM and node.config.service.drain_seconds > 0:
+            drain = asyncio.create_task(node.drain(), name="drain")
+            second = asyncio.create_task(signals.get(), name="second signal")
+            await asyncio.wait((drain, second), return_when=asyncio.FIRST_COMPLETED)
+            if second.done() and not drain.done():
+                log.warning("signalled again while draining: stopping now",
+                            signal=second.result().name, calls=len(node.registry.calls))
+            for task in (drain, second):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
     finally:
         await node.stop()
 
