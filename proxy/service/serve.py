@@ -29,7 +29,7 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -256,9 +256,9 @@ class Node:
                               key_lockout_failures=api.key_lockout_failures,
                               key_lockout_seconds=api.key_lockout_seconds)),
             readiness=self.readiness)
-        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None,
-                                               access_log=False, lifespan="off",
-                                               ws_max_size=api.max_body_bytes))
+        server = _ApiServer(uvicorn.Config(app, host=host, port=port, log_config=None,
+                                           access_log=False, lifespan="off",
+                                           ws_max_size=api.max_body_bytes))
         self._api = server
         task = asyncio.create_task(server.serve(sockets=[listener]), name="api")
         self._tasks.append(task)
@@ -396,6 +396,16 @@ class Node:
         if self._gateway is not None:
             await self._gateway.close()
         log.info("toneguard node stopped")
+
+
+class _ApiServer(uvicorn.Server):
+    """uvicorn without its own signal handlers. Left in, uvicorn takes SIGTERM itself and shuts
+    the API down at once — during a drain the agents of the live calls still need the panel and
+    their payments — and re-raises the signal when it is done, which reads as a second one."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 class BindError(OSError):

