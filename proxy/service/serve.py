@@ -42,6 +42,7 @@ from proxy.api.app import ApiSettings, create_app
 from proxy.api.auth import AgentDirectory, AgentsFileError, AuthSettings
 from proxy.control import ng
 from proxy.control.calls import (
+    Call,
     CallLimits,
     CallPolicy,
     CallRegistry,
@@ -88,6 +89,15 @@ def refuse_new_call(request: NegotiateRequest) -> dict[str, Any]:
     if "load-limit" in request.supports:  # the ng key folding turns "load limit" into this
         return {"result": "load limit", "message": DRAINING_MESSAGE}
     return ng.error_reply(SESSION_LIMIT_REASON)
+
+
+def caller_address(call: Call, agent_labels: set[str]) -> str:
+    """What the agent panel shows as the caller when ng metadata names none (``caller=``): the
+    offering party's SIP source or media address, unless that party is the agent's side."""
+    party = call.party("offerer")
+    if party is None or party.label.lower() in agent_labels:
+        return ""
+    return party.source_address or next(iter(party.addresses), "")
 
 
 def command_name(request: Request) -> str:
@@ -173,10 +183,14 @@ class Node:
 
         calls_changed = asyncio.Event()
 
+        agent_labels = {label.lower() for label in config.masking.agent_labels}
+
         def call_changed(call_id: str, alive: bool) -> None:
             calls_changed.set()  # wakes a drain waiting for the last call
             if alive:
-                payments.call_started(call_id, registry.calls[call_id].metadata)
+                call = registry.calls[call_id]
+                payments.call_started(call_id, call.metadata,
+                                      caller=caller_address(call, agent_labels))
             else:
                 payments.call_ended(call_id)
 
