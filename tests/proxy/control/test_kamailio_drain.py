@@ -48,9 +48,10 @@ async def nodes(media_ports: tuple[int, int]) -> AsyncIterator[tuple[Node, Node]
     await b.stop()
 
 
-async def _place_call(workdir: Path, sip_port: int, name: str) -> tuple[int, str]:
+async def _place_call(workdir: Path, sip_port: int, name: str, node: Node) -> tuple[int, str]:
     """One sipp call from the carrier's address, playing G.711 audio; its exit code and
-    errors."""
+    errors. While it is up, ``node`` must show it with the caller Kamailio named in the
+    offer's metadata (``caller=$fU``: sipp's From user is "sipp")."""
     uac = await asyncio.create_subprocess_exec(
         "sipp", "-sn", "uac_pcap", f"127.0.0.1:{sip_port}", "-i", "127.0.0.2",
         "-p", str(pick_udp_port("127.0.0.2")), "-mi", "127.0.0.2",
@@ -59,7 +60,11 @@ async def _place_call(workdir: Path, sip_port: int, name: str) -> tuple[int, str
         cwd=workdir, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     try:
         async with asyncio.timeout(45):
+            while not node.payments.calls and uac.returncode is None:
+                await asyncio.sleep(0.05)
+            callers = [info.caller for info in node.payments.calls.values()]
             await uac.wait()
+        assert callers == ["sipp"], callers
         errors = (await uac.stderr.read()).decode() if uac.stderr else ""
         return uac.returncode or 0, errors
     finally:
@@ -95,7 +100,7 @@ async def test_a_draining_node_sends_kamailio_on_to_the_next_node_of_its_set(
         await wait_udp_bound("127.0.0.1", uas_port, timeout=20)
 
         # The control: with both nodes taking calls, the call goes to A.
-        code, errors = await _place_call(tmp_path, sip_port, "first")
+        code, errors = await _place_call(tmp_path, sip_port, "first", a)
         assert code == 0, errors or log_path.read_text()[-3000:]
         assert (a.registry.counters.created, b.registry.counters.created) == (1, 0)
         assert a.registry.calls == {}  # BYE deleted it
@@ -103,7 +108,7 @@ async def test_a_draining_node_sends_kamailio_on_to_the_next_node_of_its_set(
         assert await a.drain(limit=60)  # no live calls: done at once, and A stays draining
         assert a.draining
 
-        code, errors = await _place_call(tmp_path, sip_port, "second")
+        code, errors = await _place_call(tmp_path, sip_port, "second", b)
         assert code == 0, errors or log_path.read_text()[-3000:]
         assert a.readings().offers_refused == 1  # A was asked first and said "load limit" ...
         assert (a.registry.counters.created, b.registry.counters.created) == (1, 1)  # ... so B
