@@ -122,3 +122,51 @@ async def test_a_draining_node_sends_kamailio_on_to_the_next_node_of_its_set(
         for proc in (uas, kamailio):
             await stop(proc)
         log.close()
+
+
+async def test_a_call_no_node_takes_is_refused_not_relayed_around_the_media_relay(
+        media_ports: tuple[int, int], tmp_path: Path) -> None:
+    """Fail closed in the shipped kamailio.cfg: with its only node draining, Kamailio's offer
+    fails — and the INVITE must then be refused (503), not relayed with the phones' own
+    addresses (the media, the customer's keys included, would bypass masking)."""
+    node = await _node(media_ports, [])
+    sip_port, uas_port = pick_udp_port(), pick_udp_port()
+    cfg = KAMAILIO_CFG.read_text().replace(
+        "SIP_LISTEN udp:127.0.0.1:5060", f"SIP_LISTEN udp:127.0.0.1:{sip_port}").replace(
+        '"udp:127.0.0.1:2223"', f'"udp:127.0.0.1:{node.ng_address[1]}"').replace(
+        '"sip:127.0.0.1:5080"', f'"sip:127.0.0.1:{uas_port}"')
+    (tmp_path / "kamailio.cfg").write_text(cfg)
+    log_path = tmp_path / "kamailio.log"
+    log = log_path.open("wb")
+    kamailio = await asyncio.create_subprocess_exec(
+        "kamailio", "-f", str(tmp_path / "kamailio.cfg"), "-DD", "-E", "-w", str(tmp_path),
+        "-P", str(tmp_path / "kamailio.pid"), stdout=log, stderr=log)
+    uas = await asyncio.create_subprocess_exec(
+        "sipp", "-sn", "uas", "-i", "127.0.0.1", "-p", str(uas_port), "-m", "1", "-nostdin",
+        "-trace_msg", "-message_file", str(tmp_path / "uas.messages"),
+        cwd=tmp_path, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    uac = None
+    try:
+        await wait_udp_bound("127.0.0.1", sip_port, timeout=20)
+        await wait_udp_bound("127.0.0.1", uas_port, timeout=20)
+        assert await node.drain(limit=60)
+        uac = await asyncio.create_subprocess_exec(
+            "sipp", "-sn", "uac", f"127.0.0.1:{sip_port}", "-i", "127.0.0.2",
+            "-p", str(pick_udp_port("127.0.0.2")), "-m", "1", "-timeout", "20",
+            "-timeout_error", "-nostdin", "-trace_msg",
+            "-message_file", str(tmp_path / "uac.messages"),
+            cwd=tmp_path, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        async with asyncio.timeout(30):
+            await uac.wait()
+        assert uac.returncode != 0  # the call failed ...
+        messages = (tmp_path / "uac.messages").read_text()
+        assert "SIP/2.0 503 Media relay unavailable" in messages, messages[-2000:]  # ... so
+        assert node.readings().offers_refused == 1 and node.registry.counters.created == 0
+        uas_saw = tmp_path / "uas.messages"
+        assert not uas_saw.exists() or "INVITE sip:" not in uas_saw.read_text()  # never rang
+        assert "not relayed" in log_path.read_text()
+    finally:
+        for proc in (uac, uas, kamailio):
+            await stop(proc)
+        log.close()
+        await node.stop()
