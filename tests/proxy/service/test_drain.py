@@ -7,6 +7,7 @@ call still up; a second signal stops it at once. Loopback only, every wait bound
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import signal
@@ -23,6 +24,9 @@ from dsp import tones
 from proxy.demo.phone import RtpPeer
 from proxy.demo.sdp_builder import audio_sdp, media_endpoint
 from proxy.demo.simulate import NgClient
+from proxy.service.config import load_config
+from proxy.service.logging import configure_logging
+from proxy.service.serve import Node
 from tests.conftest import pick_tcp_port, pick_udp_port
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -274,3 +278,45 @@ async def test_sigint_stops_at_once_without_draining(
         caller.close()
         agent.close()
         await _kill(serving)
+
+
+async def test_drain_reports_the_calls_left_as_they_end(media_ports: tuple[int, int]) -> None:
+    """In process: two live calls; the drain logs each call that ends until none is left, and
+    stays refusing new calls meanwhile (the subprocess tests above cover the signals)."""
+    out = io.StringIO()
+    configure_logging("json", "info", stream=out)
+    config = load_config(overrides={
+        "ng": {"listen": f"127.0.0.1:{pick_udp_port()}"},
+        "media": {"port_min": media_ports[0], "port_max": media_ports[1]},
+        "service": {"drain_seconds": 60}})
+    node = await Node.start(config, api=False)
+    try:
+        for call_id, port in (("one", 41000), ("two", 41002)):
+            await node.handle_ng({"command": "offer", "call-id": call_id, "from-tag": "c",
+                                  "sdp": audio_sdp("127.0.0.1", port)})
+        drain = asyncio.create_task(node.drain())
+        async with asyncio.timeout(10):
+            while "drain started" not in out.getvalue():
+                await asyncio.sleep(0.01)
+        assert not drain.done()
+        refused = await node.handle_ng({"command": "offer", "call-id": "three", "from-tag": "x",
+                                        "sdp": audio_sdp("127.0.0.1", 41004)})
+        assert refused["error-reason"] == "Parallel session limit reached"
+        await node.handle_ng({"command": "delete", "call-id": "one"})
+        async with asyncio.timeout(10):
+            while "draining: calls left" not in out.getvalue():
+                await asyncio.sleep(0.01)
+        assert not drain.done()
+        await node.handle_ng({"command": "delete", "call-id": "two"})
+        async with asyncio.timeout(10):
+            assert await drain is True
+        lines = [json.loads(line) for line in out.getvalue().splitlines()
+                 if line.startswith("{")]
+        drain_lines = [(line["event"], line.get("calls")) for line in lines
+                       if str(line["event"]).startswith(("drain", "draining"))]
+        assert drain_lines == [("drain started: new offers refused, live calls kept", 2),
+                               ("draining: calls left", 1), ("drain done: no live calls", None)]
+        assert node.ng_seconds()["delete"].count == 2 and node.ng_seconds()["offer"].count == 3
+    finally:
+        configure_logging("console", "info")
+        await node.stop()
