@@ -7,14 +7,7 @@ SIGTERM drains first (``service.drain_seconds``): offers for new calls are refus
 Kamailio's rtpengine module moves on to the next node of its set, while everything for live
 calls (answers, re-offers, block DTMF, deletes, pings, the API and payments) goes on; the node
 stops when the last call has gone or at the limit. SIGINT, or a second SIGTERM, stops at once.
-
-Why ``load limit``: the module (``rtpengine.c``, ``rtpp_function_call``) sends
-``supports: [load limit]`` with every command and, on a reply whose ``result`` is ``load
-limit``, queries the next node without marking this one disabled — so answers and deletes of
-the calls that stay here still reach it. For a client that does not say it supports that, the
-error reason ``Parallel session limit reached`` does the same in Kamailio (and is what
-rtpengine itself answers at its session limit). Not answering at all would be worse: the
-module would wait for its retransmissions to time out, then disable the node for every call.
+What a draining node answers, and why: :mod:`proxy.service.drain`.
 """
 
 from __future__ import annotations
@@ -50,12 +43,7 @@ from proxy.control.calls import (
     LatchingDefaults,
 )
 from proxy.control.ng_server import NgServer
-from proxy.control.requests import (
-    DtmfRequest,
-    NegotiateRequest,
-    Request,
-    parse_request,
-)
+from proxy.control.requests import NegotiateRequest, parse_request
 from proxy.media.engine import LocalMediaEngine
 from proxy.media.latency import NG_BUCKETS, Histogram, Recorder
 from proxy.media.masking import MaskingPipeline
@@ -69,26 +57,13 @@ from proxy.securepay.gateway_client import GatewayClient
 from proxy.securepay.manager import PaymentManager
 from proxy.securepay.session import CaptureSettings
 from proxy.service.config import Config, ConfigError, load_config, parse_hostport
+from proxy.service.drain import NG_COMMANDS, command_name, refuse_new_call, starts_a_call
 from proxy.service.logging import configure_logging
 from proxy.service.metrics import Metrics, Readings
 
 log = structlog.get_logger("toneguard.serve")
 IDLE_REAP_SECONDS = 5.0
 DRAIN_REPORT_SECONDS = 30.0  # while draining, "calls left" at least this often
-# The ng commands timed by name; anything else (unknown, unparsable) is timed as "other", so a
-# client cannot make up label values.
-NG_COMMANDS = ("ping", "offer", "answer", "delete", "query", "list", "statistics",
-               "block DTMF", "unblock DTMF")
-DRAINING_MESSAGE = "draining: this node takes no new calls"
-SESSION_LIMIT_REASON = "Parallel session limit reached"
-
-
-def refuse_new_call(request: NegotiateRequest) -> dict[str, Any]:
-    """The reply to an offer for a new call while draining: one that makes Kamailio's
-    rtpengine module try the next node of its set (see the module docstring)."""
-    if "load-limit" in request.supports:  # the ng key folding turns "load limit" into this
-        return {"result": "load limit", "message": DRAINING_MESSAGE}
-    return ng.error_reply(SESSION_LIMIT_REASON)
 
 
 def caller_address(call: Call, agent_labels: set[str]) -> str:
@@ -98,16 +73,6 @@ def caller_address(call: Call, agent_labels: set[str]) -> str:
     if party is None or party.label.lower() in agent_labels:
         return ""
     return party.source_address or next(iter(party.addresses), "")
-
-
-def command_name(request: Request) -> str:
-    match request:
-        case NegotiateRequest():
-            return request.command
-        case DtmfRequest():
-            return "block DTMF" if request.block else "unblock DTMF"
-        case _:
-            return type(request).__name__.removesuffix("Request").lower()
 
 
 def call_policy(config: Config) -> CallPolicy:
@@ -294,7 +259,7 @@ class Node:
             request = parse_request(ng.normalise(body))
             name = command_name(request)
             if (self._draining and isinstance(request, NegotiateRequest)
-                    and request.command == "offer" and request.call_id not in self.registry.calls):
+                    and starts_a_call(request, self.registry.calls)):
                 self._offers_refused += 1
                 log.info("offer refused: draining", call_id=request.call_id[:80],
                          from_tag=request.from_tag[:80])
