@@ -36,7 +36,7 @@ from proxy.securepay.gateway_client import (
     GatewayUnavailableError,
     TokenResult,
 )
-from proxy.securepay.redaction import contains_pan
+from proxy.securepay.redaction import contains_pan, redact_text
 from proxy.securepay.session import CaptureSettings, PaymentSession
 from proxy.securepay.states import PaymentStatus, SessionError, Trigger
 
@@ -154,11 +154,13 @@ class PaymentManager:
         separated key=value pairs, as SIP proxies usually pass it), and name the caller
         shown to the agent: ``caller=<number>`` (else ``caller``, e.g. the SIP source)."""
         info = self.calls.setdefault(call_id, CallInfo(call_id, started_at=time.time()))
-        info.caller = info.caller or caller[:64]
+        # Redacted like the audit log: a SIP From user is the caller's to choose, and one that
+        # looks like a card number must not reach the agent as one.
+        info.caller = info.caller or redact_text(caller[:64])
         for item in metadata.replace("&", ";").split(";"):
             key, _, value = item.partition("=")
             if key.strip() == "caller" and value.strip():
-                info.caller = value.strip()[:64]
+                info.caller = redact_text(value.strip()[:64])
             if key.strip() == "agent" and value.strip():
                 info.agent_id = value.strip()
                 self.audit.record("call.assign", actor="ng", call_id=call_id,

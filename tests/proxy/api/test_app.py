@@ -129,6 +129,13 @@ def test_a_call_without_caller_metadata_shows_the_address_given() -> None:
     assert manager.calls["c1"].caller == "198.51.100.7" and manager.calls["c2"].caller == ""
 
 
+def test_a_caller_name_that_looks_like_a_card_number_is_masked() -> None:
+    manager = PaymentManager(None)
+    manager.call_started("c1", "caller=4111111111111111")  # a From user is the caller's choice
+    assert "4111111111111111" not in manager.calls["c1"].caller
+    assert manager.calls["c1"].caller == "[PAN redacted …1111]"
+
+
 def test_only_supervisors_and_admins_assign_calls(api: Api) -> None:
     r = api.client.post("/v1/calls/c-free/assign", json={"agent_id": "ann"}, headers=api.ann)
     assert r.status_code == 403
