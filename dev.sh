@@ -75,5 +75,5 @@ case "$cmd" in
             || "$VENV/bin/pip" install -q -e '.[test,mutate]'
         exec "$VENV/bin/python" scripts/mutate.py "$@" ;;
     *)
-        sed -n '2,8p' "$0"; exit 2 ;;
+        sed -n '2,9p' "$0"; exit 2 ;;
 esac

@@ -12,6 +12,7 @@ request bodies are limited before anything reads them (:class:`proxy.api.middlew
 import asyncio
 import base64
 import contextlib
+import datetime
 import hashlib
 import hmac
 import math
@@ -44,6 +45,7 @@ from proxy.api.middleware import (
 from proxy.api.models import Assign, Call, Payment, RequestedStatus, StartPayment, UpdatePayment
 from proxy.securepay.events import PaymentEvent
 from proxy.securepay.manager import (
+    CallInfo,
     CaptureRefused,
     PaymentConflict,
     PaymentError,
@@ -68,7 +70,15 @@ def payment_view(session: PaymentSession) -> Payment:
     return Payment(sid=session.sid, call_id=session.call_id, status=session.status,
                    current_field=session.current or "", fields=session.masked(),
                    brand=session.brand or session.final_brand, token=session.token,
-                   last4=session.last4 or session.final_last4, error=session.error)
+                   last4=session.last4 or session.final_last4, error=session.error,
+                   amount=session.amount, currency=session.currency)
+
+
+def call_view(info: CallInfo, active_sid: str = "") -> Call:
+    started = (datetime.datetime.fromtimestamp(info.started_at, datetime.UTC)
+               if info.started_at else None)
+    return Call(call_id=info.call_id, agent_id=info.agent_id, payment_sid=active_sid,
+                last_payment_sid=info.last_sid, caller=info.caller, started_at=started)
 
 
 def http_error(exc: PaymentError) -> HTTPException:
@@ -219,8 +229,7 @@ def create_app(manager: PaymentManager, agents: AgentDirectory,
     @app.get("/v1/calls")
     async def calls(who: Who) -> list[Call]:
         active = {s.call_id: s.sid for s in manager.sessions.values() if not s.status.terminal}
-        return [Call(call_id=c.call_id, agent_id=c.agent_id, payment_sid=active.get(c.call_id, ""))
-                for c in manager.calls.values()
+        return [call_view(c, active.get(c.call_id, "")) for c in manager.calls.values()
                 if who.at_least("supervisor") or c.agent_id == who.agent_id]
 
     @app.post("/v1/calls/{call_id}/assign")
@@ -234,7 +243,7 @@ def create_app(manager: PaymentManager, agents: AgentDirectory,
             info = manager.assign(call_id, body.agent_id, who.agent_id)
         except PaymentError as exc:
             raise HTTPException(404, str(exc)) from None
-        return Call(call_id=info.call_id, agent_id=info.agent_id)
+        return call_view(info)
 
     @app.post("/v1/calls/{call_id}/payments", status_code=201)
     async def start(call_id: str, body: StartPayment, who: Who,
@@ -244,7 +253,8 @@ def create_app(manager: PaymentManager, agents: AgentDirectory,
         try:
             session = manager.start(call_id, who.agent_id, require_postal_code=body.postal_code,
                                     accepted_brands=tuple(body.valid_card_types or ()),
-                                    idempotency_key=scoped(idempotency_key, who, call_id))
+                                    idempotency_key=scoped(idempotency_key, who, call_id),
+                                    amount=body.amount or "", currency=body.currency or "")
         except PaymentError as exc:
             raise http_error(exc) from exc
         return payment_view(session)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
@@ -44,12 +45,20 @@ class Payment(BaseModel):
     token: str
     last4: str
     error: str
+    amount: str = ""  # as the agent started it (shown and audited; the gateway charges nothing)
+    currency: str = ""
 
 
 class Call(BaseModel):
     call_id: str
     agent_id: str
-    payment_sid: str = ""
+    payment_sid: str = Field("", description="The payment in progress on this call, if any.")
+    last_payment_sid: str = Field(
+        "", description="The call's latest payment, ended or not (its result and token stay "
+                        "readable while the call lasts).")
+    caller: str = Field("", description="Who the agent is talking to: ng metadata caller=, "
+                                        "else the caller's address. Never card data.")
+    started_at: datetime | None = Field(None, description="When the call appeared (UTC).")
 
 
 class Assign(BaseModel):

@@ -52,6 +52,9 @@ class NegotiateRequest:
     metadata: str | None = None
     caller: CallerChoice | None = None  # ToneGuard's ``caller-*`` flag: whose DTMF is masked
     recording_tap: Address | None = None
+    # What the client understands in a reply (``supports``): Kamailio's rtpengine module sends
+    # ``load limit`` and then takes that result as "try the next node of the set".
+    supports: frozenset[str] = frozenset()
 
     @property
     def trust_address(self) -> bool:
@@ -179,6 +182,7 @@ def _negotiate(command: Literal["offer", "answer"], body: dict[str, Any]) -> Neg
         to_label=ng.get_str(body, "to-label"),
         metadata=body["metadata"] if isinstance(body.get("metadata"), str) else None,
         caller=caller, recording_tap=_hostport(ng.get_str(body, "recording-tap")),
+        supports=_flag_words(body, "supports"),
     )
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, fields
 import structlog
 
 from proxy.media.codecs import UNINSPECTABLE, PayloadKind, payload_kinds
+from proxy.media.latency import TICK_BUCKETS, Recorder
 from proxy.media.pipeline import AudioPipeline, PassthroughPipeline
 from proxy.media.policy import MaskingPolicy
 from proxy.media.rtp import RtpPacket, RtpParseError, is_rtcp, valid_rtcp, valid_rtcp_header
@@ -293,6 +294,7 @@ class LocalMediaEngine:
         self._ticker: asyncio.Task[None] | None = None
         self._next_idle_scan = 0.0  # scanned about once a second, not every tick
         self._released = StreamCounters()  # of the streams already released (for totals)
+        self._tick_time = Recorder(TICK_BUCKETS)  # how long each tick's work took
         self._started = False
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -464,6 +466,7 @@ class LocalMediaEngine:
         counts = {name: getattr(released, name) + sum(getattr(c, name) for c in live)
                   for name in _COUNTER_NAMES}
         return MediaTotals(**counts, masking=self._pipeline.counters(),
+                           tick_seconds=self._tick_time.snapshot(),
                            streams=len(self._streams), workers=1)
 
     # --- packet path -----------------------------------------------------------------------
@@ -719,10 +722,12 @@ class LocalMediaEngine:
                 next_at = loop.time()
                 delay = 0
             await asyncio.sleep(max(delay, 0.0))
+            started = time.perf_counter()
             try:
                 self.run_tick()
             except Exception:  # one bad tick must not stop the media plane
                 log.exception("media tick failed")
+            self._tick_time.observe(time.perf_counter() - started)
 
     def run_tick(self) -> None:
         """Send what the pipeline releases, publish its digits, report idle streams."""

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import Field, dataclass, field, fields
 from typing import Any, ClassVar, Literal, Protocol, Self
 
+from proxy.media.latency import TICK_BUCKETS, Histogram
 from proxy.media.policy import MaskingPolicy
 
 Address = tuple[str, int]
@@ -177,6 +178,9 @@ class MediaTotals(StreamCounters):
     and gauges, summed over workers with ``+``."""
 
     masking: MaskingCounters = field(default_factory=MaskingCounters)
+    # Time one media tick took (release held packets, decode, detect and mask every masked
+    # stream, send): measured once per tick, never per packet.
+    tick_seconds: Histogram = field(default_factory=lambda: Histogram.empty(TICK_BUCKETS))
     streams: int = 0  # gauge: streams allocated now
     workers: int = 0  # gauge: engines (worker processes, or 1 in process) that answered
 

@@ -36,7 +36,7 @@ from proxy.securepay.gateway_client import (
     GatewayUnavailableError,
     TokenResult,
 )
-from proxy.securepay.redaction import contains_pan
+from proxy.securepay.redaction import contains_pan, redact_text
 from proxy.securepay.session import CaptureSettings, PaymentSession
 from proxy.securepay.states import PaymentStatus, SessionError, Trigger
 
@@ -122,6 +122,9 @@ class CallInfo:
     call_id: str
     agent_id: str = ""  # "" = unassigned
     recent: str = field(default="", repr=False)  # last keys outside a payment (trigger only)
+    caller: str = ""  # who the agent is talking to: ng metadata ``caller=``, else an address
+    started_at: float = 0.0  # wall clock (Unix seconds) when the call appeared
+    last_sid: str = ""  # the call's latest payment, ended or not (the agent's receipt)
 
 
 class PaymentManager:
@@ -149,12 +152,18 @@ class PaymentManager:
 
     # --- calls -----------------------------------------------------------------------------
 
-    def call_started(self, call_id: str, metadata: str = "") -> None:
+    def call_started(self, call_id: str, metadata: str = "", caller: str = "") -> None:
         """A call appeared. ``metadata`` from ng may assign it: ``agent=<id>`` (``;``/``&``
-        separated key=value pairs, as SIP proxies usually pass it)."""
-        info = self.calls.setdefault(call_id, CallInfo(call_id))
+        separated key=value pairs, as SIP proxies usually pass it), and name the caller
+        shown to the agent: ``caller=<number>`` (else ``caller``, e.g. the SIP source)."""
+        info = self.calls.setdefault(call_id, CallInfo(call_id, started_at=time.time()))
+        # Redacted like the audit log: a SIP From user is the caller's to choose, and one that
+        # looks like a card number must not reach the agent as one.
+        info.caller = info.caller or redact_text(caller[:64])
         for item in metadata.replace("&", ";").split(";"):
             key, _, value = item.partition("=")
+            if key.strip() == "caller" and value.strip():
+                info.caller = redact_text(value.strip()[:64])
             if key.strip() == "agent" and value.strip():
                 info.agent_id = value.strip()
                 self.audit.record("call.assign", actor="ng", call_id=call_id,
@@ -190,7 +199,8 @@ class PaymentManager:
 
     def start(self, call_id: str, agent_id: str, *, require_postal_code: bool | None = None,
               accepted_brands: tuple[str, ...] | None = None,
-              idempotency_key: str | None = None) -> PaymentSession:
+              idempotency_key: str | None = None, amount: str = "",
+              currency: str = "") -> PaymentSession:
         if idempotency_key and (sid := self._idempotency.get(idempotency_key)) is not None:
             return self.sessions[sid]  # a retried request gets the payment it created
         if call_id not in self.calls:
@@ -208,12 +218,15 @@ class PaymentManager:
         # Raises CaptureRefused when masking cannot be switched on: then nothing is recorded.
         session = PaymentSession(sid, call_id, agent_id, settings, self._clock(),
                                  observer=self._capture)
+        session.amount, session.currency = amount, currency
         self.sessions[sid] = session
         self._active[call_id] = sid
+        self.calls[call_id].last_sid = sid
         if idempotency_key:
             self._idempotency[idempotency_key] = sid
         self.counters["started"] += 1
-        self.audit.record("payment.start", actor=agent_id, call_id=call_id, session_id=sid)
+        self.audit.record("payment.start", actor=agent_id, call_id=call_id, session_id=sid,
+                          **({"amount": amount, "currency": currency} if amount else {}))
         self._publish(session, "started")
         return session
 

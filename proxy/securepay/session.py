@@ -93,6 +93,8 @@ class PaymentSession:
         self.token = ""
         self.final_last4 = ""  # kept after the digits are wiped, for the agent's receipt
         self.final_brand = ""
+        self.amount = ""  # what the agent said the payment is for (shown, audited; no charge)
+        self.currency = ""
         self._final_masked: dict[str, str] | None = None
         self._today = today
         self._last_digit = now

@@ -191,6 +191,13 @@ class StoreConfig(_Section):
         return self
 
 
+class ServiceConfig(_Section):
+    # SIGTERM drains: new offers are refused the way Kamailio's rtpengine module moves on to
+    # another node, live calls run until they end or for this long, then the node stops.
+    # 0 = stop at once (live calls' media ends with the process).
+    drain_seconds: float = Field(900.0, ge=0, le=7 * 24 * 3600)
+
+
 class LoggingConfig(_Section):
     format: Literal["console", "json"] = "console"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -205,6 +212,7 @@ class Config(_Section):
     securepay: SecurePayConfig = SecurePayConfig()
     gateway: GatewayConfig = GatewayConfig()
     store: StoreConfig = StoreConfig()
+    service: ServiceConfig = ServiceConfig()
 
 
 def default_text() -> str:

@@ -1,7 +1,13 @@
 """`toneguard serve`: the ng control socket, the media engine and (when configured) the API.
 
-Services start in order and stop in reverse on SIGTERM/SIGINT: the ng socket stops taking
-commands first, then calls are released, then the media engine stops.
+Services start in order and stop in reverse: the ng socket stops taking commands first, then
+calls are released, then the media engine stops.
+
+SIGTERM drains first (``service.drain_seconds``): offers for new calls are refused the way
+Kamailio's rtpengine module moves on to the next node of its set, while everything for live
+calls (answers, re-offers, block DTMF, deletes, pings, the API and payments) goes on; the node
+stops when the last call has gone or at the limit. SIGINT, or a second SIGTERM, stops at once.
+What a draining node answers, and why: :mod:`proxy.service.drain`.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ import signal
 import socket
 import ssl
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,7 +33,9 @@ import uvicorn
 
 from proxy.api.app import ApiSettings, create_app
 from proxy.api.auth import AgentDirectory, AgentsFileError, AuthSettings
+from proxy.control import ng
 from proxy.control.calls import (
+    Call,
     CallLimits,
     CallPolicy,
     CallRegistry,
@@ -34,7 +43,9 @@ from proxy.control.calls import (
     LatchingDefaults,
 )
 from proxy.control.ng_server import NgServer
+from proxy.control.requests import NegotiateRequest, parse_request
 from proxy.media.engine import LocalMediaEngine
+from proxy.media.latency import NG_BUCKETS, Histogram, Recorder
 from proxy.media.masking import MaskingPipeline
 from proxy.media.pipeline import AudioPipeline
 from proxy.media.policy import DtmfSecurityMode, MaskingPolicy
@@ -46,6 +57,7 @@ from proxy.securepay.gateway_client import GatewayClient
 from proxy.securepay.manager import PaymentManager
 from proxy.securepay.session import CaptureSettings
 from proxy.service.config import Config, ConfigError, load_config, parse_hostport
+from proxy.service.drain import NG_COMMANDS, command_name, refuse_new_call, starts_a_call
 from proxy.service.logging import configure_logging
 from proxy.service.metrics import Metrics, Readings
 from proxy.store.forward import ClusterRouter
@@ -53,6 +65,16 @@ from proxy.store.node import NodeState, StoreConfigError
 
 log = structlog.get_logger("toneguard.serve")
 IDLE_REAP_SECONDS = 5.0
+DRAIN_REPORT_SECONDS = 30.0  # while draining, "calls left" at least this often
+
+
+def caller_address(call: Call, agent_labels: set[str]) -> str:
+    """What the agent panel shows as the caller when ng metadata names none (``caller=``): the
+    offering party's SIP source or media address, unless that party is the agent's side."""
+    party = call.party("offerer")
+    if party is None or party.label.lower() in agent_labels:
+        return ""
+    return party.source_address or next(iter(party.addresses), "")
 
 
 def call_policy(config: Config) -> CallPolicy:
@@ -93,6 +115,11 @@ class Node:
     _stopping: bool = False
     state: NodeState | None = None  # the shared store ([store] url), None = alone
     _router: ClusterRouter | None = None
+    _draining: bool = False
+    _offers_refused: int = 0
+    _calls_changed: asyncio.Event = field(default_factory=asyncio.Event)  # a call came or went
+    _ng_time: dict[str, Recorder] = field(default_factory=lambda: {
+        name: Recorder(NG_BUCKETS) for name in (*NG_COMMANDS, "other")})
 
     @classmethod
     async def start(cls, config: Config, *, agents: AgentDirectory | None = None,
@@ -123,9 +150,16 @@ class Node:
             if on_digit is not None:
                 on_digit(call_id, tag, event)
 
+        calls_changed = asyncio.Event()
+
+        agent_labels = {label.lower() for label in config.masking.agent_labels}
+
         def call_changed(call_id: str, alive: bool) -> None:
+            calls_changed.set()  # wakes a drain waiting for the last call
             if alive:
-                payments.call_started(call_id, registry.calls[call_id].metadata)
+                call = registry.calls[call_id]
+                payments.call_started(call_id, call.metadata,
+                                      caller=caller_address(call, agent_labels))
             else:
                 payments.call_ended(call_id)
 
@@ -154,10 +188,16 @@ class Node:
                                                   config.ng.max_parties_per_call),
                                 latching=LatchingDefaults(media.learn_any_source,
                                                           media.learning_window_seconds))
-        server = NgServer(registry.handle, cache_ttl=config.ng.cookie_cache_seconds,
+        node: Node  # the ng handler below is the node's; it runs only once the node is up
+
+        async def handle_ng(body: dict[str, Any]) -> dict[str, Any]:
+            return await node.handle_ng(body)
+
+        server = NgServer(handle_ng, cache_ttl=config.ng.cookie_cache_seconds,
                           cache_bytes=config.ng.cookie_cache_bytes)
         node = cls(config, engine, registry, server, payments, _gateway=gateway,
-                   _media_engines=workers if isinstance(engine, WorkerPoolEngine) else 1)
+                   _media_engines=workers if isinstance(engine, WorkerPoolEngine) else 1,
+                   _calls_changed=calls_changed)
         host, port = parse_hostport(config.ng.listen)
         try:
             if config.store.url:  # before the ng socket: Kamailio's next command finds the call
@@ -212,9 +252,9 @@ class Node:
             asgi = self._router = ClusterRouter(app, node=self.state.node, store=self.state.store,
                                  local=lambda call_id: call_id in self.registry.calls,
                                  max_body=api.max_body_bytes)
-        server = uvicorn.Server(uvicorn.Config(asgi, host=host, port=port, log_config=None,
-                                               access_log=False, lifespan="off",
-                                               ws_max_size=api.max_body_bytes))
+        server = _ApiServer(uvicorn.Config(asgi, host=host, port=port, log_config=None,
+                                           access_log=False, lifespan="off",
+                                           ws_max_size=api.max_body_bytes))
         self._api = server
         task = asyncio.create_task(server.serve(sockets=[listener]), name="api")
         self._tasks.append(task)
@@ -230,6 +270,58 @@ class Node:
             await self.state.announce(self.config.store.api_url
                                       or f"http://{_url_host(sock[0])}:{sock[1]}")
 
+    async def handle_ng(self, body: dict[str, Any]) -> dict[str, Any]:
+        """One ng message: parsed once, refused if it would start a call while draining, else
+        handled by the call registry; its handling time is recorded under its command."""
+        started = time.perf_counter()
+        name = "other"
+        try:
+            request = parse_request(ng.normalise(body))
+            name = command_name(request)
+            if (self._draining and isinstance(request, NegotiateRequest)
+                    and starts_a_call(request, self.registry.calls)):
+                self._offers_refused += 1
+                log.info("offer refused: draining", call_id=request.call_id[:80],
+                         from_tag=request.from_tag[:80])
+                return refuse_new_call(request)
+            return await self.registry.dispatch(request)
+        finally:
+            self._ng_time.get(name, self._ng_time["other"]).observe(
+                time.perf_counter() - started)
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    async def drain(self, limit: float | None = None) -> bool:
+        """Take no new calls; return once the last live call has gone (True) or after
+        ``limit`` seconds (``service.drain_seconds``) with calls still up (False)."""
+        limit = self.config.service.drain_seconds if limit is None else limit
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        deadline = began + limit
+        self._draining = True
+        log.info("drain started: new offers refused, live calls kept",
+                 calls=len(self.registry.calls), limit_seconds=limit)
+        reported, reported_at = len(self.registry.calls), began
+        while self.registry.calls:
+            now = loop.time()
+            if now >= deadline:
+                log.warning("drain limit reached: stopping with live calls",
+                            calls=len(self.registry.calls), limit_seconds=limit)
+                return False
+            left = len(self.registry.calls)
+            if left != reported or now - reported_at >= DRAIN_REPORT_SECONDS:
+                log.info("draining: calls left", calls=left,
+                         seconds_left=round(deadline - now))
+                reported, reported_at = left, now
+            self._calls_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(deadline - now, DRAIN_REPORT_SECONDS)):
+                    await self._calls_changed.wait()
+        log.info("drain done: no live calls", seconds=round(loop.time() - began, 1))
+        return True
+
     def readings(self) -> Readings:
         """What /metrics reports (media totals as of the last housekeeping second)."""
         return Readings(
@@ -240,7 +332,15 @@ class Node:
             payments=dict(self.payments.counters),
             payments_active=sum(1 for s in self.payments.sessions.values()
                                 if not s.status.terminal),
-            store=self.state.sync if self.state is not None else None)
+            store=self.state.sync if self.state is not None else None,
+            ng_seconds=self.ng_seconds(),
+            draining=self._draining,
+            offers_refused=self._offers_refused)
+
+    def ng_seconds(self) -> dict[str, Histogram]:
+        """ng handling time per command (commands never seen are left out)."""
+        snaps = {name: r.snapshot() for name, r in self._ng_time.items()}
+        return {name: h for name, h in snaps.items() if h.count}
 
     async def _housekeeping(self) -> None:
         """Payment timeouts, media totals for /metrics, idle calls: once a second. One failing
@@ -267,6 +367,8 @@ class Node:
         problems = []
         if self._stopping:
             problems.append("stopping")
+        elif self._draining:
+            problems.append("draining")
         if self.ng.transport is None or self.ng.transport.is_closing():
             problems.append("ng socket not open")
         if self._last_totals.workers < self._media_engines:
@@ -300,6 +402,16 @@ class Node:
         if self._gateway is not None:
             await self._gateway.close()
         log.info("toneguard node stopped")
+
+
+class _ApiServer(uvicorn.Server):
+    """uvicorn without its own signal handlers. Left in, uvicorn takes SIGTERM itself and shuts
+    the API down at once — during a drain the agents of the live calls still need the panel and
+    their payments — and re-raises the signal when it is done, which reads as a second one."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 class BindError(OSError):
@@ -352,13 +464,26 @@ def load_agents(config: Config) -> AgentDirectory:
 
 
 async def run_until_signalled(node_factory: Callable[[], Awaitable[Node]]) -> None:
-    stop = asyncio.Event()
+    """Run a node until SIGINT (stop now) or SIGTERM (drain, then stop; a second signal
+    during the drain stops at once)."""
+    signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, signals.put_nowait, sig)
     node = await node_factory()
     try:
-        await stop.wait()
+        first = await signals.get()
+        if first is signal.SIGTERM and node.config.service.drain_seconds > 0:
+            drain = asyncio.create_task(node.drain(), name="drain")
+            second = asyncio.create_task(signals.get(), name="second signal")
+            await asyncio.wait((drain, second), return_when=asyncio.FIRST_COMPLETED)
+            if second.done() and not drain.done():
+                log.warning("signalled again while draining: stopping now",
+                            signal=second.result().name, calls=len(node.registry.calls))
+            for task in (drain, second):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
     finally:
         await node.stop()
 

@@ -6,8 +6,10 @@ rules (over TCP, with the gateway) is tests/proxy/api/test_api.py.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 
 import pytest
 from fastapi.testclient import TestClient
@@ -45,7 +47,7 @@ def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
     keys = {name: agents.add(name, role) for name, role in
             (("ann", "agent"), ("bob", "agent"), ("sue", "supervisor"), ("ada", "admin"))}
     manager = PaymentManager(None)
-    manager.call_started("c-ann", "agent=ann")
+    manager.call_started("c-ann", "agent=ann;caller=02079460018", caller="198.51.100.7")
     manager.call_started("c-bob", "agent=bob")
     manager.call_started("c-free")  # unassigned
     app = create_app(manager, agents, metrics_text=lambda: b"toneguard_calls 3\n")
@@ -91,8 +93,11 @@ def test_the_key_is_taken_after_the_scheme_with_spaces_trimmed(api: Api) -> None
 
 
 def test_an_agent_lists_only_its_own_calls(api: Api) -> None:
-    assert api.client.get("/v1/calls", headers=api.ann).json() == [
-        {"call_id": "c-ann", "agent_id": "ann", "payment_sid": ""}]
+    listed = api.client.get("/v1/calls", headers=api.ann).json()
+    started = listed[0].pop("started_at")
+    assert listed == [{"call_id": "c-ann", "agent_id": "ann", "payment_sid": "",
+                       "last_payment_sid": "", "caller": "02079460018"}]  # metadata wins
+    assert abs(datetime.fromisoformat(started).timestamp() - time.time()) < 600
     for who in (api.sup, api.admin):
         listed = api.client.get("/v1/calls", headers=who).json()
         assert {c["call_id"] for c in listed} == {"c-ann", "c-bob", "c-free"}
@@ -102,7 +107,33 @@ def test_the_call_list_shows_the_payment_in_progress_only(api: Api) -> None:
     sid = start(api, "c-ann", api.ann)
     assert api.client.get("/v1/calls", headers=api.ann).json()[0]["payment_sid"] == sid
     api.client.post(f"/v1/calls/c-ann/payments/{sid}", json={"Status": "cancel"}, headers=api.ann)
-    assert api.client.get("/v1/calls", headers=api.ann).json()[0]["payment_sid"] == ""
+    listed = api.client.get("/v1/calls", headers=api.ann).json()[0]
+    assert listed["payment_sid"] == ""
+    assert listed["last_payment_sid"] == sid  # the ended payment stays readable (receipt)
+
+
+def test_the_amount_a_payment_was_started_with_is_kept_and_audited(api: Api) -> None:
+    r = api.client.post("/v1/calls/c-ann/payments", json={"amount": "12.50", "currency": "GBP"},
+                        headers=api.ann)
+    assert r.status_code == 201
+    assert (r.json()["amount"], r.json()["currency"]) == ("12.50", "GBP")
+    sid = r.json()["sid"]
+    fetched = api.client.get(f"/v1/calls/c-ann/payments/{sid}", headers=api.ann).json()
+    assert (fetched["amount"], fetched["currency"]) == ("12.50", "GBP")
+
+
+def test_a_call_without_caller_metadata_shows_the_address_given() -> None:
+    manager = PaymentManager(None)
+    manager.call_started("c1", "agent=ann", caller="198.51.100.7")
+    manager.call_started("c2")
+    assert manager.calls["c1"].caller == "198.51.100.7" and manager.calls["c2"].caller == ""
+
+
+def test_a_caller_name_that_looks_like_a_card_number_is_masked() -> None:
+    manager = PaymentManager(None)
+    manager.call_started("c1", "caller=4111111111111111")  # a From user is the caller's choice
+    assert "4111111111111111" not in manager.calls["c1"].caller
+    assert manager.calls["c1"].caller == "[PAN redacted …1111]"
 
 
 def test_only_supervisors_and_admins_assign_calls(api: Api) -> None:
@@ -113,7 +144,8 @@ def test_only_supervisors_and_admins_assign_calls(api: Api) -> None:
     for who, agent in ((api.sup, "ann"), (api.admin, "bob")):
         r = api.client.post("/v1/calls/c-free/assign", json={"agent_id": agent}, headers=who)
         assert r.status_code == 200
-        assert r.json() == {"call_id": "c-free", "agent_id": agent, "payment_sid": ""}
+        assert {k: r.json()[k] for k in ("call_id", "agent_id", "payment_sid")} == {
+            "call_id": "c-free", "agent_id": agent, "payment_sid": ""}
     r = api.client.post("/v1/calls/nope/assign", json={"agent_id": "ann"}, headers=api.sup)
     assert r.status_code == 404 and r.json() == {"detail": "unknown call"}
 
@@ -172,7 +204,8 @@ def test_payment_views_carry_the_masked_card_only(api: Api) -> None:
                      "current_field": "payment-card-number",
                      "fields": {"payment-card-number": "", "expiration-date": "",
                                 "security-code": ""},
-                     "brand": "", "token": "", "last4": "", "error": ""}
+                     "brand": "", "token": "", "last4": "", "error": "", "amount": "",
+                     "currency": ""}
     for digit in "4111111111111111":
         api.manager.on_digit("c-ann", "caller", DigitEvent("s", digit, "inband", 0.0, 50.0))
     mid = api.client.get(f"/v1/calls/c-ann/payments/{sid}", headers=api.ann)
