@@ -150,12 +150,38 @@ class PaymentManager:
         """A call appeared. ``metadata`` from ng may assign it: ``agent=<id>`` (``;``/``&``
         separated key=value pairs, as SIP proxies usually pass it)."""
         info = self.calls.setdefault(call_id, CallInfo(call_id))
-        for item in metadata.replace("&", ";").split(";"):
-            key, _, value = item.partition("=")
-            if key.strip() == "agent" and value.strip():
-                info.agent_id = value.strip()
-                self.audit.record("call.assign", actor="ng", call_id=call_id,
-                                  agent_id=info.agent_id)
+        agent = _agent(metadata)
+        if agent:
+            info.agent_id = agent
+            self.audit.record("call.assign", actor="ng", call_id=call_id, agent_id=agent)
+
+    def call_renegotiated(self, call_id: str, metadata: str | None, leg_moved: bool) -> None:
+        """The call was negotiated again (a re-INVITE, another branch answering): perhaps a
+        transfer. An open payment never stays with an agent who may have left the call:
+
+        - the message names an agent (``metadata`` ``agent=<id>``) other than the one assigned:
+          the call, and with it its open payment (fields kept, still capturing), moves to that
+          agent (a ``transferred`` event; the API now lets that agent, not the first, act);
+        - a leg's media moved and the message names no agent: nobody can say who hears the
+          customer now, so the open payment is cancelled (``agent-changed``; digits wiped);
+        - the same agent named, or nothing moved (a hold, a codec change): nothing changes.
+        """
+        info = self.calls.get(call_id)
+        if info is None:
+            return
+        named = _agent(metadata or "")
+        sid = self._active.get(call_id)
+        if named and named != info.agent_id:
+            info.agent_id = named
+            self.audit.record("call.assign", actor="ng-transfer", call_id=call_id,
+                              agent_id=named)
+            if sid is not None:
+                self._publish(self.sessions[sid], "transferred")
+            return
+        if leg_moved and not named and sid is not None:
+            self.audit.record("payment.cancel", actor="ng-transfer", call_id=call_id,
+                              session_id=sid)
+            self._end(self.sessions[sid], Trigger.CANCEL, "agent-changed")
 
     def call_ended(self, call_id: str) -> None:
         sid = self._active.get(call_id)
@@ -391,6 +417,16 @@ class PaymentManager:
         self.bus.publish(event)
         log.info("payment event", kind=kind, call_id=session.call_id, session_id=session.sid,
                  status=session.status.value, error=error)
+
+
+def _agent(metadata: str) -> str:
+    """The ``agent=<id>`` of ng ``metadata`` (``;``/``&`` separated key=value pairs), or ""."""
+    agent = ""
+    for item in metadata.replace("&", ";").split(";"):
+        key, _, value = item.partition("=")
+        if key.strip() == "agent" and value.strip():
+            agent = value.strip()
+    return agent
 
 
 def _session_id() -> str:

@@ -228,15 +228,17 @@ async def test_a_session_level_connection_line_is_enough() -> None:
 
 
 async def test_parties_per_call_are_limited() -> None:
+    """A third party joins by ``subscribe request`` (a plain offer from a third tag is refused:
+    tests/proxy/control/test_supervisor.py); subscriptions count against the limit."""
     from proxy.control.calls import CallLimits
     engine = MemoryMediaEngine(port_max=31000)
     registry = CallRegistry(engine, address="127.0.0.1", limits=CallLimits(max_parties=3))
     await _call(registry)
-    await registry.handle({"command": "offer", "call-id": "c", "from-tag": "third",
-                           "sdp": audio_sdp("127.0.0.1", 4004)})
+    await registry.handle({"command": "subscribe request", "call-id": "c", "from-tag": "ft",
+                           "to-tag": "third"})
     with pytest.raises(ng.NgError, match="Too many parties"):
-        await registry.handle({"command": "offer", "call-id": "c", "from-tag": "fourth",
-                               "sdp": audio_sdp("127.0.0.1", 4006)})
+        await registry.handle({"command": "subscribe request", "call-id": "c",
+                               "from-tag": "ft", "to-tag": "fourth"})
     assert len(registry.calls["c"].parties) == 3
 
 
