@@ -116,8 +116,9 @@ async def test_a_transfer_naming_nobody_cancels_the_open_payment(desk: Desk) -> 
     cancelled = desk.payments.audit.records[-2]
     assert (cancelled["action"], cancelled["actor"]) == ("payment.cancel", "ng-transfer")
     assert desk.customer_masked()  # always-on masking: the customer stays masked
+    events = len(desk.events)
     desk.key("1111")  # keys after the cancel fill no payment
-    assert session.masked() == {} or "1111" not in str(session.masked())
+    assert len(desk.events) == events
     # A new payment can be opened on the transferred call.
     assert desk.payments.start(CALL, "alice").status is PaymentStatus.CAPTURING
 
