@@ -409,6 +409,12 @@ class CallRegistry:
         while len(party.medias) <= index:
             i = len(party.medias)
             stream_id = f"{call.call_id}/{party.tag}/{i}"
+            # A retagged party keeps its ids (a fork's winner has ``~`` ones): a later party
+            # under the old tag (a subscription) must not get — and release — the same stream.
+            n = 1
+            while stream_id in self._by_stream:
+                n += 1
+                stream_id = f"{call.call_id}/{party.tag}/{i}.{n}"
             # Always a port pair: a=rtcp advertises the odd port as a fallback, and rtcp-mux,
             # when negotiated, is demultiplexed on the RTP port.
             try:
@@ -634,6 +640,8 @@ class CallRegistry:
         if not medias:
             raise ng.NgError("The selected participants have no media yet")
         to_tag = req.to_tag or f"sub-{secrets.token_hex(6)}"
+        if to_tag == PENDING_TAG:  # ours: an answerer not yet tagged
+            raise ng.NgError(f"Invalid to-tag '{to_tag}'")
         old = call.parties.get(to_tag)
         if old is not None and not old.subscriber:
             raise ng.NgError(f"to-tag '{to_tag}' is a party of the call, not a subscription")

@@ -287,3 +287,31 @@ async def test_another_branch_may_answer_after_an_early_answer(first: dict[str, 
                            "sdp": audio_sdp("127.0.0.1", 4006)})
     assert set(registry.calls["c"].parties) == {"cust", "winner"}
     assert engine.streams["c/~/0"].config.peer == ("127.0.0.1", 4006)
+
+
+async def test_a_subscription_under_a_retagged_partys_old_tag_gets_streams_of_its_own() -> None:
+    """A retagged party keeps the stream ids made under its old tag (here the customer, when
+    an answer names another tag for it); a subscription that takes the old tag must not share
+    (and on ``unsubscribe`` release) them."""
+    registry, engine = _registry()
+    await registry.handle({"command": "offer", "call-id": "c", "from-tag": "cust",
+                           "sdp": audio_sdp("127.0.0.1", 4000)})
+    await registry.handle({"command": "answer", "call-id": "c", "from-tag": "cust",
+                           "to-tag": "agent", "sdp": audio_sdp("127.0.0.1", 4002)})
+    await registry.handle({"command": "answer", "call-id": "c", "from-tag": "agent",
+                           "to-tag": "cust2", "sdp": audio_sdp("127.0.0.1", 4000)})
+    assert registry.calls["c"].parties["cust2"].medias[0].stream_id == "c/cust/0"
+    await _subscribe(registry, **{"from-tag": "cust2", "to-tag": "cust"})
+    sub_stream = registry.calls["c"].parties["cust"].medias[0].stream_id
+    assert sub_stream != "c/cust/0" and engine.streams["c/cust/0"].outputs == [sub_stream]
+    await registry.handle({"command": "unsubscribe", "call-id": "c", "to-tag": "cust"})
+    assert "c/cust/0" in engine.streams and sub_stream not in engine.streams
+    assert engine.streams["c/cust/0"].linked == AGENT
+
+
+async def test_the_pending_tag_cannot_name_a_subscription() -> None:
+    registry, _ = _registry()
+    await _call(registry)
+    with pytest.raises(ng.NgError, match="Invalid to-tag"):
+        await registry.handle({"command": "subscribe request", "call-id": "c",
+                               "from-tag": "cust", "to-tag": "~"})
