@@ -249,7 +249,7 @@ class CallRegistry:
             call.caller = req.caller
         if req.recording_tap is not None:
             call.recording = req.recording_tap
-        moved_before = self._moved_tags(call)
+        before = self._centre_remotes(call)
         if created and self._on_call is not None:
             self._on_call(req.call_id, True)
         a = call.parties.get(req.from_tag)
@@ -275,7 +275,7 @@ class CallRegistry:
                 await self._drop(call)  # a failed first offer leaves nothing behind
             raise
         if not created:
-            self._renegotiated(call, req, moved_before)
+            self._renegotiated(call, req, before)
         return {"result": "ok", "sdp": out}
 
     async def answer(self, req: NegotiateRequest) -> dict[str, Any]:
@@ -289,8 +289,8 @@ class CallRegistry:
         b = call.parties.get(req.to_tag) or call.parties.get(PENDING_TAG)
         if b is not None and b.subscriber:
             raise ng.NgError(f"to-tag '{b.tag}' is a subscription: use 'subscribe answer'")
-        moved_before = self._moved_tags(call)
-        forked = b is None
+        before = self._centre_remotes(call)
+        branch_replaced = False
         if b is None:
             # A forked INVITE: another branch answers (a 183 from one phone, the 200 from
             # another). Every branch was offered the same ports, so the streams stay; the
@@ -308,6 +308,8 @@ class CallRegistry:
                     "flag early answers 'provisional' or omit 'SIP code' for forked calls)")
             log.info("forked call: another branch answered", call_id=call.call_id,
                      replaced_tag=b.tag, to_tag=req.to_tag)
+            # Another phone takes the leg a branch had (with media): a change of agent.
+            branch_replaced = any(m.remote is not None for m in b.medias)
         if b.tag != req.to_tag:
             self._retag(call, b, req.to_tag)
         b.label = req.to_label or req.label or b.label
@@ -315,24 +317,28 @@ class CallRegistry:
         b.final = b.final or req.final
         out = await self._negotiate(call, b, a, req, offer=False)
         log.info("call answered", call_id=call.call_id, from_tag=a.tag, to_tag=b.tag)
-        if forked and any(m.remote is not None for m in b.medias):
-            moved_before = {*moved_before, "(branch)"}  # another phone took the leg
-        self._renegotiated(call, req, moved_before)
+        self._renegotiated(call, req, before, branch_replaced=branch_replaced)
         return {"result": "ok", "sdp": out}
 
-    def _moved_tags(self, call: Call) -> set[str]:
-        """A snapshot to compare after a negotiation: (tag, index, remote) of every medium."""
-        return {f"{p.tag}/{m.index}/{m.remote}" for p in call.dialogue for m in p.medias
+    def _centre_remotes(self, call: Call) -> dict[tuple[int, int], Address]:
+        """Where the contact centre's media goes, per (party, medium), to compare after a
+        negotiation: the parties that are not the customer — every party when the decision
+        could not tell (then a customer's new address counts too: fail safe)."""
+        parties = call.dialogue
+        customers = decide(parties, call.caller, self._policy).customers
+        centre = [p for i, p in enumerate(parties) if i not in customers] or parties
+        return {(id(p), m.index): m.remote for p in centre for m in p.medias
                 if m.remote is not None}
 
-    def _renegotiated(self, call: Call, req: NegotiateRequest, before: set[str]) -> None:
-        """Tell the payment side that an existing call was re-negotiated, and whether a leg
-        moved: a medium that had a remote address now has another one (a transfer by
-        re-INVITE, another branch answering) — and which agent, if the message names one."""
-        after = self._moved_tags(call)
-        known = {entry.rsplit("/", 1)[0] for entry in before}
-        moved = "(branch)" in before or any(
-            entry not in before and entry.rsplit("/", 1)[0] in known for entry in after)
+    def _renegotiated(self, call: Call, req: NegotiateRequest,
+                      before: dict[tuple[int, int], Address], *,
+                      branch_replaced: bool = False) -> None:
+        """Tell the payment side that an existing call was re-negotiated, whether the contact
+        centre's leg moved (a medium that had a remote address now has another: a transfer by
+        re-INVITE; another branch answering) and which agent, if the message names one."""
+        after = self._centre_remotes(call)
+        moved = branch_replaced or any(
+            key in after and after[key] != remote for key, remote in before.items())
         if moved:
             log.info("call leg moved", call_id=call.call_id)
         if self._on_renegotiated is not None and (moved or req.metadata is not None):

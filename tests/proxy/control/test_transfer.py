@@ -191,3 +191,28 @@ async def test_another_branch_answering_cancels_a_payment_opened_on_early_media(
     await desk.ng(command="answer", from_tag="cust", to_tag="agent", sip_code=200,
                   sdp=audio_sdp("10.0.0.1", 5000))
     assert session.status is PaymentStatus.CANCELLED and session.error == "agent-changed"
+
+
+async def test_the_customers_phone_moving_is_not_a_transfer(desk: Desk) -> None:
+    """The customer (labelled) re-INVITEs from a new address (a mobile handover): the agent
+    did not change, the payment goes on."""
+    session = desk.payments.start(CALL, "alice")
+    await desk.ng(command="offer", from_tag="cust", to_tag="agent",
+                  sdp=audio_sdp("192.0.2.99", 4400))
+    await desk.ng(command="answer", from_tag="cust", to_tag="agent",
+                  sdp=audio_sdp("10.0.0.1", 5000))
+    assert session.status is PaymentStatus.CAPTURING and desk.kinds() == [("started", "alice")]
+
+
+async def test_without_a_hint_any_party_moving_cancels_fail_safe() -> None:
+    """No label, no flag: ToneGuard cannot tell the agent from the customer, so any party's
+    media moving cancels an open payment (none is left with a party nobody named)."""
+    desk = Desk()
+    await desk.ng(command="offer", from_tag="cust", metadata="agent=alice",
+                  sdp=audio_sdp("192.0.2.7", 4000))
+    await desk.ng(command="answer", from_tag="cust", to_tag="agent",
+                  sdp=audio_sdp("10.0.0.1", 5000))
+    session = desk.payments.start(CALL, "alice")
+    await desk.ng(command="offer", from_tag="cust", to_tag="agent",
+                  sdp=audio_sdp("192.0.2.99", 4400))
+    assert session.status is PaymentStatus.CANCELLED and session.error == "agent-changed"
