@@ -25,7 +25,7 @@ from typing import Any, Literal
 import structlog
 
 from proxy.control import ng
-from proxy.control.customer import CallPolicy, decide, party_masking
+from proxy.control.customer import CallPolicy, Decision, decide, party_masking
 from proxy.control.keying import SdesLeg
 from proxy.control.replies import query_reply, statistics_reply
 from proxy.control.requests import (
@@ -449,15 +449,25 @@ class CallRegistry:
 
     # --- whose DTMF is masked --------------------------------------------------------------
 
+    def _decide(self, call: Call) -> Decision:
+        """Who the customers are (:func:`proxy.control.customer.decide`) — and while a payment
+        captures on a call where no party is one (``caller-none``, node ``caller = "none"``),
+        every party: a capture masks whoever keys, whatever else was said (fail closed)."""
+        decision = decide(call.dialogue, call.caller, self._policy)
+        if call.capturing and not decision.customers:
+            return Decision(frozenset(range(len(call.dialogue))),
+                            f"{decision.reason}; capturing: every party masked")
+        return decision
+
     def _masks_anyone(self, call: Call) -> bool:
-        return bool(decide(call.dialogue, call.caller, self._policy).customers)
+        return bool(self._decide(call).customers)
 
     async def _apply_masking(self, call: Call) -> None:
         """Give every stream of the call its masking policy and configure it in the engine.
         (A subscription's streams relay nothing they receive: they are configured once, by
         ``subscribe answer``, and get copies of masked packets only.)"""
         parties = call.dialogue
-        decision = decide(parties, call.caller, self._policy)
+        decision = self._decide(call)
         if decision.reason != call.masking_reason:
             call.masking_reason = decision.reason
             log.info("dtmf masking decided", call_id=call.call_id, rule=decision.reason,
@@ -575,7 +585,7 @@ class CallRegistry:
         call = self._call(req.call_id)
         parties = self._select(call, req)
         if not req.block and call.capturing:
-            decision = decide(call.dialogue, call.caller, self._policy)
+            decision = self._decide(call)
             tags = [p.tag for i, p in enumerate(call.dialogue) if i in decision.customers]
             if any(p.tag in tags for p in parties):
                 raise ng.NgError("Cannot unblock DTMF: a secure-pay session of this call is "

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from proxy.control import sdes
+from proxy.control.sdp import parse
 from proxy.demo.leak import leaked_ms
 from proxy.demo.multimon import multimon_detect
 from proxy.demo.phone import RtpPeer
@@ -48,7 +50,7 @@ class Floor:
             RtpPeer(seed=n) for n in range(4))
         self.to_toneguard: tuple[str, int] = ("", 0)
 
-    async def start(self, **offer: Any) -> Floor:
+    async def start(self, *, subscribe: dict[str, Any] | None = None, **offer: Any) -> Floor:
         loop = asyncio.get_running_loop()
         await loop.create_datagram_endpoint(lambda: self.ng, remote_addr=self.node.ng_address)
         for peer in (self.customer, self.agent, self.supervisor, self.tap):
@@ -61,10 +63,18 @@ class Floor:
                                    "sdp": audio_sdp("127.0.0.1", self.agent.port)})
         self.to_toneguard = media_endpoint(answer["sdp"])
         sub = await self.ng.ok({"command": "subscribe request", "call-id": "sv",
-                                "from-tag": "cust", "set-label": "supervisor"})
+                                "from-tag": "cust", "set-label": "supervisor",
+                                **(subscribe or {})})
+        section = parse(sub["sdp"]).media[0]
+        crypto = []
+        if section.proto == "RTP/SAVP":  # the supervisor's phone takes the key offered to it
+            offered = sdes.offered(section.attributes("crypto"))[0]
+            self.supervisor.set_srtp_recv(offered.params)
+            crypto = [sdes.generate(offered.suite, offered.tag)]
         await self.ng.ok({"command": "subscribe answer", "call-id": "sv",
                           "to-tag": sub["to-tag"],
-                          "sdp": audio_sdp("127.0.0.1", self.supervisor.port)})
+                          "sdp": audio_sdp("127.0.0.1", self.supervisor.port,
+                                           proto=section.proto, crypto=crypto)})
         self.sub_tag = sub["to-tag"]
         return self
 
@@ -130,5 +140,24 @@ async def test_control_unmasked_the_supervisor_decodes_the_card(node: Node) -> N
         await until(lambda: _audio_packets(floor.supervisor) >= sent, 4.0)
         heard = floor.supervisor.received.audio()
         assert spandsp_detect(heard) == CARD and multimon_detect(heard) == CARD
+    finally:
+        floor.close()
+
+
+async def test_a_capture_masks_the_supervisors_copy_on_an_unmasked_call(node: Node) -> None:
+    """``caller-none`` (nobody masked) until a payment starts capturing: from then on the
+    customer is masked, and so is the supervisor's copy — over SDES-SRTP with its own key."""
+    floor = await Floor(node).start(flags=["caller-none"], **{"from-label": "customer"},
+                                    subscribe={"transport-protocol": "RTP/SAVP"})
+    try:
+        node.payments.start("sv", "alice")
+        assert await until(lambda: node.registry.calls["sv"].capturing, 2.0)
+        await until(lambda: node.registry.calls["sv"].parties["cust"].medias[0].config.masking
+                    is not None, 2.0)
+        sent = await floor.key_card(CARD, "")
+        await until(lambda: _audio_packets(floor.supervisor) >= sent, 4.0)
+        assert floor.supervisor.received.errors == 0  # every packet decrypted with its key
+        for peer in (floor.agent, floor.supervisor):
+            _heard_audio_but_no_digit(peer, sent)
     finally:
         floor.close()
