@@ -10,6 +10,13 @@ Handlers take typed requests (:mod:`proxy.control.requests`); replies are shaped
 and applied to every audio stream of the call whenever anything it depends on changes
 (negotiation, ``block DTMF``/``unblock DTMF``, a secure-pay capture starting or ending).
 Digits the media plane reports are passed to ``on_digit`` (the secure-pay manager), never logged.
+
+A call has two offer/answer parties (a third tag in plain offer/answer is refused) and any
+number of *subscriptions* (``subscribe request``/``subscribe answer``/``unsubscribe``, e.g. a
+supervisor): listen-only parties whose streams are extra outputs of a party's stream, so they
+get exactly the (masked) packets its dialogue partner gets. A re-negotiation that moves the
+contact centre's media, or names an agent in ``metadata``, is reported to ``on_renegotiated``
+(the payment manager moves or cancels an open payment).
 """
 
 from __future__ import annotations
