@@ -24,14 +24,17 @@ INPUTS = int(os.environ.get("TONEGUARD_FUZZ_INPUTS", "10000"))
 SEED = int(os.environ.get("TONEGUARD_FUZZ_SEED", "0")) or random.SystemRandom().randrange(1 << 30)
 
 COMMANDS = ["ping", "offer", "answer", "delete", "query", "list", "statistics", "block DTMF",
-            "unblock DTMF", "Offer", "BLOCK dtmf", "bogus", ""]
+            "unblock DTMF", "Offer", "BLOCK dtmf", "subscribe request", "subscribe answer",
+            "unsubscribe", "Subscribe Request", "bogus", ""]
 KEYS = ["call-id", "from-tag", "to-tag", "sdp", "flags", "replace", "rtcp-mux", "SDES", "ICE",
         "DTLS", "transport-protocol", "received-from", "label", "from-label", "to-label",
         "metadata", "recording-tap", "DTMF-security", "frequency", "volume", "digit", "code",
-        "secure-pay", "limit", "address", "call id", "Call-ID"]
+        "secure-pay", "limit", "address", "call id", "Call-ID", "from-tags", "set-label",
+        "sip-code", "SIP code"]
 FLAGS = ["trust-address", "SIP-source-address", "symmetric", "asymmetric", "all", "fatal",
          "caller-offerer", "caller-answerer", "caller-both", "caller-none", "caller-x",
-         "strict-source", "media-handover", "SDES-no-AES_CM_128_HMAC_SHA1_80", "loop-protect"]
+         "strict-source", "media-handover", "SDES-no-AES_CM_128_HMAC_SHA1_80", "loop-protect",
+         "bidirectional", "inactive", "provisional", "from-tags-ft", "from-tags-tt"]
 TEST_PANS = (b"4111111111111111", b"5555555555554444", b"378282246310005")
 WEIRD = ["", " ", "\x00", "\ud800x", "é", "4111111111111111", "5555 5555 5555 4444", "a" * 300,
          "-1", "1e309", "65536", "0", "127.0.0.1:0", "[::1]:7000", "::", "%s%n", "${jndi:x}",
@@ -120,6 +123,13 @@ def ng_body(rng: random.Random) -> dict[str, Any]:
                      "from-tag": rng.choice(["ft", "tt", "t3"]), "sdp": sdp(rng)})
         if body["command"].lower() == "answer":
             body["to-tag"] = rng.choice(["ft", "tt", "t3"])
+            if rng.random() < 0.5:
+                body["sip-code"] = rng.choice([183, 200, "200", 0, -1])
+    if body["command"].lower().startswith(("subscribe", "unsubscribe")) and rng.random() < 0.7:
+        # Subscriptions to the calls the offers above build, and answers to them.
+        body.update({"call-id": rng.choice(["c1", "c2", "c3"]),
+                     "from-tag": rng.choice(["ft", "tt", "t3"]),
+                     "to-tag": rng.choice(["s1", "s2", "ft", "tt"]), "sdp": sdp(rng)})
     return body
 
 

@@ -10,11 +10,20 @@ Handlers take typed requests (:mod:`proxy.control.requests`); replies are shaped
 and applied to every audio stream of the call whenever anything it depends on changes
 (negotiation, ``block DTMF``/``unblock DTMF``, a secure-pay capture starting or ending).
 Digits the media plane reports are passed to ``on_digit`` (the secure-pay manager), never logged.
+
+A call has two offer/answer parties (a third tag in plain offer/answer is refused) and any
+number of *subscriptions* (``subscribe request``/``subscribe answer``/``unsubscribe``, e.g. a
+supervisor): listen-only parties whose streams are extra outputs of a party's stream, so they
+get exactly the (masked) packets its dialogue partner gets. A re-negotiation that moves the
+contact centre's media, or names an agent in ``metadata``, is reported to ``on_renegotiated``
+(the payment manager moves or cancels an open payment).
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -23,7 +32,7 @@ from typing import Any, Literal
 import structlog
 
 from proxy.control import ng
-from proxy.control.customer import CallPolicy, decide, party_masking
+from proxy.control.customer import CallPolicy, Decision, decide, party_masking
 from proxy.control.keying import SdesLeg
 from proxy.control.replies import query_reply, statistics_reply
 from proxy.control.requests import (
@@ -35,6 +44,9 @@ from proxy.control.requests import (
     QueryRequest,
     Request,
     StatisticsRequest,
+    SubscribeAnswerRequest,
+    SubscribeRequest,
+    UnsubscribeRequest,
     parse_request,
 )
 from proxy.control.sdp import (
@@ -46,6 +58,7 @@ from proxy.control.sdp import (
 from proxy.control.sdp import parse as parse_sdp
 from proxy.media.policy import DtmfSecurityMode, MaskingPolicy
 from proxy.media.types import (
+    Address,
     DigitEvent,
     IdleEvent,
     LocalEndpoint,
@@ -80,6 +93,9 @@ class Media:
     config: StreamConfig = field(default_factory=StreamConfig)
     keys: SdesLeg = field(default_factory=SdesLeg)
     sdp_address: str = ""
+    section: MediaSection | None = None  # what this party last sent (a subscription mirrors it)
+    remote: Address | None = None  # the last specified SDP address and port (moves are noticed)
+    source: str = ""  # a subscription's media: the stream whose output it gets
 
 
 @dataclass
@@ -91,6 +107,8 @@ class Party:
     source_address: str = ""  # SIP source (``received-from``), for customer networks
     medias: list[Media] = field(default_factory=list)
     dtmf: MaskingPolicy | None = None  # the last block/unblock DTMF decision; None = default
+    subscriber: bool = False  # created by ``subscribe request``: receives copies, sends nothing
+    final: bool = False  # answered by a final response (``SIP code`` >= 200): tag fixed
 
     @property
     def addresses(self) -> list[str]:
@@ -111,11 +129,17 @@ class Call:
     capturing: bool = False  # a secure-pay session of this call is capturing digits
     masking_reason: str = ""  # which rule chose the customers (logged when it changes)
 
+    @property
+    def dialogue(self) -> list[Party]:
+        """The offer/answer parties (the customer and the contact centre's leg): who is masked
+        is decided among these only, so a subscriber's label or address cannot change it."""
+        return [p for p in self.parties.values() if not p.subscriber]
+
     def party(self, role: Role) -> Party | None:
-        return next((p for p in self.parties.values() if p.role == role), None)
+        return next((p for p in self.dialogue if p.role == role), None)
 
     def other(self, party: Party) -> Party | None:
-        return next((p for p in self.parties.values() if p is not party), None)
+        return next((p for p in self.dialogue if p is not party), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +166,9 @@ class CallCounters:
 
 
 DigitSink = Callable[[str, str, DigitEvent], None]  # (call_id, tag, event)
+# (call id, the ``metadata`` of this message or None, whether a leg's media moved): after a
+# re-negotiation of an existing call, for whoever tracks the agent a call is assigned to.
+LegHook = Callable[[str, str | None, bool], None]
 
 
 class CallRegistry:
@@ -151,6 +178,7 @@ class CallRegistry:
                  policy: CallPolicy | None = None, on_digit: DigitSink | None = None,
                  on_call: Callable[[str, bool], None] | None = None,
                  on_securepay: Callable[[str], str] | None = None,
+                 on_renegotiated: LegHook | None = None,
                  limits: CallLimits | None = None,
                  latching: LatchingDefaults | None = None,
                  clock: Callable[[], float] = time.time) -> None:
@@ -160,6 +188,7 @@ class CallRegistry:
         self._on_digit = on_digit
         self._on_call = on_call  # (call id, True when created / False when gone)
         self._on_securepay = on_securepay  # call id → payment sid (ng-started secure pay)
+        self._on_renegotiated = on_renegotiated
         self._clock = clock
         self._limits = limits or CallLimits()
         self._latching = latching or LatchingDefaults()
@@ -207,6 +236,12 @@ class CallRegistry:
                 return await self.statistics(request)
             case DtmfRequest():
                 return await self.set_dtmf(request)
+            case SubscribeRequest():
+                return await self.subscribe_request(request)
+            case SubscribeAnswerRequest():
+                return await self.subscribe_answer(request)
+            case UnsubscribeRequest():
+                return await self.unsubscribe(request)
 
     # --- offer / answer --------------------------------------------------------------------
 
@@ -216,10 +251,8 @@ class CallRegistry:
                              f"{self._limits.max_media_per_offer})")
         now = self._clock()
         call = self.calls.get(req.call_id)
-        if (call is not None and req.from_tag not in call.parties
-                and len(call.parties) >= self._limits.max_parties):
-            raise ng.NgError(f"Too many parties on this call (at most "
-                             f"{self._limits.max_parties})")
+        if call is not None:
+            _refuse_third_party(call, req.from_tag)
         created = call is None
         if call is None:
             call = Call(req.call_id, now, now)
@@ -233,6 +266,7 @@ class CallRegistry:
             call.caller = req.caller
         if req.recording_tap is not None:
             call.recording = req.recording_tap
+        before = self._centre_remotes(call)
         if created and self._on_call is not None:
             self._on_call(req.call_id, True)
         a = call.parties.get(req.from_tag)
@@ -257,6 +291,8 @@ class CallRegistry:
             if created or not any(p.medias for p in call.parties.values()):
                 await self._drop(call)  # a failed first offer leaves nothing behind
             raise
+        if not created:
+            self._renegotiated(call, req, before)
         return {"result": "ok", "sdp": out}
 
     async def answer(self, req: NegotiateRequest) -> dict[str, Any]:
@@ -265,7 +301,13 @@ class CallRegistry:
         a = call.parties.get(req.from_tag)
         if a is None:
             raise ng.NgError("Unknown call-ID or from-tag")
+        if a.subscriber:
+            raise ng.NgError(f"from-tag '{a.tag}' is a subscription: use 'subscribe answer'")
         b = call.parties.get(req.to_tag) or call.parties.get(PENDING_TAG)
+        if b is not None and b.subscriber:
+            raise ng.NgError(f"to-tag '{b.tag}' is a subscription: use 'subscribe answer'")
+        before = self._centre_remotes(call)
+        branch_replaced = False
         if b is None:
             # A forked INVITE: another branch answers (a 183 from one phone, the 200 from
             # another). Every branch was offered the same ports, so the streams stay; the
@@ -273,15 +315,51 @@ class CallRegistry:
             b = call.other(a)
             if b is None:
                 raise ng.NgError("Unknown to-tag")
+            if b.final:
+                # After a final answer another to-tag is a second party, not a branch (as in
+                # rtpengine). It was offered the first party's ports, so its media cannot be
+                # told apart: taking it would cut the party that answered. Nothing changes.
+                raise ng.NgError(
+                    f"Call already answered by to-tag '{b.tag}': a second party cannot "
+                    "answer the same offer (a supervisor joins with 'subscribe request'; "
+                    "flag early answers 'provisional' or omit 'SIP code' for forked calls)")
             log.info("forked call: another branch answered", call_id=call.call_id,
                      replaced_tag=b.tag, to_tag=req.to_tag)
+            # Another phone takes the leg a branch had (with media): a change of agent.
+            branch_replaced = any(m.remote is not None for m in b.medias)
         if b.tag != req.to_tag:
             self._retag(call, b, req.to_tag)
         b.label = req.to_label or req.label or b.label
         b.source_address = req.received_from or b.source_address
+        b.final = b.final or req.final
         out = await self._negotiate(call, b, a, req, offer=False)
         log.info("call answered", call_id=call.call_id, from_tag=a.tag, to_tag=b.tag)
+        self._renegotiated(call, req, before, branch_replaced=branch_replaced)
         return {"result": "ok", "sdp": out}
+
+    def _centre_remotes(self, call: Call) -> dict[tuple[int, int], Address]:
+        """Where the contact centre's media goes, per (party, medium), to compare after a
+        negotiation: the parties that are not the customer — every party when the decision
+        could not tell (then a customer's new address counts too: fail safe)."""
+        parties = call.dialogue
+        customers = decide(parties, call.caller, self._policy).customers
+        centre = [p for i, p in enumerate(parties) if i not in customers] or parties
+        return {(id(p), m.index): m.remote for p in centre for m in p.medias
+                if m.remote is not None}
+
+    def _renegotiated(self, call: Call, req: NegotiateRequest,
+                      before: dict[tuple[int, int], Address], *,
+                      branch_replaced: bool = False) -> None:
+        """Tell the payment side that an existing call was re-negotiated, whether the contact
+        centre's leg moved (a medium that had a remote address now has another: a transfer by
+        re-INVITE; another branch answering) and which agent, if the message names one."""
+        after = self._centre_remotes(call)
+        moved = branch_replaced or any(
+            key in after and after[key] != remote for key, remote in before.items())
+        if moved:
+            log.info("call leg moved", call_id=call.call_id)
+        if self._on_renegotiated is not None and (moved or req.metadata is not None):
+            self._on_renegotiated(call.call_id, req.metadata, moved)
 
     def _retag(self, call: Call, party: Party, tag: str) -> None:
         del call.parties[party.tag]
@@ -316,6 +394,9 @@ class CallRegistry:
                 continue
             peer_addr = req.peer_address_override or sdp.media_connection(index) or ""
             s_media.sdp_address = peer_addr
+            s_media.section = section
+            if _specified(peer_addr):  # a hold to 0.0.0.0 is not a move
+                s_media.remote = (peer_addr, section.port)
             srtp_recv = (s_media.keys.accept(section, offer=offer, index=index)
                          if proto in SAVP else None)
             rtcp_port = section.rtcp_port or section.port + 1
@@ -351,6 +432,12 @@ class CallRegistry:
         while len(party.medias) <= index:
             i = len(party.medias)
             stream_id = f"{call.call_id}/{party.tag}/{i}"
+            # A retagged party keeps its ids (a fork's winner has ``~`` ones): a later party
+            # under the old tag (a subscription) must not get — and release — the same stream.
+            n = 1
+            while stream_id in self._by_stream:
+                n += 1
+                stream_id = f"{call.call_id}/{party.tag}/{i}.{n}"
             # Always a port pair: a=rtcp advertises the odd port as a fallback, and rtcp-mux,
             # when negotiated, is demultiplexed on the RTP port.
             try:
@@ -379,14 +466,25 @@ class CallRegistry:
 
     # --- whose DTMF is masked --------------------------------------------------------------
 
+    def _decide(self, call: Call) -> Decision:
+        """Who the customers are (:func:`proxy.control.customer.decide`) — and while a payment
+        captures on a call where no party is one (``caller-none``, node ``caller = "none"``),
+        every party: a capture masks whoever keys, whatever else was said (fail closed)."""
+        decision = decide(call.dialogue, call.caller, self._policy)
+        if call.capturing and not decision.customers:
+            return Decision(frozenset(range(len(call.dialogue))),
+                            f"{decision.reason}; capturing: every party masked")
+        return decision
+
     def _masks_anyone(self, call: Call) -> bool:
-        parties = list(call.parties.values())
-        return bool(decide(parties, call.caller, self._policy).customers)
+        return bool(self._decide(call).customers)
 
     async def _apply_masking(self, call: Call) -> None:
-        """Give every stream of the call its masking policy and configure it in the engine."""
-        parties = list(call.parties.values())
-        decision = decide(parties, call.caller, self._policy)
+        """Give every stream of the call its masking policy and configure it in the engine.
+        (A subscription's streams relay nothing they receive: they are configured once, by
+        ``subscribe answer``, and get copies of masked packets only.)"""
+        parties = call.dialogue
+        decision = self._decide(call)
         if decision.reason != call.masking_reason:
             call.masking_reason = decision.reason
             log.info("dtmf masking decided", call_id=call.call_id, rule=decision.reason,
@@ -506,9 +604,8 @@ class CallRegistry:
         call = self._call(req.call_id)
         parties = self._select(call, req)
         if not req.block and call.capturing:
-            decision = decide(list(call.parties.values()), call.caller, self._policy)
-            tags = [p.tag for i, p in enumerate(call.parties.values())
-                    if i in decision.customers]
+            decision = self._decide(call)
+            tags = [p.tag for i, p in enumerate(call.dialogue) if i in decision.customers]
             if any(p.tag in tags for p in parties):
                 raise ng.NgError("Cannot unblock DTMF: a secure-pay session of this call is "
                                  "capturing card data")
@@ -540,6 +637,156 @@ class CallRegistry:
             except LookupError as exc:
                 raise ng.NgError(f"secure-pay: {exc}") from exc
         return reply
+
+    # --- subscriptions (a supervisor listening in) ------------------------------------------
+    #
+    # rtpengine's model: a subscription is a new party that receives a copy of the selected
+    # parties' media and sends nothing (sendonly toward it). Here the copy is taken where the
+    # selected party's media leaves toward its dialogue partner — after masking — so a
+    # supervisor hears exactly what the agent hears (the customer masked) and never a clear copy.
+    # Listen-only: a second contact-centre party *sending* to the customer would put two
+    # unmixed RTP streams on the customer's one port (``bidirectional`` is refused).
+
+    def _sources(self, call: Call, req: SubscribeRequest) -> list[Party]:
+        if req.from_tags:
+            chosen = []
+            for tag in req.from_tags:
+                party = call.parties.get(tag)
+                if party is None or party.subscriber:
+                    raise ng.NgError(f"Unknown from-tag '{tag}'")
+                chosen.append(party)
+            return chosen
+        if req.select.all:
+            return call.dialogue
+        dtmf_style = DtmfRequest(call.call_id, True, req.select)
+        chosen = [p for p in self._select(call, dtmf_style) if not p.subscriber]
+        if not chosen:
+            raise ng.NgError("No call participant selected")
+        return chosen
+
+    async def subscribe_request(self, req: SubscribeRequest) -> dict[str, Any]:
+        call = self._call(req.call_id)
+        if "bidirectional" in req.flags:
+            raise ng.NgError("bidirectional subscriptions are not supported: the customer "
+                             "would receive two unmixed RTP streams (subscriptions listen only)")
+        sources = self._sources(call, req)
+        medias = [m for p in sources for m in p.medias
+                  if m.section is not None and m.section.port != 0]
+        if not medias:
+            raise ng.NgError("The selected participants have no media yet")
+        to_tag = req.to_tag or f"sub-{secrets.token_hex(6)}"
+        if to_tag == PENDING_TAG:  # ours: an answerer not yet tagged
+            raise ng.NgError(f"Invalid to-tag '{to_tag}'")
+        old = call.parties.get(to_tag)
+        if old is not None and not old.subscriber:
+            raise ng.NgError(f"to-tag '{to_tag}' is a party of the call, not a subscription")
+        if old is None and len(call.parties) >= self._limits.max_parties:
+            raise ng.NgError(f"Too many parties on this call (at most "
+                             f"{self._limits.max_parties})")
+        if old is not None:  # rtpengine: a repeated to-tag replaces its subscriptions
+            await self._end_subscription(call, old)
+        now = self._clock()
+        call.last_signal = now
+        sub = Party(to_tag, "answerer", now, label=req.label or "", subscriber=True)
+        call.parties[to_tag] = sub
+        out = SessionDescription(lines=[
+            ("v", "0"), ("o", f"- {secrets.randbelow(1 << 31)} 1 IN "
+                              f"{'IP6' if ':' in self._address else 'IP4'} {self._address}"),
+            ("s", "ToneGuard subscription"), ("c", "IN IP4 0.0.0.0"), ("t", "0 0")], media=[])
+        try:
+            for index, source in enumerate(medias):
+                assert source.section is not None  # filtered above
+                media = await self._media(call, sub, index)
+                media.source = source.stream_id
+                media.kind = source.kind
+                transport = (req.transport_protocol or "").upper()
+                media.protocol = transport if transport in SAVP + PLAIN else source.protocol
+                section = copy.deepcopy(source.section)  # mirrors what the source sent
+                section.port = media.local.rtp_port
+                section.proto = media.protocol
+                section.remove_attributes("sendrecv", "sendonly", "recvonly", "inactive",
+                                          "crypto", "rtcp", "rtcp-mux", *ICE_ATTRIBUTES,
+                                          *DTLS_ATTRIBUTES)
+                section.add_attribute("rtcp", str(media.local.rtcp_port))
+                if media.protocol in SAVP:
+                    media.keys.advertise(section, offer=True, options=req.sdes)
+                if source.config.masking is not None and media.kind == "audio":
+                    _keep_inspectable(section, index)  # what a masked source can send on
+                section.add_attribute("inactive" if "inactive" in req.flags else "sendonly")
+                media.config = replace(media.config, codecs=source.config.codecs,
+                                       label=sub.label, recording=None, masking=None)
+                out.media.append(section)
+        except BaseException:
+            await self._end_subscription(call, sub)
+            raise
+        out.set_connection(self._address)
+        log.info("subscription requested", call_id=call.call_id, to_tag=to_tag,
+                 from_tags=[p.tag for p in sources])
+        return {"result": "ok", "sdp": out.serialise(), "to-tag": to_tag,
+                "from-tags": [p.tag for p in sources]}
+
+    async def subscribe_answer(self, req: SubscribeAnswerRequest) -> dict[str, Any]:
+        call = self._call(req.call_id)
+        sub = call.parties.get(req.to_tag)
+        if sub is None or not sub.subscriber:
+            raise ng.NgError(f"Unknown subscription to-tag '{req.to_tag}'")
+        sdp = req.sdp
+        if len(sdp.media) != len(sub.medias):
+            raise ng.NgError(f"Answer has {len(sdp.media)} media sections, the subscription "
+                             f"offered {len(sub.medias)}")
+        _check_sections(sdp, cut_codecs=False)
+        configs: list[StreamConfig | None] = []
+        for index, (section, media) in enumerate(zip(sdp.media, sub.medias, strict=True)):
+            if section.port == 0:
+                configs.append(None)  # this medium declined: nothing is sent to it
+                continue
+            offered = media.config.codecs
+            if offered and not set(section.codecs().values()) & set(offered.values()):
+                raise ng.NgError(f"media {index}: the answer accepts none of the offered codecs")
+            peer_addr = sdp.media_connection(index) or ""
+            secure = media.protocol in SAVP
+            srtp_recv = media.keys.accept(section, offer=False, index=index) if secure else None
+            rtcp_port = section.rtcp_port or section.port + 1
+            configs.append(replace(
+                media.config, peer=(peer_addr, section.port),
+                rtcp_peer=(peer_addr, section.port if section.rtcp_mux else rtcp_port),
+                rtcp_mux=section.rtcp_mux, symmetric="asymmetric" not in req.flags,
+                learning_window=self._latching.learning_window,
+                learn_any_source=self._latching.learn_any_source,
+                srtp_recv=srtp_recv, srtp_send=media.keys.send if secure else None,
+                recording=None, masking=None))
+        for media, config in zip(sub.medias, configs, strict=True):
+            if config is None:
+                await self._engine.remove_output(media.source, media.stream_id)
+                continue
+            media.config = config
+            media.sdp_address = config.peer[0] if config.peer else ""
+            try:
+                await self._engine.configure(media.stream_id, config)
+                await self._engine.add_output(media.source, media.stream_id)
+            except MediaError as exc:
+                raise ng.NgError(f"media {media.index}: {exc}") from exc
+        call.last_signal = self._clock()
+        log.info("subscription answered", call_id=call.call_id, to_tag=sub.tag)
+        return {"result": "ok"}
+
+    async def unsubscribe(self, req: UnsubscribeRequest) -> dict[str, Any]:
+        call = self._call(req.call_id)
+        sub = call.parties.get(req.to_tag)
+        if sub is None or not sub.subscriber:
+            raise ng.NgError(f"Unknown subscription to-tag '{req.to_tag}'")
+        await self._end_subscription(call, sub)
+        call.last_signal = self._clock()
+        log.info("subscription ended", call_id=call.call_id, to_tag=sub.tag)
+        return {"result": "ok"}
+
+    async def _end_subscription(self, call: Call, sub: Party) -> None:
+        for m in sub.medias:
+            if m.source:
+                await self._engine.remove_output(m.source, m.stream_id)
+            await self._engine.release(m.stream_id)
+            self._by_stream.pop(m.stream_id, None)
+        call.parties.pop(sub.tag, None)
 
     # --- media events ----------------------------------------------------------------------
 
@@ -602,6 +849,27 @@ class CallRegistry:
                 self._by_stream[m.stream_id] = (call.call_id, party.tag)
         if self._on_call is not None:
             self._on_call(call.call_id, True)
+
+
+def _specified(address: str) -> bool:
+    """An SDP address that names a host (not empty, not 0.0.0.0 / :: as for a hold)."""
+    return address not in ("", "0.0.0.0", "::")
+
+
+def _refuse_third_party(call: Call, from_tag: str) -> None:
+    """An offer from a tag the call does not know, once the call has its offerer: a third
+    party in plain offer/answer. Linking it would take the customer's media from the party
+    that has it (the first agent would be cut) and could not be told apart on the ports
+    already offered; refused before anything changes."""
+    if from_tag in call.parties:
+        if call.parties[from_tag].subscriber:
+            raise ng.NgError(f"from-tag '{from_tag}' is a subscription: it cannot offer")
+        return
+    if call.dialogue:
+        raise ng.NgError(
+            f"Call already has its parties: a third party (from-tag '{from_tag}') cannot join "
+            "by offer (a supervisor joins with 'subscribe request'; a transfer re-offers with "
+            "the call's own tags)")
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

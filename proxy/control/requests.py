@@ -55,6 +55,14 @@ class NegotiateRequest:
     # What the client understands in a reply (``supports``): Kamailio's rtpengine module sends
     # ``load limit`` and then takes that result as "try the next node of the set".
     supports: frozenset[str] = frozenset()
+    sip_code: int | None = None  # ``SIP code``: the response that carried an answer (200, 183)
+
+    @property
+    def final(self) -> bool:
+        """An answer from a final response (``SIP code`` >= 200, and not flagged
+        ``provisional``): as in rtpengine, its to-tag may no longer change."""
+        return (self.sip_code is not None and self.sip_code >= 200
+                and "provisional" not in self.flags)
 
     @property
     def trust_address(self) -> bool:
@@ -132,8 +140,45 @@ class DtmfRequest:
     secure_pay: bool = False  # ToneGuard's ``secure-pay=start``: also open a payment
 
 
+@dataclass(frozen=True, slots=True)
+class SubscribeRequest:
+    """``subscribe request``: a new party (``to_tag``, generated when empty) receives a copy of
+    the selected parties' media — what their linked streams get, masked the same way.
+
+    Sources: ``from-tags`` (a list, or ``from-tags-<tag>`` flags), the ``all`` flag (every
+    party of the offer/answer dialogue), else one party chosen as for ``block DTMF``."""
+
+    call_id: str
+    select: PartySelector
+    from_tags: tuple[str, ...] = ()
+    to_tag: str = ""
+    label: str | None = None  # ``set-label`` (or ``to-label``) for the new party
+    flags: frozenset[str] = frozenset()
+    transport_protocol: str | None = None
+    sdes: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeAnswerRequest:
+    """``subscribe answer``: the subscriber's answer SDP; media flows to it from now on."""
+
+    call_id: str
+    to_tag: str
+    sdp: SessionDescription
+    flags: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class UnsubscribeRequest:
+    """``unsubscribe``: the subscription ``to_tag`` ends (its streams are released)."""
+
+    call_id: str
+    to_tag: str
+
+
 Request = (PingRequest | NegotiateRequest | DeleteRequest | QueryRequest | ListRequest
-           | StatisticsRequest | DtmfRequest)
+           | StatisticsRequest | DtmfRequest | SubscribeRequest | SubscribeAnswerRequest
+           | UnsubscribeRequest)
 
 
 def parse_request(body: dict[str, Any]) -> Request:
@@ -183,7 +228,34 @@ def _negotiate(command: Literal["offer", "answer"], body: dict[str, Any]) -> Neg
         metadata=body["metadata"] if isinstance(body.get("metadata"), str) else None,
         caller=caller, recording_tap=_hostport(ng.get_str(body, "recording-tap")),
         supports=_flag_words(body, "supports"),
+        sip_code=ng.get_int(body, "sip-code", None),
     )
+
+
+def _subscribe(body: dict[str, Any]) -> SubscribeRequest:
+    flags = ng.flags(body)
+    listed = body.get("from-tags", [])
+    if isinstance(listed, str):
+        listed = [listed]
+    if not isinstance(listed, list) or not all(isinstance(t, str) for t in listed):
+        raise ng.NgError("Invalid value for key 'from-tags': expected a list of strings")
+    # Tags are case-sensitive: taken from the raw flags, not the lower-cased set.
+    raw = [f for f in body.get("flags", []) if f.lower().startswith("from-tags-")]
+    from_tags = tuple(dict.fromkeys([*listed, *(f[len("from-tags-"):] for f in raw)]))
+    select = PartySelector(
+        all="all" in flags, label=ng.get_str(body, "label") or None,
+        address=ng.get_str(body, "address") or None,
+        from_tag=ng.get_str(body, "from-tag") or None)
+    if not (from_tags or select.all or select.label or select.address or select.from_tag):
+        raise ng.NgError("No call participant selected (from-tag, from-tags, label, "
+                         "address or all)")
+    return SubscribeRequest(
+        call_id=ng.require_str(body, "call-id"), select=select, from_tags=from_tags,
+        to_tag=ng.get_str(body, "to-tag") or "",
+        label=ng.get_str(body, "set-label") or ng.get_str(body, "to-label"),
+        flags=frozenset(flags), transport_protocol=ng.get_str(body, "transport-protocol"),
+        sdes=_flag_words(body, "sdes") | {f[len("sdes-"):] for f in flags
+                                           if f.startswith("sdes-")})
 
 
 def _sdp(body: dict[str, Any]) -> SessionDescription:
@@ -241,4 +313,10 @@ _PARSERS: dict[str, Any] = {
     "statistics": lambda body: StatisticsRequest(),
     "block dtmf": lambda body: _dtmf(True, body),
     "unblock dtmf": lambda body: _dtmf(False, body),
+    "subscribe request": _subscribe,
+    "subscribe answer": lambda body: SubscribeAnswerRequest(
+        ng.require_str(body, "call-id"), ng.require_str(body, "to-tag"), _sdp(body),
+        frozenset(ng.flags(body))),
+    "unsubscribe": lambda body: UnsubscribeRequest(ng.require_str(body, "call-id"),
+                                                   ng.require_str(body, "to-tag")),
 }

@@ -237,6 +237,10 @@ class _Stream:
     rtcp: _Socket | None  # None under rtcp-mux
     config: StreamConfig = field(default_factory=StreamConfig)
     peer: _Stream | None = None  # the linked stream: where what arrives here is relayed
+    # More streams that get what ``peer`` gets (subscriptions: a supervisor listening in).
+    # A tuple, empty on almost every stream: the relay checks it with one truth test.
+    outputs: tuple[_Stream, ...] = ()
+    inputs: list[_Stream] = field(default_factory=list)  # streams whose ``outputs`` hold this
     direct: _ConnectedSocket | None = None  # connected to ``endpoint`` once latched
     endpoint: Address | None = None  # latched RTP source / destination
     rtcp_endpoint: Address | None = None
@@ -437,10 +441,30 @@ class LocalMediaEngine:
         sa, sb = self._get(a), self._get(b)
         sa.peer, sb.peer = sb, sa
 
+    async def add_output(self, source: str, sink: str) -> None:
+        src, out = self._get(source), self._get(sink)
+        if src is out:
+            raise MediaError(f"{source}: a stream cannot send to itself")
+        if out not in src.outputs:
+            src.outputs = (*src.outputs, out)
+            out.inputs.append(src)
+
+    async def remove_output(self, source: str, sink: str) -> None:
+        src, out = self._streams.get(source), self._streams.get(sink)
+        if src is not None and out is not None and out in src.outputs:
+            src.outputs = tuple(s for s in src.outputs if s is not out)
+            out.inputs.remove(src)
+
     async def release(self, stream_id: str) -> None:
         stream = self._streams.pop(stream_id, None)
         if stream is None:
             return
+        for src in stream.inputs:  # nothing more is sent out of a released stream
+            src.outputs = tuple(s for s in src.outputs if s is not stream)
+        for out in stream.outputs:
+            out.inputs.remove(stream)
+        stream.inputs.clear()
+        stream.outputs = ()
         if stream.config.masking is not None:
             self._pipeline.close(stream_id)
         for sock in (stream.rtp, stream.rtcp, stream.direct):
@@ -614,6 +638,9 @@ class LocalMediaEngine:
             return
         if stream.peer is not None:
             self._send_out(stream.peer, data)
+        if stream.outputs:
+            for out in stream.outputs:
+                self._send_out(out, data)
 
     def _uninspectable(self, stream: _Stream, payload_type: int) -> None:
         """A masked stream's packet the masking cannot read (an unknown codec, a payload type
@@ -630,9 +657,17 @@ class LocalMediaEngine:
                         in_sdp=payload_type in stream.config.codecs)
 
     def _send_linked(self, arrived: str, packet: RtpPacket) -> None:
+        """A packet the masking pipeline released (masked where it had to be): to the linked
+        stream and every output, the same bytes to each."""
         stream = self._streams.get(arrived)
-        if stream is not None and stream.peer is not None:
+        if stream is None:
+            return
+        if stream.peer is not None:
             self._send_out(stream.peer, bytes(packet))
+        if stream.outputs:
+            plain = bytes(packet)
+            for out in stream.outputs:
+                self._send_out(out, plain)
 
     def _send_out(self, out: _Stream, plain: bytes) -> None:
         dest = out.rtp_destination()

@@ -29,6 +29,7 @@ class MemoryStream:
     local: LocalEndpoint
     config: StreamConfig = field(default_factory=StreamConfig)
     linked: str | None = None
+    outputs: list[str] = field(default_factory=list)  # add_output sinks, in order
     configured: int = 0  # how many times configure() was called
 
 
@@ -82,8 +83,21 @@ class MemoryMediaEngine:
         sa, sb = self._get(a), self._get(b)
         sa.linked, sb.linked = b, a
 
+    async def add_output(self, source: str, sink: str) -> None:
+        s, _ = self._get(source), self._get(sink)
+        if sink not in s.outputs:
+            s.outputs.append(sink)
+
+    async def remove_output(self, source: str, sink: str) -> None:
+        stream = self.streams.get(source)
+        if stream is not None and sink in stream.outputs:
+            stream.outputs.remove(sink)
+
     async def release(self, stream_id: str) -> None:
         stream = self.streams.pop(stream_id, None)
+        for other in self.streams.values():  # as the real engine: a gone sink gets nothing
+            if stream_id in other.outputs:
+                other.outputs.remove(stream_id)
         if stream is not None:
             self._free.append(stream.local.rtp_port)
             self.released.append(stream_id)

@@ -295,6 +295,17 @@ class WorkerPoolEngine:
             raise MediaError(f"cannot link {a} and {b}: they live on different workers")
         await worker.call("link", a, b)
 
+    async def add_output(self, source: str, sink: str) -> None:
+        worker = self._of(source)
+        if self._of(sink) is not worker:
+            raise MediaError(f"cannot send {source} to {sink}: they live on different workers")
+        await worker.call("add_output", source, sink)
+
+    async def remove_output(self, source: str, sink: str) -> None:
+        worker = self._owner.get(source)
+        if worker is not None:
+            await worker.call("remove_output", source, sink)
+
     async def release(self, stream_id: str) -> None:
         worker = self._owner.pop(stream_id, None)
         if worker is not None:

@@ -14,6 +14,7 @@ from proxy.securepay.states import PaymentStatus
 @dataclass(frozen=True)
 class PaymentEvent:
     type: str  # started | progress | field-complete | error | submitting | result | ended
+    #            | transferred (the call, and this payment, moved to another agent)
     call_id: str
     sid: str
     agent_id: str  # whom the event is for: the call's agent when it was published

@@ -160,15 +160,42 @@ class PaymentManager:
         # Redacted like the audit log: a SIP From user is the caller's to choose, and one that
         # looks like a card number must not reach the agent as one.
         info.caller = info.caller or redact_text(caller[:64])
-        for item in metadata.replace("&", ";").split(";"):
-            key, _, value = item.partition("=")
-            if key.strip() == "caller" and value.strip():
-                info.caller = redact_text(value.strip()[:64])
-            if key.strip() == "agent" and value.strip():
-                info.agent_id = value.strip()
-                self.audit.record("call.assign", actor="ng", call_id=call_id,
-                                  agent_id=info.agent_id)
-                self._state_changed(call_id)
+        fields = _metadata(metadata)
+        if fields.get("caller"):
+            info.caller = redact_text(fields["caller"][:64])
+        if fields.get("agent"):
+            info.agent_id = fields["agent"]
+            self.audit.record("call.assign", actor="ng", call_id=call_id, agent_id=info.agent_id)
+            self._state_changed(call_id)
+
+    def call_renegotiated(self, call_id: str, metadata: str | None, leg_moved: bool) -> None:
+        """The call was negotiated again (a re-INVITE, another branch answering): perhaps a
+        transfer. An open payment never stays with an agent who may have left the call:
+
+        - the message names an agent (``metadata`` ``agent=<id>``) other than the one assigned:
+          the call, and with it its open payment (fields kept, still capturing), moves to that
+          agent (a ``transferred`` event; the API now lets that agent, not the first, act);
+        - a leg's media moved and the message names no agent: nobody can say who hears the
+          customer now, so the open payment is cancelled (``agent-changed``; digits wiped);
+        - the same agent named, or nothing moved (a hold, a codec change): nothing changes.
+        """
+        info = self.calls.get(call_id)
+        if info is None:
+            return
+        named = _agent(metadata or "")
+        sid = self._active.get(call_id)
+        if named and named != info.agent_id:
+            info.agent_id = named
+            self.audit.record("call.assign", actor="ng-transfer", call_id=call_id,
+                              agent_id=named)
+            self._state_changed(call_id)
+            if sid is not None:
+                self._publish(self.sessions[sid], "transferred")
+            return
+        if leg_moved and not named and sid is not None:
+            self.audit.record("payment.cancel", actor="ng-transfer", call_id=call_id,
+                              session_id=sid)
+            self._end(self.sessions[sid], Trigger.CANCEL, "agent-changed")
 
     def call_ended(self, call_id: str) -> None:
         sid = self._active.get(call_id)
@@ -435,6 +462,22 @@ class PaymentManager:
         self._state_changed(session.call_id)
         log.info("payment event", kind=kind, call_id=session.call_id, session_id=session.sid,
                  status=session.status.value, error=error)
+
+
+def _metadata(metadata: str) -> dict[str, str]:
+    """ng ``metadata`` as SIP proxies pass it: ``;``/``&`` separated key=value pairs (the last
+    of a key wins; blank values are left out)."""
+    fields: dict[str, str] = {}
+    for item in metadata.replace("&", ";").split(";"):
+        key, _, value = item.partition("=")
+        if key.strip() and value.strip():
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+def _agent(metadata: str) -> str:
+    """The ``agent=<id>`` of ng ``metadata``, or ""."""
+    return _metadata(metadata).get("agent", "")
 
 
 def _session_id() -> str:

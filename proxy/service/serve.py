@@ -184,6 +184,7 @@ class Node:
                                 advertised_address=media.advertised_address,
                                 policy=call_policy(config), on_digit=digit,
                                 on_call=call_changed, on_securepay=securepay_from_ng,
+                                on_renegotiated=payments.call_renegotiated,
                                 limits=CallLimits(config.ng.max_media_per_offer,
                                                   config.ng.max_parties_per_call),
                                 latching=LatchingDefaults(media.learn_any_source,

@@ -228,15 +228,17 @@ async def test_a_session_level_connection_line_is_enough() -> None:
 
 
 async def test_parties_per_call_are_limited() -> None:
+    """A third party joins by ``subscribe request`` (a plain offer from a third tag is refused:
+    tests/proxy/control/test_supervisor.py); subscriptions count against the limit."""
     from proxy.control.calls import CallLimits
     engine = MemoryMediaEngine(port_max=31000)
     registry = CallRegistry(engine, address="127.0.0.1", limits=CallLimits(max_parties=3))
     await _call(registry)
-    await registry.handle({"command": "offer", "call-id": "c", "from-tag": "third",
-                           "sdp": audio_sdp("127.0.0.1", 4004)})
+    await registry.handle({"command": "subscribe request", "call-id": "c", "from-tag": "ft",
+                           "to-tag": "third"})
     with pytest.raises(ng.NgError, match="Too many parties"):
-        await registry.handle({"command": "offer", "call-id": "c", "from-tag": "fourth",
-                               "sdp": audio_sdp("127.0.0.1", 4006)})
+        await registry.handle({"command": "subscribe request", "call-id": "c",
+                               "from-tag": "ft", "to-tag": "fourth"})
     assert len(registry.calls["c"].parties) == 3
 
 
@@ -295,3 +297,19 @@ async def test_each_call_event_is_one_log_line_with_call_id_and_tags_and_no_sdp(
     assert (answered["from_tag"], answered["to_tag"]) == ("ft", "tt")
     text = repr(logs)
     assert "inline:" not in text and "v=0" not in text  # no SDP, no key material
+
+
+@pytest.mark.parametrize("hint", [{"offer": {"flags": ["caller-none"]}}, {}])
+async def test_a_capture_on_a_call_with_no_customer_masks_every_party(
+        hint: dict[str, dict[str, Any]]) -> None:
+    """``caller-none`` (or node ``caller = "none"``) names no customer; a payment capturing
+    there must still mask whoever keys — it once relayed the card in clear while capturing."""
+    registry, _ = _registry(caller="none")
+    await _call(registry, **hint)
+    assert (_masked(registry, "ft"), _masked(registry, "tt")) == (None, None)
+    await registry.set_capture("c", True)
+    assert (_masked(registry, "ft"), _masked(registry, "tt")) == (True, True)
+    with pytest.raises(ng.NgError, match="Cannot unblock DTMF"):
+        await registry.handle({"command": "unblock DTMF", "call-id": "c", "from-tag": "ft"})
+    await registry.set_capture("c", False)
+    assert (_masked(registry, "ft"), _masked(registry, "tt")) == (None, None)
