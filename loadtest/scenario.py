@@ -77,7 +77,9 @@ class ChecksSection(_Section):
 
     leak_sample: float = Field(1.0, ge=0, le=1)  # share of calls decoded for leaks
     max_loss: float = Field(0.001, ge=0, le=1)
-    max_p99_ms: float = Field(80.0, gt=0)  # added one-way latency, either direction
+    # Added one-way latency, either direction; ToneGuard's masked direction carries its
+    # look-ahead (26 ms) and tick alignment: about 60 ms at p50 on loopback.
+    max_p99_ms: float = Field(120.0, gt=0)
 
 
 class CapacitySection(_Section):
