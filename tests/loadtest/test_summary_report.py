@@ -1,0 +1,64 @@
+"""The run summary (JSON) adds up and judges against the scenario's bounds; the HTML report
+is one self-contained file drawn from it."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from loadtest.report import write_report
+from loadtest.summary import summarise
+from tests.loadtest.helpers import synthetic_run
+
+
+def test_counts_add_up_per_direction() -> None:
+    s = summarise(synthetic_run(lose=True))
+    up = s["packets"]["caller_to_agent"]
+    assert (up["sent"], up["received"], up["lost"]) == (400, 399, 1)
+    assert s["latency_ms"]["caller_to_agent"]["count"] == 399
+    assert s["calls"]["set_up"] == s["calls"]["planned"] == 4
+
+
+def test_a_clean_run_passes() -> None:
+    assert summarise(synthetic_run())["verdict"] == {"ok": True, "problems": []}
+
+
+def test_loss_above_the_bound_is_named() -> None:
+    assert summarise(synthetic_run(lose=True))["verdict"] == {"ok": False, "problems": [
+        "caller_to_agent loss 0.250 % > 0.100 %"]}
+
+
+def test_a_leaked_digit_fails_the_run_and_is_counted_not_shown() -> None:
+    s = summarise(synthetic_run(leak_on=1))
+    assert s["leak"]["spandsp_digits"] == 1 and s["leak"]["calls_with_leak"] == 1
+    assert "leak on 1 of 4 calls checked" in s["verdict"]["problems"]
+    assert '"4"' not in json.dumps(s["leak"])  # a count, never the digit
+
+
+def test_payments_and_digits_are_reported() -> None:
+    s = summarise(synthetic_run())
+    assert s["payments"]["attempted"] == s["payments"]["completed"] == 2
+    assert s["digits"]["captured"] == s["digits"]["keyed_in_payments"] == 46
+
+
+def test_latency_cdf_runs_from_zero_to_one() -> None:
+    cdf = summarise(synthetic_run())["latency_ms"]["caller_to_agent"]["cdf"]
+    assert cdf[0][1] == 0.0 and cdf[-1][1] == 1.0
+    assert 50 <= cdf[0][0] <= cdf[-1][0] <= 60
+
+
+def test_a_partial_run_says_so() -> None:
+    s = summarise(synthetic_run(partial=True))
+    assert s["partial"] is True
+    assert "partial run (stopped early)" in s["verdict"]["problems"]
+
+
+def test_html_is_self_contained_with_its_plots(tmp_path: Path) -> None:
+    json_path, html_path = write_report(summarise(synthetic_run()), tmp_path)
+    page = html_path.read_text()
+    assert json.loads(json_path.read_text())["scenario"]["name"] == "synthetic"
+    assert page.count("<svg") == 5  # latency CDF, loss, payments, CPU + calls, RSS
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)
+    assert "<script" not in page
+    assert "Added one-way latency, CDF" in page and "caller → agent (masked)" in page
