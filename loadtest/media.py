@@ -41,7 +41,7 @@ PTIME = 0.02
 PHASES = 10  # send phases per tick (2 ms apart)
 SSRC_BASE = 0x10000000
 ROW = 256  # bytes per packet slot in the send buffer and the receive rows
-GRACE_TICKS = 25  # a call's stragglers are still counted this long (0.5 s) after it ends
+GRACE_TICKS = 100  # a call's stragglers still count this long (2 s) after it ends; later = lost
 CALLER, AGENT = 0, 1  # sides: index of the socket a stream is sent from
 
 
@@ -74,6 +74,8 @@ class StreamStats:
     events_received: int = 0  # RFC 4733 packets the relay passed on (to the agent: a leak)
     jitter_ms: float = 0.0  # RFC 3550, at the end of the call
     latencies: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
+    ticks: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    start: float = 0.0  # s from the engine's start to this call's first tick
     recording: list[bytes] = field(default_factory=list)  # raw arrivals, when recorded
 
     @property
@@ -372,11 +374,13 @@ class MediaEngine:
                 sent = ~np.isnan(slot.sent_at[side])
                 transit = slot.transit[side][sent]
                 arrived = transit[~np.isnan(transit)]
+                arrived_ticks = np.flatnonzero(~np.isnan(slot.transit[side]))
                 results.append(StreamStats(
                     call=slot.media.index, side=side, sent=int(sent.sum()),
                     received=int(arrived.size), events_sent=slot.events[side],
                     events_received=slot.events_received[side],
                     jitter_ms=1000 * rfc3550_jitter(transit), latencies=arrived,
+                    ticks=arrived_ticks, start=slot.start_tick * PTIME,
                     recording=slot.recording if side == CALLER else []))
             self._slot_of[slot.media.index] = -1
             self._free_slots.append(number)

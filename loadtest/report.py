@@ -1,9 +1,9 @@
 """The run's report: ``report.json`` (the figures) and ``report.html``, one self-contained file
 (inline CSS and SVG plots, no script, no external resource) that can be mailed and read offline.
 
-Plots: added latency CDF per direction, target CPU and calls up over time, target memory, loss
-per direction, payments and digits. Everything is drawn from the JSON summary, so the two never
-disagree.
+Plots: added latency CDF per direction and its p99 over the run, target CPU and calls up over
+time, target memory, loss per direction, payments and digits. Everything is drawn from the
+JSON summary, so the two never disagree.
 """
 
 from __future__ import annotations
@@ -134,6 +134,9 @@ def render_html(s: dict[str, Any]) -> str:
     cdf = line_chart("Added one-way latency, CDF",
                      [(names[d], [(ms, q) for ms, q in lat[d]["cdf"]]) for d in names],
                      "latency (ms)", "fraction of packets", y_max=1.0)
+    over = line_chart("Added latency over the run (p99 per second of sending)",
+                      [(names[d], [(t, p99) for t, _, p99, _ in s["latency_over_time"][d]])
+                       for d in names], "seconds into the run", "p99 latency (ms)")
     cpu = line_chart("Target CPU and calls up over time",
                      [("target CPU % (one core = 100)",
                        [(t, c) for t, c, _ in usage["samples"]]),
@@ -201,7 +204,7 @@ this file.</p>
 <h2>Verdict</h2><ul id="problems">{problems}</ul>
 <h2>Run</h2>{overview}
 <h2>Media</h2>{media}
-<div class="grid">{cdf}{loss}</div>
+<div class="grid">{cdf}{over}{loss}</div>
 <h2>Payments and leaks</h2>
 <div class="grid">{payments}<div>{leaks}</div></div>
 <h2>Target and generator</h2>{generator}

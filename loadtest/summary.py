@@ -33,6 +33,23 @@ def _cdf(latencies: npt.NDArray[np.float64]) -> list[list[float]]:
             for v, q in zip(np.percentile(latencies, qs), qs, strict=True)]
 
 
+def _over_time(streams: list[Any]) -> list[list[float]]:
+    """Per second of the run: [second, p50 ms, p99 ms, max ms] of the packets sent in it —
+    a relay that stalls shows as a spike, where a whole-run percentile hides when."""
+    if not any(st.latencies.size for st in streams):
+        return []
+    sent = np.concatenate([st.start + st.ticks * 0.02 for st in streams])
+    latency = np.concatenate([st.latencies for st in streams])
+    second = sent.astype(np.int64)
+    out = []
+    for s in np.unique(second):
+        lat = latency[second == s]
+        out.append([int(s), round(1000 * float(np.percentile(lat, 50)), 2),
+                    round(1000 * float(np.percentile(lat, 99)), 2),
+                    round(1000 * float(lat.max()), 2)])
+    return out
+
+
 def summarise(result: RunResult) -> dict[str, Any]:
     s, calls = result.scenario, result.calls
     set_up = [c for c in calls if c.setup_ms is not None]
@@ -53,6 +70,8 @@ def summarise(result: RunResult) -> dict[str, Any]:
         js = np.array([st.jitter_ms for st in streams])
         jitter[name] = {"mean": round(float(js.mean()), 3) if js.size else None,
                         "max": round(float(js.max()), 3) if js.size else None}
+    over_time = {name: _over_time([st for c in calls for st in c.streams if st.side == side])
+                 for side, name in DIRECTIONS.items()}
     paying = [c for c in calls if c.payment and c.started is not None]
     statuses: dict[str, int] = {}
     for c in paying:
@@ -96,6 +115,7 @@ def summarise(result: RunResult) -> dict[str, Any]:
         },
         "packets": packets,
         "latency_ms": latency,
+        "latency_over_time": over_time,
         "jitter_ms": jitter,
         "digits": {
             "keyed": sum(c.digits_keyed for c in calls if c.media_ended),

@@ -21,11 +21,13 @@ def synthetic_run(*, leak_on: int | None = None, partial: bool = False, lose: bo
     for i in range(4):
         rec = CallRecord(i, "visa", payment=i % 2 == 0, record=True, planned_start=0.1 * i,
                          started=0.1 * i, setup_ms=10.0 + i, media_ended=True)
-        rec.streams = [StreamStats(i, CALLER, sent=100, received=100 - (lose and i == 0),
-                                   jitter_ms=1.0, latencies=0.05 + 0.01 * rng.random(
-                                       100 - (lose and i == 0))),
+        up = 100 - (lose and i == 0)
+        rec.streams = [StreamStats(i, CALLER, sent=100, received=up, jitter_ms=1.0,
+                                   latencies=0.05 + 0.01 * rng.random(up),
+                                   ticks=np.arange(up), start=0.1 * i),
                        StreamStats(i, AGENT, sent=100, received=100, jitter_ms=0.5,
-                                   latencies=0.001 + 0.001 * rng.random(100))]
+                                   latencies=0.001 + 0.001 * rng.random(100),
+                                   ticks=np.arange(100), start=0.1 * i)]
         rec.digits_keyed = 23
         rec.heard_seconds = rec.sent_seconds = 2.0
         if rec.payment:

@@ -58,7 +58,7 @@ def test_html_is_self_contained_with_its_plots(tmp_path: Path) -> None:
     json_path, html_path = write_report(summarise(synthetic_run()), tmp_path)
     page = html_path.read_text()
     assert json.loads(json_path.read_text())["scenario"]["name"] == "synthetic"
-    assert page.count("<svg") == 5  # latency CDF, loss, payments, CPU + calls, RSS
+    assert page.count("<svg") == 6  # latency CDF and over time, loss, payments, CPU, RSS
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)
     assert "<script" not in page
     assert "Added one-way latency, CDF" in page and "caller → agent (masked)" in page
