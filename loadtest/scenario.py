@@ -76,6 +76,10 @@ class ChecksSection(_Section):
     """What a run is judged on (and what --find-capacity ramps against)."""
 
     leak_sample: float = Field(1.0, ge=0, le=1)  # share of calls decoded for leaks
+    # What counts as a leak: "energy" = any DTMF tone energy above -45 dBm0 reaching the agent
+    # around a key (the strict default, proxy/demo/leak.py), a digit decoded or an RFC 4733
+    # event passed on; "decoded" = only a digit spandsp or multimon-ng decodes, or an event.
+    leak: Literal["energy", "decoded"] = "energy"
     max_loss: float = Field(0.001, ge=0, le=1)
     # Added one-way latency, either direction; ToneGuard's masked direction carries its
     # look-ahead (26 ms) and tick alignment: about 60 ms at p50 on loopback.

@@ -86,6 +86,8 @@ def summarise(result: RunResult) -> dict[str, Any]:
         "events_to_agent": sum(c.leak_events for c in checked),
         "calls_with_leak": sum(bool(c.leak_spandsp or c.leak_multimon or c.leak_ms or
                                     c.leak_events) for c in checked),
+        "calls_with_decoded_leak": sum(bool(c.leak_spandsp or c.leak_multimon or c.leak_events)
+                                       for c in checked),
         # The check means something only if the agent heard the call.
         "calls_heard": sum(c.heard_seconds >= 0.9 * c.sent_seconds > 0 for c in checked),
     }
@@ -163,9 +165,11 @@ def verdict(summary: dict[str, Any]) -> dict[str, Any]:
         if p99 is not None and p99 > checks["max_p99_ms"]:
             problems.append(f"{name} p99 {p99:.1f} ms > {checks['max_p99_ms']:g} ms")
     leak = summary["leak"]
-    if leak["calls_with_leak"]:
-        problems.append(f"leak on {leak['calls_with_leak']} of {leak['calls_checked']} "
-                        "calls checked")
+    leaking = leak["calls_with_leak"] if checks["leak"] == "energy" else \
+        leak["calls_with_decoded_leak"]
+    if leaking:
+        kind = "tone energy or digits" if checks["leak"] == "energy" else "decoded digits"
+        problems.append(f"leak ({kind}) on {leaking} of {leak['calls_checked']} calls checked")
     if leak["calls_heard"] < leak["calls_checked"]:
         problems.append(f"{leak['calls_checked'] - leak['calls_heard']} checked calls were "
                         "not heard by the agent (the leak check proves nothing for them)")

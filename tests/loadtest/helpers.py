@@ -10,12 +10,14 @@ from loadtest.scenario import parse_scenario
 from loadtest.target import Target
 
 
-def synthetic_run(*, leak_on: int | None = None, partial: bool = False, lose: bool = False
-                  ) -> RunResult:
+def synthetic_run(*, leak_on: int | None = None, partial: bool = False, lose: bool = False,
+                  tone_on: int | None = None, leak: str = "energy") -> RunResult:
     """Four calls of 2 s, two with a completed payment; call ``leak_on`` leaked one digit;
-    ``lose``: call 0 lost one packet toward the agent."""
+    ``lose``: call 0 lost one packet toward the agent; call ``tone_on`` let 5 ms of tone
+    energy through (no digit decoded); ``leak``: checks.leak."""
     scenario = parse_scenario({"name": "synthetic", "calls": {"total": 4, "concurrency": 4,
-                                                              "hold_seconds": 9}})
+                                                              "hold_seconds": 9},
+                               "checks": {"leak": leak}})
     rng = np.random.default_rng(5)
     calls = []
     for i in range(4):
@@ -34,6 +36,8 @@ def synthetic_run(*, leak_on: int | None = None, partial: bool = False, lose: bo
             rec.payment_status, rec.token, rec.digits_captured = "complete", True, 23
         if i == leak_on:
             rec.leak_spandsp = "4"
+        if i == tone_on:
+            rec.leak_ms = 5.0
         calls.append(rec)
     timeline = [Snapshot(t, 4, 4, 0, 0, 400.0, 398.0, 0.0, 12.0) for t in (0.5, 1.0, 1.5)]
     return RunResult(

@@ -32,8 +32,17 @@ def test_loss_above_the_bound_is_named() -> None:
 def test_a_leaked_digit_fails_the_run_and_is_counted_not_shown() -> None:
     s = summarise(synthetic_run(leak_on=1))
     assert s["leak"]["spandsp_digits"] == 1 and s["leak"]["calls_with_leak"] == 1
-    assert "leak on 1 of 4 calls checked" in s["verdict"]["problems"]
+    assert "leak (tone energy or digits) on 1 of 4 calls checked" in s["verdict"]["problems"]
     assert '"4"' not in json.dumps(s["leak"])  # a count, never the digit
+
+
+def test_tone_energy_is_a_leak_unless_the_scenario_counts_decoded_digits_only() -> None:
+    strict = summarise(synthetic_run(tone_on=3))
+    assert strict["leak"]["calls_with_leak"] == 1 and not strict["verdict"]["ok"]
+    lenient = summarise(synthetic_run(tone_on=3, leak="decoded"))
+    assert lenient["leak"]["tone_ms"] == 5.0 and lenient["verdict"]["ok"]
+    decoded = summarise(synthetic_run(leak_on=3, leak="decoded"))
+    assert decoded["verdict"]["problems"] == ["leak (decoded digits) on 1 of 4 calls checked"]
 
 
 def test_payments_and_digits_are_reported() -> None:
