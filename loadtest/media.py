@@ -43,6 +43,7 @@ SSRC_BASE = 0x10000000
 ROW = 256  # bytes per packet slot in the send buffer and the receive rows
 GRACE_TICKS = 100  # a call's stragglers still count this long (2 s) after it ends; later = lost
 CALLER, AGENT = 0, 1  # sides: index of the socket a stream is sent from
+_SPAN = np.arange(160)
 
 
 @dataclass
@@ -108,14 +109,17 @@ def rfc3550_jitter(transit: npt.NDArray[np.float64]) -> float:
 class _Slot:
     """A call in play: its state and, per side, when each tick's packet left and arrived."""
 
-    def __init__(self, media: CallMedia, start_tick: int, phase: int, max_ticks: int) -> None:
+    def __init__(self, media: CallMedia, start_tick: int, phase: int,
+                 sent_at: npt.NDArray[np.float64], transit: npt.NDArray[np.float64],
+                 events_received: npt.NDArray[np.int64], impaired: bool) -> None:
         self.media = media
         self.start_tick = start_tick
         self.phase = phase
-        self.sent_at = np.full((2, max_ticks), np.nan)
-        self.transit = np.full((2, max_ticks), np.nan)
+        # Views into the engine's arrays (so that arrivals are matched for all calls at once).
+        self.sent_at, self.transit, self.events_received = sent_at, transit, events_received
         self.events = [0, 0]
-        self.events_received = [0, 0]
+        # Per side: packets built one by one (SRTP, impairments) rather than in bulk.
+        self.slow = [impaired or k is not None for k in media.send_keys]
         self.senders = [SrtpSender(k) if k else None for k in media.send_keys]
         self.seq = [random.Random(media.index * 2 + s).getrandbits(16) for s in (0, 1)]
         self.pt = PAYLOAD_TYPES[media.codec]
@@ -151,8 +155,17 @@ class MediaEngine:
         self._buffer = np.zeros(capacity * 8 * ROW, np.uint8)
         self._senders = [BatchSender(s, self._dest_table, self._buffer, capacity * 8)
                          for s in self._sockets]
-        self._free_slots = list(range(capacity // 2 - 1, -1, -1))
+        slots = capacity // 2
+        self._free_slots = list(range(slots - 1, -1, -1))
         self._slot_of = np.full(total_calls, -1, np.int64)  # call index -> slot
+        # Per slot and side: when each tick's packet left, its transit time; events passed on.
+        self._sent_at = np.full((slots, 2, self.max_ticks), np.nan)
+        self._transit = np.full((slots, 2, self.max_ticks), np.nan)
+        self._events_received = np.zeros((slots, 2), np.int64)
+        self._slot_pt = np.zeros(slots, np.int64)
+        self._slot_record = np.zeros(slots, np.bool_)
+        self._rows = self._buffer.reshape(-1, ROW)
+        self._impaired = bool(impairments.loss or impairments.jitter_ms or impairments.reorder)
         self._slots: dict[int, _Slot] = {}
         self._incoming: list[CallMedia] = []
         self._lock = threading.Lock()
@@ -224,7 +237,13 @@ class MediaEngine:
             if not self._free_slots:
                 raise RuntimeError("more calls in play than the media plane was sized for")
             number = self._free_slots.pop()
-            slot = _Slot(media, tick, media.index % PHASES, self.max_ticks)
+            self._sent_at[number] = np.nan
+            self._transit[number] = np.nan
+            self._events_received[number] = 0
+            self._slot_pt[number] = PAYLOAD_TYPES[media.codec]
+            self._slot_record[number] = media.record
+            slot = _Slot(media, tick, media.index % PHASES, self._sent_at[number],
+                         self._transit[number], self._events_received[number], self._impaired)
             for side in (CALLER, AGENT):
                 entry = sockaddrs([media.to_relay[side]])
                 self._dest_table[2 * number + side] = entry[0]
@@ -242,10 +261,12 @@ class MediaEngine:
         return sender.protect(data) if sender is not None else data
 
     def _send_phase(self, tick: int, phase: int) -> None:
+        # Per side: the common packet (plain RTP audio, no impairment) in bulk, as
+        # (slot, local tick, bank offset, seq); the rest built one by one, as wire bytes.
+        bulk: list[list[tuple[int, int, int, int]]] = [[], []]
         out: list[list[tuple[int, bytes]]] = [[], []]  # per side: (destination row, wire)
         sent_rows: list[list[tuple[int, int]]] = [[], []]  # per side: (slot, local tick)
         codes = self.bank.codes
-        imp = self.impairments
         for number, slot in self._slots.items():
             if slot.phase != phase or slot.ended_at is not None:
                 continue
@@ -258,65 +279,98 @@ class MediaEngine:
             if m.keying is not None and m.keying.events:
                 events = m.keying.events.get(t - m.key_tick, [])
             for side in (CALLER, AGENT):
-                packets: list[tuple[bytes, int | None]] = []  # (wire, audio tick or None)
                 offsets = m.caller_offsets if side == CALLER else m.agent_offsets
                 if side == CALLER and events:
-                    base = m.key_tick * SAMPLES
-                    for e in events:
-                        packets.append((self._packet(slot, side, EVENT_PT, e.marker,
-                                                     base + e.timestamp, e.payload), None))
-                        slot.events[side] += 1
-                if not (side == CALLER and events and m.events_replace_audio):
-                    o = int(offsets[t])
-                    packets.append((self._packet(slot, side, slot.pt, t == 0, t * SAMPLES,
-                                                 codes[o:o + SAMPLES].tobytes()), t))
-                for wire, audio_tick in packets:
-                    if imp.loss and self._rng.random() < imp.loss:
+                    self._send_events(slot, number, t, events, out, sent_rows)
+                    if m.events_replace_audio:
                         continue
-                    if imp.reorder and audio_tick is not None and \
-                            (number, side) not in self._held and self._rng.random() < imp.reorder:
-                        self._held[(number, side)] = (audio_tick, wire)
-                        continue
-                    if imp.jitter_ms and audio_tick is not None:
-                        delay = self._rng.uniform(0, imp.jitter_ms / 1000)
-                        self._n += 1
-                        heapq.heappush(self._delayed, (time.monotonic() + delay, self._n, side,
-                                                       number, wire))
-                        continue
-                    out[side].append((2 * number + side, wire))
-                    if audio_tick is not None:
-                        sent_rows[side].append((number, audio_tick))
-                    held = self._held.pop((number, side), None)
-                    if held is not None:  # the one held back goes out after this one
-                        out[side].append((2 * number + side, held[1]))
-                        sent_rows[side].append((number, held[0]))
+                if not slot.slow[side]:
+                    seq = slot.seq[side]
+                    slot.seq[side] = (seq + 1) & 0xFFFF
+                    bulk[side].append((number, t, int(offsets[t]), seq))
+                    continue
+                o = int(offsets[t])
+                wire = self._packet(slot, side, slot.pt, t == 0, t * SAMPLES,
+                                    codes[o:o + SAMPLES].tobytes())
+                self._impair(slot, number, side, t, wire, out, sent_rows)
         now = time.monotonic()
         while self._delayed and self._delayed[0][0] <= now:
             _, _, side, number, wire = heapq.heappop(self._delayed)
-            slot = self._slots.get(number)
-            if slot is None:
+            if number not in self._slots:
                 continue
             out[side].append((2 * number + side, wire))
             ts = struct.unpack_from("!I", wire, 4)[0]
             sent_rows[side].append((number, ts // SAMPLES))
         for side in (CALLER, AGENT):
-            self._flush(side, out[side], sent_rows[side])
+            self._flush(side, bulk[side], out[side], sent_rows[side])
 
-    def _flush(self, side: int, out: list[tuple[int, bytes]],
-               rows: list[tuple[int, int]]) -> None:
-        if not out:
+    def _send_events(self, slot: _Slot, number: int, t: int, events: list,
+                     out: list[list[tuple[int, bytes]]],
+                     sent_rows: list[list[tuple[int, int]]]) -> None:
+        base = slot.media.key_tick * SAMPLES
+        for e in events:
+            wire = self._packet(slot, CALLER, EVENT_PT, e.marker, base + e.timestamp, e.payload)
+            slot.events[CALLER] += 1
+            if self.impairments.loss and self._rng.random() < self.impairments.loss:
+                continue
+            out[CALLER].append((2 * number + CALLER, wire))
+
+    def _impair(self, slot: _Slot, number: int, side: int, t: int, wire: bytes,
+                out: list[list[tuple[int, bytes]]],
+                sent_rows: list[list[tuple[int, int]]]) -> None:
+        """Send one audio packet through the scenario's impairments: lose, hold back one
+        packet (reorder) or delay it (jitter); each is timed when it really leaves."""
+        imp = self.impairments
+        if imp.loss and self._rng.random() < imp.loss:
             return
-        lengths = np.array([len(w) for _, w in out], np.intp)
-        offsets = np.arange(len(out), dtype=np.intp) * ROW
-        for i, (_, wire) in enumerate(out):
-            self._buffer[i * ROW:i * ROW + len(wire)] = np.frombuffer(wire, np.uint8)
-        destinations = np.array([d for d, _ in out], np.intp)
+        if imp.reorder and (number, side) not in self._held and self._rng.random() < imp.reorder:
+            self._held[(number, side)] = (t, wire)
+            return
+        if imp.jitter_ms:
+            delay = self._rng.uniform(0, imp.jitter_ms / 1000)
+            self._n += 1
+            heapq.heappush(self._delayed, (time.monotonic() + delay, self._n, side, number,
+                                           wire))
+        else:
+            out[side].append((2 * number + side, wire))
+            sent_rows[side].append((number, t))
+        held = self._held.pop((number, side), None)
+        if held is not None:  # the one held back goes out after this one
+            out[side].append((2 * number + side, held[1]))
+            sent_rows[side].append((number, held[0]))
+
+    def _flush(self, side: int, bulk: list[tuple[int, int, int, int]],
+               out: list[tuple[int, bytes]], rows: list[tuple[int, int]]) -> None:
+        k = len(bulk)
+        if not k and not out:
+            return
+        buf = self._rows
+        destinations = np.empty(k + len(out), np.intp)
+        lengths = np.empty(k + len(out), np.intp)
+        if k:
+            b = np.array(bulk, np.int64)
+            number, t, offset, seq = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
+            calls = np.array([self._slots[n].media.index for n in number.tolist()], np.int64)
+            buf[:k, 0] = 0x80
+            buf[:k, 1] = self._slot_pt[number] | np.where(t == 0, 0x80, 0)
+            buf[:k, 2:4] = seq.astype(">u2").view(np.uint8).reshape(k, 2)
+            buf[:k, 4:8] = (t * SAMPLES).astype(">u4").view(np.uint8).reshape(k, 4)
+            buf[:k, 8:12] = (SSRC_BASE + 2 * calls + side).astype(">u4").view(
+                np.uint8).reshape(k, 4)
+            buf[:k, 12:12 + SAMPLES] = self.bank.codes[offset[:, None] + _SPAN]
+            destinations[:k] = 2 * number + side
+            lengths[:k] = 12 + SAMPLES
+        for i, (destination, wire) in enumerate(out, start=k):
+            buf[i, :len(wire)] = np.frombuffer(wire, np.uint8)
+            destinations[i] = destination
+            lengths[i] = len(wire)
         stamp = time.time()
-        for number, t in rows:
-            slot = self._slots[number]
-            slot.sent_at[side, t] = stamp
-        self._senders[side].send(destinations, offsets, lengths)
-        self.counters.sent += len(out)
+        if k:
+            self._sent_at[number, side, t] = stamp
+        for n, tick in rows:
+            self._sent_at[n, side, tick] = stamp
+        self._senders[side].send(destinations, np.arange(len(destinations)) * ROW, lengths)
+        self.counters.sent += len(destinations)
 
     def _drain(self, side: int) -> None:
         receiver = self._receivers[side]
@@ -329,37 +383,36 @@ class MediaEngine:
 
     def _take(self, rows: npt.NDArray[np.uint8], lengths: npt.NDArray[np.uint32],
               stamps: npt.NDArray[np.float64]) -> None:
+        """Match a batch of arrivals to what was sent, all at once (no per-packet Python but
+        for the recorded legs)."""
         self.counters.received += len(rows)
-        pt = (rows[:, 1] & 0x7F).astype(np.int64)
         rtcp = (rows[:, 1] >= 200) & (rows[:, 1] <= 204)
         self.counters.rtcp += int(rtcp.sum())
+        pt = (rows[:, 1] & 0x7F).astype(np.int64)
         ts = rows[:, 4:8].copy().view(">u4").ravel().astype(np.int64)
-        ssrc = rows[:, 8:12].copy().view(">u4").ravel().astype(np.int64)
-        stream = ssrc - SSRC_BASE
+        stream = rows[:, 8:12].copy().view(">u4").ravel().astype(np.int64) - SSRC_BASE
         call = stream // 2
-        ok = (~rtcp) & (lengths >= 12) & (call >= 0) & (call < self._slot_of.size)
-        slot_numbers = np.full(len(rows), -1, np.int64)
-        slot_numbers[ok] = self._slot_of[call[ok]]
-        ok &= slot_numbers >= 0
+        ok = ~rtcp & (lengths >= 12) & (call >= 0) & (call < self._slot_of.size)
+        number = np.full(len(rows), -1, np.int64)
+        number[ok] = self._slot_of[call[ok]]
+        ok &= number >= 0
         self.counters.foreign += int((~ok & ~rtcp).sum())
-        for i in np.flatnonzero(ok):
-            number = int(slot_numbers[i])
-            slot = self._slots.get(number)
-            side = int(stream[i] % 2)
-            if slot is None or slot.media.index != int(call[i]):
-                self.counters.foreign += 1
-                continue
-            if slot.media.record and side == CALLER:
-                slot.recording.append(rows[i, :lengths[i]].tobytes())
-            if pt[i] != slot.pt:
-                slot.events_received[side] += 1
-                continue
-            t = int(ts[i] // SAMPLES)
-            if not 0 <= t < self.max_ticks or np.isnan(slot.sent_at[side, t]) or \
-                    not np.isnan(slot.transit[side, t]):
-                self.counters.foreign += 1  # not sent (yet), or a duplicate
-                continue
-            slot.transit[side, t] = stamps[i] - slot.sent_at[side, t]
+        index = np.flatnonzero(ok)
+        number, side, pt, tick = number[index], stream[index] % 2, pt[index], ts[index] // SAMPLES
+        record = self._slot_record[number] & (side == CALLER)
+        for i, n in zip(index[record].tolist(), number[record].tolist(), strict=True):
+            self._slots[n].recording.append(rows[i, :lengths[i]].tobytes())
+        audio = pt == self._slot_pt[number]
+        np.add.at(self._events_received, (number[~audio], side[~audio]), 1)
+        number, side, tick, stamp = number[audio], side[audio], tick[audio], \
+            stamps[index[audio]]
+        inside = tick < self.max_ticks
+        number, side, tick, stamp = number[inside], side[inside], tick[inside], stamp[inside]
+        sent = self._sent_at[number, side, tick]
+        fresh = ~np.isnan(sent) & np.isnan(self._transit[number, side, tick])
+        # Not sent (yet), or a duplicate: not one of our live packets.
+        self.counters.foreign += int((~inside).sum() + (~fresh).sum())
+        self._transit[number[fresh], side[fresh], tick[fresh]] = stamp[fresh] - sent[fresh]
 
     def _retire(self, tick: int) -> None:
         done = [n for n, s in self._slots.items()
@@ -378,7 +431,7 @@ class MediaEngine:
                 results.append(StreamStats(
                     call=slot.media.index, side=side, sent=int(sent.sum()),
                     received=int(arrived.size), events_sent=slot.events[side],
-                    events_received=slot.events_received[side],
+                    events_received=int(slot.events_received[side]),
                     jitter_ms=1000 * rfc3550_jitter(transit), latencies=arrived,
                     ticks=arrived_ticks, start=slot.start_tick * PTIME,
                     recording=slot.recording if side == CALLER else []))
