@@ -26,7 +26,7 @@ import numpy.typing as npt
 
 from loadtest.media import AGENT, CALLER, PTIME, CallMedia, MediaEngine, StreamStats
 from loadtest.scenario import Scenario
-from loadtest.sources import EVENT_PT, LAWS, PAYLOAD_TYPES, SAMPLES, Bank, build_bank
+from loadtest.sources import EVENT_PT, LAWS, PAYLOAD_TYPES, SAMPLES, Bank, Keying, build_bank
 from loadtest.target import Sampler, Target
 from proxy.control import sdes
 from proxy.demo.sdp_builder import audio_sdp, media_endpoint
@@ -138,7 +138,7 @@ class Runner:
         engine = MediaEngine(
             self.bank, s.impairments, max_calls=s.calls.concurrency + 4,
             max_ticks=self.hold_ticks, total_calls=s.calls.total, seed=s.calls.seed,
-            on_ended=lambda results: loop.call_soon_threadsafe(self._ended, results))
+            on_ended=lambda results: self._ended_threadsafe(loop, results))
         self.engine = engine
         sampler = Sampler(self.target.pids).start()
         transport, ng = await loop.create_datagram_endpoint(NgClient,
@@ -148,11 +148,11 @@ class Runner:
         engine.start()
         progress = asyncio.create_task(self._progress(sampler))
         http = httpx.AsyncClient(base_url=self.target.api or "http://invalid", timeout=10)
-        tasks = [asyncio.create_task(self._call(rec, transport, ng, http, stop))
-                 for rec in self.calls]
-        stopper = asyncio.create_task(stop.wait())
+        tasks: list[asyncio.Task[object]] = [
+            asyncio.create_task(self._call(rec, transport, ng, http, stop)) for rec in self.calls]
+        stopper: asyncio.Task[object] = asyncio.create_task(stop.wait())
         try:
-            pending = set(tasks)
+            pending: set[asyncio.Task[object]] = set(tasks)
             while pending and not stop.is_set():
                 _, pending = await asyncio.wait(pending | {stopper},
                                                 return_when=asyncio.FIRST_COMPLETED)
@@ -180,6 +180,11 @@ class Runner:
         return RunResult(s, self.target, self.calls, duration, stop.is_set(),
                          np.array(engine.lateness), engine.generator_drops,
                          engine.counters.foreign, sampler.samples, self.timeline, latencies)
+
+    def _ended_threadsafe(self, loop: asyncio.AbstractEventLoop,
+                          results: list[StreamStats]) -> None:
+        """From the media thread: hand a call's results to the event loop."""
+        loop.call_soon_threadsafe(self._ended, results)
 
     def _ended(self, results: list[StreamStats]) -> None:
         future = self._done.get(results[0].call)
@@ -298,7 +303,7 @@ class Runner:
             keying=keying, key_tick=self.key_tick,
             events_replace_audio=s.cards.profile == "rfc4733", record=rec.record)
 
-    def _caller_offsets(self, keying, start: int) -> npt.NDArray[np.int64]:
+    def _caller_offsets(self, keying: Keying, start: int) -> npt.NDArray[np.int64]:
         offsets = self.bank.offsets(self.bank.speech, start, self.hold_ticks)
         k = self.key_tick
         offsets[k:k + keying.ticks] = keying.offset + np.arange(keying.ticks) * SAMPLES

@@ -18,6 +18,12 @@ CARD_FIELDS = 3
 FIELD_PAUSE_MS = 300  # caller's pause before each field, as people read the next number
 
 
+Brand = Literal["visa", "mastercard", "amex"]
+BRANDS: tuple[Brand, ...] = ("visa", "mastercard", "amex")
+TargetKind = Literal["toneguard", "rtpengine"]
+TARGETS: tuple[TargetKind, ...] = ("toneguard", "rtpengine")
+
+
 class ScenarioError(ValueError):
     """The scenario file cannot be used; the message names the file and the key."""
 
@@ -55,8 +61,7 @@ class CardsSection(_Section):
     tone_ms: int = Field(80, ge=20, le=1000)
     gap_ms: int = Field(80, ge=20, le=1000)
     start_seconds: float = Field(1.5, ge=0.5, le=600)  # into the call, after some speech
-    brands: list[Literal["visa", "mastercard", "amex"]] = Field(
-        default_factory=lambda: ["visa", "mastercard", "amex"], min_length=1)
+    brands: list[Brand] = Field(default_factory=lambda: list(BRANDS), min_length=1)
 
 
 class PaymentsSection(_Section):
@@ -93,8 +98,7 @@ class CapacitySection(_Section):
     step: int = Field(50, ge=1)
     max: int = Field(1000, ge=1)
     seconds: float = Field(10.0, ge=4)
-    targets: list[Literal["toneguard", "rtpengine"]] = Field(
-        default_factory=lambda: ["toneguard", "rtpengine"], min_length=1)
+    targets: list[TargetKind] = Field(default_factory=lambda: list(TARGETS), min_length=1)
 
 
 class Scenario(_Section):

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,7 +141,8 @@ class Sampler:
         return self.samples[-1][1] if self.samples else 0.0
 
 
-def _wait(check, what: str, proc: subprocess.Popen | None, timeout: float = 30.0) -> None:
+def _wait(check: Callable[[], bool], what: str, proc: subprocess.Popen | None,
+          timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if proc is not None and proc.poll() is not None:
