@@ -33,8 +33,8 @@ def _e(value: object) -> str:
 def _nice_max(value: float) -> float:
     if value <= 0:
         return 1.0
-    for step in (1, 2, 2.5, 5, 10):
-        for magnitude in range(-3, 8):
+    for magnitude in range(-3, 9):  # the smallest 1, 2, 2.5, 5 × 10^n at or above value
+        for step in (1, 2, 2.5, 5):
             top = step * 10.0 ** magnitude
             if top >= value:
                 return top

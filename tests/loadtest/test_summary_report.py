@@ -71,3 +71,9 @@ def test_html_is_self_contained_with_its_plots(tmp_path: Path) -> None:
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)
     assert "<script" not in page
     assert "Added one-way latency, CDF" in page and "caller → agent (masked)" in page
+
+
+def test_axes_end_at_the_next_round_number() -> None:
+    from loadtest.report import _nice_max
+
+    assert [_nice_max(v) for v in (17, 1240, 0.9, 100, 0)] == [20, 2000, 1, 100, 1]
