@@ -19,7 +19,7 @@ from proxy.demo.simulate import TEST_CARDS
 
 ROOT = Path(__file__).parents[2]
 SMOKE = ROOT / "config" / "loadtest" / "smoke.toml"
-pytestmark = pytest.mark.peer  # starts toneguard serve, the gateway stub, spandsp, multimon-ng
+PEER = pytest.mark.peer  # starts toneguard serve, the gateway stub, spandsp, multimon-ng
 
 
 def _command(*args: str) -> list[str]:
@@ -46,6 +46,7 @@ def _counts_add_up(report: dict) -> None:
     assert calls["started"] == calls["set_up"] + calls["failed"]
 
 
+@PEER
 @pytest.mark.timeout(240)
 def test_smoke_scenario_report_is_consistent(tmp_path: Path) -> None:
     proc = subprocess.run(_command(str(SMOKE), "--report", str(tmp_path)), env=_env(),
@@ -74,6 +75,7 @@ def test_smoke_scenario_report_is_consistent(tmp_path: Path) -> None:
     _no_card_number_in(tmp_path)
 
 
+@PEER
 @pytest.mark.timeout(180)
 def test_ctrl_c_stops_cleanly_and_writes_a_partial_report(tmp_path: Path) -> None:
     scenario = tmp_path / "long.toml"
@@ -112,3 +114,29 @@ def test_ctrl_c_stops_cleanly_and_writes_a_partial_report(tmp_path: Path) -> Non
     assert 0 < report["packets"]["caller_to_agent"]["sent"] < 3 * 1500
     assert (report_dir / "report.html").exists()
     _no_card_number_in(report_dir)
+
+
+def test_the_product_cli_does_not_import_the_loadtest_package() -> None:
+    code = ("import sys, proxy.service.cli; "
+            "print(any(m == 'loadtest' or m.startswith('loadtest.') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True,
+                         text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_help_comes_from_the_loadtest_command(capsys: pytest.CaptureFixture[str]) -> None:
+    from proxy.service.cli import main
+
+    assert main(["loadtest", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--find-capacity" in out and "SCENARIO.toml" in out
+
+
+def test_a_bad_scenario_exits_2_naming_the_key(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from proxy.service.cli import main
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[media]\ncodec = "G729"\n')
+    assert main(["loadtest", str(bad)]) == 2
+    assert "bad.toml: media.codec: Input should be 'PCMU' or 'PCMA'" in capsys.readouterr().err
