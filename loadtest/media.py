@@ -41,6 +41,8 @@ PTIME = 0.02
 PHASES = 10  # send phases per tick (2 ms apart)
 SSRC_BASE = 0x10000000
 ROW = 256  # bytes per packet slot in the send buffer and the receive rows
+SNDBUF = 32 << 20
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 GRACE_TICKS = 100  # a call's stragglers still count this long (2 s) after it ends; later = lost
 CALLER, AGENT = 0, 1  # sides: index of the socket a stream is sent from
 _SPAN = np.arange(160)
@@ -145,6 +147,13 @@ class MediaEngine:
         self._sockets = []
         for _ in (CALLER, AGENT):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            # A large send buffer: on loopback a datagram stays charged to its sender until
+            # the receiver reads it, so a relay that reads late would block our sendmmsg (and
+            # the generator would run late, for every call) instead of dropping — its loss.
+            try:
+                s.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, SNDBUF)
+            except PermissionError:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
             s.bind((host, 0))
             self._sockets.append(s)
         self.ports = [s.getsockname()[1] for s in self._sockets]
