@@ -140,3 +140,35 @@ def test_a_bad_scenario_exits_2_naming_the_key(tmp_path: Path,
     bad.write_text('[media]\ncodec = "G729"\n')
     assert main(["loadtest", str(bad)]) == 2
     assert "bad.toml: media.codec: Input should be 'PCMU' or 'PCMA'" in capsys.readouterr().err
+
+
+@PEER
+@pytest.mark.timeout(120)
+async def test_a_running_node_is_driven_over_ng_and_its_api(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--ng/--api/--pid: someone else's node (here one the tool starts for the test), API
+    keys from the environment, CPU read from the given process."""
+    import asyncio
+
+    from loadtest.cli import run_once
+    from loadtest.scenario import parse_scenario
+    from loadtest.target import StartedTarget
+
+    scenario = parse_scenario({"name": "two", "calls": {"total": 2, "concurrency": 2,
+                                                        "hold_seconds": 9},
+                               "media": {"caller_audio": "noise"}, "payments": {"share": 1}})
+    started = await asyncio.to_thread(StartedTarget, "toneguard", 40, tmp_path)
+    try:
+        t = started.target
+        monkeypatch.setenv("TONEGUARD_ADMIN_KEY", t.admin_key)
+        monkeypatch.setenv("TONEGUARD_AGENT_KEY", t.agent_key)
+        code = await run_once(scenario, "toneguard", tmp_path / "report", asyncio.Event(),
+                              running=t.ng, api=t.api, pids=t.pids, progress=False)
+    finally:
+        await asyncio.to_thread(started.stop)
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert code in (0, 1)
+    assert report["target"]["settings"] == "running target, driven over ng"
+    assert report["payments"]["completed"] == report["payments"]["attempted"] == 2
+    assert report["leak"]["calls_with_leak"] == 0 and report["leak"]["calls_heard"] == 2
+    assert report["target_usage"]["samples"]
