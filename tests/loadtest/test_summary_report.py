@@ -77,3 +77,23 @@ def test_axes_end_at_the_next_round_number() -> None:
     from loadtest.report import _nice_max
 
     assert [_nice_max(v) for v in (17, 1240, 0.9, 100, 0)] == [20, 2000, 1, 100, 1]
+
+
+def test_progress_shows_a_live_table_or_plain_lines() -> None:
+    import io
+
+    from loadtest.progress import Progress
+    from loadtest.runner import Snapshot
+
+    snap = Snapshot(3.0, 12, 15, 2, 1, 1200.0, 1190.0, 0.001, 35.5)
+    live = io.StringIO()
+    with Progress("smoke → toneguard", 20, stream=live, live=True) as display:
+        display.update(snap)
+    assert "15/20" in live.getvalue() and "1200" in live.getvalue()  # a table, wrapped at 80
+    plain = io.StringIO()
+    with Progress("smoke", 20, stream=plain, live=False) as display:
+        display.update(snap)
+        display.update(Snapshot(3.5, 12, 15, 2, 1, 0, 0, 0, 0))  # within 2 s: not printed
+    assert plain.getvalue().count("\n") == 1
+    assert "calls up   12  set up 15/20" in plain.getvalue()
+    assert "loss 0.100 %  target CPU  35.5 %" in plain.getvalue()
