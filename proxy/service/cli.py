@@ -56,6 +56,17 @@ from proxy.service.agents_cli import agents_app  # noqa: E402
 app.add_typer(agents_app, name="agents")
 
 
+# Load testing is tooling, not product: a pass-through whose body imports the loadtest package
+# only when it runs (its options and --help live in loadtest/cli.py).
+@app.command("loadtest", add_help_option=False, context_settings={
+    "allow_extra_args": True, "ignore_unknown_options": True})
+def _loadtest(ctx: typer.Context) -> int:
+    """Simulated calls at scale against ToneGuard or rtpengine, with a report (--help)."""
+    from loadtest.cli import main as loadtest_main
+
+    return loadtest_main(list(ctx.args))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (0 ok, 1 findings/failure, 2 usage error).
 

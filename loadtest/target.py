@@ -1,0 +1,279 @@
+"""The relay under test: started by the tool on loopback, or one already running; and what its
+processes cost (CPU, RSS) over time, read from /proc.
+
+* ToneGuard: ``toneguard serve`` as a subprocess with a temporary config (ng, media ports, API
+  with an agents file holding a supervisor and an agent key, the gateway stub started beside
+  it with its own throw-away PKI), so payments run end to end.
+* rtpengine: ``rtpengine --config-file=none ...`` in userspace (no kernel module), given its best
+  masking settings per call by the runner (``block DTMF`` with ``DTMF-security=tone`` and
+  ``delay-buffer=40``: DESIGN.md, "rtpengine as a baseline"). It has no payment API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+PORT_WINDOW_BASE, PORT_WINDOW_END = 40000, 60000
+_PORT_LOCKS = Path(tempfile.gettempdir()) / "toneguard-loadtest-ports"
+
+
+class TargetError(RuntimeError):
+    """The target could not be started or reached; the message says which and why."""
+
+
+@dataclass
+class Target:
+    kind: str  # "toneguard" | "rtpengine"
+    ng: tuple[str, int]
+    api: str = ""  # "" = no payment API (rtpengine, or a ToneGuard driven without --api)
+    admin_key: str = ""
+    agent_key: str = ""
+    agent_id: str = ""
+    pids: list[int] = field(default_factory=list)  # roots of the processes to measure
+    settings: str = ""  # what the target runs with, for the report
+
+
+def _free(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PortWindow:
+    """A media port range no other loadtest run on this machine holds (flock per window):
+    relays bind with SO_REUSEPORT, so two runs on overlapping ports would split each other's
+    calls without any error (see tests/conftest.py, media_ports)."""
+
+    def __init__(self, ports: int) -> None:
+        size = max(200, (ports + 199) // 200 * 200)
+        _PORT_LOCKS.mkdir(exist_ok=True)
+        windows = (PORT_WINDOW_END - PORT_WINDOW_BASE) // size
+        first = _free(socket.SOCK_DGRAM) % windows
+        for step in range(windows):
+            base = PORT_WINDOW_BASE + (first + step) % windows * size
+            fd = os.open(_PORT_LOCKS / f"{base}-{size}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self._fd = fd
+            self.low, self.high = base, base + size - 2
+            return
+        raise TargetError(f"no free media port window of {size} ports in "
+                          f"{PORT_WINDOW_BASE}-{PORT_WINDOW_END}")
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def process_tree(pid: int) -> list[int]:
+    pids = [pid]
+    with contextlib.suppress(FileNotFoundError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                for child in (task / "children").read_text().split():
+                    pids += process_tree(int(child))
+    return pids
+
+
+def usage(roots: list[int]) -> tuple[float, int]:
+    """CPU seconds (user + system) and resident bytes of ``roots`` and their descendants."""
+    cpu, rss = 0.0, 0
+    for root in roots:
+        for pid in process_tree(root):
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                statm = Path(f"/proc/{pid}/statm").read_text().split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            cpu += (int(stat[11]) + int(stat[12])) / CLK_TCK
+            rss += int(statm[1]) * PAGE
+    return cpu, rss
+
+
+class Sampler:
+    """CPU % (one core = 100) and RSS of the target every ``interval`` s, in a thread."""
+
+    def __init__(self, roots: list[int], interval: float = 0.5) -> None:
+        self.roots, self.interval = roots, interval
+        self.samples: list[tuple[float, float, int]] = []  # (t, cpu %, rss bytes)
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="loadtest-sampler", daemon=True)
+
+    def start(self) -> Sampler:
+        if self.roots:
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        last_t, (last_cpu, _) = time.monotonic(), usage(self.roots)
+        while not self._stop.wait(self.interval):
+            now, (cpu, rss) = time.monotonic(), usage(self.roots)
+            self.samples.append((now - self.started, 100 * (cpu - last_cpu) / (now - last_t),
+                                 rss))
+            last_t, last_cpu = now, cpu
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    @property
+    def latest_cpu(self) -> float:
+        return self.samples[-1][1] if self.samples else 0.0
+
+
+def _wait(check: Callable[[], bool], what: str, proc: subprocess.Popen | None,
+          timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise TargetError(f"{what}: the process exited with {proc.returncode} at start-up")
+        with contextlib.suppress(OSError, httpx.HTTPError):
+            if check():
+                return
+        if time.monotonic() > deadline:
+            raise TargetError(f"{what}: not ready after {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+def _ng_ping(ng: tuple[str, int]) -> bool:
+    from proxy.control import bencode
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.3)
+        s.sendto(b"ping1 " + bencode.encode({"command": "ping"}), ng)
+        try:
+            return b"pong" in s.recv(4096)
+        except TimeoutError:
+            return False
+
+
+def _tcp_open(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=0.3):
+        return True
+
+
+class StartedTarget:
+    """Starts ToneGuard (+ gateway stub) or rtpengine on loopback; ``stop()`` ends them."""
+
+    def __init__(self, kind: str, media_ports: int, workdir: Path,
+                 port_range: tuple[int, int] | None = None) -> None:
+        self.kind = kind
+        self._procs: list[subprocess.Popen] = []
+        self._window = None if port_range else PortWindow(media_ports)
+        low, high = port_range or (self._window.low, self._window.high)  # type: ignore[union-attr]
+        self.workdir = workdir
+        ng = ("127.0.0.1", _free(socket.SOCK_DGRAM))
+        try:
+            self.target = self._toneguard(ng, low, high) if kind == "toneguard" else \
+                self._rtpengine(ng, low, high)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _spawn(self, cmd: list[str], log: str) -> subprocess.Popen:
+        out = open(self.workdir / log, "wb")  # noqa: SIM115 (lives as long as the process)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        out.close()
+        self._procs.append(proc)
+        return proc
+
+    def _toneguard(self, ng: tuple[str, int], low: int, high: int) -> Target:
+        from gateway.pki import init_pki
+        from proxy.api.auth import AgentDirectory
+
+        pki = init_pki(self.workdir / "gateway")
+        gateway_port = _free(socket.SOCK_STREAM)
+        gateway = self._spawn([sys.executable, "-m", "proxy", "gateway", "serve", "--data-dir",
+                               str(pki.root), "--listen", f"127.0.0.1:{gateway_port}"],
+                              "gateway.log")
+        agents = AgentDirectory()
+        admin_key = agents.add("loadtest-supervisor", "admin")
+        agent_key = agents.add("loadtest-agent", "agent")
+        agents_file = self.workdir / "agents.json"
+        agents.save(agents_file)
+        api_port = _free(socket.SOCK_STREAM)
+        config = self.workdir / "toneguard.toml"
+        config.write_text(
+            f'[ng]\nlisten = "127.0.0.1:{ng[1]}"\n'
+            f'[media]\nport_min = {low}\nport_max = {high}\n'
+            f'[api]\nlisten = "127.0.0.1:{api_port}"\nagents_file = "{agents_file}"\n'
+            '[logging]\nlevel = "warning"\nformat = "json"\n'
+            f'[gateway]\nurl = "https://127.0.0.1:{gateway_port}"\n'
+            f'ca_file = "{pki.ca_cert}"\ncert_file = "{pki.client_cert}"\n'
+            f'key_file = "{pki.client_key}"\n')
+        _wait(lambda: _tcp_open(gateway_port), "gateway stub", gateway)
+        node = self._spawn([sys.executable, "-m", "proxy", "serve", "-c", str(config)],
+                           "toneguard.log")
+        api = f"http://127.0.0.1:{api_port}"
+        _wait(lambda: _ng_ping(ng), "toneguard serve (ng)", node)
+        _wait(lambda: httpx.get(f"{api}/healthz", timeout=1).status_code == 200,
+              "toneguard serve (API)", node)
+        return Target("toneguard", ng, api, admin_key, agent_key, "loadtest-agent",
+                      [node.pid], "toneguard serve, default config (always-on masking, "
+                      "1 media worker), gateway stub beside it")
+
+    def _rtpengine(self, ng: tuple[str, int], low: int, high: int) -> Target:
+        binary = shutil.which("rtpengine")
+        if binary is None:
+            raise TargetError("rtpengine is not installed (apt-get install rtpengine-daemon)")
+        proc = self._spawn([binary, "--config-file=none", "-t", "-1", "-i", "127.0.0.1", "-n",
+                            f"127.0.0.1:{ng[1]}", "-f", "-E", "-m", str(low), "-M", str(high),
+                            "-L", "4"], "rtpengine.log")
+        _wait(lambda: _ng_ping(ng), "rtpengine (ng)", proc)
+        return Target("rtpengine", ng, pids=[proc.pid],
+                      settings="rtpengine userspace, per call: block DTMF, DTMF-security=tone, "
+                               "delay-buffer=40 (its best masking settings); no payment API")
+
+    def stop(self) -> None:
+        for proc in reversed(self._procs):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        self._procs.clear()
+        if self._window is not None:
+            self._window.close()
+            self._window = None
+
+
+def running_target(kind: str, ng: tuple[str, int], api: str | None,
+                   pids: list[int]) -> Target:
+    """A target someone else runs: API keys from TONEGUARD_ADMIN_KEY / TONEGUARD_AGENT_KEY."""
+    if not _ng_ping(ng):
+        raise TargetError(f"--ng {ng[0]}:{ng[1]}: no reply to an ng ping")
+    target = Target(kind, ng, pids=pids, settings="running target, driven over ng")
+    if api:
+        admin, agent = os.environ.get("TONEGUARD_ADMIN_KEY"), os.environ.get(
+            "TONEGUARD_AGENT_KEY")
+        if not admin or not agent:
+            raise TargetError("--api needs TONEGUARD_ADMIN_KEY and TONEGUARD_AGENT_KEY")
+        r = httpx.get(f"{api}/v1/me", headers={"Authorization": f"Bearer {agent}"}, timeout=5)
+        if r.status_code != 200:
+            raise TargetError(f"--api {api}: the agent key was refused ({r.status_code})")
+        target.api, target.admin_key, target.agent_key = api, admin, agent
+        target.agent_id = r.json().get("agent_id", "")
+    return target

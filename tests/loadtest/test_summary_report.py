@@ -1,0 +1,99 @@
+"""The run summary (JSON) adds up and judges against the scenario's bounds; the HTML report
+is one self-contained file drawn from it."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from loadtest.report import write_report
+from loadtest.summary import summarise
+from tests.loadtest.helpers import synthetic_run
+
+
+def test_counts_add_up_per_direction() -> None:
+    s = summarise(synthetic_run(lose=True))
+    up = s["packets"]["caller_to_agent"]
+    assert (up["sent"], up["received"], up["lost"]) == (400, 399, 1)
+    assert s["latency_ms"]["caller_to_agent"]["count"] == 399
+    assert s["calls"]["set_up"] == s["calls"]["planned"] == 4
+
+
+def test_a_clean_run_passes() -> None:
+    assert summarise(synthetic_run())["verdict"] == {"ok": True, "problems": []}
+
+
+def test_loss_above_the_bound_is_named() -> None:
+    assert summarise(synthetic_run(lose=True))["verdict"] == {"ok": False, "problems": [
+        "caller_to_agent loss 0.250 % > 0.100 %"]}
+
+
+def test_a_leaked_digit_fails_the_run_and_is_counted_not_shown() -> None:
+    s = summarise(synthetic_run(leak_on=1))
+    assert s["leak"]["spandsp_digits"] == 1 and s["leak"]["calls_with_leak"] == 1
+    assert "leak (tone energy or digits) on 1 of 4 calls checked" in s["verdict"]["problems"]
+    assert '"4"' not in json.dumps(s["leak"])  # a count, never the digit
+
+
+def test_tone_energy_is_a_leak_unless_the_scenario_counts_decoded_digits_only() -> None:
+    strict = summarise(synthetic_run(tone_on=3))
+    assert strict["leak"]["calls_with_leak"] == 1 and not strict["verdict"]["ok"]
+    lenient = summarise(synthetic_run(tone_on=3, leak="decoded"))
+    assert lenient["leak"]["tone_ms"] == 5.0 and lenient["verdict"]["ok"]
+    decoded = summarise(synthetic_run(leak_on=3, leak="decoded"))
+    assert decoded["verdict"]["problems"] == ["leak (decoded digits) on 1 of 4 calls checked"]
+
+
+def test_payments_and_digits_are_reported() -> None:
+    s = summarise(synthetic_run())
+    assert s["payments"]["attempted"] == s["payments"]["completed"] == 2
+    assert s["digits"]["captured"] == s["digits"]["keyed_in_payments"] == 46
+
+
+def test_latency_cdf_runs_from_zero_to_one() -> None:
+    cdf = summarise(synthetic_run())["latency_ms"]["caller_to_agent"]["cdf"]
+    assert cdf[0][1] == 0.0 and cdf[-1][1] == 1.0
+    assert 50 <= cdf[0][0] <= cdf[-1][0] <= 60
+
+
+def test_a_partial_run_says_so() -> None:
+    s = summarise(synthetic_run(partial=True))
+    assert s["partial"] is True
+    assert "partial run (stopped early)" in s["verdict"]["problems"]
+
+
+def test_html_is_self_contained_with_its_plots(tmp_path: Path) -> None:
+    json_path, html_path = write_report(summarise(synthetic_run()), tmp_path)
+    page = html_path.read_text()
+    assert json.loads(json_path.read_text())["scenario"]["name"] == "synthetic"
+    assert page.count("<svg") == 6  # latency CDF and over time, loss, payments, CPU, RSS
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)
+    assert "<script" not in page
+    assert "Added one-way latency, CDF" in page and "caller → agent (masked)" in page
+
+
+def test_axes_end_at_the_next_round_number() -> None:
+    from loadtest.report import _nice_max
+
+    assert [_nice_max(v) for v in (17, 1240, 0.9, 100, 0)] == [20, 2000, 1, 100, 1]
+
+
+def test_progress_shows_a_live_table_or_plain_lines() -> None:
+    import io
+
+    from loadtest.progress import Progress
+    from loadtest.runner import Snapshot
+
+    snap = Snapshot(3.0, 12, 15, 2, 1, 1200.0, 1190.0, 0.001, 35.5)
+    live = io.StringIO()
+    with Progress("smoke → toneguard", 20, stream=live, live=True) as display:
+        display.update(snap)
+    assert "15/20" in live.getvalue() and "1200" in live.getvalue()  # a table, wrapped at 80
+    plain = io.StringIO()
+    with Progress("smoke", 20, stream=plain, live=False) as display:
+        display.update(snap)
+        display.update(Snapshot(3.5, 12, 15, 2, 1, 0, 0, 0, 0))  # within 2 s: not printed
+    assert plain.getvalue().count("\n") == 1
+    assert "calls up   12  set up 15/20" in plain.getvalue()
+    assert "loss 0.100 %  target CPU  35.5 %" in plain.getvalue()
