@@ -205,13 +205,17 @@ class Kamailio:
 
 @contextlib.asynccontextmanager
 async def kamailio(workdir: Path, *, sip_port: int, ng_port: int, centre_port: int,
-                   carrier_port: int) -> AsyncIterator[Kamailio]:
-    """The shipped kamailio.cfg with its defines pointed at this test's ports."""
+                   carrier_port: int, fork_port: int | None = None) -> AsyncIterator[Kamailio]:
+    """The shipped kamailio.cfg with its defines pointed at this test's ports; ``fork_port``
+    turns on its parallel forking to a second contact-centre target there."""
     cfg = KAMAILIO_CFG.read_text().replace(
         "SIP_LISTEN udp:127.0.0.1:5060", f"SIP_LISTEN udp:127.0.0.1:{sip_port}").replace(
         '"udp:127.0.0.1:2223"', f'"udp:127.0.0.1:{ng_port}"').replace(
         '"sip:127.0.0.1:5080"', f'"sip:{CENTRE_IP}:{centre_port}"').replace(
         '"sip:127.0.0.2:5090"', f'"sip:{CARRIER_IP}:{carrier_port}"')
+    if fork_port is not None:
+        cfg = cfg.replace('##!define CONTACT_CENTRE_FORK "sip:127.0.0.1:5082"',
+                          f'#!define CONTACT_CENTRE_FORK "sip:{CENTRE_IP}:{fork_port}"')
     (workdir / "kamailio.cfg").write_text(cfg)
     log_path = workdir / "kamailio.log"
     with log_path.open("wb") as log:

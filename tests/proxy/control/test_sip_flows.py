@@ -1,0 +1,214 @@
+"""SIP call flows beyond a plain call, with real Kamailio (the shipped kamailio.cfg) and sipp
+(scenarios in tests/proxy/control/sipp/) in front of ToneGuard: early media, forking, CANCEL,
+rejects, re-INVITE glare (491), UPDATE, re-INVITE with SDES, SIP INFO DTMF.
+
+sipp does the signalling; the media of both parties are RtpPeers of the test (their ports are
+in sipp's SDP, ``-key rtp_port``), so the test keys the customer's card where the flow says
+and counts the audio each side heard. The test follows the flow through ToneGuard's own log
+events (``call answered``, ``call re-offered``), never through fixed sleeps. After each flow:
+what reached the agent is decoded by spandsp and multimon-ng (no digit, while audio arrived and
+ToneGuard captured every key) and nothing is left behind (ng ``list`` empty, no stream held).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import shutil
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from structlog.testing import capture_logs
+
+from dsp import tones
+from proxy.demo.leak import leaked_ms
+from proxy.demo.multimon import multimon_detect
+from proxy.demo.phone import RtpPeer
+from proxy.demo.spandsp import spandsp_detect
+from proxy.media.types import DigitEvent
+from proxy.service.serve import Node
+from tests.conftest import pick_udp_port
+from tests.proxy.control import sip_peers
+from tests.proxy.control.sip_peers import CARRIER_IP, CENTRE_IP
+
+pytestmark = [
+    pytest.mark.peer,
+    pytest.mark.skipif(not (shutil.which("kamailio") and shutil.which("sipp")),
+                       reason="needs kamailio and sip-tester (sipp)"),
+]
+SIPP_DIR = Path(__file__).parent / "sipp"
+CARDS = ("4111111111111111", "5555555555554444")
+AGENT_VOICE_HZ = 1200.0  # what the agent "says": counted on the customer's side
+CARD_MS = 400 + 16 * 160 + 400  # sip_peers.card_audio of a 16-digit card
+
+
+@dataclass
+class Flow:
+    """One test's peers: ToneGuard, Kamailio, the two media ends, sipp processes, log events."""
+
+    node: Node
+    digits: list[DigitEvent]
+    kamailio: sip_peers.Kamailio
+    workdir: Path
+    centre_ports: list[int]
+    carrier_port: int
+    logs: list[dict[str, Any]]
+    customer: RtpPeer
+    agents: list[RtpPeer]
+    procs: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
+    _quiet_since: dict[int, float] = field(default_factory=dict)  # id(phone) → last play end
+
+    async def sipp(self, name: str, scenario: str, *, rtp_port: int, duration_ms: int = 0,
+                   caller: bool = False, centre: int = 0, **keys: object) -> None:
+        """Start sipp ``scenario`` for one call: the customer's phone (``caller``, calling
+        Kamailio from the carrier's address) or contact-centre target ``centre``."""
+        ip, port = ((CARRIER_IP, self.carrier_port) if caller
+                    else (CENTRE_IP, self.centre_ports[centre]))
+        args = ["sipp", "-sf", str(SIPP_DIR / scenario), "-i", ip, "-p", str(port),
+                "-mi", ip, "-mp", str(pick_udp_port(ip)), "-m", "1", "-d", str(duration_ms),
+                "-timeout", "30", "-timeout_error", "-nostdin", "-trace_err",
+                "-error_file", str(self.workdir / f"{name}.errors"), "-trace_msg",
+                "-message_file", str(self.workdir / f"{name}.messages"),
+                "-key", "rtp_port", str(rtp_port)]
+        for key, value in keys.items():
+            args += ["-key", key, str(value)]
+        if caller:
+            args.insert(1, f"127.0.0.1:{self.kamailio.sip_port}")
+        self.procs[name] = await asyncio.create_subprocess_exec(
+            *args, cwd=self.workdir, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE)
+        if not caller:
+            await sip_peers.wait_udp_bound(ip, port)
+
+    async def finished(self, timeout: float = 40.0) -> None:
+        """Until every sipp has ended; each must have played its scenario to the end."""
+        async with asyncio.timeout(timeout):
+            for proc in self.procs.values():
+                await proc.wait()
+        for name, proc in self.procs.items():
+            errors = self.workdir / f"{name}.errors"
+            assert proc.returncode == 0, (
+                name, errors.read_text()[-3000:] if errors.exists() else "",
+                self.kamailio.log.read_text()[-3000:])
+
+    def count(self, event: str) -> int:
+        return sum(1 for e in self.logs if e.get("event") == event)
+
+    async def until(self, condition: Callable[[], bool], timeout: float = 15.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not condition():
+                for name, proc in self.procs.items():
+                    assert proc.returncode in (None, 0), (
+                        name, (self.workdir / f"{name}.errors").read_text()[-3000:]
+                        if (self.workdir / f"{name}.errors").exists() else "")
+                await asyncio.sleep(0.02)
+
+    def toward(self, label: str) -> tuple[str, int]:
+        """Where the party labelled ``label`` sends its media (ToneGuard's port facing it)."""
+        [call] = self.node.registry.calls.values()
+        [party] = [p for p in call.parties.values() if p.label == label]
+        return CENTRE_IP, party.medias[0].local.rtp_port
+
+    async def talk(self, card: str, *, agent: int = 0) -> None:
+        """The customer keys ``card`` in-band while the agent talks, both in real time. Each
+        phone's RTP clock ran on while it was quiet, as a real phone's does."""
+        audio = sip_peers.card_audio(card)
+        voice = tones.sine(AGENT_VOICE_HZ, len(audio) / 8, -15.0)
+        phones = (self.customer, self.agents[agent])
+        now = asyncio.get_running_loop().time()
+        for phone in phones:
+            if id(phone) in self._quiet_since:
+                phone.skip((now - self._quiet_since[id(phone)]) * 1000)
+        await asyncio.gather(self.customer.play(audio, self.toward("customer")),
+                             self.agents[agent].play(voice, self.toward("agent")))
+        for phone in phones:
+            self._quiet_since[id(phone)] = asyncio.get_running_loop().time()
+
+    async def nothing_left(self) -> None:
+        """ng ``list`` is empty and the engine holds no stream (every port released)."""
+        await self.until(lambda: not self.node.registry.calls, timeout=5)
+        listed = await self.node.registry.handle({"command": "list"})
+        assert listed["calls"] == []
+        assert (await self.node.engine.totals()).streams == 0
+
+    def messages(self, name: str) -> str:
+        return (self.workdir / f"{name}.messages").read_text()
+
+
+@contextlib.asynccontextmanager
+async def _flow(media_ports: tuple[int, int], workdir: Path, *, agents: int = 1,
+                fork: bool = False) -> AsyncIterator[Flow]:
+    digits: list[DigitEvent] = []
+    node = await sip_peers.start_node(media_ports, digits)
+    customer = await RtpPeer(CARRIER_IP).start()
+    phones = [await RtpPeer(CENTRE_IP).start() for _ in range(agents)]
+    centre_ports = [pick_udp_port() for _ in range(2 if fork else 1)]
+    carrier_port = pick_udp_port(CARRIER_IP)
+    flow = None
+    try:
+        with capture_logs() as logs:
+            async with sip_peers.kamailio(
+                    workdir, sip_port=pick_udp_port(), ng_port=node.ng_address[1],
+                    centre_port=centre_ports[0], carrier_port=carrier_port,
+                    fork_port=centre_ports[1] if fork else None) as kam:
+                flow = Flow(node, digits, kam, workdir, centre_ports, carrier_port, logs,
+                            customer, phones)
+                yield flow
+    finally:
+        for proc in (flow.procs.values() if flow else ()):
+            await sip_peers.stop(proc)
+        for peer in (customer, *phones):
+            peer.close()
+        await node.stop()
+
+
+def _assert_agent_heard_audio_but_no_digit(agent: RtpPeer, *, min_packets: int) -> None:
+    audio = [p for _, p in agent.received.packets if p.payload_type == 0]
+    assert len(audio) >= min_packets, len(audio)  # the agent heard the customer
+    assert agent.received.events(101) == []  # no RFC 4733 event left ToneGuard
+    heard = agent.received.audio()
+    assert spandsp_detect(heard) == ""
+    assert multimon_detect(heard) == ""
+    assert leaked_ms(heard) == 0.0
+
+
+def _voice_packets(peer: RtpPeer) -> int:
+    """Packets of the agent's voice the customer's phone received."""
+    return sum(1 for _, p in peer.received.packets if p.payload_type == 0
+               and np.any(np.frombuffer(p.payload, np.uint8) != 0xFF))
+
+
+def _packets(ms: int) -> int:
+    return ms // 20 * 9 // 10  # 20 ms packets, 10 % allowance for a loaded machine
+
+
+# --- 1. early media ----------------------------------------------------------------------
+
+
+async def test_a_card_keyed_during_early_media_is_masked_and_the_call_goes_on_masked(
+        media_ports: tuple[int, int], tmp_path: Path) -> None:
+    async with _flow(media_ports, tmp_path) as flow:
+        agent = flow.agents[0]
+        # The contact centre answers 183 with SDP, then 200 once the first card was keyed.
+        await flow.sipp("callee", "callee_early.xml", rtp_port=agent.port,
+                        duration_ms=CARD_MS + 3000)
+        await flow.sipp("caller", "caller.xml", rtp_port=flow.customer.port, caller=True,
+                        duration_ms=CARD_MS + 3000)
+        await flow.until(lambda: flow.count("call answered") == 1)  # the 183
+        await flow.talk(CARDS[0])
+        assert flow.count("call answered") == 1  # all of it before the 200
+        early = len(agent.received.packets)
+        assert early >= _packets(CARD_MS)  # early media did flow to the agent ...
+        assert _voice_packets(flow.customer) >= _packets(CARD_MS)  # ... and back
+        await flow.until(lambda: flow.count("call answered") == 2)  # the 200
+        await flow.talk(CARDS[1])
+        await flow.finished()
+        _assert_agent_heard_audio_but_no_digit(agent, min_packets=_packets(2 * CARD_MS))
+        assert len(agent.received.packets) - early >= _packets(CARD_MS)  # after the 200 too
+        assert "".join(d.digit for d in flow.digits) == "".join(CARDS)  # captured all the same
+        await flow.nothing_left()
