@@ -212,3 +212,41 @@ async def test_a_card_keyed_during_early_media_is_masked_and_the_call_goes_on_ma
         assert len(agent.received.packets) - early >= _packets(CARD_MS)  # after the 200 too
         assert "".join(d.digit for d in flow.digits) == "".join(CARDS)  # captured all the same
         await flow.nothing_left()
+
+
+# --- 2. forking --------------------------------------------------------------------------
+
+
+async def test_a_forked_call_goes_to_the_branch_that_answers_and_the_other_is_released(
+        media_ports: tuple[int, int], tmp_path: Path) -> None:
+    """Kamailio rings two contact-centre targets (CONTACT_CENTRE_FORK): the loser answers
+    183 with SDP and plays early media, the winner rings (180) and answers; Kamailio cancels
+    the loser. The winner's phone gets the call (masked), the loser's nothing more."""
+    async with _flow(media_ports, tmp_path, agents=2, fork=True) as flow:
+        winner, loser = flow.agents
+        await flow.sipp("loser", "callee_cancelled.xml", rtp_port=loser.port, centre=1)
+        await flow.sipp("winner", "callee.xml", rtp_port=winner.port, centre=0,
+                        duration_ms=CARD_MS + 2000)
+        await flow.sipp("caller", "caller.xml", rtp_port=flow.customer.port, caller=True,
+                        duration_ms=CARD_MS + 3000)
+        await flow.until(lambda: flow.count("call answered") == 1)  # the loser's 183
+        await flow.talk(CARDS[0], agent=1)  # early media with the loser
+        assert len(loser.received.packets) >= _packets(CARD_MS)
+        assert _voice_packets(flow.customer) >= _packets(CARD_MS)
+        await flow.until(lambda: flow.count("call answered") == 2)  # the winner's 200
+        await flow.until(lambda: flow.procs["loser"].returncode is not None)  # CANCELled
+        heard_early = len(loser.received.packets)
+        [call_id] = flow.node.registry.calls
+        query = await flow.node.registry.handle({"command": "query", "call-id": call_id})
+        winner_tag = f"{flow.procs['winner'].pid}SIPpTag011"
+        caller_tag = f"{flow.procs['caller'].pid}SIPpTag001"
+        assert set(query["tags"]) == {caller_tag, winner_tag}  # the loser's tag is gone ...
+        assert query["tags"][caller_tag]["in dialogue with"] == winner_tag
+        assert (await flow.node.engine.totals()).streams == 2  # ... and held no stream
+        await flow.talk(CARDS[1], agent=0)
+        await flow.finished()
+        _assert_agent_heard_audio_but_no_digit(winner, min_packets=_packets(CARD_MS))
+        assert len(loser.received.packets) == heard_early  # nothing after the 200
+        _assert_agent_heard_audio_but_no_digit(loser, min_packets=_packets(CARD_MS))
+        assert "".join(d.digit for d in flow.digits) == "".join(CARDS)
+        await flow.nothing_left()
