@@ -176,7 +176,7 @@ def callee_scenario(*, sdp_port: str, play: str | None, reinvite: bool = False,
     return xml
 
 
-def _port_taken(ip: str, port: int) -> bool:
+def port_taken(ip: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
             s.bind((ip, port))
@@ -224,7 +224,7 @@ async def kamailio(workdir: Path, *, sip_port: int, ng_port: int, centre_port: i
             "-P", str(workdir / "kamailio.pid"), stdout=log, stderr=log)
         try:
             async with asyncio.timeout(10):  # until it has bound its SIP port
-                while not _port_taken("127.0.0.1", sip_port):
+                while not port_taken("127.0.0.1", sip_port):
                     if proc.returncode is not None:
                         raise RuntimeError(log_path.read_text()[-2000:])
                     await asyncio.sleep(0.05)
@@ -250,7 +250,7 @@ async def sipp(workdir: Path, name: str, xml: str, *, ip: str, port: int, media_
 
 async def wait_udp_bound(ip: str, port: int, timeout: float = 10.0) -> None:
     async with asyncio.timeout(timeout):
-        while not _port_taken(ip, port):
+        while not port_taken(ip, port):
             await asyncio.sleep(0.05)
 
 

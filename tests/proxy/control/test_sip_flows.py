@@ -63,10 +63,12 @@ class Flow:
     procs: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
     _quiet_since: dict[int, float] = field(default_factory=dict)  # id(phone) → last play end
 
-    async def sipp(self, name: str, scenario: str, *, rtp_port: int, duration_ms: int = 0,
-                   caller: bool = False, centre: int = 0, **keys: object) -> None:
-        """Start sipp ``scenario`` for one call: the customer's phone (``caller``, calling
-        Kamailio from the carrier's address) or contact-centre target ``centre``."""
+    async def sipp(self, name: str, scenario: str | Path, *, rtp_port: int,
+                   duration_ms: int = 0, caller: bool = False, centre: int = 0,
+                   **keys: object) -> None:
+        """Start sipp ``scenario`` (a name in sipp/ or a path) for one call: the customer's
+        phone (``caller``, calling Kamailio from the carrier's address) or contact-centre
+        target ``centre``."""
         ip, port = ((CARRIER_IP, self.carrier_port) if caller
                     else (CENTRE_IP, self.centre_ports[centre]))
         args = ["sipp", "-sf", str(SIPP_DIR / scenario), "-i", ip, "-p", str(port),
@@ -83,7 +85,7 @@ class Flow:
             *args, cwd=self.workdir, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE)
         if not caller:
-            await sip_peers.wait_udp_bound(ip, port)
+            await self.until(lambda: sip_peers.port_taken(ip, port), timeout=10)
 
     async def finished(self, timeout: float = 40.0) -> None:
         """Until every sipp has ended; each must have played its scenario to the end."""
@@ -250,3 +252,47 @@ async def test_a_forked_call_goes_to_the_branch_that_answers_and_the_other_is_re
         _assert_agent_heard_audio_but_no_digit(loser, min_packets=_packets(CARD_MS))
         assert "".join(d.digit for d in flow.digits) == "".join(CARDS)
         await flow.nothing_left()
+
+
+# --- 3. CANCEL, rejects, glare -----------------------------------------------------------
+
+
+async def _early_media_flows(flow: Flow) -> None:
+    """Until the 183 was answered through ToneGuard, then a second of early media each way:
+    the call holds streams that must be released."""
+    await flow.until(lambda: flow.count("call answered") == 1)
+    assert (await flow.node.engine.totals()).streams == 2
+    assert len((await flow.node.registry.handle({"command": "list"}))["calls"]) == 1
+    agent = flow.agents[0]
+    await asyncio.gather(flow.customer.play(tones.sine(700, 1000, -15), flow.toward("customer")),
+                         agent.play(tones.sine(AGENT_VOICE_HZ, 1000, -15), flow.toward("agent")))
+    await agent.wait_for(_packets(1000))
+    await flow.until(lambda: _voice_packets(flow.customer) >= _packets(1000), timeout=5)
+
+
+async def test_a_call_cancelled_before_answer_leaves_nothing_behind(
+        media_ports: tuple[int, int], tmp_path: Path) -> None:
+    async with _flow(media_ports, tmp_path) as flow:
+        await flow.sipp("callee", "callee_cancelled.xml", rtp_port=flow.agents[0].port)
+        await flow.sipp("caller", "caller_cancel.xml", rtp_port=flow.customer.port, caller=True,
+                        duration_ms=3000)
+        await _early_media_flows(flow)
+        await flow.finished()  # CANCEL → 200, 487 → ACK on both sides
+        await flow.nothing_left()
+        assert flow.node.registry.counters.deleted >= 1  # deleted over ng, not by idling
+
+
+@pytest.mark.parametrize("reject", ["486 Busy Here", "503 Service Unavailable"])
+async def test_a_rejected_call_leaves_nothing_behind(
+        media_ports: tuple[int, int], tmp_path: Path, reject: str) -> None:
+    async with _flow(media_ports, tmp_path) as flow:
+        scenario = tmp_path / "callee_reject.xml"
+        scenario.write_text((SIPP_DIR / "callee_reject.xml").read_text().replace(
+            "SIP/2.0 486 Busy Here", f"SIP/2.0 {reject}"))
+        await flow.sipp("callee", scenario, rtp_port=flow.agents[0].port, duration_ms=3000)
+        await flow.sipp("caller", "caller_rejected.xml", rtp_port=flow.customer.port,
+                        caller=True)
+        await _early_media_flows(flow)
+        await flow.finished()
+        await flow.nothing_left()
+        assert flow.node.registry.counters.deleted >= 1
