@@ -26,11 +26,12 @@ import pytest
 from structlog.testing import capture_logs
 
 from dsp import tones
+from proxy.control import sdes
 from proxy.demo.leak import leaked_ms
 from proxy.demo.multimon import multimon_detect
 from proxy.demo.phone import RtpPeer
 from proxy.demo.spandsp import spandsp_detect
-from proxy.media.types import DigitEvent
+from proxy.media.types import DigitEvent, SrtpParams
 from proxy.service.serve import Node
 from tests.conftest import pick_udp_port
 from tests.proxy.control import sip_peers
@@ -116,17 +117,19 @@ class Flow:
         [party] = [p for p in call.parties.values() if p.label == label]
         return CENTRE_IP, party.medias[0].local.rtp_port
 
-    async def talk(self, card: str, *, agent: int = 0) -> None:
+    async def talk(self, card: str, *, agent: int = 0, customer: RtpPeer | None = None
+                   ) -> None:
         """The customer keys ``card`` in-band while the agent talks, both in real time. Each
         phone's RTP clock ran on while it was quiet, as a real phone's does."""
         audio = sip_peers.card_audio(card)
         voice = tones.sine(AGENT_VOICE_HZ, len(audio) / 8, -15.0)
-        phones = (self.customer, self.agents[agent])
+        customer = customer or self.customer
+        phones = (customer, self.agents[agent])
         now = asyncio.get_running_loop().time()
         for phone in phones:
             if id(phone) in self._quiet_since:
                 phone.skip((now - self._quiet_since[id(phone)]) * 1000)
-        await asyncio.gather(self.customer.play(audio, self.toward("customer")),
+        await asyncio.gather(customer.play(audio, self.toward("customer")),
                              self.agents[agent].play(voice, self.toward("agent")))
         for phone in phones:
             self._quiet_since[id(phone)] = asyncio.get_running_loop().time()
@@ -138,16 +141,24 @@ class Flow:
         assert listed["calls"] == []
         assert (await self.node.engine.totals()).streams == 0
 
-    def messages(self, name: str) -> str:
-        return (self.workdir / f"{name}.messages").read_text()
+    def received_sdp(self, name: str, line: str) -> list[str]:
+        """``line`` (a regex) in each 200 OK with SDP that sipp ``name`` received, in order:
+        what ToneGuard advertised to that party."""
+        trace = (self.workdir / f"{name}.messages").read_text()
+        found = []
+        for message in re.split(r"\n-{10,}[^\n]*\n", trace):
+            if "message received" in message and "SIP/2.0 200 OK" in message and "v=0" in message:
+                found += re.findall(line, message)
+        return found
 
 
 @contextlib.asynccontextmanager
 async def _flow(media_ports: tuple[int, int], workdir: Path, *, agents: int = 1,
-                fork: bool = False) -> AsyncIterator[Flow]:
+                fork: bool = False, customer_key: SrtpParams | None = None
+                ) -> AsyncIterator[Flow]:
     digits: list[DigitEvent] = []
     node = await sip_peers.start_node(media_ports, digits)
-    customer = await RtpPeer(CARRIER_IP).start()
+    customer = await RtpPeer(CARRIER_IP, srtp_send=customer_key).start()
     phones = [await RtpPeer(CENTRE_IP).start() for _ in range(agents)]
     centre_ports = [pick_udp_port() for _ in range(2 if fork else 1)]
     carrier_port = pick_udp_port(CARRIER_IP)
@@ -296,3 +307,115 @@ async def test_a_rejected_call_leaves_nothing_behind(
         await flow.finished()
         await flow.nothing_left()
         assert flow.node.registry.counters.deleted >= 1
+
+
+async def test_a_re_invite_refused_491_for_glare_then_retried_keeps_the_call_masked(
+        media_ports: tuple[int, int], tmp_path: Path) -> None:
+    """A re-offer that never gets an answer (491 Request Pending: both sides re-INVITEd at
+    once) leaves the call as it was: the retried re-INVITE is answered on the same ports, the
+    card keyed after it is masked, and the BYE leaves nothing behind."""
+    async with _flow(media_ports, tmp_path) as flow:
+        await flow.sipp("callee", "callee_glare.xml", rtp_port=flow.agents[0].port)
+        await flow.sipp("caller", "caller_glare.xml", rtp_port=flow.customer.port, caller=True,
+                        duration_ms=1000)
+        await flow.until(lambda: flow.count("call re-offered") == 2  # refused, retried ...
+                         and flow.count("call answered") == 2)  # ... and answered
+        await flow.talk(CARDS[0])
+        await flow.finished()
+        _assert_agent_heard_audio_but_no_digit(flow.agents[0], min_packets=_packets(CARD_MS))
+        assert _voice_packets(flow.customer) >= _packets(CARD_MS)
+        assert "".join(d.digit for d in flow.digits) == CARDS[0]
+        ports = flow.received_sdp("caller", r"m=audio (\d+)")
+        assert len(ports) == 2 and len(set(ports)) == 1, ports  # the same port throughout
+        await flow.nothing_left()
+
+
+# --- 4. UPDATE and re-INVITE with SDES ---------------------------------------------------
+
+
+async def test_an_update_moving_the_customer_keeps_ports_and_masking_and_audio_both_ways(
+        media_ports: tuple[int, int], tmp_path: Path) -> None:
+    """The customer's UPDATE (with SDP) moves its media to another port mid-call: ToneGuard
+    keeps its ports, re-latches onto the new address, and the card keyed there is masked."""
+    moved = await RtpPeer(CARRIER_IP).start()
+    try:
+        async with _flow(media_ports, tmp_path) as flow:
+            await flow.sipp("callee", "callee_update.xml", rtp_port=flow.agents[0].port)
+            await flow.sipp("caller", "caller_update.xml", rtp_port=flow.customer.port,
+                            caller=True, duration_ms=CARD_MS + 2000, rtp_port2=moved.port)
+            await flow.until(lambda: flow.count("call answered") == 1)
+            await flow.talk(CARDS[0])
+            before = len(flow.agents[0].received.packets)
+            await flow.until(lambda: flow.count("call re-offered") == 1
+                             and flow.count("call answered") == 2)  # UPDATE and its 200
+            await flow.talk(CARDS[1], customer=moved)
+            await flow.finished()
+            agent = flow.agents[0]
+            _assert_agent_heard_audio_but_no_digit(agent, min_packets=_packets(2 * CARD_MS))
+            assert len(agent.received.packets) - before >= _packets(CARD_MS)  # after too
+            assert _voice_packets(flow.customer) >= _packets(CARD_MS)  # before the UPDATE
+            assert _voice_packets(moved) >= _packets(CARD_MS)  # and at the new address
+            assert "".join(d.digit for d in flow.digits) == "".join(CARDS)
+            ports = flow.received_sdp("caller", r"m=audio (\d+)")
+            assert len(ports) == 2 and len(set(ports)) == 1, ports  # INVITE's and UPDATE's 200
+            await flow.nothing_left()
+    finally:
+        moved.close()
+
+
+async def test_a_re_invite_with_sdes_keeps_keys_ports_and_masking(
+        media_ports: tuple[int, int], tmp_path: Path) -> None:
+    """The customer's leg is SDES-SRTP; it re-INVITEs with the same key mid-call: ToneGuard
+    answers with the same port and the same key (suite, tag), its SRTP context carries on (the
+    customer's phone keeps decrypting with the key of the first answer), and the card keyed
+    after the re-INVITE is masked."""
+    key = sdes.generate("AES_CM_128_HMAC_SHA1_80")
+    async with _flow(media_ports, tmp_path, customer_key=key.params) as flow:
+        await flow.sipp("callee", "callee_reinvite.xml", rtp_port=flow.agents[0].port)
+        await flow.sipp("caller", "caller_sdes.xml", rtp_port=flow.customer.port, caller=True,
+                        duration_ms=CARD_MS + 2000, crypto=key.format().split("inline:")[1])
+        await flow.until(lambda: flow.count("call answered") == 1)
+        [call] = flow.node.registry.calls.values()
+        [customer] = [p for p in call.parties.values() if p.label == "customer"]
+        first_key = customer.medias[0].keys.send
+        flow.customer.set_srtp_recv(first_key)  # as a phone does: the first answer's key
+        await flow.talk(CARDS[0])
+        heard = _voice_packets(flow.customer)
+        await flow.until(lambda: flow.count("call re-offered") == 1
+                         and flow.count("call answered") == 2)
+        await flow.talk(CARDS[1])
+        await flow.finished()
+        assert customer.medias[0].keys.send == first_key
+        assert heard >= _packets(CARD_MS)
+        assert _voice_packets(flow.customer) - heard >= _packets(CARD_MS)  # after it too
+        assert flow.customer.received.errors == 0  # every packet decrypted with that key
+        _assert_agent_heard_audio_but_no_digit(flow.agents[0],
+                                               min_packets=_packets(2 * CARD_MS))
+        assert "".join(d.digit for d in flow.digits) == "".join(CARDS)
+        cryptos = flow.received_sdp("caller", r"a=crypto:([^\r\n]+)")
+        assert len(cryptos) == 2 and cryptos[0] == cryptos[1], cryptos  # the same key line
+        assert cryptos[0].split()[1] == "AES_CM_128_HMAC_SHA1_80"
+        ports = flow.received_sdp("caller", r"m=audio (\d+)")
+        assert len(ports) == 2 and len(set(ports)) == 1, ports
+        await flow.nothing_left()
+
+
+# --- 5. SIP INFO DTMF --------------------------------------------------------------------
+
+
+async def test_sip_info_dtmf_is_answered_and_dropped_by_kamailio_never_relayed(
+        media_ports: tuple[int, int], tmp_path: Path) -> None:
+    """application/dtmf-relay and Application/DTMF INFO from the customer: Kamailio answers
+    200 and counts them; the contact centre's UA never receives an INFO (its scenario has
+    no place for one: sipp would abort the call)."""
+    async with _flow(media_ports, tmp_path) as flow:
+        await flow.sipp("callee", "callee.xml", rtp_port=flow.agents[0].port)
+        await flow.sipp("caller", "caller_info.xml", rtp_port=flow.customer.port, caller=True,
+                        duration_ms=500)
+        await flow.finished()
+        assert "INFO sip:" in (tmp_path / "caller.messages").read_text()  # it was sent ...
+        assert "INFO sip:" not in (tmp_path / "callee.messages").read_text()  # ... not relayed
+        log = flow.kamailio.log.read_text()
+        dropped = re.findall(r"SIP INFO DTMF dropped \(call .* (\d+) so far\)", log)
+        assert dropped == ["1", "2"], log[-2000:]
+        await flow.nothing_left()
