@@ -419,3 +419,30 @@ async def test_sip_info_dtmf_is_answered_and_dropped_by_kamailio_never_relayed(
         dropped = re.findall(r"SIP INFO DTMF dropped \(call .* (\d+) so far\)", log)
         assert dropped == ["1", "2"], log[-2000:]
         await flow.nothing_left()
+
+
+# --- 6. what ToneGuard refuses never goes on --------------------------------------------
+
+
+async def test_a_re_invite_toneguard_refuses_is_rejected_488_and_the_call_stays_masked(
+        media_ports: tuple[int, int], tmp_path: Path) -> None:
+    """The customer re-INVITEs offering only G.729 at its own address. ToneGuard refuses it
+    (nothing it can inspect for DTMF); Kamailio must then answer 488 itself: relayed as it
+    was, the re-INVITE would send the customer's audio around ToneGuard. The contact centre
+    never sees it (its scenario has no place for a second INVITE), the call stays as it was
+    and the card keyed afterwards is masked."""
+    async with _flow(media_ports, tmp_path) as flow:
+        await flow.sipp("callee", "callee.xml", rtp_port=flow.agents[0].port)
+        await flow.sipp("caller", "caller_refused_reinvite.xml", rtp_port=flow.customer.port,
+                        caller=True, duration_ms=CARD_MS + 2000)
+        await flow.until(lambda: flow.count("call answered") == 1)
+        await flow.talk(CARDS[0])
+        await flow.until(lambda: "SDP refused" in flow.kamailio.log.read_text())
+        await flow.talk(CARDS[1])
+        await flow.finished()
+        assert (tmp_path / "callee.messages").read_text().count("INVITE sip:") == 1
+        _assert_agent_heard_audio_but_no_digit(flow.agents[0],
+                                               min_packets=_packets(2 * CARD_MS))
+        assert _voice_packets(flow.customer) >= _packets(2 * CARD_MS)
+        assert "".join(d.digit for d in flow.digits) == "".join(CARDS)
+        await flow.nothing_left()
