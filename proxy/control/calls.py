@@ -24,7 +24,7 @@ import structlog
 
 from proxy.control import ng
 from proxy.control.customer import CallPolicy, decide, party_masking
-from proxy.control.keying import SdesLeg
+from proxy.control.keying import SdesLeg, offered_keys
 from proxy.control.replies import query_reply, statistics_reply
 from proxy.control.requests import (
     DeleteRequest,
@@ -577,6 +577,8 @@ def _check_sections(sdp: SessionDescription, cut_codecs: bool) -> None:
             raise ng.NgError(f"media {index}: {section.proto} (DTLS-SRTP) is not supported yet")
         if section.port == 0:
             continue
+        if section.proto.upper() in SAVP:
+            offered_keys(section, index)  # SRTP without a key we support: refused up front
         if not section.rtcp_mux and (section.rtcp_port or section.port + 1) > 65535:
             raise ng.NgError(f"media {index}: port {section.port} leaves no port for RTCP "
                              "(use a=rtcp or rtcp-mux)")
