@@ -66,7 +66,7 @@ class Flow:
 
     async def sipp(self, name: str, scenario: str | Path, *, rtp_port: int,
                    duration_ms: int = 0, caller: bool = False, centre: int = 0,
-                   **keys: object) -> None:
+                   extra: tuple[str, ...] = (), **keys: object) -> None:
         """Start sipp ``scenario`` (a name in sipp/ or a path) for one call: the customer's
         phone (``caller``, calling Kamailio from the carrier's address) or contact-centre
         target ``centre``."""
@@ -80,6 +80,7 @@ class Flow:
                 "-key", "rtp_port", str(rtp_port)]
         for key, value in keys.items():
             args += ["-key", key, str(value)]
+        args += extra
         if caller:
             args.insert(1, f"127.0.0.1:{self.kamailio.sip_port}")
         self.procs[name] = await asyncio.create_subprocess_exec(
@@ -262,6 +263,34 @@ async def test_a_forked_call_goes_to_the_branch_that_answers_and_the_other_is_re
         assert len(loser.received.packets) == heard_early  # nothing after the 200
         _assert_agent_heard_audio_but_no_digit(loser, min_packets=_packets(CARD_MS))
         assert "".join(d.digit for d in flow.digits) == "".join(CARDS)
+        await flow.nothing_left()
+
+
+
+async def test_a_late_183_from_a_cancelled_fork_does_not_take_the_call_away(
+        media_ports: tuple[int, int], tmp_path: Path) -> None:
+    """The race of parallel forking: one branch answers, Kamailio CANCELs the other, whose
+    183 with SDP crosses the CANCEL. That 183 arrives after the 200 and must not move the
+    media (ToneGuard would follow the branch that answered last)."""
+    async with _flow(media_ports, tmp_path, agents=2, fork=True) as flow:
+        winner, loser = flow.agents
+        # (Kamailio sends the CANCEL again when the 183 comes: that one is ignored.)
+        await flow.sipp("loser", "callee_late_183.xml", rtp_port=loser.port, centre=1,
+                        extra=("-default_behaviors", "all,-abortunexp"))
+        await flow.sipp("winner", "callee.xml", rtp_port=winner.port, centre=0,
+                        duration_ms=300)
+        await flow.sipp("caller", "caller.xml", rtp_port=flow.customer.port, caller=True,
+                        duration_ms=CARD_MS + 2000)
+        await flow.until(lambda: flow.procs["loser"].returncode is not None)  # its 183 sent
+        [call_id] = flow.node.registry.calls
+        winner_tag = f"{flow.procs['winner'].pid}SIPpTag011"
+        await flow.talk(CARDS[0], agent=0)
+        await flow.finished()
+        _assert_agent_heard_audio_but_no_digit(winner, min_packets=_packets(CARD_MS))
+        assert loser.received.packets == []
+        answered = [e.get("to_tag") for e in flow.logs if e.get("event") == "call answered"]
+        assert "SIP/2.0 183" in (tmp_path / "loser.messages").read_text()  # it was sent
+        assert set(answered) == {winner_tag}  # Kamailio did not pass the late 183 on
         await flow.nothing_left()
 
 
