@@ -255,6 +255,7 @@ class CallRegistry:
         a = call.parties.get(req.from_tag)
         if a is None:
             raise ng.NgError("Unknown call-ID or from-tag")
+        _check_sections(req.sdp, cut_codecs=False)  # a refused answer must not even retag
         b = call.parties.get(req.to_tag) or call.parties.get(PENDING_TAG)
         if b is None:
             # A forked INVITE: another branch answers (a 183 from one phone, the 200 from
