@@ -115,7 +115,12 @@ class Flow:
     def toward(self, label: str) -> tuple[str, int]:
         """Where the party labelled ``label`` sends its media (ToneGuard's port facing it)."""
         [call] = self.node.registry.calls.values()
-        [party] = [p for p in call.parties.values() if p.label == label]
+        labelled = [p for p in call.parties.values() if p.label == label]
+        if not labelled:  # unlabelled (a late offer): the customer is the caller's tag
+            caller_tag = f"{self.procs['caller'].pid}SIPpTag001"
+            labelled = [p for p in call.parties.values()
+                        if (p.tag == caller_tag) == (label == "customer")]
+        [party] = labelled
         return CENTRE_IP, party.medias[0].local.rtp_port
 
     async def talk(self, card: str, *, agent: int = 0, customer: RtpPeer | None = None
@@ -450,6 +455,24 @@ async def test_sip_info_dtmf_is_answered_and_dropped_by_kamailio_never_relayed(
         await flow.nothing_left()
 
 
+
+async def test_a_late_offer_sdp_in_the_200_and_the_ack_is_masked(
+        media_ports: tuple[int, int], tmp_path: Path) -> None:
+    """The customer's INVITE has no SDP: the contact centre's 200 carries the offer and the
+    customer's ACK the answer, both through ToneGuard. Nobody is labelled on this path, so
+    every party is masked (fail closed) and the card is masked."""
+    async with _flow(media_ports, tmp_path) as flow:
+        await flow.sipp("callee", "callee.xml", rtp_port=flow.agents[0].port)
+        await flow.sipp("caller", "caller_late_offer.xml", rtp_port=flow.customer.port,
+                        caller=True, duration_ms=CARD_MS + 2000)
+        await flow.until(lambda: flow.count("call answered") == 1)  # the ACK's answer
+        await flow.talk(CARDS[0])
+        await flow.finished()
+        _assert_agent_heard_audio_but_no_digit(flow.agents[0], min_packets=_packets(CARD_MS))
+        assert _voice_packets(flow.customer) >= _packets(CARD_MS)
+        assert "".join(d.digit for d in flow.digits) == CARDS[0]
+        await flow.nothing_left()
+
 # --- 6. what ToneGuard refuses never goes on --------------------------------------------
 
 
@@ -474,4 +497,25 @@ async def test_a_re_invite_toneguard_refuses_is_rejected_488_and_the_call_stays_
                                                min_packets=_packets(2 * CARD_MS))
         assert _voice_packets(flow.customer) >= _packets(2 * CARD_MS)
         assert "".join(d.digit for d in flow.digits) == "".join(CARDS)
+        await flow.nothing_left()
+
+
+async def test_an_answer_toneguard_refuses_is_not_relayed(
+        media_ports: tuple[int, int], tmp_path: Path) -> None:
+    """The contact centre's 183 says RTP/SAVP without a key: ToneGuard refuses the answer and
+    Kamailio drops that 183 (relayed, it would point the customer at the agent's own
+    address). The 200 that follows is fine: the call goes on masked."""
+    async with _flow(media_ports, tmp_path) as flow:
+        await flow.sipp("callee", "callee_refused_early.xml", rtp_port=flow.agents[0].port,
+                        duration_ms=1000)
+        await flow.sipp("caller", "caller.xml", rtp_port=flow.customer.port, caller=True,
+                        duration_ms=CARD_MS + 2000)
+        await flow.until(lambda: flow.count("call answered") == 1)  # the 200
+        await flow.talk(CARDS[0])
+        await flow.finished()
+        assert "SIP/2.0 183" in (tmp_path / "callee.messages").read_text()  # sent ...
+        assert "SIP/2.0 183" not in (tmp_path / "caller.messages").read_text()  # ... dropped
+        assert "ToneGuard SDP refused: 183 reply" in flow.kamailio.log.read_text()
+        _assert_agent_heard_audio_but_no_digit(flow.agents[0], min_packets=_packets(CARD_MS))
+        assert "".join(d.digit for d in flow.digits) == CARDS[0]
         await flow.nothing_left()
