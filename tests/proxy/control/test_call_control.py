@@ -353,3 +353,29 @@ async def test_bad_input_mid_call_is_refused_and_leaves_the_call_as_it_was(
         await registry.handle(request_)
     assert registry.calls["c"].parties == parties
     assert {sid: s.config for sid, s in engine.streams.items()} == configs
+
+
+async def test_crossing_re_offers_of_a_glare_leave_ports_keys_and_masking_as_they_were() -> None:
+    """Both sides re-INVITE at once (glare): two offers, one from each tag, neither answered
+    (both get 491); then one side retries and is answered. Ports, SDES keys and masking are
+    what they were before the glare."""
+    registry, engine = _registry()
+    agent_key = sdes.generate("AES_CM_128_HMAC_SHA1_80")
+    await _call(registry, offer={"from-label": "customer"},
+                offer_sdp=_srtp_sdp(4000, _CALLER_KEY), answer_sdp=_srtp_sdp(4002, agent_key))
+
+    def state() -> list[tuple[str, int, object, object, bool | None]]:
+        call = registry.calls["c"]
+        return [(p.tag, m.local.rtp_port, m.keys.send, m.config.srtp_recv, _masked(registry, p.tag))
+                for p in call.parties.values() for m in p.medias]
+
+    before = state()
+    assert [masked for *_, masked in before] == [True, None]  # the customer's DTMF is masked
+    await registry.handle({"command": "offer", "call-id": "c", "from-tag": "ft",
+                           "sdp": _srtp_sdp(4000, _CALLER_KEY)})
+    await registry.handle({"command": "offer", "call-id": "c", "from-tag": "tt",
+                           "sdp": _srtp_sdp(4002, agent_key)})
+    await _call(registry, offer_sdp=_srtp_sdp(4000, _CALLER_KEY),
+                answer_sdp=_srtp_sdp(4002, agent_key))
+    assert state() == before
+    assert len(engine.streams) == 2
