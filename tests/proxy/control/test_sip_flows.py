@@ -519,3 +519,23 @@ async def test_an_answer_toneguard_refuses_is_not_relayed(
         _assert_agent_heard_audio_but_no_digit(flow.agents[0], min_packets=_packets(CARD_MS))
         assert "".join(d.digit for d in flow.digits) == CARDS[0]
         await flow.nothing_left()
+
+
+async def test_kpml_subscriptions_and_reports_are_dropped_by_kamailio_never_relayed(
+        media_ports: tuple[int, int], tmp_path: Path) -> None:
+    """KPML (RFC 4730) is the other way SIP reports keys: a SUBSCRIBE for Event: KPML is
+    answered 489 and a NOTIFY carrying application/kpml-response+xml 200, both counted, and
+    neither reaches the contact centre."""
+    async with _flow(media_ports, tmp_path) as flow:
+        await flow.sipp("callee", "callee.xml", rtp_port=flow.agents[0].port)
+        await flow.sipp("caller", "caller_kpml.xml", rtp_port=flow.customer.port, caller=True,
+                        duration_ms=500)
+        await flow.finished()
+        sent = (tmp_path / "caller.messages").read_text()
+        assert "SUBSCRIBE sip:" in sent and "NOTIFY sip:" in sent
+        relayed = (tmp_path / "callee.messages").read_text()
+        assert "SUBSCRIBE sip:" not in relayed and "NOTIFY sip:" not in relayed
+        log = flow.kamailio.log.read_text()
+        dropped = re.findall(r"KPML (\w+) dropped \(call .* (\d+) so far\)", log)
+        assert dropped == [("SUBSCRIBE", "1"), ("NOTIFY", "2")], log[-2000:]
+        await flow.nothing_left()
