@@ -73,7 +73,7 @@ class Flow:
         ip, port = ((CARRIER_IP, self.carrier_port) if caller
                     else (CENTRE_IP, self.centre_ports[centre]))
         args = ["sipp", "-sf", str(SIPP_DIR / scenario), "-i", ip, "-p", str(port),
-                "-mi", ip, "-mp", str(pick_udp_port(ip)), "-m", "1", "-d", str(duration_ms),
+                "-mi", ip, "-mp", str(_sipp_media_port(ip)), "-m", "1", "-d", str(duration_ms),
                 "-timeout", "30", "-timeout_error", "-nostdin", "-trace_err",
                 "-error_file", str(self.workdir / f"{name}.errors"), "-trace_msg",
                 "-message_file", str(self.workdir / f"{name}.messages"),
@@ -83,9 +83,9 @@ class Flow:
         args += extra
         if caller:
             args.insert(1, f"127.0.0.1:{self.kamailio.sip_port}")
-        self.procs[name] = await asyncio.create_subprocess_exec(
-            *args, cwd=self.workdir, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE)
+        with (self.workdir / f"{name}.stderr").open("wb") as stderr:
+            self.procs[name] = await asyncio.create_subprocess_exec(
+                *args, cwd=self.workdir, stdout=asyncio.subprocess.DEVNULL, stderr=stderr)
         if not caller:
             await self.until(lambda: sip_peers.port_taken(ip, port), timeout=10)
 
@@ -95,10 +95,16 @@ class Flow:
             for proc in self.procs.values():
                 await proc.wait()
         for name, proc in self.procs.items():
-            errors = self.workdir / f"{name}.errors"
-            assert proc.returncode == 0, (
-                name, errors.read_text()[-3000:] if errors.exists() else "",
-                self.kamailio.log.read_text()[-3000:])
+            assert proc.returncode == 0, (name, self._errors(name),
+                                          self.kamailio.log.read_text()[-3000:])
+
+    def _errors(self, name: str) -> str:
+        """What sipp ``name`` said went wrong (its error trace, else its stderr)."""
+        for suffix in ("errors", "stderr"):
+            path = self.workdir / f"{name}.{suffix}"
+            if path.exists() and path.stat().st_size:
+                return path.read_text()[-3000:]
+        return ""
 
     def count(self, event: str) -> int:
         return sum(1 for e in self.logs if e.get("event") == event)
@@ -107,9 +113,7 @@ class Flow:
         async with asyncio.timeout(timeout):
             while not condition():
                 for name, proc in self.procs.items():
-                    assert proc.returncode in (None, 0), (
-                        name, (self.workdir / f"{name}.errors").read_text()[-3000:]
-                        if (self.workdir / f"{name}.errors").exists() else "")
+                    assert proc.returncode in (None, 0), (name, self._errors(name))
                 await asyncio.sleep(0.02)
 
     def toward(self, label: str) -> tuple[str, int]:
@@ -158,30 +162,45 @@ class Flow:
         return found
 
 
+def _sipp_media_port(ip: str) -> int:
+    """A port for sipp's own media sockets (unused here: the test's phones carry the media),
+    with the three after it free too — sipp binds audio and video RTP/RTCP at port..port+3
+    and exits when one is taken."""
+    for _ in range(50):
+        port = pick_udp_port(ip)
+        if port % 2 == 0 and port + 3 <= 65535 and not any(
+                sip_peers.port_taken(ip, port + n) for n in range(1, 4)):
+            return port
+    raise RuntimeError(f"no four free UDP ports in a row on {ip}")
+
+
 @contextlib.asynccontextmanager
 async def _flow(media_ports: tuple[int, int], workdir: Path, *, agents: int = 1,
                 fork: bool = False, customer_key: SrtpParams | None = None
                 ) -> AsyncIterator[Flow]:
     digits: list[DigitEvent] = []
     node = await sip_peers.start_node(media_ports, digits)
-    customer = await RtpPeer(CARRIER_IP, srtp_send=customer_key).start()
-    phones = [await RtpPeer(CENTRE_IP).start() for _ in range(agents)]
+    peers: list[RtpPeer] = []
     centre_ports = [pick_udp_port() for _ in range(2 if fork else 1)]
     carrier_port = pick_udp_port(CARRIER_IP)
-    flow = None
     try:
+        peers.append(await RtpPeer(CARRIER_IP, srtp_send=customer_key).start())
+        for _ in range(agents):
+            peers.append(await RtpPeer(CENTRE_IP).start())
         with capture_logs() as logs:
             async with sip_peers.kamailio(
                     workdir, sip_port=pick_udp_port(), ng_port=node.ng_address[1],
                     centre_port=centre_ports[0], carrier_port=carrier_port,
                     fork_port=centre_ports[1] if fork else None) as kam:
                 flow = Flow(node, digits, kam, workdir, centre_ports, carrier_port, logs,
-                            customer, phones)
-                yield flow
+                            peers[0], peers[1:])
+                try:
+                    yield flow
+                finally:  # the phones go before the proxy they talk to
+                    for proc in flow.procs.values():
+                        await sip_peers.stop(proc)
     finally:
-        for proc in (flow.procs.values() if flow else ()):
-            await sip_peers.stop(proc)
-        for peer in (customer, *phones):
+        for peer in peers:
             peer.close()
         await node.stop()
 
