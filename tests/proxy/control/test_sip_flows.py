@@ -588,3 +588,22 @@ async def test_kpml_subscriptions_and_reports_are_dropped_by_kamailio_never_rela
         dropped = re.findall(r"KPML (\w+) dropped \(call .* (\d+) so far\)", log)
         assert dropped == [("SUBSCRIBE", "1"), ("NOTIFY", "2")], log[-2000:]
         await flow.nothing_left()
+
+
+async def test_a_200_toneguard_refuses_reaches_the_customer_without_media(
+        media_ports: tuple[int, int], tmp_path: Path) -> None:
+    """The contact centre's 200 says RTP/SAVP without a key: ToneGuard refuses the answer.
+    Kamailio cannot hold a 2xx back, so it relays it with an SDP that refuses the audio
+    (port 0, no address): the call connects silent instead of the customer being pointed at
+    the agent's own phone."""
+    async with _flow(media_ports, tmp_path) as flow:
+        agent = flow.agents[0]
+        await flow.sipp("callee", "callee_refused_200.xml", rtp_port=agent.port)
+        await flow.sipp("caller", "caller.xml", rtp_port=flow.customer.port, caller=True,
+                        duration_ms=500)
+        await flow.finished()
+        assert f"m=audio {agent.port} RTP/SAVP" in (tmp_path / "callee.messages").read_text()
+        assert flow.received_sdp("caller", r"m=audio (\d+)") == ["0"]
+        assert flow.received_sdp("caller", r"c=IN IP4 (\S+)") == ["0.0.0.0"]
+        assert "relayed without media" in flow.kamailio.log.read_text()
+        await flow.nothing_left()
