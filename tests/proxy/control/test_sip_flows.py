@@ -607,3 +607,25 @@ async def test_a_200_toneguard_refuses_reaches_the_customer_without_media(
         assert flow.received_sdp("caller", r"c=IN IP4 (\S+)") == ["0.0.0.0"]
         assert "relayed without media" in flow.kamailio.log.read_text()
         await flow.nothing_left()
+
+
+async def test_a_first_invite_toneguard_refuses_is_rejected_488_and_leaves_nothing(
+        media_ports: tuple[int, int], tmp_path: Path) -> None:
+    """The customer offers only G.729: ToneGuard refuses, Kamailio answers 488 and the
+    contact centre never sees the INVITE (its scenario would take the call)."""
+    scenario = tmp_path / "caller_g729.xml"
+    scenario.write_text((SIPP_DIR / "caller_rejected.xml").read_text().replace(
+        "m=audio [rtp_port] RTP/AVP 0 101\na=rtpmap:0 PCMU/8000\n"
+        "a=rtpmap:101 telephone-event/8000\na=fmtp:101 0-15\n",
+        "m=audio [rtp_port] RTP/AVP 18\na=rtpmap:18 G729/8000\n"))
+    assert "G729" in scenario.read_text()
+    async with _flow(media_ports, tmp_path) as flow:
+        await flow.sipp("callee", "callee.xml", rtp_port=flow.agents[0].port)
+        await flow.sipp("caller", scenario, rtp_port=flow.customer.port, caller=True)
+        await flow.until(lambda: flow.procs["caller"].returncode is not None)
+        assert flow.procs["caller"].returncode == 0
+        assert "SIP/2.0 488" in (tmp_path / "caller.messages").read_text()
+        assert not (tmp_path / "callee.messages").exists() or (
+            "INVITE sip:" not in (tmp_path / "callee.messages").read_text())
+        await flow.nothing_left()
+        assert flow.node.registry.counters.created == 1  # it was asked, and refused
