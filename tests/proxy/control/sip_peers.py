@@ -214,8 +214,10 @@ async def kamailio(workdir: Path, *, sip_port: int, ng_port: int, centre_port: i
         '"sip:127.0.0.1:5080"', f'"sip:{CENTRE_IP}:{centre_port}"').replace(
         '"sip:127.0.0.2:5090"', f'"sip:{CARRIER_IP}:{carrier_port}"')
     if fork_port is not None:
-        cfg = cfg.replace('##!define CONTACT_CENTRE_FORK "sip:127.0.0.1:5082"',
-                          f'#!define CONTACT_CENTRE_FORK "sip:{CENTRE_IP}:{fork_port}"')
+        fork = '##!define CONTACT_CENTRE_FORK "sip:127.0.0.1:5082"'
+        if fork not in cfg:
+            raise RuntimeError(f"{KAMAILIO_CFG} no longer has the line {fork!r}")
+        cfg = cfg.replace(fork, f'#!define CONTACT_CENTRE_FORK "sip:{CENTRE_IP}:{fork_port}"')
     (workdir / "kamailio.cfg").write_text(cfg)
     log_path = workdir / "kamailio.log"
     with log_path.open("wb") as log:
