@@ -159,13 +159,14 @@ class Flow:
         assert listed["calls"] == []
         assert (await self.node.engine.totals()).streams == 0
 
-    def received_sdp(self, name: str, line: str) -> list[str]:
-        """``line`` (a regex) in each 200 OK with SDP that sipp ``name`` received, in order:
-        what ToneGuard advertised to that party."""
+    def received_sdp(self, name: str, line: str, status: str = "200 OK") -> list[str]:
+        """``line`` (a regex) in each ``status`` reply with SDP that sipp ``name`` received,
+        in order: what ToneGuard advertised to that party."""
         trace = (self.workdir / f"{name}.messages").read_text()
         found = []
         for message in re.split(r"\n-{10,}[^\n]*\n", trace):
-            if "message received" in message and "SIP/2.0 200 OK" in message and "v=0" in message:
+            if ("message received" in message and f"SIP/2.0 {status}" in message
+                    and "v=0" in message):
                 found += re.findall(line, message)
         return found
 
@@ -518,6 +519,29 @@ async def test_a_late_offer_sdp_in_the_200_and_the_ack_is_masked(
         await flow.talk(CARDS[0])
         await flow.finished()
         _assert_agent_heard_audio_but_no_digit(flow.agents[0], min_packets=_packets(CARD_MS))
+        assert _voice_packets(flow.customer) >= _packets(CARD_MS)
+        flow.assert_captured(CARDS[0])
+        await flow.nothing_left()
+
+
+async def test_a_late_offer_in_a_reliable_183_answered_in_the_prack_is_masked(
+        media_ports: tuple[int, int], tmp_path: Path) -> None:
+    """RFC 3262: the customer's INVITE has no SDP, the contact centre's reliable 183 brings
+    the offer and the customer's PRACK the answer, both through ToneGuard (the customer is
+    offered ToneGuard's port, never the agent's); the card keyed during that early media and
+    after the 200 is masked."""
+    async with _flow(media_ports, tmp_path) as flow:
+        agent = flow.agents[0]
+        await flow.sipp("callee", "callee_prack.xml", rtp_port=agent.port,
+                        duration_ms=CARD_MS + 2000)
+        await flow.sipp("caller", "caller_prack.xml", rtp_port=flow.customer.port,
+                        caller=True, duration_ms=CARD_MS + 2000)
+        await flow.until(lambda: flow.count("call answered") == 1)  # the PRACK's answer
+        await flow.talk(CARDS[0])
+        await flow.finished()
+        offered = flow.received_sdp("caller", r"m=audio (\d+)", "183")
+        assert len(offered) == 1 and str(agent.port) not in offered, offered
+        _assert_agent_heard_audio_but_no_digit(agent, min_packets=_packets(CARD_MS))
         assert _voice_packets(flow.customer) >= _packets(CARD_MS)
         flow.assert_captured(CARDS[0])
         await flow.nothing_left()
