@@ -33,7 +33,7 @@ import structlog
 
 from proxy.control import ng
 from proxy.control.customer import CallPolicy, Decision, decide, party_masking
-from proxy.control.keying import SdesLeg
+from proxy.control.keying import SdesLeg, offered_keys
 from proxy.control.replies import query_reply, statistics_reply
 from proxy.control.requests import (
     DeleteRequest,
@@ -303,6 +303,7 @@ class CallRegistry:
             raise ng.NgError("Unknown call-ID or from-tag")
         if a.subscriber:
             raise ng.NgError(f"from-tag '{a.tag}' is a subscription: use 'subscribe answer'")
+        _check_sections(req.sdp, cut_codecs=False)  # a refused answer must not even retag
         b = call.parties.get(req.to_tag) or call.parties.get(PENDING_TAG)
         if b is not None and b.subscriber:
             raise ng.NgError(f"to-tag '{b.tag}' is a subscription: use 'subscribe answer'")
@@ -885,6 +886,8 @@ def _check_sections(sdp: SessionDescription, cut_codecs: bool) -> None:
             raise ng.NgError(f"media {index}: {section.proto} (DTLS-SRTP) is not supported yet")
         if section.port == 0:
             continue
+        if section.proto.upper() in SAVP:
+            offered_keys(section, index)  # SRTP without a key we support: refused up front
         if not section.rtcp_mux and (section.rtcp_port or section.port + 1) > 65535:
             raise ng.NgError(f"media {index}: port {section.port} leaves no port for RTCP "
                              "(use a=rtcp or rtcp-mux)")

@@ -18,6 +18,21 @@ from proxy.control.sdp import MediaSection
 from proxy.media.types import SRTP_SUITES, SrtpParams
 
 
+def offered_keys(section: MediaSection, index: int) -> list[sdes.CryptoAttribute]:
+    """The supported keys of an SRTP section, best first; an ng error when there is none.
+
+    Also called before a negotiation touches any stream, so an offer or answer that drops its
+    crypto is refused with the call left exactly as it was."""
+    try:
+        theirs = sdes.offered(section.attributes("crypto"))
+    except sdes.SdesError as exc:
+        raise ng.NgError(f"media {index}: {exc}") from exc
+    if not theirs:
+        raise ng.NgError(f"media {index}: {section.proto} without a supported a=crypto "
+                         f"suite ({', '.join(SRTP_SUITES)})")
+    return theirs
+
+
 @dataclass
 class SdesLeg:
     """One stream's SDES state: the keys we advertised to the party it faces, by suite, and
@@ -33,14 +48,8 @@ class SdesLeg:
 
     def accept(self, section: MediaSection, *, offer: bool, index: int) -> SrtpParams:
         """The key the party sends with, from its ``a=crypto`` (its offer or its answer)."""
-        try:
-            theirs = sdes.offered(section.attributes("crypto"))
-        except sdes.SdesError as exc:
-            raise ng.NgError(f"media {index}: {exc}") from exc
-        if not theirs:
-            raise ng.NgError(f"media {index}: {section.proto} without a supported a=crypto "
-                             f"suite ({', '.join(SRTP_SUITES)})")
-        chosen = theirs[0]  # the offerer's preference that we support / the answerer's pick
+        # The offerer's preference that we support / the answerer's pick.
+        chosen = offered_keys(section, index)[0]
         if offer:
             kept = self.ours.get(chosen.suite)
             # Our answer to this offer: our key for its suite, under the offerer's tag.

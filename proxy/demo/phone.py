@@ -130,6 +130,12 @@ class RtpPeer:
         self._ts = (self._ts + advance) & 0xFFFFFFFF
         return packet
 
+    def skip(self, ms: float) -> None:
+        """Let the sampling clock run on ``ms`` without sending (a pause between two
+        :meth:`play` calls, as DTX or a hold): the next timestamp shows the time that passed,
+        as RFC 3550 asks of a real phone."""
+        self._ts = (self._ts + round(ms * 8)) & 0xFFFFFFFF
+
     async def play(self, audio: npt.ArrayLike, dest: tuple[str, int], *,
                    loss: float = 0.0, reorder: float = 0.0, seed: int = 7) -> int:
         """Send 16-bit audio as 20 ms G.711 packets paced in real time; returns packets sent."""

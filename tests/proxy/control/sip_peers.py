@@ -176,7 +176,7 @@ def callee_scenario(*, sdp_port: str, play: str | None, reinvite: bool = False,
     return xml
 
 
-def _port_taken(ip: str, port: int) -> bool:
+def port_taken(ip: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
             s.bind((ip, port))
@@ -205,13 +205,19 @@ class Kamailio:
 
 @contextlib.asynccontextmanager
 async def kamailio(workdir: Path, *, sip_port: int, ng_port: int, centre_port: int,
-                   carrier_port: int) -> AsyncIterator[Kamailio]:
-    """The shipped kamailio.cfg with its defines pointed at this test's ports."""
+                   carrier_port: int, fork_port: int | None = None) -> AsyncIterator[Kamailio]:
+    """The shipped kamailio.cfg with its defines pointed at this test's ports; ``fork_port``
+    turns on its parallel forking to a second contact-centre target there."""
     cfg = KAMAILIO_CFG.read_text().replace(
         "SIP_LISTEN udp:127.0.0.1:5060", f"SIP_LISTEN udp:127.0.0.1:{sip_port}").replace(
         '"udp:127.0.0.1:2223"', f'"udp:127.0.0.1:{ng_port}"').replace(
         '"sip:127.0.0.1:5080"', f'"sip:{CENTRE_IP}:{centre_port}"').replace(
         '"sip:127.0.0.2:5090"', f'"sip:{CARRIER_IP}:{carrier_port}"')
+    if fork_port is not None:
+        fork = '##!define CONTACT_CENTRE_FORK "sip:127.0.0.1:5082"'
+        if fork not in cfg:
+            raise RuntimeError(f"{KAMAILIO_CFG} no longer has the line {fork!r}")
+        cfg = cfg.replace(fork, f'#!define CONTACT_CENTRE_FORK "sip:{CENTRE_IP}:{fork_port}"')
     (workdir / "kamailio.cfg").write_text(cfg)
     log_path = workdir / "kamailio.log"
     with log_path.open("wb") as log:
@@ -220,7 +226,7 @@ async def kamailio(workdir: Path, *, sip_port: int, ng_port: int, centre_port: i
             "-P", str(workdir / "kamailio.pid"), stdout=log, stderr=log)
         try:
             async with asyncio.timeout(10):  # until it has bound its SIP port
-                while not _port_taken("127.0.0.1", sip_port):
+                while not port_taken("127.0.0.1", sip_port):
                     if proc.returncode is not None:
                         raise RuntimeError(log_path.read_text()[-2000:])
                     await asyncio.sleep(0.05)
@@ -246,7 +252,7 @@ async def sipp(workdir: Path, name: str, xml: str, *, ip: str, port: int, media_
 
 async def wait_udp_bound(ip: str, port: int, timeout: float = 10.0) -> None:
     async with asyncio.timeout(timeout):
-        while not _port_taken(ip, port):
+        while not port_taken(ip, port):
             await asyncio.sleep(0.05)
 
 

@@ -313,3 +313,87 @@ async def test_a_capture_on_a_call_with_no_customer_masks_every_party(
         await registry.handle({"command": "unblock DTMF", "call-id": "c", "from-tag": "ft"})
     await registry.set_capture("c", False)
     assert (_masked(registry, "ft"), _masked(registry, "tt")) == (None, None)
+
+
+def _srtp_sdp(port: int, *crypto: sdes.CryptoAttribute) -> str:
+    return audio_sdp("127.0.0.1", port, proto="RTP/SAVP", crypto=list(crypto))
+
+
+_CALLER_KEY = sdes.generate("AES_CM_128_HMAC_SHA1_80")
+
+
+@pytest.mark.parametrize(("request_", "reason"), [
+    pytest.param({"command": "answer", "call-id": "other", "from-tag": "ft", "to-tag": "tt",
+                  "sdp": _srtp_sdp(4002)}, "Unknown call-ID", id="answer-unknown-call"),
+    pytest.param({"command": "answer", "call-id": "c", "from-tag": "nobody", "to-tag": "tt",
+                  "sdp": _srtp_sdp(4002)}, "Unknown call-ID or from-tag",
+                 id="answer-unknown-from-tag"),
+    pytest.param({"command": "offer", "call-id": "c", "from-tag": "ft",
+                  "sdp": _srtp_sdp(4000)}, "without a supported a=crypto",
+                 id="re-offer-drops-crypto"),
+    pytest.param({"command": "offer", "call-id": "c", "from-tag": "ft",
+                  "sdp": _srtp_sdp(4000).replace("RTP/SAVP", "RTP/SAVPF")},
+                 "without a supported a=crypto", id="re-offer-savpf-without-crypto"),
+    pytest.param({"command": "offer", "call-id": "c", "from-tag": "ft",
+                  "sdp": _srtp_sdp(4000).replace("a=sendrecv", "a=crypto:1 F8_128_HMAC_SHA1_80 "
+                                                  "inline:" + "A" * 40 + "\r\na=sendrecv")},
+                 "without a supported a=crypto", id="re-offer-unsupported-suite-only"),
+    pytest.param({"command": "offer", "call-id": "c", "from-tag": "tt",
+                  "sdp": _srtp_sdp(4002)}, "without a supported a=crypto",
+                 id="re-offer-from-the-agent-drops-crypto"),
+    pytest.param({"command": "answer", "call-id": "c", "from-tag": "ft", "to-tag": "tt",
+                  "sdp": _srtp_sdp(4002)}, "without a supported a=crypto",
+                 id="re-answer-drops-crypto"),
+    pytest.param({"command": "answer", "call-id": "c", "from-tag": "ft", "to-tag": "fork",
+                  "sdp": _srtp_sdp(4002)}, "without a supported a=crypto",
+                 id="answer-from-another-fork-drops-crypto"),
+    pytest.param({"command": "offer", "call-id": "c", "from-tag": "ft",
+                  "sdp": _srtp_sdp(4000, _CALLER_KEY).replace("RTP/SAVP 0 8 101",
+                                                              "RTP/SAVP 18")},
+                 "no codec ToneGuard can inspect", id="re-offer-no-common-codec"),
+])
+@pytest.mark.parametrize("plain", [False, True], ids=["srtp-call", "plain-call"])
+async def test_bad_input_mid_call_is_refused_and_leaves_the_call_as_it_was(
+        request_: dict[str, Any], reason: str, plain: bool) -> None:
+    """An SRTP call (or a plain one), then one bad message: an ng error naming the problem,
+    and nothing of the call changed (parties, tags, protocols, keys, stream configurations)."""
+    import copy
+    registry, engine = _registry()
+    if plain:
+        await _call(registry)
+    else:
+        offer, _ = await _call(registry, offer_sdp=_srtp_sdp(4000, _CALLER_KEY), answer_sdp=(
+            _srtp_sdp(4002, sdes.generate("AES_CM_128_HMAC_SHA1_80"))))
+        assert "a=crypto" in offer["sdp"]
+    parties = copy.deepcopy(registry.calls["c"].parties)
+    configs = {sid: s.config for sid, s in engine.streams.items()}
+    with pytest.raises(ng.NgError, match=reason):
+        await registry.handle(request_)
+    assert registry.calls["c"].parties == parties
+    assert {sid: s.config for sid, s in engine.streams.items()} == configs
+
+
+async def test_crossing_re_offers_of_a_glare_leave_ports_keys_and_masking_as_they_were() -> None:
+    """Both sides re-INVITE at once (glare): two offers, one from each tag, neither answered
+    (both get 491); then one side retries and is answered. Ports, SDES keys and masking are
+    what they were before the glare."""
+    registry, engine = _registry()
+    agent_key = sdes.generate("AES_CM_128_HMAC_SHA1_80")
+    await _call(registry, offer={"from-label": "customer"},
+                offer_sdp=_srtp_sdp(4000, _CALLER_KEY), answer_sdp=_srtp_sdp(4002, agent_key))
+
+    def state() -> list[tuple[str, int, object, object, bool | None]]:
+        call = registry.calls["c"]
+        return [(p.tag, m.local.rtp_port, m.keys.send, m.config.srtp_recv, _masked(registry, p.tag))
+                for p in call.parties.values() for m in p.medias]
+
+    before = state()
+    assert [masked for *_, masked in before] == [True, None]  # the customer's DTMF is masked
+    await registry.handle({"command": "offer", "call-id": "c", "from-tag": "ft",
+                           "sdp": _srtp_sdp(4000, _CALLER_KEY)})
+    await registry.handle({"command": "offer", "call-id": "c", "from-tag": "tt",
+                           "sdp": _srtp_sdp(4002, agent_key)})
+    await _call(registry, offer_sdp=_srtp_sdp(4000, _CALLER_KEY),
+                answer_sdp=_srtp_sdp(4002, agent_key))
+    assert state() == before
+    assert len(engine.streams) == 2

@@ -127,7 +127,7 @@ async def test_a_draining_node_sends_kamailio_on_to_the_next_node_of_its_set(
 async def test_a_call_no_node_takes_is_refused_not_relayed_around_the_media_relay(
         media_ports: tuple[int, int], tmp_path: Path) -> None:
     """Fail closed in the shipped kamailio.cfg: with its only node draining, Kamailio's offer
-    fails — and the INVITE must then be refused (503), not relayed with the phones' own
+    fails — and the INVITE must then be refused (488), not relayed with the phones' own
     addresses (the media, the customer's keys included, would bypass masking)."""
     node = await _node(media_ports, [])
     sip_port, uas_port = pick_udp_port(), pick_udp_port()
@@ -160,11 +160,11 @@ async def test_a_call_no_node_takes_is_refused_not_relayed_around_the_media_rela
             await uac.wait()
         assert uac.returncode != 0  # the call failed ...
         messages = (tmp_path / "uac.messages").read_text()
-        assert "SIP/2.0 503 Media relay unavailable" in messages, messages[-2000:]  # ... so
+        assert "SIP/2.0 488 Not Acceptable Here" in messages, messages[-2000:]  # ... so
         assert node.readings().offers_refused == 1 and node.registry.counters.created == 0
         uas_saw = tmp_path / "uas.messages"
         assert not uas_saw.exists() or "INVITE sip:" not in uas_saw.read_text()  # never rang
-        assert "not relayed" in log_path.read_text()
+        assert "ToneGuard SDP refused: INVITE rejected 488" in log_path.read_text()
     finally:
         for proc in (uac, uas, kamailio):
             await stop(proc)
