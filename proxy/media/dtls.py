@@ -190,6 +190,7 @@ class DtlsSession:
             return []
         if len(record) > MAX_RECORD:
             raise DtlsError(f"{len(record)}-byte DTLS datagram is longer than {MAX_RECORD}")
+        _check_records(record)
         if self.state is DtlsState.NEW:
             self.start()
         self._ssl.bio_write(record)
@@ -280,6 +281,30 @@ class DtlsSession:
                 break
             out.append(data)
         return out
+
+
+_CONTENT_TYPES = frozenset({20, 21, 22, 23})  # change_cipher_spec, alert, handshake, data
+
+
+def _check_records(datagram: bytes) -> None:
+    """Refuse what is not a sequence of well-formed DTLS records (RFC 6347 §4.1) before
+    OpenSSL sees it: RFC 6347 §4.1.2.7 says invalid records are discarded silently, whereas
+    OpenSSL fails the association on some (application data in epoch 0) — which would let
+    one forged datagram from the peer's address kill a call's agent leg."""
+    pos = 0
+    while pos < len(datagram):
+        if len(datagram) - pos < 13:
+            raise DtlsError("truncated DTLS record header")
+        kind, major = datagram[pos], datagram[pos + 1]
+        epoch = int.from_bytes(datagram[pos + 3:pos + 5], "big")
+        length = int.from_bytes(datagram[pos + 11:pos + 13], "big")
+        if kind not in _CONTENT_TYPES or major != 0xFE:
+            raise DtlsError(f"not a DTLS record (type {kind}, version {major:#x})")
+        if kind == 23 and epoch == 0:
+            raise DtlsError("application data before the handshake")
+        pos += 13 + length
+        if pos > len(datagram):
+            raise DtlsError("DTLS record longer than its datagram")
 
 
 def _reason(exc: SSL.Error) -> str:

@@ -3,6 +3,7 @@ keys agree, and every way a handshake can go wrong ends in FAILED with a reason,
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytest
@@ -169,7 +170,8 @@ def test_lost_flight_is_retransmitted_from_poll() -> None:
 def test_garbage_records_do_not_connect_or_key(garbage: bytes) -> None:
     server = DtlsSession(_params("server", B, A), time.monotonic)
     server.start()
-    server.receive(garbage)
+    with contextlib.suppress(DtlsError):  # refused (the engine drops and counts it)
+        server.receive(garbage)
     assert server.state is not DtlsState.CONNECTED
     assert server.recv_key is None
 
@@ -196,3 +198,18 @@ def test_configured_certificate_must_match_its_key() -> None:
         NodeCertificate.load(A.certificate, B.private_key)
     with pytest.raises(DtlsError, match="not PEM"):
         NodeCertificate.load(b"nope", A.private_key)
+
+
+@pytest.mark.parametrize(("datagram", "reason"), [
+    (b"\x17\xfe\xfd" + b"\x00" * 8 + b"\x00\x05junk!", "application data before"),
+    (b"\x16\xfe\xfd" + b"\x00" * 8 + b"\x40\x00short", "longer than its datagram"),
+    (b"\x16\xfe\xfd\x00", "truncated"),
+    (b"\x18\xfe\xfd" + b"\x00" * 10, "not a DTLS record"),
+    (b"\x16\x03\x03" + b"\x00" * 10, "not a DTLS record"),
+])
+def test_malformed_records_are_refused_before_openssl(datagram: bytes, reason: str) -> None:
+    server = DtlsSession(_params("server", B, A), time.monotonic)
+    server.start()
+    with pytest.raises(DtlsError, match=reason):
+        server.receive(datagram)
+    assert server.state is DtlsState.CONNECTING  # not failed: dropped, the peer may go on
