@@ -635,6 +635,7 @@ def _session_webrtc_lines(out: SessionDescription, receiver: Party) -> None:
               if m.protocol in WEBRTC_PROTOCOLS and s.port != 0]
     if not webrtc:
         return
+    out.order_session_lines()
     extra = []
     if any(m.webrtc.ice for m, _ in webrtc):
         extra.append(("a", "ice-lite"))

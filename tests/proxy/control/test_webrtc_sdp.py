@@ -248,3 +248,13 @@ async def test_browser_offer_without_ice_gets_no_ice_back(registry: CallRegistry
     assert not _attrs(out, "ice-ufrag") and "ice-lite" not in _session_attrs(out)
     assert _attrs(out, "fingerprint")
     assert registry.calls["n"].parties["browser"].medias[0].config.ice is None
+
+
+async def test_session_lines_toward_a_browser_are_in_rfc_order(registry: CallRegistry) -> None:
+    """The carrier put c= after t= (phones accept it); Chrome refuses it: reordered."""
+    out = parse((await _carrier_offer(registry))["sdp"])
+    types = "".join(t for t, _ in out.lines)
+    assert types.index("c") < types.index("t") < types.index("a")
+    plain = await registry.handle({"command": "offer", "call-id": "p", "from-tag": "a",
+                                   "sdp": audio_sdp("127.0.0.1", 40000)})
+    assert plain["sdp"].index("t=0 0") < plain["sdp"].index("c=IN")  # untouched otherwise
