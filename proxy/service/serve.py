@@ -34,6 +34,7 @@ from proxy.control.calls import (
     LatchingDefaults,
 )
 from proxy.control.ng_server import NgServer
+from proxy.media.dtls import DtlsError, NodeCertificate
 from proxy.media.engine import LocalMediaEngine
 from proxy.media.masking import MaskingPipeline
 from proxy.media.pipeline import AudioPipeline
@@ -51,6 +52,23 @@ from proxy.service.metrics import Metrics, Readings
 
 log = structlog.get_logger("toneguard.serve")
 IDLE_REAP_SECONDS = 5.0
+
+
+def dtls_certificate(config: Config) -> NodeCertificate:
+    """The node's DTLS-SRTP certificate: the configured PEM files, else a new ECDSA P-256
+    one (its fingerprint is logged: WebRTC peers see it in every SDP we send them)."""
+    media = config.media
+    if media.dtls_certificate:
+        try:
+            certificate = NodeCertificate.load(Path(media.dtls_certificate).read_bytes(),
+                                               Path(media.dtls_private_key).read_bytes())
+        except (OSError, DtlsError) as exc:
+            raise ConfigError(f"media.dtls_certificate / media.dtls_private_key: {exc}") from exc
+    else:
+        certificate = NodeCertificate.generate()
+    log.info("DTLS certificate", sha256=certificate.fingerprint("sha-256"),
+             configured=bool(media.dtls_certificate))
+    return certificate
 
 
 def call_policy(config: Config) -> CallPolicy:
@@ -149,7 +167,8 @@ class Node:
                                 limits=CallLimits(config.ng.max_media_per_offer,
                                                   config.ng.max_parties_per_call),
                                 latching=LatchingDefaults(media.learn_any_source,
-                                                          media.learning_window_seconds))
+                                                          media.learning_window_seconds),
+                                certificate=dtls_certificate(config))
         server = NgServer(registry.handle, cache_ttl=config.ng.cookie_cache_seconds,
                           cache_bytes=config.ng.cookie_cache_bytes)
         node = cls(config, engine, registry, server, payments, _gateway=gateway,
