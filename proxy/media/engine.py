@@ -433,7 +433,14 @@ class LocalMediaEngine:
                 stream.receiver = SrtpReceiver(config.srtp_recv) if config.srtp_recv else None
             if config.srtp_send != old.srtp_send or stream.sender is None:
                 stream.sender = SrtpSender(config.srtp_send) if config.srtp_send else None
-        if (config.peer, config.symmetric, config.strict_source, config.learn_any_source) != (
+        # ICE latches on authenticated checks, not on the SDP's address: the browser may have
+        # checked before its answer (which names the address) reached us; same credentials,
+        # same latch.
+        ice_kept = config.ice is not None and old.ice is not None and (
+            config.ice.local_ufrag, config.ice.local_pwd) == (old.ice.local_ufrag,
+                                                              old.ice.local_pwd)
+        if not ice_kept and (config.peer, config.symmetric, config.strict_source,
+                             config.learn_any_source) != (
                 old.peer, old.symmetric, old.strict_source, old.learn_any_source):
             self._set_endpoint(stream, None)  # a new remote address in SDP: latch afresh
             stream.rtcp_endpoint = None

@@ -29,6 +29,7 @@ from proxy.media.dtls import NodeCertificate
 from proxy.media.engine import LocalMediaEngine
 from proxy.media.masking import MaskingPipeline
 from proxy.media.types import DigitEvent
+from proxy.media.workers import WorkerPoolEngine
 from tests.proxy.control.webrtc_peers import BrowserAgent
 
 CARD = "4111111111111111"
@@ -200,3 +201,31 @@ async def test_wrong_fingerprint_fails_the_leg_and_no_media_crosses(
         carrier.close()
         other_a.close()
         other_b.close()
+
+
+async def test_browser_agent_through_worker_processes(media_ports: tuple[int, int]) -> None:
+    """The DTLS parameters (certificate included) cross to a worker process with the stream's
+    configuration; the handshake, ICE and relay run there."""
+    engine = WorkerPoolEngine("127.0.0.1", *media_ports, workers=2, tick_ms=20,
+                              idle_timeout=60, lookahead_ms=LOOKAHEAD_MS)
+    await engine.start()
+    registry = CallRegistry(engine, address="127.0.0.1")
+    carrier = await RtpPeer(seed=81).start()
+    browser = BrowserAgent(_agent_voice(4.0))
+    try:
+        offer = await registry.handle({
+            "command": "offer", "call-id": "pool", "from-tag": "carrier",
+            "sdp": audio_sdp("127.0.0.1", carrier.port), **WEBRTC_KEYS})
+        answer = await registry.handle({
+            "command": "answer", "call-id": "pool", "from-tag": "carrier",
+            "to-tag": "browser", "sdp": await browser.answer(offer["sdp"])})
+        await _until(lambda: browser.pc.connectionState == "connected", timeout=15)
+        sent = await carrier.play(tones.sine(250, 2000, -15.0), media_endpoint(answer["sdp"]))
+        await browser.wait_samples(int(0.8 * sent * 160), timeout=10)
+        await carrier.wait_for(50, timeout=10)
+        assert _level_db(browser.heard()) > 40.0
+        assert (await engine.stats("pool/~/0")).dtls_failures == 0
+    finally:
+        await browser.close()
+        carrier.close()
+        await engine.stop()

@@ -266,3 +266,30 @@ async def test_consent_expiry_stops_media_to_the_browser_until_it_checks_again(
         play.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await play
+
+
+async def test_checks_before_the_answer_keep_their_latch_when_the_answer_arrives(
+        engine: LocalMediaEngine) -> None:
+    """A browser checks (and says hello) as soon as it has our offer; its answer may reach us
+    later (through the SIP proxy, or a worker process). The answer must not undo the latch."""
+    registry = CallRegistry(engine, address="127.0.0.1")
+    carrier = await RtpPeer(seed=62).start()
+    sock = _udp()
+    try:
+        offer = await registry.handle({
+            "command": "offer", "call-id": "w", "from-tag": "carrier",
+            "sdp": audio_sdp("127.0.0.1", carrier.port, payload_types=(0,)),
+            "transport-protocol": "UDP/TLS/RTP/SAVPF", "ICE": "force"})
+        m = parse(offer["sdp"]).media[0]
+        browser = Browser(sock, m.attributes("ice-ufrag")[0], m.attributes("ice-pwd")[0],
+                          m.port)
+        browser.check()
+        await browser.recv()
+        assert (await engine.stats(LEG)).endpoint == sock.getsockname()
+        await registry.handle({"command": "answer", "call-id": "w", "from-tag": "carrier",
+                               "to-tag": "browser", "sdp": _answer_sdp(sock.getsockname()[1])})
+        assert (await engine.stats(LEG)).endpoint == sock.getsockname()
+        await browser.handshake(_client(registry.certificate))  # no new check needed
+    finally:
+        carrier.close()
+        sock.close()
