@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import select
 import shutil
 import socket
 import subprocess
@@ -44,12 +45,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from aioice import stun
 
 from loadtest.traffic import Stream, Traffic, TrafficResult
 from proxy.control import sdes
 from proxy.control.sdp import parse as parse_sdp
 from proxy.demo.sdp_builder import audio_sdp, media_endpoint
 from proxy.demo.simulate import NgClient
+from proxy.media.dtls import DtlsSession, DtlsState, NodeCertificate
+from proxy.media.types import DtlsParams
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 GENERATOR_CPU, RELAY_CPU = {0}, {1}
@@ -210,11 +214,14 @@ async def _set_up_webrtc_calls(calls: int, ngc: NgClient, transport: asyncio.Dat
 _BROWSER_UFRAG, _BROWSER_PWD = "bnch", "benchbenchbenchbenchbench"
 
 
-def _browser_certificate():  # type: ignore[no-untyped-def]
-    from proxy.media.dtls import NodeCertificate
-    if not hasattr(_browser_certificate, "cert"):
-        _browser_certificate.cert = NodeCertificate.generate()  # type: ignore[attr-defined]
-    return _browser_certificate.cert  # type: ignore[attr-defined]
+_BROWSER_CERTIFICATES: list[NodeCertificate] = []
+
+
+def _browser_certificate() -> NodeCertificate:
+    """The generator's own DTLS certificate (one per process, made when first needed)."""
+    if not _BROWSER_CERTIFICATES:
+        _BROWSER_CERTIFICATES.append(NodeCertificate.generate())
+    return _BROWSER_CERTIFICATES[0]
 
 
 def _browser_answer(port: int) -> str:
@@ -229,11 +236,6 @@ def _browser_answer(port: int) -> str:
 def _handshake_all(legs: list[WebRtcLeg], sock: socket.socket,
                    timeout: float = 60.0) -> list[Stream]:
     """ICE check then DTLS (client) for every leg at once from ``sock``; the streams keyed."""
-    import select
-
-    from aioice import stun
-
-    from proxy.media.dtls import DtlsParams, DtlsSession, DtlsState
     cert = _browser_certificate()
     sessions = {leg.relay: DtlsSession(DtlsParams(
         "client", (("sha-256", leg.fingerprint),), cert.certificate, cert.private_key),
@@ -256,15 +258,15 @@ def _handshake_all(legs: list[WebRtcLeg], sock: socket.socket,
                     sock.sendto(record, addr)
             continue
         data, addr = sock.recvfrom(4096)
-        session = sessions.get(addr)
-        if session is None or not data:
+        peer = sessions.get(addr)
+        if peer is None or not data:
             continue
         if data[0] <= 3 and addr not in answered:  # our check answered: start DTLS
             answered.add(addr)
-            for record in session.start():
+            for record in peer.start():
                 sock.sendto(record, addr)
         elif 20 <= data[0] <= 63:
-            for record in session.receive(data):
+            for record in peer.receive(data):
                 sock.sendto(record, addr)
     streams: list[Stream] = []
     for leg in legs:

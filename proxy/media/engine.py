@@ -913,7 +913,7 @@ class LocalMediaEngine:
             ice.forget_stale()
             if not ice.consented(stream.endpoint):
                 stream.consent_lost = True
-                if type(stream.sender) is not _Gate:  # a handshake/failure gate stays as is
+                if not isinstance(stream.sender, _Gate):  # a handshake/failure gate stays
                     stream.held_sender = stream.sender
                     stream.sender = _CONSENT_GATE
                 log.warning("ICE consent expired: not sending to the peer",
