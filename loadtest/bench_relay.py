@@ -25,8 +25,9 @@ in userspace (no kernel module here):
   DTLS handshake from the generator's agent socket (all calls' handshakes in flight at once;
   the relay's CPU over that phase is the handshake cost per call), then the traffic is the
   same as above. ToneGuard negotiates SRTP_AEAD_AES_128_GCM, so compare with "SRTP-GCM".
-  (rtpengine is not run in this bridge: its ICE is a full agent that also needs our checks
-  answered, which this generator does not do.)
+  rtpengine runs the same bridge with `ICE=remove` toward the agent (its ICE is a full agent
+  that would also need this generator to answer its checks): the generator starts DTLS (as
+  client, `a=setup:active`) without a check; the suite is whatever rtpengine selects.
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ async def _set_up_calls(name: str, calls: int, ng_port: int, traffic: Traffic) -
                 await asyncio.sleep(0.2)
         srtp = "SRTP" in name
         if "DTLS" in name:
-            return await _set_up_webrtc_calls(calls, ngc, transport, traffic)
+            return await _set_up_webrtc_calls(name, calls, ngc, transport, traffic)
         streams: list[Stream] = []
         for i in range(calls):
             call_id = f"bench-{i}"
@@ -190,23 +191,28 @@ class WebRtcLeg:
 _WEBRTC_LEGS: dict[int, list[WebRtcLeg]] = {}  # by ng port, for run_relay's handshake phase
 
 
-async def _set_up_webrtc_calls(calls: int, ngc: NgClient, transport: asyncio.DatagramTransport,
+async def _set_up_webrtc_calls(name: str, calls: int, ngc: NgClient,
+                               transport: asyncio.DatagramTransport,
                                traffic: Traffic) -> list[Stream]:
     legs: list[WebRtcLeg] = []
     port = traffic.ports[1]
+    ice = "remove" if name.startswith("rtpengine") else "force"
     for i in range(calls):
         call_id = f"bench-{i}"
         offer = await ngc.request(transport, {
             "command": "offer", "call-id": call_id, "from-tag": "a",
             "sdp": audio_sdp("127.0.0.1", traffic.ports[0], payload_types=(0, 101)),
-            "transport-protocol": "UDP/TLS/RTP/SAVPF", "ICE": "force", "rtcp-mux": ["offer"]})
+            "transport-protocol": "UDP/TLS/RTP/SAVPF", "ICE": ice, "rtcp-mux": ["offer"]})
         m = parse_sdp(offer["sdp"]).media[0]
         answer = await ngc.request(transport, {
             "command": "answer", "call-id": call_id, "from-tag": "a", "to-tag": "b",
-            "sdp": _browser_answer(port)})
-        legs.append(WebRtcLeg(media_endpoint(offer["sdp"]), m.attributes("ice-ufrag")[0],
-                              m.attributes("ice-pwd")[0], media_endpoint(answer["sdp"]),
-                              m.attributes("fingerprint")[0].split()[1]))
+            "sdp": _browser_answer(port, ice=ice != "remove")})
+        fingerprint = next(f.split()[1] for f in m.attributes("fingerprint")
+                           if f.lower().startswith("sha-256 "))
+        legs.append(WebRtcLeg(media_endpoint(offer["sdp"]),
+                              (m.attributes("ice-ufrag") or [""])[0],
+                              (m.attributes("ice-pwd") or [""])[0],
+                              media_endpoint(answer["sdp"]), fingerprint))
     _WEBRTC_LEGS[traffic.ports[1]] = legs
     return []  # streams come from the handshakes (run_relay)
 
@@ -224,11 +230,12 @@ def _browser_certificate() -> NodeCertificate:
     return _BROWSER_CERTIFICATES[0]
 
 
-def _browser_answer(port: int) -> str:
+def _browser_answer(port: int, *, ice: bool = True) -> str:
+    ice_lines = [f"a=ice-ufrag:{_BROWSER_UFRAG}", f"a=ice-pwd:{_BROWSER_PWD}"] if ice else []
     return "\r\n".join([
         "v=0", "o=- 1 1 IN IP4 127.0.0.1", "s=-", "c=IN IP4 127.0.0.1", "t=0 0",
         "a=group:BUNDLE 0", f"m=audio {port} UDP/TLS/RTP/SAVPF 0 101", "a=mid:0",
-        "a=rtcp-mux", f"a=ice-ufrag:{_BROWSER_UFRAG}", f"a=ice-pwd:{_BROWSER_PWD}",
+        "a=rtcp-mux", *ice_lines,
         f"a=fingerprint:sha-256 {_browser_certificate().fingerprint()}", "a=setup:active",
         "a=rtpmap:0 PCMU/8000", "a=rtpmap:101 telephone-event/8000", "a=sendrecv"]) + "\r\n"
 
@@ -240,14 +247,19 @@ def _handshake_all(legs: list[WebRtcLeg], sock: socket.socket,
     sessions = {leg.relay: DtlsSession(DtlsParams(
         "client", (("sha-256", leg.fingerprint),), cert.certificate, cert.private_key),
         time.monotonic) for leg in legs}
+    answered: set[tuple[str, int]] = set()
     for leg in legs:
+        if not leg.ufrag:  # no ICE on this leg: DTLS at once
+            answered.add(leg.relay)
+            for record in sessions[leg.relay].start():
+                sock.sendto(record, leg.relay)
+            continue
         check = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
         check.attributes["USERNAME"] = f"{leg.ufrag}:{_BROWSER_UFRAG}"
         check.attributes["ICE-CONTROLLING"] = 1
         check.attributes["USE-CANDIDATE"] = None
         check.add_message_integrity(leg.pwd.encode())
         sock.sendto(bytes(check), leg.relay)
-    answered: set[tuple[str, int]] = set()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not all(
             s.state is DtlsState.CONNECTED for s in sessions.values()):
@@ -415,7 +427,8 @@ def main(argv: list[str] | None = None) -> None:
               "ToneGuard SRTP-GCM relay", "ToneGuard DTLS relay", "ToneGuard DTLS relay ×2"]
     if shutil.which("rtpengine"):
         relays = ["rtpengine relay", "rtpengine relay ×2", "rtpengine masking",
-                  "rtpengine SRTP relay", "rtpengine SRTP relay ×2", *relays]
+                  "rtpengine SRTP relay", "rtpengine SRTP relay ×2", "rtpengine SRTP-GCM relay",
+                  "rtpengine DTLS relay", *relays]
     else:
         print("rtpengine not installed (apt-get install rtpengine-daemon): ToneGuard only")
     if args.relays:
