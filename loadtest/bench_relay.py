@@ -280,6 +280,10 @@ def _handshake_all(legs: list[WebRtcLeg], sock: socket.socket,
         elif 20 <= data[0] <= 63:
             for record in peer.receive(data):
                 sock.sendto(record, addr)
+    # Late copies (a flight the relay retransmitted while ours was on its way, a second check
+    # answer) would count as foreign arrivals in the traffic window: drain them first.
+    while select.select([sock], [], [], 0.2)[0]:
+        sock.recvfrom(4096)
     streams: list[Stream] = []
     for leg in legs:
         session = sessions[leg.relay]
