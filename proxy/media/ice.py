@@ -15,6 +15,7 @@ even a 401 (nothing to reflect, nothing to learn). Messages are parsed and built
 from __future__ import annotations
 
 import enum
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -55,7 +56,9 @@ class IceLite:
             return StunResult(Verdict.REFUSED, reason=f"{len(data)}-byte STUN message")
         try:
             message = stun.parse_message(data)
-        except (ValueError, KeyError, IndexError) as exc:  # bad length, FINGERPRINT, attribute
+        except (ValueError, KeyError, IndexError, struct.error) as exc:
+            # Bad length or FINGERPRINT, or an attribute too short for its type (aioice's
+            # unpackers raise struct.error: found by the datagram fuzzer).
             return StunResult(Verdict.REFUSED, reason=f"malformed STUN: {exc}")
         if (message.message_method != stun.Method.BINDING
                 or message.message_class != stun.Class.REQUEST):

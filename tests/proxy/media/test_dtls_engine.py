@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 import pytest
 from aioice import stun
+from structlog.testing import capture_logs
 
 from dsp import tones
 from proxy.control.calls import CallRegistry
@@ -28,8 +30,9 @@ from proxy.media import dtls, ice
 from proxy.media.dtls import DtlsSession, DtlsState, NodeCertificate
 from proxy.media.engine import LocalMediaEngine
 from proxy.media.rtp import RtpPacket
-from proxy.media.srtp import SrtpReceiver
+from proxy.media.srtp import SrtpReceiver, SrtpSender
 from proxy.media.types import DtlsParams, StreamStats
+from tests import fuzzing
 
 BROWSER_CERT = NodeCertificate.generate()
 UFRAG, PWD = "Brws", "browserpasswordbrowserpw"
@@ -293,3 +296,73 @@ async def test_checks_before_the_answer_keep_their_latch_when_the_answer_arrives
     finally:
         carrier.close()
         sock.close()
+
+
+def _webrtc_like(rng: random.Random, check: bytes, record: bytes) -> bytes:
+    """STUN-, DTLS- or RTP-shaped hostile datagrams: mutated real checks and records, random
+    bodies behind each protocol's first byte, and the RTP/RTCP campaign's inputs."""
+    roll = rng.random()
+    if roll < 0.25:  # a real check with bytes flipped (integrity or FINGERPRINT must catch it)
+        data = bytearray(check)
+        for _ in range(rng.randrange(1, 4)):
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        return bytes(data)
+    if roll < 0.4:
+        return bytes([rng.randrange(4)]) + rng.randbytes(rng.choice([0, 3, 19, 40, 600]))
+    if roll < 0.55:  # a real record, mutated or truncated
+        data = bytearray(record[:rng.randrange(1, len(record) + 1)])
+        data[rng.randrange(len(data))] ^= 0xFF
+        return bytes(data)
+    if roll < 0.7:
+        return bytes([rng.randrange(20, 64)]) + rng.randbytes(rng.choice([0, 12, 40, 1600]))
+    return fuzzing.rtp_like(rng, ssrc=77)
+
+
+async def test_fuzzed_datagrams_at_a_keyed_browser_leg_never_reach_the_carrier(
+        engine: LocalMediaEngine, call: tuple[CallRegistry, RtpPeer, Browser]) -> None:
+    """From the browser's own (checked) address and from a stranger, while the real browser
+    keeps talking: the carrier hears only the browser's authenticated packets, nothing is
+    logged as an error, the leg stays keyed, and the drops are counted."""
+    registry, carrier, browser = call
+    seed = fuzzing.SEED + 14
+    rng = random.Random(seed)
+    browser.check()
+    await browser.recv()
+    session = _client(registry.certificate)
+    await browser.handshake(session)
+    assert session.send_key is not None
+    protect = SrtpSender(session.send_key).protect
+    stranger = _udp()
+    check = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+    check.attributes["USERNAME"] = f"{browser.ufrag}:{UFRAG}"
+    check.add_message_integrity(browser.pwd.encode())
+    record = _client(registry.certificate).start()[0]
+    real_ssrc, seq = 0x0B20_45E5, 0
+
+    def talk() -> None:
+        nonlocal seq
+        browser.sock.sendto(protect(bytes(RtpPacket(0, seq, 160 * seq, real_ssrc,
+                                                    payload=b"\x7f" * 160))), browser.dest)
+        seq += 1
+
+    try:
+        with capture_logs() as logs:
+            for n in range(fuzzing.INPUTS // 4):
+                sock = browser.sock if rng.random() < 0.5 else stranger
+                sock.sendto(_webrtc_like(rng, bytes(check), record), browser.dest)
+                if n % 40 == 0:
+                    talk()
+                    await asyncio.sleep(0.002)
+            for _ in range(10):
+                talk()
+                await asyncio.sleep(0.02)
+            await carrier.wait_for(10, timeout=5)
+            await _stats(engine, lambda s: s.packets_in >= seq - 5, stream=LEG)
+        assert [e for e in logs if e.get("log_level") in ("error", "critical")
+                or "exc_info" in e] == [], f"seed {seed}"
+        assert {p.ssrc for _, p in carrier.received.packets} == {real_ssrc}, f"seed {seed}"
+        stats = await engine.stats(LEG)
+        assert stats.dtls_failures == 0 and stats.webrtc_dropped > 0, f"seed {seed}"
+        assert stats.endpoint == browser.sock.getsockname()  # no stranger took the leg over
+    finally:
+        stranger.close()

@@ -71,8 +71,12 @@ def test_remote_ufrag_is_not_checked_before_the_peer_named_it() -> None:
     (_check()[:20], "malformed"),
     (b"\x00\x01" + b"\xff" * 30, "malformed"),
     (b"\x00\x01\x00\x00" + b"\x00" * 700, "byte STUN"),
+    # PRIORITY (4-byte value) with a 2-byte body: aioice's unpacker raises struct.error.
+    (b"\x00\x01\x00\x08\x21\x12\xa4\x42" + b"\x00" * 12 + b"\x00\x24\x00\x02\xaa\xbb\x00\x00",
+     "malformed"),
 ], ids=["bad-integrity", "other-ufrag", "other-remote-ufrag", "no-colon", "no-fingerprint",
-        "indication", "response", "truncated", "header-only", "garbage", "oversized"])
+        "indication", "response", "truncated", "header-only", "garbage", "oversized",
+        "short-attribute"])
 def test_unauthenticated_or_malformed_stun_is_refused_silently(data: bytes, reason: str) -> None:
     lite = IceLite(PARAMS, Clock())
     result = lite.handle(data, SOURCE)
