@@ -18,7 +18,16 @@ in userspace (no kernel module here):
   `transport-protocol=RTP/SAVP` on the offer), so both relays must encrypt one way and decrypt
   the other (with SRTP on both legs rtpengine passes the crypto through untouched, which
   would not compare like with like). The first packet of every encrypted stream is decrypted
-  with the key the relay offered and compared with what was sent.
+  with the key the relay offered and compared with what was sent. "SRTP-GCM": the same with
+  AEAD_AES_128_GCM chosen from the relay's offer;
+* DTLS runs: the agent's leg is a WebRTC one (`transport-protocol=UDP/TLS/RTP/SAVPF`,
+  `ICE=force`): after the ng answer every agent leg is checked (STUN, ICE-lite) and keyed by a
+  DTLS handshake from the generator's agent socket (all calls' handshakes in flight at once;
+  the relay's CPU over that phase is the handshake cost per call), then the traffic is the
+  same as above. ToneGuard negotiates SRTP_AEAD_AES_128_GCM, so compare with "SRTP-GCM".
+  rtpengine runs the same bridge with `ICE=remove` toward the agent (its ICE is a full agent
+  that would also need this generator to answer its checks): the generator starts DTLS (as
+  client, `a=setup:active`) without a check; the suite is whatever rtpengine selects.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import select
 import shutil
 import socket
 import subprocess
@@ -36,11 +46,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from aioice import stun
 
 from loadtest.traffic import Stream, Traffic, TrafficResult
 from proxy.control import sdes
+from proxy.control.sdp import parse as parse_sdp
 from proxy.demo.sdp_builder import audio_sdp, media_endpoint
 from proxy.demo.simulate import NgClient
+from proxy.media.dtls import DtlsSession, DtlsState, NodeCertificate
+from proxy.media.types import DtlsParams
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 GENERATOR_CPU, RELAY_CPU = {0}, {1}
@@ -81,6 +95,8 @@ class Outcome:
     seconds: float  # the traffic window
     traffic: TrafficResult
     generator_cpu: float
+    handshake_cpu: float = float("nan")  # relay CPU seconds per call for ICE + DTLS (DTLS runs)
+    handshake_seconds: float = float("nan")  # wall time until every call's leg was keyed
 
     @property
     def core_percent(self) -> float:
@@ -122,6 +138,8 @@ async def _set_up_calls(name: str, calls: int, ng_port: int, traffic: Traffic) -
             except (TimeoutError, RuntimeError):
                 await asyncio.sleep(0.2)
         srtp = "SRTP" in name
+        if "DTLS" in name:
+            return await _set_up_webrtc_calls(name, calls, ngc, transport, traffic)
         streams: list[Stream] = []
         for i in range(calls):
             call_id = f"bench-{i}"
@@ -136,7 +154,8 @@ async def _set_up_calls(name: str, calls: int, ng_port: int, traffic: Traffic) -
             if srtp:  # answer with the suite the relay offered, under its tag
                 offered = sdes.offered([line.split(":", 1)[1] for line in
                                         offer["sdp"].splitlines() if line.startswith("a=crypto:")])
-                theirs = next(c for c in offered if c.suite == "AES_CM_128_HMAC_SHA1_80")
+                suite = "AEAD_AES_128_GCM" if "GCM" in name else "AES_CM_128_HMAC_SHA1_80"
+                theirs = next(c for c in offered if c.suite == suite)
                 ours = sdes.generate(theirs.suite, theirs.tag)
             answer = await ngc.request(transport, {
                 "command": "answer", "call-id": call_id, "from-tag": "a", "to-tag": "b",
@@ -158,6 +177,123 @@ async def _set_up_calls(name: str, calls: int, ng_port: int, traffic: Traffic) -
         transport.close()
 
 
+@dataclass
+class WebRtcLeg:
+    """What the generator needs to key one call's agent leg as a browser would."""
+
+    relay: tuple[str, int]  # ToneGuard's port for the agent leg (from its offer)
+    ufrag: str
+    pwd: str
+    carrier_dest: tuple[str, int]  # where the caller side sends (from the answer)
+    fingerprint: str  # the relay's sha-256 certificate fingerprint (from its offer)
+
+
+_WEBRTC_LEGS: dict[int, list[WebRtcLeg]] = {}  # by ng port, for run_relay's handshake phase
+
+
+async def _set_up_webrtc_calls(name: str, calls: int, ngc: NgClient,
+                               transport: asyncio.DatagramTransport,
+                               traffic: Traffic) -> list[Stream]:
+    legs: list[WebRtcLeg] = []
+    port = traffic.ports[1]
+    ice = "remove" if name.startswith("rtpengine") else "force"
+    for i in range(calls):
+        call_id = f"bench-{i}"
+        offer = await ngc.request(transport, {
+            "command": "offer", "call-id": call_id, "from-tag": "a",
+            "sdp": audio_sdp("127.0.0.1", traffic.ports[0], payload_types=(0, 101)),
+            "transport-protocol": "UDP/TLS/RTP/SAVPF", "ICE": ice, "rtcp-mux": ["offer"]})
+        m = parse_sdp(offer["sdp"]).media[0]
+        answer = await ngc.request(transport, {
+            "command": "answer", "call-id": call_id, "from-tag": "a", "to-tag": "b",
+            "sdp": _browser_answer(port, ice=ice != "remove")})
+        fingerprint = next(f.split()[1] for f in m.attributes("fingerprint")
+                           if f.lower().startswith("sha-256 "))
+        legs.append(WebRtcLeg(media_endpoint(offer["sdp"]),
+                              (m.attributes("ice-ufrag") or [""])[0],
+                              (m.attributes("ice-pwd") or [""])[0],
+                              media_endpoint(answer["sdp"]), fingerprint))
+    _WEBRTC_LEGS[traffic.ports[1]] = legs
+    return []  # streams come from the handshakes (run_relay)
+
+
+_BROWSER_UFRAG, _BROWSER_PWD = "bnch", "benchbenchbenchbenchbench"
+
+
+_BROWSER_CERTIFICATES: list[NodeCertificate] = []
+
+
+def _browser_certificate() -> NodeCertificate:
+    """The generator's own DTLS certificate (one per process, made when first needed)."""
+    if not _BROWSER_CERTIFICATES:
+        _BROWSER_CERTIFICATES.append(NodeCertificate.generate())
+    return _BROWSER_CERTIFICATES[0]
+
+
+def _browser_answer(port: int, *, ice: bool = True) -> str:
+    ice_lines = [f"a=ice-ufrag:{_BROWSER_UFRAG}", f"a=ice-pwd:{_BROWSER_PWD}"] if ice else []
+    return "\r\n".join([
+        "v=0", "o=- 1 1 IN IP4 127.0.0.1", "s=-", "c=IN IP4 127.0.0.1", "t=0 0",
+        "a=group:BUNDLE 0", f"m=audio {port} UDP/TLS/RTP/SAVPF 0 101", "a=mid:0",
+        "a=rtcp-mux", *ice_lines,
+        f"a=fingerprint:sha-256 {_browser_certificate().fingerprint()}", "a=setup:active",
+        "a=rtpmap:0 PCMU/8000", "a=rtpmap:101 telephone-event/8000", "a=sendrecv"]) + "\r\n"
+
+
+def _handshake_all(legs: list[WebRtcLeg], sock: socket.socket,
+                   timeout: float = 60.0) -> list[Stream]:
+    """ICE check then DTLS (client) for every leg at once from ``sock``; the streams keyed."""
+    cert = _browser_certificate()
+    sessions = {leg.relay: DtlsSession(DtlsParams(
+        "client", (("sha-256", leg.fingerprint),), cert.certificate, cert.private_key),
+        time.monotonic) for leg in legs}
+    answered: set[tuple[str, int]] = set()
+    for leg in legs:
+        if not leg.ufrag:  # no ICE on this leg: DTLS at once
+            answered.add(leg.relay)
+            for record in sessions[leg.relay].start():
+                sock.sendto(record, leg.relay)
+            continue
+        check = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+        check.attributes["USERNAME"] = f"{leg.ufrag}:{_BROWSER_UFRAG}"
+        check.attributes["ICE-CONTROLLING"] = 1
+        check.attributes["USE-CANDIDATE"] = None
+        check.add_message_integrity(leg.pwd.encode())
+        sock.sendto(bytes(check), leg.relay)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not all(
+            s.state is DtlsState.CONNECTED for s in sessions.values()):
+        ready, _, _ = select.select([sock], [], [], 0.05)
+        if not ready:
+            for addr, session in sessions.items():  # retransmissions (lost flights)
+                for record in session.poll():
+                    sock.sendto(record, addr)
+            continue
+        data, addr = sock.recvfrom(4096)
+        peer = sessions.get(addr)
+        if peer is None or not data:
+            continue
+        if data[0] <= 3 and addr not in answered:  # our check answered: start DTLS
+            answered.add(addr)
+            for record in peer.start():
+                sock.sendto(record, addr)
+        elif 20 <= data[0] <= 63:
+            for record in peer.receive(data):
+                sock.sendto(record, addr)
+    # Late copies (a flight the relay retransmitted while ours was on its way, a second check
+    # answer) would count as foreign arrivals in the traffic window: drain them first.
+    while select.select([sock], [], [], 0.2)[0]:
+        sock.recvfrom(4096)
+    streams: list[Stream] = []
+    for leg in legs:
+        session = sessions[leg.relay]
+        if session.state is not DtlsState.CONNECTED:
+            raise RuntimeError(f"DTLS to {leg.relay} did not finish: {session.reason}")
+        streams.append(Stream(0, leg.carrier_dest, recv_key=session.recv_key))
+        streams.append(Stream(1, leg.relay, send_key=session.send_key))
+    return streams
+
+
 def run_relay(name: str, calls: int, seconds: float, tmp: Path) -> Outcome:
     ng_port = _free_udp()
     base = 42000 + (ng_port % 4000) // 2 * 2
@@ -165,13 +301,20 @@ def run_relay(name: str, calls: int, seconds: float, tmp: Path) -> Outcome:
     traffic = Traffic()
     try:
         streams = asyncio.run(_set_up_calls(name, calls, ng_port, traffic))
+        handshake_cpu = handshake_seconds = float("nan")
+        if "DTLS" in name:
+            legs = _WEBRTC_LEGS.pop(traffic.ports[1])
+            cpu_before, started = _cpu_seconds(proc.pid), time.monotonic()
+            streams = _handshake_all(legs, traffic.sockets[1])
+            handshake_seconds = time.monotonic() - started
+            handshake_cpu = (_cpu_seconds(proc.pid) - cpu_before) / calls
         traffic.prepare(streams, seconds)
         cpu_before, gen_before = _cpu_seconds(proc.pid), time.process_time()
         started = time.monotonic()
         result = traffic.run()
         elapsed = time.monotonic() - started
         return Outcome(name, calls, _cpu_seconds(proc.pid) - cpu_before, elapsed, result,
-                       time.process_time() - gen_before)
+                       time.process_time() - gen_before, handshake_cpu, handshake_seconds)
     finally:
         traffic.close()
         proc.terminate()
@@ -179,7 +322,8 @@ def run_relay(name: str, calls: int, seconds: float, tmp: Path) -> Outcome:
 
 
 def _kind(name: str) -> tuple[str, bool]:
-    kind = "SRTP" if "SRTP" in name else "masking" if "masking" in name else "relay"
+    kind = ("SRTP" if "SRTP" in name or "DTLS" in name else "masking" if "masking" in name
+            else "relay")
     return kind, "×2" in name
 
 
@@ -238,11 +382,20 @@ def report(outcomes: list[Outcome], seconds: float) -> None:
             if rt.unverified:
                 problems.append(f"{len(rt.unverified)} SRTP streams did not decrypt to what "
                                 "was sent")
-            if "SRTP" in r.name and rt.verified < r.calls:
+            if ("SRTP" in r.name or "DTLS" in r.name) and rt.verified < r.calls:
                 problems.append(f"only {rt.verified} of {r.calls} SRTP streams verified")
         if problems:
             print(f"{'':26} !! {'; '.join(sorted(set(problems)))}")
     _print_capacity(medians)
+    dtls = [(o, runs) for o, runs in medians if "DTLS" in o.name]
+    if dtls:
+        print("DTLS-SRTP agent legs set up at once (ICE check + handshake, all calls in flight):")
+        for o, runs in dtls:
+            cpu = sorted(1000 * r.handshake_cpu for r in runs)
+            wall = sorted(r.handshake_seconds for r in runs)
+            print(f"  {o.name:26} {o.calls:6d} calls: relay CPU {cpu[len(cpu) // 2]:.2f} ms per "
+                  f"call (range {cpu[0]:.2f}–{cpu[-1]:.2f}), all keyed in "
+                  f"{wall[len(wall) // 2]:.2f} s")
     print("µs/packet: relay CPU per packet delivered (range: over the runs); delivered: the "
           "worst run; latency: from the sendmmsg that carried a packet to the kernel's receive "
           "timestamp, after the first second (warm-up: the first second's maximum, when every "
@@ -274,10 +427,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="runs of each relay, interleaved (the median is reported)")
     args = parser.parse_args(argv)
     relays = ["ToneGuard relay", "ToneGuard relay ×2", "ToneGuard masking",
-              "ToneGuard masking ×2", "ToneGuard SRTP relay", "ToneGuard SRTP relay ×2"]
+              "ToneGuard masking ×2", "ToneGuard SRTP relay", "ToneGuard SRTP relay ×2",
+              "ToneGuard SRTP-GCM relay", "ToneGuard DTLS relay", "ToneGuard DTLS relay ×2"]
     if shutil.which("rtpengine"):
         relays = ["rtpengine relay", "rtpengine relay ×2", "rtpengine masking",
-                  "rtpengine SRTP relay", "rtpengine SRTP relay ×2", *relays]
+                  "rtpengine SRTP relay", "rtpengine SRTP relay ×2", "rtpengine SRTP-GCM relay",
+                  "rtpengine DTLS relay", *relays]
     else:
         print("rtpengine not installed (apt-get install rtpengine-daemon): ToneGuard only")
     if args.relays:

@@ -33,6 +33,7 @@ import structlog
 
 from proxy.control import ng
 from proxy.control.customer import CallPolicy, Decision, decide, party_masking
+from proxy.control.dtls_leg import WEBRTC_PROTOCOLS, DtlsLeg, has_ice
 from proxy.control.keying import SdesLeg, offered_keys
 from proxy.control.replies import query_reply, statistics_reply
 from proxy.control.requests import (
@@ -56,6 +57,7 @@ from proxy.control.sdp import (
     SessionDescription,
 )
 from proxy.control.sdp import parse as parse_sdp
+from proxy.media.dtls import NodeCertificate
 from proxy.media.policy import DtmfSecurityMode, MaskingPolicy
 from proxy.media.types import (
     Address,
@@ -92,6 +94,8 @@ class Media:
     protocol: str = "RTP/AVP"  # what this party speaks
     config: StreamConfig = field(default_factory=StreamConfig)
     keys: SdesLeg = field(default_factory=SdesLeg)
+    webrtc: DtlsLeg = field(default_factory=DtlsLeg)  # used when ``protocol`` is UDP/TLS/...
+    mux_required: bool = False  # ng rtcp-mux=require when this stream was offered
     sdp_address: str = ""
     section: MediaSection | None = None  # what this party last sent (a subscription mirrors it)
     remote: Address | None = None  # the last specified SDP address and port (moves are noticed)
@@ -181,6 +185,7 @@ class CallRegistry:
                  on_renegotiated: LegHook | None = None,
                  limits: CallLimits | None = None,
                  latching: LatchingDefaults | None = None,
+                 certificate: NodeCertificate | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self._engine = engine
         self._address = advertised_address or address
@@ -192,6 +197,7 @@ class CallRegistry:
         self._clock = clock
         self._limits = limits or CallLimits()
         self._latching = latching or LatchingDefaults()
+        self._certificate = certificate  # the node's DTLS certificate (made when first needed)
         self.calls: dict[str, Call] = {}
         self._by_stream: dict[str, tuple[str, str]] = {}  # stream id → (call id, tag)
         self.counters = CallCounters()
@@ -203,6 +209,12 @@ class CallRegistry:
     @property
     def engine(self) -> MediaEngine:
         return self._engine
+
+    @property
+    def certificate(self) -> NodeCertificate:
+        if self._certificate is None:
+            self._certificate = NodeCertificate.generate()
+        return self._certificate
 
     # --- dispatch --------------------------------------------------------------------------
 
@@ -372,8 +384,6 @@ class CallRegistry:
     async def _negotiate(self, call: Call, sender: Party, receiver: Party,
                          req: NegotiateRequest, *, offer: bool) -> str:
         """Take ``sender``'s SDP; configure its streams; return the SDP for ``receiver``."""
-        if req.dtls in ("passive", "active"):
-            raise ng.NgError("DTLS-SRTP is not supported yet (use SDES or plain RTP)")
         sdp = req.sdp
         cut_codecs = offer and self._masks_anyone(call)
         _check_sections(sdp, cut_codecs)  # before anything changes: a refused re-offer
@@ -386,7 +396,11 @@ class CallRegistry:
             r_media = await self._media(call, receiver, index)
             if offer:  # an answer leaves the offerer speaking what it offered
                 transport = (req.transport_protocol or "").upper()
-                r_media.protocol = transport if transport in SAVP + PLAIN else proto
+                r_media.protocol = (transport if transport in SAVP + PLAIN + WEBRTC_PROTOCOLS
+                                    else proto)
+                if r_media.protocol in WEBRTC_PROTOCOLS and req.dtls == "off":
+                    raise ng.NgError(f"media {index}: DTLS=off with {r_media.protocol}")
+                r_media.mux_required = "require" in req.rtcp_mux
             await self._engine.link(s_media.stream_id, r_media.stream_id)
             s_media.protocol = proto
             s_media.kind = section.media.lower()
@@ -400,12 +414,19 @@ class CallRegistry:
                 s_media.remote = (peer_addr, section.port)
             srtp_recv = (s_media.keys.accept(section, offer=offer, index=index)
                          if proto in SAVP else None)
+            webrtc = proto in WEBRTC_PROTOCOLS
+            if webrtc:
+                s_media.webrtc.accept(section, sdp, offer=offer, index=index)
+                if offer:  # ICE back toward the offerer if it offered ICE (an offer's
+                    # ICE key is about the SDP going onward; the answer's about this one)
+                    s_media.webrtc.ice = has_ice(section, sdp)
+            rtcp_mux = section.rtcp_mux or s_media.mux_required
             rtcp_port = section.rtcp_port or section.port + 1
             s_media.config = replace(
                 s_media.config,
                 peer=(peer_addr, section.port),
-                rtcp_peer=(peer_addr, section.port if section.rtcp_mux else rtcp_port),
-                rtcp_mux=section.rtcp_mux,
+                rtcp_peer=(peer_addr, section.port if rtcp_mux else rtcp_port),
+                rtcp_mux=rtcp_mux,
                 symmetric=req.symmetric,
                 media_handover=req.media_handover,
                 learn_any_source=req.learn_any_source or self._latching.learn_any_source,
@@ -415,6 +436,8 @@ class CallRegistry:
                 codecs=section.codecs(),
                 recording=call.recording or self._policy.recording,
                 label=sender.label,
+                dtls=s_media.webrtc.dtls_params(self.certificate) if webrtc else None,
+                ice=s_media.webrtc.ice_params() if webrtc else None,
             )
             self._rewrite_section(out.media[index], r_media, section, req, offer=offer)
             if cut_codecs and s_media.kind == "audio":
@@ -427,6 +450,7 @@ class CallRegistry:
         if "sdp-version" in req.replace and sdp_changed:
             out.bump_version()
         out.remove_attributes(*ICE_ATTRIBUTES, *DTLS_ATTRIBUTES, "group", "msid-semantic")
+        _session_webrtc_lines(out, receiver)
         return out.serialise()
 
     async def _media(self, call: Call, party: Party, index: int) -> Media:
@@ -455,15 +479,48 @@ class CallRegistry:
         """Make ``out`` (a copy of the sender's section) advertise ``facing``'s stream."""
         out.port = facing.local.rtp_port
         out.proto = facing.protocol
+        webrtc = facing.protocol in WEBRTC_PROTOCOLS
         out.remove_attributes("crypto", "rtcp", *ICE_ATTRIBUTES, *DTLS_ATTRIBUTES)
-        # Offer rtcp-mux onward if the offerer wanted it; answer it if the offerer offered it.
-        mux = section.rtcp_mux and not req.demux_rtcp if offer else facing.config.rtcp_mux
+        if not facing.protocol.endswith("F"):  # AVPF feedback means nothing to an AVP party
+            out.remove_attributes("rtcp-fb", "rtcp-rsize")
+        if offer:
+            # Offer rtcp-mux onward if the offerer wanted it (not with ``demux``), if ng
+            # ``offer``/``require`` asks, and always toward WebRTC (RFC 8834 §4.5 needs it).
+            mux = (section.rtcp_mux and not req.demux_rtcp) or webrtc or bool(
+                {"offer", "require"} & req.rtcp_mux)
+        else:  # answer it if the offerer offered it (``reject``: no)
+            mux = facing.config.rtcp_mux and "reject" not in req.rtcp_mux
+            if not mux and facing.config.rtcp_mux:
+                facing.config = replace(facing.config, rtcp_mux=False, rtcp_peer=(
+                    facing.config.peer[0], facing.config.peer[1] + 1)
+                    if facing.config.peer else None)
         out.remove_attributes("rtcp-mux")
-        out.add_attribute("rtcp", str(facing.local.rtcp_port))
+        required = offer and facing.mux_required
+        out.add_attribute("rtcp", str(facing.local.rtp_port if required
+                                      else facing.local.rtcp_port))
         if mux:
             out.add_attribute("rtcp-mux")
+        if webrtc or req.generate_mid:
+            mid = (section.attributes("mid") or [facing.webrtc.their_mid or str(facing.index)])
+            out.remove_attributes("mid")
+            out.add_attribute("mid", mid[0] if offer else facing.webrtc.their_mid or mid[0])
         if facing.protocol in SAVP:
             facing.keys.advertise(out, offer=offer, options=req.sdes)
+        elif webrtc:
+            # ICE toward a WebRTC answerer unless ICE=remove (browsers need it); toward a
+            # WebRTC offerer if it offered ICE.
+            ice = req.ice != "remove" and (offer or facing.webrtc.ice)
+            facing.webrtc.advertise(out, offer=offer, mode=req.dtls, ice=ice,
+                                    local=facing.local, address=self._address,
+                                    certificate=self.certificate,
+                                    hash_name=req.dtls_fingerprint)
+            if "trickle-ice" in req.flags:
+                out.add_attribute("ice-options", "trickle")
+            # The stream facing this party: ICE answered and DTLS gated from now on (the
+            # browser may check and hello before its answer reaches us).
+            facing.config = replace(facing.config,
+                                    dtls=facing.webrtc.dtls_params(self.certificate),
+                                    ice=facing.webrtc.ice_params())
 
     # --- whose DTMF is masked --------------------------------------------------------------
 
@@ -879,11 +936,31 @@ def _log_failure(task: asyncio.Task[None]) -> None:
                   error=repr(task.exception()))
 
 
+def _session_webrtc_lines(out: SessionDescription, receiver: Party) -> None:
+    """Session-level lines for a party spoken to as WebRTC: ``a=ice-lite`` (we never send
+    checks) and one BUNDLE group of its WebRTC sections' mids (each has its own port: a
+    browser with ``max-bundle`` uses the first; ours are not bundled onto one port yet)."""
+    webrtc = [(m, s) for m, s in zip(receiver.medias, out.media, strict=False)
+              if m.protocol in WEBRTC_PROTOCOLS and s.port != 0]
+    if not webrtc:
+        return
+    out.order_session_lines()
+    extra = []
+    if any(m.webrtc.ice for m, _ in webrtc):
+        extra.append(("a", "ice-lite"))
+    mids = [s.attributes("mid")[0] for _, s in webrtc if s.attributes("mid")]
+    if mids:
+        extra.append(("a", "group:BUNDLE " + " ".join(mids)))
+    out.lines += extra  # session-level a= lines come last (RFC 8866 §5)
+
+
 def _check_sections(sdp: SessionDescription, cut_codecs: bool) -> None:
     """What would make a media section unusable, said before any stream is touched."""
     for index, section in enumerate(sdp.media):
-        if "TLS" in section.proto.upper():
-            raise ng.NgError(f"media {index}: {section.proto} (DTLS-SRTP) is not supported yet")
+        proto = section.proto.upper()
+        if "TLS" in proto and proto not in WEBRTC_PROTOCOLS:
+            raise ng.NgError(f"media {index}: {section.proto} is not supported "
+                             f"(DTLS-SRTP over UDP only: {', '.join(WEBRTC_PROTOCOLS)})")
         if section.port == 0:
             continue
         if section.proto.upper() in SAVP:

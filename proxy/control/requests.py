@@ -21,6 +21,13 @@ from proxy.media.types import Address
 CallerChoice = Literal["offerer", "answerer", "both", "none"]
 CALLER_CHOICES: tuple[CallerChoice, ...] = ("offerer", "answerer", "both", "none")
 ICE_OPTIONS = ("", "remove", "default", "optional", "force", "force-relay")
+# rtpengine 10.5's DTLS values (``no``/``disable`` = ``off``) and DTLS-fingerprint hashes.
+DTLS_OPTIONS = {"": "", "off": "off", "no": "off", "disable": "off", "passive": "passive",
+                "active": "active"}
+DTLS_HASHES = ("sha-1", "sha-224", "sha-256", "sha-384", "sha-512")
+TRANSPORTS = ("RTP/AVP", "RTP/AVPF", "RTP/SAVP", "RTP/SAVPF", "UDP/TLS/RTP/SAVP",
+              "UDP/TLS/RTP/SAVPF")
+RTCP_MUX_OPTIONS = frozenset({"offer", "require", "demux", "accept", "reject"})
 DTMF_DIGITS = "0123456789*#ABCD"
 
 
@@ -42,7 +49,8 @@ class NegotiateRequest:
     transport_protocol: str | None = None
     sdes: frozenset[str] = frozenset()  # SDES options: ``off``, ``no-<suite>`` (lower case)
     ice: str = ""
-    dtls: str = ""
+    dtls: str = ""  # "", "off", "passive", "active" (rtpengine's synonyms folded)
+    dtls_fingerprint: str = "sha-256"  # the hash our a=fingerprint uses
     rtcp_mux: frozenset[str] = frozenset()
     replace: frozenset[str] = frozenset()
     received_from: str | None = None  # the SIP source address (``received-from`` [family, addr])
@@ -91,6 +99,10 @@ class NegotiateRequest:
     @property
     def demux_rtcp(self) -> bool:
         return "demux" in self.rtcp_mux
+
+    @property
+    def generate_mid(self) -> bool:
+        return "generate-mid" in self.flags
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,14 +225,28 @@ def _negotiate(command: Literal["offer", "answer"], body: dict[str, Any]) -> Neg
     if ice not in ICE_OPTIONS:
         raise ng.NgError(f"Invalid ICE option '{ice}'")
     received = body.get("received-from")
+    dtls_text = (ng.get_str(body, "dtls") or "").lower()
+    if dtls_text not in DTLS_OPTIONS:
+        raise ng.NgError(f"Invalid DTLS option '{dtls_text[:20]}'")
+    hash_name = (ng.get_str(body, "dtls-fingerprint") or "sha-256").lower()
+    if hash_name not in DTLS_HASHES:
+        raise ng.NgError(f"Invalid DTLS-fingerprint '{hash_name[:20]}'")
+    transport = ng.get_str(body, "transport-protocol")
+    if transport is not None:
+        transport = transport.upper()
+        if transport not in (*TRANSPORTS, "ACCEPT"):
+            raise ng.NgError(f"Invalid transport-protocol '{transport[:30]}'")
+    # Unknown rtcp-mux words are ignored (rtpengine warns and goes on); unknown DTLS and
+    # transport values are refused: they decide how the leg is secured.
+    rtcp_mux = _flag_words(body, "rtcp-mux") & RTCP_MUX_OPTIONS
     return NegotiateRequest(
         command=command, call_id=call_id, from_tag=from_tag, to_tag=to_tag,
         sdp=_sdp(body), flags=frozenset(flags),
-        transport_protocol=ng.get_str(body, "transport-protocol"),
+        transport_protocol=transport,
         sdes=_flag_words(body, "sdes") | {f[len("sdes-"):] for f in flags
                                            if f.startswith("sdes-")},
-        ice=ice, dtls=(ng.get_str(body, "dtls") or "").lower(),
-        rtcp_mux=_flag_words(body, "rtcp-mux"), replace=_flag_words(body, "replace"),
+        ice=ice, dtls=DTLS_OPTIONS[dtls_text], dtls_fingerprint=hash_name,
+        rtcp_mux=rtcp_mux, replace=_flag_words(body, "replace"),
         received_from=str(received[1]) if isinstance(received, list) and len(received) == 2
         else None,
         label=ng.get_str(body, "label"), from_label=ng.get_str(body, "from-label"),

@@ -141,6 +141,12 @@ class SessionDescription(_Lines):
             return " ".join(parts)
         self.lines = [(t, bump(v) if t == "o" else v) for t, v in self.lines]
 
+    def order_session_lines(self) -> None:
+        """Session-level lines in RFC 8866 §5 order (v o s i u e p c b t r z k a), stable
+        within a type. Phones are lenient about ``c=`` after ``t=``; browsers refuse it."""
+        rank = {t: i for i, t in enumerate("vosiuepcbtrzka")}
+        self.lines = sorted(self.lines, key=lambda line: rank.get(line[0], len(rank)))
+
     def serialise(self) -> str:
         out = [f"{t}={v}" for t, v in self.lines]
         for m in self.media:

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field, fields
 import structlog
 
 from proxy.media.codecs import UNINSPECTABLE, PayloadKind, payload_kinds
+from proxy.media.dtls import DtlsError, DtlsSession, DtlsState
+from proxy.media.ice import IceLite, Verdict
 from proxy.media.latency import TICK_BUCKETS, Recorder
 from proxy.media.pipeline import AudioPipeline, PassthroughPipeline
 from proxy.media.policy import MaskingPolicy
@@ -84,6 +86,26 @@ def _sdp_source(peer: Address | None) -> tuple[_IP | None, bool]:
     if ip.is_unspecified:
         return None, True
     return ip, False
+
+
+class _Gate:
+    """Stands in for a WebRTC leg's SRTP contexts while no verified keys may be used: before
+    the DTLS handshake verified the peer, after it failed, or (sending) while ICE consent has
+    lapsed. Every packet to or from the leg is refused as an SRTP failure would be, so the
+    relay's fast path needs no extra check for it (and plain streams never meet it)."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def _refuse(self, packet: bytes) -> bytes:
+        raise SrtpError(self.reason)
+
+    unprotect = unprotect_rtcp = protect = protect_rtcp = _refuse
+
+
+_CONSENT_GATE = _Gate("ICE consent expired")  # the one gate that consent restores
 
 
 class _Poller:
@@ -215,6 +237,8 @@ class _Counters:
     stranger_packets: int = 0  # dropped (and in ``errors``): a source this stream refuses
     rtcp_not_rtcp: int = 0  # dropped (and in ``errors``): on an RTCP path, not RTCP
     uninspectable_packets: int = 0  # dropped (and in ``errors``): masked, PT not inspectable
+    webrtc_dropped: int = 0  # dropped (and in ``errors``): DTLS/ICE leg not verified, refused
+    dtls_failures: int = 0  # handshakes that failed
 
 
 _COUNTER_NAMES = tuple(f.name for f in fields(StreamCounters))
@@ -244,8 +268,15 @@ class _Stream:
     direct: _ConnectedSocket | None = None  # connected to ``endpoint`` once latched
     endpoint: Address | None = None  # latched RTP source / destination
     rtcp_endpoint: Address | None = None
-    receiver: SrtpReceiver | None = None
-    sender: SrtpSender | None = None
+    receiver: SrtpReceiver | _Gate | None = None
+    sender: SrtpSender | _Gate | None = None
+    # WebRTC legs (None otherwise): the DTLS association and the ICE-lite responder.
+    dtls: DtlsSession | None = None
+    ice: IceLite | None = None
+    dtls_seen: DtlsState = DtlsState.NEW  # the session state the engine has acted on
+    held_sender: SrtpSender | None = None  # the real sender while consent has lapsed
+    consent_lost: bool = False
+    warned_webrtc: bool = False
     counters: _Counters = field(default_factory=_Counters)
     idle_reported: bool = False
     released: bool = False
@@ -293,6 +324,7 @@ class LocalMediaEngine:
         self._idle_timeout = idle_timeout
         self._clock = clock
         self._streams: dict[str, _Stream] = {}
+        self._handshaking: dict[str, _Stream] = {}  # DTLS legs whose timers the tick runs
         self._poller = _Poller()
         self._subscribers: list[Callable[[MediaEvent], None]] = []
         self._ticker: asyncio.Task[None] | None = None
@@ -406,15 +438,30 @@ class LocalMediaEngine:
         # SRTP contexts live as long as their keys: a re-INVITE with the same keys (a hold, a
         # resume, a block DTMF) keeps the rollover counter and replay window, so a phone that
         # keeps its key keeps being understood after 65 536 packets too.
-        if config.srtp_recv != old.srtp_recv or stream.receiver is None:
-            stream.receiver = SrtpReceiver(config.srtp_recv) if config.srtp_recv else None
-        if config.srtp_send != old.srtp_send or stream.sender is None:
-            stream.sender = SrtpSender(config.srtp_send) if config.srtp_send else None
-        if (config.peer, config.symmetric, config.strict_source, config.learn_any_source) != (
+        if config.dtls is not None:
+            self._configure_dtls(stream, config)
+        else:
+            if stream.dtls is not None:  # a leg that left DTLS: its keys go with it
+                self._handshaking.pop(stream_id, None)
+                stream.dtls = None
+                stream.receiver = stream.sender = None
+            if config.srtp_recv != old.srtp_recv or stream.receiver is None:
+                stream.receiver = SrtpReceiver(config.srtp_recv) if config.srtp_recv else None
+            if config.srtp_send != old.srtp_send or stream.sender is None:
+                stream.sender = SrtpSender(config.srtp_send) if config.srtp_send else None
+        # ICE latches on authenticated checks, not on the SDP's address: the browser may have
+        # checked before its answer (which names the address) reached us; same credentials,
+        # same latch.
+        ice_kept = config.ice is not None and old.ice is not None and (
+            config.ice.local_ufrag, config.ice.local_pwd) == (old.ice.local_ufrag,
+                                                              old.ice.local_pwd)
+        if not ice_kept and (config.peer, config.symmetric, config.strict_source,
+                             config.learn_any_source) != (
                 old.peer, old.symmetric, old.strict_source, old.learn_any_source):
             self._set_endpoint(stream, None)  # a new remote address in SDP: latch afresh
             stream.rtcp_endpoint = None
         stream.config = config
+        self._configure_ice(stream, config)
         stream.sdp_ip, stream.sdp_learnable = _sdp_source(config.peer)
         effective = config.masking is not None and config.masking.effective
         stream.masked_kinds = payload_kinds(config.codecs) if effective else None
@@ -425,6 +472,48 @@ class LocalMediaEngine:
             if s is not None and s.endpoint is None:
                 s.learn_until = max(s.learn_until, now + s.config.learning_window)
         self._sync_pipeline(stream_id, old.masking, config.masking)
+
+    def _configure_dtls(self, stream: _Stream, config: StreamConfig) -> None:
+        """A DTLS-SRTP leg: a new handshake when its parameters change (first configure, a
+        re-INVITE with a new fingerprint or role); until it verifies the peer, the gate."""
+        if stream.dtls is not None and stream.dtls.params == config.dtls:
+            return
+        assert config.dtls is not None
+        if not config.dtls.fingerprints:  # the peer's answer has not come: gated, no handshake
+            self._handshaking.pop(stream.stream_id, None)
+            stream.dtls = None
+            stream.receiver = _Gate("DTLS leg waiting for the peer's fingerprint")
+            stream.sender = _Gate("DTLS leg waiting for the peer's fingerprint")
+            stream.held_sender = None
+            return
+        stream.dtls = DtlsSession(config.dtls, self._clock)
+        stream.dtls_seen = DtlsState.NEW
+        stream.receiver = _Gate("DTLS handshake has not verified the peer")
+        stream.sender = _Gate("DTLS handshake has not verified the peer")
+        stream.held_sender = None
+        self._handshaking[stream.stream_id] = stream
+        if config.dtls.role == "server":
+            stream.dtls.start()  # the handshake deadline runs from now
+        elif config.ice is None and (config.peer is not None or stream.endpoint is not None):
+            self._start_client(stream)  # no ICE to wait for: the SDP says where the peer is
+
+    def _configure_ice(self, stream: _Stream, config: StreamConfig) -> None:
+        if config.ice is None:
+            stream.ice = None
+        elif stream.ice is None or (stream.ice.params.local_ufrag, stream.ice.params.local_pwd) \
+                != (config.ice.local_ufrag, config.ice.local_pwd):
+            stream.ice = IceLite(config.ice, self._clock)
+        else:
+            stream.ice.params = config.ice  # the peer's ufrag arrived: consent state stays
+        webrtc = config.dtls is not None or config.ice is not None
+        reader = self._on_webrtc if webrtc else self._on_rtp
+        for sock in (stream.rtp, stream.direct):
+            if sock is not None:
+                sock._on_datagram = reader
+
+    def _reader(self, stream: _Stream) -> Callable[[_Stream, bytes, Address], None]:
+        webrtc = stream.config.dtls is not None or stream.config.ice is not None
+        return self._on_webrtc if webrtc else self._on_rtp
 
     def _sync_pipeline(self, stream_id: str, old: MaskingPolicy | None,
                        new: MaskingPolicy | None) -> None:
@@ -465,6 +554,7 @@ class LocalMediaEngine:
             out.inputs.remove(stream)
         stream.inputs.clear()
         stream.outputs = ()
+        self._handshaking.pop(stream_id, None)
         if stream.config.masking is not None:
             self._pipeline.close(stream_id)
         for sock in (stream.rtp, stream.rtcp, stream.direct):
@@ -588,7 +678,7 @@ class LocalMediaEngine:
             log.warning("no connected socket for a latched endpoint", stream=stream.stream_id,
                         error=str(exc))
             return
-        stream.direct = _ConnectedSocket(sock, self._poller, addr, self._on_rtp)
+        stream.direct = _ConnectedSocket(sock, self._poller, addr, self._reader(stream))
         stream.direct.stream = stream
 
     def _on_rtp(self, stream: _Stream, data: bytes, addr: Address) -> None:
@@ -611,6 +701,7 @@ class LocalMediaEngine:
                 data = stream.receiver.unprotect(data)
             except SrtpError:
                 c.errors += 1
+                c.webrtc_dropped += type(stream.receiver) is _Gate
                 return
         if len(data) < 12 or data[0] >> 6 != 2:  # not RTP version 2
             c.errors += 1
@@ -682,6 +773,7 @@ class LocalMediaEngine:
                 wire = out.sender.protect(plain)
             except SrtpError:
                 out.counters.errors += 1
+                out.counters.webrtc_dropped += type(out.sender) is _Gate
                 return
         c = out.counters
         # The connected socket, when there is one, is connected to ``dest``.
@@ -745,6 +837,136 @@ class LocalMediaEngine:
         c.errors += 1
         c.rtcp_not_rtcp += 1
 
+    # --- WebRTC legs: demultiplexing, ICE-lite, DTLS ---------------------------------------
+
+    def _on_webrtc(self, stream: _Stream, data: bytes, addr: Address) -> None:
+        """A DTLS/ICE leg's datagrams, told apart by their first byte (RFC 7983 §7): 0-3
+        STUN, 20-63 DTLS, 128-191 RTP/RTCP (the relay's own path); anything else dropped."""
+        if stream.released:
+            return
+        first = data[0] if data else 255
+        if 128 <= first <= 191:
+            self._on_rtp(stream, data, addr)
+        elif first <= 3 and stream.ice is not None:
+            self._on_stun(stream, data, addr)
+        elif 20 <= first <= 63 and stream.dtls is not None:
+            self._on_dtls(stream, data, addr)
+        else:
+            self._webrtc_refuse(stream, addr, "not RTP, or STUN/DTLS this leg does not speak")
+
+    def _webrtc_refuse(self, stream: _Stream, addr: Address, reason: str) -> None:
+        c = stream.counters
+        c.errors += 1
+        c.webrtc_dropped += 1
+        if not stream.warned_webrtc:  # once per stream: a flood must not flood the log
+            stream.warned_webrtc = True
+            log.warning("WebRTC leg: datagram refused", stream=stream.stream_id,
+                        source=addr[0], source_port=addr[1], reason=reason)
+
+    def _on_stun(self, stream: _Stream, data: bytes, addr: Address) -> None:
+        assert stream.ice is not None
+        result = stream.ice.handle(data, addr)
+        if result.verdict is Verdict.REFUSED:
+            self._webrtc_refuse(stream, addr, f"STUN: {result.reason}")
+            return
+        stream.rtp.sendto(result.response, addr)
+        # The browser's authenticated checks latch the leg (ICE replaces address latching):
+        # the first one while nothing is latched, then the path it nominates.
+        if stream.endpoint is None or (result.verdict is Verdict.NOMINATED
+                                       and stream.endpoint != addr):
+            self._set_endpoint(stream, addr)
+            if stream.dtls is not None and stream.dtls.state is DtlsState.NEW \
+                    and stream.dtls.params.role == "client":
+                self._start_client(stream)
+        if stream.consent_lost and addr == stream.endpoint:
+            stream.consent_lost = False
+            if stream.sender is _CONSENT_GATE:  # never lifts a handshake or failure gate
+                stream.sender = stream.held_sender
+            stream.held_sender = None
+            log.info("ICE consent restored", stream=stream.stream_id)
+
+    def _start_client(self, stream: _Stream) -> None:
+        assert stream.dtls is not None
+        dest = stream.rtp_destination()
+        for record in stream.dtls.start():
+            if dest is not None:
+                stream.rtp.sendto(record, dest)
+        self._dtls_progress(stream)
+
+    def _on_dtls(self, stream: _Stream, data: bytes, addr: Address) -> None:
+        assert stream.dtls is not None
+        if addr != stream.endpoint:
+            # With ICE only a source an authenticated check came from speaks DTLS; without
+            # ICE a source the latching rules admit (the handshake then proves who it is).
+            config = stream.config
+            if config.ice is not None or stream.endpoint is not None or not self._may_latch(
+                    stream, addr, config.peer[1] if config.peer else None):
+                self._webrtc_refuse(stream, addr, "DTLS from a source that is not the peer")
+                return
+            self._set_endpoint(stream, addr)
+        try:
+            replies = stream.dtls.receive(data)
+        except DtlsError as exc:
+            self._webrtc_refuse(stream, addr, str(exc))
+            return
+        for record in replies:
+            stream.rtp.sendto(record, addr)
+        self._dtls_progress(stream)
+
+    def _dtls_progress(self, stream: _Stream) -> None:
+        """Act once on each new handshake state: keys in, or the leg failed (logged)."""
+        session = stream.dtls
+        if session is None or session.state is stream.dtls_seen:
+            return
+        stream.dtls_seen = session.state
+        if session.state is DtlsState.CONNECTED:
+            assert session.recv_key is not None and session.send_key is not None
+            stream.receiver = SrtpReceiver(session.recv_key)
+            sender = SrtpSender(session.send_key)
+            if stream.consent_lost:
+                stream.held_sender, stream.sender = sender, _CONSENT_GATE
+            else:
+                stream.sender = sender
+            self._handshaking.pop(stream.stream_id, None)
+            log.info("DTLS-SRTP leg keyed", stream=stream.stream_id, call_id=stream.call_id,
+                     role=session.params.role, profile=session.profile)
+        elif session.state in (DtlsState.FAILED, DtlsState.CLOSED):
+            stream.receiver = _Gate(f"DTLS {session.state.value}: {session.reason}")
+            stream.sender = _Gate(f"DTLS {session.state.value}: {session.reason}")
+            stream.held_sender = None
+            stream.counters.dtls_failures += session.state is DtlsState.FAILED
+            self._handshaking.pop(stream.stream_id, None)
+            log.warning("DTLS leg failed: no media to or from it", stream=stream.stream_id,
+                        call_id=stream.call_id, state=session.state.value,
+                        reason=session.reason)
+
+    def _poll_webrtc(self) -> None:
+        """Tick: DTLS retransmissions and deadlines of the legs still handshaking."""
+        for stream in list(self._handshaking.values()):
+            session = stream.dtls
+            if session is None:
+                continue
+            dest = stream.rtp_destination()
+            for record in session.poll():
+                if dest is not None:
+                    stream.rtp.sendto(record, dest)
+            self._dtls_progress(stream)
+
+    def _check_consent(self) -> None:
+        """RFC 7675: stop sending to a browser that stopped sending checks (every second)."""
+        for stream in self._streams.values():
+            ice = stream.ice
+            if ice is None or stream.endpoint is None or stream.consent_lost:
+                continue
+            ice.forget_stale()
+            if not ice.consented(stream.endpoint):
+                stream.consent_lost = True
+                if not isinstance(stream.sender, _Gate):  # a handshake/failure gate stays
+                    stream.held_sender = stream.sender
+                    stream.sender = _CONSENT_GATE
+                log.warning("ICE consent expired: not sending to the peer",
+                            stream=stream.stream_id, call_id=stream.call_id)
+
     # --- the tick --------------------------------------------------------------------------
 
     async def _tick_loop(self) -> None:
@@ -769,6 +991,8 @@ class LocalMediaEngine:
         now = self._clock()
         for arrived, packet in self._pipeline.tick(now):
             self._send_linked(arrived, packet)
+        if self._handshaking:
+            self._poll_webrtc()
         for event in self._pipeline.drain_events():
             stream = self._streams.get(event.stream_id)
             if stream is not None:
@@ -778,6 +1002,7 @@ class LocalMediaEngine:
         if now >= self._next_idle_scan:
             self._next_idle_scan = now + min(1.0, self._idle_timeout / 4)
             self._report_idle(now)
+            self._check_consent()
 
     def _report_idle(self, now: float) -> None:
         """Publish an IdleEvent for each stream of a call none of whose streams has received

@@ -56,6 +56,45 @@ class SrtpParams:
         return f"SrtpParams(suite={self.suite!r}, key_salt=<{len(self.key_salt)} bytes>)"
 
 
+DtlsRole = Literal["client", "server"]
+
+
+@dataclass(frozen=True, slots=True)
+class DtlsParams:
+    """DTLS-SRTP keying of one stream (RFC 5764): who starts the handshake, the node's
+    certificate, and the fingerprint(s) the peer's certificate must match (from its SDP).
+
+    The certificate travels with the stream's configuration (it is a few hundred bytes) so a
+    worker process needs nothing else to run the handshake; the private key's repr is hidden.
+    """
+
+    role: DtlsRole  # ours: "client" sends the ClientHello (a=setup:active), "server" waits
+    fingerprints: tuple[tuple[str, str], ...]  # (hash name lower case, hex upper with colons)
+    certificate: bytes  # our certificate, PEM
+    private_key: bytes  # its key, PEM
+
+    def __repr__(self) -> str:
+        return (f"DtlsParams(role={self.role!r}, fingerprints={self.fingerprints!r}, "
+                "certificate=<pem>, private_key=<hidden>)")
+
+
+@dataclass(frozen=True, slots=True)
+class IceParams:
+    """ICE-lite short-term credentials of one stream (RFC 8445 §7.2.2, RFC 8489 §9.1).
+
+    A binding request must carry ``USERNAME`` = ``local_ufrag:remote_ufrag`` (the remote part
+    is checked once the peer's SDP named it) and a MESSAGE-INTEGRITY keyed with ``local_pwd``.
+    """
+
+    local_ufrag: str
+    local_pwd: str
+    remote_ufrag: str = ""
+
+    def __repr__(self) -> str:
+        return (f"IceParams(local_ufrag={self.local_ufrag!r}, local_pwd=<hidden>, "
+                f"remote_ufrag={self.remote_ufrag!r})")
+
+
 @dataclass(frozen=True, slots=True)
 class LocalEndpoint:
     """Where a stream listens (what the SDP we generate advertises)."""
@@ -94,6 +133,10 @@ class StreamConfig:
     masking: MaskingPolicy | None = None
     recording: Address | None = None  # copy of what we SEND out of this stream (masked audio)
     label: str = ""
+    # WebRTC legs: keys from a DTLS handshake instead of srtp_recv/srtp_send (None: SDES or
+    # plain), and STUN checks answered as ICE-lite (None: no ICE; STUN is then dropped).
+    dtls: DtlsParams | None = None
+    ice: IceParams | None = None
 
 
 def counter(help: str, *, metric: str = "") -> int:
@@ -148,6 +191,10 @@ class StreamCounters(_Summable):
         "packets dropped: on an RTCP port, or demultiplexed as RTCP, but not valid RTCP")
     uninspectable_packets: int = counter(
         "packets dropped: a masked stream's payload type masking cannot inspect")
+    webrtc_dropped: int = counter(
+        "packets dropped on a DTLS/ICE leg: before the handshake verified the peer, after it "
+        "failed or consent expired, or STUN/DTLS refused (credentials, stranger, garbage)")
+    dtls_failures: int = counter("DTLS handshakes failed (fingerprint, timeout, alert, profile)")
 
 
 @dataclass(frozen=True, slots=True)

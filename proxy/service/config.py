@@ -78,6 +78,9 @@ class MediaConfig(_Section):
     # whose SDP shows a private address) — the weaker, rtpengine-like setting.
     learn_any_source: bool = False
     learning_window_seconds: float = Field(5.0, gt=0, le=300)
+    # WebRTC legs: the DTLS-SRTP certificate (PEM files); both empty = generated at start.
+    dtls_certificate: str = ""
+    dtls_private_key: str = ""
 
     @field_validator("port_min")
     @classmethod
@@ -90,6 +93,8 @@ class MediaConfig(_Section):
     def _range(self) -> MediaConfig:
         if self.port_max - self.port_min < 4:
             raise ValueError("port_max must be at least port_min + 4 (two port pairs per call)")
+        if bool(self.dtls_certificate) != bool(self.dtls_private_key):
+            raise ValueError("dtls_certificate and dtls_private_key go together (or neither)")
         return self
 
 

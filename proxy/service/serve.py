@@ -44,6 +44,7 @@ from proxy.control.calls import (
 )
 from proxy.control.ng_server import NgServer
 from proxy.control.requests import NegotiateRequest, parse_request
+from proxy.media.dtls import DtlsError, NodeCertificate
 from proxy.media.engine import LocalMediaEngine
 from proxy.media.latency import NG_BUCKETS, Histogram, Recorder
 from proxy.media.masking import MaskingPipeline
@@ -75,6 +76,23 @@ def caller_address(call: Call, agent_labels: set[str]) -> str:
     if party is None or party.label.lower() in agent_labels:
         return ""
     return party.source_address or next(iter(party.addresses), "")
+
+
+def dtls_certificate(config: Config) -> NodeCertificate:
+    """The node's DTLS-SRTP certificate: the configured PEM files, else a new ECDSA P-256
+    one (its fingerprint is logged: WebRTC peers see it in every SDP we send them)."""
+    media = config.media
+    if media.dtls_certificate:
+        try:
+            certificate = NodeCertificate.load(Path(media.dtls_certificate).read_bytes(),
+                                               Path(media.dtls_private_key).read_bytes())
+        except (OSError, DtlsError) as exc:
+            raise ConfigError(f"media.dtls_certificate / media.dtls_private_key: {exc}") from exc
+    else:
+        certificate = NodeCertificate.generate()
+    log.info("DTLS certificate", sha256=certificate.fingerprint("sha-256"),
+             configured=bool(media.dtls_certificate))
+    return certificate
 
 
 def call_policy(config: Config) -> CallPolicy:
@@ -188,7 +206,8 @@ class Node:
                                 limits=CallLimits(config.ng.max_media_per_offer,
                                                   config.ng.max_parties_per_call),
                                 latching=LatchingDefaults(media.learn_any_source,
-                                                          media.learning_window_seconds))
+                                                          media.learning_window_seconds),
+                                certificate=dtls_certificate(config))
         node: Node  # the ng handler below is the node's; it runs only once the node is up
 
         async def handle_ng(body: dict[str, Any]) -> dict[str, Any]:

@@ -30,3 +30,16 @@ def test_the_relay_benchmark_runs_both_relays_and_verifies_srtp(
     assert "!!" not in out  # every SRTP stream decrypted to what was sent, nothing foreign
     assert "Most calls run" in out
     assert os.sched_getaffinity(0) == cpus  # the generator's pinning is undone
+
+
+@pytest.mark.peer
+def test_the_relay_benchmark_keys_dtls_agent_legs_and_verifies_them(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    bench_relay.main(["--calls", "4", "--seconds", "1", "--repeat", "1", "--relays",
+                      "ToneGuard DTLS relay"])
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("ToneGuard DTLS relay "))
+    delivered = re.search(r"\s(\d+\.\d{3})%", row)
+    assert delivered is not None and float(delivered[1]) >= 99.0, row
+    assert "!!" not in out  # every agent stream decrypted with its DTLS keys to what was sent
+    assert re.search(r"ToneGuard DTLS relay\s+4 calls: relay CPU [\d.]+ ms per call", out)
