@@ -192,7 +192,7 @@ async def run(calls: int, workdir: Path) -> None:
         stop.set()
         for t in (agents_t, callers_t, ng_t):
             t.close()
-        proc.terminate()
+        proc.send_signal(signal.SIGINT)  # stop now: SIGTERM would drain the live calls
         proc.wait()
         redis.terminate()
         redis.wait()

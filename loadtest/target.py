@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -248,7 +249,9 @@ class StartedTarget:
     def stop(self) -> None:
         for proc in reversed(self._procs):
             if proc.poll() is None:
-                proc.terminate()
+                # SIGINT: a ToneGuard node stops at once (SIGTERM would drain live calls, e.g.
+                # after Ctrl-C); rtpengine and the gateway stub end on it too.
+                proc.send_signal(signal.SIGINT)
                 try:
                     proc.wait(timeout=15)
                 except subprocess.TimeoutExpired:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import signal
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -188,7 +189,9 @@ def port_taken(ip: str, port: int) -> bool:
 async def stop(proc: asyncio.subprocess.Process | None) -> None:
     if proc is None or proc.returncode is not None:
         return
-    proc.terminate()
+    # SIGINT: a ToneGuard node stops at once (SIGTERM would drain its calls); Kamailio and
+    # sipp end on it too.
+    proc.send_signal(signal.SIGINT)
     try:
         async with asyncio.timeout(5):
             await proc.wait()

@@ -78,7 +78,7 @@ class NodeProcess:
     async def stop(self) -> None:
         if self.proc is None or self.proc.returncode is not None:
             return
-        self.proc.terminate()
+        self.proc.send_signal(signal.SIGINT)  # stop now (SIGTERM would drain live calls)
         try:
             async with asyncio.timeout(10):
                 await self.proc.wait()
