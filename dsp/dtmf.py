@@ -52,7 +52,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from dsp.levels import DBM0_POWER
+from dsp.levels import DBM0_POWER, dbm0_to_amplitude
 from dsp.tones import DIGITS, HIGH_FREQS, LOW_FREQS
 
 SAMPLE_RATE = 8000
@@ -150,6 +150,22 @@ class DtmfConfig:
     # ...bridging this many blocks where they don't (covered anyway: the masker widens spans
     # by more than a block each way).
     follow_bridge_blocks: int = 1
+    # "narrowband", long window (issue 16): three blocks (38.25 ms, close to the 40 ms over
+    # which multimon-ng integrates coherently) summed coherently at the key's frequencies.
+    # multimon-ng decodes a window whose pair carries 40 % of its energy with each tone 10 dB
+    # above the rest of its group; this rule asks for less (a share and a group margin below
+    # those), each tone above this level...
+    window_min_level_dbm0: float = -45.0
+    window_min_energy_share: float = 0.25
+    window_relative_peak_db: float = 6.0
+    # ...and, where speech and music pay, the harmonic rule over the same 38 ms (Hann window,
+    # 26 Hz resolution): the louder-standing tone this far above its neighbourhood, the other
+    # at least level with it. A keyed tone under speech keeps at least one tone well clear
+    # (F1 often crowds the low one); a voiced sound with harmonics on both tones does not.
+    window_best_neighbour_db: float = 10.0
+    window_worst_neighbour_db: float = 0.0
+    # False: the long-window rule is off (comparisons).
+    window_rule: bool = True
 
     def __post_init__(self) -> None:
         if self.sample_rate != SAMPLE_RATE:
@@ -183,6 +199,10 @@ class DetectorOutput:
     block_starts: npt.NDArray[np.int64]  # (B,) stream sample where each completed block starts
     block_size: int
     suspect: npt.NDArray[np.bool_]  # (B, channels) a DTMF-like tone is suspected in the block
+    # (B, channels) samples before the block's start that its suspicion also covers: the
+    # long-window rule suspects the whole 3-block window it judged, which began 2 blocks
+    # earlier (already reported by an earlier call, possibly). None: 0 everywhere.
+    reach: npt.NDArray[np.int64] | None = None
 
 
 def _basis() -> npt.NDArray[np.float32]:
@@ -234,14 +254,14 @@ def _neighbour_references() -> list[list[float]]:
     return refs
 
 
-def _neighbour_basis() -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64],
-                                npt.NDArray[np.bool_]]:
-    """Basis (2 blocks × 2·F) of the tone bins then all reference bins, and per tone the
+def _neighbour_basis(length: int = _WIDE) -> tuple[npt.NDArray[np.float32],
+                                                   npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """Basis (``length`` × 2·F) of the tone bins then all reference bins, and per tone the
     column indices of its references (padded; the mask says which are real)."""
     refs = _neighbour_references()
     freqs = list(FREQS) + [r for group in refs for r in group]
-    n = np.arange(_WIDE, dtype=np.float64)
-    hann = np.hanning(_WIDE + 2)[1:-1]
+    n = np.arange(length, dtype=np.float64)
+    hann = np.hanning(length + 2)[1:-1]
     cols = [hann * np.cos(2 * np.pi * f * n / SAMPLE_RATE) for f in freqs]
     cols += [-hann * np.sin(2 * np.pi * f * n / SAMPLE_RATE) for f in freqs]
     width = max(len(r) for r in refs)
@@ -256,22 +276,39 @@ def _neighbour_basis() -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64],
 
 
 _NEIGHBOUR_BASIS, _NEIGHBOUR_INDEX, _NEIGHBOUR_VALID = _neighbour_basis()
+# The long-window rule: three blocks (38.25 ms) summed coherently, its neighbourhood over the
+# same span (Hann: 26 Hz resolution, so every reference is ≥ 3.4 bins from its tone).
+_LONG_BLOCKS = 3
+_LONG = _LONG_BLOCKS * BLOCK_SIZE
+_LONG_BASIS = _neighbour_basis(_LONG)[0]
+# Phase of each block's DFT (origin at the block's start) moved to the window's start.
+_LONG_ROTATION = np.exp(-2j * np.pi * np.outer(np.arange(_LONG_BLOCKS) * BLOCK_SIZE, FREQS)
+                        / SAMPLE_RATE)  # (3, 8)
+
+
+def _neighbour_margins(windows: npt.NDArray[np.float32], key: npt.NDArray[np.int64],
+                       basis: npt.NDArray[np.float32] = _NEIGHBOUR_BASIS
+                       ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """For (M, L) windows and the key suspected in each: the energy ratio of the key's low and
+    of its high tone to the strongest reference bin of its neighbourhood."""
+    y = (windows @ basis).astype(np.float64)
+    half = y.shape[1] // 2
+    power = y[:, :half] ** 2 + y[:, half:] ** 2  # (M, F)
+    rows = np.arange(key.size)
+    ratios = []
+    for tone in (key // 4, key % 4 + 4):
+        refs = power[rows[:, None], _NEIGHBOUR_INDEX[tone]]  # (M, width)
+        strongest = np.where(_NEIGHBOUR_VALID[tone], refs, 0.0).max(axis=1)
+        ratios.append(power[rows, tone] / np.maximum(strongest, _EPS))
+    return ratios[0], ratios[1]
 
 
 def _stands_out(windows: npt.NDArray[np.float32], key: npt.NDArray[np.int64],
                 factor: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
     """For (M, 2 blocks) windows and the key suspected in each: do both of the key's tones
     stand ``factor`` (energy) above every reference bin of their neighbourhood?"""
-    y = (windows @ _NEIGHBOUR_BASIS).astype(np.float64)
-    half = y.shape[1] // 2
-    power = y[:, :half] ** 2 + y[:, half:] ** 2  # (M, F)
-    rows = np.arange(key.size)
-    out = np.ones(key.size, dtype=bool)
-    for tone in (key // 4, key % 4 + 4):
-        refs = power[rows[:, None], _NEIGHBOUR_INDEX[tone]]  # (M, width)
-        strongest = np.where(_NEIGHBOUR_VALID[tone], refs, 0.0).max(axis=1)
-        out &= power[rows, tone] >= factor * strongest
-    return out
+    low, high = _neighbour_margins(windows, key)
+    return (low >= factor) & (high >= factor)
 
 
 @dataclass
@@ -290,6 +327,7 @@ class _BlockMeasures:
     follow: npt.NDArray[np.bool_] | None = None  # (C,) the key may continue a suspicion
     pair: npt.NDArray[np.float64] | None = None  # (C,)
     total: npt.NDArray[np.float64] | None = None  # (C,)
+    coherent: npt.NDArray[np.complex128] | None = None  # (C, 8) rectangular block DFT
 
 
 def _wrap(phase: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -397,6 +435,7 @@ def _measure(blocks: npt.NDArray[np.float32], config: DtmfConfig) -> _BlockMeasu
                            & (worst_error <= config.talkover_strong_frequency_tolerance))
         measures.pair = low_e + high_e
         measures.total = total
+        measures.coherent = half_a + half_b
         measures.follow = (plausible
                            & (peak >= _power_ratio(config.follow_relative_peak_db))
                            & (worst_error <= config.follow_frequency_tolerance)
@@ -472,9 +511,16 @@ class _TalkoverState:
     held: npt.NDArray[np.int64] = field(init=False)  # key suspected last, −1: none
     missed: npt.NDArray[np.int64] = field(init=False)  # blocks since it was last suspected
     strong: npt.NDArray[np.bool_] = field(init=False)
+    # The long-window rule's view of the two blocks before this call's first one.
+    long_z: npt.NDArray[np.complex128] = field(init=False)  # (C, 2, 8) block DFTs
+    long_e: npt.NDArray[np.float64] = field(init=False)  # (C, 2) block energies
+    long_x: npt.NDArray[np.float32] = field(init=False)  # (C, 2 blocks) samples
 
     def __post_init__(self) -> None:
         c = self.channels
+        self.long_z = np.zeros((c, _LONG_BLOCKS - 1, _NTONES), dtype=np.complex128)
+        self.long_e = np.zeros((c, _LONG_BLOCKS - 1))
+        self.long_x = np.zeros((c, _LONG - BLOCK_SIZE), dtype=np.float32)
         self.key = np.full(c, -1, dtype=np.int64)
         self.held = np.full(c, -1, dtype=np.int64)
         self.missed = np.zeros(c, dtype=np.int64)
@@ -488,7 +534,7 @@ class _TalkoverState:
         bigger = _TalkoverState(channels)
         n = min(channels, self.channels)
         for name in ("key", "candidate", "pair", "total", "block", "held", "missed",
-                     "strong"):
+                     "strong", "long_z", "long_e", "long_x"):
             getattr(bigger, name)[:n] = getattr(self, name)[:n]
         return bigger
 
@@ -501,6 +547,9 @@ class _TalkoverState:
         self.pair[ch] = 0.0
         self.total[ch] = 0.0
         self.block[ch] = 0.0
+        self.long_z[ch] = 0.0
+        self.long_e[ch] = 0.0
+        self.long_x[ch] = 0.0
 
 
 def _tone_indices(digit: npt.NDArray[np.int64]) -> tuple[npt.NDArray, npt.NDArray]:
@@ -576,11 +625,16 @@ class DtmfDetector:
         events: list[DtmfEvent] = []
         starts = self._seen + BLOCK_SIZE * np.arange(count, dtype=np.int64)
         suspect = np.zeros((count, self._channels), dtype=bool)
+        reach = np.zeros((count, self._channels), dtype=np.int64)
         if count:
             blocks = data[:, :used].reshape(self._channels * count, BLOCK_SIZE)
             measures = _measure(blocks, self._config)
+            long = np.zeros(self._channels * count, dtype=bool)
             if measures.talkover is not None:
                 measures.suspect = self._talkover(data[:, :used], measures, count)
+                if self._config.window_rule:
+                    long = self._long_window(data[:, :used], measures, count)
+                    measures.suspect = measures.suspect | long
                 measures.suspect = self._follow(measures, count)
             for b in range(count):
                 sel = slice(b, None, count)  # block b of every channel
@@ -589,11 +643,51 @@ class DtmfDetector:
                     hit_digit=measures.hit_digit[sel], suspect=measures.suspect[sel],
                 )
                 suspect[b] = m.suspect
+                reach[b] = np.where(long[sel], _LONG - BLOCK_SIZE, 0)
                 self._decide(int(starts[b]), m, events)
                 self._prev_amp = m.amp
             self._seen += used
         return DetectorOutput(events=events, block_starts=starts, block_size=BLOCK_SIZE,
-                              suspect=suspect)
+                              suspect=suspect, reach=reach)
+
+    def _long_window(self, data: npt.NDArray[np.float32], m: _BlockMeasures,
+                     count: int) -> npt.NDArray[np.bool_]:
+        """The long-window suspicion of every block (flattened like ``m``): the three blocks
+        ending with it, summed coherently at the DTMF frequencies, show a key as multimon-ng
+        would see it over 40 ms (with margin), and the harmonic rule holds over the same span.
+        The coherent sums cost a few complex multiplies per block; only windows that pass them
+        are transformed for the neighbourhood, all in one product."""
+        assert m.coherent is not None and m.total is not None
+        cfg, state, c = self._config, self._talk, self._channels
+        z = np.concatenate([state.long_z, m.coherent.reshape(c, count, _NTONES)], axis=1)
+        e = np.concatenate([state.long_e, m.total.reshape(c, count)], axis=1)
+        window = sum(z[:, k:k + count] * _LONG_ROTATION[k] for k in range(_LONG_BLOCKS))
+        power = np.abs(window) ** 2  # (C, count, 8): (A·N/2)² for a sine of amplitude A
+        energy = sum(e[:, k:k + count] for k in range(_LONG_BLOCKS)) * (_LONG / 2.0)
+        order_low = np.sort(power[..., _LOW], axis=-1)
+        order_high = np.sort(power[..., _HIGH], axis=-1)
+        best_low, best_high = order_low[..., -1], order_high[..., -1]
+        floor = (dbm0_to_amplitude(cfg.window_min_level_dbm0) * _LONG / 2.0) ** 2
+        peak = _power_ratio(cfg.window_relative_peak_db)
+        gate = ((best_low >= floor) & (best_high >= floor)
+                & (best_low >= peak * order_low[..., -2])
+                & (best_high >= peak * order_high[..., -2])
+                & (best_low + best_high >= cfg.window_min_energy_share * energy))
+        x = np.concatenate([state.long_x, data], axis=1)
+        state.long_z, state.long_e = z[:, count:].copy(), e[:, count:].copy()
+        state.long_x = x[:, x.shape[1] - (_LONG - BLOCK_SIZE):].copy()
+        out = np.zeros((c, count), dtype=bool)
+        ch, b = np.nonzero(gate)
+        if ch.size:
+            key = (np.argmax(power[ch, b][:, _LOW], axis=1) * 4
+                   + np.argmax(power[ch, b][:, _HIGH], axis=1))
+            starts = b * BLOCK_SIZE
+            windows = x[ch[:, None], starts[:, None] + np.arange(_LONG)]
+            low, high = _neighbour_margins(windows, key, _LONG_BASIS)
+            out[ch, b] = ((np.maximum(low, high) >= _power_ratio(cfg.window_best_neighbour_db))
+                          & (np.minimum(low, high)
+                             >= _power_ratio(cfg.window_worst_neighbour_db)))
+        return out.reshape(-1)
 
     def _talkover(self, data: npt.NDArray[np.float32], m: _BlockMeasures,
                   count: int) -> npt.NDArray[np.bool_]:
