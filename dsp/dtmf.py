@@ -108,12 +108,13 @@ class DtmfConfig:
     suspect_max_twist_db: float = 12.0
     suspect_relative_peak_db: float = 4.0
     suspect_frequency_tolerance: float | None = 0.05
-    # Which suspicion. "energy_share": the rule above alone (two tones carrying 60 % of one
-    # block), kept callable for comparison benchmarks. "narrowband" (default): the same rule
-    # made stricter where speech and music fooled it (the peak and frequency figures below),
-    # OR the talk-over rule: a key's two tones as narrowband peaks in two consecutive blocks,
-    # which holds when speech as loud as the tones takes most of the energy (issue 16).
-    suspect_method: Literal["narrowband", "energy_share"] = "narrowband"
+    # Which suspicion. "window" (default, issue 16): the long-window rule below alone (plus
+    # follow-on): one rule for clean, short, quiet and talked-over keys alike. "narrowband"
+    # (before it): the rule above made stricter where speech and music fooled it (the peak
+    # and frequency figures below), OR the two-block talk-over rule; "energy_share" (before
+    # that): the rule above alone (two tones carrying 60 % of one block). Both are kept
+    # callable for comparison benchmarks (loadtest.talkover).
+    suspect_method: Literal["window", "narrowband", "energy_share"] = "window"
     # "narrowband", single block: relative peak and frequency tolerance of the share rule
     # (4 dB and 5 % let one block of speech in 3 000 through; clean tones still pass by far).
     suspect_clean_relative_peak_db: float = 6.0
@@ -150,13 +151,18 @@ class DtmfConfig:
     # ...bridging this many blocks where they don't (covered anyway: the masker widens spans
     # by more than a block each way).
     follow_bridge_blocks: int = 1
-    # "narrowband", long window (issue 16): three blocks (38.25 ms, close to the 40 ms over
-    # which multimon-ng integrates coherently) summed coherently at the key's frequencies.
+    # "window": three blocks (38.25 ms, close to the 40 ms over which multimon-ng integrates
+    # coherently) summed coherently at the DTMF frequencies, judged at every block's end.
     # multimon-ng decodes a window whose pair carries 40 % of its energy with each tone 10 dB
     # above the rest of its group; this rule asks for less (a share and a group margin below
-    # those), each tone above this level...
+    # those), a twist within suspect_max_twist_db, each tone above this level...
     window_min_level_dbm0: float = -45.0
     window_min_energy_share: float = 0.25
+    # Quieter tones (down to this level over the window) where the pair carries at least this
+    # share: a quiet key in the clear (multimon-ng has no level floor at all; a 20 ms key at
+    # −50 dBm0 reads −56 dBm0 over the 38 ms window).
+    window_quiet_min_level_dbm0: float = -58.0
+    window_quiet_min_energy_share: float = 0.5
     window_relative_peak_db: float = 6.0
     # ...and, where speech and music pay, the harmonic rule over the same 38 ms (Hann window,
     # 26 Hz resolution): the louder-standing tone this far above its neighbourhood, the other
@@ -164,8 +170,6 @@ class DtmfConfig:
     # (F1 often crowds the low one); a voiced sound with harmonics on both tones does not.
     window_best_neighbour_db: float = 10.0
     window_worst_neighbour_db: float = 0.0
-    # False: the long-window rule is off (comparisons).
-    window_rule: bool = True
 
     def __post_init__(self) -> None:
         if self.sample_rate != SAMPLE_RATE:
@@ -281,6 +285,9 @@ _NEIGHBOUR_BASIS, _NEIGHBOUR_INDEX, _NEIGHBOUR_VALID = _neighbour_basis()
 _LONG_BLOCKS = 3
 _LONG = _LONG_BLOCKS * BLOCK_SIZE
 _LONG_BASIS = _neighbour_basis(_LONG)[0]
+# How far before its last block a long-window suspicion reaches: to the window's start, less
+# the block the masker already widens every suspect block by (its onset allowance).
+_LONG_REACH = _LONG - 2 * BLOCK_SIZE
 # Phase of each block's DFT (origin at the block's start) moved to the window's start.
 _LONG_ROTATION = np.exp(-2j * np.pi * np.outer(np.arange(_LONG_BLOCKS) * BLOCK_SIZE, FREQS)
                         / SAMPLE_RATE)  # (3, 8)
@@ -411,7 +418,7 @@ def _measure(blocks: npt.NDArray[np.float32], config: DtmfConfig) -> _BlockMeasu
     worst_error = np.maximum(error[rows, low], error[rows, high_i])
     peak = np.minimum(low_e / np.maximum(low_second, _EPS),
                       high_e / np.maximum(high_second, _EPS))
-    narrowband = config.suspect_method == "narrowband"
+    narrowband = config.suspect_method != "energy_share"
     peak_db = (config.suspect_clean_relative_peak_db if narrowband
                else config.suspect_relative_peak_db)
     tolerance = (config.suspect_clean_frequency_tolerance if narrowband
@@ -423,6 +430,8 @@ def _measure(blocks: npt.NDArray[np.float32], config: DtmfConfig) -> _BlockMeasu
     )
     if tolerance is not None:
         suspect &= worst_error <= tolerance
+    if config.suspect_method == "window":
+        suspect = np.zeros_like(suspect)  # the long-window rule decides alone
     hit_digit = np.where(hit, low * 4 + high, -1)
     measures = _BlockMeasures(amp=amp, energy=energy, hit_digit=hit_digit, suspect=suspect)
     if narrowband:
@@ -630,11 +639,12 @@ class DtmfDetector:
             blocks = data[:, :used].reshape(self._channels * count, BLOCK_SIZE)
             measures = _measure(blocks, self._config)
             long = np.zeros(self._channels * count, dtype=bool)
-            if measures.talkover is not None:
+            if self._config.suspect_method == "window":
+                long = self._long_window(data[:, :used], measures, count)
+                measures.suspect = long
+                measures.suspect = self._follow(measures, count)
+            elif measures.talkover is not None:
                 measures.suspect = self._talkover(data[:, :used], measures, count)
-                if self._config.window_rule:
-                    long = self._long_window(data[:, :used], measures, count)
-                    measures.suspect = measures.suspect | long
                 measures.suspect = self._follow(measures, count)
             for b in range(count):
                 sel = slice(b, None, count)  # block b of every channel
@@ -643,7 +653,7 @@ class DtmfDetector:
                     hit_digit=measures.hit_digit[sel], suspect=measures.suspect[sel],
                 )
                 suspect[b] = m.suspect
-                reach[b] = np.where(long[sel], _LONG - BLOCK_SIZE, 0)
+                reach[b] = np.where(long[sel], _LONG_REACH, 0)
                 self._decide(int(starts[b]), m, events)
                 self._prev_amp = m.amp
             self._seen += used
@@ -667,12 +677,21 @@ class DtmfDetector:
         order_low = np.sort(power[..., _LOW], axis=-1)
         order_high = np.sort(power[..., _HIGH], axis=-1)
         best_low, best_high = order_low[..., -1], order_high[..., -1]
-        floor = (dbm0_to_amplitude(cfg.window_min_level_dbm0) * _LONG / 2.0) ** 2
+        def level(dbm0: float) -> float:  # a tone at dbm0 filling the window, as |DFT|²
+            return (dbm0_to_amplitude(dbm0) * _LONG / 2.0) ** 2
+
+        weaker = np.minimum(best_low, best_high)
+        pair = best_low + best_high
+        loud = ((weaker >= level(cfg.window_min_level_dbm0))
+                & (pair >= cfg.window_min_energy_share * energy))
+        quiet = ((weaker >= level(cfg.window_quiet_min_level_dbm0))
+                 & (pair >= cfg.window_quiet_min_energy_share * energy))
         peak = _power_ratio(cfg.window_relative_peak_db)
-        gate = ((best_low >= floor) & (best_high >= floor)
+        twist = _power_ratio(cfg.suspect_max_twist_db)
+        gate = ((loud | quiet)
+                & (best_high <= twist * best_low) & (best_low <= twist * best_high)
                 & (best_low >= peak * order_low[..., -2])
-                & (best_high >= peak * order_high[..., -2])
-                & (best_low + best_high >= cfg.window_min_energy_share * energy))
+                & (best_high >= peak * order_high[..., -2]))
         x = np.concatenate([state.long_x, data], axis=1)
         state.long_z, state.long_e = z[:, count:].copy(), e[:, count:].copy()
         state.long_x = x[:, x.shape[1] - (_LONG - BLOCK_SIZE):].copy()

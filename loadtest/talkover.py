@@ -55,7 +55,8 @@ LAWS = ("ulaw", "alaw")
 PT = {"ulaw": 0, "alaw": 8}
 CODECS = {0: "PCMU", 8: "PCMA"}
 PACKET_MS = 20.0
-METHODS: tuple[Literal["narrowband", "energy_share"], ...] = ("narrowband", "energy_share")
+METHODS: tuple[Literal["window", "narrowband", "energy_share"], ...] = (
+    "window", "narrowband", "energy_share")
 
 
 @dataclass(frozen=True)
