@@ -1,7 +1,7 @@
 """The receiver's suspect flag under talk-over: a key's tones with something as loud under them.
 
 The energy-share rule (``suspect_method="energy_share"``) is the control: it must lose the key
-where the narrowband suspicion keeps it, which proves the mixture is hard enough.
+where the long-window suspicion (the default) keeps it, which proves the mixture is hard enough.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ def _key_under_noise(noise_dbm0: float, seed: int = 16) -> npt.NDArray[np.float6
 
 def test_a_key_under_noise_as_loud_as_its_tones_stays_suspected() -> None:
     x = _key_under_noise(-9.0)
-    narrowband, control = _suspect(x), _suspect(x, ENERGY_SHARE)
-    assert narrowband.size == x.size // BLOCK_SIZE
-    assert narrowband.sum() >= narrowband.size - 3
+    window, control = _suspect(x), _suspect(x, ENERGY_SHARE)
+    assert window.size == x.size // BLOCK_SIZE
+    assert window.sum() >= window.size - 3
     assert control.sum() <= 3  # the energy-share rule loses it: the mixture bites
 
 
