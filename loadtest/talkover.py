@@ -402,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
                     failures += len(leaky)
     if not args.skip_cost:
         print("False masking of DTMF-free talk-off material (suspect blocks widened "
-              f"{WIDEN_BEFORE}/{WIDEN_AFTER} samples as the pipeline does):")
+              f"{WIDEN_BEFORE}/{WIDEN_AFTER} samples and back over their reach, as the "
+              "pipeline does):")
         print_costs(costs(quick=args.quick))
     return 1 if failures else 0
 
