@@ -111,3 +111,19 @@ def test_clean_short_and_quiet_keys_are_masked_completely(tone_ms: int, dbm0: fl
     assert max(leaks) == 0.0
     assert spandsp_detect(agent) == "" and multimon_detect(agent) == ""
     assert np.any(agent != 0.0)  # the agent leg did carry audio: the masker's replacement
+
+
+@pytest.mark.parametrize("codec", talkover.MOBILE_CODECS)
+def test_a_mobile_callers_clean_keys_are_masked_completely(codec: str) -> None:
+    """A card keyed on a mobile phone (GSM-FR or AMR-NB round trip through sox, then µ-law):
+    a decoder hears it from the caller (AMR-NB bends the tones enough that spandsp loses most
+    keys; multimon-ng hears them), neither decoder from the agent leg, which does carry audio."""
+    card = talkover.CARDS[1]
+    mixture = talkover.mix("clean", "none", np.zeros(20 * 8000), 0.0, "ulaw", card, -12.0,
+                           seed=16, mobile=codec)
+    assert mixture.mobile == codec
+    heard_sp, heard_mm = spandsp_detect(mixture.audio), multimon_detect(mixture.audio)
+    assert max(len(heard_sp), len(heard_mm)) >= len(card) - 2
+    agent = talkover.mask([mixture])[0]
+    assert spandsp_detect(agent) == "" and multimon_detect(agent) == ""
+    assert np.any(agent != 0.0)
