@@ -33,7 +33,7 @@ import argparse  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Iterable, Sequence  # noqa: E402
+from collections.abc import Callable, Iterable, Sequence  # noqa: E402
 from dataclasses import dataclass, field, replace  # noqa: E402
 from typing import Literal  # noqa: E402
 
@@ -183,10 +183,12 @@ def interferers(quick: bool, seed: int = 16) -> list[tuple[str, str, npt.NDArray
 
 def mixtures(quick: bool, tone_dbm0: float = -12.0, seed: int = 16,
              ratios: Sequence[float] = RATIOS_DB, laws: Sequence[str] = LAWS,
-             mobile: Sequence[str] = ()) -> list[Mixture]:
+             mobile: Sequence[str] = (),
+             only: Callable[[str, float, str], bool] | None = None) -> list[Mixture]:
     """Every interferer at every ratio in every law; then, for each codec in ``mobile``, the
     same through that codec and µ-law (drawn from their own seed, so the G.711 mixtures stay
-    what they were without them)."""
+    what they were without them). ``only(source, ratio, law)``: render just those (each one
+    exactly as in the whole set)."""
     out = []
     sources = interferers(quick, seed)
     plan = [("", tuple(laws), np.random.default_rng(seed))]
@@ -199,9 +201,11 @@ def mixtures(quick: bool, tone_dbm0: float = -12.0, seed: int = 16,
                     card = CARDS[int(rng.integers(0, len(CARDS)))]
                     if samples.size < 5 * RATE:
                         continue
+                    seeded = seed * 1000 + i * 100 + int(rng.integers(0, 1 << 20))
+                    if only is not None and not only(name, ratio, codec or law):
+                        continue
                     out.append(mix(kind, name, samples, ratio, law, card, tone_dbm0,
-                                   seed=seed * 1000 + i * 100 + int(rng.integers(0, 1 << 20)),
-                                   mobile=codec))
+                                   seed=seeded, mobile=codec))
     return out
 
 

@@ -58,12 +58,32 @@ def test_window_suspicion_leaks_far_fewer_digits_than_energy_share(
     assert new * 10 <= old
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16 still open: on this subset 1 of 54 audible "
-                   "mixtures leaks to multimon-ng (2 digits; spandsp none; 16 mixtures and 22 "
-                   "digits before the long-window suspicion)")
 def test_no_digit_reaches_the_agent_wherever_a_decoder_hears_one(
         window: list[talkover.Outcome]) -> None:
+    """The issue's rule on the seeded subset (it leaked 16 of 54 mixtures before the
+    long-window suspicion). The full sweep (`python -m loadtest.talkover`) still finds a few
+    leaking mixtures among its 707: see the README and the strict expected failure below."""
+    assert sum(o.audible for o in window) >= 50
     leaky = [o for o in window if o.audible and o.leaked]
+    assert not leaky, f"{len(leaky)} mixtures leak"
+
+
+# Mixtures the full sweep still leaks on (from its output: 19 of 707 leak one digit or two,
+# all to multimon-ng): speech and music near the tones' level whose harmonics crowd both tones.
+STILL_LEAKING = {
+    ("espeak-pl", 6.0, "alaw"), ("codec2-g3plx", 3.0, "alaw"),
+    ("midi-moo_redfarn", 0.0, "ulaw"), ("midi-modern_motion", 6.0, "ulaw"),
+}
+
+
+@pytest.mark.xfail(strict=True, reason="issue 16 still open: the full sweep leaks 19 of 707 "
+                   "mixtures (21 digits, multimon-ng only); these four are among them")
+def test_the_mixtures_the_full_sweep_still_leaks_on_leak_nothing() -> None:
+    items = talkover.mixtures(quick=False, only=lambda *key: key in STILL_LEAKING)
+    assert len(items) == len(STILL_LEAKING)
+    outcomes = talkover.run_sweep(items)
+    assert all(o.audible for o in outcomes)
+    leaky = [o for o in outcomes if o.leaked]
     assert not leaky, f"{len(leaky)} mixtures leak"
 
 
