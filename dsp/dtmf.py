@@ -26,21 +26,26 @@ the tone covers, measured from the coherent amplitude — reaches ``min_duration
 between the 23 ms that must never be reported and the 40 ms that always must.
 
 Independently, a lenient per-block ``suspect`` flag says "this might be a DTMF tone" long
-before a digit is confirmed; the masker acts on it so no tone ever reaches the agent. It is
-raised (``suspect_method="narrowband"``) by any of three rules:
+before a digit is confirmed; the masker acts on it so no tone ever reaches the agent. By
+default (``suspect_method="window"``, issue 16) it judges, at the end of every block, the last
+three blocks (38.25 ms, about the 40 ms over which multimon-ng integrates) summed coherently at
+the eight DTMF frequencies — a few complex multiplies on the block DFTs already computed:
 
-* one block: the two tones carry 60 % of its energy, stand clear of their groups, are on
-  frequency, and are not below their spectral neighbourhood (clean keys, from the first block
-  wholly inside the tone);
-* talk-over, two blocks (25.5 ms): the same key in both, its tones carrying a fifth of the
-  energy and standing out as narrowband peaks above their neighbourhood — a Hann window over
-  both blocks, bins 90–280 Hz from each tone, where voiced speech and music put their next
-  harmonic — by 6 dB, or by −6 dB when the key is sharp (10 dB above its groups, within 1.5 %);
-* follow-on: a block continuing a suspected key while its tones stay plausible.
+* a key whose two tones carry a quarter of the window's energy, stand 6 dB above the rest of
+  their groups, are within 12 dB of each other and above −45 dBm0 (−58 dBm0 where they carry
+  half of it), the better-standing tone 10 dB above its neighbourhood (bins 90–280 Hz away, a
+  Hann window over the same 38 ms, where voiced speech and music put their next harmonic) and
+  the other not below it;
+* or, for keys talked over by something whose harmonics crowd both tones: 42 % of the energy,
+  both tones within 4 Hz of nominal (phase advance from block to block), the better one 6 dB
+  above its neighbourhood — multimon-ng hears a talked-over key only that close to nominal;
+* and follow-on: a block continuing a suspected key while its tones stay plausible.
 
-Only the rare windows that pass the per-block checks are transformed for the neighbourhood, in
-one matrix product for all channels. The older rule (the first alone, at 4 dB and 5 %, no
-neighbourhood) stays callable as ``suspect_method="energy_share"`` for comparisons.
+A suspicion covers the whole window it judged (``DetectorOutput.reach``). Only the rare windows
+that pass the coherent checks are transformed for the neighbourhood, in one matrix product for
+all channels. The earlier rules stay callable for comparisons: ``"narrowband"`` (one block at
+60 % of its energy, or the same key as narrowband peaks in two blocks) and ``"energy_share"``
+(the one-block rule alone).
 """
 
 from __future__ import annotations
