@@ -20,10 +20,13 @@ Span = tuple[int, int]  # [start, end) in media samples
 
 
 def spans_from_suspect(block_starts: npt.NDArray[np.int64], suspect: npt.NDArray[np.bool_],
-                       block_size: int, before: int, after: int) -> list[Span]:
-    """Mask spans for one stream: each suspect block widened by ``before``/``after`` samples."""
-    return [(int(s) - before, int(s) + block_size + after)
-            for s, flag in zip(block_starts, suspect, strict=True) if flag]
+                       block_size: int, before: int, after: int,
+                       reach: npt.NDArray[np.int64] | None = None) -> list[Span]:
+    """Mask spans for one stream: each suspect block widened by ``before``/``after`` samples,
+    and back by its ``reach`` too (the receiver judged a window starting that much earlier)."""
+    extra = np.zeros(len(block_starts), dtype=np.int64) if reach is None else reach
+    return [(int(s) - before - int(r), int(s) + block_size + after)
+            for s, flag, r in zip(block_starts, suspect, extra, strict=True) if flag]
 
 
 def merge(spans: list[Span]) -> list[Span]:

@@ -6,16 +6,18 @@ Two measurements (issue 16):
   50–100 ms) with speech (espeak-ng voices, codec2-examples recordings), music (openMSX MIDI) or
   white noise mixed under it at speech-to-tone ratios from +10 dB to −6 dB — the ratio of the
   interferer's power over the keyed stretch to the power of the two tones together — then a
-  G.711 hop (µ-law or A-law). Every mixture runs through the real :class:`MaskingPipeline` (one
-  pipeline, one stream per mixture, 20 ms packets and ticks). spandsp and multimon-ng decode the
-  caller's audio and the agent leg. The rule: wherever either decodes ≥ 1 digit from the caller,
-  both decode nothing from the agent leg. GSM-FR/AMR-NB round trips need sox, which is not
-  installed here: not swept.
+  G.711 hop (µ-law or A-law); and (unless ``--quick`` or ``--no-mobile``) the same through a
+  GSM-FR or AMR-NB round trip (sox) before µ-law, as a mobile caller's keys arrive. Every
+  mixture runs through the real :class:`MaskingPipeline` (one pipeline, one stream per
+  mixture, 20 ms packets and ticks). spandsp and multimon-ng decode the caller's audio and the
+  agent leg. The rule: wherever either decodes ≥ 1 digit from the caller, both decode nothing
+  from the agent leg.
 * **The cost.** False masking of DTMF-free speech and music — the talk-off corpus
   (loadtest.corpus) through the detector as the pipeline feeds it — as milliseconds masked per
-  minute of audio (suspect blocks widened as the pipeline widens them, merged) and as 20 ms
-  packets changed per minute, for the narrowband-peak suspicion and, in the same run, for the
-  energy-share suspicion it replaced (``suspect_method="energy_share"``).
+  minute of audio (suspect blocks widened as the pipeline widens them, with their reach,
+  merged) and as 20 ms packets changed per minute, for the long-window suspicion
+  (``suspect_method="window"``, the default) and, in the same run, for the two it replaced
+  (``"narrowband"`` and ``"energy_share"``).
 
 Everything is seeded; rendered material is cached by loadtest.corpus. Run under ``nice``.
 """
@@ -28,8 +30,10 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Iterable, Sequence  # noqa: E402
+from collections.abc import Callable, Iterable, Sequence  # noqa: E402
 from dataclasses import dataclass, field, replace  # noqa: E402
 from typing import Literal  # noqa: E402
 
@@ -55,7 +59,9 @@ LAWS = ("ulaw", "alaw")
 PT = {"ulaw": 0, "alaw": 8}
 CODECS = {0: "PCMU", 8: "PCMA"}
 PACKET_MS = 20.0
-METHODS: tuple[Literal["narrowband", "energy_share"], ...] = ("narrowband", "energy_share")
+MOBILE_CODECS = ("gsm", "amr-nb")  # sox names: GSM-FR, AMR-NB
+METHODS: tuple[Literal["window", "narrowband", "energy_share"], ...] = (
+    "window", "narrowband", "energy_share")
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,7 @@ class Mixture:
     audio: npt.NDArray[np.float64]  # what the caller sends (8 kHz, 16-bit scale, G.711 grid)
     windows: tuple[tuple[int, int], ...]  # where each key's tones are, [start, end) samples
     under: npt.NDArray[np.float64]  # the interferer alone, as mixed (the decoders' control)
+    mobile: str = ""  # "gsm" / "amr-nb": a mobile caller's codec round trip before the G.711 hop
 
 
 @dataclass(frozen=True)
@@ -110,9 +117,34 @@ def keyed(card: str, tone_dbm0: float, rng: np.random.Generator
     return np.concatenate(parts), windows
 
 
+class SoxError(RuntimeError):
+    """sox failed or is missing (apt-get install sox libsox-fmt-all)."""
+
+
+def mobile_round_trip(x: npt.NDArray[np.float64], codec: str) -> npt.NDArray[np.float64]:
+    """``x`` (8 kHz, 16-bit scale) through a mobile codec and back with sox: ``gsm`` (GSM-FR,
+    13 kbit/s) or ``amr-nb`` (12.2 kbit/s), as a mobile caller's keys reach the G.711 network."""
+    if shutil.which("sox") is None:
+        raise SoxError("sox not found (apt-get install sox libsox-fmt-all)")
+    raw = ["-t", "raw", "-r", "8000", "-e", "signed", "-b", "16", "-c", "1"]
+    pcm = np.clip(np.rint(x), -32768, 32767).astype("<i2").tobytes()
+    try:
+        encoded = subprocess.run(["sox", *raw, "-", "-t", codec, "-"], input=pcm,
+                                 capture_output=True, check=True, timeout=120).stdout
+        decoded = subprocess.run(["sox", "-t", codec, "-", *raw, "-"], input=encoded,
+                                 capture_output=True, check=True, timeout=120).stdout
+    except subprocess.CalledProcessError as exc:
+        raise SoxError(f"sox {codec} round trip failed: {exc.stderr[:200]!r}") from exc
+    y = np.frombuffer(decoded, "<i2").astype(np.float64)
+    out = np.zeros_like(x)
+    out[:min(x.size, y.size)] = y[:x.size]
+    return out
+
+
 def mix(kind: str, source: str, interferer: npt.NDArray[np.float64], ratio_db: float,
-        law: str, card: str, tone_dbm0: float, seed: int) -> Mixture:
-    """``interferer`` scaled to ``ratio_db`` against the tone pair and added under the card."""
+        law: str, card: str, tone_dbm0: float, seed: int, mobile: str = "") -> Mixture:
+    """``interferer`` scaled to ``ratio_db`` against the tone pair and added under the card
+    (through a mobile codec first when ``mobile`` names one)."""
     rng = np.random.default_rng(seed)
     signal, windows = keyed(card, tone_dbm0, rng)
     start, end = windows[0][0], windows[-1][1]
@@ -124,9 +156,12 @@ def mix(kind: str, source: str, interferer: npt.NDArray[np.float64], ratio_db: f
     # Two tones at tone_dbm0 each: the pair's power is twice one tone's.
     target = 2.0 * float(levels.dbm0_to_power(tone_dbm0)) * 10.0 ** (ratio_db / 10.0)
     under = under * np.sqrt(target / power)
+    caller = signal + under
+    if mobile:
+        caller, under = mobile_round_trip(caller, mobile), mobile_round_trip(under, mobile)
     return Mixture(kind, source, ratio_db, law, card,
-                   g711.round_trip(signal + under, law).astype(np.float64), tuple(windows),
-                   g711.round_trip(under, law).astype(np.float64))
+                   g711.round_trip(caller, law).astype(np.float64), tuple(windows),
+                   g711.round_trip(under, law).astype(np.float64), mobile)
 
 
 def interferers(quick: bool, seed: int = 16) -> list[tuple[str, str, npt.NDArray[np.float64]]]:
@@ -147,18 +182,30 @@ def interferers(quick: bool, seed: int = 16) -> list[tuple[str, str, npt.NDArray
 
 
 def mixtures(quick: bool, tone_dbm0: float = -12.0, seed: int = 16,
-             ratios: Sequence[float] = RATIOS_DB, laws: Sequence[str] = LAWS
-             ) -> list[Mixture]:
+             ratios: Sequence[float] = RATIOS_DB, laws: Sequence[str] = LAWS,
+             mobile: Sequence[str] = (),
+             only: Callable[[str, float, str], bool] | None = None) -> list[Mixture]:
+    """Every interferer at every ratio in every law; then, for each codec in ``mobile``, the
+    same through that codec and µ-law (drawn from their own seed, so the G.711 mixtures stay
+    what they were without them). ``only(source, ratio, law)``: render just those (each one
+    exactly as in the whole set)."""
     out = []
-    rng = np.random.default_rng(seed)
-    for i, (kind, name, samples) in enumerate(interferers(quick, seed)):
-        for ratio in ratios:
-            for law in laws:
-                card = CARDS[int(rng.integers(0, len(CARDS)))]
-                if samples.size < 5 * RATE:
-                    continue
-                out.append(mix(kind, name, samples, ratio, law, card, tone_dbm0,
-                               seed=seed * 1000 + i * 100 + int(rng.integers(0, 1 << 20))))
+    sources = interferers(quick, seed)
+    plan = [("", tuple(laws), np.random.default_rng(seed))]
+    plan += [(codec, ("ulaw",), np.random.default_rng(seed + 1 + k))
+             for k, codec in enumerate(mobile)]
+    for codec, laws_now, rng in plan:
+        for i, (kind, name, samples) in enumerate(sources):
+            for ratio in ratios:
+                for law in laws_now:
+                    card = CARDS[int(rng.integers(0, len(CARDS)))]
+                    if samples.size < 5 * RATE:
+                        continue
+                    seeded = seed * 1000 + i * 100 + int(rng.integers(0, 1 << 20))
+                    if only is not None and not only(name, ratio, codec or law):
+                        continue
+                    out.append(mix(kind, name, samples, ratio, law, card, tone_dbm0,
+                                   seed=seeded, mobile=codec))
     return out
 
 
@@ -216,8 +263,9 @@ def summarise(outcomes: Iterable[Outcome]) -> str:
     """One row per (kind, ratio, law): mixtures, audible to a decoder, leaked to the agent."""
     rows: dict[tuple[str, float, str], list[Outcome]] = {}
     for o in outcomes:
-        rows.setdefault((o.mixture.kind, o.mixture.ratio_db, o.mixture.law), []).append(o)
-    lines = [f"{'interferer':10} {'ratio dB':>8} {'law':>5} {'mixtures':>8} "
+        path = o.mixture.mobile or o.mixture.law  # a mobile codec, then µ-law
+        rows.setdefault((o.mixture.kind, o.mixture.ratio_db, path), []).append(o)
+    lines = [f"{'interferer':10} {'ratio dB':>8} {'codec':>6} {'mixtures':>8} "
              f"{'caller: spandsp/multimon digits':>32} {'audible':>8} {'leaked':>7} "
              f"{'agent digits':>12}"]
     for (kind, ratio, law), group in sorted(rows.items(), key=lambda r: (r[0][0], -r[0][1],
@@ -225,7 +273,7 @@ def summarise(outcomes: Iterable[Outcome]) -> str:
         sp = sum(len(o.caller_spandsp) for o in group)
         mm = sum(len(o.caller_multimon) for o in group)
         keyed_total = sum(len(o.mixture.card) for o in group)
-        lines.append(f"{kind:10} {ratio:+8.0f} {law:>5} {len(group):8d} "
+        lines.append(f"{kind:10} {ratio:+8.0f} {law:>6} {len(group):8d} "
                      f"{f'{sp}/{mm} of {keyed_total}':>32} "
                      f"{sum(o.audible for o in group):8d} "
                      f"{sum(o.audible and o.leaked for o in group):7d} "
@@ -254,19 +302,25 @@ def false_masking(batch: npt.NDArray[np.float32], config: DtmfConfig) -> tuple[i
     samples masked (widened like the pipeline) and 20 ms packets touched."""
     detector = DtmfDetector(batch.shape[0], config)
     flags: list[npt.NDArray[np.bool_]] = []
+    reaches: list[npt.NDArray[np.int64]] = []
     starts: list[npt.NDArray[np.int64]] = []
     for t in range(0, batch.shape[1], TICK):
         out = detector.process(batch[:, t:t + TICK])
         flags.append(out.suspect)
+        reaches.append(out.reach if out.reach is not None else np.zeros_like(out.suspect, int))
         starts.append(out.block_starts)
     suspect = np.concatenate(flags, axis=0)  # (B, pieces)
+    reach = np.concatenate(reaches, axis=0)
     block_starts = np.concatenate(starts)
     masked = 0
     packets = 0
     n = batch.shape[1]
     for piece in np.flatnonzero(suspect.any(axis=0)):
-        spans = merge([(max(0, int(s) - WIDEN_BEFORE), min(n, int(s) + BLOCK_SIZE + WIDEN_AFTER))
-                       for s in block_starts[suspect[:, piece]]])
+        flagged = suspect[:, piece]
+        spans = merge([(max(0, int(s) - WIDEN_BEFORE - int(r)),
+                        min(n, int(s) + BLOCK_SIZE + WIDEN_AFTER))
+                       for s, r in zip(block_starts[flagged], reach[flagged, piece],
+                                       strict=True)])
         masked += sum(e - s for s, e in spans)
         touched: set[int] = set()
         for s, e in spans:
@@ -307,11 +361,13 @@ def print_costs(rows: list[tuple[str, str, Cost]]) -> None:
               f"{100.0 * cost.suspect_blocks / cost.blocks:9.4f} {ms:14.2f} {pk:15.2f}")
     by = {(k, law, c.method): c for k, law, c in rows}
     for kind, law, cost in rows:
-        if cost.method == "narrowband":
-            old = by[(kind, law, "energy_share")]
-            new_ms, old_ms = cost.per_minute()[0], old.per_minute()[0]
-            ratio = f"{new_ms / old_ms:.2f}×" if old_ms else "n/a"
-            print(f"  {kind}, {law}: narrowband / energy-share masked time = {ratio}")
+        if cost.method == METHODS[0]:
+            new_ms = cost.per_minute()[0]
+            ratios = []
+            for before in METHODS[1:]:
+                old_ms = by[(kind, law, before)].per_minute()[0]
+                ratios.append(f"/ {before} {new_ms / old_ms:.2f}×" if old_ms else "n/a")
+            print(f"  {kind}, {law}: masked time {METHODS[0]} " + ", ".join(ratios))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -320,29 +376,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tone-dbm0", type=float, default=-12.0)
     parser.add_argument("--skip-sweep", action="store_true")
     parser.add_argument("--skip-cost", action="store_true")
-    parser.add_argument("--method", choices=("narrowband", "energy_share", "both"),
-                        default="both", help="suspicion(s) the sweep runs the pipeline with")
+    parser.add_argument("--method", choices=(*METHODS, "all"), default="all",
+                        help="suspicion(s) the sweep runs the pipeline with")
+    parser.add_argument("--no-mobile", action="store_true",
+                        help="leave out the GSM-FR and AMR-NB round trips (they need sox)")
     args = parser.parse_args(argv)
     failures = 0
     if not args.skip_sweep:
-        items = mixtures(args.quick, args.tone_dbm0)
-        methods = [m for m in METHODS if args.method in ("both", m)]
+        mobile = () if args.no_mobile or args.quick else MOBILE_CODECS
+        items = mixtures(args.quick, args.tone_dbm0, mobile=mobile)
+        methods = [m for m in METHODS if args.method in ("all", m)]
         for method in methods:
             start = time.monotonic()
             outcomes = run_sweep(items, replace(DtmfConfig(), suspect_method=method))
             print(f"Talk-over sweep, suspicion {method}: {len(items)} mixtures, tones at "
-                  f"{args.tone_dbm0:g} dBm0 each, {time.monotonic() - start:.0f} s "
-                  "(GSM-FR/AMR-NB: sox not installed, not swept)")
+                  f"{args.tone_dbm0:g} dBm0 each, {time.monotonic() - start:.0f} s")
             print(summarise(outcomes))
-            leaky = [o for o in outcomes if o.audible and o.leaked]
-            print(f"  {len(leaky)} of {sum(o.audible for o in outcomes)} audible mixtures leak "
-                  f"a digit to the agent ({sum(o.under_digits > 0 for o in leaky)} of them: "
-                  "the decoders also find digits in the interferer alone)")
-            if method == "narrowband":
-                failures = len(leaky)
+            for label, group in (("G.711", [o for o in outcomes if not o.mixture.mobile]),
+                                 ("GSM-FR/AMR-NB", [o for o in outcomes if o.mixture.mobile])):
+                if not group:
+                    continue
+                leaky = [o for o in group if o.audible and o.leaked]
+                print(f"  {label}: {len(leaky)} of {sum(o.audible for o in group)} audible "
+                      f"mixtures leak a digit to the agent "
+                      f"({sum(len(o.agent_spandsp) + len(o.agent_multimon) for o in leaky)} "
+                      f"digits; {sum(o.under_digits > 0 for o in leaky)} of them: the decoders "
+                      "also find digits in the interferer alone)")
+                if method == METHODS[0]:
+                    failures += len(leaky)
     if not args.skip_cost:
         print("False masking of DTMF-free talk-off material (suspect blocks widened "
-              f"{WIDEN_BEFORE}/{WIDEN_AFTER} samples as the pipeline does):")
+              f"{WIDEN_BEFORE}/{WIDEN_AFTER} samples and back over their reach, as the "
+              "pipeline does):")
         print_costs(costs(quick=args.quick))
     return 1 if failures else 0
 

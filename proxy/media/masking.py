@@ -329,9 +329,10 @@ class MaskingPipeline:
             if not stream.policy.detect or stream.row not in suspect_rows:
                 continue
             column = result.suspect[:, stream.row]
+            reach = None if result.reach is None else result.reach[:, stream.row]
             media_starts = np.array([stream.to_media(int(g)) for g in result.block_starts])
             stream.spans = merge([*stream.spans, *spans_from_suspect(
-                media_starts, column, result.block_size, WIDEN_BEFORE, WIDEN_AFTER)])
+                media_starts, column, result.block_size, WIDEN_BEFORE, WIDEN_AFTER, reach)])
         by_row = {s.row: s for s in active}
         for event in result.events:
             owner = by_row.get(event.channel)

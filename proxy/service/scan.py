@@ -169,9 +169,10 @@ def scan_recording(path: Path) -> Recording:
         out = detector.process(samples)
         events.extend(out.events)
         for ch in np.flatnonzero(out.suspect.any(axis=0)).tolist():
+            reach = None if out.reach is None else out.reach[:, ch]  # as the live masking
             spans[ch] = [*spans.get(ch, []), *spans_from_suspect(
                 out.block_starts, out.suspect[:, ch], out.block_size, WIDEN_BEFORE,
-                WIDEN_AFTER)]
+                WIDEN_AFTER, reach)]
 
     for chunk in chunks:
         feed(resampler.push(chunk))

@@ -15,6 +15,14 @@ def test_suspect_blocks_become_widened_spans() -> None:
     assert spans == [(0, 340)]
 
 
+def test_a_suspect_blocks_reach_widens_its_span_back_by_that_much() -> None:
+    starts = np.array([1000, 1100, 1200], dtype=np.int64)
+    suspect = np.array([False, True, True])
+    reach = np.array([0, 0, 250], dtype=np.int64)  # the last block judged a longer window
+    spans = spans_from_suspect(starts, suspect, 100, before=10, after=20, reach=reach)
+    assert spans == [(1090, 1220), (940, 1320)]
+
+
 def test_merge_joins_overlapping_and_touching_spans_only() -> None:
     assert merge([(50, 60), (0, 10), (10, 20), (30, 40)]) == [(0, 20), (30, 40), (50, 60)]
 

@@ -4,8 +4,8 @@ A seeded, bounded subset of `python -m loadtest.talkover`: test cards keyed at �
 with espeak-ng and codec2 speech, MIDI music and white noise mixed under them at +3, 0 and −3 dB
 (interferer power against the tone pair), µ-law and A-law, each through the real MaskingPipeline.
 spandsp and multimon-ng decode the caller's audio and the agent leg. The energy-share suspicion
-this replaced runs on the same mixtures as the control: it must leak there, which proves the
-material bites.
+the long-window one replaced runs on the same mixtures as the control: it must leak there, which
+proves the material bites.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def items() -> list[talkover.Mixture]:
 
 
 @pytest.fixture(scope="module")
-def narrowband(items: list[talkover.Mixture]) -> list[talkover.Outcome]:
+def window(items: list[talkover.Mixture]) -> list[talkover.Outcome]:
     return talkover.run_sweep(items, DtmfConfig())
 
 
@@ -47,22 +47,43 @@ def _agent_digits(outcomes: list[talkover.Outcome]) -> int:
     return sum(len(o.agent_spandsp) + len(o.agent_multimon) for o in outcomes if o.audible)
 
 
-def test_narrowband_suspicion_leaks_far_fewer_digits_than_energy_share(
-        narrowband: list[talkover.Outcome], energy_share: list[talkover.Outcome]) -> None:
+def test_window_suspicion_leaks_far_fewer_digits_than_energy_share(
+        window: list[talkover.Outcome], energy_share: list[talkover.Outcome]) -> None:
     for kind in ("speech", "music", "noise"):
-        assert any(o.audible for o in narrowband if o.mixture.kind == kind), kind
-    new, old = _agent_digits(narrowband), _agent_digits(energy_share)
-    print(f"\ntalk-over subset ({len(narrowband)} mixtures): digits decoded on the agent leg "
-          f"narrowband {new}, energy share {old}")
+        assert any(o.audible for o in window if o.mixture.kind == kind), kind
+    new, old = _agent_digits(window), _agent_digits(energy_share)
+    print(f"\ntalk-over subset ({len(window)} mixtures): digits decoded on the agent leg "
+          f"window {new}, energy share {old}")
     assert old >= 40, "the control leaks little: the mixtures do not bite"
-    assert new * 4 <= old
+    assert new * 10 <= old
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16 still open: on this subset 16 of 54 audible "
-                   "mixtures leak a digit to multimon-ng (22 digits; spandsp none)")
 def test_no_digit_reaches_the_agent_wherever_a_decoder_hears_one(
-        narrowband: list[talkover.Outcome]) -> None:
-    leaky = [o for o in narrowband if o.audible and o.leaked]
+        window: list[talkover.Outcome]) -> None:
+    """The issue's rule on the seeded subset (it leaked 16 of 54 mixtures before the
+    long-window suspicion). The full sweep (`python -m loadtest.talkover`) still finds a few
+    leaking mixtures among its 707: see the README and the strict expected failure below."""
+    assert sum(o.audible for o in window) >= 50
+    leaky = [o for o in window if o.audible and o.leaked]
+    assert not leaky, f"{len(leaky)} mixtures leak"
+
+
+# Mixtures the full sweep still leaks on (from its output: 19 of 707 leak one digit or two,
+# all to multimon-ng): speech and music near the tones' level whose harmonics crowd both tones.
+STILL_LEAKING = {
+    ("espeak-pl", 6.0, "alaw"), ("codec2-g3plx", 3.0, "alaw"),
+    ("midi-moo_redfarn", 0.0, "ulaw"), ("midi-modern_motion", 6.0, "ulaw"),
+}
+
+
+@pytest.mark.xfail(strict=True, reason="issue 16 still open: the full sweep leaks 19 of 707 "
+                   "mixtures (21 digits, multimon-ng only); these four are among them")
+def test_the_mixtures_the_full_sweep_still_leaks_on_leak_nothing() -> None:
+    items = talkover.mixtures(quick=False, only=lambda *key: key in STILL_LEAKING)
+    assert len(items) == len(STILL_LEAKING)
+    outcomes = talkover.run_sweep(items)
+    assert all(o.audible for o in outcomes)
+    leaky = [o for o in outcomes if o.leaked]
     assert not leaky, f"{len(leaky)} mixtures leak"
 
 
@@ -90,7 +111,7 @@ def test_speech_well_below_the_tones_leaks_nothing_and_every_key_is_captured() -
 
 @pytest.mark.parametrize(("tone_ms", "dbm0"), [(20, -20.0), (100, -40.0), (60, -3.0)])
 def test_clean_short_and_quiet_keys_are_masked_completely(tone_ms: int, dbm0: float) -> None:
-    """No interferer: what the energy-share rule masked, the narrowband suspicion masks too —
+    """No interferer: what the energy-share rule masked, the long-window suspicion masks too —
     short tones, quiet tones, loud tones: 0 ms of DTMF energy above −45 dBm0 per key."""
     card = talkover.CARDS[0]
     rng = np.random.default_rng(tone_ms)
@@ -110,3 +131,19 @@ def test_clean_short_and_quiet_keys_are_masked_completely(tone_ms: int, dbm0: fl
     assert max(leaks) == 0.0
     assert spandsp_detect(agent) == "" and multimon_detect(agent) == ""
     assert np.any(agent != 0.0)  # the agent leg did carry audio: the masker's replacement
+
+
+@pytest.mark.parametrize("codec", talkover.MOBILE_CODECS)
+def test_a_mobile_callers_clean_keys_are_masked_completely(codec: str) -> None:
+    """A card keyed on a mobile phone (GSM-FR or AMR-NB round trip through sox, then µ-law):
+    a decoder hears it from the caller (AMR-NB bends the tones enough that spandsp loses most
+    keys; multimon-ng hears them), neither decoder from the agent leg, which does carry audio."""
+    card = talkover.CARDS[1]
+    mixture = talkover.mix("clean", "none", np.zeros(20 * 8000), 0.0, "ulaw", card, -12.0,
+                           seed=16, mobile=codec)
+    assert mixture.mobile == codec
+    heard_sp, heard_mm = spandsp_detect(mixture.audio), multimon_detect(mixture.audio)
+    assert max(len(heard_sp), len(heard_mm)) >= len(card) - 2
+    agent = talkover.mask([mixture])[0]
+    assert spandsp_detect(agent) == "" and multimon_detect(agent) == ""
+    assert np.any(agent != 0.0)
