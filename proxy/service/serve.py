@@ -265,7 +265,8 @@ class Node:
             auth=AuthSettings(failures_per_source=api.auth_failures_per_source,
                               failure_window_seconds=api.auth_failure_window_seconds,
                               key_lockout_failures=api.key_lockout_failures,
-                              key_lockout_seconds=api.key_lockout_seconds)),
+                              key_lockout_seconds=api.key_lockout_seconds),
+            softphone_ws_url=api.softphone_ws_url, softphone_domain=api.softphone_domain),
             readiness=self.readiness)
         asgi: Any = app
         if self.state is not None:  # calls of the other nodes: listed here, actions forwarded
