@@ -18,6 +18,7 @@ import hmac
 import math
 import re
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,8 @@ class ApiSettings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     softphone_ws_url: str = ""  # Kamailio's SIP WebSocket for the panel's softphone ("" = none)
     softphone_domain: str = ""  # the SIP domain agents register in ("" = the URL's host)
+    softphone_secret: bytes = b""  # shared with Kamailio: SIP passwords are derived from it
+    softphone_credential_seconds: int = 12 * 3600
 
     @property
     def softphone_origin(self) -> str:
@@ -109,6 +112,19 @@ def _style_hashes(html: Path) -> list[str]:
         return []
     return [base64.b64encode(hashlib.sha256(m.encode()).digest()).decode()
             for m in re.findall(r"<style>(.*?)</style>", text, re.S)]
+
+
+def sip_credential(secret: bytes, agent_id: str, lifetime_s: int,
+                   now: float | None = None) -> tuple[str, str]:
+    """A SIP digest credential for the agent's softphone that Kamailio checks without a
+    database (config/kamailio/kamailio.cfg, route[REGISTER_AUTH]): user ``<expiry>:<agent id>``,
+    password the base64url HMAC-SHA256 of that user under the shared secret (Kamailio's
+    ``crypto_hmac_sha256``, unpadded). It registers that agent's address only, until it expires."""
+    expiry = int(now if now is not None else time.time()) + lifetime_s
+    user = f"{expiry}:{agent_id}"
+    digest = hmac.new(secret, user.encode(), hashlib.sha256).digest()
+    # Unpadded, as Kamailio's base64url encoder writes it.
+    return user, base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
 def _validation_fields(exc: RequestValidationError) -> list[str]:
@@ -245,8 +261,14 @@ def create_app(manager: PaymentManager, agents: AgentDirectory,
         if not settings.softphone_ws_url:
             return {"enabled": False}
         domain = settings.softphone_domain or urlsplit(settings.softphone_ws_url).hostname
-        return {"enabled": True, "ws_url": settings.softphone_ws_url,
-                "uri": f"sip:{who.agent_id}@{domain}", "display_name": who.agent_id}
+        reply: dict[str, Any] = {"enabled": True, "ws_url": settings.softphone_ws_url,
+                                 "uri": f"sip:{who.agent_id}@{domain}",
+                                 "display_name": who.agent_id}
+        if settings.softphone_secret:
+            user, password = sip_credential(settings.softphone_secret, who.agent_id,
+                                            settings.softphone_credential_seconds)
+            reply |= {"authorization_user": user, "password": password}
+        return reply
 
     @app.get("/v1/calls")
     async def calls(who: Who) -> list[Call]:

@@ -167,6 +167,10 @@ class ApiConfig(_Section):
     # and the SIP domain agents register in ("" = the URL's host). Empty URL: no softphone.
     softphone_ws_url: Annotated[str, AfterValidator(_valid_ws_url)] = ""
     softphone_domain: Annotated[str, AfterValidator(_valid_sip_domain)] = ""
+    # A file holding the secret Kamailio shares (its SOFTPHONE_SECRET): the API then hands each
+    # agent a SIP password for its own address only, valid softphone_credential_hours.
+    softphone_secret_file: str = ""
+    softphone_credential_hours: float = Field(12.0, gt=0, le=24 * 7)
 
 
 class SecurePayConfig(_Section):

@@ -134,6 +134,10 @@
       register: true,
       session_timers: false,
       user_agent: "ToneGuard panel (JsSIP)",
+      // A credential for this agent's address only, short-lived, from the API (never the API
+      // key): Kamailio checks it against the secret it shares with ToneGuard.
+      ...(config.password ? {
+        authorization_user: config.authorization_user, password: config.password } : {}),
     });
     phone.ua = ua;
     const mine = (handler) => (...args) => { if (phone.ua === ua) handler(...args); };

@@ -5,19 +5,25 @@ tests/proxy/control/test_softphone_chromium.py."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from proxy.api import auth
-from proxy.api.app import ApiSettings, create_app
+from proxy.api.app import ApiSettings, create_app, sip_credential
 from proxy.api.auth import AgentDirectory
 from proxy.securepay.manager import PaymentManager
-from proxy.service.config import ConfigError, load_config
+from proxy.service.config import Config, ConfigError, load_config
+from proxy.service.serve import load_softphone_secret
 
 
-def _client(monkeypatch: pytest.MonkeyPatch, **settings: str) -> tuple[TestClient, str]:
+def _client(monkeypatch: pytest.MonkeyPatch, **settings: object) -> tuple[TestClient, str]:
     monkeypatch.setitem(auth._SCRYPT, "n", 2**4)  # fast key checks (as test_app.py)
     agents = AgentDirectory()
     key = agents.add("ann", "agent")
@@ -100,3 +106,36 @@ def test_a_sip_domain_with_odd_characters_is_refused() -> None:
     config = load_config(overrides={"api": {"softphone_ws_url": "wss://[::1]:8443",
                                              "softphone_domain": "agents.example.com"}})
     assert config.api.softphone_ws_url == "wss://[::1]:8443"
+
+
+def test_with_a_secret_the_agent_gets_a_sip_credential_for_its_own_address(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = b"0123456789abcdef0123456789abcdef"
+    client, key = _client(monkeypatch, softphone_ws_url="ws://127.0.0.1:8088",
+                          softphone_secret=secret, softphone_credential_seconds=3600)
+    with client:
+        r = client.get("/v1/softphone", headers={"Authorization": f"Bearer {key}"})
+    body = r.json()
+    expiry, _, agent = body["authorization_user"].partition(":")
+    assert agent == "ann" and abs(int(expiry) - (time.time() + 3600)) < 60
+    # What Kamailio computes (crypto_hmac_sha256: base64url, unpadded) from the same secret.
+    mac = hmac.new(secret, body["authorization_user"].encode(), hashlib.sha256).digest()
+    assert body["password"] == base64.urlsafe_b64encode(mac).decode().rstrip("=")
+    assert key not in str(body)  # the API key never goes to Kamailio
+    assert sip_credential(secret, "ann", 60, now=1000.0) == sip_credential(
+        secret, "ann", 60, now=1000.0)
+    assert sip_credential(secret, "ann", 60, now=1000.0)[1] != sip_credential(
+        secret, "bob", 60, now=1000.0)[1]
+
+
+def test_a_missing_or_short_softphone_secret_stops_start(tmp_path: Path) -> None:
+    def config(path: Path) -> Config:
+        return load_config(overrides={"api": {"softphone_secret_file": str(path)}})
+    with pytest.raises(ConfigError, match="softphone_secret_file"):
+        load_softphone_secret(config(tmp_path / "missing"))
+    (tmp_path / "short").write_text("abc\n")
+    with pytest.raises(ConfigError, match="under 16 bytes"):
+        load_softphone_secret(config(tmp_path / "short"))
+    (tmp_path / "good").write_text("0123456789abcdef0123\n")
+    assert load_softphone_secret(config(tmp_path / "good")) == (
+        b"0123456789abcdef0123")

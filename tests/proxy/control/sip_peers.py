@@ -206,10 +206,12 @@ class Kamailio:
 @contextlib.asynccontextmanager
 async def kamailio(workdir: Path, *, sip_port: int, ng_port: int, centre_port: int,
                    carrier_port: int, fork_port: int | None = None,
-                   ws_port: int | None = None) -> AsyncIterator[Kamailio]:
+                   ws_port: int | None = None,
+                   softphone_secret: str = "") -> AsyncIterator[Kamailio]:
     """The shipped kamailio.cfg with its defines pointed at this test's ports; ``fork_port``
     turns on its parallel forking to a second contact-centre target there, ``ws_port`` its
-    WITH_WEBRTC part (browsers registering over SIP on a WebSocket there, on loopback)."""
+    WITH_WEBRTC part (browsers registering over SIP on a WebSocket there, on loopback, with
+    credentials derived from ``softphone_secret``)."""
     cfg = KAMAILIO_CFG.read_text().replace(
         "SIP_LISTEN udp:127.0.0.1:5060", f"SIP_LISTEN udp:127.0.0.1:{sip_port}").replace(
         '"udp:127.0.0.1:2223"', f'"udp:127.0.0.1:{ng_port}"').replace(
@@ -223,7 +225,9 @@ async def kamailio(workdir: Path, *, sip_port: int, ng_port: int, centre_port: i
     if ws_port is not None:
         for line, wanted in (("##!define WITH_WEBRTC", "#!define WITH_WEBRTC"),
                              ("#!define WS_LISTEN tcp:127.0.0.1:8088",
-                              f"#!define WS_LISTEN tcp:127.0.0.1:{ws_port}")):
+                              f"#!define WS_LISTEN tcp:127.0.0.1:{ws_port}"),
+                             ('"change-me-to-the-content-of-api.softphone_secret_file"',
+                              f'"{softphone_secret}"')):
             if line not in cfg:
                 raise RuntimeError(f"{KAMAILIO_CFG} no longer has the line {line!r}")
             cfg = cfg.replace(line, wanted)

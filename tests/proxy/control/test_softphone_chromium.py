@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -153,13 +154,15 @@ class Softphone:
     api: str
     agent_key: str
     ws_port: int
+    sip_secret: str
 
 
 @pytest.fixture
 async def softphone_stack(tmp_path: Path, media_ports: tuple[int, int]
                           ) -> AsyncIterator[Softphone]:
     """The gateway stub (mutual TLS) and a node whose API points the panel's softphone at
-    Kamailio's WebSocket (``[api] softphone_ws_url``)."""
+    Kamailio's WebSocket (``[api] softphone_ws_url``), with SIP credentials derived from a secret
+it shares with Kamailio (``softphone_secret_file``)."""
     pki = init_pki(tmp_path / "gateway")
     gateway_port = pick_tcp_port()
     gateway = build_server(pki, "127.0.0.1", gateway_port)
@@ -170,17 +173,21 @@ async def softphone_stack(tmp_path: Path, media_ports: tuple[int, int]
     agents = AgentDirectory()
     agent_key = agents.add(AGENT, "agent")
     ws_port = pick_tcp_port()
+    sip_secret = secrets.token_urlsafe(24)
+    (tmp_path / "softphone.secret").write_text(sip_secret + "\n")
     config = load_config(overrides={
         "ng": {"listen": f"127.0.0.1:{pick_udp_port()}"},
         "media": {"port_min": media_ports[0], "port_max": media_ports[1]},
-        "api": {"listen": "127.0.0.1:0", "softphone_ws_url": f"ws://127.0.0.1:{ws_port}"},
+        "api": {"listen": "127.0.0.1:0", "softphone_ws_url": f"ws://127.0.0.1:{ws_port}",
+                "softphone_secret_file": str(tmp_path / "softphone.secret")},
         "gateway": {"url": f"https://127.0.0.1:{gateway_port}", "ca_file": str(pki.ca_cert),
                     "cert_file": str(pki.client_cert), "key_file": str(pki.client_key)},
     })
     node = await Node.start(config, agents=agents)
     assert node.api_address is not None
     try:
-        yield Softphone(node, f"http://127.0.0.1:{node.api_address[1]}", agent_key, ws_port)
+        yield Softphone(node, f"http://127.0.0.1:{node.api_address[1]}", agent_key, ws_port,
+                        sip_secret)
     finally:
         await node.stop()
         gateway.should_exit = True
@@ -239,7 +246,7 @@ async def test_agent_answers_and_takes_a_payment_in_the_panel_softphone(
     carrier = None
     async with kamailio(tmp_path, sip_port=sip_port, ng_port=stack.node.ng_address[1],
                         centre_port=centre_port, carrier_port=carrier_port,
-                        ws_port=stack.ws_port) as kam:
+                        ws_port=stack.ws_port, softphone_secret=stack.sip_secret) as kam:
         await _tcp_listening(stack.ws_port)
         async with async_playwright() as p:
             browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
@@ -257,7 +264,7 @@ async def test_agent_answers_and_takes_a_payment_in_the_panel_softphone(
                 await page.fill("#key", stack.agent_key)
                 await page.click("#connect")
 
-                # Registered to Kamailio over the WebSocket.
+                # Registered to Kamailio over the WebSocket (digest, with the API's credential).
                 state = page.locator("#sp-state")
                 await expect(state).to_have_attribute("data-state", "registered",
                                                       timeout=WAIT_MS)
