@@ -18,7 +18,7 @@ APT_PACKAGES=(
     rtpengine-daemon rtpengine-utils kamailio sip-tester baresip-core multimon-ng libspandsp2
     espeak-ng chromium codec2-examples
     fluidsynth timgm6mb-soundfont openttd-openmsx
-    redis-server sox libsox-fmt-all kamailio-websocket-modules
+    redis-server sox libsox-fmt-all kamailio-websocket-modules kamailio-tls-modules
 )
 VENV=${TONEGUARD_VENV:-.venv}
 PYTHON=${PYTHON:-python3}
