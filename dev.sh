@@ -7,6 +7,8 @@
 #   ./dev.sh fuzz [ARGS]   install, then the fuzzing campaign at length (TONEGUARD_FUZZ_SEED=…)
 #   ./dev.sh mutate [MOD]  install (+ mutmut), then mutation-test the security-critical modules
 #   ./dev.sh install       install only (Debian packages when root or with sudo, then .venv)
+#   ./dev.sh vendor-js     rebuild proxy/static/jssip.min.js (the panel softphone's SIP library)
+#                          from npm at the versions pinned in scripts/jssip (needs node, npm)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -16,7 +18,7 @@ APT_PACKAGES=(
     rtpengine-daemon rtpengine-utils kamailio sip-tester baresip-core multimon-ng libspandsp2
     espeak-ng chromium codec2-examples
     fluidsynth timgm6mb-soundfont openttd-openmsx
-    redis-server sox libsox-fmt-all kamailio-websocket-modules
+    redis-server sox libsox-fmt-all kamailio-websocket-modules kamailio-tls-modules
 )
 VENV=${TONEGUARD_VENV:-.venv}
 PYTHON=${PYTHON:-python3}
@@ -46,6 +48,17 @@ install_python() {
     "$VENV/bin/pip" install -q -e '.[test]'
 }
 
+# The softphone's JsSIP bundle is committed (proxy/static/jssip.min.js + jssip.LICENSE.txt):
+# installing it from npm on every CI run would make the tests depend on npm's registry and on
+# esbuild's native binary. This rebuilds it, reproducibly, from scripts/jssip/package-lock.json
+# (install scripts off: esbuild's binary comes from its pinned @esbuild/<platform> package).
+vendor_js() {
+    (cd scripts/jssip && npm ci --no-audit --no-fund --ignore-scripts \
+        && node build.mjs ../../proxy/static && rm -rf node_modules)
+    echo "dev.sh: rebuilt proxy/static/jssip.min.js ($(git diff --quiet -- proxy/static \
+        && echo unchanged || echo changed: commit it))" >&2
+}
+
 cmd=${1:-help}
 [ $# -gt 0 ] && shift
 case "$cmd" in
@@ -68,6 +81,8 @@ case "$cmd" in
     bench)
         install_system; install_python
         exec "$VENV/bin/python" -m loadtest.bench "$@" ;;
+    vendor-js)
+        vendor_js ;;
     mutate)
         # Not part of `test`: minutes of CPU, run by hand (docs/mutation.md).
         install_system; install_python
@@ -75,5 +90,5 @@ case "$cmd" in
             || "$VENV/bin/pip" install -q -e '.[test,mutate]'
         exec "$VENV/bin/python" scripts/mutate.py "$@" ;;
     *)
-        sed -n '2,9p' "$0"; exit 2 ;;
+        sed -n '2,11p' "$0"; exit 2 ;;
 esac

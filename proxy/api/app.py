@@ -18,10 +18,12 @@ import hmac
 import math
 import re
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import (
     Depends,
@@ -64,6 +66,18 @@ class ApiSettings:
     max_body_bytes: int = 64 * 1024
     public_metrics: bool = False  # True: /metrics without a key (a scraper on a trusted net)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    softphone_ws_url: str = ""  # Kamailio's SIP WebSocket for the panel's softphone ("" = none)
+    softphone_domain: str = ""  # the SIP domain agents register in ("" = the URL's host)
+    softphone_secret: bytes = b""  # shared with Kamailio: SIP passwords are derived from it
+    softphone_credential_seconds: int = 12 * 3600
+
+    @property
+    def softphone_origin(self) -> str:
+        """``scheme://host[:port]`` of the softphone's WebSocket (what CSP allows), or ""."""
+        if not self.softphone_ws_url:
+            return ""
+        parts = urlsplit(self.softphone_ws_url)
+        return f"{parts.scheme}://{parts.netloc}"
 
 
 def payment_view(session: PaymentSession) -> Payment:
@@ -98,6 +112,19 @@ def _style_hashes(html: Path) -> list[str]:
         return []
     return [base64.b64encode(hashlib.sha256(m.encode()).digest()).decode()
             for m in re.findall(r"<style>(.*?)</style>", text, re.S)]
+
+
+def sip_credential(secret: bytes, agent_id: str, lifetime_s: int,
+                   now: float | None = None) -> tuple[str, str]:
+    """A SIP digest credential for the agent's softphone that Kamailio checks without a
+    database (config/kamailio/kamailio.cfg, route[REGISTER_AUTH]): user ``<expiry>:<agent id>``,
+    password the base64url HMAC-SHA256 of that user under the shared secret (Kamailio's
+    ``crypto_hmac_sha256``, unpadded). It registers that agent's address only, until it expires."""
+    expiry = int(now if now is not None else time.time()) + lifetime_s
+    user = f"{expiry}:{agent_id}"
+    digest = hmac.new(secret, user.encode(), hashlib.sha256).digest()
+    # Unpadded, as Kamailio's base64url encoder writes it.
+    return user, base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
 def _validation_fields(exc: RequestValidationError) -> list[str]:
@@ -226,6 +253,23 @@ def create_app(manager: PaymentManager, agents: AgentDirectory,
     async def me(who: Who) -> dict[str, str]:
         return {"agent_id": who.agent_id, "role": who.role}
 
+    @app.get("/v1/softphone")
+    async def softphone(who: Who) -> dict[str, Any]:
+        """Where the panel's softphone registers: Kamailio's SIP WebSocket and the agent's own
+        address of record (``sip:<agent_id>@<domain>``: Kamailio routes a call to the agent it
+        is assigned to by that user part, and passes it on to ToneGuard as ``agent=``)."""
+        if not settings.softphone_ws_url:
+            return {"enabled": False}
+        domain = settings.softphone_domain or urlsplit(settings.softphone_ws_url).hostname
+        reply: dict[str, Any] = {"enabled": True, "ws_url": settings.softphone_ws_url,
+                                 "uri": f"sip:{who.agent_id}@{domain}",
+                                 "display_name": who.agent_id}
+        if settings.softphone_secret:
+            user, password = sip_credential(settings.softphone_secret, who.agent_id,
+                                            settings.softphone_credential_seconds)
+            reply |= {"authorization_user": user, "password": password}
+        return reply
+
     @app.get("/v1/calls")
     async def calls(who: Who) -> list[Call]:
         active = {s.call_id: s.sid for s in manager.sessions.values() if not s.status.terminal}
@@ -326,7 +370,8 @@ def create_app(manager: PaymentManager, agents: AgentDirectory,
             manager.bus.unsubscribe(queue)
 
     # Outermost last: the body limit sees the request before anything else reads it.
-    app.add_middleware(SecurityHeaders,
-                       csp=content_security_policy(_style_hashes(STATIC / "panel.html")))
+    connect = [settings.softphone_origin] if settings.softphone_origin else []
+    app.add_middleware(SecurityHeaders, csp=content_security_policy(
+        _style_hashes(STATIC / "panel.html"), connect=connect))
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

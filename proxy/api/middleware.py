@@ -70,12 +70,18 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
-def content_security_policy(style_hashes: Iterable[str] = ()) -> str:
-    """Self only; the panel's inline ``<style>`` is allowed by its hash, not 'unsafe-inline'."""
+def content_security_policy(style_hashes: Iterable[str] = (),
+                            connect: Iterable[str] = ()) -> str:
+    """Self only; the panel's inline ``<style>`` is allowed by its hash, not 'unsafe-inline'.
+    ``connect`` adds exact origins to ``connect-src`` (the softphone's SIP WebSocket, e.g.
+    ``wss://sip.example.com:8443``): one configured origin, never a scheme or a wildcard.
+    WebRTC media needs nothing here: CSP does not govern RTCPeerConnection, and the remote
+    audio plays from a MediaStream (``srcObject``), not from a URL ``media-src`` would check."""
     styles = " ".join(["'self'", *(f"'sha256-{h}'" for h in style_hashes)])
+    connects = " ".join(["'self'", *connect])
     return ("default-src 'self'; script-src 'self'; style-src " + styles + "; "
-            "img-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
-            "form-action 'none'; frame-ancestors 'none'")
+            "img-src 'self'; connect-src " + connects + "; object-src 'none'; "
+            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
 class SecurityHeaders:

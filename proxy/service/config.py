@@ -9,6 +9,7 @@ wheel); ``config/toneguard.toml`` in the repository is the same file, documented
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -55,6 +56,23 @@ def _valid_hostport(value: str) -> str:
 
 
 HostPort = Annotated[str, AfterValidator(_valid_hostport)]
+
+# What may go in a CSP source expression and a SIP URI host: no spaces, quotes, ';' or ','
+# (which would add directives or sources to the Content-Security-Policy header).
+_WS_URL = re.compile(r"^wss?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?(/[A-Za-z0-9._~/-]*)?$")
+_SIP_DOMAIN = re.compile(r"^[A-Za-z0-9.-]{1,253}$")
+
+
+def _valid_ws_url(value: str) -> str:
+    if value and not _WS_URL.match(value):
+        raise ValueError(f"expected ws://HOST[:PORT][/PATH] or wss://..., got {value!r}")
+    return value
+
+
+def _valid_sip_domain(value: str) -> str:
+    if value and not _SIP_DOMAIN.match(value):
+        raise ValueError(f"expected a host name or IPv4 address, got {value!r}")
+    return value
 
 
 class NgConfig(_Section):
@@ -145,6 +163,14 @@ class ApiConfig(_Section):
     auth_failure_window_seconds: float = Field(60.0, gt=0)
     key_lockout_failures: int = Field(5, ge=1, le=1000)
     key_lockout_seconds: float = Field(300.0, ge=0)
+    # The agent panel's softphone (README "Agents in the browser"): Kamailio's SIP WebSocket
+    # and the SIP domain agents register in ("" = the URL's host). Empty URL: no softphone.
+    softphone_ws_url: Annotated[str, AfterValidator(_valid_ws_url)] = ""
+    softphone_domain: Annotated[str, AfterValidator(_valid_sip_domain)] = ""
+    # A file holding the secret Kamailio shares (its SOFTPHONE_SECRET): the API then hands each
+    # agent a SIP password for its own address only, valid softphone_credential_hours.
+    softphone_secret_file: str = ""
+    softphone_credential_hours: float = Field(12.0, gt=0, le=24 * 7)
 
 
 class SecurePayConfig(_Section):

@@ -265,7 +265,10 @@ class Node:
             auth=AuthSettings(failures_per_source=api.auth_failures_per_source,
                               failure_window_seconds=api.auth_failure_window_seconds,
                               key_lockout_failures=api.key_lockout_failures,
-                              key_lockout_seconds=api.key_lockout_seconds)),
+                              key_lockout_seconds=api.key_lockout_seconds),
+            softphone_ws_url=api.softphone_ws_url, softphone_domain=api.softphone_domain,
+            softphone_secret=load_softphone_secret(self.config),
+            softphone_credential_seconds=int(api.softphone_credential_hours * 3600)),
             readiness=self.readiness)
         asgi: Any = app
         if self.state is not None:  # calls of the other nodes: listed here, actions forwarded
@@ -481,6 +484,21 @@ def load_agents(config: Config) -> AgentDirectory:
         return AgentDirectory.load(Path(path))
     except AgentsFileError as exc:
         raise ConfigError(f"api.agents_file: {exc}") from exc
+
+
+def load_softphone_secret(config: Config) -> bytes:
+    """The secret SIP passwords for the panel's softphone are derived from (shared with
+    Kamailio); configured but missing, unreadable or empty refuses to start."""
+    path = config.api.softphone_secret_file
+    if not path:
+        return b""
+    try:
+        secret = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(f"api.softphone_secret_file: {exc.strerror}: {path}") from exc
+    if len(secret) < 16:
+        raise ConfigError(f"api.softphone_secret_file: {path}: under 16 bytes")
+    return secret
 
 
 async def run_until_signalled(node_factory: Callable[[], Awaitable[Node]]) -> None:

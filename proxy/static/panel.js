@@ -1,7 +1,8 @@
 // ToneGuard agent panel: plain JS, no build step. Everything it shows is masked by the server:
 // the page never holds a card digit.
 //
-// Other scripts (e.g. a softphone) plug in through window.toneguard: its `api` helper and the
+// Other scripts (e.g. softphone.js) plug in through window.toneguard: its `api` helper,
+// `refreshCalls()` and `select(call)` (a call from GET /v1/calls), and the
 // document events "toneguard:connected" (detail: {key, me}) and "toneguard:call-selected"
 // (detail: the call from GET /v1/calls).
 "use strict";
@@ -303,5 +304,5 @@
   setInterval(tick, 1000);
   setInterval(() => state.key && refreshCalls().catch(() => {}), 5000);
 
-  window.toneguard = { api, state };
+  window.toneguard = { api, state, refreshCalls, select };
 })();

@@ -208,9 +208,13 @@ class Kamailio:
 
 @contextlib.asynccontextmanager
 async def kamailio(workdir: Path, *, sip_port: int, ng_port: int, centre_port: int,
-                   carrier_port: int, fork_port: int | None = None) -> AsyncIterator[Kamailio]:
+                   carrier_port: int, fork_port: int | None = None,
+                   ws_port: int | None = None,
+                   softphone_secret: str = "") -> AsyncIterator[Kamailio]:
     """The shipped kamailio.cfg with its defines pointed at this test's ports; ``fork_port``
-    turns on its parallel forking to a second contact-centre target there."""
+    turns on its parallel forking to a second contact-centre target there, ``ws_port`` its
+    WITH_WEBRTC part (browsers registering over SIP on a WebSocket there, on loopback, with
+    credentials derived from ``softphone_secret``)."""
     cfg = KAMAILIO_CFG.read_text().replace(
         "SIP_LISTEN udp:127.0.0.1:5060", f"SIP_LISTEN udp:127.0.0.1:{sip_port}").replace(
         '"udp:127.0.0.1:2223"', f'"udp:127.0.0.1:{ng_port}"').replace(
@@ -221,6 +225,15 @@ async def kamailio(workdir: Path, *, sip_port: int, ng_port: int, centre_port: i
         if fork not in cfg:
             raise RuntimeError(f"{KAMAILIO_CFG} no longer has the line {fork!r}")
         cfg = cfg.replace(fork, f'#!define CONTACT_CENTRE_FORK "sip:{CENTRE_IP}:{fork_port}"')
+    if ws_port is not None:
+        for line, wanted in (("##!define WITH_WEBRTC", "#!define WITH_WEBRTC"),
+                             ("#!define WS_LISTEN tcp:127.0.0.1:8088",
+                              f"#!define WS_LISTEN tcp:127.0.0.1:{ws_port}"),
+                             ('"change-me-to-the-content-of-api.softphone_secret_file"',
+                              f'"{softphone_secret}"')):
+            if line not in cfg:
+                raise RuntimeError(f"{KAMAILIO_CFG} no longer has the line {line!r}")
+            cfg = cfg.replace(line, wanted)
     (workdir / "kamailio.cfg").write_text(cfg)
     log_path = workdir / "kamailio.log"
     with log_path.open("wb") as log:
