@@ -128,6 +128,7 @@ class LoopbackCapture:
     def __init__(self, ports: range) -> None:
         self.ports = ports
         self.datagrams: list[bytes] = []
+        self.sources: list[int] = []  # the UDP source port of each datagram, in order
         self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(0x0003))
         self._sock.bind(("lo", 0))
         self._sock.setblocking(False)
@@ -147,6 +148,11 @@ class LoopbackCapture:
             udp = ip[(ip[0] & 0x0F) * 4:]
             if struct.unpack_from("!H", udp, 2)[0] in self.ports:
                 self.datagrams.append(bytes(udp[8:]))
+                self.sources.append(struct.unpack_from("!H", udp, 0)[0])
+
+    def sent_from(self, ports: set[int] | range) -> list[bytes]:
+        """The datagrams whose source port is in ``ports``."""
+        return [d for d, src in zip(self.datagrams, self.sources, strict=True) if src in ports]
 
     def close(self) -> None:
         asyncio.get_running_loop().remove_reader(self._sock.fileno())

@@ -90,6 +90,13 @@ def _keys_toward(node: Node, label: str) -> SrtpParams | None:
     return party.medias[0].keys.send
 
 
+def _relay_ports(node: Node) -> set[int]:
+    """ToneGuard's own RTP and RTCP ports of the call (what it sends the phones from)."""
+    [call] = node.registry.calls.values()
+    return {port for party in call.parties.values() for media in party.medias
+            for port in (media.local.rtp_port, media.local.rtcp_port)}
+
+
 def _audio(datagrams: list[bytes], key: SrtpParams | None) -> tuple[np.ndarray, int]:
     """The PCMU audio in captured RTP (decrypted with ``key``), in timestamp order, and how
     many datagrams did not decrypt or parse (RTCP on the RTP port is skipped)."""
@@ -137,25 +144,34 @@ async def test_hold_and_resume_keep_audio_flowing_and_digits_masked(
             await customer.command("dial", f"sip:agent@127.0.0.1:{sip_port}")
             await customer.wait_event("CALL_ESTABLISHED")
             keys = _keys_toward(toneguard, "agent"), _keys_toward(toneguard, "customer")
+            relay = _relay_ports(toneguard)
             await asyncio.sleep(4.6)  # the first card has been keyed
-            before = (len(to_agent.datagrams), len(to_customer.datagrams))
+            before = (len(to_agent.sent_from(relay)), len(to_customer.sent_from(relay)))
             await _hold_and_resume(customer if holder == "customer" else agent)
             await asyncio.sleep(8.5)  # the second card, and a second
             assert (_keys_toward(toneguard, "agent"),
                     _keys_toward(toneguard, "customer")) == keys  # kept across the hold
+            assert _relay_ports(toneguard) == relay  # and ToneGuard's ports
             await customer.command("hangup")
             await customer.wait_event("CALL_CLOSED")
     finally:
         to_agent.close()
         to_customer.close()
-    heard_by_agent, bad_agent = _audio(to_agent.datagrams, keys[0])
-    _heard_by_customer, bad_customer = _audio(to_customer.datagrams, keys[1])
-    # Every datagram each phone got decrypts with the one key it was given: no re-keying.
+    # Nothing reached either phone from the other phone's ports: media never went around
+    # ToneGuard. (Datagrams from elsewhere are other programs' loopback traffic that happens to
+    # hit the phones' port ranges on a shared machine: not this call's.)
+    assert to_agent.sent_from(customer_rtp) == [] and to_customer.sent_from(agent_rtp) == []
+    from_relay_to_agent, from_relay_to_customer = (to_agent.sent_from(relay),
+                                                   to_customer.sent_from(relay))
+    heard_by_agent, bad_agent = _audio(from_relay_to_agent, keys[0])
+    _heard_by_customer, bad_customer = _audio(from_relay_to_customer, keys[1])
+    # Every datagram ToneGuard sent each phone decrypts with the one key it was given: no
+    # re-keying.
     assert (bad_agent, bad_customer) == (0, 0)
     # Audio flowed both ways, before and after the hold: each side's marker tone was heard,
     # and packets kept coming after it.
-    after_agent = _audio(to_agent.datagrams[before[0]:], keys[0])[0]
-    after_customer = _audio(to_customer.datagrams[before[1]:], keys[1])[0]
+    after_agent = _audio(from_relay_to_agent[before[0]:], keys[0])[0]
+    after_customer = _audio(from_relay_to_customer[before[1]:], keys[1])[0]
     assert _frames_with(heard_by_agent[:len(heard_by_agent) - len(after_agent)],
                         CUSTOMER_MARK) >= 35  # ~50 frames of the customer's first second
     assert _frames_with(after_agent, CUSTOMER_MARK) >= 35  # and of its second, after resume
