@@ -211,8 +211,11 @@ async def run(calls: int, workdir: Path) -> None:
             await ng.request(ng_t, {"command": "delete", "call-id": f"bench-{i}"})
         await asyncio.sleep(1.0)
         delete_ops = _redis_commands(redis_port) - before - 1
-        restored_ms = [json.loads(line).get("ms") for line in log.read_text().splitlines()
-                       if "calls restored" in line]
+        lines = [json.loads(line) for line in log.read_text().splitlines()
+                 if line.startswith("{")]
+        restored_ms = [x.get("ms") for x in lines if x.get("event", "").startswith("calls rest")]
+        timings = [x["seconds_since_process_start"] for x in lines
+                   if x.get("event") == "start-up timings"]
     finally:
         stop.set()
         agents.close()
@@ -231,6 +234,9 @@ async def run(calls: int, workdir: Path) -> None:
           f", max {max(to_media):.2f} s; spawn → /readyz {ready - spawned:.2f} s")
     print(f"node's own restore of {calls} calls (load + bind + configure): "
           f"{restored_ms[-1]} ms")
+    if timings:  # the restarted node's own milestones (its log), seconds since it started
+        print("restarted node, seconds since its process started: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in timings[-1].items()))
     print(f"redis commands per call: setup (offer+answer) {setup_ops / calls:.1f}, "
           f"delete {delete_ops / calls:.1f}")
     print(f"record: {size} bytes, {cpu_us:.0f} µs CPU to build and seal (per write)")
