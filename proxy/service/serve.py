@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import importlib
 import ipaddress
 import os
@@ -240,6 +241,9 @@ class Node:
             except OSError as exc:
                 raise BindError.of("ng socket", config.ng.listen, exc) from exc
             node._milestone("ng")
+            # Read once now rather than at the first housekeeping second: /readyz (which a
+            # restart's orchestration waits for) is true as soon as the API answers.
+            node._last_totals = await engine.totals()
             if api_imported is not None:
                 await api_imported
                 node._milestone("api_imported")
@@ -556,7 +560,10 @@ def process_age() -> float | None:
 
 async def _start_for_production(config: Config, configured: float | None = None) -> Node:
     open_files = raise_open_file_limit()
-    node = await Node.start(config)
+    try:
+        node = await Node.start(config)
+    finally:
+        gc.enable()  # off during start-up (see proxy.service.cli.main)
     freeze_startup_objects()
     log.info("process limits", open_files=open_files)
     # Where a restart's media gap goes: imports and config (``configured``), the restored calls

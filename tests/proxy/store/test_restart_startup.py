@@ -9,6 +9,7 @@ node logs to the same stderr, so the order of the lines is the order of the even
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -16,9 +17,11 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from proxy.demo.sdp_builder import audio_sdp
 from proxy.demo.simulate import NgClient
+from proxy.service.cli import main
 from tests.conftest import pick_tcp_port, pick_udp_port
 from tests.proxy.store.conftest import RedisServer
 
@@ -126,3 +129,12 @@ node_id = "startup"
     assert not [name for _, name in modules
                 if any(name == m or name.startswith(m + ".") for m in NOT_FOR_SERVE)]
     assert "toneguard node started" in events and "start-up timings" in events
+
+
+def test_serve_turns_the_collector_back_on_when_it_does_not_start(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`serve` starts with the garbage collector off; a refused start must not leave it off."""
+    assert gc.isenabled()
+    assert main(["serve", "--store", "redis://127.0.0.1:1/0"]) == 2  # no key_file: refused
+    assert "key_file" in capsys.readouterr().err
+    assert gc.isenabled()
