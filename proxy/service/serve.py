@@ -254,11 +254,11 @@ class Node:
                 except OSError as exc:  # the API server died while starting
                     raise BindError.of("API socket", config.api.listen, exc) from exc
         except BaseException:
-            for pending in (engine_started, api_imported):
-                if pending is not None and not pending.done():
-                    pending.cancel()
-                    with contextlib.suppress(BaseException):
-                        await pending
+            # Let the engine finish starting (worker processes) so that it can be stopped; an
+            # API import still running in its thread is left to finish (threads do not cancel).
+            if not engine_started.done():
+                with contextlib.suppress(Exception):
+                    await engine_started
             if engine_started.done() and not engine_started.cancelled() \
                     and engine_started.exception() is None:
                 await node.stop()

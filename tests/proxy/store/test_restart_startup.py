@@ -128,7 +128,12 @@ node_id = "startup"
     # Nothing of the other subcommands is imported by `serve`.
     assert not [name for _, name in modules
                 if any(name == m or name.startswith(m + ".") for m in NOT_FOR_SERVE)]
-    assert "toneguard node started" in events and "start-up timings" in events
+    assert "toneguard node started" in events
+    # The node says where its start went: each milestone after the one before it.
+    timings = json.loads(lines[events["start-up timings"]])["seconds_since_process_start"]
+    order = ["configured", "media", "ng", "api_imported", "started"]
+    assert list(timings) == order
+    assert [timings[k] for k in order] == sorted(timings.values()) and timings["configured"] > 0
 
 
 def test_serve_turns_the_collector_back_on_when_it_does_not_start(
