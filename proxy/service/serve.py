@@ -12,10 +12,11 @@ What a draining node answers, and why: :mod:`proxy.service.drain`.
 Start-up order, and why: after a crash the node's live calls are silent until it relays again,
 so what the media plane and the store need comes first — the media engine (its worker processes
 spawn while this process goes on), then the calls restored from the store (ports bound, masking
-configured before the parties are linked), then the ng socket. The API stack (FastAPI, pydantic
-models, uvicorn, the metrics exporter, the cluster router: about half of the start-up imports)
-is imported only after the restore, in a thread while the event loop already relays, and the API
-starts last. Keep its imports out of this module's top level.
+configured before the parties are linked), then the ng socket (Kamailio's next command for a
+restored call finds it). The API stack (FastAPI, pydantic models, uvicorn, the metrics
+exporter, the cluster router: about half of the start-up imports) is imported only after
+that, in a thread while the event loop already relays, and the API starts last. Keep its
+imports out of this module's top level.
 """
 
 from __future__ import annotations
@@ -234,13 +235,13 @@ class Node:
                     raise ConfigError(str(exc)) from exc
             await engine_started
             node._milestone("media")  # restored calls bound, configured, linked: relaying
-            if api:  # the restored calls relay while this thread imports (see the docstring)
-                api_imported = asyncio.ensure_future(asyncio.to_thread(import_api_stack))
-            try:
+            try:  # before the API import competes for the interpreter: Kamailio's next command
                 node.ng_address = await server.start(host, port)
             except OSError as exc:
                 raise BindError.of("ng socket", config.ng.listen, exc) from exc
             node._milestone("ng")
+            if api:  # the restored calls relay while this thread imports (see the docstring)
+                api_imported = asyncio.ensure_future(asyncio.to_thread(import_api_stack))
             # Read once now rather than at the first housekeeping second: /readyz (which a
             # restart's orchestration waits for) is true as soon as the API answers.
             node._last_totals = await engine.totals()
