@@ -143,7 +143,7 @@ async def _record_cpu_us() -> tuple[float, int]:
     return (time.process_time() - t) / n * 1e6, len(data)
 
 
-async def run(calls: int, workdir: Path) -> None:
+async def run(calls: int, workdir: Path, workers: int = 1) -> None:
     redis_port, ng_port, api_port = _free(socket.SOCK_STREAM), _free(), _free(socket.SOCK_STREAM)
     redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
                               "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
@@ -152,7 +152,7 @@ async def run(calls: int, workdir: Path) -> None:
     low = 50000 + (_free() % 50) * 100 // 2 * 2
     config = workdir / "node.toml"
     config.write_text(f"""[ng]\nlisten = "127.0.0.1:{ng_port}"\n
-[media]\nport_min = {low}\nport_max = {low + 4 * calls + 100}\n
+[media]\nport_min = {low}\nport_max = {low + 4 * calls + 100 * workers}\nworkers = {workers}\n
 [api]\nlisten = "127.0.0.1:{api_port}"\n[logging]\nformat = "json"\n
 [store]\nurl = "redis://127.0.0.1:{redis_port}/0"\nkey_file = "{key}"\nnode_id = "bench"\n""")
     log = workdir / "node.log"
@@ -227,7 +227,8 @@ async def run(calls: int, workdir: Path) -> None:
         redis.wait()
     cpu_us, size = await _record_cpu_us()
     p90 = statistics.quantiles(gaps, n=10)[-1] if len(gaps) > 1 else gaps[0]
-    print(f"calls: {calls} (media flowing before the kill: {flowing})")
+    print(f"calls: {calls} on {workers} media worker(s) (media flowing before the kill: "
+          f"{flowing})")
     print(f"media gap across kill -9 + restart: median {statistics.median(gaps):.2f} s, "
           f"p90 {p90:.2f} s, max {max(gaps):.2f} s")
     print(f"new process spawn → first relayed packet: median {statistics.median(to_media):.2f} s"
@@ -245,9 +246,10 @@ async def run(calls: int, workdir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.bench_restart")
     parser.add_argument("--calls", type=int, default=100)
+    parser.add_argument("--workers", type=int, default=1, help="the node's media.workers")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(run(args.calls, Path(tmp)))
+        asyncio.run(run(args.calls, Path(tmp), args.workers))
     return 0
 
 
