@@ -313,3 +313,24 @@ async def test_a_capture_on_a_call_with_no_customer_masks_every_party(
         await registry.handle({"command": "unblock DTMF", "call-id": "c", "from-tag": "ft"})
     await registry.set_capture("c", False)
     assert (_masked(registry, "ft"), _masked(registry, "tt")) == (None, None)
+
+
+async def test_deleting_a_call_while_capture_masking_is_reconfiguring_logs_no_error() -> None:
+    """The capture hook's reconfiguration runs as a task; the call may be deleted before it
+    runs (a payment ended by the hangup): it has nothing left to configure, which is no
+    failure. (Before: ``reconfiguring masking failed`` on the released streams.)"""
+    from structlog.testing import capture_logs
+    registry, engine = _registry()
+    await _call(registry)
+    await registry.set_capture("c", True)
+    streams = [m.stream_id for p in registry.calls["c"].parties.values() for m in p.medias]
+    with capture_logs() as logs:
+        task = registry.capture_changed("c", False)  # payment ended: unmask, as a task
+        assert task is not None and not task.done()
+        reply = await registry.handle({"command": "delete", "call-id": "c", "from-tag": "ft"})
+        assert reply["result"] == "ok"
+        await task
+    assert "c" not in registry.calls
+    assert all(s not in engine.streams for s in streams)  # released, not configured again
+    assert not [e for e in logs if e["log_level"] == "error"], logs
+    assert [e for e in logs if e["event"] == "call deleted"]  # the delete did happen
