@@ -10,14 +10,20 @@ contiguous timestamps, a policy reconfigured mid-stream as a capture does.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+
 import numpy as np
 
 from dsp import g711, tones
+from proxy.demo.phone import RtpPeer
 from proxy.demo.spandsp import spandsp_detect
+from proxy.media.engine import LocalMediaEngine
 from proxy.media.masking import MaskingPipeline
 from proxy.media.policy import UNMASKED, MaskingPolicy
 from proxy.media.rfc4733 import TelephoneEvent
 from proxy.media.rtp import RtpPacket
+from proxy.media.types import StreamConfig
 
 CODECS = {0: "PCMU", 101: "telephone-event"}
 SLOT = 160
@@ -202,3 +208,79 @@ def test_a_key_on_another_stream_is_captured_once_while_one_stream_catches_up() 
     assert [(e.digit, e.source) for e in events] == [("9", "inband")]
     assert pipeline.counters().masked_packets > 0
     assert len(out) >= key.size // SLOT - 12  # the agent side's audio did arrive
+
+
+async def _until(predicate: Callable[[], Awaitable[bool]], what: str,
+                 timeout: float = 5.0) -> None:
+    """Wait (bounded) until ``predicate`` holds; the event loop reads the sockets meanwhile."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.002)
+
+
+async def test_through_the_engine_a_burst_and_a_capture_reconfiguration_leave_no_delay(
+        media_ports: tuple[int, int]) -> None:
+    """The load-test finding, reproduced on loopback with the real engine and sockets: the
+    caller's packets reach the engine in a burst (as after an event loop busy with call and
+    payment set-up), and masking is reconfigured mid-stream as a capture does. Ticks are run
+    by the test (one ``run_tick`` per 20 ms slot), so nothing here depends on timing: the
+    held depth goes back to where it was, and the agent gets every packet, untouched."""
+    pipeline = MaskingPipeline(seed=1)
+    engine = LocalMediaEngine("127.0.0.1", *media_ports, pipeline_factory=lambda: pipeline)
+    caller, agent = await RtpPeer().start(), await RtpPeer().start()
+    try:
+        ours_caller = await engine.allocate("c/caller", "c", rtcp_mux=True)
+        await engine.allocate("c/agent", "c", rtcp_mux=True)
+        codecs = {0: "PCMU"}
+        await engine.configure("c/caller", StreamConfig(
+            rtcp_mux=True, peer=(caller.host, caller.port), codecs=codecs, masking=UNMASKED))
+        await engine.configure("c/agent", StreamConfig(
+            rtcp_mux=True, peer=(agent.host, agent.port), codecs=codecs, masking=UNMASKED))
+        await engine.link("c/caller", "c/agent")
+        source = Caller(_speechlike(4.0))
+        dest = (ours_caller.address, ours_caller.rtp_port)
+        sent = 0
+
+        async def send(count: int) -> None:
+            nonlocal sent
+            for p in source.audio(count):
+                caller.send_packet(p, dest)
+            sent += count
+            await _until(arrived, f"{sent} packets in")
+
+        async def arrived() -> bool:
+            return (await engine.stats("c/caller")).packets_in >= sent
+
+        depths = []
+        for i in range(60):
+            if i == 20:  # the event loop was busy for 400 ms: 20 packets arrive at once
+                await send(20)
+            elif i == 30:  # a payment starts capturing: masking switched on mid-stream
+                await engine.configure("c/caller", StreamConfig(
+                    rtcp_mux=True, peer=(caller.host, caller.port), codecs=codecs,
+                    masking=MaskingPolicy()))
+            elif i != 19:
+                await send(1)
+            engine.run_tick()
+            depths.append(pipeline.held_packets("c/caller"))
+        steady = depths[15]
+        assert depths[14:19] == [steady] * 5
+        assert max(depths[20:25]) > steady + 10  # the burst was held ...
+        assert depths[-10:] == [steady] * 10  # ... and given back (before: + 19 for good)
+        released = sent - steady
+
+        async def relayed() -> bool:
+            return len(agent.received.packets) >= released
+
+        await _until(relayed, "the agent's packets")
+        got = sorted((p for _, p in agent.received.packets), key=lambda p: p.timestamp)
+        assert [p.payload for p in got] == [source.codes[i * SLOT:(i + 1) * SLOT]
+                                            for i in range(released)]
+        assert pipeline.counters().late_packets == 0
+    finally:
+        caller.close()
+        agent.close()
+        await engine.stop()
