@@ -125,6 +125,7 @@ class _Counts:
     late_packets: int = 0
     dropped_events: int = 0
     stalls: int = 0
+    catchup_rounds: int = 0
 
 
 _COUNT_NAMES = tuple(f.name for f in fields(MaskingCounters))
@@ -323,6 +324,7 @@ class MaskingPipeline:
         if any(s.newest_end < s.media_fed + TICK_SAMPLES and self._in_tone(s) for s in active):
             return False
         self._detect(active, catching_up=True)
+        self._counts.catchup_rounds += 1
         return True
 
     @staticmethod
