@@ -104,6 +104,7 @@ class _MaskedStream:
     replacement_digit: str = "0"
     stalled_ticks: int = 0  # consecutive
     catching: bool = False  # behind by more than the slack: extra rounds until back (tick)
+    suspect_until: int = 0  # media end of the last block the detector suspected
     warned_uninspectable: bool = False
     codecs: dict[int, str] | None = None  # the mapping ``kinds`` was built from (identity)
     kinds: dict[int, PayloadKind] = field(default_factory=dict)
@@ -329,9 +330,11 @@ class MaskingPipeline:
 
     @staticmethod
     def _in_tone(stream: _MaskedStream) -> bool:
-        """A tone may be in progress at the end of what the detector has seen of ``stream``."""
-        fed = stream.media_fed
-        return any(e > fed - BLOCK_SIZE for _, e in stream.spans) or any(
+        """The detector may be inside an in-band tone of ``stream``: its last block was suspect,
+        or an in-band key has started and not ended. (RFC 4733 events do not count: what they
+        cover is masked whatever the detector sees, and a stream keying by events would
+        otherwise keep every other stream from catching up for as long as it keys.)"""
+        return stream.suspect_until > stream.media_fed - BLOCK_SIZE or any(
             d.end is None and "inband" in d.sources for d in stream.digits)
 
     def _detect(self, active: list[_MaskedStream], catching_up: bool = False) -> None:
@@ -400,6 +403,9 @@ class MaskingPipeline:
                 continue
             column = result.suspect[:, stream.row]
             media_starts = np.array([stream.to_media(int(g)) for g in result.block_starts])
+            last = int(np.flatnonzero(column)[-1])
+            stream.suspect_until = max(stream.suspect_until,
+                                       int(media_starts[last]) + result.block_size)
             stream.spans = merge([*stream.spans, *spans_from_suspect(
                 media_starts, column, result.block_size, WIDEN_BEFORE, WIDEN_AFTER)])
         by_row = {s.row: s for s in active}

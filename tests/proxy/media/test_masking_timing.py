@@ -211,6 +211,39 @@ def test_a_key_on_another_stream_is_captured_once_while_one_stream_catches_up() 
     assert len(out) >= key.size // SLOT - 12  # the agent side's audio did arrive
 
 
+def test_a_stream_keying_by_rfc4733_does_not_keep_another_from_catching_up() -> None:
+    """Ten payment calls keying as RFC 4733 events: some stream is inside an event most of
+    the time. Event spans are not in-band tones, so they do not hold back the catch-up of a
+    stream that fell behind (before that guard was narrowed, the burst below stayed held
+    while the other stream keyed)."""
+    pipeline = _pipeline()
+    pipeline.open("keying", MaskingPolicy())
+    behind, keying = Caller(_speechlike(6.0)), Caller(_speechlike(6.0, seed=4), ssrc=0xBEEF)
+    key_ticks: list[list[RtpPacket]] = []
+    for code in (4, 1, 1, 1, 4, 1, 1, 1):
+        key_ticks += [*keying.key_as_events(code, 4), keying.audio()]
+    steady = 0
+    for _ in range(20):
+        for p in behind.audio():
+            pipeline.push("caller", p, CODECS, 0.0)
+        for p in keying.audio():
+            pipeline.push("keying", p, CODECS, 0.0)
+        pipeline.tick(0.0)
+        steady = pipeline.held_packets("caller")
+    depth = []
+    for i, packets in enumerate(key_ticks):
+        for p in behind.audio(15 if i == 0 else 1):
+            pipeline.push("caller", p, CODECS, 0.0)
+        for p in packets:
+            pipeline.push("keying", p, CODECS, 0.0)
+        pipeline.tick(0.0)
+        depth.append(pipeline.held_packets("caller"))
+    assert depth[0] > steady + 5
+    assert max(depth[-20:]) <= steady, depth  # caught up while the other stream keyed
+    keys = [e for e in pipeline.drain_events() if e.stream_id == "keying"]
+    assert len(keys) >= 7  # (the last may still wait for its other copy)
+
+
 async def _until(predicate: Callable[[], Awaitable[bool]], what: str,
                  timeout: float = 5.0) -> None:
     """Wait (bounded) until ``predicate`` holds; the event loop reads the sockets meanwhile."""
