@@ -5,7 +5,11 @@ Once per tick all streams advance together: each feeds the next 20 ms of its tim
 packets received, silence where one is lost) into ONE shared DtmfDetector row — one decode, one
 ``process``, no per-packet NumPy. A stream whose next packet has not arrived yet *stalls* for
 the tick (its row gets silence and its timeline waits), so network jitter delays it a little
-instead of corrupting detection.
+instead of corrupting detection. A stream that has fallen behind (a burst after the event loop
+was busy, an RFC 4733 key sent instead of audio: more than 40 ms received and not yet fed) gets
+extra rounds within the tick until it is back to its steady depth (``_catch_up``), so no delay
+is kept for the rest of the call; a sender that paused with its timestamps left contiguous is
+re-based where the timeline ran on to, so what it sends next is inspected, not counted late.
 
 A packet is released toward the agent only once the detector has seen ``lookahead`` beyond its
 end: 26 ms by default, because the first 12.75 ms block lying wholly inside a tone is complete
