@@ -147,6 +147,26 @@ def test_a_key_after_a_pause_with_contiguous_timestamps_is_inspected_and_capture
     assert 0 < pipeline.counters().masked_packets < key.size // SLOT - 4
 
 
+def test_packets_read_after_ticks_ran_without_them_are_inspected_not_late() -> None:
+    """Under load the tick loop ran five ticks back to back before the sockets were read:
+    the stream looked paused and its timeline ran on. The packets then read (a key among
+    them) used to be late: masked whole, the key not captured, the payment re-keyed."""
+    key = np.concatenate([np.zeros(160), tones.dtmf_tone("2", 100, low_dbm0=-12,
+                                                         high_dbm0=-12), np.zeros(4000)])
+    audio = np.concatenate([_speechlike(0.4), key])
+    pipeline, caller = _pipeline(), Caller(audio)
+    out, steady = _steady(pipeline, caller)
+    more, depth = _run(pipeline, [[] for _ in range(5)] + [caller.audio(6)]
+                       + [caller.audio() for _ in range(20)])
+    assert pipeline.counters().late_packets == 0
+    assert [(e.digit, e.source) for e in pipeline.drain_events()] == [("2", "inband")]
+    assert depth[-5:] == [steady] * 5
+    left = out + more
+    assert len(left) == caller.pos // SLOT - steady
+    heard = g711.decode(np.frombuffer(b"".join(p.payload for p in left), np.uint8), "ulaw")
+    assert spandsp_detect(heard.astype(np.int16)) == ""
+
+
 def test_reconfiguring_the_policy_mid_stream_keeps_the_steady_depth() -> None:
     """A capture switches masking on and off for a stream already flowing (the capture hook:
     set_capture → engine.configure → pipeline.update)."""
