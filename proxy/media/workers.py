@@ -76,6 +76,8 @@ class WorkerSpec:
     tick_ms: int
     idle_timeout: float
     lookahead_ms: int
+    parent_pid: int  # the node process: the worker ends with it
+
 
 
 def shards(port_min: int, port_max: int, workers: int) -> list[tuple[int, int]]:
@@ -90,6 +92,8 @@ def shards(port_min: int, port_max: int, workers: int) -> list[tuple[int, int]]:
 
 def worker_main(conn: Connection, spec: WorkerSpec) -> None:
     """Entry point of a worker process."""
+    from proxy.media.runtime import die_with_parent
+    die_with_parent(spec.parent_pid)
     try:
         import uvloop
         uvloop.run(_serve(conn, spec))
@@ -233,7 +237,8 @@ class WorkerPoolEngine:
                  tick_ms: int = 20, idle_timeout: float = 60.0, lookahead_ms: int = 26) -> None:
         context = multiprocessing.get_context("spawn")  # a clean interpreter per worker
         self._workers = [
-            _Worker(WorkerSpec(i, address, low, high, tick_ms, idle_timeout, lookahead_ms),
+            _Worker(WorkerSpec(i, address, low, high, tick_ms, idle_timeout, lookahead_ms,
+                                  os.getpid()),
                     context)
             for i, (low, high) in enumerate(shards(port_min, port_max, workers))]
         self._owner: dict[str, _Worker] = {}
