@@ -3,11 +3,12 @@
 A real redis-server and a `toneguard serve` process (its own port range) on loopback; N calls
 set up over ng as Kamailio would; one socket plays every caller (a 20 ms PCMU packet per call
 every 20 ms, one SSRC per call) and one socket is every agent. Then ``kill -9`` the node and
-start it again with the same config, and report per call the media gap (last packet the agent
-got before the kill → first after), the time from the new process's spawn to its first relayed
-packet and to ``/readyz``, and the node's own restore time (its log). Redis commands per call
-(setup and delete, from redis ``INFO``) and the CPU of writing one call record are printed too.
-Figures only: nothing is asserted (this machine is shared).
+start it again with the same config, and report per call the media gap (its longest silence at
+the agent around the kill, by the kernel's receive timestamps), the time from the new process's
+spawn to the packet that ended it and to ``/readyz``, the node's own restore time and its
+start-up milestones (its log). Redis commands per call (setup and delete, from redis ``INFO``)
+and the CPU of writing one call record are printed too. ``--workers N`` sets the node's
+``media.workers``. Figures only: nothing is asserted (this machine is shared).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import itertools
 import json
 import os
 import signal
@@ -33,6 +35,7 @@ from proxy.demo.sdp_builder import audio_sdp, media_endpoint
 from proxy.demo.simulate import NgClient
 
 ROOT = Path(__file__).resolve().parents[1]
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # as in loadtest/mmsg.py
 
 
 def _free(kind: int = socket.SOCK_DGRAM) -> int:
@@ -41,16 +44,40 @@ def _free(kind: int = socket.SOCK_DGRAM) -> int:
         return s.getsockname()[1]
 
 
-class Agents(asyncio.DatagramProtocol):
-    """Every agent: arrival times per SSRC (one SSRC per call)."""
+class Agents:
+    """Every agent: one socket, the kernel's arrival time (``SO_TIMESTAMPNS``, wall clock) of
+    every packet per SSRC (one SSRC per call).
+
+    Why kernel timestamps: this process also sends every caller's packets and polls the node;
+    stamped when the event loop gets round to them, packets the old node relayed just before the
+    kill would count as relayed after it (a gap far shorter than the real one)."""
 
     def __init__(self) -> None:
         self.arrivals: dict[int, list[float]] = {}
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.port: int = self.sock.getsockname()[1]
+        asyncio.get_running_loop().add_reader(self.sock.fileno(), self._readable)
 
-    def datagram_received(self, data: bytes, addr: object) -> None:
-        if len(data) >= 12 and data[1] & 0x7F == 0:
+    def _readable(self) -> None:
+        while True:
+            try:
+                data, ancillary, _, _ = self.sock.recvmsg(2048, socket.CMSG_SPACE(16))
+            except BlockingIOError:
+                return
+            stamp = next((struct.unpack("qq", d[:16]) for level, kind, d in ancillary
+                          if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS), None)
+            if stamp is None or len(data) < 12 or data[1] & 0x7F != 0:
+                continue
             ssrc = struct.unpack_from("!I", data, 8)[0]
-            self.arrivals.setdefault(ssrc, []).append(time.monotonic())
+            self.arrivals.setdefault(ssrc, []).append(stamp[0] + stamp[1] / 1e9)
+
+    def close(self) -> None:
+        asyncio.get_running_loop().remove_reader(self.sock.fileno())
+        self.sock.close()
 
 
 async def _callers(sock: asyncio.DatagramTransport, dests: list[tuple[str, int]],
@@ -118,7 +145,7 @@ async def _record_cpu_us() -> tuple[float, int]:
     return (time.process_time() - t) / n * 1e6, len(data)
 
 
-async def run(calls: int, workdir: Path) -> None:
+async def run(calls: int, workdir: Path, workers: int = 1) -> None:
     redis_port, ng_port, api_port = _free(socket.SOCK_STREAM), _free(), _free(socket.SOCK_STREAM)
     redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
                               "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
@@ -127,7 +154,7 @@ async def run(calls: int, workdir: Path) -> None:
     low = 50000 + (_free() % 50) * 100 // 2 * 2
     config = workdir / "node.toml"
     config.write_text(f"""[ng]\nlisten = "127.0.0.1:{ng_port}"\n
-[media]\nport_min = {low}\nport_max = {low + 4 * calls + 100}\n
+[media]\nport_min = {low}\nport_max = {low + 4 * calls + 100 * workers}\nworkers = {workers}\n
 [api]\nlisten = "127.0.0.1:{api_port}"\n[logging]\nformat = "json"\n
 [store]\nurl = "redis://127.0.0.1:{redis_port}/0"\nkey_file = "{key}"\nnode_id = "bench"\n""")
     log = workdir / "node.log"
@@ -135,8 +162,8 @@ async def run(calls: int, workdir: Path) -> None:
     loop = asyncio.get_running_loop()
     time.sleep(0.3)
     proc = _spawn(config, log)
-    agents_t, agents = await loop.create_datagram_endpoint(Agents, local_addr=("127.0.0.1", 0))
-    agent_port = agents_t.get_extra_info("sockname")[1]
+    agents = Agents()
+    agent_port = agents.port
     callers_t, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
                                                        local_addr=("127.0.0.1", 0))
     caller_port = callers_t.get_extra_info("sockname")[1]
@@ -161,24 +188,27 @@ async def run(calls: int, workdir: Path) -> None:
         await asyncio.sleep(3.0)
         flowing = sum(1 for s in range(calls) if agents.arrivals.get(0x1000 + s))
 
-        killed = time.monotonic()
+        killed = time.time()  # wall clock, as the kernel's receive timestamps
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        spawned = time.monotonic()
+        spawned = time.time()
         proc = _spawn(config, log)
         await _ready(api, proc)
-        ready = time.monotonic()
+        ready = time.time()
+        # Media from the new node: its API comes up after the restored calls relay.
         async with asyncio.timeout(60):
             while sum(1 for s in range(calls)
-                      if any(t > killed for t in agents.arrivals.get(0x1000 + s, []))) < calls:
+                      if any(t > ready for t in agents.arrivals.get(0x1000 + s, []))) < calls:
                 await asyncio.sleep(0.05)
+        # The gap is each call's longest silence around the kill, not "first packet after the
+        # kill": media workers outlive a killed parent for a moment (until they read EOF on
+        # its pipe) and relay a few packets more.
         gaps, to_media = [], []
         for s in range(calls):
-            times = agents.arrivals[0x1000 + s]
-            first_after = min(t for t in times if t > killed)
-            last_before = max(t for t in times if t <= killed)
-            gaps.append(first_after - last_before)
-            to_media.append(first_after - spawned)
+            times = sorted(t for t in agents.arrivals[0x1000 + s] if t > killed - 1.0)
+            gap, resumed = max((b - a, b) for a, b in itertools.pairwise(times))
+            gaps.append(gap)
+            to_media.append(resumed - spawned)
         stop.set()
         await sender
         before = _redis_commands(redis_port)
@@ -186,25 +216,33 @@ async def run(calls: int, workdir: Path) -> None:
             await ng.request(ng_t, {"command": "delete", "call-id": f"bench-{i}"})
         await asyncio.sleep(1.0)
         delete_ops = _redis_commands(redis_port) - before - 1
-        restored_ms = [json.loads(line).get("ms") for line in log.read_text().splitlines()
-                       if "calls restored" in line]
+        lines = [json.loads(line) for line in log.read_text().splitlines()
+                 if line.startswith("{")]
+        restored_ms = [x.get("ms") for x in lines if x.get("event", "").startswith("calls rest")]
+        timings = [x["seconds_since_process_start"] for x in lines
+                   if x.get("event") == "start-up timings"]
     finally:
         stop.set()
-        for t in (agents_t, callers_t, ng_t):
+        agents.close()
+        for t in (callers_t, ng_t):
             t.close()
         proc.send_signal(signal.SIGINT)  # stop now: SIGTERM would drain the live calls
         proc.wait()
         redis.terminate()
         redis.wait()
     cpu_us, size = await _record_cpu_us()
-    q = statistics.quantiles
-    print(f"calls: {calls} (media flowing before the kill: {flowing})")
+    p90 = statistics.quantiles(gaps, n=10)[-1] if len(gaps) > 1 else gaps[0]
+    print(f"calls: {calls} on {workers} media worker(s) (media flowing before the kill: "
+          f"{flowing})")
     print(f"media gap across kill -9 + restart: median {statistics.median(gaps):.2f} s, "
-          f"p90 {q(gaps, n=10)[-1]:.2f} s, max {max(gaps):.2f} s")
+          f"p90 {p90:.2f} s, max {max(gaps):.2f} s")
     print(f"new process spawn → first relayed packet: median {statistics.median(to_media):.2f} s"
           f", max {max(to_media):.2f} s; spawn → /readyz {ready - spawned:.2f} s")
     print(f"node's own restore of {calls} calls (load + bind + configure): "
           f"{restored_ms[-1]} ms")
+    if timings:  # the restarted node's own milestones (its log), seconds since it started
+        print("restarted node, seconds since its process started: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in timings[-1].items()))
     print(f"redis commands per call: setup (offer+answer) {setup_ops / calls:.1f}, "
           f"delete {delete_ops / calls:.1f}")
     print(f"record: {size} bytes, {cpu_us:.0f} µs CPU to build and seal (per write)")
@@ -213,9 +251,10 @@ async def run(calls: int, workdir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.bench_restart")
     parser.add_argument("--calls", type=int, default=100)
+    parser.add_argument("--workers", type=int, default=1, help="the node's media.workers")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(run(args.calls, Path(tmp)))
+        asyncio.run(run(args.calls, Path(tmp), args.workers))
     return 0
 
 

@@ -202,6 +202,7 @@ class CallRegistry:
         self._by_stream: dict[str, tuple[str, str]] = {}  # stream id → (call id, tag)
         self.counters = CallCounters()
         self._idle: list[str] = []
+        self._dropping: set[str] = set()  # call ids whose streams are being released
         # Told the id of a call whose state changed (proxy.store writes it later, off this path).
         self.on_state: Callable[[str], None] | None = None
         engine.subscribe(self._on_media_event)
@@ -576,10 +577,29 @@ class CallRegistry:
             return None
         call.capturing = capturing
         log.info("secure-pay capture masking", call_id=call_id, capturing=capturing)
-        task = asyncio.get_running_loop().create_task(self._apply_masking(call),
+        task = asyncio.get_running_loop().create_task(self._capture_masking(call),
                                                       name=f"capture-masking {call_id}")
         task.add_done_callback(_log_failure)
         return task
+
+    def _gone(self, call: Call) -> bool:
+        """The call was deleted (or is being): its streams are, or are about to be, released."""
+        return call.call_id in self._dropping or self.calls.get(call.call_id) is not call
+
+    async def _capture_masking(self, call: Call) -> None:
+        """The capture hook's reconfiguration. It runs after the hook returned, so the call
+        may have been deleted meanwhile (a hangup ends the payment that started this): then
+        there is nothing left to mask or unmask, and no failure to report."""
+        if self._gone(call):
+            return
+        try:
+            await self._apply_masking(call)
+        except ng.NgError:
+            if self._gone(call):  # deleted while this was between two streams
+                log.info("capture masking not applied: the call was deleted",
+                         call_id=call.call_id)
+                return
+            raise
 
     async def set_capture(self, call_id: str, capturing: bool) -> None:
         """:meth:`capture_changed`, waiting until the streams are reconfigured."""
@@ -608,10 +628,14 @@ class CallRegistry:
         return reply
 
     async def _drop(self, call: Call) -> None:
-        for party in call.parties.values():
-            for m in party.medias:
-                await self._engine.release(m.stream_id)
-                self._by_stream.pop(m.stream_id, None)
+        self._dropping.add(call.call_id)  # a capture task between its awaits sees this
+        try:
+            for party in call.parties.values():
+                for m in party.medias:
+                    await self._engine.release(m.stream_id)
+                    self._by_stream.pop(m.stream_id, None)
+        finally:
+            self._dropping.discard(call.call_id)
         if self.calls.pop(call.call_id, None) is not None and self._on_call is not None:
             self._on_call(call.call_id, False)
         if self.on_state is not None:

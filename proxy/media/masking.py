@@ -5,7 +5,11 @@ Once per tick all streams advance together: each feeds the next 20 ms of its tim
 packets received, silence where one is lost) into ONE shared DtmfDetector row — one decode, one
 ``process``, no per-packet NumPy. A stream whose next packet has not arrived yet *stalls* for
 the tick (its row gets silence and its timeline waits), so network jitter delays it a little
-instead of corrupting detection.
+instead of corrupting detection. A stream that has fallen behind (a burst after the event loop
+was busy, an RFC 4733 key sent instead of audio: more than 40 ms received and not yet fed) gets
+extra rounds within the tick until it is back to its steady depth (``_catch_up``), so no delay
+is kept for the rest of the call; a sender that paused with its timestamps left contiguous is
+re-based where the timeline ran on to, so what it sends next is inspected, not counted late.
 
 A packet is released toward the agent only once the detector has seen ``lookahead`` beyond its
 end: 26 ms by default, because the first 12.75 ms block lying wholly inside a tone is complete
@@ -53,6 +57,14 @@ DEDUPE_SAMPLES = 120 * 8  # in-band and RFC 4733 starts this close are the same 
 EMIT_AFTER = 200 * 8  # wait this long after a key's start for its other copy before reporting
 MAX_BUFFER_SAMPLES = 8000  # packets more than 1 s ahead of the timeline are dropped
 MAX_STALL_TICKS = 3  # after 60 ms with nothing new the stream has paused: run on in silence
+# Catching up: a stream whose received-but-not-yet-inspected audio exceeds this after its tick
+# is behind (an event loop that stalled and then read many packets at once, the stall of an
+# RFC 4733 key sent instead of audio): the tick runs extra detector rounds until it is all
+# the way back to its steady depth. Less than this is absorbed by holding a little longer
+# (each catch-up round can cost a stream that is not behind a held slot, see ``_catch_up``).
+CATCHUP_SLACK = 2 * TICK_SAMPLES
+MAX_CATCHUP_ROUNDS = 3  # per tick: a backlog of 1 s is gone in about 0.3 s, CPU stays bounded
+MAPPING_HISTORY = 16  # timeline changes kept per stream (a round may add one; see ``mapping``)
 
 
 @dataclass(slots=True)  # one per packet in flight
@@ -95,6 +107,8 @@ class _MaskedStream:
     event_ts: int | None = None  # timestamp of the RFC 4733 event in progress
     replacement_digit: str = "0"
     stalled_ticks: int = 0  # consecutive
+    catching: bool = False  # behind by more than the slack: extra rounds until back (tick)
+    suspect_until: int = 0  # media end of the last block the detector suspected
     warned_uninspectable: bool = False
     codecs: dict[int, str] | None = None  # the mapping ``kinds`` was built from (identity)
     kinds: dict[int, PayloadKind] = field(default_factory=dict)
@@ -116,6 +130,7 @@ class _Counts:
     late_packets: int = 0
     dropped_events: int = 0
     stalls: int = 0
+    catchup_rounds: int = 0
 
 
 _COUNT_NAMES = tuple(f.name for f in fields(MaskingCounters))
@@ -170,6 +185,12 @@ class MaskingPipeline:
             self._emit_digits(stream, final=True)
             self._free_rows.append(stream.row)
 
+    def held_packets(self, stream_id: str) -> int:
+        """Packets of ``stream_id`` received and not yet released (0 for an unknown stream):
+        the added delay in packets, which returns to its steady value after any disturbance."""
+        stream = self._streams.get(stream_id)
+        return len(stream.held) if stream is not None else 0
+
     # --- receive ---------------------------------------------------------------------------
 
     def push(self, stream_id: str, packet: RtpPacket, codecs: dict[int, str],
@@ -198,6 +219,16 @@ class MaskingPipeline:
             stream.ssrc = packet.ssrc
             stream.event_ts = None
             start = resume
+        elif (start < stream.media_fed and start >= stream.newest_end
+              and stream.stalled_ticks >= MAX_STALL_TICKS
+              and kind in (PayloadKind.ULAW, PayloadKind.ALAW, PayloadKind.EVENT)):
+            # The sender paused with its timestamps left contiguous (two prompts played back
+            # to back, a phone that stops sending without advancing its clock): the timeline
+            # ran on in silence meanwhile, so this new media would count as late and be masked
+            # whole without being inspected (digits keyed now would not be captured). It is
+            # placed where the timeline is: nothing received is skipped, nothing old re-fed.
+            stream.ts0 = (packet.timestamp - stream.media_fed) % RTP_TS_MOD
+            start = stream.media_fed
         if kind is PayloadKind.ULAW or kind is PayloadKind.ALAW:
             law = LAW_OF_KIND[kind]
             n = len(packet.payload)
@@ -263,6 +294,9 @@ class MaskingPipeline:
         active = [s for s in self._streams.values() if s.ts0 is not None]
         if active:
             self._detect(active)
+            for _ in range(MAX_CATCHUP_ROUNDS):
+                if not self._catch_up(active):
+                    break
         out: list[tuple[str, RtpPacket]] = []
         seen = self._detector.samples_seen
         inspected = seen - seen % BLOCK_SIZE
@@ -271,7 +305,43 @@ class MaskingPipeline:
             self._emit_digits(stream, final=False)
         return out
 
-    def _detect(self, active: list[_MaskedStream]) -> None:
+    def _catch_up(self, active: list[_MaskedStream]) -> bool:
+        """One extra detector round if a stream is behind; False when there was none to run.
+
+        Why: the timeline advances one slot per round. Without extra rounds, audio that
+        arrived in a burst (the event loop stalled for call and payment set-up, then read
+        half a second of packets at once) waited its turn one tick at a time, and the stream
+        kept that delay until the call ended. In an extra round a stream with a whole slot
+        received is fed it; one without *holds* (its row gets silence, its timeline does not
+        move, as in a stall; a slot with newer audio after it is fed, its gap a loss, as in a
+        normal round) — unless a tone is in progress on it, which 20 ms of inserted
+        silence could split into two keys: then the catch-up waits for a later tick.
+        """
+        behind = False
+        for s in active:
+            # Hysteresis: a stream starts catching up beyond the slack and goes on until it
+            # has no whole slot waiting (back to the steady depth, not just within the slack).
+            waiting = s.newest_end - s.media_fed
+            s.catching = waiting > CATCHUP_SLACK or (s.catching and waiting >= TICK_SAMPLES)
+            behind = behind or s.catching
+        if not behind:
+            return False
+        if any(s.newest_end < s.media_fed + TICK_SAMPLES and self._in_tone(s) for s in active):
+            return False
+        self._detect(active, catching_up=True)
+        self._counts.catchup_rounds += 1
+        return True
+
+    @staticmethod
+    def _in_tone(stream: _MaskedStream) -> bool:
+        """The detector may be inside an in-band tone of ``stream``: its last block was suspect,
+        or an in-band key has started and not ended. (RFC 4733 events do not count: what they
+        cover is masked whatever the detector sees, and a stream keying by events would
+        otherwise keep every other stream from catching up for as long as it keys.)"""
+        return stream.suspect_until > stream.media_fed - BLOCK_SIZE or any(
+            d.end is None and "inband" in d.sources for d in stream.digits)
+
+    def _detect(self, active: list[_MaskedStream], catching_up: bool = False) -> None:
         detector = self._detector
         codes = np.full((detector.channels, TICK_SAMPLES), SILENCE_CODE["ulaw"], dtype=np.uint8)
         alaw_rows = np.zeros(detector.channels, dtype=bool)
@@ -292,13 +362,20 @@ class MaskingPipeline:
                 continue
             has_data = any(start < fed + TICK_SAMPLES and start + len(c) > fed
                            for start, (c, _) in stream.buffer.items())
+            if catching_up and stream.newest_end < fed + TICK_SAMPLES:
+                # Not behind: hold this round (silence in its row, timeline where it is; not a
+                # stall of the sender, so it does not count towards a pause).
+                if stream.mapping:
+                    stream.mapping.append((g_start + TICK_SAMPLES, g_start + TICK_SAMPLES, fed))
+                    del stream.mapping[:-MAPPING_HISTORY]
+                continue
             paused = stream.stalled_ticks >= MAX_STALL_TICKS
             if not has_data and stream.newest_end <= fed + TICK_SAMPLES and not paused:
                 # Nothing for this slot and nothing after it: the stream is behind, not lossy.
                 stream.stalled_ticks += 1
                 self._counts.stalls += 1 if stream.mapping else 0
                 stream.mapping.append((g_start + TICK_SAMPLES, g_start + TICK_SAMPLES, fed))
-                del stream.mapping[:-4]
+                del stream.mapping[:-MAPPING_HISTORY]
                 continue
             if not stream.mapping:
                 stream.mapping.append((g_start, g_start, fed))
@@ -331,6 +408,9 @@ class MaskingPipeline:
             column = result.suspect[:, stream.row]
             reach = None if result.reach is None else result.reach[:, stream.row]
             media_starts = np.array([stream.to_media(int(g)) for g in result.block_starts])
+            last = int(np.flatnonzero(column)[-1])
+            stream.suspect_until = max(stream.suspect_until,
+                                       int(media_starts[last]) + result.block_size)
             stream.spans = merge([*stream.spans, *spans_from_suspect(
                 media_starts, column, result.block_size, WIDEN_BEFORE, WIDEN_AFTER, reach)])
         by_row = {s.row: s for s in active}

@@ -217,6 +217,9 @@ class MaskingCounters(_Summable):
         "audio packets that arrived after detection had passed their place (masked whole)")
     dropped_events: int = counter("RFC 4733 events of a masked stream dropped")
     stalls: int = counter("ticks a masked stream waited for a late packet")
+    catchup_rounds: int = counter(
+        "extra detector rounds run to bring masked streams that fell behind back to their "
+        "steady delay")
 
 
 @dataclass(frozen=True, slots=True)

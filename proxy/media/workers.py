@@ -30,6 +30,7 @@ from proxy.media.types import (
     MediaError,
     MediaEvent,
     MediaTotals,
+    PortsExhaustedError,
     StreamConfig,
     StreamStats,
     UnknownStreamError,
@@ -75,6 +76,8 @@ class WorkerSpec:
     tick_ms: int
     idle_timeout: float
     lookahead_ms: int
+    parent_pid: int  # the node process: the worker ends with it
+
 
 
 def shards(port_min: int, port_max: int, workers: int) -> list[tuple[int, int]]:
@@ -89,6 +92,8 @@ def shards(port_min: int, port_max: int, workers: int) -> list[tuple[int, int]]:
 
 def worker_main(conn: Connection, spec: WorkerSpec) -> None:
     """Entry point of a worker process."""
+    from proxy.media.runtime import die_with_parent
+    die_with_parent(spec.parent_pid)
     try:
         import uvloop
         uvloop.run(_serve(conn, spec))
@@ -232,10 +237,13 @@ class WorkerPoolEngine:
                  tick_ms: int = 20, idle_timeout: float = 60.0, lookahead_ms: int = 26) -> None:
         context = multiprocessing.get_context("spawn")  # a clean interpreter per worker
         self._workers = [
-            _Worker(WorkerSpec(i, address, low, high, tick_ms, idle_timeout, lookahead_ms),
+            _Worker(WorkerSpec(i, address, low, high, tick_ms, idle_timeout, lookahead_ms,
+                                  os.getpid()),
                     context)
             for i, (low, high) in enumerate(shards(port_min, port_max, workers))]
         self._owner: dict[str, _Worker] = {}
+        self._stream_call: dict[str, str] = {}  # stream id → its call id
+        self._call_worker: dict[str, tuple[_Worker, int]] = {}  # call id → worker, streams
         self._subscribers: list[Callable[[MediaEvent], None]] = []
 
     @property
@@ -277,13 +285,48 @@ class WorkerPoolEngine:
             raise UnknownStreamError(stream_id)
         return worker
 
+    def _shard_of(self, port: int) -> _Worker | None:
+        return next((w for w in self._workers
+                     if w.spec.port_min <= port <= w.spec.port_max), None)
+
+    def _place(self, call_id: str, port: int | None) -> _Worker:
+        """The worker for a new stream of ``call_id``: the call's worker when it has streams;
+        else, for a stream restored on ``port``, the worker whose shard holds that port; else
+        the call id's hash. With an unchanged ``media.workers`` a restored call's port is in
+        its hash's shard anyway; after a change it is not, and the call still comes back."""
+        placed = self._call_worker.get(call_id)
+        if placed is not None:
+            worker = placed[0]
+        elif port is not None:
+            found = self._shard_of(port)
+            if found is None:
+                raise PortsExhaustedError(
+                    f"port {port} is outside the media port range (media.port_min/max "
+                    f"changed since the call was stored?)")
+            worker = found
+            if worker.spec.index != self.worker_for(call_id):
+                log.warning("restored call placed on the worker that owns its port "
+                            "(media.workers changed since it was stored)",
+                            call_id=call_id[:80], port=port, worker=worker.spec.index)
+        else:
+            worker = self._workers[self.worker_for(call_id)]
+        if port is not None and not worker.spec.port_min <= port <= worker.spec.port_max:
+            # All streams of a call must share a worker (linking, the masking batch).
+            raise PortsExhaustedError(
+                f"port {port} is on another worker's shard than the rest of call "
+                f"{call_id[:80]!r} (worker {worker.spec.index}: {worker.spec.port_min}-"
+                f"{worker.spec.port_max}): media.workers changed since the call was stored")
+        return worker
+
     async def allocate(self, stream_id: str, call_id: str, *, rtcp_mux: bool,
                        port: int | None = None) -> LocalEndpoint:
-        # The same call id picks the same worker (and so the same port shard) after a restart.
-        worker = self._workers[self.worker_for(call_id)]
+        worker = self._place(call_id, port)
         local: LocalEndpoint = await worker.call("allocate", stream_id, call_id,
                                                  rtcp_mux=rtcp_mux, port=port)
         self._owner[stream_id] = worker
+        self._stream_call[stream_id] = call_id
+        count = self._call_worker.get(call_id, (worker, 0))[1]
+        self._call_worker[call_id] = (worker, count + 1)
         return local
 
     async def configure(self, stream_id: str, config: StreamConfig) -> None:
@@ -308,6 +351,13 @@ class WorkerPoolEngine:
 
     async def release(self, stream_id: str) -> None:
         worker = self._owner.pop(stream_id, None)
+        call_id = self._stream_call.pop(stream_id, None)
+        placed = self._call_worker.get(call_id) if call_id is not None else None
+        if call_id is not None and placed is not None:
+            if placed[1] <= 1:
+                del self._call_worker[call_id]
+            else:
+                self._call_worker[call_id] = (placed[0], placed[1] - 1)
         if worker is not None:
             with contextlib.suppress(WorkerError):
                 await worker.call("release", stream_id)

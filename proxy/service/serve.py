@@ -8,6 +8,15 @@ Kamailio's rtpengine module moves on to the next node of its set, while everythi
 calls (answers, re-offers, block DTMF, deletes, pings, the API and payments) goes on; the node
 stops when the last call has gone or at the limit. SIGINT, or a second SIGTERM, stops at once.
 What a draining node answers, and why: :mod:`proxy.service.drain`.
+
+Start-up order, and why: after a crash the node's live calls are silent until it relays again,
+so what the media plane and the store need comes first — the media engine (its worker processes
+spawn while this process goes on), then the calls restored from the store (ports bound, masking
+configured before the parties are linked), then the ng socket (Kamailio's next command for a
+restored call finds it). The API stack (FastAPI, pydantic models, uvicorn, the metrics
+exporter, the cluster router: about half of the start-up imports) is imported only after
+that, in a thread while the event loop already relays, and the API starts last. Keep its
+imports out of this module's top level.
 """
 
 from __future__ import annotations
@@ -15,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
+import importlib
 import ipaddress
 import os
 import signal
@@ -22,17 +33,14 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import structlog
 import typer
-import uvicorn
 
-from proxy.api.app import ApiSettings, create_app
-from proxy.api.auth import AgentDirectory, AgentsFileError, AuthSettings
 from proxy.control import ng
 from proxy.control.calls import (
     Call,
@@ -54,17 +62,25 @@ from proxy.media.runtime import freeze_startup_objects, raise_open_file_limit
 from proxy.media.types import DigitEvent, MediaEngine, MediaTotals
 from proxy.media.workers import WorkerPoolEngine
 from proxy.securepay.audit import AuditLog
-from proxy.securepay.gateway_client import GatewayClient
 from proxy.securepay.manager import PaymentManager
 from proxy.securepay.session import CaptureSettings
 from proxy.service.config import Config, ConfigError, load_config, parse_hostport
 from proxy.service.drain import NG_COMMANDS, command_name, refuse_new_call, starts_a_call
 from proxy.service.logging import configure_logging
-from proxy.service.metrics import Metrics, Readings
-from proxy.store.forward import ClusterRouter
-from proxy.store.node import NodeState, StoreConfigError
+
+if TYPE_CHECKING:  # imported when used: see the module docstring
+    import uvicorn
+
+    from proxy.api.auth import AgentDirectory
+    from proxy.securepay.gateway_client import GatewayClient
+    from proxy.service.metrics import Readings
+    from proxy.store.forward import ClusterRouter
+    from proxy.store.node import NodeState
 
 log = structlog.get_logger("toneguard.serve")
+# What only the API needs; imported after the calls are restored (see the module docstring).
+API_MODULES = ("proxy.api.app", "proxy.service.metrics", "proxy.service.api_server",
+               "proxy.store.forward")
 IDLE_REAP_SECONDS = 5.0
 DRAIN_REPORT_SECONDS = 30.0  # while draining, "calls left" at least this often
 
@@ -138,6 +154,8 @@ class Node:
     _calls_changed: asyncio.Event = field(default_factory=asyncio.Event)  # a call came or went
     _ng_time: dict[str, Recorder] = field(default_factory=lambda: {
         name: Recorder(NG_BUCKETS) for name in (*NG_COMMANDS, "other")})
+    # Start-up milestones, seconds since this process started (logged by `toneguard serve`).
+    milestones: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     async def start(cls, config: Config, *, agents: AgentDirectory | None = None,
@@ -197,7 +215,9 @@ class Node:
                 media.address, media.port_min, media.port_max,
                 pipeline_factory=pipeline_factory or default_pipeline_factory(config),
                 tick_ms=media.tick_ms, idle_timeout=media.idle_timeout_seconds)
-        await engine.start()
+        # Worker processes start (each a fresh interpreter importing the media plane) while this
+        # one reads the store; the restore waits for them only before it binds ports.
+        engine_started = asyncio.ensure_future(engine.start())
         registry = CallRegistry(engine, address=media.address,
                                 advertised_address=media.advertised_address,
                                 policy=call_policy(config), on_digit=digit,
@@ -219,29 +239,51 @@ class Node:
                    _media_engines=workers if isinstance(engine, WorkerPoolEngine) else 1,
                    _calls_changed=calls_changed)
         host, port = parse_hostport(config.ng.listen)
+        api_imported: asyncio.Future[None] | None = None
         try:
             if config.store.url:  # before the ng socket: Kamailio's next command finds the call
+                from proxy.store.node import NodeState, StoreConfigError
+
                 try:
                     node.state = await NodeState.open(
                         url=config.store.url, key_file=config.store.key_file,
                         node=config.store.node_id or config.ng.listen, registry=registry,
-                        payments=payments, limit=config.store.queue_limit)
+                        payments=payments, limit=config.store.queue_limit,
+                        media_ready=engine_started)
                 except StoreConfigError as exc:
                     raise ConfigError(str(exc)) from exc
-            try:
+            await engine_started
+            node._milestone("media")  # restored calls bound, configured, linked: relaying
+            try:  # before the API import competes for the interpreter: Kamailio's next command
                 node.ng_address = await server.start(host, port)
             except OSError as exc:
                 raise BindError.of("ng socket", config.ng.listen, exc) from exc
-            if api:
+            node._milestone("ng")
+            if api:  # the restored calls relay while this thread imports (see the docstring)
+                api_imported = asyncio.ensure_future(asyncio.to_thread(import_api_stack))
+            # Read once now rather than at the first housekeeping second: /readyz (which a
+            # restart's orchestration waits for) is true as soon as the API answers.
+            node._last_totals = await engine.totals()
+            if api_imported is not None:
+                await api_imported
+                node._milestone("api_imported")
                 try:
-                    await node._start_api(agents or AgentDirectory())
+                    await node._start_api(agents)
                 except BindError:
                     raise
                 except OSError as exc:  # the API server died while starting
                     raise BindError.of("API socket", config.api.listen, exc) from exc
-        except (ConfigError, OSError):
-            await node.stop()
+        except BaseException:
+            # Let the engine finish starting (worker processes) so that it can be stopped; an
+            # API import still running in its thread is left to finish (threads do not cancel).
+            if not engine_started.done():
+                with contextlib.suppress(Exception):
+                    await engine_started
+            if engine_started.done() and not engine_started.cancelled() \
+                    and engine_started.exception() is None:
+                await node.stop()
             raise
+        node._milestone("started")
         node._tasks.append(asyncio.create_task(node._housekeeping(), name="housekeeping"))
         log.info("toneguard node started", ng=f"{node.ng_address[0]}:{node.ng_address[1]}",
                  media=f"{media.address}:{media.port_min}-{media.port_max}",
@@ -250,7 +292,21 @@ class Node:
                  gateway=config.gateway.url or "none")
         return node
 
-    async def _start_api(self, agents: AgentDirectory) -> None:
+    def _milestone(self, name: str) -> None:
+        age = process_age()
+        if age is not None:
+            self.milestones[name] = round(age, 3)
+
+    async def _start_api(self, agents: AgentDirectory | None) -> None:
+        import uvicorn
+
+        from proxy.api.app import ApiSettings, create_app
+        from proxy.api.auth import AgentDirectory, AuthSettings
+        from proxy.service.api_server import ApiServer
+        from proxy.service.metrics import Metrics
+        from proxy.store.forward import ClusterRouter
+
+        agents = agents or AgentDirectory()
         host, port = parse_hostport(self.config.api.listen)
         # Bound here rather than by uvicorn, which logs a raw errno and exits the process (3)
         # from inside its task when the port is taken.
@@ -275,7 +331,7 @@ class Node:
             asgi = self._router = ClusterRouter(app, node=self.state.node, store=self.state.store,
                                  local=lambda call_id: call_id in self.registry.calls,
                                  max_body=api.max_body_bytes)
-        server = _ApiServer(uvicorn.Config(asgi, host=host, port=port, log_config=None,
+        server = ApiServer(uvicorn.Config(asgi, host=host, port=port, log_config=None,
                                            access_log=False, lifespan="off",
                                            ws_max_size=api.max_body_bytes))
         self._api = server
@@ -347,6 +403,8 @@ class Node:
 
     def readings(self) -> Readings:
         """What /metrics reports (media totals as of the last housekeeping second)."""
+        from proxy.service.metrics import Readings
+
         return Readings(
             media=self._last_totals,
             calls=dataclasses.replace(self.registry.counters),
@@ -427,16 +485,6 @@ class Node:
         log.info("toneguard node stopped")
 
 
-class _ApiServer(uvicorn.Server):
-    """uvicorn without its own signal handlers. Left in, uvicorn takes SIGTERM itself and shuts
-    the API down at once — during a drain the agents of the live calls still need the panel and
-    their payments — and re-raises the signal when it is done, which reads as a second one."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 class BindError(OSError):
     """A listening socket could not be bound; the message names the socket and the address."""
 
@@ -467,6 +515,8 @@ def gateway_client(config: Config) -> GatewayClient | None:
     g = config.gateway
     if not g.url:
         return None
+    from proxy.securepay.gateway_client import GatewayClient
+
     try:
         return GatewayClient(g.url, ca_file=Path(g.ca_file), cert_file=Path(g.cert_file),
                              key_file=Path(g.key_file), timeout=g.timeout_seconds)
@@ -477,6 +527,8 @@ def gateway_client(config: Config) -> GatewayClient | None:
 def load_agents(config: Config) -> AgentDirectory:
     """The agents file, re-read when it changes; a configured but missing or unreadable file
     refuses to start (an API with no keys would silently refuse every agent)."""
+    from proxy.api.auth import AgentDirectory, AgentsFileError
+
     path = config.api.agents_file
     if not path:
         return AgentDirectory()
@@ -499,6 +551,13 @@ def load_softphone_secret(config: Config) -> bytes:
     if len(secret) < 16:
         raise ConfigError(f"api.softphone_secret_file: {path}: under 16 bytes")
     return secret
+
+
+def import_api_stack() -> None:
+    """Import what only the API needs (run in a thread after the restore: imports are Python
+    code that holds the GIL in short slices, so the event loop keeps relaying meanwhile)."""
+    for name in API_MODULES:
+        importlib.import_module(name)
 
 
 async def run_until_signalled(node_factory: Callable[[], Awaitable[Node]]) -> None:
@@ -526,11 +585,30 @@ async def run_until_signalled(node_factory: Callable[[], Awaitable[Node]]) -> No
         await node.stop()
 
 
-async def _start_for_production(config: Config) -> Node:
+def process_age() -> float | None:
+    """Seconds since this process started (Linux ``/proc``, 10 ms steps), None elsewhere."""
+    try:
+        with open("/proc/self/stat", "rb") as stat:
+            after_name = stat.read().rsplit(b")", 1)[1].split()
+        start_ticks = int(after_name[19])  # field 22, starttime, in clock ticks since boot
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+async def _start_for_production(config: Config, configured: float | None = None) -> Node:
     open_files = raise_open_file_limit()
-    node = await Node.start(config)
+    try:
+        node = await Node.start(config)
+    finally:
+        gc.enable()  # off during start-up (see proxy.service.cli.main)
     freeze_startup_objects()
     log.info("process limits", open_files=open_files)
+    # Where a restart's media gap goes: imports and config (``configured``), the restored calls
+    # relaying (``media``), the ng socket, the API stack imported and the API up (``started``).
+    log.info("start-up timings", seconds_since_process_start={
+        **({"configured": round(configured, 3)} if configured is not None else {}),
+        **node.milestones})
     return node
 
 
@@ -592,6 +670,7 @@ def serve_command(
         print(f"toneguard serve: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(config.logging.format, config.logging.level)
+    configured = process_age()
     runner: Callable[[Coroutine[Any, Any, None]], None]
     try:
         import uvloop
@@ -599,7 +678,7 @@ def serve_command(
     except ImportError:  # pragma: no cover
         runner = asyncio.run
     try:
-        runner(run_until_signalled(lambda: _start_for_production(config)))
+        runner(run_until_signalled(lambda: _start_for_production(config, configured)))
     except ConfigError as exc:
         print(f"toneguard serve: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -9,6 +9,7 @@ and the payment manager so every later change is written by :class:`proxy.store.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 import structlog
@@ -52,11 +53,16 @@ class NodeState:
         self.events: EventFanout | None = None
         self.restored: list[str] = []
         self.restore_seconds = 0.0
+        self._media_ready: Awaitable[None] | None = None
 
     @classmethod
     async def open(cls, *, url: str, key_file: str, node: str, registry: CallRegistry,
                    payments: PaymentManager, limit: int = 10_000,
-                   store: StateStore | None = None) -> NodeState:
+                   store: StateStore | None = None,
+                   media_ready: Awaitable[None] | None = None) -> NodeState:
+        """Restore this node's calls and start writing. ``media_ready``: the media engine's
+        start, still under way (its worker processes starting): the records are read and
+        decoded meanwhile, and awaited before the first port is bound."""
         try:
             sealer = Sealer.from_file(Path(key_file))
         except OSError as exc:
@@ -65,6 +71,7 @@ class NodeState:
         except SealError as exc:
             raise StoreConfigError(f"store.key_file: {exc}") from exc
         state = cls(store or open_store(url), sealer, node, registry, payments, limit=limit)
+        state._media_ready = media_ready
         await state.restore()
         registry.on_state = state.sync.mark
         payments.on_state = state.sync.mark
@@ -107,21 +114,34 @@ class NodeState:
                 self.sync.lost("unreadable at start")
             return False
         self.sync.before_resync = None
+        decoded: list[CallRecord] = []
+        failed = 0
         for call_id, data in records.items():
             if call_id in self._registry.calls:
                 continue  # a late restore: Kamailio re-offered it meanwhile; ours is newer
             try:
-                record = decode(data, self._sealer)
-                await self._registry.adopt(record.call)
-            except (RecordError, SealError, MediaError) as exc:
+                decoded.append(decode(data, self._sealer))
+            except (RecordError, SealError) as exc:
                 log.error("call not restored", call_id=call_id, reason=str(exc))
                 self.sync.mark(call_id)  # not in the registry: its record is deleted
+                failed += 1
+        if self._media_ready is not None:  # decoded while the media workers were starting
+            await self._media_ready
+        for record in decoded:
+            call_id = record.call.call_id
+            if call_id in self._registry.calls:
+                continue  # re-offered while the media engine was starting
+            try:
+                await self._registry.adopt(record.call)
+            except MediaError as exc:
+                log.error("call not restored", call_id=call_id, reason=str(exc))
+                self.sync.mark(call_id)
+                failed += 1
                 continue
             self._restore_payments(record)
             self.restored.append(call_id)
         self.restore_seconds = time.monotonic() - started
-        log.info("calls restored from the store", calls=len(self.restored),
-                 failed=len(records) - len(self.restored),
+        log.info("calls restored from the store", calls=len(self.restored), failed=failed,
                  ms=round(self.restore_seconds * 1000, 1))
         return True
 

@@ -397,3 +397,24 @@ async def test_crossing_re_offers_of_a_glare_leave_ports_keys_and_masking_as_the
                 answer_sdp=_srtp_sdp(4002, agent_key))
     assert state() == before
     assert len(engine.streams) == 2
+
+
+async def test_deleting_a_call_while_capture_masking_is_reconfiguring_logs_no_error() -> None:
+    """The capture hook's reconfiguration runs as a task; the call may be deleted before it
+    runs (a payment ended by the hangup): it has nothing left to configure, which is no
+    failure. (Before: ``reconfiguring masking failed`` on the released streams.)"""
+    from structlog.testing import capture_logs
+    registry, engine = _registry()
+    await _call(registry)
+    await registry.set_capture("c", True)
+    streams = [m.stream_id for p in registry.calls["c"].parties.values() for m in p.medias]
+    with capture_logs() as logs:
+        task = registry.capture_changed("c", False)  # payment ended: unmask, as a task
+        assert task is not None and not task.done()
+        reply = await registry.handle({"command": "delete", "call-id": "c", "from-tag": "ft"})
+        assert reply["result"] == "ok"
+        await task
+    assert "c" not in registry.calls
+    assert all(s not in engine.streams for s in streams)  # released, not configured again
+    assert not [e for e in logs if e["log_level"] == "error"], logs
+    assert [e for e in logs if e["event"] == "call deleted"]  # the delete did happen

@@ -128,3 +128,53 @@ async def test_running_out_of_ports_in_a_worker_reaches_the_control_plane_as_suc
         await server.stop()
         await registry.close()
         await pool.stop()
+
+
+_POOL_OWNER = """
+import asyncio, sys, time
+from proxy.media.workers import WorkerPoolEngine
+
+async def main():
+    engine = WorkerPoolEngine("127.0.0.1", int(sys.argv[1]), int(sys.argv[2]), workers=2)
+    await engine.start()
+    print("PIDS", *engine.pids, flush=True)
+    await asyncio.sleep(120)
+
+asyncio.run(main())
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"  # a zombie is gone
+    except FileNotFoundError:
+        return False
+
+
+async def test_workers_end_with_a_node_killed_with_sigkill(media_ports: tuple[int, int]) -> None:
+    """kill -9 of the node must not leave its workers relaying on the call's ports (a restarted
+    node binds them again). The kernel kills each worker with its parent (PR_SET_PDEATHSIG);
+    a worker also ends on its own when it sees the closed pipe, a little later, so this test
+    guards the outcome, not how soon (no timing assertions)."""
+    import signal
+    import sys
+    owner = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _POOL_OWNER, *map(str, media_ports),
+        stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        assert owner.stdout is not None
+        async with asyncio.timeout(60):
+            while not (line := await owner.stdout.readline()).startswith(b"PIDS"):
+                assert line, "the pool owner ended without starting its workers"
+        pids = [int(p) for p in line.split()[1:]]
+        assert len(pids) == 2 and all(_alive(pid) for pid in pids)
+        owner.send_signal(signal.SIGKILL)
+        await owner.wait()
+        async with asyncio.timeout(20):  # bounded; the kernel signals them at once
+            while any(_alive(pid) for pid in pids):
+                await asyncio.sleep(0.05)
+    finally:
+        if owner.returncode is None:
+            owner.kill()
+            await owner.wait()
