@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from proxy.api import auth
 from proxy.api.auth import AgentDirectory, AuthRefused, AuthSettings, KeyGuard, Principal
@@ -483,3 +484,77 @@ async def test_expired_lockouts_are_forgotten_when_pruning(
     await g.refused("nope", "10.0.0.3")  # table full: prune
     assert g.guard._locked_until == {}
     assert key_id not in g.guard._key_failures
+
+
+async def test_a_lockout_that_ended_after_a_right_key_is_pruned_cleanly(
+        make: Callable[..., Guarded], clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(KeyGuard, "_MAX_SOURCES", 2)
+    g = make(key_lockout_failures=1, key_lockout_seconds=10.0, failures_per_source=100)
+    await g.refused(wrong(g.ann), "10.0.0.1")
+    clock.now += 10
+    assert await g.guard.check(g.ann, "10.0.0.2") == Principal("ann", "agent")  # forgets ann
+    await g.refused("nope", "10.0.0.3")  # table full: prune the ended lock-out
+    assert g.guard._locked_until == {}
+    # A second lock-out is counted as the second.
+    await g.refused(wrong(g.ann), "10.0.0.3")
+    assert g.guard.counters["locked"] == 2
+
+
+async def test_a_lockout_is_logged_with_the_key_id_and_source_never_the_secret(
+        make: Callable[..., Guarded]) -> None:
+    g = make(key_lockout_failures=1, key_lockout_seconds=42.0, failures_per_source=100)
+    with capture_logs() as logs:
+        await g.refused(wrong(g.ann), OTHER)
+    assert logs == [{"event": "API key locked out after repeated wrong secrets",
+                     "log_level": "warning", "key_id": g.ann.split("_")[1], "source": OTHER,
+                     "seconds": 42.0}]
+    assert g.ann.split("_", 2)[2][:-1] not in repr(logs)
+
+
+def test_the_guard_checks_keys_on_as_many_threads_as_configured(
+        make: Callable[..., Guarded]) -> None:
+    # (the pool's size is what bounds the CPU a burst of bad keys can take)
+    assert make(verify_threads=3).guard._pool._max_workers == 3
+    assert make(verify_threads=1).guard._pool._max_workers == 1
+
+
+# --- the agents file ---------------------------------------------------------------------------
+
+
+def test_an_agents_file_that_disappears_empties_the_directory_once_and_says_so(
+        tmp_path: Path) -> None:
+    path = tmp_path / "agents.json"
+    path.write_text("{}")  # no keys yet, but a file: its loss is still reported
+    directory = AgentDirectory.load(path)
+    before = directory.generation
+    path.unlink()
+    with capture_logs() as logs:
+        directory.refresh()
+        directory.refresh()  # already empty and gone: nothing more to say
+    assert logs == [{"event": "agents file gone: every API key is refused",
+                     "log_level": "warning", "path": str(path)}]
+    assert directory.generation == before + 1
+
+
+def test_an_agents_file_that_cannot_be_parsed_keeps_the_keys_and_is_reported_once(
+        tmp_path: Path) -> None:
+    path = tmp_path / "agents.json"
+    writer = AgentDirectory()
+    key = writer.add("ann", "agent")
+    writer.save(path)
+    directory = AgentDirectory.load(path)
+    path.write_text('{"half": ')
+    with capture_logs() as logs:
+        directory.refresh()
+        directory.refresh()  # unchanged since: not re-read, not reported again
+    assert logs == [{"event": "agents file not reloaded, previous keys kept",
+                     "log_level": "warning",
+                     "error": f"{path}: not an agents file (invalid JSON)"}]
+    assert directory.authenticate(key) == Principal("ann", "agent")
+    writer.add("bob", "admin")
+    writer.save(path)
+    with capture_logs() as logs:
+        directory.refresh()
+    assert logs == [{"event": "agents file reloaded", "log_level": "info", "path": str(path),
+                     "keys": 2}]
+    assert directory.agents() == [("ann", "agent"), ("bob", "admin")]
