@@ -1,0 +1,414 @@
+"""Who may send to a stream, one rule per test, fast (loopback UDP, in-process engine, no audio).
+
+Each test sends datagrams to a real LocalMediaEngine and checks only "did it arrive" and "was
+it counted as a stranger". A packet that must NOT arrive is followed by a packet from the
+legitimate source; the test waits until the engine has handled every datagram (its counters
+say so), then reads what the far end received: a datagram the engine relayed was queued on
+the far end's socket when the engine sent it (loopback), so nothing later can still come.
+The engine's clock is the test's, so the learning window is exact, not timed.
+
+The same rules with decoded audio (slower: leaks measured by DTMF decoders) are in
+test_failclosed.py; these are the ones the mutation run uses for engine.py's admission core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import pytest
+from structlog.testing import capture_logs
+
+from proxy.media.engine import LocalMediaEngine
+from proxy.media.srtp import SrtpSender
+from proxy.media.types import Address, SrtpParams, StreamConfig, StreamStats
+
+HOST = "127.0.0.1"
+STRANGER = "127.0.0.2"  # loopback too (127/8), but another IP
+OTHER_PORT = 9  # the SDP's port where the caller does not send from (a NAT'd port)
+WINDOW = 5.0  # StreamConfig's default learning window
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def engine(media_ports: tuple[int, int], clock: Clock) -> AsyncIterator[LocalMediaEngine]:
+    # Not started: the relay path runs on socket readiness; the tick only serves masking.
+    engine = LocalMediaEngine(HOST, *media_ports, clock=clock)
+    yield engine
+    await engine.stop()
+
+
+@pytest.fixture
+def udp() -> Iterator[object]:
+    made: list[socket.socket] = []
+
+    def _udp(host: str = HOST, port: int = 0) -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((host, port))
+        s.setblocking(False)
+        made.append(s)
+        return s
+
+    yield _udp
+    for s in made:
+        s.close()
+
+
+def rtp(seq: int, ssrc: int = 0x1234) -> bytes:
+    return struct.pack("!BBHII", 0x80, 0, seq, seq * 160, ssrc) + bytes(20)
+
+
+def rtcp(ssrc: int) -> bytes:
+    return struct.pack("!BBHI", 0x80, 201, 1, ssrc)  # an empty receiver report
+
+
+def seqs(datagrams: list[bytes]) -> list[int]:
+    return [struct.unpack_from("!H", d, 2)[0] for d in datagrams]
+
+
+def drain(sock: socket.socket) -> list[bytes]:
+    """Every datagram queued on ``sock`` now (non-blocking)."""
+    got: list[bytes] = []
+    while True:
+        try:
+            got.append(sock.recv(2048))
+        except BlockingIOError:
+            return got
+
+
+@dataclass
+class Call:
+    engine: LocalMediaEngine
+    a: Address  # the caller-facing stream's RTP address (where the caller sends)
+    a_rtcp: Address
+    b: Address  # the agent-facing stream's RTP address
+    b_rtcp: Address
+
+    async def handled(self, count: int, stream: str = "a", timeout: float = 2.0) -> StreamStats:
+        """The stream's stats once it has handled ``count`` datagrams (relayed, refused or
+        dropped as errors)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                s = await self.engine.stats(stream)
+                if s.packets_in + s.errors + s.rtcp_in >= count:
+                    return s
+                await asyncio.sleep(0.002)
+
+
+async def make_call(engine: LocalMediaEngine, agent: socket.socket, *,
+                    agent_rtcp: socket.socket | None = None, a_mux: bool = False,
+                    **a_config: object) -> Call:
+    """Streams "a" (faces the caller, configured with ``a_config``) and "b" (faces the agent,
+    whose RTP and RTCP addresses are the given sockets), linked."""
+    a = await engine.allocate("a", "c", rtcp_mux=a_mux)
+    b = await engine.allocate("b", "c", rtcp_mux=False)
+    await engine.configure("a", StreamConfig(rtcp_mux=a_mux, **a_config))  # type: ignore[arg-type]
+    await engine.configure("b", StreamConfig(
+        peer=agent.getsockname(),
+        rtcp_peer=agent_rtcp.getsockname() if agent_rtcp is not None else None))
+    await engine.link("a", "b")
+    return Call(engine, (HOST, a.rtp_port), (HOST, a.rtcp_port), (HOST, b.rtp_port),
+                (HOST, b.rtcp_port))
+
+
+# --- strict source -----------------------------------------------------------------------------
+
+
+async def test_strict_source_admits_only_the_sdp_address_and_port(
+        engine: LocalMediaEngine, udp: object) -> None:
+    caller, agent = udp(), udp()  # type: ignore[operator]
+    same_ip = udp()  # type: ignore[operator]
+    other_ip = udp(STRANGER, caller.getsockname()[1])  # type: ignore[operator]
+    call = await make_call(engine, agent, peer=caller.getsockname(), strict_source=True)
+    same_ip.sendto(rtp(1), call.a)
+    other_ip.sendto(rtp(2), call.a)
+    caller.sendto(rtp(3), call.a)
+    stats = await call.handled(3)
+    assert seqs(drain(agent)) == [3]
+    assert (stats.stranger_packets, stats.errors, stats.packets_in) == (2, 2, 1)
+    assert stats.endpoint == caller.getsockname()
+
+
+async def test_strict_source_without_a_usable_sdp_address_admits_no_one(
+        engine: LocalMediaEngine, udp: object) -> None:
+    caller, agent = udp(), udp()  # type: ignore[operator]
+    call = await make_call(engine, agent, peer=("0.0.0.0", caller.getsockname()[1]),
+                           strict_source=True, learn_any_source=True)
+    caller.sendto(rtp(1), call.a)
+    stats = await call.handled(1)
+    assert stats.stranger_packets == 1 and stats.endpoint is None
+    assert drain(agent) == []
+
+
+# --- the SDP address, the learning window ------------------------------------------------------
+
+
+async def test_the_sdp_ip_latches_from_any_port_at_any_time_then_only_that_source(
+        engine: LocalMediaEngine, udp: object, clock: Clock) -> None:
+    caller, agent, stranger = udp(), udp(), udp(STRANGER)  # type: ignore[operator]
+    later = udp()  # type: ignore[operator]  # same IP as the caller, another port
+    call = await make_call(engine, agent, peer=(HOST, OTHER_PORT))
+    clock.now += 60  # long after the learning window: the SDP's IP needs none
+    stranger.sendto(rtp(1), call.a)
+    caller.sendto(rtp(2), call.a)
+    stats = await call.handled(2)
+    assert seqs(drain(agent)) == [2]
+    assert stats.endpoint == caller.getsockname() and stats.stranger_packets == 1
+    # Latched: the exact source only, not another port of its IP.
+    later.sendto(rtp(3), call.a)
+    caller.sendto(rtp(4), call.a)
+    stats = await call.handled(4)
+    assert seqs(drain(agent)) == [4]
+    assert stats.stranger_packets == 2 and stats.endpoint == caller.getsockname()
+    # The agent's packets go to the latched source.
+    agent.sendto(rtp(5), call.b)
+    await call.handled(1, "b")
+    assert seqs(drain(caller)) == [5]
+    assert drain(later) == [] and drain(stranger) == []
+
+
+@pytest.mark.parametrize("peer", [None, ("0.0.0.0", OTHER_PORT), ("", OTHER_PORT)])
+@pytest.mark.parametrize(("after", "latches"), [(WINDOW - 0.01, True), (WINDOW, False)])
+async def test_no_usable_sdp_address_learns_any_source_only_within_the_window(
+        engine: LocalMediaEngine, udp: object, clock: Clock, peer: Address | None,
+        after: float, latches: bool) -> None:
+    agent, stranger = udp(), udp(STRANGER)  # type: ignore[operator]
+    call = await make_call(engine, agent, peer=peer)
+    clock.now += after
+    stranger.sendto(rtp(1), call.a)
+    stats = await call.handled(1)
+    assert seqs(drain(agent)) == ([1] if latches else [])
+    assert stats.endpoint == (stranger.getsockname() if latches else None)
+    assert stats.stranger_packets == (0 if latches else 1)
+
+
+async def test_a_host_name_in_the_sdp_matches_no_source(
+        engine: LocalMediaEngine, udp: object) -> None:
+    caller, agent = udp(), udp()  # type: ignore[operator]
+    call = await make_call(engine, agent, peer=("phone.invalid", caller.getsockname()[1]))
+    caller.sendto(rtp(1), call.a)  # within the window, but the SDP named someone
+    stats = await call.handled(1)
+    assert drain(agent) == [] and stats.stranger_packets == 1
+
+
+@pytest.mark.parametrize("learn_any", [True, False])
+async def test_another_ip_latches_only_with_learn_any_source_and_only_in_the_window(
+        engine: LocalMediaEngine, udp: object, clock: Clock, learn_any: bool) -> None:
+    agent, caller = udp(), udp()  # type: ignore[operator]
+    late, early = udp(STRANGER), udp(STRANGER)  # type: ignore[operator]
+    call = await make_call(engine, agent, peer=(HOST, OTHER_PORT), learn_any_source=learn_any,
+                           symmetric=False)  # asymmetric: nothing latches, each is judged anew
+    clock.now += WINDOW - 0.01
+    early.sendto(rtp(1), call.a)
+    await call.handled(1)
+    clock.now += 0.01  # the window has closed: another IP is refused, the SDP's still works
+    late.sendto(rtp(2), call.a)
+    caller.sendto(rtp(3), call.a)
+    stats = await call.handled(3)
+    assert seqs(drain(agent)) == ([1, 3] if learn_any else [3])
+    assert stats.stranger_packets == (1 if learn_any else 2)
+    assert stats.endpoint is None  # asymmetric: never latched
+
+
+async def test_reconfiguring_reopens_the_window_of_an_unlatched_stream(
+        engine: LocalMediaEngine, udp: object, clock: Clock) -> None:
+    agent, stranger = udp(), udp(STRANGER)  # type: ignore[operator]
+    call = await make_call(engine, agent)
+    clock.now += 60
+    await engine.configure("b", StreamConfig(peer=agent.getsockname()))  # the answer came
+    clock.now += WINDOW - 0.01
+    stranger.sendto(rtp(1), call.a)
+    stats = await call.handled(1)
+    assert seqs(drain(agent)) == [1] and stats.endpoint == stranger.getsockname()
+
+
+# --- handover ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("handover", [True, False])
+async def test_plain_rtp_handover_moves_only_to_a_source_the_latch_rules_admit(
+        engine: LocalMediaEngine, udp: object, clock: Clock, handover: bool) -> None:
+    caller, moved, agent = udp(), udp(), udp()  # type: ignore[operator]
+    stranger = udp(STRANGER)  # type: ignore[operator]
+    call = await make_call(engine, agent, peer=(HOST, OTHER_PORT), media_handover=handover)
+    clock.now += 60
+    caller.sendto(rtp(1), call.a)
+    await call.handled(1)
+    stranger.sendto(rtp(2), call.a)  # plain RTP proves nothing: another IP never takes over
+    moved.sendto(rtp(3), call.a)  # the SDP's IP, another port: the phone moved (handover)
+    stats = await call.handled(3)
+    assert stats.stranger_packets == (1 if handover else 2)
+    assert seqs(drain(agent)) == ([1, 3] if handover else [1])
+    assert stats.endpoint == (moved if handover else caller).getsockname()
+    agent.sendto(rtp(4), call.b)  # the agent's audio goes to whoever is latched
+    await call.handled(1, "b")
+    assert seqs(drain(moved if handover else caller)) == [4]
+    assert drain(stranger) == [] and drain(moved if not handover else caller) == []
+    # (The first source may take the stream back: the same rules admit it.)
+    caller.sendto(rtp(5), call.a)
+    stats = await call.handled(4)
+    assert seqs(drain(agent)) == [5] and stats.endpoint == caller.getsockname()
+
+
+@pytest.mark.parametrize("handover", [True, False])
+async def test_srtp_handover_moves_to_whoever_authenticates_and_nothing_else(
+        engine: LocalMediaEngine, udp: object, handover: bool) -> None:
+    key = SrtpParams("AES_CM_128_HMAC_SHA1_80", os.urandom(30))
+    phone = SrtpSender(key)
+    caller, agent, junk = udp(), udp(), udp()  # type: ignore[operator]
+    moved = udp(STRANGER)  # type: ignore[operator]  # the phone, now behind another IP
+    call = await make_call(engine, agent, peer=(HOST, OTHER_PORT), srtp_recv=key,
+                           media_handover=handover)
+    junk.sendto(rtp(1) + os.urandom(10), call.a)  # the SDP's IP, but does not authenticate
+    stats = await call.handled(1)
+    assert stats.endpoint is None and stats.errors == 1 and stats.stranger_packets == 0
+    caller.sendto(phone.protect(rtp(2)), call.a)
+    await call.handled(2)
+    moved.sendto(rtp(3) + os.urandom(10), call.a)  # a forgery from elsewhere
+    moved.sendto(phone.protect(rtp(4)), call.a)
+    stats = await call.handled(4)
+    if handover:
+        # The forgery is let in to be checked and fails; the real packet moves the stream.
+        assert seqs(drain(agent)) == [2, 4]
+        assert stats.endpoint == moved.getsockname()
+        assert (stats.errors, stats.stranger_packets) == (2, 0)
+    else:
+        assert seqs(drain(agent)) == [2]
+        assert stats.endpoint == caller.getsockname()
+        assert (stats.errors, stats.stranger_packets) == (3, 2)
+
+
+# --- RTCP --------------------------------------------------------------------------------------
+
+
+async def test_rtcp_latches_only_onto_the_rtp_endpoints_ip_and_only_after_rtp(
+        engine: LocalMediaEngine, udp: object, clock: Clock) -> None:
+    caller, caller_rtcp, agent, agent_rtcp = udp(), udp(), udp(), udp()  # type: ignore[operator]
+    sdp_rtcp, early, later = udp(), udp(), udp()  # type: ignore[operator]
+    stranger = udp(STRANGER)  # type: ignore[operator]
+    call = await make_call(engine, agent, agent_rtcp=agent_rtcp, peer=(HOST, OTHER_PORT),
+                           rtcp_peer=sdp_rtcp.getsockname())
+    clock.now += 60
+    # Before RTP latched: RTCP from the SDP's IP is relayed but latches nothing.
+    early.sendto(rtcp(1), call.a_rtcp)
+    stranger.sendto(rtcp(2), call.a_rtcp)
+    stats = await call.handled(2)
+    assert (stats.rtcp_in, stats.stranger_packets) == (1, 1)
+    assert [d[4:8] for d in drain(agent_rtcp)] == [struct.pack("!I", 1)]
+    agent_rtcp.sendto(rtcp(3), call.b_rtcp)
+    await call.handled(1, "b")
+    assert len(drain(sdp_rtcp)) == 1 and drain(early) == []  # to the SDP's a=rtcp address
+    # RTP latches; then RTCP from its IP latches the RTCP endpoint, a stranger's does not.
+    caller.sendto(rtp(10), call.a)
+    stranger.sendto(rtcp(4), call.a_rtcp)
+    caller_rtcp.sendto(rtcp(5), call.a_rtcp)
+    later.sendto(rtcp(6), call.a_rtcp)  # same IP, but the RTCP endpoint is taken
+    stats = await call.handled(6)
+    assert (stats.rtcp_in, stats.stranger_packets, stats.packets_in) == (2, 3, 1)
+    assert [d[4:8] for d in drain(agent_rtcp)] == [struct.pack("!I", 5)]
+    agent_rtcp.sendto(rtcp(7), call.b_rtcp)
+    await call.handled(2, "b")
+    assert len(drain(caller_rtcp)) == 1
+    assert drain(sdp_rtcp) == [] and drain(stranger) == [] and drain(later) == []
+
+
+async def test_strict_rtcp_comes_from_the_sdp_rtcp_port_only(
+        engine: LocalMediaEngine, udp: object) -> None:
+    caller, caller_rtcp, agent, agent_rtcp = udp(), udp(), udp(), udp()  # type: ignore[operator]
+    other = udp()  # type: ignore[operator]
+    call = await make_call(engine, agent, agent_rtcp=agent_rtcp, peer=caller.getsockname(),
+                           rtcp_peer=caller_rtcp.getsockname(), strict_source=True)
+    caller.sendto(rtp(1), call.a)
+    other.sendto(rtcp(2), call.a_rtcp)  # the RTP endpoint's IP, not the SDP's RTCP port
+    caller_rtcp.sendto(rtcp(3), call.a_rtcp)
+    stats = await call.handled(3)
+    assert (stats.rtcp_in, stats.stranger_packets) == (1, 1)
+    assert [d[4:8] for d in drain(agent_rtcp)] == [struct.pack("!I", 3)]
+
+
+async def test_rtcp_handover_follows_the_rtp_endpoints_ip(
+        engine: LocalMediaEngine, udp: object, clock: Clock) -> None:
+    caller, agent, agent_rtcp = udp(), udp(), udp()  # type: ignore[operator]
+    rtcp1, rtcp2 = udp(), udp()  # type: ignore[operator]
+    call = await make_call(engine, agent, agent_rtcp=agent_rtcp, peer=(HOST, OTHER_PORT),
+                           media_handover=True)
+    clock.now += 60
+    caller.sendto(rtp(1), call.a)
+    rtcp1.sendto(rtcp(2), call.a_rtcp)
+    await call.handled(2)
+    rtcp2.sendto(rtcp(3), call.a_rtcp)  # handover: a new RTCP source of the same IP
+    stats = await call.handled(3)
+    assert (stats.rtcp_in, stats.stranger_packets) == (2, 0)
+    agent_rtcp.sendto(rtcp(4), call.b_rtcp)
+    await call.handled(1, "b")
+    assert len(drain(rtcp2)) == 1 and drain(rtcp1) == []
+
+
+async def test_under_rtcp_mux_rtcp_is_admitted_as_rtp_would_be_and_latches_nothing(
+        engine: LocalMediaEngine, udp: object, clock: Clock) -> None:
+    caller, agent, agent_rtcp, early = udp(), udp(), udp(), udp()  # type: ignore[operator]
+    stranger = udp(STRANGER)  # type: ignore[operator]
+    call = await make_call(engine, agent, agent_rtcp=agent_rtcp, a_mux=True,
+                           peer=(HOST, OTHER_PORT))
+    clock.now += 60
+    early.sendto(rtcp(1), call.a)  # the SDP's IP: relayed, not latched
+    stranger.sendto(rtcp(2), call.a)
+    stats = await call.handled(2)
+    assert (stats.rtcp_in, stats.stranger_packets, stats.endpoint) == (1, 1, None)
+    caller.sendto(rtp(3), call.a)  # RTP latches the one 5-tuple
+    early.sendto(rtcp(4), call.a)  # now refused: not the endpoint
+    caller.sendto(rtcp(5), call.a)
+    stats = await call.handled(5)
+    assert (stats.rtcp_in, stats.stranger_packets, stats.packets_in) == (2, 2, 1)
+    assert [d[4:8] for d in drain(agent_rtcp)] == [struct.pack("!I", 1), struct.pack("!I", 5)]
+    agent_rtcp.sendto(rtcp(6), call.b_rtcp)
+    await call.handled(1, "b")
+    assert len(drain(caller)) == 1 and drain(early) == []
+
+
+async def test_rtp_on_an_rtcp_path_is_dropped_and_counted(
+        engine: LocalMediaEngine, udp: object) -> None:
+    caller, agent, agent_rtcp = udp(), udp(), udp()  # type: ignore[operator]
+    call = await make_call(engine, agent, agent_rtcp=agent_rtcp, peer=caller.getsockname())
+    caller.sendto(rtp(1), call.a_rtcp)
+    caller.sendto(rtcp(2), call.a_rtcp)
+    stats = await call.handled(2)
+    assert (stats.rtcp_not_rtcp, stats.errors, stats.rtcp_in) == (1, 1, 1)
+    assert [d[4:8] for d in drain(agent_rtcp)] == [struct.pack("!I", 2)]
+    assert drain(agent) == []
+
+
+# --- what a refusal leaves behind --------------------------------------------------------------
+
+
+async def test_strangers_are_counted_each_time_and_logged_once_per_stream(
+        engine: LocalMediaEngine, udp: object) -> None:
+    caller, agent, stranger = udp(), udp(), udp(STRANGER)  # type: ignore[operator]
+    call = await make_call(engine, agent, peer=caller.getsockname())
+    with capture_logs() as logs:
+        for seq in (1, 2, 3):
+            stranger.sendto(rtp(seq), call.a)
+        caller.sendto(rtp(4), call.a)
+        stats = await call.handled(4)
+    assert (stats.stranger_packets, stats.errors, stats.packets_in) == (3, 3, 1)
+    assert seqs(drain(agent)) == [4]
+    warnings = [e for e in logs if e["log_level"] == "warning"]
+    assert warnings == [{"event": "media from a source this stream does not accept: dropped",
+                         "log_level": "warning", "stream": "a", "source": STRANGER,
+                         "source_port": stranger.getsockname()[1], "endpoint": None}]
