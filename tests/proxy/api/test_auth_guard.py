@@ -8,6 +8,7 @@ these are the fast ones the mutation run (scripts/mutate.py) uses for proxy/api/
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -206,6 +207,7 @@ async def test_failures_per_source_are_limited_within_the_window(
     assert await g.guard.check(g.ann, SOURCE) == Principal("ann", "agent")
     assert (await g.refused("nope")).status == 401
     assert (await g.refused(g.ann)).status == 429
+    assert g.guard.counters["limited"] == 3
 
 
 async def test_a_failure_exactly_one_window_old_no_longer_counts(
@@ -558,3 +560,117 @@ def test_an_agents_file_that_cannot_be_parsed_keeps_the_keys_and_is_reported_onc
     assert logs == [{"event": "agents file reloaded", "log_level": "info", "path": str(path),
                      "keys": 2}]
     assert directory.agents() == [("ann", "agent"), ("bob", "admin")]
+
+
+@pytest.mark.parametrize("text", [
+    "[]", '"agents"', "3",  # not an object
+    '{"0a1b2c3d": "alice"}',  # an entry that is not an object
+    '{"0a1b2c3d": {"role": "agent"}}',  # an entry without its fields
+    '{"0a1b2c3d": {"agent_id": "a", "role": "agent", "salt": "00"}}',  # no hash
+    '{"0a1b2c3d": {"agent_id": "a", "role": "root", "salt": "00", "hash": "00"}}',  # role
+])
+def test_a_file_that_is_not_an_agents_file_is_refused_saying_so(tmp_path: Path,
+                                                                  text: str) -> None:
+    path = tmp_path / "agents.json"
+    path.write_text(text)
+    with pytest.raises(auth.AgentsFileError) as refused:
+        AgentDirectory.load(path)
+    assert str(refused.value) == f"{path}: not an agents file (unexpected layout)"
+
+
+def test_a_failed_save_leaves_no_temporary_file_and_raises_the_real_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    directory = AgentDirectory()
+    directory.add("ann", "agent")
+    target = tmp_path / "agents.json"
+    target.mkdir()  # the rename onto it fails
+    with pytest.raises(IsADirectoryError):
+        directory.save(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["agents.json"]
+
+    def cannot_unlink(path: object) -> None:
+        raise PermissionError("read-only folder")
+
+    # Even when the clean-up fails too, the caller learns why the save failed.
+    monkeypatch.setattr(os, "unlink", cannot_unlink)
+    with pytest.raises(IsADirectoryError):
+        directory.save(target)
+
+
+async def test_a_revoked_key_is_refused_even_when_the_directory_had_one_key(
+        clock: Clock) -> None:
+    directory = AgentDirectory()
+    ann = directory.add("ann", "agent")
+    guard = KeyGuard(directory, clock=clock)
+    try:
+        assert await guard.check(ann, SOURCE) == Principal("ann", "agent")
+        directory.revoke("ann")
+        with pytest.raises(AuthRefused):
+            await guard.check(ann, SOURCE)
+    finally:
+        guard.close()
+
+
+async def test_a_revoked_key_stays_refused_after_more_changes_nobody_checked_between(
+        clock: Clock, tmp_path: Path) -> None:
+    directory = AgentDirectory()
+    ann = directory.add("ann", "agent")
+    guard = KeyGuard(directory, clock=clock)
+    try:
+        assert await guard.check(ann, SOURCE) == Principal("ann", "agent")
+        directory.revoke("ann")
+        bob = directory.add("bob", "agent")  # two changes before the next check
+        with pytest.raises(AuthRefused):
+            await guard.check(ann, SOURCE)
+        assert await guard.check(bob, SOURCE) == Principal("bob", "agent")
+        directory.revoke("bob")
+        directory.save(tmp_path / "agents.json")  # (a directory not bound to the file)
+        with pytest.raises(AuthRefused):
+            await guard.check(bob, SOURCE)
+    finally:
+        guard.close()
+
+
+async def test_a_clock_that_starts_at_zero_locks_no_one_out(make: Callable[..., Guarded],
+                                                            clock: Clock) -> None:
+    clock.now = 0.0  # a monotonic clock may start anywhere, zero included
+    g = make()
+    assert await g.guard.check(g.ann, SOURCE) == Principal("ann", "agent")
+    clock.now = 0.5
+    assert await g.guard.check(g.sue, SOURCE) == Principal("sue", "supervisor")
+
+
+async def test_finished_checks_free_their_place_in_the_node_wide_cap(
+        make: Callable[..., Guarded], monkeypatch: pytest.MonkeyPatch) -> None:
+    g = make(max_pending=1)
+    assert await g.guard.check(g.ann, "10.0.0.1") == Principal("ann", "agent")
+    assert await g.guard.check(g.sue, "10.0.0.2") == Principal("sue", "supervisor")
+    gate = Gate(monkeypatch)
+    flying = asyncio.ensure_future(g.guard.check(wrong(g.ann), "10.0.0.3"))
+    await gate.wait_entered(1)
+    limited = await g.refused(wrong(g.sue), "10.0.0.4")  # exactly one in flight: full
+    assert limited.status == 429
+    assert g.guard.counters["limited"] == 1
+    assert (await g.refused(wrong(g.sue), "10.0.0.5")).status == 429
+    assert g.guard.counters["limited"] == 2
+    gate.open.set()
+    with pytest.raises(AuthRefused):
+        await asyncio.wait_for(flying, 5)
+
+
+async def test_closing_the_guard_does_not_wait_and_drops_queued_checks(
+        make: Callable[..., Guarded], monkeypatch: pytest.MonkeyPatch) -> None:
+    g = make(verify_threads=1)
+    gate = Gate(monkeypatch)
+    running = asyncio.ensure_future(g.guard.check(g.ann, "10.0.0.1"))
+    queued = asyncio.ensure_future(g.guard.check(g.sue, "10.0.0.2"))
+    await gate.wait_entered(1)
+    await asyncio.sleep(0)  # the second is queued behind the first on the one thread
+    # close() returns while a check is still running (it must not block the event loop) ...
+    await asyncio.wait_for(asyncio.to_thread(g.guard.close), 2)
+    # ... and the queued check is cancelled rather than run after it.
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(queued, 5)
+    gate.open.set()
+    assert await asyncio.wait_for(running, 5) == Principal("ann", "agent")
+    assert len(gate.threads) == 1
