@@ -611,6 +611,21 @@ async def test_a_revoked_key_is_refused_even_when_the_directory_had_one_key(
         guard.close()
 
 
+async def test_a_revoked_key_is_refused_after_the_directory_is_saved(
+        clock: Clock, tmp_path: Path) -> None:
+    directory = AgentDirectory()
+    ann = directory.add("ann", "agent")
+    guard = KeyGuard(directory, clock=clock)
+    try:
+        assert await guard.check(ann, SOURCE) == Principal("ann", "agent")
+        directory.revoke("ann")
+        directory.save(tmp_path / "agents.json")  # (a directory not bound to the file)
+        with pytest.raises(AuthRefused):
+            await guard.check(ann, SOURCE)
+    finally:
+        guard.close()
+
+
 async def test_a_revoked_key_stays_refused_after_more_changes_nobody_checked_between(
         clock: Clock, tmp_path: Path) -> None:
     directory = AgentDirectory()
@@ -674,3 +689,59 @@ async def test_closing_the_guard_does_not_wait_and_drops_queued_checks(
     gate.open.set()
     assert await asyncio.wait_for(running, 5) == Principal("ann", "agent")
     assert len(gate.threads) == 1
+
+
+def test_a_directory_that_never_had_a_file_does_not_report_it_gone(tmp_path: Path) -> None:
+    directory = AgentDirectory.load(tmp_path / "agents.json", missing_ok=True)
+    before = directory.generation
+    with capture_logs() as logs:
+        directory.refresh()
+    assert logs == [] and directory.generation == before
+
+
+def test_an_unreadable_agents_file_is_refused_saying_why(tmp_path: Path) -> None:
+    folder = tmp_path / "agents.json"
+    folder.mkdir()
+    with pytest.raises(auth.AgentsFileError) as refused:
+        AgentDirectory.load(folder)
+    assert str(refused.value) == f"{folder}: cannot read: Is a directory"
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b'{"\xff": 1}')
+    with pytest.raises(auth.AgentsFileError) as refused:
+        AgentDirectory.load(binary)
+    assert str(refused.value) == f"{binary}: cannot read: not UTF-8"
+    # Gone between the check for it and the read (load() checked it exists first):
+    gone = AgentDirectory(tmp_path / "gone.json")
+    with pytest.raises(auth.AgentsFileError) as refused:
+        gone._read()
+    assert str(refused.value) == f"{tmp_path / 'gone.json'}: no such agents file"
+
+
+def test_bad_names_and_second_keys_are_refused_saying_so() -> None:
+    directory = AgentDirectory()
+    with pytest.raises(ValueError) as refused:
+        directory.add("no spaces", "agent")
+    assert str(refused.value) == "name must be 1-64 characters of A-Z a-z 0-9 . _ -"
+    directory.add("bob", "agent")
+    with pytest.raises(auth.DuplicateAgentError) as refused:
+        directory.add("bob", "agent")
+    assert str(refused.value) == "agent 'bob' already has a key"
+
+
+async def test_a_key_revoked_in_the_file_after_a_change_in_process_is_refused(
+        tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "agents.json"
+    writer = AgentDirectory()
+    ann = writer.add("ann", "agent")
+    writer.save(path)
+    directory = AgentDirectory.load(path)
+    guard = KeyGuard(directory, clock=clock)
+    try:
+        assert await guard.check(ann, SOURCE) == Principal("ann", "agent")
+        directory.add("carol", "agent")  # a change in this process ...
+        writer.revoke("ann")
+        writer.save(path)  # ... and one in the file, before the next check
+        with pytest.raises(AuthRefused):
+            await guard.check(ann, SOURCE)
+    finally:
+        guard.close()
