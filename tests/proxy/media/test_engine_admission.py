@@ -387,10 +387,11 @@ async def test_rtp_on_an_rtcp_path_is_dropped_and_counted(
     caller, agent, agent_rtcp = udp(), udp(), udp()  # type: ignore[operator]
     call = await make_call(engine, agent, agent_rtcp=agent_rtcp, peer=caller.getsockname())
     caller.sendto(rtp(1), call.a_rtcp)
-    caller.sendto(rtcp(2), call.a_rtcp)
-    stats = await call.handled(2)
-    assert (stats.rtcp_not_rtcp, stats.errors, stats.rtcp_in) == (1, 1, 1)
-    assert [d[4:8] for d in drain(agent_rtcp)] == [struct.pack("!I", 2)]
+    caller.sendto(rtp(2), call.a_rtcp)
+    caller.sendto(rtcp(3), call.a_rtcp)
+    stats = await call.handled(3)
+    assert (stats.rtcp_not_rtcp, stats.errors, stats.rtcp_in) == (2, 2, 1)
+    assert [d[4:8] for d in drain(agent_rtcp)] == [struct.pack("!I", 3)]
     assert drain(agent) == []
 
 
@@ -412,3 +413,47 @@ async def test_strangers_are_counted_each_time_and_logged_once_per_stream(
     assert warnings == [{"event": "media from a source this stream does not accept: dropped",
                          "log_level": "warning", "stream": "a", "source": STRANGER,
                          "source_port": stranger.getsockname()[1], "endpoint": None}]
+
+
+async def test_under_rtcp_mux_strict_rtcp_before_rtp_comes_from_the_sdp_address_only(
+        engine: LocalMediaEngine, udp: object) -> None:
+    caller, agent, agent_rtcp, other = udp(), udp(), udp(), udp()  # type: ignore[operator]
+    call = await make_call(engine, agent, agent_rtcp=agent_rtcp, a_mux=True,
+                           peer=caller.getsockname(), strict_source=True)
+    other.sendto(rtcp(1), call.a)  # the SDP's IP, another port
+    caller.sendto(rtcp(2), call.a)
+    stats = await call.handled(2)
+    assert (stats.rtcp_in, stats.stranger_packets, stats.endpoint) == (1, 1, None)
+    assert [d[4:8] for d in drain(agent_rtcp)] == [struct.pack("!I", 2)]
+
+
+async def test_under_rtcp_mux_without_an_sdp_address_rtcp_is_learned_in_the_window(
+        engine: LocalMediaEngine, udp: object) -> None:
+    anyone, agent, agent_rtcp = udp(STRANGER), udp(), udp()  # type: ignore[operator]
+    call = await make_call(engine, agent, agent_rtcp=agent_rtcp, a_mux=True)
+    anyone.sendto(rtcp(1), call.a)
+    stats = await call.handled(1)
+    assert (stats.rtcp_in, stats.stranger_packets, stats.endpoint) == (1, 0, None)
+    assert len(drain(agent_rtcp)) == 1
+
+
+async def test_rtcp_admitted_under_mux_is_not_remembered_when_rtcp_is_split_again(
+        engine: LocalMediaEngine, udp: object) -> None:
+    agent, agent_rtcp, sdp_rtcp, early = udp(), udp(), udp(), udp()  # type: ignore[operator]
+    a = await engine.allocate("a", "c", rtcp_mux=False)  # room for a separate RTCP port
+    b = await engine.allocate("b", "c", rtcp_mux=False)
+    peer = (HOST, OTHER_PORT)
+    await engine.configure("a", StreamConfig(peer=peer, rtcp_mux=True,
+                                             rtcp_peer=sdp_rtcp.getsockname()))
+    await engine.configure("b", StreamConfig(peer=agent.getsockname(),
+                                             rtcp_peer=agent_rtcp.getsockname()))
+    await engine.link("a", "b")
+    call = Call(engine, (HOST, a.rtp_port), (HOST, a.rtcp_port), (HOST, b.rtp_port),
+                (HOST, b.rtcp_port))
+    early.sendto(rtcp(1), call.a)  # admitted under mux, before RTP: latches nothing
+    await call.handled(1)
+    await engine.configure("a", StreamConfig(peer=peer, rtcp_mux=False,
+                                             rtcp_peer=sdp_rtcp.getsockname()))
+    agent_rtcp.sendto(rtcp(2), call.b_rtcp)  # goes to the SDP's RTCP address, not to "early"
+    await call.handled(1, "b")
+    assert len(drain(sdp_rtcp)) == 1 and drain(early) == []
