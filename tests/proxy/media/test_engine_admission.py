@@ -457,3 +457,90 @@ async def test_rtcp_admitted_under_mux_is_not_remembered_when_rtcp_is_split_agai
     agent_rtcp.sendto(rtcp(2), call.b_rtcp)  # goes to the SDP's RTCP address, not to "early"
     await call.handled(1, "b")
     assert len(drain(sdp_rtcp)) == 1 and drain(early) == []
+
+
+async def test_rtcp_before_rtp_without_any_sdp_address_is_learned_in_the_window(
+        engine: LocalMediaEngine, udp: object) -> None:
+    anyone, agent, agent_rtcp = udp(STRANGER), udp(), udp()  # type: ignore[operator]
+    call = await make_call(engine, agent, agent_rtcp=agent_rtcp)  # no peer, no a=rtcp
+    anyone.sendto(rtcp(1), call.a_rtcp)
+    stats = await call.handled(1)
+    assert (stats.rtcp_in, stats.stranger_packets) == (1, 0)
+    assert len(drain(agent_rtcp)) == 1
+
+
+async def test_strict_rtcp_before_rtp_comes_from_the_sdp_rtcp_address_only(
+        engine: LocalMediaEngine, udp: object) -> None:
+    caller, caller_rtcp, agent, agent_rtcp = udp(), udp(), udp(), udp()  # type: ignore[operator]
+    call = await make_call(engine, agent, agent_rtcp=agent_rtcp, peer=caller.getsockname(),
+                           rtcp_peer=caller_rtcp.getsockname(), strict_source=True)
+    caller.sendto(rtcp(1), call.a_rtcp)  # the SDP's RTP address, not its RTCP one
+    caller_rtcp.sendto(rtcp(2), call.a_rtcp)
+    stats = await call.handled(2)
+    assert (stats.rtcp_in, stats.stranger_packets) == (1, 1)
+    assert [d[4:8] for d in drain(agent_rtcp)] == [struct.pack("!I", 2)]
+
+
+async def test_the_latched_rtcp_endpoint_keeps_being_accepted(
+        engine: LocalMediaEngine, udp: object) -> None:
+    caller, caller_rtcp, agent, agent_rtcp = udp(), udp(), udp(), udp()  # type: ignore[operator]
+    call = await make_call(engine, agent, agent_rtcp=agent_rtcp, peer=caller.getsockname())
+    caller.sendto(rtp(1), call.a)
+    await call.handled(1)
+    for ssrc in (2, 3, 4):
+        caller_rtcp.sendto(rtcp(ssrc), call.a_rtcp)
+    stats = await call.handled(4)
+    assert (stats.rtcp_in, stats.stranger_packets) == (3, 0)
+    assert len(drain(agent_rtcp)) == 3
+
+
+async def test_plain_rtcp_must_be_whole_compound_rtcp(
+        engine: LocalMediaEngine, udp: object) -> None:
+    caller, agent, agent_rtcp = udp(), udp(), udp()  # type: ignore[operator]
+    call = await make_call(engine, agent, agent_rtcp=agent_rtcp, peer=caller.getsockname())
+    caller.sendto(rtcp(1) + bytes(6), call.a_rtcp)  # a valid header, lengths that do not add up
+    caller.sendto(rtcp(2), call.a_rtcp)
+    stats = await call.handled(2)
+    assert (stats.rtcp_not_rtcp, stats.rtcp_in) == (1, 1)
+    assert [d[4:8] for d in drain(agent_rtcp)] == [struct.pack("!I", 2)]
+
+
+async def test_srtcp_is_accepted_once_it_authenticates_and_relayed_decrypted(
+        engine: LocalMediaEngine, udp: object) -> None:
+    key = SrtpParams("AES_CM_128_HMAC_SHA1_80", os.urandom(30))
+    phone = SrtpSender(key)
+    caller, caller_rtcp, agent, agent_rtcp = udp(), udp(), udp(), udp()  # type: ignore[operator]
+    call = await make_call(engine, agent, agent_rtcp=agent_rtcp, peer=caller.getsockname(),
+                           srtp_recv=key)
+    caller.sendto(phone.protect(rtp(1)), call.a)
+    await call.handled(1)
+    caller_rtcp.sendto(rtcp(2) + os.urandom(14), call.a_rtcp)  # an SRTCP header, forged rest
+    caller_rtcp.sendto(rtp(3), call.a_rtcp)  # RTP on the RTCP port: not even an RTCP header
+    caller_rtcp.sendto(phone.protect_rtcp(rtcp(4)), call.a_rtcp)
+    stats = await call.handled(4)
+    assert (stats.rtcp_in, stats.rtcp_not_rtcp, stats.errors) == (1, 1, 2)
+    assert drain(agent_rtcp) == [rtcp(4)]
+
+
+async def test_rtcp_from_the_endpoint_under_mux_is_not_remembered_when_split_again(
+        engine: LocalMediaEngine, udp: object) -> None:
+    caller, agent, agent_rtcp, sdp_rtcp = udp(), udp(), udp(), udp()  # type: ignore[operator]
+    a = await engine.allocate("a", "c", rtcp_mux=False)
+    b = await engine.allocate("b", "c", rtcp_mux=False)
+    config = StreamConfig(peer=caller.getsockname(), rtcp_peer=sdp_rtcp.getsockname())
+    await engine.configure("a", StreamConfig(peer=config.peer, rtcp_peer=config.rtcp_peer,
+                                             rtcp_mux=True))
+    await engine.configure("b", StreamConfig(peer=agent.getsockname(),
+                                             rtcp_peer=agent_rtcp.getsockname()))
+    await engine.link("a", "b")
+    call = Call(engine, (HOST, a.rtp_port), (HOST, a.rtcp_port), (HOST, b.rtp_port),
+                (HOST, b.rtcp_port))
+    caller.sendto(rtp(1), call.a)
+    await call.handled(1)
+    caller.sendto(rtcp(2), call.a)  # from the latched endpoint, under mux
+    await call.handled(2)
+    await engine.configure("a", config)  # RTCP on its own port again
+    agent_rtcp.sendto(rtcp(3), call.b_rtcp)
+    await call.handled(1, "b")
+    assert len(drain(sdp_rtcp)) == 1
+    assert seqs(drain(caller)) == []  # not to the caller's RTP port
