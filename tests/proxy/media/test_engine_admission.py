@@ -24,7 +24,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from proxy.media.engine import LocalMediaEngine
-from proxy.media.srtp import SrtpSender
+from proxy.media.srtp import SrtpReceiver, SrtpSender
 from proxy.media.types import Address, SrtpParams, StreamConfig, StreamStats
 
 HOST = "127.0.0.1"
@@ -514,12 +514,19 @@ async def test_srtcp_is_accepted_once_it_authenticates_and_relayed_decrypted(
                            srtp_recv=key)
     caller.sendto(phone.protect(rtp(1)), call.a)
     await call.handled(1)
-    caller_rtcp.sendto(rtcp(2) + os.urandom(14), call.a_rtcp)  # an SRTCP header, forged rest
     caller_rtcp.sendto(rtp(3), call.a_rtcp)  # RTP on the RTCP port: not even an RTCP header
+    stats = await call.handled(2)
+    assert (stats.rtcp_not_rtcp, stats.errors) == (1, 1)
+    caller_rtcp.sendto(rtcp(2) + os.urandom(14), call.a_rtcp)  # an SRTCP header, forged rest
     caller_rtcp.sendto(phone.protect_rtcp(rtcp(4)), call.a_rtcp)
     stats = await call.handled(4)
     assert (stats.rtcp_in, stats.rtcp_not_rtcp, stats.errors) == (1, 1, 2)
     assert drain(agent_rtcp) == [rtcp(4)]
+    # A packet that decrypts but is no whole RTCP compound is not RTCP either.
+    caller_rtcp.sendto(phone.protect_rtcp(rtcp(5) + bytes(4)), call.a_rtcp)
+    stats = await call.handled(5)
+    assert (stats.rtcp_in, stats.rtcp_not_rtcp, stats.errors) == (1, 2, 3)
+    assert drain(agent_rtcp) == []
 
 
 async def test_rtcp_from_the_endpoint_under_mux_is_not_remembered_when_split_again(
@@ -544,3 +551,36 @@ async def test_rtcp_from_the_endpoint_under_mux_is_not_remembered_when_split_aga
     await call.handled(1, "b")
     assert len(drain(sdp_rtcp)) == 1
     assert seqs(drain(caller)) == []  # not to the caller's RTP port
+
+
+async def test_rtcp_leaves_from_the_rtcp_port_or_under_mux_the_rtp_port_encrypted_if_keyed(
+        engine: LocalMediaEngine, udp: object) -> None:
+    key = SrtpParams("AES_CM_128_HMAC_SHA1_80", os.urandom(30))
+    caller, caller_rtcp, agent, agent_rtcp = udp(), udp(), udp(), udp()  # type: ignore[operator]
+    a = await engine.allocate("a", "c", rtcp_mux=False)
+    b = await engine.allocate("b", "c", rtcp_mux=False)
+    await engine.configure("a", StreamConfig(peer=caller.getsockname(),
+                                             rtcp_peer=caller_rtcp.getsockname()))
+    await engine.configure("b", StreamConfig(peer=agent.getsockname(),
+                                             rtcp_peer=agent_rtcp.getsockname(), srtp_send=key))
+    await engine.link("a", "b")
+    call = Call(engine, (HOST, a.rtp_port), (HOST, a.rtcp_port), (HOST, b.rtp_port),
+                (HOST, b.rtcp_port))
+    caller_rtcp.sendto(rtcp(1), call.a_rtcp)
+    await call.handled(1)
+    data, source = agent_rtcp.recvfrom(2048)
+    assert source == call.b_rtcp  # from the RTCP port the agent's SDP was given
+    assert SrtpReceiver(key).unprotect_rtcp(data) == rtcp(1)
+    # Too big to protect: dropped and counted on the sending stream, each time.
+    big = struct.pack("!BBHI", 0x80, 204, 401, 1) + bytes(1600)  # an APP packet, 1608 bytes
+    for _ in range(2):
+        caller_rtcp.sendto(big, call.a_rtcp)
+    await call.handled(3)
+    assert (await engine.stats("b")).errors == 2 and drain(agent_rtcp) == []
+    # The agent's side multiplexed (its stream still has an RTCP socket): from the RTP port.
+    await engine.configure("b", StreamConfig(peer=agent.getsockname(), rtcp_mux=True))
+    caller_rtcp.sendto(rtcp(2), call.a_rtcp)
+    await call.handled(4)
+    data, source = agent.recvfrom(2048)
+    assert source == call.b
+    assert data == rtcp(2)  # no key on the agent's side any more: plain
