@@ -165,10 +165,14 @@ async def test_the_sdp_ip_latches_from_any_port_at_any_time_then_only_that_sourc
     later = udp()  # type: ignore[operator]  # same IP as the caller, another port
     call = await make_call(engine, agent, peer=(HOST, OTHER_PORT))
     clock.now += 60  # long after the learning window: the SDP's IP needs none
-    stranger.sendto(rtp(1), call.a)
-    caller.sendto(rtp(2), call.a)
-    stats = await call.handled(2)
+    with capture_logs() as logs:
+        stranger.sendto(rtp(1), call.a)
+        caller.sendto(rtp(2), call.a)
+        stats = await call.handled(2)
     assert seqs(drain(agent)) == [2]
+    assert [e for e in logs if e["log_level"] == "info"] == [
+        {"event": "media latched", "log_level": "info", "stream": "a", "call_id": "c",
+         "source": HOST, "source_port": caller.getsockname()[1]}]
     assert stats.endpoint == caller.getsockname() and stats.stranger_packets == 1
     # Latched: the exact source only, not another port of its IP.
     later.sendto(rtp(3), call.a)
