@@ -590,3 +590,71 @@ async def test_rtcp_leaves_from_the_rtcp_port_or_under_mux_the_rtp_port_encrypte
     data, source = agent.recvfrom(2048)
     assert source == call.b
     assert data == rtcp(2)  # no key on the agent's side any more: plain
+
+
+@pytest.mark.parametrize("srtp", [False, True])
+async def test_rtcp_follows_an_rtp_handover_to_another_ip_but_not_to_another_port(
+        engine: LocalMediaEngine, udp: object, clock: Clock, srtp: bool) -> None:
+    key = SrtpParams("AES_CM_128_HMAC_SHA1_80", os.urandom(30))
+    phone = SrtpSender(key)
+
+    def media(seq: int) -> bytes:
+        return phone.protect(rtp(seq)) if srtp else rtp(seq)
+
+    caller, caller_rtcp, agent, agent_rtcp = udp(), udp(), udp(), udp()  # type: ignore[operator]
+    sdp_rtcp = udp()  # type: ignore[operator]
+    # Plain RTP may hand over within the SDP's IP only; SRTP to whoever authenticates.
+    moved = udp(STRANGER) if srtp else udp()  # type: ignore[operator]
+    extra = {"srtp_recv": key} if srtp else {}
+    call = await make_call(engine, agent, agent_rtcp=agent_rtcp, peer=(HOST, OTHER_PORT),
+                           rtcp_peer=sdp_rtcp.getsockname(), media_handover=True, **extra)
+    clock.now += 60
+    caller.sendto(media(1), call.a)
+    await call.handled(1)
+    caller_rtcp.sendto(phone.protect_rtcp(rtcp(2)) if srtp else rtcp(2), call.a_rtcp)
+    await call.handled(2)
+    moved.sendto(media(3), call.a)
+    stats = await call.handled(3)
+    assert stats.endpoint == moved.getsockname()
+    agent_rtcp.sendto(rtcp(4), call.b_rtcp)
+    await call.handled(1, "b")
+    if srtp:  # another IP: the old RTCP endpoint is forgotten, the SDP's a=rtcp is used
+        assert len(drain(sdp_rtcp)) == 1 and drain(caller_rtcp) == []
+    else:  # the same IP: the RTCP endpoint stays
+        assert len(drain(caller_rtcp)) == 1 and drain(sdp_rtcp) == []
+
+
+async def test_a_latched_endpoints_socket_never_blocks_the_event_loop(
+        engine: LocalMediaEngine, udp: object) -> None:
+    caller, agent = udp(), udp()  # type: ignore[operator]
+    call = await make_call(engine, agent, peer=caller.getsockname())
+    caller.sendto(rtp(1), call.a)
+    await call.handled(1)
+    direct = engine._streams["a"].direct
+    assert direct is not None and direct.endpoint == caller.getsockname()
+    assert direct._sock.getblocking() is False
+
+
+async def test_without_a_connected_socket_the_latched_endpoint_is_served_by_the_streams_own(
+        engine: LocalMediaEngine, udp: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    caller, agent = udp(), udp()  # type: ignore[operator]
+    call = await make_call(engine, agent, peer=caller.getsockname())
+
+    class Unconnectable(socket.socket):
+        def connect(self, address: object) -> None:
+            raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "socket", Unconnectable)
+    with capture_logs() as logs:
+        caller.sendto(rtp(1), call.a)
+        stats = await call.handled(1)
+    assert stats.endpoint == caller.getsockname() and engine._streams["a"].direct is None
+    assert [e for e in logs if e["log_level"] == "warning"] == [
+        {"event": "no connected socket for a latched endpoint", "log_level": "warning",
+         "stream": "a", "error": "[Errno 101] Network is unreachable"}]
+    agent.sendto(rtp(2), call.b)  # the caller still hears the agent, and is still heard
+    await call.handled(1, "b")
+    assert seqs(drain(caller)) == [2]
+    caller.sendto(rtp(3), call.a)
+    await call.handled(2)
+    assert seqs(drain(agent)) == [1, 3]
