@@ -590,6 +590,20 @@ async def test_rtcp_leaves_from_the_rtcp_port_or_under_mux_the_rtp_port_encrypte
     data, source = agent.recvfrom(2048)
     assert source == call.b
     assert data == rtcp(2)  # no key on the agent's side any more: plain
+    assert (await engine.stats("b")).rtcp_out == 2
+
+
+async def test_rtcp_the_kernel_refuses_to_send_is_counted_each_time(
+        engine: LocalMediaEngine, udp: object) -> None:
+    caller, caller_rtcp, agent = udp(), udp(), udp()  # type: ignore[operator]
+    call = await make_call(engine, agent, peer=caller.getsockname())
+    await engine.configure("b", StreamConfig(peer=agent.getsockname(),
+                                             rtcp_peer=(HOST, 0)))  # port 0: EINVAL on send
+    for ssrc in (1, 2):
+        caller_rtcp.sendto(rtcp(ssrc), call.a_rtcp)
+    await call.handled(2)
+    b = await engine.stats("b")
+    assert (b.errors, b.rtcp_out) == (2, 0)
 
 
 @pytest.mark.parametrize("srtp", [False, True])
