@@ -247,3 +247,42 @@ def test_a_stream_not_opened_is_ignored_and_packets_of_a_closed_one_are_gone() -
     pipeline.push("caller", packets[0], {0: "PCMU"}, 0.0)
     pipeline.close("caller")
     assert [pipeline.tick(0.03 + 0.02 * k) for k in range(5)] == [[]] * 5
+
+
+def loudest_key(x: np.ndarray) -> str:
+    """The DTMF key whose row and column frequencies carry the most energy in ``x``."""
+    low = max(tones.LOW_FREQS, key=lambda f: goertzel_power(x, f))
+    high = max(tones.HIGH_FREQS, key=lambda f: goertzel_power(x, f))
+    return tones.DIGITS[tones.LOW_FREQS.index(low) * 4 + tones.HIGH_FREQS.index(high)]
+
+
+@pytest.mark.parametrize(("policy", "heard"), [
+    (MaskingPolicy().with_mode(DtmfSecurityMode.ZERO), "0"),
+    (MaskingPolicy(digit="5").with_mode(DtmfSecurityMode.ZERO), "0"),
+    (MaskingPolicy(digit="5").with_mode(DtmfSecurityMode.DTMF), "5"),
+    (MaskingPolicy(digit="#", volume_dbm0=-12.0).with_mode(DtmfSecurityMode.DTMF), "#"),
+])
+def test_key_replacing_modes_put_their_key_in_place_of_the_callers(
+        policy: MaskingPolicy, heard: str) -> None:
+    _, packets = tone_call(0)
+    out = run(opened(policy), list(packets), {0: "PCMU"})
+    region = decoded(out, 0)[1600 + 240:1600 + 720]  # inside the span, past the fade-in
+    assert loudest_key(region) == heard
+    reference = tones.dtmf_tone(heard, 60, low_dbm0=policy.volume_dbm0,
+                                high_dbm0=policy.volume_dbm0)
+    assert abs(10 * np.log10(np.mean(region ** 2) / np.mean(reference ** 2))) < 1.5
+
+
+def test_random_mode_replaces_each_key_press_with_one_random_key() -> None:
+    seen = set()
+    for seed in range(6):
+        _, packets = tone_call(0)
+        pipeline = MaskingPipeline(lookahead_ms=LOOKAHEAD_MS, seed=seed)
+        pipeline.open("caller", MaskingPolicy().with_mode(DtmfSecurityMode.RANDOM))
+        out = run(pipeline, list(packets), {0: "PCMU"})
+        heard = decoded(out, 0)
+        keys = {loudest_key(heard[start:start + 240])
+                for start in range(1600 + 240, 1600 + 720, 240)}
+        assert len(keys) == 1  # one key for the whole press, not one per packet
+        seen |= keys
+    assert len(seen) > 1  # and not always the same one
