@@ -286,3 +286,32 @@ def test_random_mode_replaces_each_key_press_with_one_random_key() -> None:
         assert len(keys) == 1  # one key for the whole press, not one per packet
         seen |= keys
     assert len(seen) > 1  # and not always the same one
+
+
+def test_a_masked_packet_keeps_its_csrcs_and_header_extension() -> None:
+    _, packets = tone_call(0)
+    packets = [RtpPacket(p.payload_type, p.sequence_number, p.timestamp, p.ssrc, p.marker,
+                         [11, 12], 0xBEDE, b"\x10\x2a\x00\x00", p.payload) for p in packets]
+    out = run(opened(MaskingPolicy().with_mode(DtmfSecurityMode.SILENCE)), list(packets),
+              {0: "PCMU"})
+    masked = [q for p, q in zip(packets, out, strict=True) if p.payload != q.payload]
+    assert masked
+    assert all((q.csrc, q.extension_profile, q.extension) == ([11, 12], 0xBEDE,
+                                                              b"\x10\x2a\x00\x00")
+               for q in masked)
+
+
+def test_a_late_packet_is_replaced_at_the_replacements_own_level() -> None:
+    silence = g711.encode(np.zeros(FRAME), "ulaw").tobytes()
+    speech_like = g711.encode(tones.sine(700, 20, -10.0), "ulaw").tobytes()
+    packets: list[RtpPacket | None] = [RtpPacket(0, k, FRAME * k, 7, payload=silence)
+                                       for k in range(12)]
+    packets[3] = None
+    late = RtpPacket(0, 3, FRAME * 3, 7, payload=speech_like)
+    policy = MaskingPolicy().with_mode(DtmfSecurityMode.TONE)
+    out = run(opened(policy), [*packets, late], {0: "PCMU"})
+    released = [p for p in out if p.timestamp == FRAME * 3]
+    assert len(released) == 1
+    heard = g711.decode(np.frombuffer(released[0].payload, np.uint8), "ulaw").astype(float)
+    reference = tones.sine(400, 20, policy.volume_dbm0)
+    assert abs(10 * np.log10(np.mean(heard ** 2) / np.mean(reference ** 2))) < 1.5
