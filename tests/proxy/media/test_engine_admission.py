@@ -636,6 +636,11 @@ async def test_rtcp_follows_an_rtp_handover_to_another_ip_but_not_to_another_por
         assert len(drain(sdp_rtcp)) == 1 and drain(caller_rtcp) == []
     else:  # the same IP: the RTCP endpoint stays
         assert len(drain(caller_rtcp)) == 1 and drain(sdp_rtcp) == []
+    # And the stream can move on again (back to the first source) after that.
+    caller.sendto(media(5), call.a)
+    stats = await call.handled(4)
+    assert stats.endpoint == caller.getsockname()
+    assert seqs(drain(agent)) == [1, 3, 5]
 
 
 async def test_a_latched_endpoints_socket_never_blocks_the_event_loop(
