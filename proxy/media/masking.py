@@ -507,9 +507,13 @@ class MaskingPipeline:
             np.float64)
         policy = stream.policy
         mode = policy.mode.value
-        if policy.mode is DtmfSecurityMode.RANDOM and mask[0] and not self._was_masked(
-                stream, held.start):
-            stream.replacement_digit = self._random.choice(DIGITS)
+        if policy.mode is DtmfSecurityMode.RANDOM:
+            # A new key per masked span, drawn where the span starts. (Testing only the
+            # packet's first sample missed every span that starts inside a packet, which,
+            # widened back by a block, is nearly all of them: "random" stayed key 0.)
+            first = int(np.argmax(mask))
+            if mask[first] and not self._was_masked(stream, held.start + first):
+                stream.replacement_digit = self._random.choice(DIGITS)
         substitute = replacement(mode, held.start, held.length,
                                  frequency=policy.tone_frequency_hz, dbm0=policy.volume_dbm0,
                                  digit=stream.replacement_digit if policy.mode is
