@@ -81,8 +81,10 @@ def test_only_the_packets_under_the_tone_are_masked_in_their_own_law(pt: int, na
                if a.payload != b.payload]
     # The tone is packets 10-15; the widening reaches one packet either side at most.
     assert set(range(10, 16)) <= set(changed) <= set(range(9, 17)), changed
-    # (a masked packet of silence at the span's edge may come out the same bytes)
-    assert len(changed) <= pipeline.counters().masked_packets <= 8
+    # (a masked packet of silence at the span's edge may come out the same bytes; the talk-over
+    # suspicion's reach covers the 38 ms window it judged, i.e. up to two packets before the
+    # tone, which are silence here)
+    assert len(changed) <= pipeline.counters().masked_packets <= 10
     heard = decoded(out, pt)
     # Decoded in the packet's own law, the masked region is silence (a wrong law would not be).
     assert np.max(np.abs(heard[1600:1600 + 960])) < 50
