@@ -27,22 +27,20 @@ _GLUED_ABOVE = 16  # digits in a run beyond which every window is checked
 _ALWAYS_ABOVE = 64  # digits in a run masked without looking: nothing legitimate, and bounded cost
 
 
-def _pan_in(run: str, *, glued: bool = True) -> bool:
+def _pan_in(run: str, *, glued: bool) -> bool:
     groups = _GROUPS.findall(run)
     digits = "".join(groups)
     if len(digits) < _PAN_LENGTHS.start:
         return False
     if len(digits) > _ALWAYS_ABOVE:
         return True
-    if len(digits) in _PAN_LENGTHS and luhn_valid(digits):
-        return True
-    for first in range(len(groups)):  # consecutive whole groups
+    for first in range(len(groups)):  # consecutive whole groups (the whole run among them)
         joined = ""
         for group in groups[first:]:
             joined += group
-            if len(joined) >= _PAN_LENGTHS.stop:
+            if len(joined) > _PAN_LENGTHS[-1]:
                 break
-            if len(joined) in _PAN_LENGTHS and luhn_valid(joined):
+            if len(joined) >= _PAN_LENGTHS.start and luhn_valid(joined):
                 return True
     if glued and len(digits) > _GLUED_ABOVE:
         return any(luhn_valid(digits[start:start + size]) for size in _PAN_LENGTHS

@@ -84,3 +84,46 @@ def test_numbers_that_hold_no_card_are_left_alone(text: str) -> None:
 def test_a_huge_digit_run_is_masked_without_scanning_it() -> None:
     hostile = "7" * 200_000  # e.g. a call id sent to be logged
     assert redact_text(f"call-id={hostile}") == "call-id=[PAN redacted …7777]"
+
+
+# Runs of digits with no Luhn-valid 13-19 digit window anywhere (found by search, pinned):
+NO_CARD_17 = "19093786579754323"
+NO_CARD_20 = "19487574911862527601"
+ONES_64 = "1" * 64  # 13-19 ones never pass Luhn: the longest run that is still looked at
+
+
+@pytest.mark.parametrize("run", [NO_CARD_17, NO_CARD_20, ONES_64])
+def test_long_runs_without_a_card_inside_are_left_alone(run: str) -> None:
+    assert redact_text(f"n={run}") == f"n={run}"
+
+
+def test_a_run_longer_than_64_digits_is_masked_without_looking() -> None:
+    assert redact_text("n=" + "1" * 65) == "n=[PAN redacted …1111]"
+
+
+def test_a_card_glued_after_other_digits_is_found_in_the_last_window() -> None:
+    # the only Luhn-valid window of this run is its last 16 digits: the card
+    assert redact_text("984111111111111111") == "[PAN redacted …1111]"
+
+
+def test_a_short_card_after_a_short_number_is_found_by_its_groups() -> None:
+    # 15 digits in all, too few for the glued rule: only the groups find the 13-digit card
+    assert redact_text(f"seq 12 {THIRTEEN} end") == "seq [PAN redacted …0009] end"
+
+
+def test_a_decimal_number_with_a_card_after_its_point_masks_only_that_side() -> None:
+    assert redact_text("amount 1.4111111111111111") == "amount 1.[PAN redacted …1111]"
+
+
+def test_the_label_shows_the_last_four_digits_whatever_the_grouping() -> None:
+    assert redact_text("card 378282246310 005") == "card [PAN redacted …0005]"
+
+
+def test_a_19_digit_card_after_a_decimal_point_is_found_by_its_groups_alone() -> None:
+    # a decimal's sides skip the glued rule: only the groups can find the longest card
+    assert redact_text(f"x 0.{NINETEEN}") == "x 0.[PAN redacted …0009]"
+
+
+def test_a_card_straddling_groups_is_found_by_the_glued_rule() -> None:
+    # grouped in fours from two digits early: no run of whole groups is the card
+    assert redact_text("ref 9841 1111 1111 1111 11") == "ref [PAN redacted …1111]"
