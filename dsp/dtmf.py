@@ -39,6 +39,11 @@ the eight DTMF frequencies — a few complex multiplies on the block DFTs alread
 * or, for keys talked over by something whose harmonics crowd both tones: 42 % of the energy,
   both tones within 4 Hz of nominal (phase advance from block to block), the better one 6 dB
   above its neighbourhood — multimon-ng hears a talked-over key only that close to nominal;
+* or the same second tier for keys off nominal as real phones' are (Q.24 allows ±1.5 %):
+  each tone's frequency found from its block-to-block phase advance, within 1.75 % of
+  nominal and steady (the two advances agree within 1 Hz: a voiced sound's harmonics glide),
+  the window's blocks summed in phase at it — spandsp, with 12.75 ms bins, hears a key 1.5 %
+  off whole, while summed at nominal over 38 ms it loses up to 20 dB;
 * and follow-on: a block continuing a suspected key while its tones stay plausible.
 
 A suspicion covers the whole window it judged (``DetectorOutput.reach``). Only the rare windows
@@ -184,6 +189,20 @@ class DtmfConfig:
     window_accurate_relative_peak_db: float = 6.0
     window_accurate_frequency_hz: float | None = 4.0
     window_accurate_best_neighbour_db: float = 6.0
+    # The second tier again for keys off nominal as real phones' are (issue 16 follow-up): the
+    # tones' frequencies found from their block-to-block phase advance, each within this
+    # share of nominal (Q.24 accepts ±1.5 % and spandsp decodes that far under talk-over: a
+    # little over it for the estimate's own error), and steady — the advance from the first
+    # block to the second and from the second to the third differ by at most this many Hz (a
+    # key's tones hold their frequency; a voiced sound's harmonics glide with its pitch, and
+    # this is what keeps speech's cost down: measured on the talk-off corpus, A-law speech
+    # masks 18.7 ms/min at 1 Hz, 23.0 at 3 Hz; 0.5 Hz lets spandsp hear one off-nominal key
+    # of the sweep on the agent leg again). Then the pair's share, group margins and twist
+    # are measured at the frequencies found (the window's blocks summed in phase there, as a
+    # decoder with wider bins than the window's own hears the key), with the second tier's
+    # thresholds. None: off (only keys within window_accurate_frequency_hz of nominal).
+    window_off_nominal_tolerance: float | None = 0.0175
+    window_off_nominal_max_drift_hz: float = 1.0
 
     def __post_init__(self) -> None:
         if self.sample_rate != SAMPLE_RATE:
@@ -330,6 +349,59 @@ def _stands_out(windows: npt.NDArray[np.float32], key: npt.NDArray[np.int64],
     stand ``factor`` (energy) above every reference bin of their neighbourhood?"""
     low, high = _neighbour_margins(windows, key)
     return (low >= factor) & (high >= factor)
+
+
+def _off_nominal_tier(turned: list[npt.NDArray[np.complex128]],
+                      steps: list[npt.NDArray[np.complex128]],
+                      advance: npt.NDArray[np.complex128], energy: npt.NDArray[np.float64],
+                      cfg: DtmfConfig) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
+    """The long window's second tier for keys off nominal (``turned``: the window's block DFTs
+    at the nominal frequencies, phased to its start, (C, count, 8) each; ``steps``: their
+    block-to-block advances, ``advance`` their sum; ``energy`` the window's, as |DFT|²).
+
+    A tone Δ Hz off nominal turns by 2π·Δ·102/8000 from one block to the next, so summed
+    coherently at nominal over the window it loses up to 20 dB (1.5 % of 1633 Hz is 24.5 Hz,
+    next to the 38 ms window's first null at 26 Hz) while a decoder with 12.75 ms bins
+    (spandsp) hears it whole. Summing the blocks in phase at the advance measured, and undoing
+    each block's own loss at that offset, measures each tone where it is. Returns, per
+    window, whether the key found that way passes the coherent checks (the caller applies
+    the neighbourhood test), and that key."""
+    assert cfg.window_off_nominal_tolerance is not None
+    step = np.angle(advance)  # (C, count, 8) radians per block
+    offset_hz = np.abs(step) * SAMPLE_RATE / (2 * np.pi * BLOCK_SIZE)
+    drift_hz = (np.abs(np.angle(steps[1] * np.conj(steps[0])))
+                * SAMPLE_RATE / (2 * np.pi * BLOCK_SIZE))
+    aligned = sum(t * np.exp(-1j * k * step) for k, t in enumerate(turned))
+    # A block's rectangular DFT of a tone δ cycles/sample off: |sin(πδN) / (N·sin(πδ))|.
+    delta = step / (2 * np.pi * BLOCK_SIZE)
+    gain = np.abs(np.sinc(delta * BLOCK_SIZE) / np.sinc(delta))
+    power = np.abs(aligned) ** 2 / np.maximum(gain, 0.5) ** 2
+    plausible = ((offset_hz <= cfg.window_off_nominal_tolerance * FREQS)
+                 & (drift_hz <= cfg.window_off_nominal_max_drift_hz))
+    candidate = np.where(plausible, power, 0.0)
+    low_i = np.argmax(candidate[..., _LOW], axis=-1)
+    high_i = np.argmax(candidate[..., _HIGH], axis=-1)
+
+    def tone(group: slice, i: npt.NDArray[np.int64]) -> tuple[npt.NDArray, npt.NDArray,
+                                                              npt.NDArray]:
+        """The chosen tone's power, whether it is plausible, and its group's runner-up."""
+        p = power[..., group]
+        chosen = np.take_along_axis(p, i[..., None], -1)[..., 0]
+        ok = np.take_along_axis(plausible[..., group], i[..., None], -1)[..., 0]
+        others = np.where(np.arange(4) == i[..., None], 0.0, p).max(axis=-1)
+        return chosen, ok, others
+
+    low, low_ok, low_other = tone(_LOW, low_i)
+    high, high_ok, high_other = tone(_HIGH, high_i)
+    twist = _power_ratio(cfg.suspect_max_twist_db)
+    margin = _power_ratio(cfg.window_accurate_relative_peak_db)
+    floor = (dbm0_to_amplitude(cfg.window_min_level_dbm0) * _LONG / 2.0) ** 2
+    passes = (low_ok & high_ok
+              & (np.minimum(low, high) >= floor)
+              & (high <= twist * low) & (low <= twist * high)
+              & (low >= margin * low_other) & (high >= margin * high_other)
+              & (low + high >= cfg.window_accurate_min_energy_share * energy))
+    return passes, low_i * 4 + high_i
 
 
 @dataclass
@@ -710,11 +782,16 @@ class DtmfDetector:
 
         gate = common & (loud | quiet) & stands(cfg.window_relative_peak_db)
         accurate = np.zeros_like(gate)
+        off_nominal = np.zeros_like(gate)
+        off_key = np.zeros(gate.shape, dtype=np.int64)
         if cfg.window_accurate_frequency_hz is not None:
             # Frequency offset of every tone from the phase advance between adjacent blocks.
             turned = [z[:, k:k + count] * _LONG_ROTATION[k] for k in range(_LONG_BLOCKS)]
-            advance = sum(turned[k + 1] * np.conj(turned[k]) for k in range(_LONG_BLOCKS - 1))
+            steps = [turned[k + 1] * np.conj(turned[k]) for k in range(_LONG_BLOCKS - 1)]
+            advance = sum(steps)
             offset_hz = np.abs(np.angle(advance)) * SAMPLE_RATE / (2 * np.pi * BLOCK_SIZE)
+            if cfg.window_off_nominal_tolerance is not None:
+                off_nominal, off_key = _off_nominal_tier(turned, steps, advance, energy, cfg)
             low_i = np.argmax(power[..., _LOW], axis=-1)[..., None]
             high_i = 4 + np.argmax(power[..., _HIGH], axis=-1)[..., None]
             worst_hz = np.maximum(np.take_along_axis(offset_hz, low_i, -1),
@@ -740,6 +817,16 @@ class DtmfDetector:
                            & (worst >= _power_ratio(cfg.window_worst_neighbour_db)))
                           | (accurate[ch, b]
                              & (best >= _power_ratio(cfg.window_accurate_best_neighbour_db))))
+        # Keys off nominal: their own key (found at the measured frequencies), the same
+        # neighbourhood test as the second tier (every reference is ≥ 90 Hz from nominal, so
+        # ≥ 61 Hz from a tone 1.75 % off: still over 2 bins of the 26 Hz Hann window).
+        ch, b = np.nonzero(off_nominal & ~out)
+        if ch.size:
+            starts = b * BLOCK_SIZE
+            windows = x[ch[:, None], starts[:, None] + np.arange(_LONG)]
+            low, high = _neighbour_margins(windows, off_key[ch, b], _LONG_BASIS)
+            out[ch, b] = (np.maximum(low, high)
+                          >= _power_ratio(cfg.window_accurate_best_neighbour_db))
         return out.reshape(-1)
 
     def _talkover(self, data: npt.NDArray[np.float32], m: _BlockMeasures,

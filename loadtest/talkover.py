@@ -7,7 +7,10 @@ Two measurements (issue 16):
   white noise mixed under it at speech-to-tone ratios from +10 dB to −6 dB — the ratio of the
   interferer's power over the keyed stretch to the power of the two tones together — then a
   G.711 hop (µ-law or A-law); and (unless ``--quick`` or ``--no-mobile``) the same through a
-  GSM-FR or AMR-NB round trip (sox) before µ-law, as a mobile caller's keys arrive. Every
+  GSM-FR or AMR-NB round trip (sox) before µ-law, as a mobile caller's keys arrive; and (unless
+  ``--off-nominal no``) the G.711 mixtures again with every key's tones off nominal as real
+  phones' are (each tone within ±1.5 %, some exactly on ±1.0 / ±1.5 %, twist −8 to +4 dB:
+  ITU-T Q.24), the exact-frequency mixtures staying what they were. Every
   mixture runs through the real :class:`MaskingPipeline` (one pipeline, one stream per
   mixture, 20 ms packets and ticks). spandsp and multimon-ng decode the caller's audio and the
   agent leg. The rule: wherever either decodes ≥ 1 digit from the caller, both decode nothing
@@ -77,6 +80,13 @@ class Mixture:
     windows: tuple[tuple[int, int], ...]  # where each key's tones are, [start, end) samples
     under: npt.NDArray[np.float64]  # the interferer alone, as mixed (the decoders' control)
     mobile: str = ""  # "gsm" / "amr-nb": a mobile caller's codec round trip before the G.711 hop
+    # Per key (low tone's relative frequency error, high tone's, twist dB = high − low) when
+    # the keys are off nominal as real phones' are; () for the exact-frequency keys.
+    detune: tuple[tuple[float, float, float], ...] = ()
+
+    @property
+    def off_nominal(self) -> bool:
+        return bool(self.detune)
 
 
 @dataclass(frozen=True)
@@ -98,17 +108,48 @@ class Outcome:
         return bool(self.agent_spandsp or self.agent_multimon)
 
 
-def keyed(card: str, tone_dbm0: float, rng: np.random.Generator
+# Off-nominal keys as real phones send them (ITU-T Q.24): each tone within ±1.5 % of nominal,
+# twist (high tone's level − low tone's) from −8 dB (normal: low group louder) to +4 dB
+# (reverse). One tone in four sits exactly on a corner (±1.0 % or ±1.5 %): the rest drawn
+# uniformly would seldom reach them.
+OFF_NOMINAL_MAX = 0.015
+OFF_NOMINAL_CORNERS = (-0.015, -0.010, 0.010, 0.015)
+TWIST_DB = (-8.0, 4.0)
+
+
+def detuning(count: int, rng: np.random.Generator) -> tuple[tuple[float, float, float], ...]:
+    """``count`` keys' (low error, high error, twist dB), drawn as real phones' tones are."""
+    out = []
+    for _ in range(count):
+        errors = []
+        for _tone in range(2):
+            if rng.random() < 0.25:
+                errors.append(float(rng.choice(OFF_NOMINAL_CORNERS)))
+            else:
+                errors.append(float(rng.uniform(-OFF_NOMINAL_MAX, OFF_NOMINAL_MAX)))
+        out.append((errors[0], errors[1], float(rng.uniform(*TWIST_DB))))
+    return tuple(out)
+
+
+def keyed(card: str, tone_dbm0: float, rng: np.random.Generator,
+          detune: Sequence[tuple[float, float, float]] = ()
           ) -> tuple[npt.NDArray[np.float64], list[tuple[int, int]]]:
     """The card keyed with 50–110 ms tones and 50–100 ms gaps after a 1 s lead, 0.5 s tail;
-    also where each key is."""
+    also where each key is. ``detune`` (one per key, see :func:`detuning`) moves the tones off
+    nominal and twists them, keeping the pair's power that of two tones at ``tone_dbm0`` (so
+    the mixing ratio means the same); it draws nothing from ``rng``, so timing and phases stay
+    those of the exact-frequency keys."""
     parts = [np.zeros(RATE)]
     windows = []
     pos = RATE
-    for key in card:
+    for n, key in enumerate(card):
         tone_ms = float(rng.integers(50, 111))
-        tone = tones.dtmf_tone(key, tone_ms, low_dbm0=tone_dbm0,
-                               phase=float(rng.uniform(0, 2 * np.pi)))
+        low_error, high_error, twist = detune[n] if detune else (0.0, 0.0, 0.0)
+        # low·(1 + 10^(twist/10)) = 2·tone: the pair's power is unchanged by the twist.
+        low_dbm0 = tone_dbm0 + 10.0 * np.log10(2.0 / (1.0 + 10.0 ** (twist / 10.0)))
+        tone = tones.dtmf_tone(key, tone_ms, low_dbm0=float(low_dbm0),
+                               high_dbm0=float(low_dbm0 + twist), low_error=low_error,
+                               high_error=high_error, phase=float(rng.uniform(0, 2 * np.pi)))
         gap = np.zeros(int(rng.integers(50, 101)) * RATE // 1000)
         parts += [tone, gap]
         windows.append((pos, pos + tone.size))
@@ -142,11 +183,12 @@ def mobile_round_trip(x: npt.NDArray[np.float64], codec: str) -> npt.NDArray[np.
 
 
 def mix(kind: str, source: str, interferer: npt.NDArray[np.float64], ratio_db: float,
-        law: str, card: str, tone_dbm0: float, seed: int, mobile: str = "") -> Mixture:
+        law: str, card: str, tone_dbm0: float, seed: int, mobile: str = "",
+        detune: Sequence[tuple[float, float, float]] = ()) -> Mixture:
     """``interferer`` scaled to ``ratio_db`` against the tone pair and added under the card
-    (through a mobile codec first when ``mobile`` names one)."""
+    (through a mobile codec first when ``mobile`` names one; keys off nominal by ``detune``)."""
     rng = np.random.default_rng(seed)
-    signal, windows = keyed(card, tone_dbm0, rng)
+    signal, windows = keyed(card, tone_dbm0, rng, detune)
     start, end = windows[0][0], windows[-1][1]
     if interferer.size < signal.size:
         raise ValueError(f"{source}: {interferer.size} samples, need {signal.size}")
@@ -161,7 +203,7 @@ def mix(kind: str, source: str, interferer: npt.NDArray[np.float64], ratio_db: f
         caller, under = mobile_round_trip(caller, mobile), mobile_round_trip(under, mobile)
     return Mixture(kind, source, ratio_db, law, card,
                    g711.round_trip(caller, law).astype(np.float64), tuple(windows),
-                   g711.round_trip(under, law).astype(np.float64), mobile)
+                   g711.round_trip(under, law).astype(np.float64), mobile, tuple(detune))
 
 
 def interferers(quick: bool, seed: int = 16) -> list[tuple[str, str, npt.NDArray[np.float64]]]:
@@ -183,12 +225,17 @@ def interferers(quick: bool, seed: int = 16) -> list[tuple[str, str, npt.NDArray
 
 def mixtures(quick: bool, tone_dbm0: float = -12.0, seed: int = 16,
              ratios: Sequence[float] = RATIOS_DB, laws: Sequence[str] = LAWS,
-             mobile: Sequence[str] = (),
+             mobile: Sequence[str] = (), off_nominal: bool = False,
              only: Callable[[str, float, str], bool] | None = None) -> list[Mixture]:
     """Every interferer at every ratio in every law; then, for each codec in ``mobile``, the
     same through that codec and µ-law (drawn from their own seed, so the G.711 mixtures stay
     what they were without them). ``only(source, ratio, law)``: render just those (each one
-    exactly as in the whole set)."""
+    exactly as in the whole set).
+
+    ``off_nominal``: the same mixtures (same cards, timing, phases, interferer stretch and
+    level) with every key's tones off nominal and twisted as real phones' are
+    (:func:`detuning`, drawn from a generator of their own, seeded by the mixture: the
+    exact-frequency set is untouched, and each off-nominal mixture is its twin's detuned copy)."""
     out = []
     sources = interferers(quick, seed)
     plan = [("", tuple(laws), np.random.default_rng(seed))]
@@ -204,8 +251,10 @@ def mixtures(quick: bool, tone_dbm0: float = -12.0, seed: int = 16,
                     seeded = seed * 1000 + i * 100 + int(rng.integers(0, 1 << 20))
                     if only is not None and not only(name, ratio, codec or law):
                         continue
+                    detune = (detuning(len(card), np.random.default_rng([seeded, 124]))
+                              if off_nominal else ())
                     out.append(mix(kind, name, samples, ratio, law, card, tone_dbm0,
-                                   seed=seeded, mobile=codec))
+                                   seed=seeded, mobile=codec, detune=detune))
     return out
 
 
@@ -264,8 +313,10 @@ def summarise(outcomes: Iterable[Outcome]) -> str:
     rows: dict[tuple[str, float, str], list[Outcome]] = {}
     for o in outcomes:
         path = o.mixture.mobile or o.mixture.law  # a mobile codec, then µ-law
+        if o.mixture.off_nominal:
+            path += "/off"  # keys off nominal (Q.24 frequency and twist)
         rows.setdefault((o.mixture.kind, o.mixture.ratio_db, path), []).append(o)
-    lines = [f"{'interferer':10} {'ratio dB':>8} {'codec':>6} {'mixtures':>8} "
+    lines = [f"{'interferer':10} {'ratio dB':>8} {'codec':>10} {'mixtures':>8} "
              f"{'caller: spandsp/multimon digits':>32} {'audible':>8} {'leaked':>7} "
              f"{'agent digits':>12}"]
     for (kind, ratio, law), group in sorted(rows.items(), key=lambda r: (r[0][0], -r[0][1],
@@ -273,7 +324,7 @@ def summarise(outcomes: Iterable[Outcome]) -> str:
         sp = sum(len(o.caller_spandsp) for o in group)
         mm = sum(len(o.caller_multimon) for o in group)
         keyed_total = sum(len(o.mixture.card) for o in group)
-        lines.append(f"{kind:10} {ratio:+8.0f} {law:>6} {len(group):8d} "
+        lines.append(f"{kind:10} {ratio:+8.0f} {law:>10} {len(group):8d} "
                      f"{f'{sp}/{mm} of {keyed_total}':>32} "
                      f"{sum(o.audible for o in group):8d} "
                      f"{sum(o.audible and o.leaked for o in group):7d} "
@@ -380,11 +431,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="suspicion(s) the sweep runs the pipeline with")
     parser.add_argument("--no-mobile", action="store_true",
                         help="leave out the GSM-FR and AMR-NB round trips (they need sox)")
+    parser.add_argument("--off-nominal", choices=("also", "only", "no"), default="also",
+                        help="the G.711 mixtures again with keys off nominal (±1.5 %%, twist)")
     args = parser.parse_args(argv)
     failures = 0
     if not args.skip_sweep:
         mobile = () if args.no_mobile or args.quick else MOBILE_CODECS
-        items = mixtures(args.quick, args.tone_dbm0, mobile=mobile)
+        items = [] if args.off_nominal == "only" else mixtures(args.quick, args.tone_dbm0,
+                                                              mobile=mobile)
+        if args.off_nominal != "no":
+            items += mixtures(args.quick, args.tone_dbm0, off_nominal=True)
         methods = [m for m in METHODS if args.method in ("all", m)]
         for method in methods:
             start = time.monotonic()
@@ -392,8 +448,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Talk-over sweep, suspicion {method}: {len(items)} mixtures, tones at "
                   f"{args.tone_dbm0:g} dBm0 each, {time.monotonic() - start:.0f} s")
             print(summarise(outcomes))
-            for label, group in (("G.711", [o for o in outcomes if not o.mixture.mobile]),
-                                 ("GSM-FR/AMR-NB", [o for o in outcomes if o.mixture.mobile])):
+            for label, group in (
+                    ("G.711", [o for o in outcomes
+                               if not o.mixture.mobile and not o.mixture.off_nominal]),
+                    ("G.711, keys off nominal", [o for o in outcomes if o.mixture.off_nominal]),
+                    ("GSM-FR/AMR-NB", [o for o in outcomes if o.mixture.mobile])):
                 if not group:
                     continue
                 leaky = [o for o in group if o.audible and o.leaked]
