@@ -791,7 +791,8 @@ class DtmfDetector:
             advance = sum(steps)
             offset_hz = np.abs(np.angle(advance)) * SAMPLE_RATE / (2 * np.pi * BLOCK_SIZE)
             if cfg.window_off_nominal_tolerance is not None:
-                off_nominal, off_key = _off_nominal_tier(turned, steps, advance, energy, cfg)
+                off_nominal, off_key = _off_nominal_tier(turned, steps, advance,
+                                                         np.asarray(energy, np.float64), cfg)
             low_i = np.argmax(power[..., _LOW], axis=-1)[..., None]
             high_i = 4 + np.argmax(power[..., _HIGH], axis=-1)[..., None]
             worst_hz = np.maximum(np.take_along_axis(offset_hz, low_i, -1),
