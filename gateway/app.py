@@ -48,6 +48,16 @@ class TokenRequest(BaseModel):
     postal_code: str | None = Field(default=None, max_length=10, repr=False)
 
 
+_KNOWN_FIELDS = frozenset(TokenRequest.model_fields) | {"idempotency-key"}
+
+
+def _answerable(field: str) -> str:
+    """A field name fit to send back: one of ours, else a placeholder."""
+    if field in _KNOWN_FIELDS:
+        return field
+    return "(unknown field)" if field else "(body)"
+
+
 def create_app(store: TokenStore, *, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     # No slash redirects: their Location repeats the query string (whatever was put there).
     app = FastAPI(title="ToneGuard gateway stub", version="1", docs_url=None, redoc_url=None,
@@ -56,7 +66,9 @@ def create_app(store: TokenStore, *, max_body_bytes: int = MAX_BODY_BYTES) -> Fa
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: object, exc: RequestValidationError) -> JSONResponse:
         # FastAPI's default 422 body echoes the input, which would be the card number.
-        fields = sorted({".".join(str(p) for p in e["loc"][1:]) for e in exc.errors()})
+        # Nor the names of unknown fields: a client chooses those (a card number sent as a key).
+        fields = sorted({_answerable(".".join(str(p) for p in e["loc"][1:]))
+                         for e in exc.errors()})
         return _error(422, "invalid_request", fields=fields)
 
     @app.get("/health")

@@ -53,6 +53,7 @@ from proxy.securepay.manager import (
     PaymentError,
     PaymentManager,
 )
+from proxy.securepay.redaction import redact_text
 from proxy.securepay.session import PaymentSession
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -130,7 +131,10 @@ def sip_credential(secret: bytes, agent_id: str, lifetime_s: int,
 def _validation_fields(exc: RequestValidationError) -> list[str]:
     """Where a request was invalid (``body.amount``), never what was sent: FastAPI's default
     422 body echoes the input, which may be a card number typed into the wrong field."""
-    return sorted({".".join(str(p) for p in e.get("loc", ())) for e in exc.errors()})
+    # A location can hold names the client chose (an unknown key, a dict key): one that holds a
+    # card number is masked, and none is sent back longer than 64 characters.
+    return sorted({redact_text(".".join(str(p) for p in e.get("loc", ())))[:64]
+                   for e in exc.errors()})
 
 
 def create_app(manager: PaymentManager, agents: AgentDirectory,
