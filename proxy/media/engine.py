@@ -407,6 +407,7 @@ class LocalMediaEngine:
                     s = socket.socket(self._family, socket.SOCK_DGRAM)
                     socks.append(s)
                     if p == port:  # for the connected twin (only our own user may join)
+                        self._ensure_unshared(p)
                         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                     s.bind((self._address, p))
                     s.setblocking(False)
@@ -423,6 +424,15 @@ class LocalMediaEngine:
         if wanted is not None:
             raise PortsExhaustedError(f"port {wanted} (or {wanted + 1}) is taken")
         raise PortsExhaustedError(f"no free port pair in {self._port_min}-{self._port_max}")
+
+    def _ensure_unshared(self, port: int) -> None:
+        """Raise EADDRINUSE if any socket holds ``port``. Why: the RTP socket joins an
+        SO_REUSEPORT group (for its connected twin), and a group admits any socket of the same
+        user that also asks for it: another ToneGuard process on an overlapping range, or a
+        worker outliving its node, would silently receive a share of this stream's datagrams.
+        A socket bound without SO_REUSEPORT fails on a port anyone holds."""
+        with socket.socket(self._family, socket.SOCK_DGRAM) as probe:
+            probe.bind((self._address, port))
 
     def _get(self, stream_id: str) -> _Stream:
         try:

@@ -170,3 +170,27 @@ def test_the_open_file_limit_is_lifted_to_the_hard_limit() -> None:
             hard if hard != resource.RLIM_INFINITY else 1 << 20)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_a_port_another_socket_holds_is_never_shared(media_ports: tuple[int, int]) -> None:
+    """The RTP socket joins an SO_REUSEPORT group (for its connected twin); the kernel would let
+    it share a port with any other socket of this user that asked for the same (another node on
+    an overlapping range, a worker outliving its node) and split the stream's datagrams between
+    them. A port someone holds is skipped, and a range with no other port is exhausted."""
+    from proxy.media.types import PortsExhaustedError
+    low = media_ports[0]
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    squatter.bind(("127.0.0.1", low))
+    engine = LocalMediaEngine("127.0.0.1", low, low + 4)  # two even ports: low, low + 2
+    await engine.start()
+    try:
+        endpoint = await engine.allocate("a", "c", rtcp_mux=True)
+        assert endpoint.rtp_port == low + 2
+        with pytest.raises(PortsExhaustedError):
+            await engine.allocate("b", "c", rtcp_mux=True)
+        with pytest.raises(PortsExhaustedError, match=f"port {low}"):
+            await engine.allocate("r", "c", rtcp_mux=True, port=low)  # a restored call's port
+    finally:
+        await engine.stop()
+        squatter.close()
