@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
+import random
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -14,18 +16,38 @@ import pytest
 ARTIFACTS = Path(os.environ.get("TONEGUARD_TEST_ARTIFACTS", "test-artifacts"))
 
 
+# Ports handed to peers that bind them later (sipp, baresip, Kamailio, nodes) come from
+# 10016-19999, below the kernel's ephemeral range (32768-60999) and the media windows below.
+# Why not bind port 0 and close: the kernel may give that port to any process's next outgoing
+# socket before the peer binds it (a CI run lost a sipp to errno 98 that way). Each pick is a
+# block of 32 ports, because sipp binds port..port+3 and baresip a range of 20 from its base;
+# picks walk the blocks from a random start, so this process reuses a block only after 300
+# more picks, and a block another process holds is skipped by the bind check.
+_PICK_BASE, _PICK_BLOCK, _PICK_BLOCKS = 10016, 32, 312
+_pick_next = itertools.count(random.randrange(_PICK_BLOCKS))
+
+
+def _pick_port(kind: socket.SocketKind, host: str) -> int:
+    for _ in range(_PICK_BLOCKS):
+        port = _PICK_BASE + next(_pick_next) % _PICK_BLOCKS * _PICK_BLOCK
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port block on {host} in {_PICK_BASE}-"
+                       f"{_PICK_BASE + _PICK_BLOCKS * _PICK_BLOCK - 1}")
+
+
 def pick_udp_port(host: str = "127.0.0.1") -> int:
-    """A UDP port on ``host`` free right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A UDP port on ``host`` that is free and that no outgoing socket will be given."""
+    return _pick_port(socket.SOCK_DGRAM, host)
 
 
 def pick_tcp_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on ``host`` free right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A TCP port on ``host`` that is free and that no outgoing socket will be given."""
+    return _pick_port(socket.SOCK_STREAM, host)
 
 
 @pytest.fixture

@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import pick_udp_port
-
 ROOT = Path(__file__).resolve().parents[3]
 RUN_SECONDS = 60  # bound on each subprocess (start-up imports NumPy, SciPy, FastAPI)
 
@@ -79,30 +77,34 @@ def test_bad_value_in_the_file_is_still_blamed_on_the_file(tmp_path: Path) -> No
     assert "x.toml: media.workers:" in result.stderr
 
 
-def _config(tmp_path: Path, ng: str, api: str) -> Path:
-    base = 20000 + (pick_udp_port() % 9000) // 2 * 2
+def _config(tmp_path: Path, ng: str, api: str, media: tuple[int, int]) -> Path:
+    base = media[0]
     path = tmp_path / "node.toml"
     path.write_text(f'[ng]\nlisten = "{ng}"\n[api]\nlisten = "{api}"\n'
                     f"[media]\nport_min = {base}\nport_max = {base + 20}\n")
     return path
 
 
-def test_busy_ng_port_names_the_socket_and_exits_1(tmp_path: Path) -> None:
+def test_busy_ng_port_names_the_socket_and_exits_1(tmp_path: Path,
+                                                   media_ports: tuple[int, int]) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{taken.getsockname()[1]}"
-        result = toneguard("serve", "-c", str(_config(tmp_path, address, "127.0.0.1:0")))
+        config = _config(tmp_path, address, "127.0.0.1:0", media_ports)
+        result = toneguard("serve", "-c", str(config))
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert f"cannot bind the ng socket {address}: address already in use" in result.stderr
 
 
-def test_busy_api_port_names_the_socket_and_exits_1(tmp_path: Path) -> None:
+def test_busy_api_port_names_the_socket_and_exits_1(tmp_path: Path,
+                                                    media_ports: tuple[int, int]) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         address = f"127.0.0.1:{taken.getsockname()[1]}"
-        result = toneguard("serve", "-c", str(_config(tmp_path, "127.0.0.1:0", address)))
+        config = _config(tmp_path, "127.0.0.1:0", address, media_ports)
+        result = toneguard("serve", "-c", str(config))
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert f"cannot bind the API socket {address}: address already in use" in result.stderr

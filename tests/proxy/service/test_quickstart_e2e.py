@@ -66,11 +66,11 @@ async def processes() -> AsyncIterator[list[asyncio.subprocess.Process]]:
 
 
 async def test_quickstart_gives_a_tokenised_payment_through_kamailio(
-    tmp_path: Path, processes: list[asyncio.subprocess.Process]
+    tmp_path: Path, processes: list[asyncio.subprocess.Process], media_ports: tuple[int, int]
 ) -> None:
     ng, sip, centre, carrier = (pick_udp_port() for _ in range(4))
     api, gateway = pick_tcp_port(), pick_tcp_port()
-    media = 20000 + (pick_udp_port() % 9000) // 2 * 2
+    media = media_ports[0]
     py = sys.executable
 
     # 2. The gateway.
