@@ -232,8 +232,8 @@ class MediaEngine:
                     time.sleep(wait)
                 self.lateness.append(max(0.0, time.monotonic() - due))
                 self._send_phase(now_tick, phase)
-                for side in (CALLER, AGENT):
-                    self._drain(side)
+                for receiver in self._receivers:
+                    receiver.drain(self._take)
             self._retire(now_tick)
             self.tick += 1
         self.generator_drops = sum(socket_drops(p) for p in self.ports) - \
@@ -380,15 +380,6 @@ class MediaEngine:
             self._sent_at[n, side, tick] = stamp
         self._senders[side].send(destinations, np.arange(len(destinations)) * ROW, lengths)
         self.counters.sent += len(destinations)
-
-    def _drain(self, side: int) -> None:
-        receiver = self._receivers[side]
-        while True:
-            count, lengths, stamps = receiver.receive()
-            if count:
-                self._take(receiver.rows[:count], lengths, stamps)
-            if count < len(receiver.rows):
-                return
 
     def _take(self, rows: npt.NDArray[np.uint8], lengths: npt.NDArray[np.uint32],
               stamps: npt.NDArray[np.float64]) -> None:
