@@ -141,15 +141,22 @@ class Runner:
             on_ended=lambda results: self._ended_threadsafe(loop, results))
         self.engine = engine
         sampler = Sampler(self.target.pids).start()
-        transport, ng = await loop.create_datagram_endpoint(NgClient,
-                                                            remote_addr=self.target.ng)
+        # One ng socket per node, as Kamailio keeps one per rtpengine set member; one HTTP
+        # client per API (the same URL for every node shares one).
+        endpoints = [await loop.create_datagram_endpoint(NgClient, remote_addr=node.ng)
+                     for node in self.target.nodes]
+        clients = {api: httpx.AsyncClient(base_url=api or "http://invalid", timeout=10)
+                   for api in dict.fromkeys(node.api for node in self.target.nodes)}
         started = time.monotonic()
         self._t0 = started
         engine.start()
         progress = asyncio.create_task(self._progress(sampler))
-        http = httpx.AsyncClient(base_url=self.target.api or "http://invalid", timeout=10)
-        tasks: list[asyncio.Task[object]] = [
-            asyncio.create_task(self._call(rec, transport, ng, http, stop)) for rec in self.calls]
+        tasks: list[asyncio.Task[object]] = []
+        for rec in self.calls:
+            n = rec.index % len(endpoints)
+            transport, ng = endpoints[n]
+            http = clients[self.target.nodes[n].api]
+            tasks.append(asyncio.create_task(self._call(rec, transport, ng, http, stop)))
         stopper: asyncio.Task[object] = asyncio.create_task(stop.wait())
         try:
             pending: set[asyncio.Task[object]] = set(tasks)
@@ -167,8 +174,10 @@ class Runner:
             for task in (*tasks, stopper, progress):
                 task.cancel()
             await asyncio.gather(*tasks, stopper, progress, return_exceptions=True)
-            await http.aclose()
-            transport.close()
+            for http in clients.values():
+                await http.aclose()
+            for transport, _ in endpoints:
+                transport.close()
             sampler.stop()
             engine.stop(finish=False)
             engine.close()

@@ -98,9 +98,10 @@ def summarise(result: RunResult) -> dict[str, Any]:
         "tool": "toneguard loadtest",
         "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "scenario": s.model_dump(mode="json"),
-        "target": {"kind": result.target.kind, "ng": f"{result.target.ng[0]}:"
-                   f"{result.target.ng[1]}", "api": result.target.api,
-                   "settings": result.target.settings},
+        "target": {"kind": result.target.kind,
+                   "ng": ",".join(f"{n.ng[0]}:{n.ng[1]}" for n in result.target.nodes),
+                   "api": result.target.api, "nodes": len(result.target.nodes),
+                   "workers": result.target.workers, "settings": result.target.settings},
         "partial": result.partial,
         "duration_seconds": round(result.duration, 2),
         "calls": {
