@@ -115,9 +115,22 @@ def process_tree(pid: int) -> list[int]:
     return pids
 
 
-def usage(roots: list[int]) -> tuple[float, int]:
-    """CPU seconds (user + system) and resident bytes of ``roots`` and their descendants."""
-    cpu, rss = 0.0, 0
+def _run_queue_seconds(pid: int) -> float:
+    """Seconds the threads of ``pid`` have spent runnable but waiting for a CPU (the second
+    field of each thread's /proc schedstat, in ns); 0 where the kernel does not keep it."""
+    total = 0
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError, IndexError,
+                                     ValueError):
+                total += int((task / "schedstat").read_text().split()[1])
+    return total / 1e9
+
+
+def usage(roots: list[int]) -> tuple[float, int, float]:
+    """CPU seconds (user + system), resident bytes, and run-queue seconds (wanting a CPU and
+    not getting one) of ``roots`` and their descendants."""
+    cpu, rss, waited = 0.0, 0, 0.0
     for root in roots:
         for pid in process_tree(root):
             try:
@@ -127,15 +140,30 @@ def usage(roots: list[int]) -> tuple[float, int]:
                 continue
             cpu += (int(stat[11]) + int(stat[12])) / CLK_TCK
             rss += int(statm[1]) * PAGE
-    return cpu, rss
+            waited += _run_queue_seconds(pid)
+    return cpu, rss, waited
+
+
+def niceness(roots: list[int]) -> list[int]:
+    """The nice value of each root process (a target started by the tool inherits the tool's:
+    ``nice -n 10 toneguard loadtest`` runs the relay at 10 too)."""
+    values = []
+    for root in roots:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            values.append(int(Path(f"/proc/{root}/stat").read_text().rsplit(")", 1)[1]
+                              .split()[16]))
+    return values
 
 
 class Sampler:
-    """CPU % (one core = 100) and RSS of the target every ``interval`` s, in a thread."""
+    """CPU % (one core = 100), RSS and run-queue wait % of the target every ``interval`` s, in
+    a thread. The wait is the time its threads were ready to run but the host gave the CPU to
+    something else: high while latency grows means the host, not the relay, was short."""
 
     def __init__(self, roots: list[int], interval: float = 0.5) -> None:
         self.roots, self.interval = roots, interval
-        self.samples: list[tuple[float, float, int]] = []  # (t, cpu %, rss bytes)
+        # (t, cpu %, rss bytes, run-queue wait %)
+        self.samples: list[tuple[float, float, int, float]] = []
         self.started = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="loadtest-sampler", daemon=True)
@@ -146,12 +174,13 @@ class Sampler:
         return self
 
     def _run(self) -> None:
-        last_t, (last_cpu, _) = time.monotonic(), usage(self.roots)
+        last_t, (last_cpu, _, last_wait) = time.monotonic(), usage(self.roots)
         while not self._stop.wait(self.interval):
-            now, (cpu, rss) = time.monotonic(), usage(self.roots)
-            self.samples.append((now - self.started, 100 * (cpu - last_cpu) / (now - last_t),
-                                 rss))
-            last_t, last_cpu = now, cpu
+            now, (cpu, rss, waited) = time.monotonic(), usage(self.roots)
+            dt = now - last_t
+            self.samples.append((now - self.started, 100 * (cpu - last_cpu) / dt, rss,
+                                 100 * (waited - last_wait) / dt))
+            last_t, last_cpu, last_wait = now, cpu, waited
 
     def stop(self) -> None:
         self._stop.set()

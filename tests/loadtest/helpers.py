@@ -44,6 +44,7 @@ def synthetic_run(*, leak_on: int | None = None, partial: bool = False, lose: bo
         scenario, Target("toneguard", [NodeAddress(("127.0.0.1", 2223))],
                          settings="synthetic"), calls,
         duration=2.5, partial=partial, lateness=np.full(100, 0.0002), generator_drops=0,
-        foreign=0, usage=[(0.5, 10.0, 50 << 20), (1.0, 14.0, 52 << 20)], timeline=timeline,
+        foreign=0, usage=[(0.5, 10.0, 50 << 20, 1.0), (1.0, 14.0, 52 << 20, 3.0)],
+        timeline=timeline,
         latencies=[np.concatenate([c.streams[side].latencies for c in calls])
                    for side in (CALLER, AGENT)])
