@@ -185,9 +185,10 @@ async def compare_nodes(scenario: Scenario, directory: Path, stop: asyncio.Event
     (directory / "compare.json").write_text(json.dumps(outcome, indent=1) + "\n", "utf-8")
     (directory / "compare.html").write_text(render_comparison(outcome), "utf-8")
     width = max(len(label) for label, _ in COMPARED)
-    print("loadtest: " + " " * width + "".join(f"  {name:>22}" for name in runs))
-    for label, values in rows.items():
-        print(f"loadtest: {label:{width}}" + "".join(f"  {v:>22}" for v in values.values()))
+    print("loadtest: " + " " * width + "".join(f"  {name:>24}" for name in runs))
+    for label, values in rows.items():  # long cells (the verdict's problems) cut: see the page
+        print(f"loadtest: {label:{width}}" + "".join(
+            f"  {v if len(v) <= 24 else v[:23] + '…':>24}" for v in values.values()))
     print(f"loadtest: report {directory / 'compare.html'}")
     if stop.is_set():
         return EXIT_INTERRUPTED
