@@ -4,9 +4,11 @@ threads waited for a CPU (the run queue), which tells a starved relay from a slo
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +55,19 @@ def test_a_process_that_is_gone_counts_nothing() -> None:
     proc.wait()
     assert usage([proc.pid]) == (0.0, 0, 0.0)
     assert niceness([proc.pid]) == []
+
+
+@pytest.mark.peer
+@pytest.mark.skipif(shutil.which("rtpengine") is None, reason="apt-get install rtpengine-daemon")
+def test_workers_reach_rtpengine_as_its_thread_count(tmp_path: Path) -> None:
+    from loadtest.target import StartedTarget
+
+    started = StartedTarget("rtpengine", 40, tmp_path, workers=1)
+    try:
+        (pid,) = started.target.pids
+        cmdline = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+        assert "--num-threads=1" in cmdline
+        assert "worker threads: 1" in started.target.settings
+        assert started.target.workers == 1
+    finally:
+        started.stop()
