@@ -20,7 +20,7 @@ from typing import Annotated
 
 import typer
 
-from loadtest.scenario import Scenario, ScenarioError, load_scenario
+from loadtest.scenario import Scenario, ScenarioError, load_scenario, parse_scenario
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -34,6 +34,27 @@ def _hostport(text: str, flag: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _counts(text: str, flag: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError as exc:
+        raise typer.BadParameter(f"expected N or N,M,..., got {text!r}",
+                                 param_hint=flag) from exc
+
+
+def with_target(scenario: Scenario, *, workers: int | None, nodes: list[int] | None
+                ) -> Scenario:
+    """The scenario with --workers / --nodes in its [target] (validated as if in the file)."""
+    if workers is None and nodes is None:
+        return scenario
+    data = scenario.model_dump(mode="json")
+    if workers is not None:
+        data["target"]["workers"] = workers
+    if nodes is not None:
+        data["target"]["nodes"] = nodes
+    return parse_scenario(data, "command line")
+
+
 @app.command()
 def loadtest_command(
     scenario_file: Annotated[Path, typer.Argument(
@@ -42,10 +63,18 @@ def loadtest_command(
         metavar="toneguard|rtpengine", help="Relay to test (started on loopback unless --ng)."
     )] = "toneguard",
     ng: Annotated[str | None, typer.Option(
-        metavar="HOST:PORT", help="Drive a running relay's ng socket instead.")] = None,
+        metavar="HOST:PORT[,HOST:PORT...]", help="Drive a running relay's ng socket instead "
+        "(several: calls round robin over them, as Kamailio's rtpengine set).")] = None,
     api: Annotated[str | None, typer.Option(
-        metavar="URL", help="Its API, for payments (keys: TONEGUARD_ADMIN_KEY, "
-                            "TONEGUARD_AGENT_KEY).")] = None,
+        metavar="URL[,URL...]", help="Its API, for payments (one, or one per --ng node; keys: "
+                                     "TONEGUARD_ADMIN_KEY, TONEGUARD_AGENT_KEY).")] = None,
+    workers: Annotated[int | None, typer.Option(
+        metavar="N", help="Media workers per started ToneGuard node, rtpengine threads "
+                          "(overrides [target] workers; 0 = one per core).")] = None,
+    nodes: Annotated[str | None, typer.Option(
+        metavar="N[,M...]", help="Started ToneGuard nodes sharing a redis-server; several "
+                                 "counts = one run each, compared (overrides [target] nodes)."
+    )] = None,
     pid: Annotated[list[int] | None, typer.Option(
         metavar="PID", help="With --ng: process id(s) of the running relay, for CPU and RSS."
     )] = None,
@@ -62,22 +91,31 @@ def loadtest_command(
     if target not in ("toneguard", "rtpengine"):
         print("toneguard loadtest: --target must be toneguard or rtpengine", file=sys.stderr)
         return EXIT_USAGE
+    node_counts = _counts(nodes, "--nodes") if nodes is not None else None
     try:
-        scenario = load_scenario(scenario_file)
+        scenario = with_target(load_scenario(scenario_file), workers=workers,
+                               nodes=node_counts)
     except ScenarioError as exc:
         print(f"toneguard loadtest: {exc}", file=sys.stderr)
         return EXIT_USAGE
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     directory = report or Path("reports") / f"{scenario.name}-{stamp}"
-    running = _hostport(ng, "--ng") if ng else None
+    running = [_hostport(part, "--ng") for part in ng.split(",")] if ng else None
+    apis = api.split(",") if api else []
     if find_capacity:
         from loadtest.capacity import find_capacity as run_capacity
 
         return asyncio.run(_signalled(lambda stop: run_capacity(
             scenario, directory, stop, progress=progress)))
+    counts = scenario.target.nodes
+    if running is None and target == "toneguard" and len(counts) > 1:
+        from loadtest.capacity import compare_nodes
+
+        return asyncio.run(_signalled(lambda stop: compare_nodes(
+            scenario, directory, stop, progress=progress)))
     return asyncio.run(_signalled(lambda stop: run_once(
-        scenario, target, directory, stop, running=running, api=api, pids=pid or [],
-        progress=progress)))
+        scenario, target, directory, stop, running=running, apis=apis, pids=pid or [],
+        progress=progress, nodes=counts[0])))
 
 
 async def _signalled(body: Callable[[asyncio.Event], Awaitable[int]]) -> int:
@@ -94,10 +132,11 @@ async def _signalled(body: Callable[[asyncio.Event], Awaitable[int]]) -> int:
 
 
 async def run_once(scenario: Scenario, kind: str, directory: Path, stop: asyncio.Event, *,
-                   running: tuple[str, int] | None = None, api: str | None = None,
+                   running: list[tuple[str, int]] | None = None, apis: list[str] | None = None,
                    pids: list[int] | None = None, progress: bool | None = None,
-                   quiet: bool = False) -> int:
-    """One run against one target; writes the report; returns the exit code."""
+                   quiet: bool = False, nodes: int = 1) -> int:
+    """One run against one target (``nodes`` ToneGuard nodes when the tool starts it, else
+    the ``running`` ones); writes the report; returns the exit code."""
     from loadtest.progress import Progress
     from loadtest.report import write_report
     from loadtest.runner import Runner
@@ -109,15 +148,17 @@ async def run_once(scenario: Scenario, kind: str, directory: Path, stop: asyncio
         started = None
         try:
             if running is not None:
-                target = await asyncio.to_thread(running_target, kind, running, api, pids or [])
+                target = await asyncio.to_thread(running_target, kind, running, apis or [],
+                                                 pids or [])
             else:
                 started = await asyncio.to_thread(
-                    StartedTarget, kind, 4 * scenario.calls.concurrency + 40, Path(tmp))
+                    StartedTarget, kind, 4 * scenario.calls.concurrency + 40, Path(tmp),
+                    nodes=nodes, workers=scenario.target.workers)
                 target = started.target
             if not quiet:
-                print(f"loadtest: {scenario.name} against {target.kind} (ng "
-                      f"{target.ng[0]}:{target.ng[1]}), {scenario.calls.total} calls",
-                      flush=True)
+                ngs = ", ".join(f"{n.ng[0]}:{n.ng[1]}" for n in target.nodes)
+                print(f"loadtest: {scenario.name} against {target.kind} (ng {ngs}), "
+                      f"{scenario.calls.total} calls; {target.settings}", flush=True)
             with Progress(f"{scenario.name} → {target.kind}", scenario.calls.total,
                           live=progress if not quiet else False) as display:
                 runner = Runner(scenario, target,

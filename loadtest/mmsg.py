@@ -17,7 +17,7 @@ import ctypes.util
 import errno
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -167,6 +167,22 @@ class BatchReceiver:
         if np.any(control["type"] != SO_TIMESTAMPNS):
             raise RuntimeError("a datagram arrived without its kernel timestamp")
         return rc, self._msgs["len"][:rc].copy(), control["sec"] + control["nsec"] * 1e-9
+
+    def drain(self, take: Callable[[npt.NDArray[np.uint8], npt.NDArray[np.uint32],
+                                    npt.NDArray[np.float64]], None]) -> int:
+        """Hand everything queued now to ``take(rows, lengths, receive_times)``, batch by
+        batch, and return how many datagrams that was. A batch that comes back short ends it:
+        the socket is empty, and a socket that keeps receiving must not hold up the caller's
+        next send slot for longer than one more batch. ``rows`` are reused by the next
+        batch: ``take`` copies what it keeps."""
+        total = 0
+        while True:
+            count, lengths, stamps = self.receive()
+            if count:
+                take(self.rows[:count], lengths, stamps)
+                total += count
+            if count < len(self.rows):
+                return total
 
 
 def socket_drops(port: int) -> int:

@@ -139,10 +139,12 @@ def render_html(s: dict[str, Any]) -> str:
                        for d in names], "seconds into the run", "p99 latency (ms)")
     cpu = line_chart("Target CPU and calls up over time",
                      [("target CPU % (one core = 100)",
-                       [(t, c) for t, c, _ in usage["samples"]]),
+                       [(t, c) for t, c, *_ in usage["samples"]]),
+                      ("waiting for a CPU %", [(t, w[0]) for t, _, _, *w in usage["samples"]
+                                               if w]),
                       ("calls up", [(t, n) for t, n, _, _ in s["timeline"]])],
                      "seconds into the run", "CPU % / calls")
-    rss = line_chart("Target memory (RSS)", [("RSS MB", [(t, r) for t, _, r in
+    rss = line_chart("Target memory (RSS)", [("RSS MB", [(t, r) for t, _, r, *_ in
                                                         usage["samples"]])],
                      "seconds into the run", "MB")
     loss = bar_chart("Packets lost per direction",
@@ -154,6 +156,10 @@ def render_html(s: dict[str, Any]) -> str:
         ("digits captured", digits["captured"])])
     status = '<span class="ok">PASS</span>' if v["ok"] else '<span class="bad">FAIL</span>'
     problems = "".join(f"<li>{_e(p)}</li>" for p in v["problems"]) or "<li>none</li>"
+    notes = "".join(f"<li>{_e(n)}</li>" for n in s.get("notes", []))
+    if notes:
+        problems += f'</ul><p>To weigh the figures with:</p><ul id="notes">{notes}'
+    host = s.get("host") or {}
     sc = s["scenario"]
     overview = _table([
         ("target", f"{s['target']['kind']} — {s['target']['settings']}"),
@@ -189,6 +195,13 @@ def render_html(s: dict[str, Any]) -> str:
     generator = _table([
         ("target CPU", f"mean {usage['cpu_percent_mean']} %, max {usage['cpu_percent_max']} %"
                        f", RSS max {usage['rss_mb_max']} MB"),
+        ("target waiting for a CPU", f"mean {usage.get('cpu_wait_percent_mean')} %, max "
+                                     f"{usage.get('cpu_wait_percent_max')} % (run queue)"),
+        ("host", f"{host.get('cpus')} CPUs, load average {host.get('load_start')} at the start, "
+                 f"{host.get('load_end')} at the end; target nice {host.get('target_nice')}"),
+        ("generator send time", f"p99 {gen.get('send_ms_p99')} ms, max "
+                                f"{gen.get('send_ms_max')} ms (latency stamp to sendmmsg "
+                                "returning)"),
         ("generator lateness", f"p50 {gen['late_ms_p50']} ms, p99 {gen['late_ms_p99']} ms, "
                                f"max {gen['late_ms_max']} ms"),
         ("generator socket drops", gen["socket_drops"]),

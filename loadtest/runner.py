@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import numpy.typing as npt
 from loadtest.media import AGENT, CALLER, PTIME, CallMedia, MediaEngine, StreamStats
 from loadtest.scenario import Scenario
 from loadtest.sources import EVENT_PT, LAWS, PAYLOAD_TYPES, SAMPLES, Bank, Keying, build_bank
-from loadtest.target import Sampler, Target
+from loadtest.target import Sampler, Target, niceness
 from proxy.control import sdes
 from proxy.demo.sdp_builder import audio_sdp, media_endpoint
 from proxy.demo.simulate import NgClient
@@ -87,9 +88,13 @@ class RunResult:
     lateness: npt.NDArray[np.float64]
     generator_drops: int
     foreign: int
-    usage: list[tuple[float, float, int]]  # (t, cpu %, rss)
+    usage: list[tuple[float, float, int, float]]  # (t, cpu %, rss, run-queue wait %)
     timeline: list[Snapshot]
     latencies: list[npt.NDArray[np.float64]]  # per direction (seconds)
+    # Per sendmmsg: (s into the run, s from the latency stamp to the call's return).
+    send_times: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros((0, 2)))
+    # The host: load average (1 min) at the start and the end, the target's nice values.
+    host: dict[str, object] = field(default_factory=dict)
 
 
 def _spread(count: int, share: float) -> list[bool]:
@@ -141,15 +146,25 @@ class Runner:
             on_ended=lambda results: self._ended_threadsafe(loop, results))
         self.engine = engine
         sampler = Sampler(self.target.pids).start()
-        transport, ng = await loop.create_datagram_endpoint(NgClient,
-                                                            remote_addr=self.target.ng)
+        host: dict[str, object] = {"load_start": round(os.getloadavg()[0], 2),
+                                   "cpus": os.cpu_count(),
+                                   "target_nice": niceness(self.target.pids)}
+        # One ng socket per node, as Kamailio keeps one per rtpengine set member; one HTTP
+        # client per API (the same URL for every node shares one).
+        endpoints = [await loop.create_datagram_endpoint(NgClient, remote_addr=node.ng)
+                     for node in self.target.nodes]
+        clients = {api: httpx.AsyncClient(base_url=api or "http://invalid", timeout=10)
+                   for api in dict.fromkeys(node.api for node in self.target.nodes)}
         started = time.monotonic()
         self._t0 = started
         engine.start()
         progress = asyncio.create_task(self._progress(sampler))
-        http = httpx.AsyncClient(base_url=self.target.api or "http://invalid", timeout=10)
-        tasks: list[asyncio.Task[object]] = [
-            asyncio.create_task(self._call(rec, transport, ng, http, stop)) for rec in self.calls]
+        tasks: list[asyncio.Task[object]] = []
+        for rec in self.calls:
+            n = rec.index % len(endpoints)
+            transport, ng = endpoints[n]
+            http = clients[self.target.nodes[n].api]
+            tasks.append(asyncio.create_task(self._call(rec, transport, ng, http, stop)))
         stopper: asyncio.Task[object] = asyncio.create_task(stop.wait())
         try:
             pending: set[asyncio.Task[object]] = set(tasks)
@@ -167,19 +182,24 @@ class Runner:
             for task in (*tasks, stopper, progress):
                 task.cancel()
             await asyncio.gather(*tasks, stopper, progress, return_exceptions=True)
-            await http.aclose()
-            transport.close()
+            for http in clients.values():
+                await http.aclose()
+            for transport, _ in endpoints:
+                transport.close()
             sampler.stop()
             engine.stop(finish=False)
             engine.close()
         duration = time.monotonic() - started
+        host["load_end"] = round(os.getloadavg()[0], 2)
         await asyncio.to_thread(self._check_leaks)
         latencies = [np.concatenate([st.latencies for rec in self.calls for st in rec.streams
                                      if st.side == side] or [np.zeros(0)])
                      for side in (CALLER, AGENT)]
         return RunResult(s, self.target, self.calls, duration, stop.is_set(),
                          np.array(engine.lateness), engine.generator_drops,
-                         engine.counters.foreign, sampler.samples, self.timeline, latencies)
+                         engine.counters.foreign, sampler.samples, self.timeline, latencies,
+                         np.array(engine.send_times or np.zeros((0, 2)), dtype=np.float64),
+                         host)
 
     def _ended_threadsafe(self, loop: asyncio.AbstractEventLoop,
                           results: list[StreamStats]) -> None:

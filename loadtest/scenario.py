@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # A card entry: number #, expiry #, security code # (the session's field order).
 CARD_FIELDS = 3
@@ -101,6 +101,28 @@ class CapacitySection(_Section):
     targets: list[TargetKind] = Field(default_factory=lambda: list(TARGETS), min_length=1)
 
 
+class TargetSection(_Section):
+    """What the tool starts when it starts the target itself (ignored with --ng)."""
+
+    # Media worker processes of each ToneGuard node (its media.workers; 0 = one per core) and
+    # rtpengine's --num-threads. Unset: each relay's own default (ToneGuard one worker,
+    # rtpengine one thread per core but at least 4): say which when comparing.
+    workers: int | None = Field(None, ge=0, le=64)
+    # ToneGuard nodes sharing one redis-server ([store]), calls spread round robin over their
+    # ng sockets as Kamailio's rtpengine set would; several counts = one run each, compared
+    # (e.g. [1, 2]: one node against two). rtpengine always runs as one.
+    nodes: list[int] = Field(default_factory=lambda: [1], min_length=1, max_length=4)
+
+    @field_validator("nodes")
+    @classmethod
+    def _node_counts(cls, nodes: list[int]) -> list[int]:
+        if any(not 1 <= n <= 8 for n in nodes):
+            raise ValueError("each node count must be 1 to 8")
+        if len(set(nodes)) != len(nodes):
+            raise ValueError("a node count is listed twice")
+        return nodes
+
+
 class Scenario(_Section):
     name: str = Field("scenario", pattern=r"^[A-Za-z0-9._-]{1,64}$")
     description: str = ""
@@ -111,6 +133,7 @@ class Scenario(_Section):
     impairments: ImpairmentsSection = ImpairmentsSection()
     checks: ChecksSection = ChecksSection()
     capacity: CapacitySection = CapacitySection()
+    target: TargetSection = TargetSection()
 
     @model_validator(mode="after")
     def _keying_fits(self) -> Scenario:

@@ -50,6 +50,15 @@ def _over_time(streams: list[Any]) -> list[list[float]]:
     return out
 
 
+def _worst_per_second(times: npt.NDArray[np.float64]) -> list[list[float]]:
+    """[second, worst ms] of (s into the run, seconds) pairs."""
+    if not times.size:
+        return []
+    second = np.floor(times[:, 0]).astype(np.int64)
+    return [[int(s), round(1000 * float(times[second == s, 1].max()), 2)]
+            for s in np.unique(second)]
+
+
 def summarise(result: RunResult) -> dict[str, Any]:
     s, calls = result.scenario, result.calls
     set_up = [c for c in calls if c.setup_ms is not None]
@@ -93,14 +102,16 @@ def summarise(result: RunResult) -> dict[str, Any]:
     }
     usage = result.usage
     cpu = np.array([u[1] for u in usage])
+    wait = np.array([u[3] for u in usage])
     lateness = result.lateness
     summary: dict[str, Any] = {
         "tool": "toneguard loadtest",
         "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "scenario": s.model_dump(mode="json"),
-        "target": {"kind": result.target.kind, "ng": f"{result.target.ng[0]}:"
-                   f"{result.target.ng[1]}", "api": result.target.api,
-                   "settings": result.target.settings},
+        "target": {"kind": result.target.kind,
+                   "ng": ",".join(f"{n.ng[0]}:{n.ng[1]}" for n in result.target.nodes),
+                   "api": result.target.api, "nodes": len(result.target.nodes),
+                   "workers": result.target.workers, "settings": result.target.settings},
         "partial": result.partial,
         "duration_seconds": round(result.duration, 2),
         "calls": {
@@ -136,18 +147,51 @@ def summarise(result: RunResult) -> dict[str, Any]:
             "cpu_percent_mean": round(float(cpu.mean()), 1) if cpu.size else None,
             "cpu_percent_max": round(float(cpu.max()), 1) if cpu.size else None,
             "rss_mb_max": round(max((u[2] for u in usage), default=0) / 2**20, 1),
-            "samples": [[round(t, 2), round(c, 1), round(r / 2**20, 1)] for t, c, r in usage],
+            # Ready to run but not given a CPU (its threads' run-queue time): the host's share.
+            "cpu_wait_percent_mean": round(float(wait.mean()), 1) if wait.size else None,
+            "cpu_wait_percent_max": round(float(wait.max()), 1) if wait.size else None,
+            "samples": [[round(t, 2), round(c, 1), round(r / 2**20, 1), round(w, 1)]
+                        for t, c, r, w in usage],
         },
+        "host": result.host,
         "timeline": [[round(p.t, 2), p.calls_up, round(p.sent_pps), round(p.received_pps)]
                      for p in result.timeline],
         "generator": {
             "late_ms_p50": _pct(lateness, 50, 1000), "late_ms_p99": _pct(lateness, 99, 1000),
             "late_ms_max": _pct(lateness, 100, 1000),
             "socket_drops": result.generator_drops, "foreign_arrivals": result.foreign,
+            # From each packet's latency stamp to its sendmmsg returning: what the generator's
+            # own stalls (CPU, GIL) add to the latency figures; the worst per second.
+            "send_ms_p99": _pct(result.send_times[:, 1], 99, 1000),
+            "send_ms_max": _pct(result.send_times[:, 1], 100, 1000),
+            "send_ms_max_over_time": _worst_per_second(result.send_times),
         },
     }
     summary["verdict"] = verdict(summary)
+    summary["notes"] = notes(summary)
     return summary
+
+
+# A target that waited this long for a CPU (mean % of one core) was short of the host's CPU.
+CPU_WAIT_NOTE_PERCENT = 20.0
+
+
+def notes(summary: dict[str, Any]) -> list[str]:
+    """What to weigh the figures with (not bounds: they judge the relay, these the host)."""
+    out = []
+    wait = summary["target_usage"]["cpu_wait_percent_mean"]
+    if wait is not None and wait >= CPU_WAIT_NOTE_PERCENT:
+        out.append(f"the target waited for a CPU {wait:.0f} % of the time (mean; its threads "
+                   f"ran {summary['target_usage']['cpu_percent_mean']} %): the host was short "
+                   "of CPU, so latency and loss are the host's as much as the relay's")
+    host = summary.get("host") or {}
+    if any(n > 0 for n in host.get("target_nice", [])):
+        out.append(f"the target ran at nice {max(host['target_nice'])} (inherited from the "
+                   "tool): other work on the host came first")
+    late = summary["generator"]["late_ms_p99"]
+    if late is not None and late > 20:
+        out.append(f"the generator ran late (p99 {late} ms): it sent in bursts, not as phones do")
+    return out
 
 
 def verdict(summary: dict[str, Any]) -> dict[str, Any]:

@@ -133,14 +133,14 @@ class Traffic:
                     tally.sent_at[tick, members] = time.time()
                     senders[side].send(members, (tick * n + members) * ROW, lengths[members])
                 for receiver in self.receivers:
-                    tally.drain(receiver)
+                    receiver.drain(tally.take)
         end = time.monotonic() + drain
         # Up to ``drain``: once everything sent has come back there is nothing left to wait
         # for (and a loaded machine gets the whole bound, not a guess, for its stragglers).
         while time.monotonic() < end and tally.arrivals.sum() < ticks * n:
             time.sleep(0.01)
             for receiver in self.receivers:
-                tally.drain(receiver)
+                receiver.drain(tally.take)
         result = TrafficResult(
             sent=ticks * n, received=int(tally.arrivals.sum()), foreign=tally.foreign,
             generator_drops=sum(socket_drops(p) for p in self.ports) - drops_before,
@@ -164,17 +164,7 @@ class _Tally:
         self.first: dict[int, bytes] = {}
         self._wanted = np.array([s.recv_key is not None for s in streams])
 
-    def drain(self, receiver: BatchReceiver) -> None:
-        """Take what is queued on one socket. One batch, more only while batches come back
-        full: a socket that keeps receiving must not hold up the next send slot."""
-        while True:
-            count, lengths, stamps = receiver.receive()
-            if count:
-                self._take(receiver.rows[:count], lengths, stamps)
-            if count < len(receiver.rows):
-                return
-
-    def _take(self, rows: npt.NDArray[np.uint8], lengths: npt.NDArray[np.uint32],
+    def take(self, rows: npt.NDArray[np.uint8], lengths: npt.NDArray[np.uint32],
               stamps: npt.NDArray[np.float64]) -> None:
         ssrc = rows[:, 8:12].copy().view(">u4").ravel().astype(np.int64)
         seq = rows[:, 2:4].copy().view(">u2").ravel().astype(np.int64)

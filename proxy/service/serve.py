@@ -79,8 +79,12 @@ if TYPE_CHECKING:  # imported when used: see the module docstring
 
 log = structlog.get_logger("toneguard.serve")
 # What only the API needs; imported after the calls are restored (see the module docstring).
+# anyio's asyncio backend: httpx/httpcore import it lazily at a client's first request, which
+# for the gateway client is the first payment submitted: ~20 ms of imports on the event loop
+# (0.3 s under CPU contention, profiled with py-spy in a load test) while every call's media
+# waits. Imported here, in the thread, it costs the loop nothing.
 API_MODULES = ("proxy.api.app", "proxy.service.metrics", "proxy.service.api_server",
-               "proxy.store.forward")
+               "proxy.store.forward", "anyio._backends._asyncio")
 IDLE_REAP_SECONDS = 5.0
 DRAIN_REPORT_SECONDS = 30.0  # while draining, "calls left" at least this often
 

@@ -7,7 +7,7 @@ import numpy as np
 from loadtest.media import AGENT, CALLER, StreamStats
 from loadtest.runner import CallRecord, RunResult, Snapshot
 from loadtest.scenario import parse_scenario
-from loadtest.target import Target
+from loadtest.target import NodeAddress, Target
 
 
 def synthetic_run(*, leak_on: int | None = None, partial: bool = False, lose: bool = False,
@@ -41,8 +41,10 @@ def synthetic_run(*, leak_on: int | None = None, partial: bool = False, lose: bo
         calls.append(rec)
     timeline = [Snapshot(t, 4, 4, 0, 0, 400.0, 398.0, 0.0, 12.0) for t in (0.5, 1.0, 1.5)]
     return RunResult(
-        scenario, Target("toneguard", ("127.0.0.1", 2223), settings="synthetic"), calls,
+        scenario, Target("toneguard", [NodeAddress(("127.0.0.1", 2223))],
+                         settings="synthetic"), calls,
         duration=2.5, partial=partial, lateness=np.full(100, 0.0002), generator_drops=0,
-        foreign=0, usage=[(0.5, 10.0, 50 << 20), (1.0, 14.0, 52 << 20)], timeline=timeline,
+        foreign=0, usage=[(0.5, 10.0, 50 << 20, 1.0), (1.0, 14.0, 52 << 20, 3.0)],
+        timeline=timeline,
         latencies=[np.concatenate([c.streams[side].latencies for c in calls])
                    for side in (CALLER, AGENT)])

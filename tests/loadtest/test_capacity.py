@@ -78,3 +78,28 @@ def test_one_run_finds_a_level_for_toneguard_and_for_rtpengine(tmp_path: Path) -
         assert outcome["targets"][kind]["capacity"] == 2
         assert (tmp_path / "out" / kind / "2" / "report.json").exists()
     assert (tmp_path / "out" / "capacity.html").exists()
+
+
+def test_node_counts_are_variants_of_toneguard_only() -> None:
+    from loadtest.capacity import variants
+
+    s = parse_scenario({"target": {"nodes": [1, 2]}})
+    assert variants(s) == [("toneguard", "toneguard", 1), ("toneguard-2nodes", "toneguard", 2),
+                           ("rtpengine", "rtpengine", 1)]
+
+
+def test_the_node_comparison_puts_each_run_in_its_own_column() -> None:
+    from loadtest.capacity import COMPARED, render_comparison
+    from loadtest.summary import summarise
+    from tests.loadtest.helpers import synthetic_run
+
+    one, two = summarise(synthetic_run()), summarise(synthetic_run(lose=True))
+    rows = {label: {"toneguard": read(one), "toneguard-2nodes": read(two)}
+            for label, read in COMPARED}
+    assert rows["packets lost, caller → agent / agent → caller"] == {
+        "toneguard": "0 of 400 / 0 of 400", "toneguard-2nodes": "1 of 400 / 0 of 400"}
+    page = render_comparison({"scenario": {"name": "s"}, "partial": False, "rows": rows,
+                              "runs": {"toneguard": {"nodes": 1, "settings": "one"},
+                                       "toneguard-2nodes": {"nodes": 2, "settings": "two"}}})
+    assert "<th>toneguard</th><th>toneguard-2nodes</th>" in page
+    assert "<td>1 of 400 / 0 of 400</td>" in page

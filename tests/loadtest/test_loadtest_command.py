@@ -163,12 +163,12 @@ async def test_a_running_node_is_driven_over_ng_and_its_api(
         monkeypatch.setenv("TONEGUARD_ADMIN_KEY", t.admin_key)
         monkeypatch.setenv("TONEGUARD_AGENT_KEY", t.agent_key)
         code = await run_once(scenario, "toneguard", tmp_path / "report", asyncio.Event(),
-                              running=t.ng, api=t.api, pids=t.pids, progress=False)
+                              running=[t.ng], apis=[t.api], pids=t.pids, progress=False)
     finally:
         await asyncio.to_thread(started.stop)
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert code in (0, 1)
-    assert report["target"]["settings"] == "running target, driven over ng"
+    assert report["target"]["settings"] == "running target (1 node), driven over ng"
     assert report["payments"]["completed"] == report["payments"]["attempted"] == 2
     assert report["leak"]["calls_with_leak"] == 0 and report["leak"]["calls_heard"] == 2
     assert report["target_usage"]["samples"]

@@ -42,4 +42,4 @@ async def test_report_renders_offline_with_its_plots(tmp_path: Path, artifacts_d
     assert problems is not None
     assert "leak (tone energy or digits) on 1 of 4 calls checked" in problems
     assert len(boxes) == 6 and all(b is not None and b["width"] > 300 for b in boxes)
-    assert lines == 7  # two CDF curves, two over time, CPU, calls up, RSS
+    assert lines == 8  # two CDF curves, two over time, CPU, CPU wait, calls up, RSS

@@ -73,3 +73,27 @@ def test_keying_time_counts_every_key_and_pause() -> None:
     cards = parse_scenario({}).cards
     # 27 keys of 80 + 80 ms and three 300 ms pauses.
     assert keying_seconds(cards) == pytest.approx(27 * 0.16 + 0.9)
+
+
+def test_target_defaults_to_each_relays_own_workers_and_one_node() -> None:
+    target = parse_scenario({}).target
+    assert target.workers is None and target.nodes == [1]
+
+
+@pytest.mark.parametrize(("nodes", "message"), [
+    ([1, 1], "a node count is listed twice"), ([0], "each node count must be 1 to 8"),
+    ([9], "each node count must be 1 to 8")])
+def test_bad_node_counts_are_refused_naming_the_key(nodes: list[int], message: str) -> None:
+    with pytest.raises(ScenarioError, match=rf"^s\.toml: target\.nodes: {message}$"):
+        parse_scenario({"target": {"nodes": nodes}}, "s.toml")
+
+
+def test_command_line_workers_and_nodes_override_the_file_and_are_validated() -> None:
+    from loadtest.cli import with_target
+
+    scenario = parse_scenario({"target": {"workers": 1}})
+    assert with_target(scenario, workers=None, nodes=None) is scenario
+    changed = with_target(scenario, workers=2, nodes=[1, 2])
+    assert (changed.target.workers, changed.target.nodes) == (2, [1, 2])
+    with pytest.raises(ScenarioError, match=r"^command line: target\.workers: .*greater than"):
+        with_target(scenario, workers=-1, nodes=None)

@@ -97,3 +97,35 @@ def test_progress_shows_a_live_table_or_plain_lines() -> None:
     assert plain.getvalue().count("\n") == 1
     assert "calls up   12  set up 15/20" in plain.getvalue()
     assert "loss 0.100 %  target CPU  35.5 %" in plain.getvalue()
+
+
+def test_a_target_starved_of_cpu_is_noted_beside_the_verdict_not_in_it() -> None:
+    result = synthetic_run()
+    assert summarise(result)["notes"] == []
+    result.usage = [(0.5, 10.0, 50 << 20, 40.0), (1.0, 14.0, 52 << 20, 60.0)]
+    result.host = {"load_start": 7.5, "load_end": 8.0, "cpus": 2, "target_nice": [10]}
+    s = summarise(result)
+    assert s["verdict"]["ok"]  # the host's shortage is not the relay's failure
+    assert s["target_usage"]["cpu_wait_percent_mean"] == 50.0
+    assert s["notes"][0].startswith("the target waited for a CPU 50 % of the time")
+    assert s["notes"][1].startswith("the target ran at nice 10")
+
+
+def test_the_generators_own_send_stalls_are_reported_per_second() -> None:
+    import numpy as np
+
+    result = synthetic_run()
+    result.send_times = np.array([[0.1, 0.001], [0.5, 0.030], [1.2, 0.002]])
+    gen = summarise(result)["generator"]
+    assert gen["send_ms_max"] == 30.0
+    assert gen["send_ms_max_over_time"] == [[0, 30.0], [1, 2.0]]
+
+
+def test_the_notes_and_the_host_appear_in_the_html(tmp_path: Path) -> None:
+    result = synthetic_run()
+    result.usage = [(0.5, 10.0, 50 << 20, 40.0), (1.0, 14.0, 52 << 20, 60.0)]
+    result.host = {"load_start": 7.5, "load_end": 8.0, "cpus": 2, "target_nice": [0]}
+    page = write_report(summarise(result), tmp_path)[1].read_text()
+    assert '<ul id="notes"><li>the target waited for a CPU 50 %' in page
+    assert "2 CPUs, load average 7.5 at the start, 8.0 at the end; target nice [0]" in page
+    assert "waiting for a CPU %" in page  # the CPU chart's second series

@@ -89,6 +89,38 @@ def test_batches_go_out_in_one_call_and_come_back_with_kernel_times() -> None:
     assert receivers[0].receive()[0] == 0  # drained: no waiting
 
 
+def test_drain_hands_over_every_queued_datagram_batch_by_batch() -> None:
+    # One function drains for both generators (loadtest.traffic, loadtest.media): more queued
+    # than one batch holds arrives whole and in order, and an empty socket returns at once.
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    source = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        receiver = BatchReceiver(sink, batch=4, row=16, rcvbuf=1 << 20)
+        for i in range(10):
+            source.sendto(bytes([i]) * (i + 1), sink.getsockname())
+        batches: list[list[bytes]] = []
+
+        def take(rows: np.ndarray, lengths: np.ndarray, stamps: np.ndarray) -> None:
+            assert len(rows) == len(lengths) == len(stamps)
+            batches.append([rows[k, :lengths[k]].tobytes() for k in range(len(rows))])
+
+        got = 0
+        deadline = time.monotonic() + 5  # loopback delivers inside sendto; bounded anyway
+        while got < 10:
+            assert time.monotonic() < deadline, f"{got} of 10 datagrams drained"
+            _readable(sink)
+            got += receiver.drain(take)
+        assert [d for batch in batches for d in batch] == [bytes([i]) * (i + 1)
+                                                           for i in range(10)]
+        assert max(len(batch) for batch in batches) == 4  # a full batch asks for the next
+        assert receiver.drain(take) == 0  # nothing queued: back at once, take not called
+        assert sum(len(batch) for batch in batches) == 10
+    finally:
+        sink.close()
+        source.close()
+
+
 class _Relay:
     """Side 0's streams go to the agent's socket SRTP-protected with ``key``; side 1's go
     to the caller's socket as they came. ``corrupt`` flips a payload byte after protecting;
