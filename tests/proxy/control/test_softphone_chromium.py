@@ -33,6 +33,7 @@ from proxy.service.config import load_config
 from proxy.service.serve import Node
 from proxy.service.wav import write_wav
 from tests.conftest import pick_tcp_port, pick_udp_port
+from tests.proxy.control import chromium
 from tests.proxy.control.sip_peers import (
     CARRIER_IP,
     kamailio,
@@ -42,10 +43,9 @@ from tests.proxy.control.sip_peers import (
     write_pcap,
 )
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [
     pytest.mark.peer,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="apt-get install chromium"),
+    chromium.needs_chromium,
     pytest.mark.skipif(not (shutil.which("kamailio") and shutil.which("sipp")),
                        reason="needs kamailio and sip-tester (sipp)"),
 ]
@@ -53,6 +53,19 @@ AGENT = "agent-demo"
 CALLER = "02079460018"  # the caller's number (an Ofcom drama number), From user → panel label
 PAN, EXPIRY, CODE = TEST_CARDS["visa"]
 WAIT_MS = 20_000
+
+# The carrier's 200 OK to a request it received (the agent's INFO, then its BYE).
+OK = f"""  <send><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:{CALLER}@[local_ip]:[local_port]>
+Content-Length: 0
+
+]]></send>"""
 
 # The carrier: calls the agent's AOR through Kamailio, and keys the card only once the agent
 # has started the payment — the page says so with an INFO (what a human caller would hear as
@@ -101,30 +114,10 @@ Content-Length: 0
 
 ]]></send>
   <recv request="INFO"/>
-  <send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-[last_CSeq:]
-Contact: <sip:{CALLER}@[local_ip]:[local_port]>
-Content-Length: 0
-
-]]></send>
+{OK}
   <nop><action><exec play_pcap_audio="card.pcap"/></action></nop>
   <recv request="BYE"/>
-  <send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-[last_CSeq:]
-Contact: <sip:{CALLER}@[local_ip]:[local_port]>
-Content-Length: 0
-
-]]></send>
+{OK}
 </scenario>
 """
 
@@ -249,11 +242,7 @@ async def test_agent_answers_and_takes_a_payment_in_the_panel_softphone(
                         ws_port=stack.ws_port, softphone_secret=stack.sip_secret) as kam:
         await _tcp_listening(stack.ws_port)
         async with async_playwright() as p:
-            browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-                "--no-sandbox", "--no-first-run", "--use-fake-ui-for-media-stream",
-                "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={mic}",
-                "--allow-loopback-in-peer-connection",
-                "--autoplay-policy=no-user-gesture-required"])
+            browser = await chromium.launch(p, mic)
             try:
                 page = await browser.new_page(viewport={"width": 1100, "height": 760})
                 problems: list[str] = []
@@ -286,10 +275,9 @@ async def test_agent_answers_and_takes_a_payment_in_the_panel_softphone(
                 await page.evaluate(RECORD_JS)
                 await expect(page.locator("#call-label")).to_have_text(f"with {CALLER}",
                                                                       timeout=WAIT_MS)
-                await page.click("#sp-mute")  # mute and unmute: the button says which
-                await expect(page.locator("#sp-mute")).to_have_text("Unmute")
-                await page.click("#sp-mute")
-                await expect(page.locator("#sp-mute")).to_have_text("Mute")
+                for says in ("Unmute", "Mute"):  # mute and unmute: the button says which
+                    await page.click("#sp-mute")
+                    await expect(page.locator("#sp-mute")).to_have_text(says)
 
                 # The payment, started in the same page.
                 await page.fill("#amount", "12.50")

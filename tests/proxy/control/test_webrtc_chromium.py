@@ -6,7 +6,6 @@ nothing from the browser's recording."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -26,10 +25,9 @@ from proxy.media.engine import LocalMediaEngine
 from proxy.media.masking import MaskingPipeline
 from proxy.media.types import DigitEvent
 from proxy.service.wav import write_wav
+from tests.proxy.control import chromium
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = [pytest.mark.peer,
-              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="apt-get install chromium")]
+pytestmark = [pytest.mark.peer, chromium.needs_chromium]
 CARD = "5555555555554444"
 EVENT_KEYS = "378"
 
@@ -93,11 +91,7 @@ async def test_chromium_agent_hears_no_digits_and_is_heard(
             "sdp": audio_sdp("127.0.0.1", carrier.port), "transport-protocol":
             "UDP/TLS/RTP/SAVPF", "ICE": "force", "rtcp-mux": ["require"]})
         async with async_playwright() as p:
-            browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-                "--no-sandbox", "--no-first-run", "--use-fake-ui-for-media-stream",
-                "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={mic}",
-                "--allow-loopback-in-peer-connection",
-                "--autoplay-policy=no-user-gesture-required"])
+            browser = await chromium.launch(p, mic)
             try:
                 page = await browser.new_page()
                 # getUserMedia needs a secure context: a loopback origin is one. Playwright
