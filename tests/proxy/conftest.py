@@ -14,6 +14,7 @@ from gateway.pki import PkiPaths, init_pki
 from gateway.server import build_server
 from proxy.api.auth import AgentDirectory
 from proxy.media.engine import LocalMediaEngine
+from proxy.media.masking import MaskingPipeline
 from proxy.securepay.audit import AuditLog
 from proxy.service.config import load_config
 from proxy.service.logging import configure_logging
@@ -77,6 +78,16 @@ async def stack(tmp_path: Path, media_ports: tuple[int, int]) -> AsyncIterator[S
 async def engine(media_ports: tuple[int, int]) -> AsyncIterator[LocalMediaEngine]:
     """The in-process media engine on loopback, started and stopped."""
     engine = LocalMediaEngine("127.0.0.1", *media_ports)
+    await engine.start()
+    yield engine
+    await engine.stop()
+
+
+@pytest.fixture
+async def masking_engine(media_ports: tuple[int, int]) -> AsyncIterator[LocalMediaEngine]:
+    """The in-process media engine with the masking pipeline (26 ms look-ahead), started."""
+    engine = LocalMediaEngine("127.0.0.1", *media_ports,
+                              pipeline_factory=lambda: MaskingPipeline(lookahead_ms=26))
     await engine.start()
     yield engine
     await engine.stop()

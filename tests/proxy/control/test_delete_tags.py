@@ -15,7 +15,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import numpy as np
 import pytest
 
 from dsp import tones
@@ -30,6 +29,7 @@ from proxy.demo.spandsp import spandsp_detect
 from proxy.media.memory import MemoryMediaEngine
 from proxy.service.config import load_config
 from proxy.service.serve import Node
+from tests.proxy.control import sip_peers
 
 NOT_MATCHED = {"result": "ok", "warning": "Call-ID not found or tags didn't match"}
 CARD = "4111111111111111"
@@ -109,13 +109,6 @@ async def node(free_udp_port: int, media_ports: tuple[int, int]) -> AsyncIterato
     await node.stop()
 
 
-def _card_audio() -> np.ndarray:
-    rng = np.random.default_rng(17)
-    keyed = tones.dtmf_sequence(CARD, tone_ms=60, gap_ms=60, lead_ms=300, tail_ms=400,
-                                low_dbm0=-12.0)
-    return keyed + tones.white_noise(keyed.size, -50.0, rng)
-
-
 async def test_deleting_the_dropped_forks_dialog_over_ng_keeps_the_kept_dialogs_media_masked(
         node: Node) -> None:
     loop = asyncio.get_running_loop()
@@ -141,7 +134,7 @@ async def test_deleting_the_dropped_forks_dialog_over_ng_keeps_the_kept_dialogs_
             assert "warning" not in reply and "totals" in reply
         assert (await request({"command": "list"}))["calls"] == ["fork"]
         # The kept dialog's media goes on both ways, the caller's card masked.
-        audio = _card_audio()
+        audio = sip_peers.card_audio(CARD)
         sent, answered = await asyncio.gather(
             caller.play(audio, to_toneguard),
             kept.play(tones.sine(440, 1000, -20.0), media_endpoint(offer["sdp"])))

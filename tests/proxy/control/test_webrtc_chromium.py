@@ -6,7 +6,6 @@ nothing from the browser's recording."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,6 @@ from proxy.demo.phone import RtpPeer
 from proxy.demo.sdp_builder import audio_sdp, media_endpoint
 from proxy.demo.spandsp import spandsp_detect
 from proxy.media.engine import LocalMediaEngine
-from proxy.media.masking import MaskingPipeline
 from proxy.media.types import DigitEvent
 from proxy.service.wav import write_wav
 from tests.proxy.control import chromium
@@ -58,15 +56,6 @@ async (offerSdp) => {
 """
 
 
-@pytest.fixture
-async def engine(media_ports: tuple[int, int]) -> AsyncIterator[LocalMediaEngine]:
-    engine = LocalMediaEngine("127.0.0.1", *media_ports,
-                              pipeline_factory=lambda: MaskingPipeline(lookahead_ms=26))
-    await engine.start()
-    yield engine
-    await engine.stop()
-
-
 async def _until(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
     async with asyncio.timeout(timeout):
         while not await predicate():
@@ -75,9 +64,10 @@ async def _until(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-u
 
 @pytest.mark.parametrize("masked", [True, False], ids=["masked", "control-unmasked"])
 async def test_chromium_agent_hears_no_digits_and_is_heard(
-        engine: LocalMediaEngine, tmp_path: Path, masked: bool) -> None:
+        masking_engine: LocalMediaEngine, tmp_path: Path, masked: bool) -> None:
     """``control-unmasked``: the same call with masking off — the decoders must then find the
     card in Chrome's recording (so finding nothing above means something)."""
+    engine = masking_engine
     digits: list[DigitEvent] = []
     registry = CallRegistry(engine, address="127.0.0.1",
                             policy=None if masked else CallPolicy(always_on=False),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -26,7 +26,6 @@ from proxy.demo.phone import RtpPeer
 from proxy.demo.sdp_builder import audio_sdp, media_endpoint
 from proxy.demo.spandsp import spandsp_detect
 from proxy.media.engine import LocalMediaEngine
-from proxy.media.masking import MaskingPipeline
 from proxy.media.types import DigitEvent
 
 CARD = "4111111111111111"
@@ -54,15 +53,6 @@ def no_free_descriptors() -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-@pytest.fixture
-async def engine(media_ports: tuple[int, int]) -> AsyncIterator[LocalMediaEngine]:
-    engine = LocalMediaEngine("127.0.0.1", *media_ports,
-                              pipeline_factory=lambda: MaskingPipeline(lookahead_ms=26))
-    await engine.start()
-    yield engine
-    await engine.stop()
-
-
 def _card_audio() -> np.ndarray:
     rng = np.random.default_rng(7)
     keyed = tones.dtmf_sequence(CARD, tone_ms=60, gap_ms=60, lead_ms=300, tail_ms=400,
@@ -71,7 +61,8 @@ def _card_audio() -> np.ndarray:
 
 
 async def test_a_latch_without_descriptors_relays_through_the_streams_own_socket_masked(
-        engine: LocalMediaEngine) -> None:
+        masking_engine: LocalMediaEngine) -> None:
+    engine = masking_engine
     digits: list[DigitEvent] = []
     registry = CallRegistry(engine, address="127.0.0.1", policy=CallPolicy(caller="offerer"),
                             on_digit=lambda c, t, e: digits.append(e))
