@@ -24,7 +24,6 @@ from scipy.signal import resample_poly
 
 from dsp import tones
 from gateway.pki import init_pki
-from gateway.server import build_server
 from proxy.api.auth import AgentDirectory
 from proxy.demo.multimon import multimon_detect
 from proxy.demo.simulate import TEST_CARDS
@@ -33,6 +32,7 @@ from proxy.service.config import load_config
 from proxy.service.serve import Node
 from proxy.service.wav import write_wav
 from tests.conftest import pick_tcp_port, pick_udp_port
+from tests.gateway.stub import running_gateway
 from tests.proxy.control import chromium
 from tests.proxy.control.sip_peers import (
     CARRIER_IP,
@@ -156,35 +156,26 @@ async def softphone_stack(tmp_path: Path, media_ports: tuple[int, int]
     """The gateway stub (mutual TLS) and a node whose API points the panel's softphone at
     Kamailio's WebSocket (``[api] softphone_ws_url``), with SIP credentials derived from a secret
 it shares with Kamailio (``softphone_secret_file``)."""
-    pki = init_pki(tmp_path / "gateway")
-    gateway_port = pick_tcp_port()
-    gateway = build_server(pki, "127.0.0.1", gateway_port)
-    gateway_task = asyncio.create_task(gateway.serve())
-    async with asyncio.timeout(10):
-        while not gateway.started:
-            await asyncio.sleep(0.02)
-    agents = AgentDirectory()
-    agent_key = agents.add(AGENT, "agent")
-    ws_port = pick_tcp_port()
-    sip_secret = secrets.token_urlsafe(24)
-    (tmp_path / "softphone.secret").write_text(sip_secret + "\n")
-    config = load_config(overrides={
-        "ng": {"listen": f"127.0.0.1:{pick_udp_port()}"},
-        "media": {"port_min": media_ports[0], "port_max": media_ports[1]},
-        "api": {"listen": "127.0.0.1:0", "softphone_ws_url": f"ws://127.0.0.1:{ws_port}",
-                "softphone_secret_file": str(tmp_path / "softphone.secret")},
-        "gateway": {"url": f"https://127.0.0.1:{gateway_port}", "ca_file": str(pki.ca_cert),
-                    "cert_file": str(pki.client_cert), "key_file": str(pki.client_key)},
-    })
-    node = await Node.start(config, agents=agents)
-    assert node.api_address is not None
-    try:
-        yield Softphone(node, f"http://127.0.0.1:{node.api_address[1]}", agent_key, ws_port,
-                        sip_secret)
-    finally:
-        await node.stop()
-        gateway.should_exit = True
-        await gateway_task
+    async with running_gateway(init_pki(tmp_path / "gateway")) as gateway:
+        agents = AgentDirectory()
+        agent_key = agents.add(AGENT, "agent")
+        ws_port = pick_tcp_port()
+        sip_secret = secrets.token_urlsafe(24)
+        (tmp_path / "softphone.secret").write_text(sip_secret + "\n")
+        config = load_config(overrides={
+            "ng": {"listen": f"127.0.0.1:{pick_udp_port()}"},
+            "media": {"port_min": media_ports[0], "port_max": media_ports[1]},
+            "api": {"listen": "127.0.0.1:0", "softphone_ws_url": f"ws://127.0.0.1:{ws_port}",
+                    "softphone_secret_file": str(tmp_path / "softphone.secret")},
+            "gateway": gateway.config(),
+        })
+        node = await Node.start(config, agents=agents)
+        assert node.api_address is not None
+        try:
+            yield Softphone(node, f"http://127.0.0.1:{node.api_address[1]}", agent_key,
+                            ws_port, sip_secret)
+        finally:
+            await node.stop()
 
 
 def card_pcap(path: Path) -> tuple[int, np.ndarray]:

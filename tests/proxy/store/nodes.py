@@ -18,10 +18,10 @@ import numpy as np
 
 from dsp import tones
 from gateway.pki import PkiPaths, init_pki
-from gateway.server import build_server
 from proxy.api.auth import AgentDirectory
 from proxy.demo.phone import RtpPeer
 from tests.conftest import pick_tcp_port, pick_udp_port
+from tests.gateway.stub import running_gateway
 from tests.proxy.service.serve_process import spawn_serve, wait_ready
 
 
@@ -116,26 +116,18 @@ node_id = "{name}"
 
 @asynccontextmanager
 async def cluster(workdir: Path, store_key: Path) -> AsyncIterator[Cluster]:
-    pki = init_pki(workdir / "gateway")
-    port = pick_tcp_port()
-    gateway = build_server(pki, "127.0.0.1", port)
-    task = asyncio.create_task(gateway.serve())
-    async with asyncio.timeout(10):
-        while not gateway.started:
-            await asyncio.sleep(0.02)
-    agents_file = workdir / "agents.json"
-    agents = AgentDirectory(agents_file)
-    keys = {name: agents.add(name, role) for name, role in (
-        ("alice", "agent"), ("supervisor", "supervisor"))}
-    agents.save(agents_file)
-    c = Cluster(workdir, f"https://127.0.0.1:{port}", pki, agents_file, keys, store_key)
-    try:
-        yield c
-    finally:
-        for node in c.nodes:
-            await node.stop()
-        gateway.should_exit = True
-        await task
+    async with running_gateway(init_pki(workdir / "gateway")) as gateway:
+        agents_file = workdir / "agents.json"
+        agents = AgentDirectory(agents_file)
+        keys = {name: agents.add(name, role) for name, role in (
+            ("alice", "agent"), ("supervisor", "supervisor"))}
+        agents.save(agents_file)
+        c = Cluster(workdir, gateway.url, gateway.pki, agents_file, keys, store_key)
+        try:
+            yield c
+        finally:
+            for node in c.nodes:
+                await node.stop()
 
 
 class Talker:
