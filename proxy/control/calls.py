@@ -132,6 +132,11 @@ class Call:
     recording: tuple[str, int] | None = None  # per-call recording tap
     capturing: bool = False  # a secure-pay session of this call is capturing digits
     masking_reason: str = ""  # which rule chose the customers (logged when it changes)
+    # To-tags of forked branches whose answer a later branch's answer replaced: their dialogs
+    # are not the one the call follows, so a ``delete`` naming one leaves the media alone.
+    # (Not in the store's record: a restored call answers such a delete as rtpengine answers
+    # unknown tags.)
+    branches: set[str] = field(default_factory=set)
 
     @property
     def dialogue(self) -> list[Party]:
@@ -341,6 +346,8 @@ class CallRegistry:
                      replaced_tag=b.tag, to_tag=req.to_tag)
             # Another phone takes the leg a branch had (with media): a change of agent.
             branch_replaced = any(m.remote is not None for m in b.medias)
+            call.branches.add(b.tag)
+        call.branches.discard(req.to_tag)  # (a replaced branch answering again is followed)
         if b.tag != req.to_tag:
             self._retag(call, b, req.to_tag)
         b.label = req.to_label or req.label or b.label
@@ -617,11 +624,17 @@ class CallRegistry:
 
     async def delete(self, req: DeleteRequest) -> dict[str, Any]:
         call = self.calls.get(req.call_id)
-        if call is None:
+        scope = "none" if call is None else _delete_scope(call, req.from_tag, req.to_tag)
+        if call is None or scope == "none":
             if req.fatal:
                 raise ng.NgError("Call-ID not found or tags didn't match")
             return {"result": "ok", "warning": "Call-ID not found or tags didn't match"}
         reply = await self._query_reply(call)
+        if scope == "branch":  # that dialog has no media of its own left: nothing to release
+            # (its tag stays known: the other side's BYE for the same dialog may follow)
+            log.info("forked branch deleted: the call's media stays", call_id=call.call_id,
+                     from_tag=req.from_tag, to_tag=req.to_tag)
+            return reply
         await self._drop(call)
         self.counters.deleted += 1
         log.info("call deleted", call_id=call.call_id)
@@ -931,6 +944,25 @@ class CallRegistry:
                 self._by_stream[m.stream_id] = (call.call_id, party.tag)
         if self._on_call is not None:
             self._on_call(call.call_id, True)
+
+
+def _delete_scope(call: Call, from_tag: str, to_tag: str) -> Literal["call", "branch", "none"]:
+    """What a ``delete`` with these tags ends, as rtpengine 10.5 (``call_delete_branch``)
+    matches them: no from-tag, the whole call; else the to-tag (the from-tag when there is
+    none) must name a party, or, as a last resort, the from-tag a party still waiting for its
+    answer; otherwise nothing ("tags didn't match"). One difference: a dialog of a forked
+    branch the call no longer follows (two branches answered 200; the caller BYEs one) ends
+    only that branch, whichever side names it — rtpengine 10.5 ends the whole call when the
+    branch's own side sends the BYE (its to-tag is then the caller's), cutting the kept one."""
+    if not from_tag:
+        return "call"
+    if from_tag in call.branches or to_tag in call.branches:
+        return "branch"
+    if (to_tag or from_tag) in call.parties:
+        return "call"
+    party = call.parties.get(from_tag) if to_tag else None
+    other = call.other(party) if party is not None else None
+    return "call" if other is not None and other.tag == PENDING_TAG else "none"
 
 
 def _specified(address: str) -> bool:

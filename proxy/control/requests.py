@@ -109,6 +109,8 @@ class NegotiateRequest:
 class DeleteRequest:
     call_id: str
     fatal: bool = False
+    from_tag: str = ""  # "" = the whole call (as in rtpengine)
+    to_tag: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,7 +335,9 @@ _PARSERS: dict[str, Any] = {
     "offer": lambda body: _negotiate("offer", body),
     "answer": lambda body: _negotiate("answer", body),
     "delete": lambda body: DeleteRequest(ng.require_str(body, "call-id"),
-                                         fatal="fatal" in ng.flags(body)),
+                                         fatal="fatal" in ng.flags(body),
+                                         from_tag=ng.get_str(body, "from-tag") or "",
+                                         to_tag=ng.get_str(body, "to-tag") or ""),
     "query": lambda body: QueryRequest(ng.require_str(body, "call-id")),
     "list": lambda body: ListRequest(ng.get_int(body, "limit", 32) or 32),
     "statistics": lambda body: StatisticsRequest(),

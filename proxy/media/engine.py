@@ -677,19 +677,25 @@ class LocalMediaEngine:
                  source=addr[0], source_port=addr[1])  # once per stream and source
         if stream.rtcp_endpoint is not None and _ip(stream.rtcp_endpoint[0]) != _ip(addr[0]):
             stream.rtcp_endpoint = None  # RTCP follows the RTP endpoint (media handover)
-        sock = socket.socket(self._family, socket.SOCK_DGRAM)
+        # Everything that can fail is inside the ``try``, creating the socket too: with no
+        # descriptor left (EMFILE) or no epoll watch (ENOSPC) this runs in the poller for the
+        # latching packet, which must be relayed all the same.
+        sock: socket.socket | None = None
         try:
+            sock = socket.socket(self._family, socket.SOCK_DGRAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((self._address, stream.local.rtp_port))
             sock.connect(addr)
             sock.setblocking(False)
+            direct = _ConnectedSocket(sock, self._poller, addr, self._reader(stream))
         except OSError as exc:  # relayed through the stream's own socket instead
-            sock.close()
+            if sock is not None:
+                sock.close()
             log.warning("no connected socket for a latched endpoint", stream=stream.stream_id,
                         error=str(exc))
             return
-        stream.direct = _ConnectedSocket(sock, self._poller, addr, self._reader(stream))
-        stream.direct.stream = stream
+        direct.stream = stream
+        stream.direct = direct
 
     def _on_rtp(self, stream: _Stream, data: bytes, addr: Address) -> None:
         # The hot path: every relayed packet of every call runs through here.

@@ -169,6 +169,9 @@ class Node:
         media = config.media
         if api and agents is None:
             agents = load_agents(config)  # a missing agents file refuses before anything starts
+        # Read now, with the rest of the configuration, not when the API starts: that is after
+        # the restored calls relay and the ng socket answers, and a bad file would stop them.
+        softphone_secret = load_softphone_secret(config) if api else b""
         gateway = gateway_client(config)
         sp = config.securepay
         if audit is None:
@@ -272,7 +275,7 @@ class Node:
                 await api_imported
                 node._milestone("api_imported")
                 try:
-                    await node._start_api(agents)
+                    await node._start_api(agents, softphone_secret)
                 except BindError:
                     raise
                 except OSError as exc:  # the API server died while starting
@@ -301,7 +304,7 @@ class Node:
         if age is not None:
             self.milestones[name] = round(age, 3)
 
-    async def _start_api(self, agents: AgentDirectory | None) -> None:
+    async def _start_api(self, agents: AgentDirectory | None, softphone_secret: bytes) -> None:
         import uvicorn
 
         from proxy.api.app import ApiSettings, create_app
@@ -327,7 +330,7 @@ class Node:
                               key_lockout_failures=api.key_lockout_failures,
                               key_lockout_seconds=api.key_lockout_seconds),
             softphone_ws_url=api.softphone_ws_url, softphone_domain=api.softphone_domain,
-            softphone_secret=load_softphone_secret(self.config),
+            softphone_secret=softphone_secret,
             softphone_credential_seconds=int(api.softphone_credential_hours * 3600)),
             readiness=self.readiness)
         asgi: Any = app

@@ -13,7 +13,6 @@ import httpx
 import pytest
 
 from gateway.pki import PkiError, init_pki
-from gateway.server import build_server
 from gateway.store import TokenStore, load_key
 from proxy.securepay.gateway_client import (
     GatewayClient,
@@ -22,6 +21,7 @@ from proxy.securepay.gateway_client import (
     GatewayUnavailableError,
 )
 from tests.conftest import pick_tcp_port
+from tests.gateway.stub import running_gateway
 
 VISA = {"payment-card-number": "4111111111111111", "expiration-date": "1230",
         "security-code": "123"}
@@ -34,15 +34,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture
 async def gateway(pki) -> AsyncIterator[str]:
-    port = pick_tcp_port()
-    server = build_server(pki, "127.0.0.1", port)
-    task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(10):
-        while not server.started:
-            await asyncio.sleep(0.02)
-    yield f"https://127.0.0.1:{port}"
-    server.should_exit = True
-    await task
+    async with running_gateway(pki) as running:
+        yield running.url
 
 
 def client(pki, url: str, **kwargs) -> GatewayClient:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -396,7 +397,18 @@ async def test_a_key_revoked_while_its_check_runs_is_refused(
                                 "locked": 0}
 
 
-async def test_the_agents_file_is_reread_when_it_changes(tmp_path: Path, clock: Clock) -> None:
+@dataclass
+class FileBacked:
+    path: Path  # the agents file, which ``writer`` (another process, say) writes
+    writer: AgentDirectory
+    directory: AgentDirectory  # loaded from the file: the guard's
+    guard: KeyGuard
+    ann: str
+
+
+@pytest.fixture
+async def file_backed(tmp_path: Path, clock: Clock) -> AsyncIterator[FileBacked]:
+    """An agents file holding ann's key, and a guard on it that has verified (cached) that key."""
     path = tmp_path / "agents.json"
     writer = AgentDirectory()
     ann = writer.add("ann", "agent")
@@ -405,26 +417,32 @@ async def test_the_agents_file_is_reread_when_it_changes(tmp_path: Path, clock: 
     guard = KeyGuard(directory, clock=clock)
     try:
         assert await guard.check(ann, SOURCE) == Principal("ann", "agent")
-        # A new key written to the file works without a restart.
-        bob = writer.add("bob", "supervisor")
-        writer.save(path)
-        assert await guard.check(bob, SOURCE) == Principal("bob", "supervisor")
-        # A half-written file keeps the previous keys.
-        path.write_text('{"broken": ')
-        assert await guard.check(ann, SOURCE) == Principal("ann", "agent")
-        # Revoked in the file: refused at once, although it was cached.
-        writer.revoke("ann")
-        writer.save(path)
-        with pytest.raises(AuthRefused):
-            await guard.check(ann, SOURCE)
-        assert await guard.check(bob, SOURCE) == Principal("bob", "supervisor")
-        # The file removed: every key is refused (fail closed), cached or not.
-        path.unlink()
-        with pytest.raises(AuthRefused):
-            await guard.check(bob, OTHER)
-        assert directory.agents() == []
+        yield FileBacked(path, writer, directory, guard, ann)
     finally:
         guard.close()
+
+
+async def test_the_agents_file_is_reread_when_it_changes(file_backed: FileBacked) -> None:
+    f = file_backed
+    path, writer, guard, ann = f.path, f.writer, f.guard, f.ann
+    # A new key written to the file works without a restart.
+    bob = writer.add("bob", "supervisor")
+    writer.save(path)
+    assert await guard.check(bob, SOURCE) == Principal("bob", "supervisor")
+    # A half-written file keeps the previous keys.
+    path.write_text('{"broken": ')
+    assert await guard.check(ann, SOURCE) == Principal("ann", "agent")
+    # Revoked in the file: refused at once, although it was cached.
+    writer.revoke("ann")
+    writer.save(path)
+    with pytest.raises(AuthRefused):
+        await guard.check(ann, SOURCE)
+    assert await guard.check(bob, SOURCE) == Principal("bob", "supervisor")
+    # The file removed: every key is refused (fail closed), cached or not.
+    path.unlink()
+    with pytest.raises(AuthRefused):
+        await guard.check(bob, OTHER)
+    assert f.directory.agents() == []
 
 
 # --- memory stays bounded ----------------------------------------------------------------------
@@ -597,53 +615,42 @@ def test_a_failed_save_leaves_no_temporary_file_and_raises_the_real_error(
         directory.save(target)
 
 
+@pytest.fixture
+async def cached_ann(clock: Clock) -> AsyncIterator[tuple[AgentDirectory, KeyGuard, str]]:
+    """A directory holding one key (ann's) and a guard that has verified (and cached) it."""
+    directory = AgentDirectory()
+    ann = directory.add("ann", "agent")
+    guard = KeyGuard(directory, clock=clock)
+    try:
+        assert await guard.check(ann, SOURCE) == Principal("ann", "agent")
+        yield directory, guard, ann
+    finally:
+        guard.close()
+
+
+@pytest.mark.parametrize("saved", [False, True], ids=["in-memory", "after-save"])
 async def test_a_revoked_key_is_refused_even_when_the_directory_had_one_key(
-        clock: Clock) -> None:
-    directory = AgentDirectory()
-    ann = directory.add("ann", "agent")
-    guard = KeyGuard(directory, clock=clock)
-    try:
-        assert await guard.check(ann, SOURCE) == Principal("ann", "agent")
-        directory.revoke("ann")
-        with pytest.raises(AuthRefused):
-            await guard.check(ann, SOURCE)
-    finally:
-        guard.close()
-
-
-async def test_a_revoked_key_is_refused_after_the_directory_is_saved(
-        clock: Clock, tmp_path: Path) -> None:
-    directory = AgentDirectory()
-    ann = directory.add("ann", "agent")
-    guard = KeyGuard(directory, clock=clock)
-    try:
-        assert await guard.check(ann, SOURCE) == Principal("ann", "agent")
-        directory.revoke("ann")
+        cached_ann: tuple[AgentDirectory, KeyGuard, str], tmp_path: Path, saved: bool) -> None:
+    directory, guard, ann = cached_ann
+    directory.revoke("ann")
+    if saved:
         directory.save(tmp_path / "agents.json")  # (a directory not bound to the file)
-        with pytest.raises(AuthRefused):
-            await guard.check(ann, SOURCE)
-    finally:
-        guard.close()
+    with pytest.raises(AuthRefused):
+        await guard.check(ann, SOURCE)
 
 
 async def test_a_revoked_key_stays_refused_after_more_changes_nobody_checked_between(
-        clock: Clock, tmp_path: Path) -> None:
-    directory = AgentDirectory()
-    ann = directory.add("ann", "agent")
-    guard = KeyGuard(directory, clock=clock)
-    try:
-        assert await guard.check(ann, SOURCE) == Principal("ann", "agent")
-        directory.revoke("ann")
-        bob = directory.add("bob", "agent")  # two changes before the next check
-        with pytest.raises(AuthRefused):
-            await guard.check(ann, SOURCE)
-        assert await guard.check(bob, SOURCE) == Principal("bob", "agent")
-        directory.revoke("bob")
-        directory.save(tmp_path / "agents.json")  # (a directory not bound to the file)
-        with pytest.raises(AuthRefused):
-            await guard.check(bob, SOURCE)
-    finally:
-        guard.close()
+        cached_ann: tuple[AgentDirectory, KeyGuard, str], tmp_path: Path) -> None:
+    directory, guard, ann = cached_ann
+    directory.revoke("ann")
+    bob = directory.add("bob", "agent")  # two changes before the next check
+    with pytest.raises(AuthRefused):
+        await guard.check(ann, SOURCE)
+    assert await guard.check(bob, SOURCE) == Principal("bob", "agent")
+    directory.revoke("bob")
+    directory.save(tmp_path / "agents.json")  # (a directory not bound to the file)
+    with pytest.raises(AuthRefused):
+        await guard.check(bob, SOURCE)
 
 
 async def test_a_clock_that_starts_at_zero_locks_no_one_out(make: Callable[..., Guarded],
@@ -729,19 +736,9 @@ def test_bad_names_and_second_keys_are_refused_saying_so() -> None:
 
 
 async def test_a_key_revoked_in_the_file_after_a_change_in_process_is_refused(
-        tmp_path: Path, clock: Clock) -> None:
-    path = tmp_path / "agents.json"
-    writer = AgentDirectory()
-    ann = writer.add("ann", "agent")
-    writer.save(path)
-    directory = AgentDirectory.load(path)
-    guard = KeyGuard(directory, clock=clock)
-    try:
-        assert await guard.check(ann, SOURCE) == Principal("ann", "agent")
-        directory.add("carol", "agent")  # a change in this process ...
-        writer.revoke("ann")
-        writer.save(path)  # ... and one in the file, before the next check
-        with pytest.raises(AuthRefused):
-            await guard.check(ann, SOURCE)
-    finally:
-        guard.close()
+        file_backed: FileBacked) -> None:
+    file_backed.directory.add("carol", "agent")  # a change in this process ...
+    file_backed.writer.revoke("ann")
+    file_backed.writer.save(file_backed.path)  # ... and one in the file, before the next check
+    with pytest.raises(AuthRefused):
+        await file_backed.guard.check(file_backed.ann, SOURCE)

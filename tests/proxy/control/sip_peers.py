@@ -20,6 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from dsp import g711, tones
+from proxy.control.calls import PENDING_TAG
+from proxy.demo.leak import leaked_ms
+from proxy.demo.multimon import multimon_detect
+from proxy.demo.phone import RtpPeer
+from proxy.demo.spandsp import spandsp_detect
 from proxy.media.rfc4733 import TelephoneEvent
 from proxy.media.rtp import RtpPacket
 from proxy.media.types import DigitEvent
@@ -252,18 +257,61 @@ async def kamailio(workdir: Path, *, sip_port: int, ng_port: int, centre_port: i
 
 
 async def sipp(workdir: Path, name: str, xml: str, *, ip: str, port: int, media_port: int,
-               target: str | None = None, timeout_s: int = 40) -> asyncio.subprocess.Process:
-    """Start sipp with scenario ``xml`` (one call) bound on ``ip``; a UAC when ``target``."""
+               target: str | None = None, timeout_s: int = 40, calls: int = 1,
+               inf: Path | None = None) -> asyncio.subprocess.Process:
+    """Start sipp with scenario ``xml`` bound on ``ip``, for ``calls`` calls (fields from the
+    injection file ``inf``); a UAC when ``target``."""
     scenario = workdir / f"{name}.xml"
     scenario.write_text(xml)
     args = ["sipp", "-sf", str(scenario), "-i", ip, "-p", str(port), "-mi", ip,
-            "-mp", str(media_port), "-m", "1", "-timeout", str(timeout_s), "-timeout_error",
-            "-nostdin", "-trace_err", "-error_file", str(workdir / f"{name}.errors"),
+            "-mp", str(media_port), "-m", str(calls), "-timeout", str(timeout_s),
+            "-timeout_error", "-nostdin", "-trace_err", "-error_file",
+            str(workdir / f"{name}.errors"),
             "-trace_msg", "-message_file", str(workdir / f"{name}.messages")]
+    if inf is not None:
+        args += ["-inf", str(inf)]
     if target is not None:
         args.insert(1, target)
     return await asyncio.create_subprocess_exec(
         *args, cwd=workdir, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+
+
+async def all_exited_0(procs: list[asyncio.subprocess.Process], kam: Kamailio,
+                      timeout: float = 60.0) -> None:
+    """Until every sipp in ``procs`` has exited (bounded); each must have exited 0, else the
+    assertion shows their errors and the end of Kamailio's log."""
+    async with asyncio.timeout(timeout):
+        for proc in procs:
+            await proc.wait()
+    errors = [(await p.stderr.read()).decode() if p.stderr else "" for p in procs]
+    assert [p.returncode for p in procs] == [0] * len(procs), (
+        errors, kam.log.read_text()[-3000:])
+
+
+def answered_call(node: Node) -> str | None:
+    """The id of a call of ``node`` whose answerer has answered (a tag and media), else None."""
+    for call in node.registry.calls.values():
+        answerer = call.party("answerer")
+        if answerer is not None and answerer.tag != PENDING_TAG and answerer.medias:
+            return call.call_id
+    return None
+
+
+def audio_packets(peer: RtpPeer) -> int:
+    """The audio (PCMU) packets ``peer`` received."""
+    return sum(1 for _, p in peer.received.packets if p.payload_type == 0)
+
+
+def assert_heard_audio_but_no_digit(peer: RtpPeer, sent: int, *, percent: int = 90) -> None:
+    """``peer`` received at least ``percent`` % of the ``sent`` audio packets (the audio did
+    arrive), no RFC 4733 event (none leaves ToneGuard toward a masked leg), and spandsp,
+    multimon-ng and the leak meter find no digit in what it heard."""
+    assert audio_packets(peer) >= sent * percent // 100, (audio_packets(peer), sent)
+    assert peer.received.events() == []
+    heard = peer.received.audio()
+    assert spandsp_detect(heard) == ""
+    assert multimon_detect(heard) == ""
+    assert leaked_ms(heard) == 0.0
 
 
 async def wait_udp_bound(ip: str, port: int, timeout: float = 10.0) -> None:

@@ -10,18 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from proxy.control.calls import PENDING_TAG
-from proxy.demo.leak import leaked_ms
-from proxy.demo.multimon import multimon_detect
 from proxy.demo.phone import RtpPeer
 from proxy.demo.sdp_builder import audio_sdp
-from proxy.demo.spandsp import spandsp_detect
 from proxy.media.types import DigitEvent
 from proxy.service.serve import Node
 from tests.conftest import pick_udp_port
@@ -36,41 +31,12 @@ pytestmark = [
 ]
 CARD = "4111111111111111"
 EVENTS = "123#"
-DIGITS: list[DigitEvent] = []
-
-
-@pytest.fixture
-async def tap() -> AsyncIterator[RtpPeer]:
-    peer = await RtpPeer(seed=9).start()
-    yield peer
-    peer.close()
-
-
-@pytest.fixture
-async def node(media_ports: tuple[int, int], tap: RtpPeer) -> AsyncIterator[Node]:
-    """The default policy, with the node's recording tap pointed at ``tap``."""
-    DIGITS.clear()
-    node = await sip_peers.start_node(media_ports, DIGITS,
-                                      masking={"recording_tap": f"127.0.0.1:{tap.port}"})
-    yield node
-    await node.stop()
-
-
-def _answered(node: Node) -> str | None:
-    """The call id once a call is answered (its answerer has a tag), else None."""
-    for call in node.registry.calls.values():
-        answerer = call.party("answerer")
-        if answerer is not None and answerer.tag != PENDING_TAG and answerer.medias:
-            return call.call_id
-    return None
-
-
-def _audio_packets(peer: RtpPeer) -> int:
-    return sum(1 for _, p in peer.received.packets if p.payload_type == 0)
 
 
 async def test_agent_supervisor_and_tap_decode_nothing_through_kamailio(
-        node: Node, tap: RtpPeer, tmp_path: Path) -> None:
+        tapped_node: Node, recording_tap: RtpPeer, node_digits: list[DigitEvent],
+        tmp_path: Path) -> None:
+    node, tap = tapped_node, recording_tap
     # One second of silence first: time for the supervisor to subscribe once the call is up.
     audio = np.concatenate([np.zeros(8000, np.int16), sip_peers.card_audio(CARD)])
     sip_peers.write_pcap(tmp_path / "card.pcap", sip_peers.rtp_packets(audio, EVENTS))
@@ -97,9 +63,10 @@ async def test_agent_supervisor_and_tap_decode_nothing_through_kamailio(
                                               port=carrier_port,
                                               media_port=pick_udp_port(CARRIER_IP),
                                               target=f"127.0.0.1:{sip_port}"))
-            assert await until(lambda: _answered(node) is not None, 10.0), (
+            assert await until(lambda: sip_peers.answered_call(node) is not None, 10.0), (
                 kam.log.read_text()[-3000:])
-            call_id = _answered(node)
+            call_id = sip_peers.answered_call(node)
+            assert call_id is not None
             call = node.registry.calls[call_id]
             customer = call.party("offerer")
             assert customer is not None and customer.label == "customer"
@@ -108,18 +75,10 @@ async def test_agent_supervisor_and_tap_decode_nothing_through_kamailio(
             await ng.ok({"command": "subscribe answer", "call-id": call_id,
                          "to-tag": offer["to-tag"],
                          "sdp": audio_sdp("127.0.0.1", supervisor.port, payload_types=(0, 101))})
-            async with asyncio.timeout(60):
-                for proc in procs:
-                    await proc.wait()
-            errors = (await procs[1].stderr.read()).decode() if procs[1].stderr else ""
-            assert [p.returncode for p in procs] == [0, 0], errors or kam.log.read_text()[-3000:]
+            await sip_peers.all_exited_0(procs, kam)
         for peer in (agent, supervisor, tap):
-            assert _audio_packets(peer) >= sent * 9 // 10, (_audio_packets(peer), sent)
-            assert peer.received.events() == []  # no RFC 4733 event left ToneGuard
-            heard = peer.received.audio()
-            assert spandsp_detect(heard) == "" and multimon_detect(heard) == ""
-            assert leaked_ms(heard) == 0.0
-        assert "".join(d.digit for d in DIGITS) == CARD + EVENTS  # captured all the same
+            sip_peers.assert_heard_audio_but_no_digit(peer, sent)
+        assert "".join(d.digit for d in node_digits) == CARD + EVENTS  # captured all the same
         assert node.registry.calls == {}  # the BYE deleted the call and the subscription
     finally:
         for proc in procs:

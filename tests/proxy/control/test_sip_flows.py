@@ -327,6 +327,38 @@ async def test_a_late_183_from_a_cancelled_fork_does_not_take_the_call_away(
         await flow.nothing_left()
 
 
+async def test_two_forks_answer_200_and_the_caller_keeps_the_last_one_masked(
+        media_ports: tuple[int, int], tmp_path: Path) -> None:
+    """Both forks answer 200: the second target's 200 crosses the CANCEL Kamailio sent it once
+    the first had answered (RFC 3261 §13.2.2.4). The caller ACKs both, keeps the last (the one
+    ToneGuard follows) and BYEs the first: that BYE's delete names the dropped branch, so the
+    kept dialog's media goes on — masked, both ways — until its own BYE ends the call."""
+    async with _flow(media_ports, tmp_path, agents=2, fork=True) as flow:
+        dropped, kept = flow.agents
+        await flow.sipp("dropped", "callee.xml", rtp_port=dropped.port, centre=0,
+                        duration_ms=300)
+        await flow.sipp("kept", "callee_200_after_cancel.xml", rtp_port=kept.port, centre=1)
+        await flow.sipp("caller", "caller_two_answers.xml", rtp_port=flow.customer.port,
+                        caller=True, duration_ms=CARD_MS + 3000)
+        await flow.until(lambda: flow.count("call answered") == 2)  # both 200s
+        # The dropped dialog's BYE reached ToneGuard as a delete naming that branch.
+        await flow.until(lambda: flow.count("forked branch deleted: the call's media stays") == 1)
+        [call_id] = flow.node.registry.calls
+        query = await flow.node.registry.handle({"command": "query", "call-id": call_id})
+        kept_tag = f"{flow.procs['kept'].pid}SIPpTag011"
+        caller_tag = f"{flow.procs['caller'].pid}SIPpTag001"
+        assert set(query["tags"]) == {caller_tag, kept_tag}
+        assert (await flow.node.engine.totals()).streams == 2
+        heard_before = len(dropped.received.packets)
+        await flow.talk(CARDS[0], agent=1)
+        assert _voice_packets(flow.customer) >= _packets(CARD_MS)  # the kept agent is heard
+        await flow.finished()
+        _assert_agent_heard_audio_but_no_digit(kept, min_packets=_packets(CARD_MS))
+        assert len(dropped.received.packets) == heard_before  # nothing to the dropped fork
+        flow.assert_captured(CARDS[0])
+        await flow.nothing_left()  # the kept dialog's BYE ended the call
+
+
 # --- 3. CANCEL, rejects, glare -----------------------------------------------------------
 
 

@@ -24,7 +24,6 @@ from scipy.signal import resample_poly
 
 from dsp import tones
 from gateway.pki import init_pki
-from gateway.server import build_server
 from proxy.api.auth import AgentDirectory
 from proxy.demo.multimon import multimon_detect
 from proxy.demo.simulate import TEST_CARDS
@@ -33,6 +32,8 @@ from proxy.service.config import load_config
 from proxy.service.serve import Node
 from proxy.service.wav import write_wav
 from tests.conftest import pick_tcp_port, pick_udp_port
+from tests.gateway.stub import running_gateway
+from tests.proxy.control import chromium
 from tests.proxy.control.sip_peers import (
     CARRIER_IP,
     kamailio,
@@ -42,10 +43,9 @@ from tests.proxy.control.sip_peers import (
     write_pcap,
 )
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [
     pytest.mark.peer,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="apt-get install chromium"),
+    chromium.needs_chromium,
     pytest.mark.skipif(not (shutil.which("kamailio") and shutil.which("sipp")),
                        reason="needs kamailio and sip-tester (sipp)"),
 ]
@@ -53,6 +53,19 @@ AGENT = "agent-demo"
 CALLER = "02079460018"  # the caller's number (an Ofcom drama number), From user → panel label
 PAN, EXPIRY, CODE = TEST_CARDS["visa"]
 WAIT_MS = 20_000
+
+# The carrier's 200 OK to a request it received (the agent's INFO, then its BYE).
+OK = f"""  <send><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:{CALLER}@[local_ip]:[local_port]>
+Content-Length: 0
+
+]]></send>"""
 
 # The carrier: calls the agent's AOR through Kamailio, and keys the card only once the agent
 # has started the payment — the page says so with an INFO (what a human caller would hear as
@@ -101,30 +114,10 @@ Content-Length: 0
 
 ]]></send>
   <recv request="INFO"/>
-  <send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-[last_CSeq:]
-Contact: <sip:{CALLER}@[local_ip]:[local_port]>
-Content-Length: 0
-
-]]></send>
+{OK}
   <nop><action><exec play_pcap_audio="card.pcap"/></action></nop>
   <recv request="BYE"/>
-  <send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-[last_CSeq:]
-Contact: <sip:{CALLER}@[local_ip]:[local_port]>
-Content-Length: 0
-
-]]></send>
+{OK}
 </scenario>
 """
 
@@ -163,35 +156,26 @@ async def softphone_stack(tmp_path: Path, media_ports: tuple[int, int]
     """The gateway stub (mutual TLS) and a node whose API points the panel's softphone at
     Kamailio's WebSocket (``[api] softphone_ws_url``), with SIP credentials derived from a secret
 it shares with Kamailio (``softphone_secret_file``)."""
-    pki = init_pki(tmp_path / "gateway")
-    gateway_port = pick_tcp_port()
-    gateway = build_server(pki, "127.0.0.1", gateway_port)
-    gateway_task = asyncio.create_task(gateway.serve())
-    async with asyncio.timeout(10):
-        while not gateway.started:
-            await asyncio.sleep(0.02)
-    agents = AgentDirectory()
-    agent_key = agents.add(AGENT, "agent")
-    ws_port = pick_tcp_port()
-    sip_secret = secrets.token_urlsafe(24)
-    (tmp_path / "softphone.secret").write_text(sip_secret + "\n")
-    config = load_config(overrides={
-        "ng": {"listen": f"127.0.0.1:{pick_udp_port()}"},
-        "media": {"port_min": media_ports[0], "port_max": media_ports[1]},
-        "api": {"listen": "127.0.0.1:0", "softphone_ws_url": f"ws://127.0.0.1:{ws_port}",
-                "softphone_secret_file": str(tmp_path / "softphone.secret")},
-        "gateway": {"url": f"https://127.0.0.1:{gateway_port}", "ca_file": str(pki.ca_cert),
-                    "cert_file": str(pki.client_cert), "key_file": str(pki.client_key)},
-    })
-    node = await Node.start(config, agents=agents)
-    assert node.api_address is not None
-    try:
-        yield Softphone(node, f"http://127.0.0.1:{node.api_address[1]}", agent_key, ws_port,
-                        sip_secret)
-    finally:
-        await node.stop()
-        gateway.should_exit = True
-        await gateway_task
+    async with running_gateway(init_pki(tmp_path / "gateway")) as gateway:
+        agents = AgentDirectory()
+        agent_key = agents.add(AGENT, "agent")
+        ws_port = pick_tcp_port()
+        sip_secret = secrets.token_urlsafe(24)
+        (tmp_path / "softphone.secret").write_text(sip_secret + "\n")
+        config = load_config(overrides={
+            "ng": {"listen": f"127.0.0.1:{pick_udp_port()}"},
+            "media": {"port_min": media_ports[0], "port_max": media_ports[1]},
+            "api": {"listen": "127.0.0.1:0", "softphone_ws_url": f"ws://127.0.0.1:{ws_port}",
+                    "softphone_secret_file": str(tmp_path / "softphone.secret")},
+            "gateway": gateway.config(),
+        })
+        node = await Node.start(config, agents=agents)
+        assert node.api_address is not None
+        try:
+            yield Softphone(node, f"http://127.0.0.1:{node.api_address[1]}", agent_key,
+                            ws_port, sip_secret)
+        finally:
+            await node.stop()
 
 
 def card_pcap(path: Path) -> tuple[int, np.ndarray]:
@@ -249,11 +233,7 @@ async def test_agent_answers_and_takes_a_payment_in_the_panel_softphone(
                         ws_port=stack.ws_port, softphone_secret=stack.sip_secret) as kam:
         await _tcp_listening(stack.ws_port)
         async with async_playwright() as p:
-            browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-                "--no-sandbox", "--no-first-run", "--use-fake-ui-for-media-stream",
-                "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={mic}",
-                "--allow-loopback-in-peer-connection",
-                "--autoplay-policy=no-user-gesture-required"])
+            browser = await chromium.launch(p, mic)
             try:
                 page = await browser.new_page(viewport={"width": 1100, "height": 760})
                 problems: list[str] = []
@@ -286,10 +266,9 @@ async def test_agent_answers_and_takes_a_payment_in_the_panel_softphone(
                 await page.evaluate(RECORD_JS)
                 await expect(page.locator("#call-label")).to_have_text(f"with {CALLER}",
                                                                       timeout=WAIT_MS)
-                await page.click("#sp-mute")  # mute and unmute: the button says which
-                await expect(page.locator("#sp-mute")).to_have_text("Unmute")
-                await page.click("#sp-mute")
-                await expect(page.locator("#sp-mute")).to_have_text("Mute")
+                for says in ("Unmute", "Mute"):  # mute and unmute: the button says which
+                    await page.click("#sp-mute")
+                    await expect(page.locator("#sp-mute")).to_have_text(says)
 
                 # The payment, started in the same page.
                 await page.fill("#amount", "12.50")

@@ -7,7 +7,6 @@ spandsp and multimon-ng decode nothing from any of them. The supervisor leaving
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -15,7 +14,6 @@ import pytest
 
 from proxy.control import sdes
 from proxy.control.sdp import parse
-from proxy.demo.leak import leaked_ms
 from proxy.demo.multimon import multimon_detect
 from proxy.demo.phone import RtpPeer
 from proxy.demo.sdp_builder import audio_sdp, media_endpoint
@@ -28,16 +26,6 @@ from tests.proxy.failclosed.rig import NgControl, until
 pytestmark = pytest.mark.peer
 CARD = "4111111111111111"
 EVENTS = "123#"
-DIGITS: list[DigitEvent] = []
-
-
-@pytest.fixture
-async def node(media_ports: tuple[int, int]) -> AsyncIterator[Node]:
-    """A node with the default policy (no hint: every party masked)."""
-    DIGITS.clear()
-    node = await sip_peers.start_node(media_ports, DIGITS)
-    yield node
-    await node.stop()
 
 
 class Floor:
@@ -93,58 +81,50 @@ class Floor:
             peer.close()
 
 
-def _audio_packets(peer: RtpPeer) -> int:
-    return sum(1 for _, p in peer.received.packets if p.payload_type == 0)
-
-
-def _heard_audio_but_no_digit(peer: RtpPeer, sent: int) -> None:
-    assert _audio_packets(peer) >= sent * 9 // 10, (_audio_packets(peer), sent)
-    assert peer.received.events() == []  # no RFC 4733 event left ToneGuard
-    heard = peer.received.audio()
-    assert spandsp_detect(heard) == ""
-    assert multimon_detect(heard) == ""
-    assert leaked_ms(heard) == 0.0
-
-
-async def test_agent_supervisor_and_tap_hear_the_customer_masked(node: Node) -> None:
+async def test_agent_supervisor_and_tap_hear_the_customer_masked(
+        masking_node: Node, node_digits: list[DigitEvent]) -> None:
+    node = masking_node
     floor = await Floor(node).start()
     try:
         sent = await floor.key_card(CARD, EVENTS)
         listeners = (floor.agent, floor.supervisor, floor.tap)
-        await until(lambda: all(_audio_packets(p) >= sent for p in listeners), 4.0)
+        await until(lambda: all(sip_peers.audio_packets(p) >= sent for p in listeners), 4.0)
         for peer in listeners:
-            _heard_audio_but_no_digit(peer, sent)
-        assert "".join(d.digit for d in DIGITS) == CARD + EVENTS  # captured all the same
+            sip_peers.assert_heard_audio_but_no_digit(peer, sent)
+        assert "".join(d.digit for d in node_digits) == CARD + EVENTS  # captured all the same
 
         # The supervisor leaves; the agent keeps hearing the customer, the supervisor not.
         await floor.ng.ok({"command": "unsubscribe", "call-id": "sv", "to-tag": floor.sub_tag})
-        heard_by_supervisor = _audio_packets(floor.supervisor)
-        before = _audio_packets(floor.agent)
+        heard_by_supervisor = sip_peers.audio_packets(floor.supervisor)
+        before = sip_peers.audio_packets(floor.agent)
         more = await floor.customer.play(sip_peers.card_audio("5555555555554444"),
                                          floor.to_toneguard)
-        await until(lambda: _audio_packets(floor.agent) >= before + more, 4.0)
-        assert _audio_packets(floor.agent) >= before + more * 9 // 10
-        assert _audio_packets(floor.supervisor) == heard_by_supervisor
+        await until(lambda: sip_peers.audio_packets(floor.agent) >= before + more, 4.0)
+        assert sip_peers.audio_packets(floor.agent) >= before + more * 9 // 10
+        assert sip_peers.audio_packets(floor.supervisor) == heard_by_supervisor
         heard = floor.agent.received.audio()
         assert spandsp_detect(heard) == "" and multimon_detect(heard) == ""
     finally:
         floor.close()
 
 
-async def test_control_unmasked_the_supervisor_decodes_the_card(node: Node) -> None:
+async def test_control_unmasked_the_supervisor_decodes_the_card(masking_node: Node) -> None:
+    node = masking_node
     """``caller-none``: nobody is masked, and the supervisor's decoders find the card — the
     checks above can fail, and the supervisor's copy is the agent's audio."""
     floor = await Floor(node).start(flags=["caller-none"])
     try:
         sent = await floor.key_card(CARD, "")
-        await until(lambda: _audio_packets(floor.supervisor) >= sent, 4.0)
+        await until(lambda: sip_peers.audio_packets(floor.supervisor) >= sent, 4.0)
         heard = floor.supervisor.received.audio()
         assert spandsp_detect(heard) == CARD and multimon_detect(heard) == CARD
     finally:
         floor.close()
 
 
-async def test_a_capture_masks_the_supervisors_copy_on_an_unmasked_call(node: Node) -> None:
+async def test_a_capture_masks_the_supervisors_copy_on_an_unmasked_call(
+        masking_node: Node) -> None:
+    node = masking_node
     """``caller-none`` (nobody masked) until a payment starts capturing: from then on the
     customer is masked, and so is the supervisor's copy — over SDES-SRTP with its own key."""
     floor = await Floor(node).start(flags=["caller-none"], **{"from-label": "customer"},
@@ -155,9 +135,9 @@ async def test_a_capture_masks_the_supervisors_copy_on_an_unmasked_call(node: No
         await until(lambda: node.registry.calls["sv"].parties["cust"].medias[0].config.masking
                     is not None, 2.0)
         sent = await floor.key_card(CARD, "")
-        await until(lambda: _audio_packets(floor.supervisor) >= sent, 4.0)
+        await until(lambda: sip_peers.audio_packets(floor.supervisor) >= sent, 4.0)
         assert floor.supervisor.received.errors == 0  # every packet decrypted with its key
         for peer in (floor.agent, floor.supervisor):
-            _heard_audio_but_no_digit(peer, sent)
+            sip_peers.assert_heard_audio_but_no_digit(peer, sent)
     finally:
         floor.close()

@@ -6,8 +6,6 @@ nothing from the browser's recording."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +21,11 @@ from proxy.demo.phone import RtpPeer
 from proxy.demo.sdp_builder import audio_sdp, media_endpoint
 from proxy.demo.spandsp import spandsp_detect
 from proxy.media.engine import LocalMediaEngine
-from proxy.media.masking import MaskingPipeline
 from proxy.media.types import DigitEvent
 from proxy.service.wav import write_wav
+from tests.proxy.control import chromium
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = [pytest.mark.peer,
-              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="apt-get install chromium")]
+pytestmark = [pytest.mark.peer, chromium.needs_chromium]
 CARD = "5555555555554444"
 EVENT_KEYS = "378"
 
@@ -60,15 +56,6 @@ async (offerSdp) => {
 """
 
 
-@pytest.fixture
-async def engine(media_ports: tuple[int, int]) -> AsyncIterator[LocalMediaEngine]:
-    engine = LocalMediaEngine("127.0.0.1", *media_ports,
-                              pipeline_factory=lambda: MaskingPipeline(lookahead_ms=26))
-    await engine.start()
-    yield engine
-    await engine.stop()
-
-
 async def _until(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
     async with asyncio.timeout(timeout):
         while not await predicate():
@@ -77,9 +64,10 @@ async def _until(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-u
 
 @pytest.mark.parametrize("masked", [True, False], ids=["masked", "control-unmasked"])
 async def test_chromium_agent_hears_no_digits_and_is_heard(
-        engine: LocalMediaEngine, tmp_path: Path, masked: bool) -> None:
+        masking_engine: LocalMediaEngine, tmp_path: Path, masked: bool) -> None:
     """``control-unmasked``: the same call with masking off — the decoders must then find the
     card in Chrome's recording (so finding nothing above means something)."""
+    engine = masking_engine
     digits: list[DigitEvent] = []
     registry = CallRegistry(engine, address="127.0.0.1",
                             policy=None if masked else CallPolicy(always_on=False),
@@ -93,11 +81,7 @@ async def test_chromium_agent_hears_no_digits_and_is_heard(
             "sdp": audio_sdp("127.0.0.1", carrier.port), "transport-protocol":
             "UDP/TLS/RTP/SAVPF", "ICE": "force", "rtcp-mux": ["require"]})
         async with async_playwright() as p:
-            browser = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-                "--no-sandbox", "--no-first-run", "--use-fake-ui-for-media-stream",
-                "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={mic}",
-                "--allow-loopback-in-peer-connection",
-                "--autoplay-policy=no-user-gesture-required"])
+            browser = await chromium.launch(p, mic)
             try:
                 page = await browser.new_page()
                 # getUserMedia needs a secure context: a loopback origin is one. Playwright

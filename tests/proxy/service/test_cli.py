@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,26 @@ def test_busy_api_port_names_the_socket_and_exits_1(tmp_path: Path,
     assert "Traceback" not in result.stderr
     assert f"cannot bind the API socket {address}: address already in use" in result.stderr
     assert "Errno" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(("make", "complaint"), [
+    (lambda path: None, "No such file or directory"),
+    (lambda path: path.mkdir(), "Is a directory"),
+    (lambda path: path.write_text("too short\n"), "under 16 bytes"),
+], ids=["missing", "directory", "short"])
+def test_a_bad_softphone_secret_file_refuses_before_media_starts_and_exits_2(
+        tmp_path: Path, media_ports: tuple[int, int], make: Callable[[Path], None],
+        complaint: str) -> None:
+    secret = tmp_path / "softphone.secret"
+    make(secret)
+    config = _config(tmp_path, "127.0.0.1:0", "127.0.0.1:0", media_ports)
+    config.write_text(config.read_text().replace(
+        "[api]\n", f'[api]\nsoftphone_secret_file = "{secret}"\n'))
+    result = toneguard("serve", "-c", str(config))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "toneguard serve: api.softphone_secret_file: " in result.stderr
+    assert complaint in result.stderr
+    # Refused with the configuration: no media plane (its DTLS certificate) was ever set up.
+    assert "DTLS certificate" not in result.stdout + result.stderr
+    assert "node stopped" not in result.stdout + result.stderr

@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +26,8 @@ from proxy.service.config import load_config
 from proxy.service.logging import configure_logging
 from proxy.service.serve import Node
 from tests.conftest import pick_tcp_port, pick_udp_port
+from tests.proxy.service.serve_process import node_toml, spawn_serve
 
-ROOT = Path(__file__).resolve().parents[3]
 START_SECONDS = 60  # start-up imports NumPy, SciPy, FastAPI on a shared, busy machine
 
 
@@ -78,26 +76,11 @@ async def _serve(tmp_path: Path, media_ports: tuple[int, int], drain_seconds: fl
                  ) -> ServeProcess:
     ng_port, api_port = pick_udp_port(), pick_tcp_port()
     config = tmp_path / "site.toml"
-    config.write_text(f"""
-[ng]
-listen = "127.0.0.1:{ng_port}"
-[media]
-port_min = {media_ports[0]}
-port_max = {media_ports[1]}
-[api]
-listen = "127.0.0.1:{api_port}"
-public_metrics = true
-[service]
-drain_seconds = {drain_seconds}
-[logging]
-format = "json"
-""")
+    config.write_text(node_toml(ng_port=ng_port, api_port=api_port, media_ports=media_ports,
+                                api="public_metrics = true",
+                                extra=f"[service]\ndrain_seconds = {drain_seconds}"))
     log = tmp_path / "serve.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "proxy", "serve", "-c", str(config), env=env, cwd=ROOT,
-            stdout=out, stderr=out)
+    proc = await spawn_serve(config, log)
     serving = ServeProcess(proc, log, ("127.0.0.1", ng_port), f"http://127.0.0.1:{api_port}")
     await serving.wait_logged("toneguard node started", timeout=START_SECONDS)
     return serving

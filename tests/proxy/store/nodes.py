@@ -9,23 +9,20 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 from dsp import tones
 from gateway.pki import PkiPaths, init_pki
-from gateway.server import build_server
 from proxy.api.auth import AgentDirectory
 from proxy.demo.phone import RtpPeer
 from tests.conftest import pick_tcp_port, pick_udp_port
-
-ROOT = Path(__file__).resolve().parents[3]
+from tests.gateway.stub import running_gateway
+from tests.proxy.service.serve_process import spawn_serve, wait_ready
 
 
 @dataclass
@@ -47,29 +44,13 @@ class NodeProcess:
     async def start(self) -> float:
         """Spawn it; returns the loop time of the spawn (the gap is measured from there)."""
         self.runs += 1
-        loop = asyncio.get_running_loop()
-        spawned = loop.time()
-        with self.log.open("ab") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "proxy", "serve", "-c", str(self.config),
-                cwd=self.workdir, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL)
+        spawned = asyncio.get_running_loop().time()
+        self.proc = await spawn_serve(self.config, self.log)
         return spawned
 
     async def ready(self, timeout: float = 30.0) -> dict:
-        async with httpx.AsyncClient(base_url=self.api, timeout=2) as http:
-            async with asyncio.timeout(timeout):
-                while True:
-                    assert self.proc is not None
-                    if self.proc.returncode is not None:
-                        raise RuntimeError(self.log.read_text()[-3000:])
-                    try:
-                        r = await http.get("/readyz")
-                        if r.status_code == 200:
-                            return r.json()
-                    except httpx.TransportError:
-                        pass
-                    await asyncio.sleep(0.05)
+        assert self.proc is not None
+        return await wait_ready(self.api, self.proc, self.log, timeout)
 
     def kill9(self) -> None:
         assert self.proc is not None
@@ -135,26 +116,18 @@ node_id = "{name}"
 
 @asynccontextmanager
 async def cluster(workdir: Path, store_key: Path) -> AsyncIterator[Cluster]:
-    pki = init_pki(workdir / "gateway")
-    port = pick_tcp_port()
-    gateway = build_server(pki, "127.0.0.1", port)
-    task = asyncio.create_task(gateway.serve())
-    async with asyncio.timeout(10):
-        while not gateway.started:
-            await asyncio.sleep(0.02)
-    agents_file = workdir / "agents.json"
-    agents = AgentDirectory(agents_file)
-    keys = {name: agents.add(name, role) for name, role in (
-        ("alice", "agent"), ("supervisor", "supervisor"))}
-    agents.save(agents_file)
-    c = Cluster(workdir, f"https://127.0.0.1:{port}", pki, agents_file, keys, store_key)
-    try:
-        yield c
-    finally:
-        for node in c.nodes:
-            await node.stop()
-        gateway.should_exit = True
-        await task
+    async with running_gateway(init_pki(workdir / "gateway")) as gateway:
+        agents_file = workdir / "agents.json"
+        agents = AgentDirectory(agents_file)
+        keys = {name: agents.add(name, role) for name, role in (
+            ("alice", "agent"), ("supervisor", "supervisor"))}
+        agents.save(agents_file)
+        c = Cluster(workdir, gateway.url, gateway.pki, agents_file, keys, store_key)
+        try:
+            yield c
+        finally:
+            for node in c.nodes:
+                await node.stop()
 
 
 class Talker:

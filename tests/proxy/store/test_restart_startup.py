@@ -11,44 +11,21 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import os
 import signal
-import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
 from proxy.demo.sdp_builder import audio_sdp
 from proxy.demo.simulate import NgClient
 from proxy.service.cli import main
 from tests.conftest import pick_tcp_port, pick_udp_port
+from tests.proxy.service.serve_process import node_toml, spawn_serve, wait_ready
 from tests.proxy.store.conftest import RedisServer
 
-ROOT = Path(__file__).resolve().parents[3]
 API_STACK = ("fastapi", "starlette", "uvicorn", "proxy.api.app", "prometheus_client")
 NOT_FOR_SERVE = ("proxy.service.scan", "gateway.cli", "proxy.demo.command",
                  "proxy.service.agents_cli", "scipy")
-
-
-async def _spawn(config: Path, log: Path) -> asyncio.subprocess.Process:
-    with log.open("ab") as out:
-        return await asyncio.create_subprocess_exec(
-            sys.executable, "-X", "importtime", "-m", "proxy", "serve", "-c", str(config),
-            cwd=config.parent, env={**os.environ, "PYTHONPATH": str(ROOT)},
-            stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL)
-
-
-async def _ready(api: str, proc: asyncio.subprocess.Process, log: Path) -> None:
-    async with httpx.AsyncClient(base_url=api, timeout=2) as http, asyncio.timeout(60):
-        while True:
-            assert proc.returncode is None, log.read_text()[-3000:]
-            try:
-                if (await http.get("/readyz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.05)
 
 
 def _imported(line: str) -> str | None:
@@ -64,28 +41,19 @@ async def test_restart_restores_and_relays_before_importing_the_api_stack(
     ng_port, api_port = pick_udp_port(), pick_tcp_port()
     api = f"http://127.0.0.1:{api_port}"
     config = tmp_path / "node.toml"
-    config.write_text(f"""
-[ng]
-listen = "127.0.0.1:{ng_port}"
-[media]
-port_min = {media_ports[0]}
-port_max = {media_ports[1]}
-[api]
-listen = "127.0.0.1:{api_port}"
-[logging]
-format = "json"
-[store]
+    config.write_text(node_toml(ng_port=ng_port, api_port=api_port, media_ports=media_ports,
+                                extra=f"""[store]
 url = "{redis_server.url}"
 key_file = "{store_key}"
 node_id = "startup"
-""")
+"""))
     first, second = tmp_path / "first.log", tmp_path / "second.log"
-    proc = await _spawn(config, first)
+    proc = await spawn_serve(config, first, "-X", "importtime")
     loop = asyncio.get_running_loop()
     transport, ng = await loop.create_datagram_endpoint(
         NgClient, remote_addr=("127.0.0.1", ng_port))
     try:
-        await _ready(api, proc, first)
+        await wait_ready(api, proc, first)
         await ng.request(transport, {"command": "offer", "call-id": "startup-1",
                                      "from-tag": "ft", "label": "customer",
                                      "sdp": audio_sdp("127.0.0.1", 40000)})
@@ -102,8 +70,8 @@ node_id = "startup"
         proc.kill()
         await proc.wait()
 
-        proc = await _spawn(config, second)
-        await _ready(api, proc, second)  # the API did start, after the restore
+        proc = await spawn_serve(config, second, "-X", "importtime")
+        await wait_ready(api, proc, second)  # the API did start, after the restore
         listed = await ng.request(transport, {"command": "list"})
         assert "startup-1" in listed["calls"]
     finally:
