@@ -76,6 +76,7 @@ if TYPE_CHECKING:  # imported when used: see the module docstring
     from proxy.service.metrics import Readings
     from proxy.store.forward import ClusterRouter
     from proxy.store.node import NodeState
+    from proxy.store.takeover import Heartbeat, TakeoverWatcher
 
 log = structlog.get_logger("toneguard.serve")
 # What only the API needs; imported after the calls are restored (see the module docstring).
@@ -149,6 +150,8 @@ class Node:
     _stopping: bool = False
     state: NodeState | None = None  # the shared store ([store] url), None = alone
     _router: ClusterRouter | None = None
+    _heartbeat: Heartbeat | None = None  # with Redis: others may take this node's calls over
+    takeover: TakeoverWatcher | None = None  # [store] takeover: this node adopts dead nodes'
     _draining: bool = False
     _offers_refused: int = 0
     _calls_changed: asyncio.Event = field(default_factory=asyncio.Event)  # a call came or went
@@ -215,6 +218,14 @@ class Node:
                 media.address, media.port_min, media.port_max,
                 pipeline_factory=pipeline_factory or default_pipeline_factory(config),
                 tick_ms=media.tick_ms, idle_timeout=media.idle_timeout_seconds)
+        media_engines = workers if isinstance(engine, WorkerPoolEngine) else 1
+        if config.store.takeover:  # adopted calls bind on the dead node's own address
+            from proxy.store.takeover import AdoptingEngine
+
+            engine = AdoptingEngine(engine, lambda m: LocalMediaEngine(
+                m.address, m.port_min, m.port_max,
+                pipeline_factory=pipeline_factory or default_pipeline_factory(config),
+                tick_ms=media.tick_ms, idle_timeout=media.idle_timeout_seconds))
         # Worker processes start (each a fresh interpreter importing the media plane) while this
         # one reads the store; the restore waits for them only before it binds ports.
         engine_started = asyncio.ensure_future(engine.start())
@@ -236,22 +247,27 @@ class Node:
         server = NgServer(handle_ng, cache_ttl=config.ng.cookie_cache_seconds,
                           cache_bytes=config.ng.cookie_cache_bytes)
         node = cls(config, engine, registry, server, payments, _gateway=gateway,
-                   _media_engines=workers if isinstance(engine, WorkerPoolEngine) else 1,
+                   _media_engines=media_engines,
                    _calls_changed=calls_changed)
         host, port = parse_hostport(config.ng.listen)
         api_imported: asyncio.Future[None] | None = None
         try:
             if config.store.url:  # before the ng socket: Kamailio's next command finds the call
-                from proxy.store.node import NodeState, StoreConfigError
+                from proxy.store.node import NodeState, StoreConfigError, open_store
 
+                store = open_store(config.store.url)
+                node_id = config.store.node_id or config.ng.listen
+                # The heartbeat's first beat comes before the restore (proxy/store/takeover.py).
+                node._heartbeat = await start_heartbeat(config, store, node_id)
                 try:
                     node.state = await NodeState.open(
                         url=config.store.url, key_file=config.store.key_file,
-                        node=config.store.node_id or config.ng.listen, registry=registry,
+                        node=node_id, registry=registry, store=store,
                         payments=payments, limit=config.store.queue_limit,
                         media_ready=engine_started)
                 except StoreConfigError as exc:
                     raise ConfigError(str(exc)) from exc
+                node.takeover = start_takeover(config, node.state, registry, engine)
             await engine_started
             node._milestone("media")  # restored calls bound, configured, linked: relaying
             try:  # before the API import competes for the interpreter: Kamailio's next command
@@ -467,6 +483,10 @@ class Node:
         if self._api is not None:
             self._api.should_exit = True
         await self.ng.stop()
+        if self.takeover is not None:
+            await self.takeover.stop()
+        if self._heartbeat is not None:
+            await self._heartbeat.stop()
         if self.state is not None:  # first: the calls closed below stay in the store
             await self.state.stop()
         for task in self._tasks:
@@ -483,6 +503,43 @@ class Node:
         if self._gateway is not None:
             await self._gateway.close()
         log.info("toneguard node stopped")
+
+
+async def start_heartbeat(config: Config, store: object, node_id: str) -> Heartbeat | None:
+    """With Redis, this node beats (its first beat awaited: before its calls are loaded)."""
+    from proxy.store.redis_store import RedisStore
+    from proxy.store.takeover import Heartbeat, NodeMedia
+
+    if not isinstance(store, RedisStore):
+        return None
+    m = config.media
+    heartbeat = Heartbeat(store.client, node_id, NodeMedia(
+        m.address, m.advertised_address or m.address, m.port_min, m.port_max),
+        interval=config.store.heartbeat_seconds, ttl=config.store.heartbeat_ttl_seconds)
+    await heartbeat.start()
+    return heartbeat
+
+
+def start_takeover(config: Config, state: NodeState, registry: CallRegistry,
+                   engine: MediaEngine) -> TakeoverWatcher | None:
+    """``[store] takeover``: watch those nodes' heartbeats, adopt the calls of one that dies."""
+    from proxy.store.records import decode
+    from proxy.store.redis_store import RedisStore
+    from proxy.store.takeover import AdoptingEngine, TakeoverWatcher
+
+    if not config.store.takeover or not isinstance(state.store, RedisStore):
+        return None
+    assert isinstance(engine, AdoptingEngine)
+    sealer = state._sealer  # the node set's key, as the restore uses it
+    watcher = TakeoverWatcher(
+        state.store.client, state.node, list(config.store.takeover),
+        registry=registry, engine=engine,
+        decode_record=lambda data: decode(data, sealer),
+        resume=state._restore_payments, mark=state.sync.mark,
+        interval=config.store.heartbeat_seconds,
+        may_claim=lambda: not state.sync.degraded)
+    watcher.start()
+    return watcher
 
 
 class BindError(OSError):

@@ -1,0 +1,263 @@
+"""Same-address takeover: node-b adopts the calls of node-a after a kill -9 (node-a's heartbeat
+expires), on node-a's own media address and ports; media flows again through node-b, masked;
+the payment resumes there; ng and the API reach the call on node-b; node-a restarted leaves
+the call to node-b. Two takers racing for one dead node: exactly one wins."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from proxy.demo.multimon import multimon_detect
+from proxy.demo.phone import RtpPeer
+from proxy.demo.sdp_builder import audio_sdp, media_endpoint
+from proxy.demo.spandsp import spandsp_detect
+from proxy.store.redis_store import OWNERS, RedisStore, call_key, node_key
+from proxy.store.takeover import Heartbeat, NodeMedia, alive_key, claim, claim_key
+from tests.proxy.control.sip_peers import card_audio
+from tests.proxy.store.conftest import RedisServer, dump_all
+from tests.proxy.store.nodes import NodeProcess, Talker, cluster
+from tests.proxy.store.test_restart import _after, _ng, _no_card_data, _until
+
+PAN, EXPIRY, CODE = "4111111111111111", "1230", "737"
+HEARTBEAT, TTL = 0.2, 1.0  # seconds: short, so that the test's gap is short
+
+pytestmark = [pytest.mark.peer]
+
+
+async def _calls(node: NodeProcess) -> set[str]:
+    transport, ng = await _ng(node.ng)
+    try:
+        return set((await ng.request(transport, {"command": "list"}))["calls"])
+    finally:
+        transport.close()
+
+
+# --- the claim, against a real redis-server --------------------------------------------------
+
+async def test_two_takers_racing_for_a_dead_node_exactly_one_adopts_its_calls(
+        redis_server: RedisServer) -> None:
+    store = RedisStore(redis_server.url)
+    clients = [redis_server.client(), redis_server.client()]
+    try:
+        for round_ in range(20):
+            dead = f"dead-{round_}"
+            calls = {f"{dead}-call-{i}": f"record {i}".encode() for i in range(5)}
+            await store.write(dead, calls)
+            results = await asyncio.gather(claim(clients[0], dead, "node-b"),
+                                           claim(clients[1], dead, "node-c"))
+            won = [r for r in results if r.outcome == "won"]
+            assert len(won) == 1, results
+            winner = won[0].holder
+            assert won[0].records == calls
+            lost = next(r for r in results if r is not won[0])
+            assert (lost.outcome, lost.holder) == ("taken", winner)
+            owners = await store.owners()
+            assert {c: owners[c] for c in calls} == dict.fromkeys(calls, winner)
+            assert set(await store.load(winner)) >= set(calls)
+            assert await store.load(dead) == {}
+    finally:
+        for client in clients:
+            await client.aclose()
+        await store.close()
+
+
+async def test_a_node_whose_heartbeat_is_alive_is_not_taken_over_and_clears_a_claim_when_back(
+        redis_server: RedisServer) -> None:
+    store = RedisStore(redis_server.url)
+    client = redis_server.client()
+    media = NodeMedia("127.0.0.2", "127.0.0.2", 30000, 30100)
+    try:
+        await store.write("node-a", {"call-1": b"r1"})
+        beat = Heartbeat(store.client, "node-a", media, interval=0.1, ttl=1.0)
+        await beat.start()
+        assert (await claim(client, "node-a", "node-b")).outcome == "alive"
+        assert await store.load("node-a") == {"call-1": b"r1"}  # nothing moved
+        await beat.stop()
+        await client.delete(alive_key("node-a"))  # as if its TTL ran out
+        result = await claim(client, "node-a", "node-b")
+        assert result.outcome == "won" and result.records == {"call-1": b"r1"}
+        assert await client.get(claim_key("node-a")) == b"node-b"
+        # node-a back: its first beat stops further claims, clears this one, says who has them.
+        back = Heartbeat(store.client, "node-a", media, interval=0.1, ttl=1.0)
+        await back.start()
+        assert back.taken_by == "node-b"
+        assert await client.get(claim_key("node-a")) is None
+        assert await store.load("node-a") == {}  # it restores nothing: node-b has the call
+        assert (await claim(client, "node-a", "node-c")).outcome == "alive"
+        await back.stop()
+    finally:
+        await client.aclose()
+        await store.close()
+
+
+# --- two real nodes ---------------------------------------------------------------------------
+
+@pytest.mark.skipif(not shutil.which("multimon-ng"), reason="needs multimon-ng")
+async def test_kill_9_node_a_mid_payment_node_b_takes_the_call_over_on_the_same_address(
+        tmp_path: Path, redis_server: RedisServer, store_key: Path,
+        media_ports: tuple[int, int]) -> None:
+    low, high = media_ports
+    mid = low + (high - low) // 2 // 2 * 2
+    beat = f"heartbeat_seconds = {HEARTBEAT}\nheartbeat_ttl_seconds = {TTL}\n"
+    async with cluster(tmp_path, store_key) as c:
+        a = c.node("node-a", store_url=redis_server.url, media_ports=(low, mid - 1),
+                   media_address="127.0.0.2", extra=beat)
+        b = c.node("node-b", store_url=redis_server.url, media_ports=(mid, high),
+                   media_address="127.0.0.3", extra=beat + 'takeover = ["node-a"]\n')
+        await asyncio.gather(a.start(), b.start())
+        await asyncio.gather(a.ready(), b.ready())
+        caller, agent = await RtpPeer(seed=1).start(), await RtpPeer(seed=2).start()
+        transport, ng = await _ng(a.ng)
+        talker: Talker | None = None
+        alice = {"Authorization": f"Bearer {c.keys['alice']}"}
+        redis = redis_server.client()
+        try:
+            offer = await ng.request(transport, {
+                "command": "offer", "call-id": "takeover-1", "from-tag": "ft",
+                "label": "customer", "metadata": "agent=alice",
+                "sdp": audio_sdp("127.0.0.1", caller.port)})
+            answer = await ng.request(transport, {
+                "command": "answer", "call-id": "takeover-1", "from-tag": "ft",
+                "to-tag": "tt", "label": "agent", "sdp": audio_sdp("127.0.0.1", agent.port)})
+            to_caller = media_endpoint(answer["sdp"])
+            assert to_caller[0] == "127.0.0.2" and media_endpoint(offer["sdp"])[0] == "127.0.0.2"
+            transport.close()
+            talker = Talker(caller, to_caller).start()
+            await agent.wait_for(10)
+
+            async with httpx.AsyncClient(base_url=a.api, timeout=5) as http:
+                r = await http.post("/v1/calls/takeover-1/payments", json={}, headers=alice)
+                assert r.status_code == 201, r.text
+                sid = r.json()["sid"]
+            await talker.say(card_audio(PAN[:6]))  # part of the card, then the crash
+
+            async def stored() -> bool:  # node-a's writer has written the open payment
+                raw = await redis.get(call_key("takeover-1"))
+                return bool(raw) and any(p["sid"] == sid for p in json.loads(raw)["payments"])
+            await _until(stored, 10, "the payment is in node-a's record")
+
+            loop = asyncio.get_running_loop()
+            killed = loop.time()
+            a.kill9()
+            assert a.proc is not None
+            await a.proc.wait()
+            await _until(lambda: _true(any(t > killed + 0.05 for t, _ in
+                                           agent.received.packets)),
+                         20, "media flows again after the takeover")
+            first_after = min(t for t, _ in agent.received.packets if t > killed + 0.05)
+            last_before = max(t for t, _ in agent.received.packets if t <= killed)
+            adopted_ms = _logged(b, "took over a dead node's calls")["ms"]
+            print(f"\nmedia gap across kill -9 of node-a + takeover by node-b: "
+                  f"{first_after - last_before:.2f} s (heartbeat every {HEARTBEAT} s, "
+                  f"dead after {TTL} s; node-b's claim + adoption {adopted_ms} ms)")
+
+            assert await redis.hget(OWNERS, "takeover-1") == b"node-b"
+            assert await redis.smembers(node_key("node-a")) == set()
+            transport, ng = await _ng(b.ng)  # Kamailio's next command goes to node-b
+            query = await ng.request(transport, {"command": "query", "call-id": "takeover-1"})
+            assert set(query["tags"]) == {"ft", "tt"}
+
+            async with httpx.AsyncClient(base_url=b.api, timeout=5) as http:
+                p = (await http.get(f"/v1/calls/takeover-1/payments/{sid}",
+                                    headers=alice)).json()
+                assert p["status"] == "capturing" and p["error"] == "node-restarted", p
+                assert p["fields"]["payment-card-number"] == ""  # nothing before the crash
+                keyed_from = loop.time()
+                values = {"payment-card-number": PAN, "expiration-date": EXPIRY,
+                          "security-code": CODE}
+                payment = p
+                for _ in range(4):  # a key lost under load is keyed again (fail closed)
+                    order = list(values)[list(values).index(payment["current_field"]):]
+                    await talker.say(card_audio("*" + "".join(values[f] for f in order)))
+                    payment = await _settled(http, sid, alice)
+                    if payment["status"] != "capturing":
+                        break
+            assert payment["status"] == "complete", payment
+            assert payment["token"] and payment["last4"] == "1111"
+
+            # The agent heard the caller through node-b, and no digit in it.
+            heard = _after(agent.received, keyed_from)
+            sent = talker.sent_since(keyed_from - 0.01)
+            assert len(heard.packets) >= 0.9 * sent > 100, (len(heard.packets), sent)
+            audio = heard.audio()
+            assert float(np.sqrt(np.mean(audio.astype(float) ** 2))) > 10  # not silence
+            assert spandsp_detect(audio) == ""
+            assert multimon_detect(audio) == ""
+
+            # node-a comes back: it leaves the call to node-b, whose media goes on; node-a's
+            # API forwards an action on the call to node-b (the owner in Redis now).
+            await a.start()
+            await a.ready()
+            back = loop.time()
+            assert "takeover-1" not in await _calls(a)
+            assert _logged(a, "this node's calls were taken over")["taken_by"] == "node-b"
+            await _until(lambda: _true(sum(1 for t, _ in agent.received.packets
+                                           if t > back) > 10), 10, "media after node-a is back")
+            async with httpx.AsyncClient(base_url=a.api, timeout=5) as http:
+                r = await http.get(f"/v1/calls/takeover-1/payments/{sid}", headers=alice)
+                assert r.status_code == 200 and r.json()["status"] == "complete", r.text
+
+            # Kamailio's delete for the call reaches node-b, which owns it.
+            deleted = await ng.request(transport, {"command": "delete",
+                                                   "call-id": "takeover-1", "from-tag": "ft"})
+            assert deleted["result"] == "ok"
+            assert "takeover-1" not in await _calls(b)
+            await _until(lambda: _gone(redis), 5, "the record deleted")
+
+            dump = await dump_all(redis_server)
+            assert _no_card_data(dump) == []
+        finally:
+            if talker is not None:
+                await talker.stop()
+            transport.close()
+            caller.close()
+            agent.close()
+            await redis.aclose()
+        for node in (a, b):
+            await node.stop()
+            log = node.log.read_text(errors="replace")
+            assert PAN not in log and PAN[:6] not in log
+
+
+async def _gone(redis) -> bool:  # type: ignore[no-untyped-def]
+    return await redis.hget(OWNERS, "takeover-1") is None and not await redis.exists(
+        call_key("takeover-1"))
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+def _logged(node: NodeProcess, event: str) -> dict:
+    """The last JSON log line of ``node`` whose event starts with ``event``."""
+    found: dict = {}
+    for line in node.log.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and str(entry.get("event", "")).startswith(event):
+            found = entry
+    assert found, f"{node.name} never logged {event!r}"
+    return found
+
+
+async def _settled(http: httpx.AsyncClient, sid: str, headers: dict[str, str]) -> dict:
+    """The payment once it stops changing for a second (or finishes)."""
+    last: dict = {}
+    async with asyncio.timeout(20):
+        while True:
+            p = (await http.get(f"/v1/calls/takeover-1/payments/{sid}",
+                                headers=headers)).json()
+            if p["status"] not in ("capturing", "ready", "submitting") or p == last:
+                return p
+            last = p
+            await asyncio.sleep(1.0)
+
