@@ -381,18 +381,21 @@ class TakeoverWatcher:
                 failed += 1
         addresses = {m.local.address for r in decoded for p in r.call.parties.values()
                      for m in p.medias}
+        advertised: dict[str, str] = {}
         for address in sorted(addresses):
-            await self._engine.add(media if media is not None and media.address == address
-                                   else _fallback(address, decoded))
+            bound = (media if media is not None and media.address == address
+                     else _fallback(address, decoded))
+            await self._engine.add(bound)
+            advertised[address] = bound.advertised_address
         adopted = 0
         for record in decoded:
-            if await self._adopt_one(record):
+            if await self._adopt_one(record, advertised):
                 adopted += 1
             else:
                 failed += 1
         return adopted, failed
 
-    async def _adopt_one(self, record: CallRecord) -> bool:
+    async def _adopt_one(self, record: CallRecord, advertised: dict[str, str]) -> bool:
         call = record.call
         if call.call_id in self._registry.calls:
             self._mark(call.call_id)
@@ -412,6 +415,8 @@ class TakeoverWatcher:
                     self._mark(call.call_id)
                     return False
                 await asyncio.sleep(ADOPT_RETRY_PAUSE)
+        if address is not None:  # its SDP keeps the dead node's address (a re-offer, later)
+            self._registry.addresses[call.call_id] = advertised[address]
         self._resume(record)
         self._mark(call.call_id)
         self.adopted.append(call.call_id)

@@ -163,6 +163,11 @@ async def test_kill_9_node_a_mid_payment_node_b_takes_the_call_over_on_the_same_
             transport, ng = await _ng(b.ng)  # Kamailio's next command goes to node-b
             query = await ng.request(transport, {"command": "query", "call-id": "takeover-1"})
             assert set(query["tags"]) == {"ft", "tt"}
+            # A re-INVITE's offer keeps the call on node-a's address and ports.
+            reoffer = await ng.request(transport, {
+                "command": "offer", "call-id": "takeover-1", "from-tag": "ft",
+                "label": "customer", "sdp": audio_sdp("127.0.0.1", caller.port, session=4243)})
+            assert media_endpoint(reoffer["sdp"]) == media_endpoint(offer["sdp"])
 
             async with httpx.AsyncClient(base_url=b.api, timeout=5) as http:
                 p = (await http.get(f"/v1/calls/takeover-1/payments/{sid}",
