@@ -320,7 +320,7 @@ class Node:
         from proxy.api.auth import AgentDirectory, AuthSettings
         from proxy.service.api_server import ApiServer
         from proxy.service.metrics import Metrics
-        from proxy.store.forward import ClusterRouter
+        from proxy.store.forward import ClusterRouter, NodeAssertions, assertion_key
 
         agents = agents or AgentDirectory()
         host, port = parse_hostport(self.config.api.listen)
@@ -344,9 +344,12 @@ class Node:
             readiness=self.readiness)
         asgi: Any = app
         if self.state is not None:  # calls of the other nodes: listed here, actions forwarded
-            asgi = self._router = ClusterRouter(app, node=self.state.node, store=self.state.store,
-                                 local=lambda call_id: call_id in self.registry.calls,
-                                 max_body=api.max_body_bytes)
+            key = assertion_key(Path(self.config.store.key_file))  # read by the store already
+            asgi = self._router = ClusterRouter(
+                app, node=self.state.node, store=self.state.store,
+                local=lambda call_id: call_id in self.registry.calls,
+                guard=app.state.key_guard, assertions=NodeAssertions(key, self.state.node),
+                max_body=api.max_body_bytes)
         server = ApiServer(uvicorn.Config(asgi, host=host, port=port, log_config=None,
                                            access_log=False, lifespan="off",
                                            ws_max_size=api.max_body_bytes))
