@@ -939,6 +939,16 @@ class CallRegistry:
             self._on_call(call.call_id, True)
 
 
+    async def forget(self, call_id: str) -> bool:
+        """Let a call go without an ng command: another node relays it now (a takeover while
+        this node was taken for dead, proxy/store/takeover.py). False: not here."""
+        call = self.calls.get(call_id)
+        if call is None:
+            return False
+        await self._drop(call)
+        log.warning("call let go: another node owns it now", call_id=call_id)
+        return True
+
     def _advertised(self, call: Call) -> str:
         return self.addresses.get(call.call_id, self._address)
 

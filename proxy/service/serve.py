@@ -258,7 +258,7 @@ class Node:
                 store = open_store(config.store.url)
                 node_id = config.store.node_id or config.ng.listen
                 # The heartbeat's first beat comes before the restore (proxy/store/takeover.py).
-                node._heartbeat = await start_heartbeat(config, store, node_id)
+                node._heartbeat = await start_heartbeat(config, store, node_id, registry)
                 try:
                     node.state = await NodeState.open(
                         url=config.store.url, key_file=config.store.key_file,
@@ -300,6 +300,8 @@ class Node:
                 await node.stop()
             raise
         node._milestone("started")
+        if node._heartbeat is not None:  # regular beats once up (the first had a grace)
+            node._heartbeat.begin()
         node._tasks.append(asyncio.create_task(node._housekeeping(), name="housekeeping"))
         log.info("toneguard node started", ng=f"{node.ng_address[0]}:{node.ng_address[1]}",
                  media=f"{media.address}:{media.port_min}-{media.port_max}",
@@ -508,7 +510,8 @@ class Node:
         log.info("toneguard node stopped")
 
 
-async def start_heartbeat(config: Config, store: object, node_id: str) -> Heartbeat | None:
+async def start_heartbeat(config: Config, store: object, node_id: str,
+                          registry: CallRegistry) -> Heartbeat | None:
     """With Redis, this node beats (its first beat awaited: before its calls are loaded)."""
     from proxy.store.redis_store import RedisStore
     from proxy.store.takeover import Heartbeat, NodeMedia
@@ -518,7 +521,8 @@ async def start_heartbeat(config: Config, store: object, node_id: str) -> Heartb
     m = config.media
     heartbeat = Heartbeat(store.client, node_id, NodeMedia(
         m.address, m.advertised_address or m.address, m.port_min, m.port_max),
-        interval=config.store.heartbeat_seconds, ttl=config.store.heartbeat_ttl_seconds)
+        interval=config.store.heartbeat_seconds, ttl=config.store.heartbeat_ttl_seconds,
+        calls=lambda: list(registry.calls), forget=registry.forget)
     await heartbeat.start()
     return heartbeat
 

@@ -28,10 +28,12 @@ How it works (README "Many nodes and restarts"):
   never both bind a call. It then clears the claim (a later death can be taken over again) and
   logs who took its calls.
 
-Not done: fencing a node that is alive but cut off from Redis (its heartbeat lapses, a taker
-adopts its calls, and when it reaches Redis again its writer would write them back as its
-own). In production keepalived moves the address away from such a node, so its media stops;
-its store records are not fenced.
+- A node that was alive all along but taken for dead (cut off from Redis, or stalled, for
+  longer than the TTL) finds out at its next beat: the key it refreshes was gone. It then lets
+  go of every call the store says another node owns now (in production keepalived has moved
+  the address away, so their media reaches the taker anyway), and clears the claim. Until then
+  its writes cannot take those calls back: :data:`proxy.store.redis_store.WRITE` skips a call
+  another live node owns.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import contextlib
 import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 
 import redis.asyncio as aioredis
@@ -59,7 +61,7 @@ from proxy.media.types import (
     StreamStats,
 )
 from proxy.store.records import CallRecord, RecordError
-from proxy.store.redis_store import OWNERS, PREFIX, call_key, node_key
+from proxy.store.redis_store import ALIVE, OWNERS, PREFIX, call_key, node_key
 from proxy.store.sealing import SealError
 
 log = structlog.get_logger("toneguard.store")
@@ -67,10 +69,14 @@ log = structlog.get_logger("toneguard.store")
 MEDIA = f"{PREFIX}:media"  # hash: node → its media (JSON of NodeMedia)
 ADOPT_RETRY_SECONDS = 5.0  # a port still held (a killed node's sockets closing), an address
 ADOPT_RETRY_PAUSE = 0.1  # not yet moved here: retried this long, this often
+# The first beat, at start, lives this long at least: a starting node (restoring its calls,
+# importing and starting its API: seconds on a loaded machine, its event loop busy) is not
+# dead. Regular beats begin once the node is up.
+START_GRACE_SECONDS = 15.0
 
 
 def alive_key(node: str) -> str:
-    return f"{PREFIX}:alive:{node}"
+    return f"{ALIVE}{node}"
 
 
 def claim_key(node: str) -> str:
@@ -78,12 +84,14 @@ def claim_key(node: str) -> str:
 
 
 # KEYS: the dead node's heartbeat, its claim, its call set, the taker's call set, the owners
-# hash. ARGV: the taker, the prefix of call record keys. Returns {"alive"}, {"taken", holder}
-# or {"won", id1, record1, id2, record2, ...}.
+# hash. ARGV: the taker, the prefix of call record keys. Returns {"alive"}, {"taken", holder},
+# {"empty"} (no calls to take: no claim, so a node not started yet is not reported taken
+# over) or {"won", id1, record1, id2, record2, ...}.
 CLAIM = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'alive'} end
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[1] then return {'taken', holder} end
+if redis.call('SCARD', KEYS[3]) == 0 then return {'empty'} end
 redis.call('SET', KEYS[2], ARGV[1])
 local out = {'won'}
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[3])) do
@@ -120,7 +128,7 @@ class NodeMedia:
 class Claim:
     """The result of one claim: ``won`` with the dead node's records, or why not."""
 
-    outcome: str  # "won", "alive" (its heartbeat is back), "taken" (by ``holder``)
+    outcome: str  # "won", "alive" (its heartbeat is back), "taken" (by ``holder``), "empty"
     holder: str = ""
     records: dict[str, bytes] | None = None
 
@@ -143,13 +151,21 @@ async def claim(redis: aioredis.Redis, dead: str, taker: str) -> Claim:
 
 
 class Heartbeat:
-    """This node's heartbeat key, refreshed every ``interval`` seconds, expiring after ``ttl``."""
+    """This node's heartbeat key, refreshed every ``interval`` seconds, expiring after ``ttl``.
+    ``calls`` and ``forget``: this node's calls, and how to let one go (after a lapse)."""
 
     def __init__(self, redis: aioredis.Redis, node: str, media: NodeMedia, *,
-                 interval: float, ttl: float) -> None:
+                 interval: float, ttl: float,
+                 calls: Callable[[], list[str]] = list,
+                 forget: Callable[[str], Awaitable[object]] | None = None) -> None:
         self._redis = redis
         self.node = node
         self._media = media
+        self._calls = calls
+        self._forget = forget
+        self._beaten = False  # a beat has been written (a missing key later: a lapse)
+        self.lapses = 0
+        self.let_go: list[str] = []
         self._interval = interval
         self._ttl_ms = max(1, round(ttl * 1000))
         self._instance = secrets.token_hex(8)  # which process of this node beats
@@ -158,19 +174,46 @@ class Heartbeat:
         self.failures = 0
 
     async def start(self) -> None:
-        """The first beat (before this node loads its calls), then one every ``interval``.
-        Redis unreachable: the loop keeps trying (the restore is retried by the writer)."""
+        """The first beat (before this node loads its calls), alive for the start's grace."""
         with contextlib.suppress(TakeoverError):
-            await self._beat()
+            await self._beat(max(self._ttl_ms, round(START_GRACE_SECONDS * 1000)))
             await self._back()
-        self._task = asyncio.create_task(self._run(), name="store-heartbeat")
 
-    async def _beat(self) -> None:
+    def begin(self) -> None:
+        """Beat every ``interval`` from now on (the node is up). Redis unreachable: the loop
+        keeps trying (the restore is retried by the writer)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="store-heartbeat")
+
+    async def _beat(self, ttl_ms: int | None = None) -> None:
         try:
-            await self._redis.set(alive_key(self.node), self._instance, px=self._ttl_ms)
+            before = await self._redis.set(alive_key(self.node), self._instance,
+                                           px=ttl_ms or self._ttl_ms, get=True)
         except (RedisError, OSError) as exc:
             self.failures += 1
             raise TakeoverError(f"redis: {type(exc).__name__}: {exc}") from exc
+        lapsed = self._beaten and before is None
+        self._beaten = True
+        if lapsed:
+            await self._lapsed()
+
+    async def _lapsed(self) -> None:
+        """This node was taken for dead: let go of the calls another node has adopted."""
+        self.lapses += 1
+        ids = list(self._calls())
+        try:
+            holder = await self._redis.getdel(claim_key(self.node))
+            owners = await self._redis.hmget(OWNERS, ids) if ids else []
+        except (RedisError, OSError) as exc:
+            raise TakeoverError(f"redis: {type(exc).__name__}: {exc}") from exc
+        moved = [c for c, o in zip(ids, owners, strict=True)
+                 if o is not None and _text(o) != self.node]
+        log.warning("heartbeat had lapsed: this node was taken for dead",
+                    taken_by=_text(holder) if holder else "", calls_moved=len(moved))
+        for call_id in moved:
+            if self._forget is not None:
+                await self._forget(call_id)  # its delete is not written: another node owns it
+            self.let_go.append(call_id)
 
     async def _back(self) -> None:
         """Publish where this node's media lives; clear a takeover of its calls (logged)."""

@@ -26,7 +26,9 @@ from tests.proxy.store.nodes import NodeProcess, Talker, cluster
 from tests.proxy.store.test_restart import _after, _ng, _no_card_data, _until
 
 PAN, EXPIRY, CODE = "4111111111111111", "1230", "737"
-HEARTBEAT, TTL = 0.2, 1.0  # seconds: short, so that the test's gap is short
+# Seconds: short, so that the test's gap is short; the TTL still above the event-loop stalls
+# of a node on this shared, loaded machine (a node taken for dead lets its calls go).
+HEARTBEAT, TTL = 0.25, 2.0
 
 pytestmark = [pytest.mark.peer]
 
@@ -77,6 +79,7 @@ async def test_a_node_whose_heartbeat_is_alive_is_not_taken_over_and_clears_a_cl
         await store.write("node-a", {"call-1": b"r1"})
         beat = Heartbeat(store.client, "node-a", media, interval=0.1, ttl=1.0)
         await beat.start()
+        beat.begin()
         assert (await claim(client, "node-a", "node-b")).outcome == "alive"
         assert await store.load("node-a") == {"call-1": b"r1"}  # nothing moved
         await beat.stop()
@@ -87,14 +90,68 @@ async def test_a_node_whose_heartbeat_is_alive_is_not_taken_over_and_clears_a_cl
         # node-a back: its first beat stops further claims, clears this one, says who has them.
         back = Heartbeat(store.client, "node-a", media, interval=0.1, ttl=1.0)
         await back.start()
+        back.begin()
         assert back.taken_by == "node-b"
         assert await client.get(claim_key("node-a")) is None
         assert await store.load("node-a") == {}  # it restores nothing: node-b has the call
         assert (await claim(client, "node-a", "node-c")).outcome == "alive"
         await back.stop()
+        await client.delete(alive_key("node-a"))
+        # Dead with no calls: nothing to claim, and no claim left for its next start to report.
+        assert (await claim(client, "node-a", "node-c")).outcome == "empty"
+        assert await client.get(claim_key("node-a")) is None
     finally:
         await client.aclose()
         await store.close()
+
+
+async def test_a_node_taken_for_dead_cannot_write_its_calls_back_and_lets_them_go(
+        redis_server: RedisServer) -> None:
+    """node-a stalls past its TTL (its beats come every 2 s, the TTL is 0.3 s): node-b claims
+    its calls; node-a's writes and deletes of them are skipped; at its next beat node-a sees
+    the lapse and lets go of exactly the calls node-b owns."""
+    store = RedisStore(redis_server.url)
+    client = redis_server.client()
+    let_go: list[str] = []
+
+    async def forget(call_id: str) -> None:
+        let_go.append(call_id)
+        await store.write("node-a", {call_id: None})  # what the registry's delete writes
+
+    beat = Heartbeat(store.client, "node-a", NodeMedia("127.0.0.2", "127.0.0.2", 30000, 30100),
+                     interval=2.0, ttl=0.3, calls=lambda: ["c1", "c2", "c3"], forget=forget)
+    try:
+        await store.write("node-a", {"c1": b"a1", "c2": b"a2"})
+        await beat.start()
+        await client.pexpire(alive_key("node-a"), 300)  # past the start's grace: stalled
+        beat.begin()
+        await _until(lambda: _not(client.exists(alive_key("node-a"))), 5, "node-a expired")
+        await client.set(alive_key("node-b"), b"b", px=30_000)  # node-b is alive
+        result = await claim(client, "node-a", "node-b")
+        assert result.outcome == "won" and set(result.records or {}) == {"c1", "c2"}
+        await store.write("node-a", {"c3": b"a3"})  # a call node-a took meanwhile: its own
+        assert await store.write_fenced("node-a", {"c1": b"a1-changed"}) == ["c1"]
+        assert await store.write_fenced("node-a", {"c2": None}) == ["c2"]
+        assert await client.get(call_key("c1")) == b"a1"
+        assert await client.get(call_key("c2")) == b"a2"  # not deleted
+        await _until(lambda: _true(beat.lapses == 1), 5, "node-a's next beat sees the lapse")
+        assert sorted(let_go) == ["c1", "c2"]  # c3 is still node-a's
+        owners = await store.owners()
+        assert owners == {"c1": "node-b", "c2": "node-b", "c3": "node-a"}
+        assert await client.get(call_key("c2")) == b"a2"  # its let-go delete was skipped too
+        assert await client.get(claim_key("node-a")) is None  # a later death: claimable
+        # A dead owner's call can be written by another node (a re-offer sent elsewhere).
+        await client.delete(alive_key("node-b"))
+        assert await store.write_fenced("node-c", {"c1": b"c1"}) == []
+        assert (await store.owners())["c1"] == "node-c"
+    finally:
+        await beat.stop()
+        await client.aclose()
+        await store.close()
+
+
+async def _not(value) -> bool:  # type: ignore[no-untyped-def]
+    return not await value
 
 
 # --- two real nodes ---------------------------------------------------------------------------
