@@ -267,11 +267,12 @@ class Node:
                         media_ready=engine_started)
                 except StoreConfigError as exc:
                     raise ConfigError(str(exc)) from exc
-                node.takeover = start_takeover(config, node.state, registry, engine)
+                node.takeover = start_takeover(config, node.state, registry, engine, handle_ng)
             await engine_started
             node._milestone("media")  # restored calls bound, configured, linked: relaying
             try:  # before the API import competes for the interpreter: Kamailio's next command
-                node.ng_address = await server.start(host, port)
+                node.ng_address = await start_ng(server, host, port,
+                                                 retry=bool(node._heartbeat))
             except OSError as exc:
                 raise BindError.of("ng socket", config.ng.listen, exc) from exc
             node._milestone("ng")
@@ -510,6 +511,25 @@ class Node:
         log.info("toneguard node stopped")
 
 
+NG_BIND_RETRY_SECONDS = 5.0  # a node that took this one's calls over gives the address back
+
+
+async def start_ng(server: NgServer, host: str, port: int, *, retry: bool) -> tuple[str, int]:
+    """Open the ng socket. ``retry`` (a node with heartbeats): a node that took this one's
+    calls over while it was down may answer on its ng address until it sees this node's
+    heartbeat (proxy/store/takeover.py), so a taken address is retried for a few seconds."""
+    deadline = time.monotonic() + (NG_BIND_RETRY_SECONDS if retry else 0.0)
+    while True:
+        try:
+            return await server.start(host, port)
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise
+            log.info("ng address taken (by a node that took this one's calls over?): retrying",
+                     error=exc.strerror or str(exc))
+            await asyncio.sleep(0.1)
+
+
 async def start_heartbeat(config: Config, store: object, node_id: str,
                           registry: CallRegistry) -> Heartbeat | None:
     """With Redis, this node beats (its first beat awaited: before its calls are loaded)."""
@@ -520,7 +540,7 @@ async def start_heartbeat(config: Config, store: object, node_id: str,
         return None
     m = config.media
     heartbeat = Heartbeat(store.client, node_id, NodeMedia(
-        m.address, m.advertised_address or m.address, m.port_min, m.port_max),
+        m.address, m.advertised_address or m.address, m.port_min, m.port_max, config.ng.listen),
         interval=config.store.heartbeat_seconds, ttl=config.store.heartbeat_ttl_seconds,
         calls=lambda: list(registry.calls), forget=registry.forget)
     await heartbeat.start()
@@ -528,7 +548,8 @@ async def start_heartbeat(config: Config, store: object, node_id: str,
 
 
 def start_takeover(config: Config, state: NodeState, registry: CallRegistry,
-                   engine: MediaEngine) -> TakeoverWatcher | None:
+                   engine: MediaEngine, handle_ng: Callable[[dict[str, Any]], Awaitable[
+                       dict[str, Any]]]) -> TakeoverWatcher | None:
     """``[store] takeover``: watch those nodes' heartbeats, adopt the calls of one that dies."""
     from proxy.store.records import decode
     from proxy.store.redis_store import RedisStore
@@ -538,13 +559,20 @@ def start_takeover(config: Config, state: NodeState, registry: CallRegistry,
         return None
     assert isinstance(engine, AdoptingEngine)
     sealer = state._sealer  # the node set's key, as the restore uses it
+
+    async def open_ng(address: str) -> NgServer:  # a dead node's ng address: ours for now
+        server = NgServer(handle_ng, cache_ttl=config.ng.cookie_cache_seconds,
+                          cache_bytes=config.ng.cookie_cache_bytes)
+        await server.start(*parse_hostport(address))
+        return server
+
     watcher = TakeoverWatcher(
         state.store.client, state.node, list(config.store.takeover),
         registry=registry, engine=engine,
         decode_record=lambda data: decode(data, sealer),
         resume=state._restore_payments, mark=state.sync.mark,
         interval=config.store.heartbeat_seconds,
-        may_claim=lambda: not state.sync.degraded)
+        may_claim=lambda: not state.sync.degraded, open_ng=open_ng)
     watcher.start()
     return watcher
 

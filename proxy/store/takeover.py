@@ -19,10 +19,14 @@ How it works (README "Many nodes and restarts"):
   local to every process) with a second media engine for that address
   (:class:`AdoptingEngine`), adopted into its call registry as a restart does, so masking is
   configured before the parties are linked (masked from the first packet) and an open payment
-  resumes (asked again from the card number). Kamailio's rtpengine module sends the next command for
-  the call to another node of its set once the dead one stops answering; the taker has the
-  call, so ``query``/``delete``/``block DTMF`` work there. The API routes actions on the call
-  to the taker, since ``toneguard:calls`` says it owns it now.
+  resumes (asked again from the card number).
+- The taker also answers on the dead node's **ng address** (rtpengine's keepalived setups
+  move the control address with the media one): Kamailio's rtpengine module keeps sending a
+  call's commands to the node that took its offer — it remembers it per Call-ID and, that node
+  disabled, answers "no available proxies" rather than ask another — so the taker must be
+  there. It gives the address back as soon as the dead node beats again (whose start retries
+  its ng bind meanwhile). The taker has the call, so ``query``/``delete``/``block DTMF`` work.
+  The API routes actions on the call to the taker: ``toneguard:calls`` says it owns it now.
 - A node that comes back (restarted) beats first, then loads its calls: its set is empty if a
   taker moved them, and the script refuses to move anything once the beat is back, so the two
   never both bind a call. It then clears the claim (a later death can be taken over again) and
@@ -45,6 +49,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 import redis.asyncio as aioredis
 import structlog
@@ -122,6 +127,7 @@ class NodeMedia:
     advertised_address: str
     port_min: int
     port_max: int
+    ng: str = ""  # its ng control socket, HOST:PORT (a taker answers there too)
 
 
 @dataclass(frozen=True)
@@ -344,6 +350,15 @@ class AdoptingEngine:
 Resume = Callable[[CallRecord], None]
 
 
+class NgListener(Protocol):
+    """An ng socket opened on a dead node's ng address (stopped when that node is back)."""
+
+    async def stop(self) -> None: ...
+
+
+OpenNg = Callable[[str], Awaitable[NgListener]]  # HOST:PORT → a listener answering there
+
+
 class TakeoverWatcher:
     """Watches the heartbeats of ``watched`` and adopts the calls of one that died."""
 
@@ -351,7 +366,8 @@ class TakeoverWatcher:
                  registry: CallRegistry, engine: AdoptingEngine,
                  decode_record: Callable[[bytes], CallRecord], resume: Resume,
                  mark: Callable[[str], None], interval: float,
-                 may_claim: Callable[[], bool] = lambda: True) -> None:
+                 may_claim: Callable[[], bool] = lambda: True,
+                 open_ng: OpenNg | None = None) -> None:
         self._redis = redis
         self.node = node
         self._watched = [w for w in watched if w != node]
@@ -363,6 +379,9 @@ class TakeoverWatcher:
         self._interval = interval
         self._may_claim = may_claim  # not while the writer re-syncs (it would delete them)
         self._task: asyncio.Task[None] | None = None
+        self._open_ng = open_ng
+        self._ng_wanted: dict[str, str] = {}  # dead node → its ng address, to answer on
+        self.ng: dict[str, NgListener] = {}  # dead node → our listener on its ng address
         self.taken: dict[str, float] = {}  # dead node → seconds its adoption took
         self.adopted: list[str] = []
 
@@ -375,6 +394,8 @@ class TakeoverWatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        for dead in list(self.ng):
+            await self._give_back(dead)
 
     async def _run(self) -> None:
         while True:
@@ -393,8 +414,12 @@ class TakeoverWatcher:
             raise TakeoverError(f"redis: {type(exc).__name__}: {exc}") from exc
         if alive:
             self.taken.pop(dead, None)  # it is back: a later death is taken over again
+            await self._give_back(dead)
             return None
-        if dead in self.taken or not self._may_claim():
+        if dead in self.taken:
+            await self._answer_for(dead)
+            return None
+        if not self._may_claim():
             return None
         started = time.monotonic()
         result = await claim(self._redis, dead, self.node)
@@ -408,11 +433,34 @@ class TakeoverWatcher:
         self.taken[dead] = time.monotonic() - started
         log.warning("took over a dead node's calls", node=dead, calls=adopted, failed=failed,
                     ms=round(self.taken[dead] * 1000, 1))
+        await self._answer_for(dead)
         return result
+
+    async def _answer_for(self, dead: str) -> None:
+        """Answer on the dead node's ng address (retried each poll until it binds)."""
+        address = self._ng_wanted.get(dead)
+        if address is None or dead in self.ng or self._open_ng is None:
+            return
+        try:
+            self.ng[dead] = await self._open_ng(address)
+        except OSError as exc:
+            log.warning("cannot answer on a dead node's ng address yet", node=dead,
+                        address=address, error=exc.strerror or str(exc))
+            return
+        log.warning("answering on a dead node's ng address", node=dead, address=address)
+
+    async def _give_back(self, dead: str) -> None:
+        self._ng_wanted.pop(dead, None)
+        listener = self.ng.pop(dead, None)
+        if listener is not None:
+            await listener.stop()
+            log.info("gave a node's ng address back: it beats again", node=dead)
 
     async def adopt(self, dead: str, records: dict[str, bytes]) -> tuple[int, int]:
         """Bind each call on the dead node's address and ports; (adopted, failed)."""
         media = await self._media_of(dead)
+        if media is not None and media.ng and records:
+            self._ng_wanted[dead] = media.ng
         decoded: list[CallRecord] = []
         failed = 0
         for call_id, data in records.items():

@@ -20,6 +20,7 @@ from proxy.demo.sdp_builder import audio_sdp, media_endpoint
 from proxy.demo.spandsp import spandsp_detect
 from proxy.store.redis_store import OWNERS, RedisStore, call_key, node_key
 from proxy.store.takeover import Heartbeat, NodeMedia, alive_key, claim, claim_key
+from tests.conftest import pick_udp_port
 from tests.proxy.control.sip_peers import card_audio
 from tests.proxy.store.conftest import RedisServer, dump_all
 from tests.proxy.store.nodes import NodeProcess, Talker, cluster
@@ -220,6 +221,19 @@ async def test_kill_9_node_a_mid_payment_node_b_takes_the_call_over_on_the_same_
             transport, ng = await _ng(b.ng)  # Kamailio's next command goes to node-b
             query = await ng.request(transport, {"command": "query", "call-id": "takeover-1"})
             assert set(query["tags"]) == {"ft", "tt"}
+            # node-b answers on node-a's ng address too (where Kamailio keeps asking).
+            on_a_address, ng_a = await _ng(a.ng)
+            try:
+                async def answered() -> dict:
+                    try:
+                        return await ng_a.request(on_a_address, {"command": "query",
+                                                                 "call-id": "takeover-1"})
+                    except TimeoutError:
+                        return {}
+                assert set((await _until(answered, 15, "node-a's ng address answers"))[
+                    "tags"]) == {"ft", "tt"}
+            finally:
+                on_a_address.close()
             # A re-INVITE's offer keeps the call on node-a's address and ports.
             reoffer = await ng.request(transport, {
                 "command": "offer", "call-id": "takeover-1", "from-tag": "ft",
@@ -323,3 +337,100 @@ async def _settled(http: httpx.AsyncClient, sid: str, headers: dict[str, str]) -
             last = p
             await asyncio.sleep(1.0)
 
+
+
+# --- through Kamailio --------------------------------------------------------------------------
+
+@pytest.mark.skipif(not (shutil.which("kamailio") and shutil.which("sipp")),
+                    reason="needs kamailio and sip-tester (sipp)")
+async def test_kamailio_deletes_reach_the_taker_after_node_a_is_killed(
+        tmp_path: Path, redis_server: RedisServer, store_key: Path,
+        media_ports: tuple[int, int]) -> None:
+    """sipp calls through Kamailio's rtpengine module with a set of both nodes (node-a
+    weighted 10:1, so that calls land on it); kill -9 node-a mid-call; node-b adopts them and
+    answers on node-a's ng address, where the module keeps sending those calls' commands:
+    each BYE's delete reaches node-b, which ends the call there."""
+    from tests.proxy.control.sip_peers import stop
+    from tests.proxy.store.test_many_nodes import _uac
+
+    calls, hold_ms = 4, 12_000
+    low, high = media_ports
+    mid = low + (high - low) // 2 // 2 * 2
+    beat = f"heartbeat_seconds = {HEARTBEAT}\nheartbeat_ttl_seconds = {TTL}\n"
+    procs: list[asyncio.subprocess.Process] = []
+    async with cluster(tmp_path, store_key) as c:
+        a = c.node("node-a", store_url=redis_server.url, media_ports=(low, mid - 1),
+                   media_address="127.0.0.2", extra=beat)
+        b = c.node("node-b", store_url=redis_server.url, media_ports=(mid, high),
+                   media_address="127.0.0.3", extra=beat + 'takeover = ["node-a"]\n')
+        await asyncio.gather(a.start(), b.start())
+        await asyncio.gather(a.ready(), b.ready())
+        sip_port, uas_port = pick_udp_port(), pick_udp_port()
+        redis = redis_server.client()
+        try:
+            procs.append(await asyncio.create_subprocess_exec(
+                "sipp", "-sn", "uas", "-i", "127.0.0.1", "-p", str(uas_port),
+                "-mi", "127.0.0.1", "-mp", str(pick_udp_port()), "-m", str(calls),
+                "-nostdin", cwd=tmp_path, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL))
+            procs.append(await _kamailio(tmp_path, sip_port, a, b, uas_port))
+            await asyncio.sleep(0.5)  # kamailio binds; a lost first INVITE is retransmitted
+            uac = await _uac(tmp_path, sip_port, calls, hold_ms)
+            procs.append(uac)
+
+            async def all_up() -> tuple[set[str], set[str]]:
+                on_a, on_b = await _calls(a), await _calls(b)
+                return (on_a, on_b) if len(on_a | on_b) == calls else ()  # type: ignore[return-value]
+            on_a, on_b = await _until(all_up, 30, f"{calls} calls set up through kamailio")
+            print(f"\ncalls: node-a {len(on_a)}, node-b {len(on_b)}")
+            assert on_a, "no call on node-a (kamailio disabled it at its first ping?)"
+
+            a.kill9()
+            assert a.proc is not None
+            await a.proc.wait()
+
+            async def adopted() -> bool:
+                return on_a <= await _calls(b)
+            await _until(adopted, 15, "node-b adopted node-a's calls")
+            owners = await redis.hgetall(OWNERS)
+            assert {owners[x.encode()] for x in on_a} == {b"node-b"}
+
+            # The BYEs come at the end of the hold: each delete times out on node-a, then
+            # goes to node-b, which has the call.
+            async def ended() -> bool:
+                return not (on_a | on_b) & await _calls(b)
+            await _until(ended, hold_ms / 1000 + 40, "every call deleted on node-b")
+            async with asyncio.timeout(60):
+                rc = await uac.wait()
+            errors = (await uac.stderr.read()).decode() if uac.stderr else ""
+            assert rc == 0, errors[-2000:]
+            assert not {k for k in await redis.hkeys(OWNERS)} & {x.encode() for x in on_a}
+            assert "answering on a dead node's ng address" in b.log.read_text()
+        finally:
+            for proc in reversed(procs):
+                await stop(proc)
+            await redis.aclose()
+
+
+async def _kamailio(workdir: Path, sip_port: int, a: NodeProcess, b: NodeProcess,
+                    uas_port: int) -> asyncio.subprocess.Process:
+    """Kamailio with a set of both nodes, node-a weighted 10:1 (so that calls land on it);
+    a dead node costs one 2 s timeout (not less: a node busy on this loaded machine must not
+    be disabled by the module's first ping)."""
+    from tests.proxy.control.sip_peers import KAMAILIO_CFG
+
+    sockets = f"udp:{a.ng[0]}:{a.ng[1]}=10 udp:{b.ng[0]}:{b.ng[1]}=1"
+    cfg = KAMAILIO_CFG.read_text().replace(
+        "SIP_LISTEN udp:127.0.0.1:5060", f"SIP_LISTEN udp:127.0.0.1:{sip_port}").replace(
+        '"udp:127.0.0.1:2223"', f'"{sockets}"').replace(
+        '"sip:127.0.0.1:5080"', f'"sip:127.0.0.1:{uas_port}"')
+    cfg = cfg.replace('modparam("rtpengine", "rtpengine_sock", TONEGUARD_NG)',
+                      'modparam("rtpengine", "rtpengine_sock", TONEGUARD_NG)\n'
+                      'modparam("rtpengine", "rtpengine_tout_ms", 2000)\n'
+                      'modparam("rtpengine", "rtpengine_retr", 1)')
+    assert sockets in cfg and "rtpengine_tout_ms" in cfg
+    (workdir / "kamailio.cfg").write_text(cfg)
+    log = (workdir / "kamailio.log").open("wb")
+    return await asyncio.create_subprocess_exec(
+        "kamailio", "-f", str(workdir / "kamailio.cfg"), "-DD", "-E", "-w", str(workdir),
+        "-P", str(workdir / "kamailio.pid"), stdout=log, stderr=log)
