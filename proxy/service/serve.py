@@ -76,7 +76,7 @@ if TYPE_CHECKING:  # imported when used: see the module docstring
     from proxy.service.metrics import Readings
     from proxy.store.forward import ClusterRouter
     from proxy.store.node import NodeState
-    from proxy.store.takeover import Heartbeat, TakeoverWatcher
+    from proxy.store.takeover import Heartbeat, NgRelay, TakeoverWatcher
 
 log = structlog.get_logger("toneguard.serve")
 # What only the API needs; imported after the calls are restored (see the module docstring).
@@ -152,6 +152,7 @@ class Node:
     _router: ClusterRouter | None = None
     _heartbeat: Heartbeat | None = None  # with Redis: others may take this node's calls over
     takeover: TakeoverWatcher | None = None  # [store] takeover: this node adopts dead nodes'
+    _relay: NgRelay | None = None  # commands for calls a taker adopted go to it
     _draining: bool = False
     _offers_refused: int = 0
     _calls_changed: asyncio.Event = field(default_factory=asyncio.Event)  # a call came or went
@@ -259,6 +260,10 @@ class Node:
                 node_id = config.store.node_id or config.ng.listen
                 # The heartbeat's first beat comes before the restore (proxy/store/takeover.py).
                 node._heartbeat = await start_heartbeat(config, store, node_id, registry)
+                if node._heartbeat is not None:
+                    from proxy.store.takeover import NgRelay
+
+                    node._relay = NgRelay(store.client, node_id)  # type: ignore[attr-defined]
                 try:
                     node.state = await NodeState.open(
                         url=config.store.url, key_file=config.store.key_file,
@@ -379,6 +384,12 @@ class Node:
         try:
             request = parse_request(ng.normalise(body))
             name = command_name(request)
+            call_id = getattr(request, "call_id", "")
+            if (self._relay is not None and call_id and call_id not in self.registry.calls
+                    and not starts_a_call(request, self.registry.calls)):
+                relayed = await self._relay.relay(body, call_id)  # another node adopted it
+                if relayed is not None:
+                    return relayed
             if (self._draining and isinstance(request, NegotiateRequest)
                     and starts_a_call(request, self.registry.calls)):
                 self._offers_refused += 1

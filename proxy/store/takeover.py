@@ -536,3 +536,85 @@ def _text(value: bytes | str) -> str:
 
 def _bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
+
+
+# --- ng commands for a call another node adopted ---------------------------------------------
+
+RELAYED = "toneguard-relayed"  # an ng key rtpengine's clients never send: relayed once, never again
+RELAY_TIMEOUT = 0.5  # seconds per attempt; two attempts (Kamailio itself waits and retries)
+
+
+class _RelayProtocol(asyncio.DatagramProtocol):
+    def __init__(self, cookie: bytes, reply: asyncio.Future[bytes]) -> None:
+        self._cookie = cookie
+        self._reply = reply
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        cookie, _, payload = data.partition(b" ")
+        if cookie == self._cookie and not self._reply.done():
+            self._reply.set_result(payload)
+
+
+class NgRelay:
+    """A node back after a takeover gets Kamailio's commands for the calls its taker adopted
+    (the rtpengine module keeps a call on the node that took its offer): such a command, for a
+    call another live node owns, is relayed to that node's ng address and its reply returned.
+    A relayed command carries :data:`RELAYED` and is never relayed again (no loops)."""
+
+    def __init__(self, redis: aioredis.Redis, node: str) -> None:
+        self._redis = redis
+        self.node = node
+        self.relayed = 0
+
+    async def owner_ng(self, call_id: str) -> str | None:
+        """The ng address of the live node that owns ``call_id``, if not this one."""
+        try:
+            owner = await self._redis.hget(OWNERS, call_id)
+            if owner is None or _text(owner) == self.node:
+                return None
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.exists(alive_key(_text(owner)))
+            pipe.hget(MEDIA, _text(owner))
+            alive, media = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("ng relay: store unreachable", error=type(exc).__name__)
+            return None
+        if not alive or not media:
+            return None
+        return str(json.loads(media).get("ng", "")) or None
+
+    async def relay(self, body: dict[str, object], call_id: str) -> dict[str, object] | None:
+        """The owner's reply to ``body``; None: not relayed (answer it here)."""
+        from proxy.control import bencode  # the control plane's codec
+
+        if RELAYED in body:
+            return None
+        address = await self.owner_ng(call_id)
+        if address is None:
+            return None
+        host, _, port = address.rpartition(":")
+        cookie = secrets.token_hex(8).encode()
+        data = cookie + b" " + bencode.encode({**body, RELAYED: self.node})
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[bytes] = loop.create_future()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _RelayProtocol(cookie, reply), remote_addr=(host.strip("[]"), int(port)))
+        try:
+            for _ in range(2):
+                transport.sendto(data)
+                try:
+                    async with asyncio.timeout(RELAY_TIMEOUT):
+                        payload = await asyncio.shield(reply)
+                    break
+                except TimeoutError:
+                    continue
+            else:
+                log.warning("ng relay: the owning node did not answer", address=address)
+                return None
+        finally:
+            transport.close()
+        decoded = bencode.decode(payload)
+        if not isinstance(decoded, dict):
+            return None
+        self.relayed += 1
+        return decoded

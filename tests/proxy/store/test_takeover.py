@@ -348,12 +348,13 @@ async def test_kamailio_deletes_reach_the_taker_after_node_a_is_killed(
         media_ports: tuple[int, int]) -> None:
     """sipp calls through Kamailio's rtpengine module with a set of both nodes (node-a
     weighted 10:1, so that calls land on it); kill -9 node-a mid-call; node-b adopts them and
-    answers on node-a's ng address, where the module keeps sending those calls' commands:
-    each BYE's delete reaches node-b, which ends the call there."""
+    answers on node-a's ng address, where the module keeps sending those calls' commands;
+    node-a restarted takes its address back and relays those commands to node-b: each BYE's
+    delete reaches node-b, which ends the call there."""
     from tests.proxy.control.sip_peers import stop
     from tests.proxy.store.test_many_nodes import _uac
 
-    calls, hold_ms = 4, 12_000
+    calls, hold_ms = 4, 25_000
     low, high = media_ports
     mid = low + (high - low) // 2 // 2 * 2
     beat = f"heartbeat_seconds = {HEARTBEAT}\nheartbeat_ttl_seconds = {TTL}\n"
@@ -394,6 +395,17 @@ async def test_kamailio_deletes_reach_the_taker_after_node_a_is_killed(
             await _until(adopted, 15, "node-b adopted node-a's calls")
             owners = await redis.hgetall(OWNERS)
             assert {owners[x.encode()] for x in on_a} == {b"node-b"}
+            transport, ng = await _ng(a.ng)  # node-b answers there now
+            try:
+                reply = await ng.request(transport, {"command": "query",
+                                                     "call-id": sorted(on_a)[0]})
+                assert reply["result"] == "ok"
+            finally:
+                transport.close()
+            await a.start()  # node-a back: its address again, the calls stay on node-b
+            await a.ready()
+            assert not on_a & await _calls(a)
+            assert "gave a node's ng address back" in b.log.read_text()
 
             # The BYEs come at the end of the hold: each delete times out on node-a, then
             # goes to node-b, which has the call.
