@@ -311,6 +311,19 @@ async def _true(value: bool) -> bool:
     return value
 
 
+def _events(node: NodeProcess, event: str) -> list[dict]:
+    """Every JSON log line of ``node`` whose event is exactly ``event``."""
+    out = []
+    for line in node.log.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("event") == event:
+            out.append(entry)
+    return out
+
+
 def _logged(node: NodeProcess, event: str) -> dict:
     """The last JSON log line of ``node`` whose event starts with ``event``."""
     found: dict = {}
@@ -418,6 +431,9 @@ async def test_kamailio_deletes_reach_the_taker_after_node_a_is_killed(
             assert rc == 0, errors[-2000:]
             assert not {k for k in await redis.hkeys(OWNERS)} & {x.encode() for x in on_a}
             assert "answering on a dead node's ng address" in b.log.read_text()
+            # Ended by Kamailio's deletes (relayed by node-a), not by node-b's idle reaping.
+            deleted = {e["call_id"] for e in _events(b, "call deleted")}
+            assert on_a <= deleted, (on_a, deleted)
         finally:
             for proc in reversed(procs):
                 await stop(proc)
