@@ -214,6 +214,8 @@ class Heartbeat:
             raise TakeoverError(f"redis: {type(exc).__name__}: {exc}") from exc
         moved = [c for c, o in zip(ids, owners, strict=True)
                  if o is not None and _text(o) != self.node]
+        if holder:
+            self.taken_by = _text(holder)
         log.warning("heartbeat had lapsed: this node was taken for dead",
                     taken_by=_text(holder) if holder else "", calls_moved=len(moved))
         for call_id in moved:
@@ -542,6 +544,7 @@ def _bytes(value: bytes | str) -> bytes:
 
 RELAYED = "toneguard-relayed"  # an ng key rtpengine's clients never send: relayed once, never again
 RELAY_TIMEOUT = 0.5  # seconds per attempt; two attempts (Kamailio itself waits and retries)
+LOOKUP_TIMEOUT = 0.25  # the owner's lookup: the ng worker waits for it (Redis slow: answer here)
 
 
 class _RelayProtocol(asyncio.DatagramProtocol):
@@ -569,14 +572,15 @@ class NgRelay:
     async def owner_ng(self, call_id: str) -> str | None:
         """The ng address of the live node that owns ``call_id``, if not this one."""
         try:
-            owner = await self._redis.hget(OWNERS, call_id)
-            if owner is None or _text(owner) == self.node:
-                return None
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.exists(alive_key(_text(owner)))
-            pipe.hget(MEDIA, _text(owner))
-            alive, media = await pipe.execute()
-        except (RedisError, OSError) as exc:
+            async with asyncio.timeout(LOOKUP_TIMEOUT):
+                owner = await self._redis.hget(OWNERS, call_id)
+                if owner is None or _text(owner) == self.node:
+                    return None
+                pipe = self._redis.pipeline(transaction=False)
+                pipe.exists(alive_key(_text(owner)))
+                pipe.hget(MEDIA, _text(owner))
+                alive, media = await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
             log.warning("ng relay: store unreachable", error=type(exc).__name__)
             return None
         if not alive or not media:
