@@ -399,6 +399,9 @@ async def test_kamailio_deletes_reach_the_taker_after_node_a_is_killed(
             print(f"\ncalls: node-a {len(on_a)}, node-b {len(on_b)}")
             assert on_a, "no call on node-a (kamailio disabled it at its first ping?)"
 
+            async def stored() -> bool:  # node-a's writer has written every call it has
+                return {x.encode() for x in on_a} <= set(await redis.hkeys(OWNERS))
+            await _until(stored, 10, "node-a's calls written to the store")
             a.kill9()
             assert a.proc is not None
             await a.proc.wait()
