@@ -37,7 +37,14 @@ from fastapi import (
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 
-from proxy.api.auth import AgentDirectory, AuthRefused, AuthSettings, KeyGuard, Principal
+from proxy.api.auth import (
+    FORWARDED_PRINCIPAL,
+    AgentDirectory,
+    AuthRefused,
+    AuthSettings,
+    KeyGuard,
+    Principal,
+)
 from proxy.api.middleware import (
     BodyLimit,
     SecurityHeaders,
@@ -176,6 +183,9 @@ def create_app(manager: PaymentManager, agents: AgentDirectory,
 
     async def principal(request: Request,
                         authorization: Annotated[str | None, Header()] = None) -> Principal:
+        forwarded = request.scope.get(FORWARDED_PRINCIPAL)
+        if isinstance(forwarded, Principal):  # another node checked the key (forward.py)
+            return forwarded
         scheme, _, api_key = (authorization or "").strip().partition(" ")
         if scheme.lower() != "bearer" or not api_key.strip():  # schemes are case-insensitive
             raise HTTPException(401, "missing bearer API key",

@@ -37,6 +37,9 @@ ROLES: tuple[Role, ...] = ("agent", "supervisor", "admin")
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
 NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _KEY_PATTERN = re.compile(r"tg_([0-9a-f]{8})_([A-Za-z0-9_-]{1,128})")
+# The ASGI scope key under which the cluster router (proxy/store/forward.py) hands the app the
+# agent a verified node assertion vouches for: set by the server side only, never by a client.
+FORWARDED_PRINCIPAL = "toneguard.forwarded_principal"
 
 
 class AgentsFileError(ValueError):

@@ -194,6 +194,9 @@ class CallRegistry:
                  clock: Callable[[], float] = time.time) -> None:
         self._engine = engine
         self._address = advertised_address or address
+        # Calls adopted on another node's media address (proxy/store/takeover.py): call id →
+        # the address their SDP keeps advertising (a re-offer must not move their media).
+        self.addresses: dict[str, str] = {}
         self._policy = policy or CallPolicy()
         self._on_digit = on_digit
         self._on_call = on_call  # (call id, True when created / False when gone)
@@ -447,14 +450,15 @@ class CallRegistry:
                 dtls=s_media.webrtc.dtls_params(self.certificate) if webrtc else None,
                 ice=s_media.webrtc.ice_params() if webrtc else None,
             )
-            self._rewrite_section(out.media[index], r_media, section, req, offer=offer)
+            self._rewrite_section(out.media[index], r_media, section, req, offer=offer,
+                                  address=self._advertised(call))
             if cut_codecs and s_media.kind == "audio":
                 _keep_inspectable(out.media[index], index)
             sdp_changed = True
         await self._apply_masking(call)  # also configures the streams set up above
-        out.set_connection(self._address)
+        out.set_connection(self._advertised(call))
         if "origin" in req.replace:
-            out.replace_origin(self._address)
+            out.replace_origin(self._advertised(call))
         if "sdp-version" in req.replace and sdp_changed:
             out.bump_version()
         out.remove_attributes(*ICE_ATTRIBUTES, *DTLS_ATTRIBUTES, "group", "msid-semantic")
@@ -483,7 +487,7 @@ class CallRegistry:
         return party.medias[index]
 
     def _rewrite_section(self, out: MediaSection, facing: Media, section: MediaSection,
-                         req: NegotiateRequest, *, offer: bool) -> None:
+                         req: NegotiateRequest, *, offer: bool, address: str) -> None:
         """Make ``out`` (a copy of the sender's section) advertise ``facing``'s stream."""
         out.port = facing.local.rtp_port
         out.proto = facing.protocol
@@ -519,7 +523,7 @@ class CallRegistry:
             # WebRTC offerer if it offered ICE.
             ice = req.ice != "remove" and (offer or facing.webrtc.ice)
             facing.webrtc.advertise(out, offer=offer, mode=req.dtls, ice=ice,
-                                    local=facing.local, address=self._address,
+                                    local=facing.local, address=address,
                                     certificate=self.certificate,
                                     hash_name=req.dtls_fingerprint)
             if "trickle-ice" in req.flags:
@@ -649,6 +653,7 @@ class CallRegistry:
                     self._by_stream.pop(m.stream_id, None)
         finally:
             self._dropping.discard(call.call_id)
+        self.addresses.pop(call.call_id, None)
         if self.calls.pop(call.call_id, None) is not None and self._on_call is not None:
             self._on_call(call.call_id, False)
         if self.on_state is not None:
@@ -784,9 +789,10 @@ class CallRegistry:
         call.last_signal = now
         sub = Party(to_tag, "answerer", now, label=req.label or "", subscriber=True)
         call.parties[to_tag] = sub
+        address = self._advertised(call)
         out = SessionDescription(lines=[
             ("v", "0"), ("o", f"- {secrets.randbelow(1 << 31)} 1 IN "
-                              f"{'IP6' if ':' in self._address else 'IP4'} {self._address}"),
+                              f"{'IP6' if ':' in address else 'IP4'} {address}"),
             ("s", "ToneGuard subscription"), ("c", "IN IP4 0.0.0.0"), ("t", "0 0")], media=[])
         try:
             for index, source in enumerate(medias):
@@ -814,7 +820,7 @@ class CallRegistry:
         except BaseException:
             await self._end_subscription(call, sub)
             raise
-        out.set_connection(self._address)
+        out.set_connection(address)
         log.info("subscription requested", call_id=call.call_id, to_tag=to_tag,
                  from_tags=[p.tag for p in sources])
         return {"result": "ok", "sdp": out.serialise(), "to-tag": to_tag,
@@ -944,6 +950,19 @@ class CallRegistry:
                 self._by_stream[m.stream_id] = (call.call_id, party.tag)
         if self._on_call is not None:
             self._on_call(call.call_id, True)
+
+    async def forget(self, call_id: str) -> bool:
+        """Let a call go without an ng command: another node relays it now (a takeover while
+        this node was taken for dead, proxy/store/takeover.py). False: not here."""
+        call = self.calls.get(call_id)
+        if call is None:
+            return False
+        await self._drop(call)
+        log.warning("call let go: another node owns it now", call_id=call_id)
+        return True
+
+    def _advertised(self, call: Call) -> str:
+        return self.addresses.get(call.call_id, self._address)
 
 
 def _delete_scope(call: Call, from_tag: str, to_tag: str) -> Literal["call", "branch", "none"]:

@@ -207,6 +207,12 @@ class StoreConfig(_Section):
     node_id: str = ""  # this node's name in the store ("" = its ng listen address)
     api_url: str = ""  # where other nodes reach this node's API ("" = http://<api.listen>)
     queue_limit: int = Field(10_000, ge=1, le=1_000_000)  # changed calls waiting to be written
+    # Same-address takeover (proxy/store/takeover.py): adopt these nodes' calls when their
+    # heartbeat expires. Every Redis node heartbeats; it counts as dead `heartbeat_ttl_seconds`
+    # after its last beat (a takeover's media gap is about that long).
+    takeover: list[str] = Field(default_factory=list)
+    heartbeat_seconds: float = Field(1.0, gt=0, le=60)
+    heartbeat_ttl_seconds: float = Field(3.0, gt=0, le=600)
 
     @field_validator("url")
     @classmethod
@@ -219,6 +225,11 @@ class StoreConfig(_Section):
     def _key(self) -> StoreConfig:
         if self.url and not self.key_file:
             raise ValueError("url needs key_file (SRTP keys are written sealed with it)")
+        if self.heartbeat_ttl_seconds <= self.heartbeat_seconds:
+            raise ValueError("heartbeat_ttl_seconds must be above heartbeat_seconds (a node "
+                             "beating on time would be taken for dead)")
+        if self.takeover and not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("takeover needs a Redis url (the nodes' heartbeats are there)")
         return self
 
 

@@ -76,6 +76,7 @@ if TYPE_CHECKING:  # imported when used: see the module docstring
     from proxy.service.metrics import Readings
     from proxy.store.forward import ClusterRouter
     from proxy.store.node import NodeState
+    from proxy.store.takeover import Heartbeat, NgRelay, TakeoverWatcher
 
 log = structlog.get_logger("toneguard.serve")
 # What only the API needs; imported after the calls are restored (see the module docstring).
@@ -153,6 +154,9 @@ class Node:
     _stopping: bool = False
     state: NodeState | None = None  # the shared store ([store] url), None = alone
     _router: ClusterRouter | None = None
+    _heartbeat: Heartbeat | None = None  # with Redis: others may take this node's calls over
+    takeover: TakeoverWatcher | None = None  # [store] takeover: this node adopts dead nodes'
+    _relay: NgRelay | None = None  # commands for calls a taker adopted go to it
     _draining: bool = False
     _offers_refused: int = 0
     _calls_changed: asyncio.Event = field(default_factory=asyncio.Event)  # a call came or went
@@ -222,6 +226,14 @@ class Node:
                 media.address, media.port_min, media.port_max,
                 pipeline_factory=pipeline_factory or default_pipeline_factory(config),
                 tick_ms=media.tick_ms, idle_timeout=media.idle_timeout_seconds)
+        media_engines = workers if isinstance(engine, WorkerPoolEngine) else 1
+        if config.store.takeover:  # adopted calls bind on the dead node's own address
+            from proxy.store.takeover import AdoptingEngine
+
+            engine = AdoptingEngine(engine, lambda m: LocalMediaEngine(
+                m.address, m.port_min, m.port_max,
+                pipeline_factory=pipeline_factory or default_pipeline_factory(config),
+                tick_ms=media.tick_ms, idle_timeout=media.idle_timeout_seconds))
         # Worker processes start (each a fresh interpreter importing the media plane) while this
         # one reads the store; the restore waits for them only before it binds ports.
         engine_started = asyncio.ensure_future(engine.start())
@@ -243,26 +255,36 @@ class Node:
         server = NgServer(handle_ng, cache_ttl=config.ng.cookie_cache_seconds,
                           cache_bytes=config.ng.cookie_cache_bytes)
         node = cls(config, engine, registry, server, payments, _gateway=gateway,
-                   _media_engines=workers if isinstance(engine, WorkerPoolEngine) else 1,
+                   _media_engines=media_engines,
                    _calls_changed=calls_changed)
         host, port = parse_hostport(config.ng.listen)
         api_imported: asyncio.Future[None] | None = None
         try:
             if config.store.url:  # before the ng socket: Kamailio's next command finds the call
-                from proxy.store.node import NodeState, StoreConfigError
+                from proxy.store.node import NodeState, StoreConfigError, open_store
 
+                store = open_store(config.store.url)
+                node_id = config.store.node_id or config.ng.listen
+                # The heartbeat's first beat comes before the restore (proxy/store/takeover.py).
+                node._heartbeat = await start_heartbeat(config, store, node_id, registry)
+                if node._heartbeat is not None:
+                    from proxy.store.takeover import NgRelay
+
+                    node._relay = NgRelay(store.client, node_id)  # type: ignore[attr-defined]
                 try:
                     node.state = await NodeState.open(
                         url=config.store.url, key_file=config.store.key_file,
-                        node=config.store.node_id or config.ng.listen, registry=registry,
+                        node=node_id, registry=registry, store=store,
                         payments=payments, limit=config.store.queue_limit,
                         media_ready=engine_started)
                 except StoreConfigError as exc:
                     raise ConfigError(str(exc)) from exc
+                node.takeover = start_takeover(config, node.state, registry, engine, handle_ng)
             await engine_started
             node._milestone("media")  # restored calls bound, configured, linked: relaying
             try:  # before the API import competes for the interpreter: Kamailio's next command
-                node.ng_address = await server.start(host, port)
+                node.ng_address = await start_ng(server, host, port,
+                                                 retry=bool(node._heartbeat))
             except OSError as exc:
                 raise BindError.of("ng socket", config.ng.listen, exc) from exc
             node._milestone("ng")
@@ -291,6 +313,8 @@ class Node:
                 await node.stop()
             raise
         node._milestone("started")
+        if node._heartbeat is not None:  # regular beats once up (the first had a grace)
+            node._heartbeat.begin()
         node._tasks.append(asyncio.create_task(node._housekeeping(), name="housekeeping"))
         log.info("toneguard node started", ng=f"{node.ng_address[0]}:{node.ng_address[1]}",
                  media=f"{media.address}:{media.port_min}-{media.port_max}",
@@ -311,7 +335,7 @@ class Node:
         from proxy.api.auth import AgentDirectory, AuthSettings
         from proxy.service.api_server import ApiServer
         from proxy.service.metrics import Metrics
-        from proxy.store.forward import ClusterRouter
+        from proxy.store.forward import ClusterRouter, NodeAssertions, assertion_key
 
         agents = agents or AgentDirectory()
         host, port = parse_hostport(self.config.api.listen)
@@ -335,9 +359,12 @@ class Node:
             readiness=self.readiness)
         asgi: Any = app
         if self.state is not None:  # calls of the other nodes: listed here, actions forwarded
-            asgi = self._router = ClusterRouter(app, node=self.state.node, store=self.state.store,
-                                 local=lambda call_id: call_id in self.registry.calls,
-                                 max_body=api.max_body_bytes)
+            key = assertion_key(Path(self.config.store.key_file))  # read by the store already
+            asgi = self._router = ClusterRouter(
+                app, node=self.state.node, store=self.state.store,
+                local=lambda call_id: call_id in self.registry.calls,
+                guard=app.state.key_guard, assertions=NodeAssertions(key, self.state.node),
+                max_body=api.max_body_bytes)
         server = ApiServer(uvicorn.Config(asgi, host=host, port=port, log_config=None,
                                            access_log=False, lifespan="off",
                                            ws_max_size=api.max_body_bytes))
@@ -364,6 +391,16 @@ class Node:
         try:
             request = parse_request(ng.normalise(body))
             name = command_name(request)
+            call_id = getattr(request, "call_id", "")
+            # Only once another node took this node's calls over (the ng worker waits for the
+            # lookup: no Redis round trip for unknown calls otherwise).
+            if (self._relay is not None and self._heartbeat is not None
+                    and self._heartbeat.taken_by and call_id
+                    and call_id not in self.registry.calls
+                    and not starts_a_call(request, self.registry.calls)):
+                relayed = await self._relay.relay(body, call_id)  # another node adopted it
+                if relayed is not None:
+                    return relayed
             if (self._draining and isinstance(request, NegotiateRequest)
                     and starts_a_call(request, self.registry.calls)):
                 self._offers_refused += 1
@@ -474,6 +511,10 @@ class Node:
         if self._api is not None:
             self._api.should_exit = True
         await self.ng.stop()
+        if self.takeover is not None:
+            await self.takeover.stop()
+        if self._heartbeat is not None:
+            await self._heartbeat.stop()
         if self.state is not None:  # first: the calls closed below stay in the store
             await self.state.stop()
         for task in self._tasks:
@@ -490,6 +531,72 @@ class Node:
         if self._gateway is not None:
             await self._gateway.close()
         log.info("toneguard node stopped")
+
+
+NG_BIND_RETRY_SECONDS = 5.0  # a node that took this one's calls over gives the address back
+
+
+async def start_ng(server: NgServer, host: str, port: int, *, retry: bool) -> tuple[str, int]:
+    """Open the ng socket. ``retry`` (a node with heartbeats): a node that took this one's
+    calls over while it was down may answer on its ng address until it sees this node's
+    heartbeat (proxy/store/takeover.py), so a taken address is retried for a few seconds."""
+    deadline = time.monotonic() + (NG_BIND_RETRY_SECONDS if retry else 0.0)
+    while True:
+        try:
+            return await server.start(host, port)
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise
+            log.info("ng address taken (by a node that took this one's calls over?): retrying",
+                     error=exc.strerror or str(exc))
+            await asyncio.sleep(0.1)
+
+
+async def start_heartbeat(config: Config, store: object, node_id: str,
+                          registry: CallRegistry) -> Heartbeat | None:
+    """With Redis, this node beats (its first beat awaited: before its calls are loaded)."""
+    from proxy.store.redis_store import RedisStore
+    from proxy.store.takeover import Heartbeat, NodeMedia
+
+    if not isinstance(store, RedisStore):
+        return None
+    m = config.media
+    heartbeat = Heartbeat(store.client, node_id, NodeMedia(
+        m.address, m.advertised_address or m.address, m.port_min, m.port_max, config.ng.listen),
+        interval=config.store.heartbeat_seconds, ttl=config.store.heartbeat_ttl_seconds,
+        calls=lambda: list(registry.calls), forget=registry.forget)
+    await heartbeat.start()
+    return heartbeat
+
+
+def start_takeover(config: Config, state: NodeState, registry: CallRegistry,
+                   engine: MediaEngine, handle_ng: Callable[[dict[str, Any]], Awaitable[
+                       dict[str, Any]]]) -> TakeoverWatcher | None:
+    """``[store] takeover``: watch those nodes' heartbeats, adopt the calls of one that dies."""
+    from proxy.store.records import decode
+    from proxy.store.redis_store import RedisStore
+    from proxy.store.takeover import AdoptingEngine, TakeoverWatcher
+
+    if not config.store.takeover or not isinstance(state.store, RedisStore):
+        return None
+    assert isinstance(engine, AdoptingEngine)
+    sealer = state._sealer  # the node set's key, as the restore uses it
+
+    async def open_ng(address: str) -> NgServer:  # a dead node's ng address: ours for now
+        server = NgServer(handle_ng, cache_ttl=config.ng.cookie_cache_seconds,
+                          cache_bytes=config.ng.cookie_cache_bytes)
+        await server.start(*parse_hostport(address))
+        return server
+
+    watcher = TakeoverWatcher(
+        state.store.client, state.node, list(config.store.takeover),
+        registry=registry, engine=engine,
+        decode_record=lambda data: decode(data, sealer),
+        resume=state._restore_payments, mark=state.sync.mark,
+        interval=config.store.heartbeat_seconds,
+        may_claim=lambda: not state.sync.degraded, open_ng=open_ng)
+    watcher.start()
+    return watcher
 
 
 class BindError(OSError):

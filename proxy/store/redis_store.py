@@ -6,8 +6,12 @@ Layout (every key under ``toneguard:``)::
     toneguard:node:<node>:calls     set: the call ids that node owns (what a restart loads)
     toneguard:calls                 hash: call id → owning node (what any node's API lists)
     toneguard:nodes                 hash: node → its API's base URL (where actions are sent)
+    toneguard:alive:<node>          the node's heartbeat, with a TTL (proxy.store.takeover)
 
-A write of a batch is one pipelined round trip (three commands per call). The client does
+A write of a batch is one round trip: a Lua script (:data:`WRITE`, three writes per call)
+that skips a call another node owns while that node's heartbeat is alive — after a takeover
+(:mod:`proxy.store.takeover`) the node that was taken for dead cannot write the calls back as
+its own, nor delete their records when it lets them go. The client does
 not retry on its own: :mod:`proxy.store.sync` decides how often and how long, so a Redis that
 is down costs one refused connection per attempt, never a blocked caller.
 """
@@ -15,17 +19,46 @@ is down costs one refused connection per attempt, never a blocked caller.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import redis.asyncio as aioredis
+import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from proxy.store.base import StoreError
 
+log = structlog.get_logger("toneguard.store")
+
 PREFIX = "toneguard"
 OWNERS = f"{PREFIX}:calls"
 NODES = f"{PREFIX}:nodes"
+ALIVE = f"{PREFIX}:alive:"  # + node: its heartbeat
+
+# KEYS: the owners hash, the writer's call set. ARGV: the writer, the heartbeat key prefix, the
+# call key prefix, then (call id, record or "" to delete) pairs. Returns the ids skipped: owned
+# by another node whose heartbeat is alive (a dead or unknown owner's call may be written: a
+# re-offer that Kamailio sent elsewhere, a node without heartbeats).
+WRITE = """
+local moved = {}
+for i = 4, #ARGV, 2 do
+  local id, record = ARGV[i], ARGV[i + 1]
+  local owner = redis.call('HGET', KEYS[1], id)
+  if owner and owner ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. owner) == 1 then
+    table.insert(moved, id)
+  elseif record == '' then
+    redis.call('DEL', ARGV[3] .. id)
+    redis.call('SREM', KEYS[2], id)
+    redis.call('HDEL', KEYS[1], id)
+  else
+    redis.call('SET', ARGV[3] .. id, record)
+    redis.call('SADD', KEYS[2], id)
+    redis.call('HSET', KEYS[1], id, ARGV[1])
+  end
+end
+return moved
+"""
 
 
 def call_key(call_id: str) -> str:
@@ -42,6 +75,8 @@ class RedisStore:
     def __init__(self, url: str, *, timeout: float = 1.0) -> None:
         self.url = url
         self.ops = 0
+        self.fenced = 0  # call writes skipped: another live node owns the call
+        self._write: Any = None  # the registered WRITE script (made on first use)
         try:
             self._redis = aioredis.Redis.from_url(
                 url, socket_timeout=timeout, socket_connect_timeout=timeout,
@@ -55,19 +90,28 @@ class RedisStore:
         return self._redis
 
     async def write(self, node: str, batch: Mapping[str, bytes | None]) -> None:
+        await self.write_fenced(node, batch)
+
+    async def write_fenced(self, node: str, batch: Mapping[str, bytes | None]) -> list[str]:
+        """:meth:`write`, returning the call ids skipped because another live node owns
+        them (logged; the caller may let those calls go)."""
         if not batch:
-            return
-        pipe = self._redis.pipeline(transaction=False)
+            return []
+        if self._write is None:
+            self._write = self._redis.register_script(WRITE)
+        args: list[str | bytes] = [node, ALIVE, call_key("")]
         for call_id, record in batch.items():
-            if record is None:
-                pipe.delete(call_key(call_id))
-                pipe.srem(node_key(node), call_id)
-                pipe.hdel(OWNERS, call_id)
-            else:
-                pipe.set(call_key(call_id), record)
-                pipe.sadd(node_key(node), call_id)
-                pipe.hset(OWNERS, call_id, node)
-        await self._run(pipe, 3 * len(batch))
+            args += [call_id, b"" if record is None else record]
+        try:
+            moved = await self._write(keys=[OWNERS, node_key(node)], args=args)
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"redis: {type(exc).__name__}: {exc}") from exc
+        self.ops += 3 * len(batch)  # the writes, as before the script (the figures' unit)
+        skipped = [_text(m) for m in moved]
+        if skipped:
+            self.fenced += len(skipped)
+            log.warning("calls not written: another live node owns them", calls=len(skipped))
+        return skipped
 
     async def replace(self, node: str, records: Mapping[str, bytes]) -> None:
         try:
@@ -118,15 +162,6 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._redis.aclose()
-
-    async def _run(self, pipe: aioredis.client.Pipeline, commands: int) -> None:
-        try:
-            await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"redis: {type(exc).__name__}: {exc}") from exc
-        finally:
-            await pipe.reset()
-        self.ops += commands
 
 
 def _text(value: bytes | str) -> str:
