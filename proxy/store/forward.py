@@ -216,7 +216,7 @@ class ClusterRouter:
         role = dict(directory.agents()).get(agent_id)
         if role not in ROLES:
             raise AssertionRefused("agent unknown to this node")
-        return Principal(agent_id, role)  # type: ignore[arg-type]
+        return Principal(agent_id, role)
 
     async def _authenticate(self, scope: Scope, send: Send) -> Principal | None:
         """The caller's key checked here, as the app would (None: refused, answered)."""

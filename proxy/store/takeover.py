@@ -48,8 +48,8 @@ import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
-from typing import Protocol
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Protocol, cast
 
 import redis.asyncio as aioredis
 import structlog
@@ -336,9 +336,8 @@ class AdoptingEngine:
     async def totals(self) -> MediaTotals:
         total = await self.own.totals()
         for engine in self._extra.values():
-            extra = await engine.totals()
-            extra.workers = 0  # the node's readiness counts its own engines only
-            total = total + extra
+            # The node's readiness counts its own engines only.
+            total = total + replace(await engine.totals(), workers=0)
         return total
 
     def subscribe(self, callback: Callable[[MediaEvent], None]) -> None:
@@ -598,7 +597,7 @@ class NgRelay:
             return None
         host, _, port = address.rpartition(":")
         cookie = secrets.token_hex(8).encode()
-        data = cookie + b" " + bencode.encode({**body, RELAYED: self.node})
+        data = cookie + b" " + bencode.encode(cast(dict[str, Any], {**body, RELAYED: self.node}))
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[bytes] = loop.create_future()
         transport, _ = await loop.create_datagram_endpoint(
@@ -621,4 +620,4 @@ class NgRelay:
         if not isinstance(decoded, dict):
             return None
         self.relayed += 1
-        return decoded
+        return cast(dict[str, object], decoded)

@@ -221,6 +221,9 @@ async def test_kill_9_node_a_mid_payment_node_b_takes_the_call_over_on_the_same_
             transport, ng = await _ng(b.ng)  # Kamailio's next command goes to node-b
             query = await ng.request(transport, {"command": "query", "call-id": "takeover-1"})
             assert set(query["tags"]) == {"ft", "tt"}
+            # Statistics (and metrics, readiness) sum the adopted calls' engine with node-b's.
+            stats = await ng.request(transport, {"command": "statistics"})
+            assert stats["result"] == "ok", stats
             # node-b answers on node-a's ng address too (where Kamailio keeps asking).
             on_a_address, ng_a = await _ng(a.ng)
             try:
