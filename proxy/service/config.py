@@ -2,7 +2,7 @@
 
 Every error names the file and the dotted key (``toneguard.toml: media.port_min: ...``); unknown
 keys are errors, not silently ignored, because a misspelt security setting must not fall back
-to a default unnoticed. The defaults are ``proxy/defaults/toneguard.toml`` (shipped in the
+to a default unnoticed. The defaults are ``proxy/service/defaults/toneguard.toml`` (shipped in the
 wheel); ``config/toneguard.toml`` in the repository is the same file, documented.
 """
 

@@ -14,6 +14,9 @@ def test_the_shipped_defaults_load_and_match_the_documented_file() -> None:
     assert config.ng.listen == "127.0.0.1:2223" and config.masking.mode == "tone"
     repo_copy = Path(__file__).parents[3] / "config" / "toneguard.toml"
     assert load_config(repo_copy) == config
+    # Word for word: the embedded defaults document every key as the example file does.
+    embedded = Path(__file__).parents[3] / "proxy" / "service" / "defaults" / "toneguard.toml"
+    assert embedded.read_text() == repo_copy.read_text()
 
 
 def test_file_then_overrides(tmp_path: Path) -> None:
