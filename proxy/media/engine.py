@@ -41,6 +41,9 @@ from proxy.media.types import (
     MediaEvent,
     MediaTotals,
     PortsExhaustedError,
+    RestoredStream,
+    SrtpIndex,
+    SrtpIndexEvent,
     StreamConfig,
     StreamCounters,
     StreamStats,
@@ -288,6 +291,7 @@ class _Stream:
     masked_kinds: dict[int, PayloadKind] | None = None
     warned_stranger: bool = False
     warned_uninspectable: bool = False
+    srtp_mark: tuple[object, object] = (None, None)  # SRTP indexes as last reported
 
     def rtp_destination(self) -> Address | None:
         return self.endpoint or self.config.peer
@@ -520,6 +524,26 @@ class LocalMediaEngine:
         for sock in (stream.rtp, stream.direct):
             if sock is not None:
                 sock._on_datagram = reader
+
+    async def restore(self, call_id: str, streams: list[RestoredStream],
+                      links: list[tuple[str, str]], outputs: list[tuple[str, str]]) -> None:
+        try:
+            for s in streams:
+                await self.allocate(s.stream_id, call_id, rtcp_mux=s.rtcp_mux, port=s.port)
+                await self.configure(s.stream_id, s.config)  # masking before any link
+                stream = self._streams[s.stream_id]
+                if isinstance(stream.receiver, SrtpReceiver):
+                    stream.receiver.resume(s.recv_index)
+                if isinstance(stream.sender, SrtpSender):
+                    stream.sender.resume(s.send_index)
+            for a, b in links:
+                await self.link(a, b)
+            for source, sink in outputs:
+                await self.add_output(source, sink)
+        except MediaError:
+            for s in streams:
+                await self.release(s.stream_id)
+            raise
 
     def _reader(self, stream: _Stream) -> Callable[[_Stream, bytes, Address], None]:
         webrtc = stream.config.dtls is not None or stream.config.ice is not None
@@ -1013,6 +1037,7 @@ class LocalMediaEngine:
             self._next_idle_scan = now + min(1.0, self._idle_timeout / 4)
             self._report_idle(now)
             self._check_consent()
+            self._report_srtp_indexes()
 
     def _report_idle(self, now: float) -> None:
         """Publish an IdleEvent for each stream of a call none of whose streams has received
@@ -1027,9 +1052,34 @@ class LocalMediaEngine:
                 stream.idle_reported = True
                 self._publish(IdleEvent(stream.stream_id, quiet))
 
-    def _publish(self, event: DigitEvent | IdleEvent) -> None:
+    def _report_srtp_indexes(self) -> None:
+        """About once a second: each SRTP stream whose index (either direction) passed a
+        quarter of the sequence space since it was last reported, so that the stored one trails
+        the real one by at most 16 384 packets (what a restart needs: proxy.media.srtp
+        ``resumed_roc``). Nothing is reported before the index first nears a rollover (ROC 0,
+        sequence below 49 152): a restart then starts at ROC 0, which is right."""
+        for stream in self._streams.values():
+            receiver, sender = stream.receiver, stream.sender
+            recv = receiver.index() if isinstance(receiver, SrtpReceiver) else None
+            send = sender.index() if isinstance(sender, SrtpSender) else None
+            if recv is None and send is None:
+                continue
+            mark = (_quarter(recv), _quarter(send))
+            if mark != stream.srtp_mark and (_near_rollover(recv) or _near_rollover(send)):
+                stream.srtp_mark = mark
+                self._publish(SrtpIndexEvent(stream.stream_id, recv, send))
+
+    def _publish(self, event: DigitEvent | IdleEvent | SrtpIndexEvent) -> None:
         for callback in self._subscribers:
             try:
                 callback(event)
             except Exception:
                 log.exception("media event subscriber failed", event_type=type(event).__name__)
+
+
+def _quarter(index: SrtpIndex | None) -> tuple[int, int, int] | None:
+    return None if index is None else (index.ssrc, index.roc, index.seq >> 14)
+
+
+def _near_rollover(index: SrtpIndex | None) -> bool:
+    return index is not None and (index.roc > 0 or index.seq >= 0xC000)

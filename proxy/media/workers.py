@@ -31,6 +31,7 @@ from proxy.media.types import (
     MediaEvent,
     MediaTotals,
     PortsExhaustedError,
+    RestoredStream,
     StreamConfig,
     StreamStats,
     UnknownStreamError,
@@ -331,6 +332,27 @@ class WorkerPoolEngine:
 
     async def configure(self, stream_id: str, config: StreamConfig) -> None:
         await self._of(stream_id).call("configure", stream_id, config)
+
+    async def restore(self, call_id: str, streams: list[RestoredStream],
+                      links: list[tuple[str, str]], outputs: list[tuple[str, str]]) -> None:
+        """The whole call in one round trip to its worker. Why: stream by stream (allocate,
+        configure, link) a 100-call restart made 500 sequential round trips through the
+        worker's pipe, each waiting for the worker's event loop: ~1 s before the last call
+        relayed, against ~40 ms in process."""
+        if not streams:
+            return
+        worker = self._place(call_id, streams[0].port)
+        for s in streams[1:]:
+            if not worker.spec.port_min <= s.port <= worker.spec.port_max:
+                raise PortsExhaustedError(
+                    f"port {s.port} is on another worker's shard than the rest of call "
+                    f"{call_id[:80]!r}: media.workers changed since the call was stored")
+        await worker.call("restore", call_id, streams, links, outputs)
+        for s in streams:
+            self._owner[s.stream_id] = worker
+            self._stream_call[s.stream_id] = call_id
+        count = self._call_worker.get(call_id, (worker, 0))[1]
+        self._call_worker[call_id] = (worker, count + len(streams))
 
     async def link(self, a: str, b: str) -> None:
         worker = self._of(a)

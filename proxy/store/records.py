@@ -17,8 +17,10 @@ from typing import Any
 from proxy.control.calls import Call, Media, Party
 from proxy.control.keying import SdesLeg
 from proxy.control.sdes import CryptoAttribute
+from proxy.control.sdp import DTLS_ATTRIBUTES, ICE_ATTRIBUTES, MediaSection
+from proxy.control.sdp import parse as parse_sdp
 from proxy.media.policy import DtmfSecurityMode, MaskingPolicy
-from proxy.media.types import LocalEndpoint, SrtpParams, StreamConfig
+from proxy.media.types import LocalEndpoint, SrtpIndex, SrtpParams, StreamConfig
 from proxy.securepay.session import PaymentSession
 from proxy.store.sealing import Sealer, SealError
 
@@ -97,13 +99,16 @@ def decode(data: bytes, sealer: Sealer) -> CallRecord:
 
 def _party(p: Party, call_id: str, sealer: Sealer) -> dict[str, Any]:
     return {"tag": p.tag, "role": p.role, "created": p.created, "label": p.label,
-            "source_address": p.source_address,
+            "source_address": p.source_address, "subscriber": p.subscriber, "final": p.final,
             "dtmf": _policy(p.dtmf), "medias": [_media(m, call_id, sealer) for m in p.medias]}
 
 
 def _unparty(d: dict[str, Any], call_id: str, sealer: Sealer) -> Party:
+    # .get: a record written before a field existed (a restart into a newer version) reads
+    # as that field's default.
     return Party(d["tag"], d["role"], d["created"], label=d["label"],
                  source_address=d["source_address"], dtmf=_unpolicy(d["dtmf"]),
+                 subscriber=bool(d.get("subscriber", False)), final=bool(d.get("final", False)),
                  medias=[_unmedia(m, call_id, sealer) for m in d["medias"]])
 
 
@@ -111,7 +116,9 @@ def _media(m: Media, call_id: str, sealer: Sealer) -> dict[str, Any]:
     c = m.config
     return {
         "index": m.index, "stream_id": m.stream_id, "kind": m.kind, "protocol": m.protocol,
-        "sdp_address": m.sdp_address,
+        "sdp_address": m.sdp_address, "source": m.source, "mux_required": m.mux_required,
+        "remote": list(m.remote) if m.remote else None, "section": _section(m.section),
+        "srtp_index": {"recv": _index(m.recv_index), "send": _index(m.send_index)},
         "local": [m.local.address, m.local.rtp_port, m.local.rtcp_port],
         "keys": {"suite": m.keys.suite,
                  "ours": [{"tag": a.tag, "params": _seal(a.params, call_id, sealer)}
@@ -149,9 +156,41 @@ def _unmedia(d: dict[str, Any], call_id: str, sealer: Sealer) -> Media:
         assert params is not None
         keys.ours[params.suite] = CryptoAttribute(a["tag"], params.suite, params)
     address, rtp, rtcp = d["local"]
+    index = d.get("srtp_index") or {}
     return Media(d["index"], d["stream_id"], LocalEndpoint(address, rtp, rtcp), kind=d["kind"],
                  protocol=d["protocol"], config=config, keys=keys,
-                 sdp_address=d["sdp_address"])
+                 sdp_address=d["sdp_address"], source=d.get("source", ""),
+                 mux_required=bool(d.get("mux_required", False)),
+                 remote=_address(d.get("remote")), section=_unsection(d.get("section")),
+                 recv_index=_unindex(index.get("recv")), send_index=_unindex(index.get("send")))
+
+
+def _index(index: SrtpIndex | None) -> list[int] | None:
+    return [index.ssrc, index.roc, index.seq] if index is not None else None
+
+
+def _unindex(value: list[Any] | None) -> SrtpIndex | None:
+    return SrtpIndex(int(value[0]), int(value[1]), int(value[2])) if value else None
+
+
+# What of a party's last media section is kept (so a supervisor can subscribe after a
+# restart: it mirrors the codecs): never its keys (a=crypto, k=) nor ICE/DTLS credentials.
+_SECRET_ATTRIBUTES = frozenset({"crypto", *ICE_ATTRIBUTES, *DTLS_ATTRIBUTES})
+_SESSION_HEAD = "v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\ns=-\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n"
+
+
+def _section(section: MediaSection | None) -> list[str] | None:
+    if section is None:
+        return None
+    lines = section.serialise()
+    return lines[:1] + [line for line in lines[1:] if not line.startswith("k=") and not (
+        line.startswith("a=") and line[2:].partition(":")[0] in _SECRET_ATTRIBUTES)]
+
+
+def _unsection(lines: list[str] | None) -> MediaSection | None:
+    if not lines:
+        return None
+    return parse_sdp(_SESSION_HEAD + "\r\n".join(lines) + "\r\n").media[0]
 
 
 def _address(value: list[Any] | None) -> tuple[str, int] | None:
