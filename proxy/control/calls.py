@@ -62,6 +62,7 @@ from proxy.media.policy import DtmfSecurityMode, MaskingPolicy
 from proxy.media.types import (
     Address,
     DigitEvent,
+    DtlsKeyedEvent,
     IdleEvent,
     LocalEndpoint,
     MediaEngine,
@@ -71,6 +72,7 @@ from proxy.media.types import (
     RestoredStream,
     SrtpIndex,
     SrtpIndexEvent,
+    SrtpParams,
     StreamConfig,
 )
 
@@ -107,6 +109,10 @@ class Media:
     # the store: a restart continues from there, past 65 536 packets too).
     recv_index: SrtpIndex | None = None
     send_index: SrtpIndex | None = None
+    # A WebRTC leg's keys from its verified DTLS handshake (recv, send) and the peer's
+    # address then: a restart resumes the leg from them (stored sealed), as browsers expect.
+    dtls_keys: tuple[SrtpParams, SrtpParams] | None = None
+    latched: Address | None = None
 
 
 @dataclass
@@ -893,14 +899,19 @@ class CallRegistry:
                 self._on_digit(call_id, tag, event)
         elif isinstance(event, IdleEvent) and call_id not in self._idle:
             self._idle.append(call_id)
-        elif isinstance(event, SrtpIndexEvent):
+        elif isinstance(event, SrtpIndexEvent | DtlsKeyedEvent):
             party = call.parties.get(tag)
             media = next((m for m in party.medias if m.stream_id == event.stream_id),
                          None) if party is not None else None
-            if media is not None:
+            if media is None:
+                return
+            if isinstance(event, SrtpIndexEvent):
                 media.recv_index, media.send_index = event.recv, event.send
-                if self.on_state is not None:
-                    self.on_state(call_id)
+            else:
+                media.dtls_keys = (event.recv_key, event.send_key)
+                media.latched = event.endpoint
+            if self.on_state is not None:
+                self.on_state(call_id)
 
     async def reap_idle(self) -> list[str]:
         """Delete calls whose media went idle (called periodically by the server)."""
@@ -926,10 +937,13 @@ class CallRegistry:
         output added, so nothing is relayed unmasked — in one step of the media engine (one
         round trip to a worker process). A stream whose port cannot be bound fails the whole
         call (released again) with a MediaError."""
-        streams = [RestoredStream(m.stream_id, m.local.rtp_port,
-                                  m.local.rtcp_port == m.local.rtp_port, m.config,
-                                  m.recv_index, m.send_index)
-                   for p in call.parties.values() for m in p.medias]
+        streams = []
+        for m in (m for p in call.parties.values() for m in p.medias):
+            if m.config.dtls is not None:  # the record holds no certificate: this node's
+                m.config = replace(m.config, dtls=m.webrtc.dtls_params(self.certificate))
+            streams.append(RestoredStream(
+                m.stream_id, m.local.rtp_port, m.local.rtcp_port == m.local.rtp_port,
+                m.config, m.recv_index, m.send_index, m.dtls_keys, m.latched))
         links: list[tuple[str, str]] = []
         dialogue = call.dialogue
         if len(dialogue) == 2:

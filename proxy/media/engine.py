@@ -35,6 +35,7 @@ from proxy.media.srtp import SrtpError, SrtpReceiver, SrtpSender
 from proxy.media.types import (
     Address,
     DigitEvent,
+    DtlsKeyedEvent,
     IdleEvent,
     LocalEndpoint,
     MediaError,
@@ -44,6 +45,7 @@ from proxy.media.types import (
     RestoredStream,
     SrtpIndex,
     SrtpIndexEvent,
+    SrtpParams,
     StreamConfig,
     StreamCounters,
     StreamStats,
@@ -532,6 +534,8 @@ class LocalMediaEngine:
                 await self.allocate(s.stream_id, call_id, rtcp_mux=s.rtcp_mux, port=s.port)
                 await self.configure(s.stream_id, s.config)  # masking before any link
                 stream = self._streams[s.stream_id]
+                if s.dtls_keys is not None and s.config.dtls is not None:
+                    self._resume_webrtc(stream, s.dtls_keys, s.endpoint)
                 if isinstance(stream.receiver, SrtpReceiver):
                     stream.receiver.resume(s.recv_index)
                 if isinstance(stream.sender, SrtpSender):
@@ -544,6 +548,24 @@ class LocalMediaEngine:
             for s in streams:
                 await self.release(s.stream_id)
             raise
+
+    def _resume_webrtc(self, stream: _Stream, keys: tuple[SrtpParams, SrtpParams],
+                       endpoint: Address | None) -> None:
+        """A WebRTC leg keyed before the restart: verified from the sealed record (its
+        handshake's keys), latched on the candidate it used, consent as of now."""
+        assert stream.config.dtls is not None
+        recv_key, send_key = keys
+        self._handshaking.pop(stream.stream_id, None)
+        stream.dtls = DtlsSession.resumed_with(stream.config.dtls, self._clock, recv_key,
+                                               send_key)
+        stream.dtls_seen = DtlsState.CONNECTED
+        stream.receiver, stream.sender = SrtpReceiver(recv_key), SrtpSender(send_key)
+        stream.held_sender = None
+        stream.consent_lost = False
+        if endpoint is not None:
+            self._set_endpoint(stream, endpoint)
+            if stream.ice is not None:
+                stream.ice.assume_consent(endpoint)
 
     def _reader(self, stream: _Stream) -> Callable[[_Stream, bytes, Address], None]:
         webrtc = stream.config.dtls is not None or stream.config.ice is not None
@@ -964,6 +986,8 @@ class LocalMediaEngine:
             self._handshaking.pop(stream.stream_id, None)
             log.info("DTLS-SRTP leg keyed", stream=stream.stream_id, call_id=stream.call_id,
                      role=session.params.role, profile=session.profile)
+            self._publish(DtlsKeyedEvent(stream.stream_id, session.recv_key, session.send_key,
+                                         stream.endpoint))
         elif session.state in (DtlsState.FAILED, DtlsState.CLOSED):
             stream.receiver = _Gate(f"DTLS {session.state.value}: {session.reason}")
             stream.sender = _Gate(f"DTLS {session.state.value}: {session.reason}")
@@ -1069,7 +1093,8 @@ class LocalMediaEngine:
                 stream.srtp_mark = mark
                 self._publish(SrtpIndexEvent(stream.stream_id, recv, send))
 
-    def _publish(self, event: DigitEvent | IdleEvent | SrtpIndexEvent) -> None:
+    def _publish(self, event: DigitEvent | IdleEvent | SrtpIndexEvent | DtlsKeyedEvent
+                 ) -> None:
         for callback in self._subscribers:
             try:
                 callback(event)

@@ -84,6 +84,11 @@ class IceLite:
             return False
         return not self.params.remote_ufrag or theirs == self.params.remote_ufrag
 
+    def assume_consent(self, source: Address) -> None:
+        """A restored leg's latched candidate, consented as of now: the browser's checks
+        go on every few seconds and refresh it; if they stopped, it lapses as usual."""
+        self._consent[source] = self._clock()
+
     def consented(self, destination: Address) -> bool:
         """Whether we may still send to ``destination`` (RFC 7675): a check from it came in
         within :data:`CONSENT_TIMEOUT`."""

@@ -285,7 +285,20 @@ class SrtpIndexEvent:
     send: SrtpIndex | None
 
 
-MediaEvent = DigitEvent | IdleEvent | SrtpIndexEvent
+@dataclass(frozen=True, slots=True)
+class DtlsKeyedEvent:
+    """A WebRTC leg's DTLS handshake verified the peer: the SRTP keys it exported and the
+    peer's address (ICE's latched candidate). Stored sealed so a restarted node resumes the
+    leg without a handshake: a browser never re-handshakes for a relay's restart, it keeps
+    sending SRTP with these keys. Holds keys: its repr hides them (SrtpParams')."""
+
+    stream_id: str
+    recv_key: SrtpParams
+    send_key: SrtpParams
+    endpoint: Address | None
+
+
+MediaEvent = DigitEvent | IdleEvent | SrtpIndexEvent | DtlsKeyedEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +312,10 @@ class RestoredStream:
     config: StreamConfig
     recv_index: SrtpIndex | None = None
     send_index: SrtpIndex | None = None
+    # A WebRTC leg keyed before the restart: (recv, send) keys from its DTLS handshake and
+    # the peer's address; resumed as verified without a handshake (None: handshake as usual).
+    dtls_keys: tuple[SrtpParams, SrtpParams] | None = None
+    endpoint: Address | None = None
 
 
 class MediaEngine(Protocol):
