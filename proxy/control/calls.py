@@ -230,6 +230,11 @@ class CallRegistry:
             self._certificate = NodeCertificate.generate()
         return self._certificate
 
+    def use_certificate(self, certificate: NodeCertificate) -> None:
+        """The node set's certificate from the shared store (before any call is restored or
+        offered): the same fingerprint across restarts, so a browser's re-offer still matches."""
+        self._certificate = certificate
+
     # --- dispatch --------------------------------------------------------------------------
 
     async def handle(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -249,7 +249,8 @@ class Node:
                         url=config.store.url, key_file=config.store.key_file,
                         node=config.store.node_id or config.ng.listen, registry=registry,
                         payments=payments, limit=config.store.queue_limit,
-                        media_ready=engine_started)
+                        media_ready=engine_started,
+                        shared_certificate=not config.media.dtls_certificate)
                 except StoreConfigError as exc:
                     raise ConfigError(str(exc)) from exc
             await engine_started

@@ -9,6 +9,7 @@ and the payment manager so every later change is written by :class:`proxy.store.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import structlog
 
 from proxy.control.calls import CallRegistry
+from proxy.media.dtls import DtlsError, NodeCertificate
 from proxy.media.types import MediaError
 from proxy.securepay.manager import PaymentError, PaymentManager
 from proxy.securepay.states import PaymentStatus
@@ -28,6 +30,7 @@ from proxy.store.sealing import Sealer, SealError
 from proxy.store.sync import StateSync
 
 log = structlog.get_logger("toneguard.store")
+CERTIFICATE_CONTEXT = "toneguard:dtls-certificate"  # the sealed private key's associated data
 
 
 class StoreConfigError(ValueError):
@@ -60,10 +63,13 @@ class NodeState:
     async def open(cls, *, url: str, key_file: str, node: str, registry: CallRegistry,
                    payments: PaymentManager, limit: int = 10_000,
                    store: StateStore | None = None,
-                   media_ready: Awaitable[None] | None = None) -> NodeState:
+                   media_ready: Awaitable[None] | None = None,
+                   shared_certificate: bool = False) -> NodeState:
         """Restore this node's calls and start writing. ``media_ready``: the media engine's
         start, still under way (its worker processes starting): the records are read and
-        decoded meanwhile, and awaited before the first port is bound."""
+        decoded meanwhile, and awaited before the first port is bound. ``shared_certificate``:
+        no DTLS certificate is configured; the node set's is read from the store (this node's
+        stored there if it is the first)."""
         try:
             sealer = Sealer.from_file(Path(key_file))
         except OSError as exc:
@@ -73,6 +79,8 @@ class NodeState:
             raise StoreConfigError(f"store.key_file: {exc}") from exc
         state = cls(store or open_store(url), sealer, node, registry, payments, limit=limit)
         state._media_ready = media_ready
+        if shared_certificate:
+            await state._share_certificate()
         await state.restore()
         registry.on_state = state.sync.mark
         payments.on_state = state.sync.mark
@@ -82,6 +90,26 @@ class NodeState:
                                         payments.bus)
             state.events.start()
         return state
+
+    async def _share_certificate(self) -> None:
+        """One DTLS certificate for the node set, kept in the store with its private key
+        sealed: a restarted node presents the fingerprint its WebRTC legs were offered (a
+        browser refuses a changed one in a re-offer). Store trouble: this start's own."""
+        ours = self._registry.certificate
+        blob = json.dumps({"certificate": ours.certificate.decode(),
+                           "private_key": self._sealer.seal(ours.private_key,
+                                                            CERTIFICATE_CONTEXT)}).encode()
+        try:
+            stored = json.loads(await self.store.shared("dtls-certificate", blob))
+            certificate = NodeCertificate.load(
+                stored["certificate"].encode(),
+                self._sealer.open(stored["private_key"], CERTIFICATE_CONTEXT))
+        except (StoreError, SealError, DtlsError, ValueError, KeyError, TypeError) as exc:
+            log.warning("DTLS certificate not shared through the store: this start's own "
+                        "(a restart changes its fingerprint)", reason=f"{type(exc).__name__}")
+            return
+        self._registry.use_certificate(certificate)
+        log.info("DTLS certificate of the node set", sha256=certificate.fingerprint("sha-256"))
 
     def collect(self, call_id: str) -> bytes | None:
         """The call's record as of now (None once the call is gone: its record is deleted)."""

@@ -2,7 +2,8 @@
 browser does not re-handshake, it keeps sending SRTP with its keys and consent checks with its
 ICE credentials; the node resumes the leg from its sealed record (the keys the verified
 handshake exported, the ICE credentials, the latched candidate) with the same certificate
-(configured), so media flows again both ways and the carrier's card is masked."""
+(configured, or the node set's generated once and kept sealed in the store), so media flows
+again both ways and the carrier's card is masked."""
 
 from __future__ import annotations
 
@@ -51,17 +52,23 @@ def _level_db(samples: np.ndarray) -> float:
     return float(10 * np.log10(np.mean(samples.astype(np.float64) ** 2) + 1e-9))
 
 
+def _fingerprint(sdp: str) -> str:
+    return next(line for line in sdp.splitlines() if line.startswith("a=fingerprint:"))
+
+
+@pytest.mark.parametrize("certificate_from", ["config", "store"])
 async def test_kill_9_resumes_a_webrtc_agent_leg_without_a_handshake(
         tmp_path: Path, redis_server: RedisServer, store_key: Path,
-        media_ports: tuple[int, int]) -> None:
+        media_ports: tuple[int, int], certificate_from: str) -> None:
     certificate = NodeCertificate.generate()
     (tmp_path / "dtls.pem").write_bytes(certificate.certificate)
     (tmp_path / "dtls.key").write_bytes(certificate.private_key)
     async with cluster(tmp_path, store_key) as c:
         node = c.node("node-web", store_url=redis_server.url, media_ports=media_ports)
-        node.config.write_text(node.config.read_text().replace("[media]\n", (
-            f"[media]\ndtls_certificate = \"{tmp_path / 'dtls.pem'}\"\n"
-            f"dtls_private_key = \"{tmp_path / 'dtls.key'}\"\n"), 1))
+        if certificate_from == "config":
+            node.config.write_text(node.config.read_text().replace("[media]\n", (
+                f"[media]\ndtls_certificate = \"{tmp_path / 'dtls.pem'}\"\n"
+                f"dtls_private_key = \"{tmp_path / 'dtls.key'}\"\n"), 1))
         await node.start()
         await node.ready()
         carrier = await RtpPeer(seed=31).start()
@@ -74,7 +81,8 @@ async def test_kill_9_resumes_a_webrtc_agent_leg_without_a_handshake(
                 "label": "customer", "sdp": audio_sdp("127.0.0.1", carrier.port),
                 **WEBRTC_KEYS})
             assert offer["result"] == "ok", offer
-            assert certificate.fingerprint("sha-256") in offer["sdp"]
+            assert (certificate.fingerprint("sha-256") in offer["sdp"]) == (
+                certificate_from == "config")
             answer = await ng.request(transport, {
                 "command": "answer", "call-id": "web-1", "from-tag": "carrier",
                 "to-tag": "browser", "label": "agent", "ICE": "remove",
@@ -116,6 +124,21 @@ async def test_kill_9_resumes_a_webrtc_agent_leg_without_a_handshake(
             voice = _after(carrier.received, killed).audio()
             spectrum = np.abs(np.fft.rfft(voice[-8000:]))
             assert abs(int(np.argmax(spectrum)) - 700) < 10
+            # The restarted node presents the certificate the browser was offered.
+            later = await ng.request(transport, {
+                "command": "offer", "call-id": "web-2", "from-tag": "carrier",
+                "sdp": audio_sdp("127.0.0.1", carrier.port), **WEBRTC_KEYS})
+            assert _fingerprint(later["sdp"]) == _fingerprint(offer["sdp"])
+            client = redis_server.client()
+            try:
+                shared = await client.get("toneguard:shared:dtls-certificate")
+            finally:
+                await client.aclose()
+            if certificate_from == "store":  # the private key is in the store only sealed
+                assert shared is not None and b"CERTIFICATE" in shared
+                assert b"PRIVATE KEY" not in shared
+            else:
+                assert shared is None
         finally:
             if talker is not None:
                 await talker.stop()
