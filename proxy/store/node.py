@@ -154,8 +154,10 @@ class NodeState:
                 log.error("call not restored", call_id=call_id, reason=str(exc))
                 self.sync.mark(call_id)  # not in the registry: its record is deleted
                 failed += 1
+        loaded = time.monotonic()
         if self._media_ready is not None:  # decoded while the media workers were starting
             await self._media_ready
+        media_ready = time.monotonic()
 
         async def adopt(record: CallRecord) -> bool:
             call_id = record.call.call_id
@@ -176,8 +178,13 @@ class NodeState:
         done = await asyncio.gather(*(adopt(r) for r in decoded))
         failed += done.count(False)
         self.restore_seconds = time.monotonic() - started
+        # ms: all of it; then its parts: read and decode, waiting for the media engine's
+        # start (its worker processes), and the calls' adoption (bind, configure, link).
         log.info("calls restored from the store", calls=len(self.restored), failed=failed,
-                 ms=round(self.restore_seconds * 1000, 1))
+                 ms=round(self.restore_seconds * 1000, 1),
+                 load_ms=round((loaded - started) * 1000, 1),
+                 media_wait_ms=round((media_ready - loaded) * 1000, 1),
+                 adopt_ms=round((time.monotonic() - media_ready) * 1000, 1))
         return True
 
     def _restore_payments(self, record: CallRecord) -> None:
