@@ -218,7 +218,7 @@ async def run(calls: int, workdir: Path, workers: int = 1) -> None:
         delete_ops = _redis_commands(redis_port) - before - 1
         lines = [json.loads(line) for line in log.read_text().splitlines()
                  if line.startswith("{")]
-        restored_ms = [x.get("ms") for x in lines if x.get("event", "").startswith("calls rest")]
+        restored = [x for x in lines if x.get("event", "").startswith("calls rest")]
         timings = [x["seconds_since_process_start"] for x in lines
                    if x.get("event") == "start-up timings"]
     finally:
@@ -238,8 +238,10 @@ async def run(calls: int, workdir: Path, workers: int = 1) -> None:
           f"p90 {p90:.2f} s, max {max(gaps):.2f} s")
     print(f"new process spawn → first relayed packet: median {statistics.median(to_media):.2f} s"
           f", max {max(to_media):.2f} s; spawn → /readyz {ready - spawned:.2f} s")
-    print(f"node's own restore of {calls} calls (load + bind + configure): "
-          f"{restored_ms[-1]} ms")
+    last = restored[-1]
+    print(f"node's own restore of {calls} calls: {last.get('ms')} ms (read and decode "
+          f"{last.get('load_ms')}, waiting for the media engine's start "
+          f"{last.get('media_wait_ms')}, bind + configure + link {last.get('adopt_ms')})")
     if timings:  # the restarted node's own milestones (its log), seconds since it started
         print("restarted node, seconds since its process started: "
               + ", ".join(f"{k} {v:.2f}" for k, v in timings[-1].items()))

@@ -19,8 +19,6 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from aioice import stun
-
 from proxy.media.types import Address, IceParams
 
 CONSENT_TIMEOUT = 30.0  # RFC 7675 §5.1: consent expires 30 s after the last response
@@ -52,6 +50,11 @@ class IceLite:
         self._consent: dict[Address, float] = {}  # source → last authenticated check
 
     def handle(self, data: bytes, source: Address) -> StunResult:
+        # Imported at the first STUN message, not with the media plane: aioice brings its ICE
+        # agent, mDNS and dnspython (~0.1 s of a restart's CPU before the first packet), and
+        # most nodes never see a WebRTC leg. Later calls find it in sys.modules.
+        from aioice import stun
+
         if len(data) > MAX_STUN:
             return StunResult(Verdict.REFUSED, reason=f"{len(data)}-byte STUN message")
         try:
