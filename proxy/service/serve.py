@@ -55,7 +55,6 @@ from proxy.control.requests import NegotiateRequest, parse_request
 from proxy.media.dtls import DtlsError, NodeCertificate
 from proxy.media.engine import LocalMediaEngine
 from proxy.media.latency import NG_BUCKETS, Histogram, Recorder
-from proxy.media.masking import MaskingPipeline
 from proxy.media.pipeline import AudioPipeline
 from proxy.media.policy import DtmfSecurityMode, MaskingPolicy
 from proxy.media.runtime import freeze_startup_objects, raise_open_file_limit
@@ -126,6 +125,10 @@ def call_policy(config: Config) -> CallPolicy:
 
 
 def default_pipeline_factory(config: Config) -> Callable[[], AudioPipeline]:
+    # Imported here, not at the top: NumPy and the detector are ~0.3 s of CPU, and a node
+    # whose media runs in worker processes (they import it themselves) never needs them.
+    from proxy.media.masking import MaskingPipeline
+
     lookahead = config.masking.lookahead_ms
     return lambda: MaskingPipeline(lookahead_ms=lookahead)
 
