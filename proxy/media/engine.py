@@ -1084,13 +1084,16 @@ class LocalMediaEngine:
         sequence below 49 152): a restart then starts at ROC 0, which is right."""
         for stream in self._streams.values():
             receiver, sender = stream.receiver, stream.sender
+            if not (isinstance(receiver, SrtpReceiver) or isinstance(sender, SrtpSender)):
+                continue
+            mark = (receiver.quarter() if isinstance(receiver, SrtpReceiver) else None,
+                    sender.quarter() if isinstance(sender, SrtpSender) else None)
+            if mark == stream.srtp_mark:
+                continue  # the usual case: two slices per direction, no libsrtp call
+            stream.srtp_mark = mark
             recv = receiver.index() if isinstance(receiver, SrtpReceiver) else None
             send = sender.index() if isinstance(sender, SrtpSender) else None
-            if recv is None and send is None:
-                continue
-            mark = (_quarter(recv), _quarter(send))
-            if mark != stream.srtp_mark and (_near_rollover(recv) or _near_rollover(send)):
-                stream.srtp_mark = mark
+            if _near_rollover(recv) or _near_rollover(send):
                 self._publish(SrtpIndexEvent(stream.stream_id, recv, send))
 
     def _publish(self, event: DigitEvent | IdleEvent | SrtpIndexEvent | DtlsKeyedEvent
@@ -1100,10 +1103,6 @@ class LocalMediaEngine:
                 callback(event)
             except Exception:
                 log.exception("media event subscriber failed", event_type=type(event).__name__)
-
-
-def _quarter(index: SrtpIndex | None) -> tuple[int, int, int] | None:
-    return None if index is None else (index.ssrc, index.roc, index.seq >> 14)
 
 
 def _near_rollover(index: SrtpIndex | None) -> bool:

@@ -167,6 +167,13 @@ class _Resumable:
     def index(self) -> SrtpIndex | None:
         return self._context.index()
 
+    def quarter(self) -> tuple[bytes, int] | None:
+        """The last packet's SSRC and quarter of the sequence space, without asking libsrtp
+        (cheap: the engine compares it every second and reads :meth:`index` only when it
+        moved; the ROC cannot change without it moving)."""
+        last = self._context.last
+        return None if last is None or len(last) < 12 else (last[8:12], last[2] >> 6)
+
     def resume(self, stored: SrtpIndex | None) -> None:
         """Continue from ``stored`` (None: nothing stored, ROC 0 as for a new call)."""
         self._context.pending = stored
