@@ -934,6 +934,12 @@ class LocalMediaEngine:
             if stream.dtls is not None and stream.dtls.state is DtlsState.NEW \
                     and stream.dtls.params.role == "client":
                 self._start_client(stream)
+            dtls = stream.dtls
+            if dtls is not None and dtls.state is DtlsState.CONNECTED and \
+                    dtls.recv_key is not None and dtls.send_key is not None:
+                # The browser moved to another path after keying: what a restart latches on.
+                self._publish(DtlsKeyedEvent(stream.stream_id, dtls.recv_key, dtls.send_key,
+                                             addr))
         if stream.consent_lost and addr == stream.endpoint:
             stream.consent_lost = False
             if stream.sender is _CONSENT_GATE:  # never lifts a handshake or failure gate
