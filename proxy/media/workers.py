@@ -40,6 +40,7 @@ from proxy.media.types import (
 log = structlog.get_logger("toneguard.workers")
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 5.0
+RESTORE_TIMEOUT = 60.0
 
 
 class WorkerError(MediaError):
@@ -347,7 +348,9 @@ class WorkerPoolEngine:
                 raise PortsExhaustedError(
                     f"port {s.port} is on another worker's shard than the rest of call "
                     f"{call_id[:80]!r}: media.workers changed since the call was stored")
-        await worker.call("restore", call_id, streams, links, outputs)
+        # A longer bound than other requests': a restart sends every call at once, and a call
+        # the parent gave up on while the worker restored it would have its record deleted.
+        await worker.call("restore", call_id, streams, links, outputs, timeout=RESTORE_TIMEOUT)
         for s in streams:
             self._owner[s.stream_id] = worker
             self._stream_call[s.stream_id] = call_id
