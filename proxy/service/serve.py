@@ -214,6 +214,9 @@ class Node:
                                       idle_timeout=media.idle_timeout_seconds,
                                       lookahead_ms=config.masking.lookahead_ms)
         else:
+            from proxy.media import prespawn
+
+            prespawn.discard()  # spawned early for a worker count the config overrode
             engine = LocalMediaEngine(
                 media.address, media.port_min, media.port_max,
                 pipeline_factory=pipeline_factory or default_pipeline_factory(config),
