@@ -18,6 +18,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+MAX_WORKERS = 64  # as proxy.service.config's media.workers
 _warm: list[tuple[Any, Connection]] = []  # (process, the node's end of its pipe)
 
 
@@ -78,4 +79,6 @@ def expected_workers(argv: list[str]) -> int:
         count = workers or os.cpu_count() or 1
     except (IndexError, ValueError, OSError, AttributeError, tomllib.TOMLDecodeError):
         return 0
-    return count if count > 1 else 0
+    # Outside what the config allows (media.workers ≤ 64): the node refuses to start, and
+    # must not first spawn (and then wait out) that many processes.
+    return count if 1 < count <= MAX_WORKERS else 0

@@ -19,6 +19,7 @@ from proxy.media.prespawn import expected_workers
     ("[media]\nworkers = 4\n", ["--workers=1"], 0),
     ("[media]\nworkers = 0\n", [], os.cpu_count() if (os.cpu_count() or 1) > 1 else 0),
     ("not toml [", [], 0),  # the node reports the error; nothing spawned early
+    ("[media]\nworkers = 99\n", [], 0),  # refused by the config: nothing spawned early
 ])
 def test_the_expected_worker_count_comes_from_the_flag_or_the_file(
         tmp_path: Path, toml: str, argv: list[str], count: int) -> None:
