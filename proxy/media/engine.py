@@ -544,7 +544,7 @@ class LocalMediaEngine:
                 await self.link(a, b)
             for source, sink in outputs:
                 await self.add_output(source, sink)
-        except MediaError:
+        except Exception:  # a port taken, a suite this build lacks: none of it stays bound
             for s in streams:
                 await self.release(s.stream_id)
             raise

@@ -169,6 +169,10 @@ class NodeState:
                 log.error("call not restored", call_id=call_id, reason=str(exc))
                 self.sync.mark(call_id)
                 return False
+            except Exception as exc:  # one bad record must not keep the others down
+                log.error("call not restored", call_id=call_id, reason=type(exc).__name__)
+                self.sync.mark(call_id)
+                return False
             self._restore_payments(record)
             self.restored.append(call_id)
             return True

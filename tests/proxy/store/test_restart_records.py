@@ -7,12 +7,17 @@ from __future__ import annotations
 import base64
 import json
 import os
+from pathlib import Path
 
 from proxy.control import sdes
 from proxy.control.calls import CallRegistry
 from proxy.demo.sdp_builder import audio_sdp
+from proxy.media.engine import LocalMediaEngine
 from proxy.media.memory import MemoryMediaEngine
 from proxy.media.types import SrtpIndex, SrtpIndexEvent
+from proxy.securepay.manager import PaymentManager
+from proxy.store.memory import MemoryStore
+from proxy.store.node import NodeState
 from proxy.store.records import CallRecord, decode, encode
 from proxy.store.sealing import Sealer
 
@@ -97,3 +102,53 @@ async def test_a_record_without_the_new_fields_still_reads() -> None:
     assert len(back.parties) == 3 and not any(p.subscriber for p in back.parties.values())
     assert all(m.recv_index is None and m.section is None
                for p in back.parties.values() for m in p.medias)
+
+
+async def test_a_record_that_cannot_be_configured_does_not_keep_the_others_down(
+        tmp_path: Path, media_ports: tuple[int, int]) -> None:
+    """One call's record names an SRTP suite this build cannot run: that call is not restored
+    (its record deleted, none of its ports left bound), the other call is."""
+    key_file = tmp_path / "store.key"
+    key_file.write_text(base64.b64encode(os.urandom(32)).decode())
+    store = MemoryStore()
+    engine = LocalMediaEngine("127.0.0.1", *media_ports)
+    await engine.start()
+    registry = CallRegistry(engine, address="127.0.0.1")
+    state = await NodeState.open(url="memory://", key_file=str(key_file), node="n",
+                                 registry=registry, payments=PaymentManager(None), store=store)
+    for call_id in ("good", "bad"):
+        key = sdes.generate("AES_CM_128_HMAC_SHA1_80", 1)
+        await registry.handle({"command": "offer", "call-id": call_id, "from-tag": "ft",
+                               "sdp": audio_sdp("127.0.0.1", 40000, proto="RTP/SAVP",
+                                                crypto=[key])})
+        await registry.handle({"command": "answer", "call-id": call_id, "from-tag": "ft",
+                               "to-tag": "tt", "sdp": audio_sdp("127.0.0.1", 40100)})
+    bad_ports = [m.local.rtp_port for p in registry.calls["bad"].parties.values()
+                 for m in p.medias]
+    assert await state.sync.flush()
+    await state.stop()
+    await registry.close()
+    await engine.stop()
+    record = json.loads(store.records["bad"])
+    for party in record["call"]["parties"]:
+        for media in party["medias"]:
+            if media["config"]["srtp_recv"]:
+                media["config"]["srtp_recv"]["suite"] = "NOT_A_SUITE"
+    store.records["bad"] = json.dumps(record).encode()
+
+    engine = LocalMediaEngine("127.0.0.1", *media_ports)
+    await engine.start()
+    registry = CallRegistry(engine, address="127.0.0.1")
+    try:
+        state = await NodeState.open(url="memory://", key_file=str(key_file), node="n",
+                                     registry=registry, payments=PaymentManager(None),
+                                     store=store)
+        assert state.restored == ["good"] and set(registry.calls) == {"good"}
+        for port in bad_ports:  # released again: a new stream may take it
+            await engine.allocate(f"probe-{port}", "probe", rtcp_mux=False, port=port)
+        assert await state.sync.flush()
+        assert "bad" not in store.records  # its record deleted (logged)
+        await state.stop()
+    finally:
+        await registry.close()
+        await engine.stop()
