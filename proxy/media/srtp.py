@@ -112,12 +112,11 @@ class _Context:
         self._inbound = inbound
         self._handle = int(ffi.cast("uintptr_t", self._srtp))  # for the ctypes calls
         self._roc = ctypes.c_uint32()
-        self.last: bytes | None = None  # the last RTP packet through it (its header is clear)
         self.pending: SrtpIndex | None = None  # a stored index not yet applied (see resume)
 
-    def index(self) -> SrtpIndex | None:
-        """The last RTP packet's SSRC, sequence number and the session's ROC for that SSRC."""
-        last = self.last
+    def index(self, last: bytes | None) -> SrtpIndex | None:
+        """``last`` (the last RTP packet through it)'s SSRC and sequence number, and the
+        session's ROC for that SSRC."""
         if last is None or len(last) < 12:
             return None
         ssrc = int.from_bytes(last[8:12])
@@ -163,15 +162,16 @@ class _Resumable:
 
     _context: _Context
     _name: str
+    last: bytes | None = None  # the last RTP packet through it (its header is in clear)
 
     def index(self) -> SrtpIndex | None:
-        return self._context.index()
+        return self._context.index(self.last)
 
     def quarter(self) -> tuple[bytes, int] | None:
         """The last packet's SSRC and quarter of the sequence space, without asking libsrtp
         (cheap: the engine compares it every second and reads :meth:`index` only when it
         moved; the ROC cannot change without it moving)."""
-        last = self._context.last
+        last = self.last
         return None if last is None or len(last) < 12 else (last[8:12], last[2] >> 6)
 
     def resume(self, stored: SrtpIndex | None) -> None:
@@ -200,7 +200,7 @@ class SrtpReceiver(_Resumable):
 
     def unprotect(self, packet: bytes) -> bytes:
         out = self._context.run(_unprotect, packet, "SRTP unprotect")
-        self._context.last = packet  # only once it authenticated: a stranger's never counts
+        self.last = packet  # only once it authenticated: a stranger's never counts
         return out
 
     def unprotect_rtcp(self, packet: bytes) -> bytes:
@@ -217,7 +217,7 @@ class SrtpSender(_Resumable):
 
     def protect(self, packet: bytes) -> bytes:
         out = self._context.run(_protect, packet, "SRTP protect")
-        self._context.last = packet
+        self.last = packet
         return out
 
     def protect_rtcp(self, packet: bytes) -> bytes:
