@@ -61,7 +61,10 @@ def discard() -> None:
 def expected_workers(argv: list[str]) -> int:
     """How many media worker processes ``toneguard serve argv`` will run, read cheaply
     (``--workers``, else ``media.workers`` of ``-c FILE``; 0 = one per core); 0 when it
-    runs media in process or this cannot tell (the engine then spawns them itself)."""
+    runs media in process or this cannot tell (the engine then spawns them itself), or with
+    ``TONEGUARD_PRESPAWN=0`` in the environment."""
+    if os.environ.get("TONEGUARD_PRESPAWN", "1") == "0":  # off (e.g. to measure without)
+        return 0
     try:
         workers: int | None = None
         config: str | None = None

@@ -33,3 +33,10 @@ def test_no_config_and_no_flag_means_in_process() -> None:
     assert expected_workers([]) == 0
     assert expected_workers(["-c", "/nonexistent/node.toml"]) == 0
     assert expected_workers(["--workers"]) == 0  # a usage error the CLI reports
+
+
+def test_the_environment_can_turn_it_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text("[media]\nworkers = 2\n")
+    monkeypatch.setenv("TONEGUARD_PRESPAWN", "0")
+    assert expected_workers(["-c", str(config)]) == 0
