@@ -11,6 +11,12 @@ import pytest
 from proxy.media.prespawn import expected_workers
 
 
+@pytest.fixture(autouse=True)
+def _forced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if the host had a core to spare (the count alone is under test here)."""
+    monkeypatch.setenv("TONEGUARD_PRESPAWN", "1")
+
+
 @pytest.mark.parametrize(("toml", "argv", "count"), [
     ("[media]\nworkers = 2\n", [], 2),
     ("[media]\nworkers = 1\n", [], 0),  # in process
@@ -40,3 +46,14 @@ def test_the_environment_can_turn_it_off(tmp_path: Path, monkeypatch: pytest.Mon
     config.write_text("[media]\nworkers = 2\n")
     monkeypatch.setenv("TONEGUARD_PRESPAWN", "0")
     assert expected_workers(["-c", str(config)]) == 0
+
+
+def test_without_a_core_to_spare_nothing_is_spawned_early(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text("[media]\nworkers = 2\n")
+    monkeypatch.delenv("TONEGUARD_PRESPAWN")
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert expected_workers(["-c", str(config)]) == 0
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    assert expected_workers(["-c", str(config)]) == 2

@@ -38,7 +38,8 @@ def _started(pid: int) -> float:
 
 async def test_kill_9_with_prespawned_workers_restores_and_leaves_two_workers(
         tmp_path: Path, redis_server: RedisServer, store_key: Path,
-        media_ports: tuple[int, int]) -> None:
+        media_ports: tuple[int, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TONEGUARD_PRESPAWN", "1")  # whatever this host's cores (the node's env)
     async with cluster(tmp_path, store_key) as c:
         node = c.node("node-w2", store_url=redis_server.url, media_ports=media_ports)
         node.config.write_text(node.config.read_text().replace(
