@@ -93,10 +93,13 @@ async def _callers(sock: asyncio.DatagramTransport, dests: list[tuple[str, int]]
         await asyncio.sleep(max(0.0, start + seq * 0.02 - loop.time()))
 
 
-def _spawn(config: Path, log: Path) -> subprocess.Popen[bytes]:
+def _spawn(config: Path, log: Path, prespawn: bool = True) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if not prespawn:
+        env["TONEGUARD_PRESPAWN"] = "0"
     with log.open("ab") as out:
         return subprocess.Popen([sys.executable, "-m", "proxy", "serve", "-c", str(config)],
-                                cwd=config.parent, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                cwd=config.parent, env=env,
                                 stdout=out, stderr=out, stdin=subprocess.DEVNULL)
 
 
@@ -145,7 +148,7 @@ async def _record_cpu_us() -> tuple[float, int]:
     return (time.process_time() - t) / n * 1e6, len(data)
 
 
-async def run(calls: int, workdir: Path, workers: int = 1) -> None:
+async def run(calls: int, workdir: Path, workers: int = 1, prespawn: bool = True) -> None:
     redis_port, ng_port, api_port = _free(socket.SOCK_STREAM), _free(), _free(socket.SOCK_STREAM)
     redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
                               "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
@@ -161,7 +164,7 @@ async def run(calls: int, workdir: Path, workers: int = 1) -> None:
     api = f"http://127.0.0.1:{api_port}"
     loop = asyncio.get_running_loop()
     time.sleep(0.3)
-    proc = _spawn(config, log)
+    proc = _spawn(config, log, prespawn)
     agents = Agents()
     agent_port = agents.port
     callers_t, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
@@ -192,7 +195,7 @@ async def run(calls: int, workdir: Path, workers: int = 1) -> None:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         spawned = time.time()
-        proc = _spawn(config, log)
+        proc = _spawn(config, log, prespawn)
         await _ready(api, proc)
         ready = time.time()
         # Media from the new node: its API comes up after the restored calls relay.
@@ -218,7 +221,12 @@ async def run(calls: int, workdir: Path, workers: int = 1) -> None:
         delete_ops = _redis_commands(redis_port) - before - 1
         lines = [json.loads(line) for line in log.read_text().splitlines()
                  if line.startswith("{")]
-        restored_ms = [x.get("ms") for x in lines if x.get("event", "").startswith("calls rest")]
+        restored = [x for x in lines if x.get("event", "").startswith("calls rest")]
+        # From the log's own timestamps (any version of the node logs both): the media
+        # engine up → every call restored, i.e. the adoption alone.
+        stamps = {x.get("event"): x.get("timestamp") for x in lines}
+        adopt_s = _seconds(stamps.get("calls restored from the store")) - _seconds(
+            stamps.get("media workers started")) if workers > 1 else float("nan")
         timings = [x["seconds_since_process_start"] for x in lines
                    if x.get("event") == "start-up timings"]
     finally:
@@ -238,8 +246,13 @@ async def run(calls: int, workdir: Path, workers: int = 1) -> None:
           f"p90 {p90:.2f} s, max {max(gaps):.2f} s")
     print(f"new process spawn → first relayed packet: median {statistics.median(to_media):.2f} s"
           f", max {max(to_media):.2f} s; spawn → /readyz {ready - spawned:.2f} s")
-    print(f"node's own restore of {calls} calls (load + bind + configure): "
-          f"{restored_ms[-1]} ms")
+    last = restored[-1]
+    if workers > 1:
+        print(f"media workers started → calls restored (log timestamps): "
+              f"{adopt_s * 1000:.0f} ms")
+    print(f"node's own restore of {calls} calls: {last.get('ms')} ms (read and decode "
+          f"{last.get('load_ms')}, waiting for the media engine's start "
+          f"{last.get('media_wait_ms')}, bind + configure + link {last.get('adopt_ms')})")
     if timings:  # the restarted node's own milestones (its log), seconds since it started
         print("restarted node, seconds since its process started: "
               + ", ".join(f"{k} {v:.2f}" for k, v in timings[-1].items()))
@@ -248,13 +261,21 @@ async def run(calls: int, workdir: Path, workers: int = 1) -> None:
     print(f"record: {size} bytes, {cpu_us:.0f} µs CPU to build and seal (per write)")
 
 
+def _seconds(stamp: str | None) -> float:
+    from datetime import datetime
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() if stamp else 0.0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.bench_restart")
     parser.add_argument("--calls", type=int, default=100)
     parser.add_argument("--workers", type=int, default=1, help="the node's media.workers")
+    parser.add_argument("--no-prespawn", action="store_true",
+                        help="the node spawns its workers at the engine's start, not first "
+                             "thing (TONEGUARD_PRESPAWN=0)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(run(args.calls, Path(tmp), args.workers))
+        asyncio.run(run(args.calls, Path(tmp), args.workers, not args.no_prespawn))
     return 0
 
 

@@ -62,12 +62,17 @@ from proxy.media.policy import DtmfSecurityMode, MaskingPolicy
 from proxy.media.types import (
     Address,
     DigitEvent,
+    DtlsKeyedEvent,
     IdleEvent,
     LocalEndpoint,
     MediaEngine,
     MediaError,
     MediaEvent,
     PortsExhaustedError,
+    RestoredStream,
+    SrtpIndex,
+    SrtpIndexEvent,
+    SrtpParams,
     StreamConfig,
 )
 
@@ -100,6 +105,14 @@ class Media:
     section: MediaSection | None = None  # what this party last sent (a subscription mirrors it)
     remote: Address | None = None  # the last specified SDP address and port (moves are noticed)
     source: str = ""  # a subscription's media: the stream whose output it gets
+    # Where each SRTP direction's index stood when the engine last reported it (written to
+    # the store: a restart continues from there, past 65 536 packets too).
+    recv_index: SrtpIndex | None = None
+    send_index: SrtpIndex | None = None
+    # A WebRTC leg's keys from its verified DTLS handshake (recv, send) and the peer's
+    # address then: a restart resumes the leg from them (stored sealed), as browsers expect.
+    dtls_keys: tuple[SrtpParams, SrtpParams] | None = None
+    latched: Address | None = None
 
 
 @dataclass
@@ -224,6 +237,11 @@ class CallRegistry:
         if self._certificate is None:
             self._certificate = NodeCertificate.generate()
         return self._certificate
+
+    def use_certificate(self, certificate: NodeCertificate) -> None:
+        """The node set's certificate from the shared store (before any call is restored or
+        offered): the same fingerprint across restarts, so a browser's re-offer still matches."""
+        self._certificate = certificate
 
     # --- dispatch --------------------------------------------------------------------------
 
@@ -905,6 +923,19 @@ class CallRegistry:
                 self._on_digit(call_id, tag, event)
         elif isinstance(event, IdleEvent) and call_id not in self._idle:
             self._idle.append(call_id)
+        elif isinstance(event, SrtpIndexEvent | DtlsKeyedEvent):
+            party = call.parties.get(tag)
+            media = next((m for m in party.medias if m.stream_id == event.stream_id),
+                         None) if party is not None else None
+            if media is None:
+                return
+            if isinstance(event, SrtpIndexEvent):
+                media.recv_index, media.send_index = event.recv, event.send
+            else:
+                media.dtls_keys = (event.recv_key, event.send_key)
+                media.latched = event.endpoint
+            if self.on_state is not None:
+                self.on_state(call_id)
 
     async def reap_idle(self) -> list[str]:
         """Delete calls whose media went idle (called periodically by the server)."""
@@ -924,26 +955,30 @@ class CallRegistry:
             await self._drop(call)
 
     async def adopt(self, call: Call) -> None:
-        """Take over a call restored from the shared store (a restart): bind each stream's
-        own port again, configure it as it was (masking included) and only then link the
-        parties, so nothing is relayed unmasked. A stream whose port cannot be bound fails the
-        whole call (released again) with a MediaError."""
-        streams = [m for p in call.parties.values() for m in p.medias]
-        try:
-            for m in streams:
-                await self._engine.allocate(m.stream_id, call.call_id,
-                                            rtcp_mux=m.local.rtcp_port == m.local.rtp_port,
-                                            port=m.local.rtp_port)
-                await self._engine.configure(m.stream_id, m.config)
-            parties = list(call.parties.values())
-            if len(parties) == 2:
-                a, b = parties
-                for ma, mb in zip(a.medias, b.medias, strict=False):
-                    await self._engine.link(ma.stream_id, mb.stream_id)
-        except MediaError:
-            for m in streams:
-                await self._engine.release(m.stream_id)
-            raise
+        """Take over a call restored from the shared store (a restart): every party's streams
+        on their own ports again, configured as they were (masking included), SRTP continuing
+        from the stored indexes, and only then the dialogue linked and each subscription's
+        output added, so nothing is relayed unmasked — in one step of the media engine (one
+        round trip to a worker process). A stream whose port cannot be bound fails the whole
+        call (released again) with a MediaError."""
+        streams = []
+        for m in (m for p in call.parties.values() for m in p.medias):
+            if m.config.dtls is not None:  # the record holds no certificate: this node's
+                m.config = replace(m.config, dtls=m.webrtc.dtls_params(self.certificate))
+            streams.append(RestoredStream(
+                m.stream_id, m.local.rtp_port, m.local.rtcp_port == m.local.rtp_port,
+                m.config, m.recv_index, m.send_index, m.dtls_keys, m.latched))
+        links: list[tuple[str, str]] = []
+        dialogue = call.dialogue
+        if len(dialogue) == 2:
+            a, b = dialogue
+            links = [(ma.stream_id, mb.stream_id)
+                     for ma, mb in zip(a.medias, b.medias, strict=False)]
+        # A subscription's output exists once it was answered (its config names a peer); a
+        # declined section never got one.
+        outputs = [(m.source, m.stream_id) for p in call.parties.values() if p.subscriber
+                   for m in p.medias if m.source and m.config.peer is not None]
+        await self._engine.restore(call.call_id, streams, links, outputs)
         self.calls[call.call_id] = call
         for party in call.parties.values():
             for m in party.medias:

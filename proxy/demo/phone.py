@@ -67,7 +67,7 @@ class RtpPeer:
 
     def __init__(self, host: str = "127.0.0.1", *, codec: str = "PCMU",
                  srtp_send: SrtpParams | None = None, srtp_recv: SrtpParams | None = None,
-                 ssrc: int | None = None, seed: int = 1) -> None:
+                 ssrc: int | None = None, seed: int = 1, sequence: int | None = None) -> None:
         self.host = host
         self.codec = codec
         self._sender = SrtpSender(srtp_send) if srtp_send else None
@@ -75,6 +75,8 @@ class RtpPeer:
         rng = random.Random(seed)
         self.ssrc = ssrc if ssrc is not None else rng.getrandbits(32)
         self._seq = rng.getrandbits(16)
+        if sequence is not None:  # e.g. just below 65 535, for a rollover within seconds
+            self._seq = sequence & 0xFFFF
         self._ts = rng.getrandbits(32)
         self.received = Received()
         self.arrived = asyncio.Event()

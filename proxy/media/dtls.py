@@ -155,6 +155,22 @@ class DtlsSession:
         else:
             self._ssl.set_connect_state()
         self._deadline = 0.0  # handshake must finish by then (set when it starts)
+        self.resumed = False  # keyed from a stored handshake (a restart), not by this one
+
+    @classmethod
+    def resumed_with(cls, params: DtlsParams, clock: Callable[[], float],
+                     recv_key: SrtpParams, send_key: SrtpParams) -> DtlsSession:
+        """A leg whose handshake verified the peer before this node restarted: connected with
+        the keys that handshake exported (read from the sealed store, never from the wire).
+        Its DTLS records are discarded: the association's state died with the process, and a
+        browser does not re-handshake for a relay's restart (it keeps its SRTP keys)."""
+        session = cls(params, clock)
+        session._move(DtlsState.CONNECTING)
+        session.recv_key, session.send_key = recv_key, send_key
+        session.profile = recv_key.suite
+        session.resumed = True
+        session._move(DtlsState.CONNECTED, "resumed from the store after a restart")
+        return session
 
     @property
     def done(self) -> bool:
@@ -186,7 +202,7 @@ class DtlsSession:
 
     def receive(self, record: bytes) -> list[bytes]:
         """A DTLS datagram from the (verified-address) peer → datagrams to send back."""
-        if self.done and self.state is not DtlsState.CONNECTED:
+        if self.resumed or (self.done and self.state is not DtlsState.CONNECTED):
             return []
         if len(record) > MAX_RECORD:
             raise DtlsError(f"{len(record)}-byte DTLS datagram is longer than {MAX_RECORD}")

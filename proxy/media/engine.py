@@ -35,12 +35,17 @@ from proxy.media.srtp import SrtpError, SrtpReceiver, SrtpSender
 from proxy.media.types import (
     Address,
     DigitEvent,
+    DtlsKeyedEvent,
     IdleEvent,
     LocalEndpoint,
     MediaError,
     MediaEvent,
     MediaTotals,
     PortsExhaustedError,
+    RestoredStream,
+    SrtpIndex,
+    SrtpIndexEvent,
+    SrtpParams,
     StreamConfig,
     StreamCounters,
     StreamStats,
@@ -288,6 +293,7 @@ class _Stream:
     masked_kinds: dict[int, PayloadKind] | None = None
     warned_stranger: bool = False
     warned_uninspectable: bool = False
+    srtp_mark: tuple[object, object] = (None, None)  # SRTP indexes as last reported
 
     def rtp_destination(self) -> Address | None:
         return self.endpoint or self.config.peer
@@ -520,6 +526,46 @@ class LocalMediaEngine:
         for sock in (stream.rtp, stream.direct):
             if sock is not None:
                 sock._on_datagram = reader
+
+    async def restore(self, call_id: str, streams: list[RestoredStream],
+                      links: list[tuple[str, str]], outputs: list[tuple[str, str]]) -> None:
+        try:
+            for s in streams:
+                await self.allocate(s.stream_id, call_id, rtcp_mux=s.rtcp_mux, port=s.port)
+                await self.configure(s.stream_id, s.config)  # masking before any link
+                stream = self._streams[s.stream_id]
+                if s.dtls_keys is not None and s.config.dtls is not None:
+                    self._resume_webrtc(stream, s.dtls_keys, s.endpoint)
+                if isinstance(stream.receiver, SrtpReceiver):
+                    stream.receiver.resume(s.recv_index)
+                if isinstance(stream.sender, SrtpSender):
+                    stream.sender.resume(s.send_index)
+            for a, b in links:
+                await self.link(a, b)
+            for source, sink in outputs:
+                await self.add_output(source, sink)
+        except Exception:  # a port taken, a suite this build lacks: none of it stays bound
+            for s in streams:
+                await self.release(s.stream_id)
+            raise
+
+    def _resume_webrtc(self, stream: _Stream, keys: tuple[SrtpParams, SrtpParams],
+                       endpoint: Address | None) -> None:
+        """A WebRTC leg keyed before the restart: verified from the sealed record (its
+        handshake's keys), latched on the candidate it used, consent as of now."""
+        assert stream.config.dtls is not None
+        recv_key, send_key = keys
+        self._handshaking.pop(stream.stream_id, None)
+        stream.dtls = DtlsSession.resumed_with(stream.config.dtls, self._clock, recv_key,
+                                               send_key)
+        stream.dtls_seen = DtlsState.CONNECTED
+        stream.receiver, stream.sender = SrtpReceiver(recv_key), SrtpSender(send_key)
+        stream.held_sender = None
+        stream.consent_lost = False
+        if endpoint is not None:
+            self._set_endpoint(stream, endpoint)
+            if stream.ice is not None:
+                stream.ice.assume_consent(endpoint)
 
     def _reader(self, stream: _Stream) -> Callable[[_Stream, bytes, Address], None]:
         webrtc = stream.config.dtls is not None or stream.config.ice is not None
@@ -894,6 +940,12 @@ class LocalMediaEngine:
             if stream.dtls is not None and stream.dtls.state is DtlsState.NEW \
                     and stream.dtls.params.role == "client":
                 self._start_client(stream)
+            dtls = stream.dtls
+            if dtls is not None and dtls.state is DtlsState.CONNECTED and \
+                    dtls.recv_key is not None and dtls.send_key is not None:
+                # The browser moved to another path after keying: what a restart latches on.
+                self._publish(DtlsKeyedEvent(stream.stream_id, dtls.recv_key, dtls.send_key,
+                                             addr))
         if stream.consent_lost and addr == stream.endpoint:
             stream.consent_lost = False
             if stream.sender is _CONSENT_GATE:  # never lifts a handshake or failure gate
@@ -946,6 +998,8 @@ class LocalMediaEngine:
             self._handshaking.pop(stream.stream_id, None)
             log.info("DTLS-SRTP leg keyed", stream=stream.stream_id, call_id=stream.call_id,
                      role=session.params.role, profile=session.profile)
+            self._publish(DtlsKeyedEvent(stream.stream_id, session.recv_key, session.send_key,
+                                         stream.endpoint))
         elif session.state in (DtlsState.FAILED, DtlsState.CLOSED):
             stream.receiver = _Gate(f"DTLS {session.state.value}: {session.reason}")
             stream.sender = _Gate(f"DTLS {session.state.value}: {session.reason}")
@@ -1019,6 +1073,7 @@ class LocalMediaEngine:
             self._next_idle_scan = now + min(1.0, self._idle_timeout / 4)
             self._report_idle(now)
             self._check_consent()
+            self._report_srtp_indexes()
 
     def _report_idle(self, now: float) -> None:
         """Publish an IdleEvent for each stream of a call none of whose streams has received
@@ -1033,9 +1088,34 @@ class LocalMediaEngine:
                 stream.idle_reported = True
                 self._publish(IdleEvent(stream.stream_id, quiet))
 
-    def _publish(self, event: DigitEvent | IdleEvent) -> None:
+    def _report_srtp_indexes(self) -> None:
+        """About once a second: each SRTP stream whose index (either direction) passed a
+        quarter of the sequence space since it was last reported, so that the stored one trails
+        the real one by at most 16 384 packets (what a restart needs: proxy.media.srtp
+        ``resumed_roc``). Nothing is reported before the index first nears a rollover (ROC 0,
+        sequence below 49 152): a restart then starts at ROC 0, which is right."""
+        for stream in self._streams.values():
+            receiver, sender = stream.receiver, stream.sender
+            if not (isinstance(receiver, SrtpReceiver) or isinstance(sender, SrtpSender)):
+                continue
+            mark = (receiver.quarter() if isinstance(receiver, SrtpReceiver) else None,
+                    sender.quarter() if isinstance(sender, SrtpSender) else None)
+            if mark == stream.srtp_mark:
+                continue  # the usual case: two slices per direction, no libsrtp call
+            stream.srtp_mark = mark
+            recv = receiver.index() if isinstance(receiver, SrtpReceiver) else None
+            send = sender.index() if isinstance(sender, SrtpSender) else None
+            if _near_rollover(recv) or _near_rollover(send):
+                self._publish(SrtpIndexEvent(stream.stream_id, recv, send))
+
+    def _publish(self, event: DigitEvent | IdleEvent | SrtpIndexEvent | DtlsKeyedEvent
+                 ) -> None:
         for callback in self._subscribers:
             try:
                 callback(event)
             except Exception:
                 log.exception("media event subscriber failed", event_type=type(event).__name__)
+
+
+def _near_rollover(index: SrtpIndex | None) -> bool:
+    return index is not None and (index.roc > 0 or index.seq >= 0xC000)

@@ -19,8 +19,6 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from aioice import stun
-
 from proxy.media.types import Address, IceParams
 
 CONSENT_TIMEOUT = 30.0  # RFC 7675 §5.1: consent expires 30 s after the last response
@@ -52,6 +50,11 @@ class IceLite:
         self._consent: dict[Address, float] = {}  # source → last authenticated check
 
     def handle(self, data: bytes, source: Address) -> StunResult:
+        # Imported at the first STUN message, not with the media plane: aioice brings its ICE
+        # agent, mDNS and dnspython (~0.1 s of a restart's CPU before the first packet), and
+        # most nodes never see a WebRTC leg. Later calls find it in sys.modules.
+        from aioice import stun
+
         if len(data) > MAX_STUN:
             return StunResult(Verdict.REFUSED, reason=f"{len(data)}-byte STUN message")
         try:
@@ -83,6 +86,11 @@ class IceLite:
         if not sep or ours != self.params.local_ufrag:
             return False
         return not self.params.remote_ufrag or theirs == self.params.remote_ufrag
+
+    def assume_consent(self, source: Address) -> None:
+        """A restored leg's latched candidate, consented as of now: the browser's checks
+        go on every few seconds and refresh it; if they stopped, it lapses as usual."""
+        self._consent[source] = self._clock()
 
     def consented(self, destination: Address) -> bool:
         """Whether we may still send to ``destination`` (RFC 7675): a check from it came in

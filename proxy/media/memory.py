@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 
 from proxy.media.types import (
     LocalEndpoint,
+    MediaError,
     MediaEvent,
     MediaTotals,
     PortsExhaustedError,
+    RestoredStream,
     StreamConfig,
     StreamStats,
     UnknownStreamError,
@@ -78,6 +80,21 @@ class MemoryMediaEngine:
         stream = self._get(stream_id)
         stream.config = config
         stream.configured += 1
+
+    async def restore(self, call_id: str, streams: list[RestoredStream],
+                      links: list[tuple[str, str]], outputs: list[tuple[str, str]]) -> None:
+        try:
+            for s in streams:
+                await self.allocate(s.stream_id, call_id, rtcp_mux=s.rtcp_mux, port=s.port)
+                await self.configure(s.stream_id, s.config)
+            for a, b in links:
+                await self.link(a, b)
+            for source, sink in outputs:
+                await self.add_output(source, sink)
+        except MediaError:
+            for s in streams:
+                await self.release(s.stream_id)
+            raise
 
     async def link(self, a: str, b: str) -> None:
         sa, sb = self._get(a), self._get(b)

@@ -56,6 +56,17 @@ class SrtpParams:
         return f"SrtpParams(suite={self.suite!r}, key_salt=<{len(self.key_salt)} bytes>)"
 
 
+@dataclass(frozen=True, slots=True)
+class SrtpIndex:
+    """Where one direction of an SRTP stream stands (RFC 3711 §3.3.1): the SSRC of its last
+    packet, libsrtp's rollover counter for it, and that packet's sequence number. Not secret
+    (the SSRC and sequence number travel in clear; the ROC follows from counting them)."""
+
+    ssrc: int
+    roc: int
+    seq: int
+
+
 DtlsRole = Literal["client", "server"]
 
 
@@ -263,7 +274,48 @@ class IdleEvent:
     idle_seconds: float
 
 
-MediaEvent = DigitEvent | IdleEvent
+@dataclass(frozen=True, slots=True)
+class SrtpIndexEvent:
+    """A stream's SRTP index passed a quarter of the sequence space (every 16 384 packets,
+    ~5.5 minutes at 50 packets/s) in either direction: what a restart must continue from.
+    Reported from the engine's once-a-second scan, never from the packet path."""
+
+    stream_id: str
+    recv: SrtpIndex | None
+    send: SrtpIndex | None
+
+
+@dataclass(frozen=True, slots=True)
+class DtlsKeyedEvent:
+    """A WebRTC leg's DTLS handshake verified the peer: the SRTP keys it exported and the
+    peer's address (ICE's latched candidate). Stored sealed so a restarted node resumes the
+    leg without a handshake: a browser never re-handshakes for a relay's restart, it keeps
+    sending SRTP with these keys. Holds keys: its repr hides them (SrtpParams')."""
+
+    stream_id: str
+    recv_key: SrtpParams
+    send_key: SrtpParams
+    endpoint: Address | None
+
+
+MediaEvent = DigitEvent | IdleEvent | SrtpIndexEvent | DtlsKeyedEvent
+
+
+@dataclass(frozen=True, slots=True)
+class RestoredStream:
+    """One stream of a call restored after a restart: its own port again, its configuration,
+    and where each SRTP direction's index stood (None: ROC 0)."""
+
+    stream_id: str
+    port: int
+    rtcp_mux: bool
+    config: StreamConfig
+    recv_index: SrtpIndex | None = None
+    send_index: SrtpIndex | None = None
+    # A WebRTC leg keyed before the restart: (recv, send) keys from its DTLS handshake and
+    # the peer's address; resumed as verified without a handshake (None: handshake as usual).
+    dtls_keys: tuple[SrtpParams, SrtpParams] | None = None
+    endpoint: Address | None = None
 
 
 class MediaEngine(Protocol):
@@ -281,6 +333,14 @@ class MediaEngine(Protocol):
         ...
 
     async def configure(self, stream_id: str, config: StreamConfig) -> None: ...
+
+    async def restore(self, call_id: str, streams: list[RestoredStream],
+                      links: list[tuple[str, str]],
+                      outputs: list[tuple[str, str]]) -> None:
+        """A whole call after a restart, in one step (one round trip to a worker): allocate
+        each stream on its port, configure it (masking first), resume its SRTP indexes, then
+        link and add the outputs. A failure releases every stream of it and raises."""
+        ...
 
     async def link(self, a: str, b: str) -> None:
         """Relay what arrives on ``a`` out of ``b`` and vice versa."""

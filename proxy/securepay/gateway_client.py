@@ -9,8 +9,10 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
 
 class GatewayError(Exception):
@@ -47,17 +49,32 @@ class GatewayClient:
     def __init__(self, url: str, *, ca_file: Path, cert_file: Path, key_file: Path,
                  timeout: float = 5.0) -> None:
         context = ssl.create_default_context(cafile=str(ca_file))
-        context.load_cert_chain(str(cert_file), str(key_file))
-        self._client = httpx.AsyncClient(base_url=url, verify=context, timeout=timeout)
+        context.load_cert_chain(str(cert_file), str(key_file))  # bad files fail at start
+        self._url, self._context, self._timeout = url, context, timeout
+        self._http: httpx.AsyncClient | None = None
+
+    @property
+    def _client(self) -> httpx.AsyncClient:
+        """Made at the first request. Why: httpx is ~0.1 s of imports, and a node restarting
+        after a crash imports only what its live calls need before they relay again."""
+        if self._http is None:
+            import httpx
+
+            self._http = httpx.AsyncClient(base_url=self._url, verify=self._context,
+                                           timeout=self._timeout)
+        return self._http
 
     async def close(self) -> None:
-        await self._client.aclose()
+        if self._http is not None:
+            await self._http.aclose()
 
     async def tokenise(self, fields: dict[str, str], idempotency_key: str) -> TokenResult:
         body = {"pan": fields["payment-card-number"], "expiry": fields["expiration-date"],
                 "security_code": fields["security-code"]}
         if fields.get("postal-code"):
             body["postal_code"] = fields["postal-code"]
+        import httpx  # loaded by _client by now; here for the exception types
+
         try:
             response = await self._client.post("/v1/tokens", json=body,
                                                headers={"Idempotency-Key": idempotency_key})

@@ -104,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         # the collector's passes over them cost ~20 % of the start-up CPU and find nothing.
         # `serve` collects once and turns it back on as soon as the node is up.
         gc.disable()
+        # Media worker processes first: they import the media plane while this process
+        # imports the node and reads its config (proxy/media/prespawn.py says why).
+        from proxy.media.prespawn import expected_workers, prespawn
+
+        prespawn(expected_workers(args[1:]))
     try:
         register([name] if name is not None else None)
         result = app(args=args, prog_name="toneguard", standalone_mode=False)

@@ -55,7 +55,6 @@ from proxy.control.requests import NegotiateRequest, parse_request
 from proxy.media.dtls import DtlsError, NodeCertificate
 from proxy.media.engine import LocalMediaEngine
 from proxy.media.latency import NG_BUCKETS, Histogram, Recorder
-from proxy.media.masking import MaskingPipeline
 from proxy.media.pipeline import AudioPipeline
 from proxy.media.policy import DtmfSecurityMode, MaskingPolicy
 from proxy.media.runtime import freeze_startup_objects, raise_open_file_limit
@@ -131,6 +130,10 @@ def call_policy(config: Config) -> CallPolicy:
 
 
 def default_pipeline_factory(config: Config) -> Callable[[], AudioPipeline]:
+    # Imported here, not at the top: NumPy and the detector are ~0.3 s of CPU, and a node
+    # whose media runs in worker processes (they import it themselves) never needs them.
+    from proxy.media.masking import MaskingPipeline
+
     lookahead = config.masking.lookahead_ms
     return lambda: MaskingPipeline(lookahead_ms=lookahead)
 
@@ -222,6 +225,9 @@ class Node:
                                       idle_timeout=media.idle_timeout_seconds,
                                       lookahead_ms=config.masking.lookahead_ms)
         else:
+            from proxy.media import prespawn
+
+            prespawn.discard()  # spawned early for a worker count the config overrode
             engine = LocalMediaEngine(
                 media.address, media.port_min, media.port_max,
                 pipeline_factory=pipeline_factory or default_pipeline_factory(config),
@@ -276,7 +282,8 @@ class Node:
                         url=config.store.url, key_file=config.store.key_file,
                         node=node_id, registry=registry, store=store,
                         payments=payments, limit=config.store.queue_limit,
-                        media_ready=engine_started)
+                        media_ready=engine_started,
+                        shared_certificate=not config.media.dtls_certificate)
                 except StoreConfigError as exc:
                     raise ConfigError(str(exc)) from exc
                 node.takeover = start_takeover(config, node.state, registry, engine, handle_ng)

@@ -13,6 +13,7 @@ class MemoryStore:
         self.owner: dict[str, str] = {}
         self.ops = 0
         self.apis: dict[str, str] = {}
+        self.values: dict[str, bytes] = {}
 
     async def write(self, node: str, batch: Mapping[str, bytes | None]) -> None:
         for call_id, record in batch.items():
@@ -39,6 +40,10 @@ class MemoryStore:
 
     async def nodes(self) -> dict[str, str]:
         return dict(self.apis)
+
+    async def shared(self, name: str, value: bytes) -> bytes:
+        self.ops += 1
+        return self.values.setdefault(name, value)
 
     async def ping(self) -> None:
         pass

@@ -8,6 +8,8 @@ and the payment manager so every later change is written by :class:`proxy.store.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from collections.abc import Awaitable
 from pathlib import Path
@@ -15,6 +17,7 @@ from pathlib import Path
 import structlog
 
 from proxy.control.calls import CallRegistry
+from proxy.media.dtls import DtlsError, NodeCertificate
 from proxy.media.types import MediaError
 from proxy.securepay.manager import PaymentError, PaymentManager
 from proxy.securepay.states import PaymentStatus
@@ -27,6 +30,7 @@ from proxy.store.sealing import Sealer, SealError
 from proxy.store.sync import StateSync
 
 log = structlog.get_logger("toneguard.store")
+CERTIFICATE_CONTEXT = "toneguard:dtls-certificate"  # the sealed private key's associated data
 
 
 class StoreConfigError(ValueError):
@@ -59,10 +63,13 @@ class NodeState:
     async def open(cls, *, url: str, key_file: str, node: str, registry: CallRegistry,
                    payments: PaymentManager, limit: int = 10_000,
                    store: StateStore | None = None,
-                   media_ready: Awaitable[None] | None = None) -> NodeState:
+                   media_ready: Awaitable[None] | None = None,
+                   shared_certificate: bool = False) -> NodeState:
         """Restore this node's calls and start writing. ``media_ready``: the media engine's
         start, still under way (its worker processes starting): the records are read and
-        decoded meanwhile, and awaited before the first port is bound."""
+        decoded meanwhile, and awaited before the first port is bound. ``shared_certificate``:
+        no DTLS certificate is configured; the node set's is read from the store (this node's
+        stored there if it is the first)."""
         try:
             sealer = Sealer.from_file(Path(key_file))
         except OSError as exc:
@@ -72,6 +79,8 @@ class NodeState:
             raise StoreConfigError(f"store.key_file: {exc}") from exc
         state = cls(store or open_store(url), sealer, node, registry, payments, limit=limit)
         state._media_ready = media_ready
+        if shared_certificate:
+            await state._share_certificate()
         await state.restore()
         registry.on_state = state.sync.mark
         payments.on_state = state.sync.mark
@@ -81,6 +90,26 @@ class NodeState:
                                         payments.bus)
             state.events.start()
         return state
+
+    async def _share_certificate(self) -> None:
+        """One DTLS certificate for the node set, kept in the store with its private key
+        sealed: a restarted node presents the fingerprint its WebRTC legs were offered (a
+        browser refuses a changed one in a re-offer). Store trouble: this start's own."""
+        ours = self._registry.certificate
+        blob = json.dumps({"certificate": ours.certificate.decode(),
+                           "private_key": self._sealer.seal(ours.private_key,
+                                                            CERTIFICATE_CONTEXT)}).encode()
+        try:
+            stored = json.loads(await self.store.shared("dtls-certificate", blob))
+            certificate = NodeCertificate.load(
+                stored["certificate"].encode(),
+                self._sealer.open(stored["private_key"], CERTIFICATE_CONTEXT))
+        except (StoreError, SealError, DtlsError, ValueError, KeyError, TypeError) as exc:
+            log.warning("DTLS certificate not shared through the store: this start's own "
+                        "(a restart changes its fingerprint)", reason=f"{type(exc).__name__}")
+            return
+        self._registry.use_certificate(certificate)
+        log.info("DTLS certificate of the node set", sha256=certificate.fingerprint("sha-256"))
 
     def collect(self, call_id: str) -> bytes | None:
         """The call's record as of now (None once the call is gone: its record is deleted)."""
@@ -125,24 +154,41 @@ class NodeState:
                 log.error("call not restored", call_id=call_id, reason=str(exc))
                 self.sync.mark(call_id)  # not in the registry: its record is deleted
                 failed += 1
+        loaded = time.monotonic()
         if self._media_ready is not None:  # decoded while the media workers were starting
             await self._media_ready
-        for record in decoded:
+        media_ready = time.monotonic()
+
+        async def adopt(record: CallRecord) -> bool:
             call_id = record.call.call_id
             if call_id in self._registry.calls:
-                continue  # re-offered while the media engine was starting
+                return True  # re-offered while the media engine was starting
             try:
                 await self._registry.adopt(record.call)
             except MediaError as exc:
                 log.error("call not restored", call_id=call_id, reason=str(exc))
                 self.sync.mark(call_id)
-                failed += 1
-                continue
+                return False
+            except Exception as exc:  # one bad record must not keep the others down
+                log.error("call not restored", call_id=call_id, reason=type(exc).__name__)
+                self.sync.mark(call_id)
+                return False
             self._restore_payments(record)
             self.restored.append(call_id)
+            return True
+
+        # All at once: with media worker processes each call is one round trip, and the
+        # workers answer them in parallel instead of one after another.
+        done = await asyncio.gather(*(adopt(r) for r in decoded))
+        failed += done.count(False)
         self.restore_seconds = time.monotonic() - started
+        # ms: all of it; then its parts: read and decode, waiting for the media engine's
+        # start (its worker processes), and the calls' adoption (bind, configure, link).
         log.info("calls restored from the store", calls=len(self.restored), failed=failed,
-                 ms=round(self.restore_seconds * 1000, 1))
+                 ms=round(self.restore_seconds * 1000, 1),
+                 load_ms=round((loaded - started) * 1000, 1),
+                 media_wait_ms=round((media_ready - loaded) * 1000, 1),
+                 adopt_ms=round((time.monotonic() - media_ready) * 1000, 1))
         return True
 
     def _restore_payments(self, record: CallRecord) -> None:

@@ -15,10 +15,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.control.calls import Call, Media, Party
+from proxy.control.dtls_leg import DtlsLeg
 from proxy.control.keying import SdesLeg
 from proxy.control.sdes import CryptoAttribute
+from proxy.control.sdp import DTLS_ATTRIBUTES, ICE_ATTRIBUTES, MediaSection
+from proxy.control.sdp import parse as parse_sdp
 from proxy.media.policy import DtmfSecurityMode, MaskingPolicy
-from proxy.media.types import LocalEndpoint, SrtpParams, StreamConfig
+from proxy.media.types import (
+    DtlsParams,
+    IceParams,
+    LocalEndpoint,
+    SrtpIndex,
+    SrtpParams,
+    StreamConfig,
+)
 from proxy.securepay.session import PaymentSession
 from proxy.store.sealing import Sealer, SealError
 
@@ -97,13 +107,16 @@ def decode(data: bytes, sealer: Sealer) -> CallRecord:
 
 def _party(p: Party, call_id: str, sealer: Sealer) -> dict[str, Any]:
     return {"tag": p.tag, "role": p.role, "created": p.created, "label": p.label,
-            "source_address": p.source_address,
+            "source_address": p.source_address, "subscriber": p.subscriber, "final": p.final,
             "dtmf": _policy(p.dtmf), "medias": [_media(m, call_id, sealer) for m in p.medias]}
 
 
 def _unparty(d: dict[str, Any], call_id: str, sealer: Sealer) -> Party:
+    # .get: a record written before a field existed (a restart into a newer version) reads
+    # as that field's default.
     return Party(d["tag"], d["role"], d["created"], label=d["label"],
                  source_address=d["source_address"], dtmf=_unpolicy(d["dtmf"]),
+                 subscriber=bool(d.get("subscriber", False)), final=bool(d.get("final", False)),
                  medias=[_unmedia(m, call_id, sealer) for m in d["medias"]])
 
 
@@ -111,7 +124,10 @@ def _media(m: Media, call_id: str, sealer: Sealer) -> dict[str, Any]:
     c = m.config
     return {
         "index": m.index, "stream_id": m.stream_id, "kind": m.kind, "protocol": m.protocol,
-        "sdp_address": m.sdp_address,
+        "sdp_address": m.sdp_address, "source": m.source, "mux_required": m.mux_required,
+        "remote": list(m.remote) if m.remote else None, "section": _section(m.section),
+        "srtp_index": {"recv": _index(m.recv_index), "send": _index(m.send_index)},
+        "webrtc": _webrtc(m, call_id, sealer),
         "local": [m.local.address, m.local.rtp_port, m.local.rtcp_port],
         "keys": {"suite": m.keys.suite,
                  "ours": [{"tag": a.tag, "params": _seal(a.params, call_id, sealer)}
@@ -128,6 +144,12 @@ def _media(m: Media, call_id: str, sealer: Sealer) -> dict[str, Any]:
             "masking": _policy(c.masking),
             "recording": list(c.recording) if c.recording else None,
             "label": c.label,
+            # DTLS: whether the stream runs it (its parameters are rebuilt from the leg and
+            # the node's certificate at restore); ICE: the credentials, the password sealed.
+            "dtls": c.dtls is not None,
+            "ice": None if c.ice is None else {
+                "local_ufrag": c.ice.local_ufrag, "remote_ufrag": c.ice.remote_ufrag,
+                "local_pwd": sealer.seal(c.ice.local_pwd.encode(), call_id)},
         },
     }
 
@@ -142,16 +164,86 @@ def _unmedia(d: dict[str, Any], call_id: str, sealer: Sealer) -> Media:
         srtp_recv=_unseal(c["srtp_recv"], call_id, sealer),
         srtp_send=_unseal(c["srtp_send"], call_id, sealer),
         codecs={int(pt): name for pt, name in c["codecs"].items()},
-        masking=_unpolicy(c["masking"]), recording=_address(c["recording"]), label=c["label"])
+        masking=_unpolicy(c["masking"]), recording=_address(c["recording"]), label=c["label"],
+        # A placeholder until adopt() puts this node's certificate in (never stored).
+        dtls=DtlsParams("server", (), b"", b"") if c.get("dtls") else None,
+        ice=None if not c.get("ice") else IceParams(
+            c["ice"]["local_ufrag"], sealer.open(c["ice"]["local_pwd"], call_id).decode(),
+            c["ice"]["remote_ufrag"]))
     keys = SdesLeg(suite=d["keys"]["suite"])
     for a in d["keys"]["ours"]:
         params = _unseal(a["params"], call_id, sealer)
         assert params is not None
         keys.ours[params.suite] = CryptoAttribute(a["tag"], params.suite, params)
     address, rtp, rtcp = d["local"]
-    return Media(d["index"], d["stream_id"], LocalEndpoint(address, rtp, rtcp), kind=d["kind"],
-                 protocol=d["protocol"], config=config, keys=keys,
-                 sdp_address=d["sdp_address"])
+    index = d.get("srtp_index") or {}
+    media = Media(d["index"], d["stream_id"], LocalEndpoint(address, rtp, rtcp), kind=d["kind"],
+                  protocol=d["protocol"], config=config, keys=keys,
+                  sdp_address=d["sdp_address"], source=d.get("source", ""),
+                  mux_required=bool(d.get("mux_required", False)),
+                  remote=_address(d.get("remote")), section=_unsection(d.get("section")),
+                  recv_index=_unindex(index.get("recv")), send_index=_unindex(index.get("send")))
+    if d.get("webrtc"):
+        _unwebrtc(media, d["webrtc"], call_id, sealer)
+    return media
+
+
+def _webrtc(m: Media, call_id: str, sealer: Sealer) -> dict[str, Any] | None:
+    """A WebRTC leg: its DTLS/ICE state toward the party, the ICE password and the keys its
+    verified handshake exported sealed (a restart resumes the leg from them)."""
+    leg = m.webrtc
+    if m.config.dtls is None and m.config.ice is None and m.dtls_keys is None:
+        return None
+    return {"ufrag": leg.ufrag, "pwd": sealer.seal(leg.pwd.encode(), call_id),
+            "their_ufrag": leg.their_ufrag,
+            "their_fingerprints": [list(f) for f in leg.their_fingerprints],
+            "their_setup": leg.their_setup, "their_mid": leg.their_mid,
+            "our_setup": leg.our_setup, "role": leg.role, "ice": leg.ice,
+            "keys": None if m.dtls_keys is None else [_seal(k, call_id, sealer)
+                                                      for k in m.dtls_keys],
+            "latched": list(m.latched) if m.latched else None}
+
+
+def _unwebrtc(media: Media, d: dict[str, Any], call_id: str, sealer: Sealer) -> None:
+    media.webrtc = DtlsLeg(
+        ufrag=d["ufrag"], pwd=sealer.open(d["pwd"], call_id).decode(),
+        their_ufrag=d["their_ufrag"],
+        their_fingerprints=tuple((str(a), str(v)) for a, v in d["their_fingerprints"]),
+        their_setup=d["their_setup"], their_mid=d["their_mid"], our_setup=d["our_setup"],
+        role=d["role"], ice=bool(d["ice"]))
+    if d.get("keys"):
+        recv, send = (_unseal(k, call_id, sealer) for k in d["keys"])
+        assert recv is not None and send is not None
+        media.dtls_keys = (recv, send)
+    media.latched = _address(d.get("latched"))
+
+
+def _index(index: SrtpIndex | None) -> list[int] | None:
+    return [index.ssrc, index.roc, index.seq] if index is not None else None
+
+
+def _unindex(value: list[Any] | None) -> SrtpIndex | None:
+    return SrtpIndex(int(value[0]), int(value[1]), int(value[2])) if value else None
+
+
+# What of a party's last media section is kept (so a supervisor can subscribe after a
+# restart: it mirrors the codecs): never its keys (a=crypto, k=) nor ICE/DTLS credentials.
+_SECRET_ATTRIBUTES = frozenset({"crypto", *ICE_ATTRIBUTES, *DTLS_ATTRIBUTES})
+_SESSION_HEAD = "v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\ns=-\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n"
+
+
+def _section(section: MediaSection | None) -> list[str] | None:
+    if section is None:
+        return None
+    lines = section.serialise()
+    return lines[:1] + [line for line in lines[1:] if not line.startswith("k=") and not (
+        line.startswith("a=") and line[2:].partition(":")[0] in _SECRET_ATTRIBUTES)]
+
+
+def _unsection(lines: list[str] | None) -> MediaSection | None:
+    if not lines:
+        return None
+    return parse_sdp(_SESSION_HEAD + "\r\n".join(lines) + "\r\n").media[0]
 
 
 def _address(value: list[Any] | None) -> tuple[str, int] | None:

@@ -153,6 +153,18 @@ class RedisStore:
         self.ops += 1
         return {_text(k): _text(v) for k, v in found.items()}
 
+    async def shared(self, name: str, value: bytes) -> bytes:
+        try:
+            key = f"toneguard:shared:{name}"
+            await self._redis.set(key, value, nx=True)  # the first node's value wins
+            found = await self._redis.get(key)
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"redis: {type(exc).__name__}: {exc}") from exc
+        self.ops += 2
+        if found is None:  # deleted in between: ours then
+            return value
+        return found.encode() if isinstance(found, str) else found
+
     async def ping(self) -> None:
         try:
             await self._redis.ping()

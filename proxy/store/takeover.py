@@ -62,6 +62,7 @@ from proxy.media.types import (
     MediaError,
     MediaEvent,
     MediaTotals,
+    RestoredStream,
     StreamConfig,
     StreamStats,
 )
@@ -299,6 +300,17 @@ class AdoptingEngine:
             self._stream_call[stream_id] = call_id
         self._stream_engine[stream_id] = engine
         return local
+
+    async def restore(self, call_id: str, streams: list[RestoredStream],
+                      links: list[tuple[str, str]], outputs: list[tuple[str, str]]) -> None:
+        engine, count = self._call_engine.get(call_id, (self.own, 0))
+        await engine.restore(call_id, streams, links, outputs)
+        for s in streams:  # bookkept as ``allocate`` does, once the engine holds them all
+            self._stream_engine[s.stream_id] = engine
+            if engine is not self.own:
+                self._stream_call[s.stream_id] = call_id
+        if engine is not self.own:
+            self._call_engine[call_id] = (engine, count + len(streams))
 
     def _of(self, stream_id: str) -> MediaEngine:
         return self._stream_engine.get(stream_id, self.own)

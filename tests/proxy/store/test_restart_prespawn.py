@@ -1,0 +1,102 @@
+"""A node with two media worker processes, spawned before its own imports (proxy.media.prespawn):
+kill -9 mid-call and restart — the call relays again, masked, on exactly two workers (none
+spawned early is left over, none of the killed node's outlives it)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from proxy.demo.phone import RtpPeer
+from proxy.demo.sdp_builder import audio_sdp, media_endpoint
+from proxy.demo.spandsp import spandsp_detect
+from tests.proxy.control.sip_peers import card_audio
+from tests.proxy.store.conftest import RedisServer
+from tests.proxy.store.nodes import Talker, cluster
+from tests.proxy.store.test_restart import _after, _ng
+
+pytestmark = pytest.mark.peer
+
+
+def _media_workers(pid: int) -> list[int]:
+    """The node's worker processes (multiprocessing's spawned children, not its tracker)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in children
+            if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def _started(pid: int) -> float:
+    """When ``pid`` started, in seconds since boot (/proc/PID/stat field 22)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+async def test_kill_9_with_prespawned_workers_restores_and_leaves_two_workers(
+        tmp_path: Path, redis_server: RedisServer, store_key: Path,
+        media_ports: tuple[int, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TONEGUARD_PRESPAWN", "1")  # whatever this host's cores (the node's env)
+    async with cluster(tmp_path, store_key) as c:
+        node = c.node("node-w2", store_url=redis_server.url, media_ports=media_ports)
+        node.config.write_text(node.config.read_text().replace(
+            "[media]\n", "[media]\nworkers = 2\n", 1))
+        await node.start()
+        await node.ready()
+        caller, agent = await RtpPeer(seed=1).start(), await RtpPeer(seed=2).start()
+        transport, ng = await _ng(node.ng)
+        talker: Talker | None = None
+        try:
+            await ng.request(transport, {
+                "command": "offer", "call-id": "w2-1", "from-tag": "ft", "label": "customer",
+                "sdp": audio_sdp("127.0.0.1", caller.port)})
+            answer = await ng.request(transport, {
+                "command": "answer", "call-id": "w2-1", "from-tag": "ft", "to-tag": "tt",
+                "label": "agent", "sdp": audio_sdp("127.0.0.1", agent.port)})
+            talker = Talker(caller, media_endpoint(answer["sdp"])).start()
+            await agent.wait_for(10)
+            assert node.proc is not None
+            old_workers = _media_workers(node.proc.pid)
+            assert len(old_workers) == 2
+            await asyncio.sleep(0.3)  # the writer's batch (not a timing assertion)
+
+            loop = asyncio.get_running_loop()
+            killed = loop.time()
+            node.kill9()
+            await node.proc.wait()
+            await node.start()
+            await node.ready()
+            async with asyncio.timeout(15):
+                while len(_after(agent.received, killed).packets) < 25:
+                    await asyncio.sleep(0.1)
+            workers = _media_workers(node.proc.pid)
+            assert len(workers) == 2
+            assert not any(Path(f"/proc/{p}").exists() for p in old_workers)
+            # Spawned early: before the node had read its configuration.
+            timings = [json.loads(line)["seconds_since_process_start"]
+                       for line in node.log.read_text(errors="replace").splitlines()
+                       if '"start-up timings"' in line]
+            spawned_after = max(_started(w) for w in workers) - _started(node.proc.pid)
+            assert spawned_after < timings[-1]["configured"], (spawned_after, timings[-1])
+
+            keyed_from = loop.time()
+            await talker.say(card_audio("4111111111111111"))
+            sent = talker.segments[-1][1]
+            await asyncio.sleep(0.3)
+            heard = _after(agent.received, keyed_from)
+            assert len(heard.packets) >= 0.9 * sent > 100, (len(heard.packets), sent)
+            audio = heard.audio()
+            assert float(np.sqrt(np.mean(audio.astype(float) ** 2))) > 10
+            assert spandsp_detect(audio) == ""
+        finally:
+            if talker is not None:
+                await talker.stop()
+            transport.close()
+            caller.close()
+            agent.close()
+        await node.stop()
+        log = node.log.read_text(errors="replace")
+        assert "calls restored from the store" in log and "Traceback" not in log
