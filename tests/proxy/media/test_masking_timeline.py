@@ -302,6 +302,34 @@ def test_a_packet_without_audio_waits_for_the_look_ahead_past_its_position_no_lo
     assert left[2343] == left[2342] + 1, left
 
 
+@pytest.mark.parametrize("keys", [(1, 2), (1, 1)])
+def test_quick_rfc4733_key_presses_each_report_their_own_duration(
+        keys: tuple[int, int]) -> None:
+    """Two 40 ms presses 40 ms apart, both reported (200 ms after each start) only after the
+    second has ended: the second's end must not extend the first, also when it is the same
+    key. (It did for the same key: the first press was reported 120 ms long.)"""
+    sent = packets_of(noise(40, 6), 111, 10, 5000)
+    ticks = [[p] for p in sent]
+    for code, first in zip(keys, (4, 8), strict=True):
+        for n in range(5):  # an update, then the end three times
+            ev = TelephoneEvent(code, n >= 1, 10, FRAME * min(n + 1, 2))
+            ticks[first + n].append(RtpPacket(101, 0, sent[first].timestamp, 111, n == 0,
+                                              payload=bytes(ev)))
+    pipeline = opened()
+    drive(pipeline, ticks, drain=20)
+    assert [(e.digit, e.start_ms, e.duration_ms) for e in pipeline.drain_events()] == [
+        (str(keys[0]), 80.0, 40.0), (str(keys[1]), 160.0, 40.0)]
+
+
+def test_the_tone_mode_uses_the_policys_frequency() -> None:
+    sent = packets_of(keyed(10, 10, 9), 111, 10, 5000)
+    policy = MaskingPolicy(tone_frequency_hz=1000.0).with_mode(DtmfSecurityMode.TONE)
+    out = drive(opened(policy), [[p] for p in sent])
+    region = np.concatenate([heard(p) for p in out[11:15]])  # inside the key, past the fade
+    spectrum = np.abs(np.fft.rfft(region))
+    assert abs(np.argmax(spectrum) * 8000 / region.size - 1000) < 20
+
+
 # --- a call that switches law, late packets counted, state that ends ----------------------------
 
 
