@@ -290,6 +290,25 @@ def test_random_mode_replaces_each_key_press_with_one_random_key() -> None:
     assert len(seen) > 1  # and not always the same one
 
 
+def test_random_mode_draws_a_new_key_for_a_press_60_ms_after_the_last() -> None:
+    """Two presses of key 7, 60 ms apart: two masked spans, the second starting inside a
+    packet whose start is still in the first span's reach. Each span gets its own draw."""
+    pairs = []
+    for seed in range(6):
+        audio = np.zeros(40 * FRAME)
+        first, second = 8 * FRAME + 50, 8 * FRAME + 50 + 960 + 480
+        for at in (first, second):
+            audio[at:at + 960] += tones.dtmf_tone("7", 120, low_dbm0=-10, high_dbm0=-10)
+        codes = g711.encode(audio, "ulaw").tobytes()
+        packets = [RtpPacket(0, k, FRAME * k, 7, payload=codes[FRAME * k:FRAME * (k + 1)])
+                   for k in range(40)]
+        pipeline = MaskingPipeline(lookahead_ms=LOOKAHEAD_MS, seed=seed)
+        pipeline.open("caller", MaskingPolicy().with_mode(DtmfSecurityMode.RANDOM))
+        heard = decoded(run(pipeline, list(packets), {0: "PCMU"}), 0)
+        pairs.append(tuple(loudest_key(heard[at + 300:at + 700]) for at in (first, second)))
+    assert sum(a != b for a, b in pairs) >= 4, pairs  # (1 in 16 draws the same key again)
+
+
 def test_a_masked_packet_keeps_its_csrcs_and_header_extension() -> None:
     _, packets = tone_call(0)
     packets = [RtpPacket(p.payload_type, p.sequence_number, p.timestamp, p.ssrc, p.marker,
