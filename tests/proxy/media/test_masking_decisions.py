@@ -107,6 +107,21 @@ def test_the_tone_mode_replaces_the_key_with_a_400_hz_tone_at_its_level() -> Non
     assert abs(level_db) < 1.5
 
 
+def test_the_replacement_fades_in_and_out_never_above_its_level() -> None:
+    """The tone replacing a key is ramped at each span edge (a hard edge splatters energy
+    across the band): no sample of it is louder than the tone at full level."""
+    _, packets = tone_call(0)
+    policy = MaskingPolicy().with_mode(DtmfSecurityMode.TONE)
+    heard = decoded(run(opened(policy), list(packets), {0: "PCMU"}), 0)
+    peak = np.max(np.abs(tones.sine(400, 20, policy.volume_dbm0)))
+    masked = np.flatnonzero(np.abs(heard) > 0)
+    assert masked.size > 960  # the key's 120 ms and more were replaced
+    assert np.max(np.abs(heard)) <= 1.05 * peak
+    # The first and last 2 ms of the replacement are quieter than its full level (the ramps).
+    for edge in (heard[masked[0]:masked[0] + 16], heard[masked[-1] - 15:masked[-1] + 1]):
+        assert np.max(np.abs(edge)) < 0.5 * peak
+
+
 @pytest.mark.parametrize("policy", [UNMASKED, MaskingPolicy(masked=False)])
 def test_with_masking_off_the_key_leaves_byte_for_byte_and_is_still_reported(
         policy: MaskingPolicy) -> None:
@@ -238,6 +253,21 @@ def test_comfort_noise_leaves_with_its_level_only_while_masked(
     out = run(opened(policy), packets, {0: "PCMU", 13: "CN"})
     assert [(p.payload_type, p.payload) for p in out] == [
         (0, silence), (13, expected), (0, silence)]
+
+
+def test_packets_ready_in_the_same_tick_leave_in_media_order() -> None:
+    """Comfort noise sent after a packet but read before it: both become ready in the same
+    tick (the look-ahead past the same point) and leave in media order, audio first."""
+    silence = g711.encode(np.zeros(FRAME), "ulaw").tobytes()
+    audio = [RtpPacket(0, k, FRAME * k, 1, payload=silence) for k in range(6)]
+    cn = RtpPacket(13, 6, FRAME * 6, 1, payload=bytes([40]))
+    pipeline = opened()
+    run(pipeline, list(audio[:5]), {0: "PCMU", 13: "CN"}, extra_ticks=0)
+    pipeline.push("caller", cn, {0: "PCMU", 13: "CN"}, 0.1)
+    pipeline.push("caller", audio[5], {0: "PCMU", 13: "CN"}, 0.1)
+    later = [q for t in range(8) for _, q in pipeline.tick(0.11 + 0.02 * t)]
+    assert [(p.payload_type, p.timestamp) for p in later][-2:] == [(0, FRAME * 5),
+                                                                  (13, FRAME * 6)]
 
 
 def test_a_stream_not_opened_is_ignored_and_packets_of_a_closed_one_are_gone() -> None:
