@@ -230,18 +230,24 @@ def test_uninspectable_packets_pass_with_masking_off_until_masking_starts() -> N
     out = run(pipeline, list(g722), {9: "G722"})
     assert [p.payload for p in out] == [p.payload for p in g722]
     assert pipeline.counters().uninspectable_packets == 0
-    # Held while unmasked, released after masking started: dropped then.
-    pipeline.push("caller", RtpPacket(9, 3, FRAME * 3, 1, payload=bytes(FRAME)),
-                  {9: "G722"}, 0.5)
+    # Held while unmasked, released after masking started: dropped then, each of them (two
+    # leave in the same tick), logged once with the payload type.
+    for seq in (3, 4):
+        pipeline.push("caller", RtpPacket(9, seq, FRAME * 3, 1, payload=bytes(FRAME)),
+                      {9: "G722"}, 0.5)
     pipeline.update("caller", MaskingPolicy())
-    later = [q for t in range(8) for _, q in pipeline.tick(0.51 + 0.02 * t)]
+    with capture_logs() as logs:
+        later = [q for t in range(8) for _, q in pipeline.tick(0.51 + 0.02 * t)]
     assert later == []
-    assert pipeline.counters().uninspectable_packets == 1
+    assert pipeline.counters().uninspectable_packets == 2
+    assert logs == [{"event": "payload type cannot be inspected on a masked stream: dropped",
+                     "log_level": "warning", "stream_id": "caller", "payload_type": 9}]
 
 
 @pytest.mark.parametrize(("policy", "payload", "expected"), [
     (MaskingPolicy(), bytes([40, 1, 2, 3, 4]), b"("),  # level only
     (MaskingPolicy(), bytes([40]), b"("),
+    (MaskingPolicy(), bytes([40, 1]), b"("),  # one spectral coefficient: dropped too
     (UNMASKED, bytes([40, 1, 2, 3, 4]), bytes([40, 1, 2, 3, 4])),
 ])
 def test_comfort_noise_leaves_with_its_level_only_while_masked(

@@ -218,34 +218,52 @@ def test_an_rfc4733_key_after_a_pause_masks_the_audio_under_it() -> None:
 # --- loss ---------------------------------------------------------------------------------------
 
 
-def test_a_key_cut_by_a_lost_packet_is_masked_on_both_sides_of_the_loss() -> None:
+@pytest.mark.parametrize(("early", "straggler"), [(False, False), (True, False), (False, True)],
+                         ids=["in-time", "next-one-early", "with-a-straggler"])
+def test_a_key_cut_by_a_lost_packet_is_masked_on_both_sides_of_the_loss(
+        early: bool, straggler: bool) -> None:
     """A key starting in the last 10 ms of a packet, the next packet lost: the fragment before
     the loss is shorter than a detector block and is not suspected by itself. The packet holding
-    it waits until the detector has seen past the loss, which decides that it began a key."""
+    it waits until the detector has seen past the loss, which decides that it began a key.
+    ``early``: the packet after the loss arrives with the one before it (jitter). ``straggler``:
+    a long-delayed copy of an old packet arrives as the loss is noticed, so packets leave (the
+    straggler, masked whole) while the fragment is still held: the loss must outlive that."""
     x = tones.white_noise(30 * FRAME, -25.0, np.random.default_rng(5))
     start = 10 * FRAME + 80
     x[start:start + 960] += tones.dtmf_tone("7", 120, low_dbm0=-10, high_dbm0=-10)
     sent = packets_of(g711.encode(x, "ulaw").tobytes(), 111, 10, 5000)
-    out = drive(opened(), [[p] for p in sent[:11]] + [[]] + [[p] for p in sent[12:]])
+    ticks = [[p] for p in sent[:11]] + [[]] + [[p] for p in sent[12:]]
+    if early:
+        ticks[10], ticks[12] = [sent[10], sent[12]], []
+    if straggler:
+        ticks[12].append(sent[3])
+    pipeline = opened()
+    out = drive(pipeline, ticks)
     fragment = next(p for p in out if p.timestamp == sent[10].timestamp)
     assert key_power(heard(fragment)[80:]) < 1e-3 * key_power(heard(sent[10])[80:])
-    assert len(out) == len(sent) - 1
+    assert len(out) == len(sent) - 1 + straggler
+    assert pipeline.counters().late_packets == straggler
 
 
 # --- RFC 4733: the span an event masks, the duration reported -----------------------------------
 
 
-def test_an_rfc4733_event_masks_exactly_its_duration_widened_by_a_block_each_side() -> None:
+@pytest.mark.parametrize(("begin", "length", "masked"), [
+    (10 * FRAME + 40, 560, 6),  # the span ends 62 samples into a packet
+    (10 * FRAME + WIDEN_BEFORE, FRAME * 5 - WIDEN_BEFORE - WIDEN_AFTER, 5),  # on packet edges
+])
+def test_an_rfc4733_event_masks_exactly_its_duration_widened_by_a_block_each_side(
+        begin: int, length: int, masked: int) -> None:
     """With the detector off, only the event decides: the samples replaced are those from
-    WIDEN_BEFORE before its start to WIDEN_AFTER after its end, no more, no fewer. (Its end
-    falls 62 samples into a packet: a span is kept until every packet it reaches has left.)"""
+    WIDEN_BEFORE before its start to WIDEN_AFTER after its end, no more, no fewer, and only the
+    packets with a sample in that span are masked. (A span is kept until every packet it
+    reaches has left; one that ends or starts on a packet's edge does not reach it.)"""
     sent = packets_of(noise(24, 4), 111, 10, 5000)
-    begin = 10 * FRAME + 40  # media position of the event's start (not on a packet boundary)
     ticks: list[list[RtpPacket]] = []
     for k, p in enumerate(sent):
         extra = []
         if 11 <= k <= 14:  # 4 updates, 20 ms apart; the last two are the end, repeated
-            duration = (160, 320, 560, 560)[k - 11]
+            duration = (160, 320, length, length)[k - 11]
             extra = [RtpPacket(101, 0, 5000 + begin, 111, k == 11, payload=bytes(
                 TelephoneEvent(4, k >= 13, 10, duration)))]
         ticks.append([p, *extra])
@@ -257,10 +275,11 @@ def test_an_rfc4733_event_masks_exactly_its_duration_widened_by_a_block_each_sid
     after = np.concatenate([np.frombuffer(p.payload, np.uint8) for p in audio])
     replaced = np.flatnonzero(before != after)
     assert replaced[0] == begin - WIDEN_BEFORE
-    assert replaced[-1] + 1 == begin + 560 + WIDEN_AFTER
+    assert replaced[-1] + 1 == begin + length + WIDEN_AFTER
+    assert pipeline.counters().masked_packets == masked
     (event,) = pipeline.drain_events()
     assert (event.digit, event.source) == ("4", "rfc4733")
-    assert (event.start_ms, event.duration_ms) == (begin / 8, 70.0)
+    assert (event.start_ms, event.duration_ms) == (begin / 8, length / 8)
 
 
 def test_each_rfc4733_key_reports_its_own_duration() -> None:
