@@ -142,6 +142,21 @@ def test_an_ssrc_change_after_a_pause_is_inspected_not_counted_late() -> None:
     assert [e.digit for e in pipeline.drain_events()] == ["7"]
 
 
+def test_an_uninspectable_packet_does_not_steer_where_audio_is_placed() -> None:
+    """A packet of an unnamed payload type from another SSRC (a stranger's, or garbage) is
+    dropped before it touches the timeline: the audio after it, overtaking each other, keeps
+    its places (placed after it, the first would have been taken for a new source)."""
+    sent = packets_of(noise(20, 1), 111, 10, 5000)
+    junk = RtpPacket(96, 7, 999_999, 222, payload=bytes(FRAME))
+    ticks = [[p] for p in sent[:10]] + [[junk], [sent[11], sent[10]]] + [[p] for p in sent[12:]]
+    pipeline = opened()
+    out = drive(pipeline, ticks)
+    assert [p.timestamp for p in out] == [p.timestamp for p in sent]
+    assert changed(out, sent) == []
+    assert pipeline.counters().late_packets == 0
+    assert pipeline.counters().uninspectable_packets == 1
+
+
 # --- the sender's clock: jumps, packets before the first, pauses --------------------------------
 
 
