@@ -288,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.keep and stale:
             # mutmut keeps earlier verdicts even when the tests changed: re-run the survivors.
             run_module(where, args.max_children, stale)
-            verdicts = {name: results(where)[name] for name in verdicts}
+            latest = results(where)  # once: each call reads every mutant's verdict file
+            verdicts = {name: latest[name] for name in verdicts}
         counts: Counter[str] = Counter()
         for name, status in sorted(verdicts.items()):
             if status not in BAD:
