@@ -274,8 +274,8 @@ class MaskingPipeline:
         d = stream.event_digit
         if event.end and d is not None and d.digit == key:
             # This press only: a quick second press of the same key, not yet reported, once
-            # took the later end too.
-            d.end = end if d.end is None else max(d.end, end)
+            # took the later end too. (Its end packets repeat one duration, RFC 4733 2.5.1.4.)
+            d.end = end
 
     def _note_digit(self, stream: _MaskedStream, key: str, start: int, source: str) -> _Digit:
         """A key seen in-band or as an event: the other copy of the same press merges into it

@@ -355,6 +355,24 @@ def test_quick_rfc4733_key_presses_each_report_their_own_duration(
         (str(keys[0]), 80.0, 40.0), (str(keys[1]), 160.0, 40.0)]
 
 
+def test_a_long_rfc4733_key_is_reported_once_it_ends_with_its_whole_duration() -> None:
+    """A key held for 600 ms: its updates are not its end; it is reported when the end comes,
+    600 ms long (not 200 ms after it began, with the duration so far)."""
+    sent = packets_of(noise(60, 6), 111, 10, 5000)
+    ticks = [[p] for p in sent]
+    for n in range(33):  # 30 updates, then the end three times
+        ev = TelephoneEvent(5, n >= 30, 10, FRAME * min(n + 1, 30))
+        ticks[4 + n].append(RtpPacket(101, 0, sent[4].timestamp, 111, n == 0,
+                                      payload=bytes(ev)))
+    pipeline = opened()
+    out = drive(pipeline, ticks[:30], drain=0)
+    assert pipeline.drain_events() == []  # 440 ms in, not ended: not reported yet
+    drive(pipeline, ticks[30:], drain=20)
+    assert [(e.digit, e.start_ms, e.duration_ms) for e in pipeline.drain_events()] == [
+        ("5", 80.0, 600.0)]
+    assert [p.payload_type for p in out] == [0] * len(out)
+
+
 def test_the_tone_mode_uses_the_policys_frequency() -> None:
     sent = packets_of(keyed(10, 10, 9), 111, 10, 5000)
     policy = MaskingPolicy(tone_frequency_hz=1000.0).with_mode(DtmfSecurityMode.TONE)
