@@ -49,12 +49,19 @@ class Equivalent:
     """A reviewed surviving mutant: the module and the mutated line as mutmut writes it.
 
     Keyed by the line's text rather than mutmut's numbered name, because the numbers shift when
-    the function changes; a changed line no longer matches and comes back for review.
+    the function changes; a changed line no longer matches and comes back for review. Where the
+    mutated line alone says too little (a call split over lines: ``None)``), ``removed`` is the
+    original line too.
     """
 
     module: str
     line: str
     why: str
+    removed: str = ""
+
+    def matches(self, module: str, found: Survivor) -> bool:
+        return self.module == module and self.line == found.added and (
+            not self.removed or self.removed == found.removed)
 
 
 @dataclass(frozen=True)
@@ -98,7 +105,8 @@ def load_table(pyproject: Path) -> Table:
         mutate = data["tool"]["toneguard"]["mutate"]
         modules = {str(k): list(v) for k, v in dict(mutate["modules"]).items()}
         only = {str(k): list(v) for k, v in dict(mutate.get("only", {})).items()}
-        equivalent = [Equivalent(e["module"], e["line"].strip(), e["why"])
+        equivalent = [Equivalent(e["module"], e["line"].strip(), e["why"],
+                                 e.get("removed", "").strip())
                       for e in mutate.get("equivalent", [])]
         manual = [Manual(e["module"], e["line"], e["replace"], int(e.get("occurrence", 1)),
                          e["why"], e.get("equivalent", "")) for e in mutate.get("manual", [])]
@@ -280,15 +288,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.keep and stale:
             # mutmut keeps earlier verdicts even when the tests changed: re-run the survivors.
             run_module(where, args.max_children, stale)
-            verdicts = {name: results(where)[name] for name in verdicts}
+            latest = results(where)  # once: each call reads every mutant's verdict file
+            verdicts = {name: latest[name] for name in verdicts}
         counts: Counter[str] = Counter()
         for name, status in sorted(verdicts.items()):
             if status not in BAD:
                 counts[status] += 1
                 continue
             found = survivor(where, module, name, status)
-            why = next((e.why for e in equivalent
-                        if e.module == module and e.line == found.added), None)
+            why = next((e.why for e in equivalent if e.matches(module, found)), None)
             if why is not None and status == "survived":
                 counts["equivalent"] += 1
                 print(f"equivalent {module}:{found.lineno} {found.added}\n    because {why}")

@@ -105,6 +105,7 @@ class _MaskedStream:
     out_seq: int | None = None
     digits: list[_Digit] = field(default_factory=list)
     event_ts: int | None = None  # timestamp of the RFC 4733 event in progress
+    event_digit: _Digit | None = None  # the key press that event is (its end is set on it)
     replacement_digit: str = "0"
     stalled_ticks: int = 0  # consecutive
     catching: bool = False  # behind by more than the slack: extra rounds until back (tick)
@@ -266,27 +267,30 @@ class MaskingPipeline:
             return
         if stream.event_ts != packet.timestamp:
             stream.event_ts = packet.timestamp
-            self._note_digit(stream, key, start, "rfc4733")
+            stream.event_digit = self._note_digit(stream, key, start, "rfc4733")
         end = start + event.duration
         # The caller may send the key in-band too: mask the audio under the event as well.
         stream.spans = merge([*stream.spans, (start - WIDEN_BEFORE, end + WIDEN_AFTER)])
-        if event.end:
-            for d in stream.digits:
-                if d.digit == key and "rfc4733" in d.sources:
-                    d.end = max(d.end or 0, end)
+        d = stream.event_digit
+        if event.end and d is not None and d.digit == key:
+            # This press only: a quick second press of the same key, not yet reported, once
+            # took the later end too. (Its end packets repeat one duration, RFC 4733 2.5.1.4.)
+            d.end = end
 
-    def _note_digit(self, stream: _MaskedStream, key: str, start: int, source: str) -> None:
+    def _note_digit(self, stream: _MaskedStream, key: str, start: int, source: str) -> _Digit:
         """A key seen in-band or as an event: the other copy of the same press merges into it
         (the nearest candidate of that key not yet seen from this source); repeats of a key
-        from one source are separate presses."""
+        from one source are separate presses. Returns the press."""
         candidates = [d for d in stream.digits if d.digit == key and source not in d.sources
                       and abs(d.start - start) <= DEDUPE_SAMPLES]
         if candidates:
             d = min(candidates, key=lambda d: abs(d.start - start))
             d.sources.add(source)
             d.start = min(d.start, start)
-            return
-        stream.digits.append(_Digit(key, start, None, {source}))
+            return d
+        d = _Digit(key, start, None, {source})
+        stream.digits.append(d)
+        return d
 
     # --- the tick --------------------------------------------------------------------------
 

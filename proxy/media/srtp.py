@@ -104,7 +104,9 @@ class _Context:
 
     def __init__(self, params: SrtpParams, inbound: bool) -> None:
         self._session = _session(params, inbound=inbound)
-        self._srtp = self._session._srtp[0]  # the srtp_t; pylibsrtp 1.0 (pinned) keeps it here
+        # The srtp_t; pylibsrtp 1.0 (pinned) keeps a pointer to it. Unpacked, not indexed: an
+        # index past the one cell reads another object's memory, a count of two fails here.
+        (self._srtp,) = ffi.unpack(self._session._srtp, 1)
         self._buffer = ffi.new("char[]", _BUFFER)
         self._view = ffi.buffer(self._buffer)
         self._length = ffi.new("int *")

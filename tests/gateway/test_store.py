@@ -142,3 +142,118 @@ def test_idempotency_responses_are_remembered_and_replaced(
     again = TokenStore(tmp_path / "tokens.sqlite3", key)
     assert again.remembered("k2") == ("hash-b", {"status": "declined"})
     again.close()
+
+
+# --- schema versions, idempotency records (in process; test_gateway.py does it over TLS) -------
+
+V1_SCHEMA = """
+    CREATE TABLE tokens (token TEXT PRIMARY KEY, nonce BLOB NOT NULL,
+        pan_ciphertext BLOB NOT NULL, brand TEXT NOT NULL, last4 TEXT NOT NULL,
+        expiry TEXT NOT NULL, created REAL NOT NULL);
+    CREATE TABLE idempotency (key TEXT PRIMARY KEY, request_hash TEXT NOT NULL,
+        response TEXT NOT NULL, created REAL NOT NULL);"""
+
+
+def test_a_version_1_database_loses_its_idempotency_rows_and_their_bytes(
+        tmp_path: Path, key: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    db = tmp_path / "v1.sqlite3"
+    with sqlite3.connect(db) as old:
+        old.executescript(V1_SCHEMA)
+        for n, card in enumerate((PAN, OTHER)):
+            old.execute("INSERT INTO idempotency VALUES (?,?,?,?)",
+                        (card, "ab" * 32, '{"status": 201}', float(n)))
+    old.close()
+    assert PAN.encode() in db.read_bytes()  # positive control: v1 kept the key in clear
+    with caplog.at_level("WARNING", logger="toneguard.gateway"):
+        store = TokenStore(db, key)
+    record = store.add(OTHER, "mastercard", "1230")
+    store.close()
+    assert PAN.encode() not in db.read_bytes()
+    with sqlite3.connect(db) as migrated:
+        assert migrated.execute("PRAGMA user_version").fetchone()[0] == 2
+        tables = {r[0] for r in migrated.execute("SELECT name FROM sqlite_master")}
+    assert "idempotency" not in tables and {"tokens", "idempotency_v2"} <= tables
+    assert [r.getMessage() for r in caplog.records] == [
+        "token database migrated to schema 2: 2 old idempotency records dropped (they held "
+        "card-derived hashes)"]
+    again = TokenStore(db, key)  # version 2 opens as it is, without a warning
+    assert again.reveal(record.token) == OTHER
+    again.close()
+    assert len(caplog.records) == 1
+
+
+def test_a_database_from_a_newer_gateway_is_refused(tmp_path: Path, key: bytes) -> None:
+    db = tmp_path / "new.sqlite3"
+    with sqlite3.connect(db) as newer:
+        newer.execute("PRAGMA user_version = 3")
+    newer.close()
+    with pytest.raises(StoreError, match=r"^token database has schema version 3; this "
+                       r"gateway knows up to 2 \(upgrade the gateway\)$"):
+        TokenStore(db, key)
+
+
+def test_a_database_that_cannot_be_opened_is_a_store_error(tmp_path: Path, key: bytes) -> None:
+    with pytest.raises(StoreError, match=r"cannot open the token database "
+                       r"\(OperationalError\)") as refused:
+        TokenStore(tmp_path, key)  # a folder
+    assert str(refused.value).startswith(f"{tmp_path}: ")
+    assert isinstance(refused.value.__cause__, sqlite3.Error)
+
+
+def _hkdf(key: bytes, label: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label).derive(key)
+
+
+def test_idempotency_hashes_are_keyed_with_their_own_derived_keys(
+        store: TokenStore, key: bytes) -> None:
+    import hashlib
+    import hmac
+    fields = {"pan": PAN, "expiry": "1230", "security_code": "123", "postal_code": None}
+    canonical = b'{"expiry":"1230","pan":"4111111111111111","postal_code":null,' \
+                b'"security_code":"123"}'
+    key_label = b"toneguard-gateway/v1/idempotency-key"
+    fingerprint_label = b"toneguard-gateway/v1/request-fingerprint"
+    assert store.key_hash("k1") == hmac.new(_hkdf(key, key_label), b"k1",
+                                            hashlib.sha256).hexdigest()
+    assert store.fingerprint(fields) == hmac.new(_hkdf(key, fingerprint_label), canonical,
+                                                 hashlib.sha256).hexdigest()
+    # Field order does not matter; every field does.
+    assert store.fingerprint(dict(reversed(fields.items()))) == store.fingerprint(fields)
+    assert store.fingerprint({**fields, "postal_code": ""}) != store.fingerprint(fields)
+
+
+class _Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+
+def test_idempotency_records_expire_after_a_day_and_are_then_purged(
+        tmp_path: Path, store: TokenStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gateway.store
+    clock = _Clock(1_000_000.0)
+    monkeypatch.setattr(gateway.store, "time", clock)
+    ttl = gateway.store.IDEMPOTENCY_TTL_SECONDS
+    assert ttl == 24 * 3600
+    store.remember("old", "fp", {"marker": "remembered-reply-0001"})
+
+    def count() -> int:
+        with sqlite3.connect(tmp_path / "tokens.sqlite3") as db:
+            return db.execute("SELECT COUNT(*) FROM idempotency_v2").fetchone()[0]
+
+    clock.now += ttl - 0.5
+    assert store.remembered("old") == ("fp", {"marker": "remembered-reply-0001"})
+    store.remember("k2", "fp2", {})
+    assert count() == 2  # not yet purged
+    clock.now += 0.5  # exactly a day
+    assert store.remembered("old") is None
+    assert store.remembered("k2") == ("fp2", {})
+    store.remember("k3", "fp3", {})
+    assert count() == 2  # "old" purged, its bytes overwritten (secure_delete)
+    assert b"remembered-reply-0001" not in (tmp_path / "tokens.sqlite3").read_bytes()
+    # (Debian's SQLite has secure_delete on by default; the store asks for it on any build.)
+    assert store._db.execute("PRAGMA secure_delete").fetchone() == (1,)

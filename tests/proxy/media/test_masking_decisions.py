@@ -107,6 +107,21 @@ def test_the_tone_mode_replaces_the_key_with_a_400_hz_tone_at_its_level() -> Non
     assert abs(level_db) < 1.5
 
 
+def test_the_replacement_fades_in_and_out_never_above_its_level() -> None:
+    """The tone replacing a key is ramped at each span edge (a hard edge splatters energy
+    across the band): no sample of it is louder than the tone at full level."""
+    _, packets = tone_call(0)
+    policy = MaskingPolicy().with_mode(DtmfSecurityMode.TONE)
+    heard = decoded(run(opened(policy), list(packets), {0: "PCMU"}), 0)
+    peak = np.max(np.abs(tones.sine(400, 20, policy.volume_dbm0)))
+    masked = np.flatnonzero(np.abs(heard) > 0)
+    assert masked.size > 960  # the key's 120 ms and more were replaced
+    assert np.max(np.abs(heard)) <= 1.05 * peak
+    # The first and last 2 ms of the replacement are quieter than its full level (the ramps).
+    for edge in (heard[masked[0]:masked[0] + 16], heard[masked[-1] - 15:masked[-1] + 1]):
+        assert np.max(np.abs(edge)) < 0.5 * peak
+
+
 @pytest.mark.parametrize("policy", [UNMASKED, MaskingPolicy(masked=False)])
 def test_with_masking_off_the_key_leaves_byte_for_byte_and_is_still_reported(
         policy: MaskingPolicy) -> None:
@@ -215,18 +230,24 @@ def test_uninspectable_packets_pass_with_masking_off_until_masking_starts() -> N
     out = run(pipeline, list(g722), {9: "G722"})
     assert [p.payload for p in out] == [p.payload for p in g722]
     assert pipeline.counters().uninspectable_packets == 0
-    # Held while unmasked, released after masking started: dropped then.
-    pipeline.push("caller", RtpPacket(9, 3, FRAME * 3, 1, payload=bytes(FRAME)),
-                  {9: "G722"}, 0.5)
+    # Held while unmasked, released after masking started: dropped then, each of them (two
+    # leave in the same tick), logged once with the payload type.
+    for seq in (3, 4):
+        pipeline.push("caller", RtpPacket(9, seq, FRAME * 3, 1, payload=bytes(FRAME)),
+                      {9: "G722"}, 0.5)
     pipeline.update("caller", MaskingPolicy())
-    later = [q for t in range(8) for _, q in pipeline.tick(0.51 + 0.02 * t)]
+    with capture_logs() as logs:
+        later = [q for t in range(8) for _, q in pipeline.tick(0.51 + 0.02 * t)]
     assert later == []
-    assert pipeline.counters().uninspectable_packets == 1
+    assert pipeline.counters().uninspectable_packets == 2
+    assert logs == [{"event": "payload type cannot be inspected on a masked stream: dropped",
+                     "log_level": "warning", "stream_id": "caller", "payload_type": 9}]
 
 
 @pytest.mark.parametrize(("policy", "payload", "expected"), [
     (MaskingPolicy(), bytes([40, 1, 2, 3, 4]), b"("),  # level only
     (MaskingPolicy(), bytes([40]), b"("),
+    (MaskingPolicy(), bytes([40, 1]), b"("),  # one spectral coefficient: dropped too
     (UNMASKED, bytes([40, 1, 2, 3, 4]), bytes([40, 1, 2, 3, 4])),
 ])
 def test_comfort_noise_leaves_with_its_level_only_while_masked(
@@ -238,6 +259,21 @@ def test_comfort_noise_leaves_with_its_level_only_while_masked(
     out = run(opened(policy), packets, {0: "PCMU", 13: "CN"})
     assert [(p.payload_type, p.payload) for p in out] == [
         (0, silence), (13, expected), (0, silence)]
+
+
+def test_packets_ready_in_the_same_tick_leave_in_media_order() -> None:
+    """Comfort noise sent after a packet but read before it: both become ready in the same
+    tick (the look-ahead past the same point) and leave in media order, audio first."""
+    silence = g711.encode(np.zeros(FRAME), "ulaw").tobytes()
+    audio = [RtpPacket(0, k, FRAME * k, 1, payload=silence) for k in range(6)]
+    cn = RtpPacket(13, 6, FRAME * 6, 1, payload=bytes([40]))
+    pipeline = opened()
+    run(pipeline, list(audio[:5]), {0: "PCMU", 13: "CN"}, extra_ticks=0)
+    pipeline.push("caller", cn, {0: "PCMU", 13: "CN"}, 0.1)
+    pipeline.push("caller", audio[5], {0: "PCMU", 13: "CN"}, 0.1)
+    later = [q for t in range(8) for _, q in pipeline.tick(0.11 + 0.02 * t)]
+    assert [(p.payload_type, p.timestamp) for p in later][-2:] == [(0, FRAME * 5),
+                                                                  (13, FRAME * 6)]
 
 
 def test_a_stream_not_opened_is_ignored_and_packets_of_a_closed_one_are_gone() -> None:
@@ -288,6 +324,25 @@ def test_random_mode_replaces_each_key_press_with_one_random_key() -> None:
         assert len(keys) == 1  # one key for the whole press, not one per packet
         seen |= keys
     assert len(seen) > 1  # and not always the same one
+
+
+def test_random_mode_draws_a_new_key_for_a_press_60_ms_after_the_last() -> None:
+    """Two presses of key 7, 60 ms apart: two masked spans, the second starting inside a
+    packet whose start is still in the first span's reach. Each span gets its own draw."""
+    pairs = []
+    for seed in range(6):
+        audio = np.zeros(40 * FRAME)
+        first, second = 8 * FRAME + 50, 8 * FRAME + 50 + 960 + 480
+        for at in (first, second):
+            audio[at:at + 960] += tones.dtmf_tone("7", 120, low_dbm0=-10, high_dbm0=-10)
+        codes = g711.encode(audio, "ulaw").tobytes()
+        packets = [RtpPacket(0, k, FRAME * k, 7, payload=codes[FRAME * k:FRAME * (k + 1)])
+                   for k in range(40)]
+        pipeline = MaskingPipeline(lookahead_ms=LOOKAHEAD_MS, seed=seed)
+        pipeline.open("caller", MaskingPolicy().with_mode(DtmfSecurityMode.RANDOM))
+        heard = decoded(run(pipeline, list(packets), {0: "PCMU"}), 0)
+        pairs.append(tuple(loudest_key(heard[at + 300:at + 700]) for at in (first, second)))
+    assert sum(a != b for a, b in pairs) >= 4, pairs  # (1 in 16 draws the same key again)
 
 
 def test_a_masked_packet_keeps_its_csrcs_and_header_extension() -> None:

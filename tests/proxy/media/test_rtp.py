@@ -129,6 +129,38 @@ def test_valid_rtcp_rejects_what_is_not_rtcp(data: bytes) -> None:
     assert not valid_rtcp(data)
 
 
+BYE_NO_SOURCES = bytes([0x80, 203, 0, 0])  # a header alone: 4 bytes, length 0
+
+
+@pytest.mark.parametrize("data", [
+    RR + BYE_NO_SOURCES,  # the last packet 4 bytes long
+    bytes([0x80, 192, 0, 1]) + bytes(4) + bytes([0x80, 223, 0, 1]) + bytes(4),  # both ends
+    bytes([0x80, 204, 1, 0]) + bytes(1024),  # APP, 1 028 bytes: length 256 (high byte 1)
+    RR + bytes([0x80, 204, 1, 0]) + bytes(1024),  # the same after another packet
+], ids=["last-4-bytes", "pt-192-and-223", "length-256", "length-256-second"])
+def test_valid_rtcp_walks_every_length_and_packet_type_range(data: bytes) -> None:
+    assert valid_rtcp(data)
+
+
+@pytest.mark.parametrize("tail", [1, 2, 3])
+def test_a_compound_with_a_few_bytes_left_over_is_not_rtcp(tail: int) -> None:
+    assert not valid_rtcp(RR + bytes([0x80, 200, 0])[:tail])
+
+
+@pytest.mark.parametrize(("data", "valid"), [
+    (bytes([0x80, 192, 0, 1]) + bytes(4), True),  # the range's ends
+    (bytes([0x80, 223, 0, 1]) + bytes(4), True),
+    (bytes([0x80, 191, 0, 1]) + bytes(4), False),
+    (bytes([0x80, 224, 0, 1]) + bytes(4), False),
+    (bytes([0x80, 200, 0, 6]) + bytes(3), False),  # 7 bytes: no room for the SSRC
+    (bytes([0x00, 200, 0, 1]) + bytes(4), False),  # version 0
+    (bytes([0xC0, 200, 0, 1]) + bytes(4), False),  # version 3
+], ids=["pt-192", "pt-223", "pt-191", "pt-224", "short", "version-0", "version-3"])
+def test_an_srtcp_header_is_judged_by_version_type_and_length(data: bytes, valid: bool) -> None:
+    # Only the clear part of SRTCP: its lengths cannot be walked before it is authenticated.
+    assert valid_rtcp_header(data) is valid
+
+
 def test_an_rtp_packet_shaped_exactly_like_rtcp_passes_and_is_rtcp_to_every_receiver() -> None:
     """The limit of the check: marker + PT 72 with seq 42 and 168 bytes after the header is,
     byte for byte, an RTCP SR; a receiver demuxes it as RTCP (RFC 5761 §4), never plays it."""
