@@ -61,6 +61,7 @@ _MAX_DATAGRAM = 65535
 # look-ahead hold seconds of audio per packet. Dropped and counted instead.
 _MAX_MASKED_PACKET = 1500
 _EVENTS_PER_WAKEUP = 512  # then back to the event loop (ng, API, timers), which calls again
+PORT_QUARANTINE_SECONDS = 10.0  # a released port is handed out again last for this long
 
 _IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -331,6 +332,7 @@ class LocalMediaEngine:
         self._clock = clock
         self._streams: dict[str, _Stream] = {}
         self._handshaking: dict[str, _Stream] = {}  # DTLS legs whose timers the tick runs
+        self._released_ports: dict[int, float] = {}  # port → when its stream was released
         self._poller = _Poller()
         self._subscribers: list[Callable[[MediaEvent], None]] = []
         self._ticker: asyncio.Task[None] | None = None
@@ -395,8 +397,17 @@ class LocalMediaEngine:
             step = 1 + secrets.randbelow(slots - 1)
             while math.gcd(step, slots) != 1:
                 step = 1 + secrets.randbelow(slots - 1)
+        # A port released moments ago comes last, the latest released last of all: the ended
+        # call's phone may still send to it (a BYE crossing its last packets), and those must
+        # not reach the next call's party.
+        cutoff = self._clock() - PORT_QUARANTINE_SECONDS
+        self._released_ports = {p: at for p, at in self._released_ports.items() if at > cutoff}
+        recent = self._released_ports
         for i in range(slots):
-            yield self._port_min + 2 * ((start + i * step) % slots)
+            port = self._port_min + 2 * ((start + i * step) % slots)
+            if port not in recent:
+                yield port
+        yield from sorted(recent, key=recent.__getitem__)
 
     def _bind_pair(self, rtcp_mux: bool, wanted: int | None = None
                    ) -> tuple[socket.socket, socket.socket | None, int]:
@@ -622,6 +633,7 @@ class LocalMediaEngine:
         stream.peer = None
         stream.released = True
         self._released += _frozen(stream.counters)  # totals stay monotonic
+        self._released_ports[stream.local.rtp_port] = self._clock()
 
     async def stats(self, stream_id: str) -> StreamStats:
         s = self._get(stream_id)

@@ -172,6 +172,29 @@ def test_the_open_file_limit_is_lifted_to_the_hard_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+async def test_a_released_port_is_handed_out_again_only_when_no_other_is_free(
+        media_ports: tuple[int, int]) -> None:
+    """The ended call's phone may still send to its port for a moment (its last packets cross
+    the BYE): the next call gets another port while any other is free — over many rounds, so
+    a random order alone would have picked the released one — and the released one still
+    when nothing else is left."""
+    low = media_ports[0]
+    engine = LocalMediaEngine("127.0.0.1", low, low + 8)  # four even ports
+    await engine.start()
+    try:
+        for round_ in range(20):
+            ended = (await engine.allocate(f"old{round_}", "c", rtcp_mux=True)).rtp_port
+            await engine.release(f"old{round_}")
+            new = (await engine.allocate(f"new{round_}", "c", rtcp_mux=True)).rtp_port
+            assert new != ended, f"round {round_}: port {ended} handed out again at once"
+            await engine.release(f"new{round_}")
+        taken = {(await engine.allocate(f"all{i}", "c", rtcp_mux=True)).rtp_port
+                 for i in range(4)}
+        assert taken == {low, low + 2, low + 4, low + 6}  # quarantine never refuses a call
+    finally:
+        await engine.stop()
+
+
 async def test_a_port_another_socket_holds_is_never_shared(media_ports: tuple[int, int]) -> None:
     """The RTP socket joins an SO_REUSEPORT group (for its connected twin); the kernel would let
     it share a port with any other socket of this user that asked for the same (another node on
