@@ -1,4 +1,4 @@
-"""Masking under talk-over: `python -m loadtest.talkover [--quick] [--skip-sweep] [--skip-cost]`.
+"""Masking under talk-over: `python -m loadtest.talkover [--quick] [--skip-sweep] [--jobs N]`.
 
 Two measurements (issue 16):
 
@@ -8,13 +8,14 @@ Two measurements (issue 16):
   interferer's power over the keyed stretch to the power of the two tones together — then a
   G.711 hop (µ-law or A-law); and (unless ``--quick`` or ``--no-mobile``) the same through a
   GSM-FR or AMR-NB round trip (sox) before µ-law, as a mobile caller's keys arrive; and (unless
-  ``--off-nominal no``) the G.711 mixtures again with every key's tones off nominal as real
-  phones' are (each tone within ±1.5 %, some exactly on ±1.0 / ±1.5 %, twist −8 to +4 dB:
+  ``--off-nominal no``) the G.711 and mobile mixtures again with every key's tones off nominal
+  as real phones' are (each tone within ±1.5 %, some exactly on ±1.0 / ±1.5 %, twist −8 to +4 dB:
   ITU-T Q.24), the exact-frequency mixtures staying what they were. Every
   mixture runs through the real :class:`MaskingPipeline` (one pipeline, one stream per
   mixture, 20 ms packets and ticks). spandsp and multimon-ng decode the caller's audio and the
-  agent leg. The rule: wherever either decodes ≥ 1 digit from the caller, both decode nothing
-  from the agent leg.
+  agent leg (``--jobs``: that many mixtures at a time). The rule: wherever either decodes ≥ 1
+  digit from the caller, both decode nothing from the agent leg; each mixture that breaks it is
+  named.
 * **The cost.** False masking of DTMF-free speech and music — the talk-off corpus
   (loadtest.corpus) through the detector as the pipeline feeds it — as milliseconds masked per
   minute of audio (suspect blocks widened as the pipeline widens them, with their reach,
