@@ -365,9 +365,9 @@ _DECODER_ROTATION = np.exp(-2j * np.pi
                            / SAMPLE_RATE)  # (4, 8)
 # ...and so reaches half a block further back than a window ending at the block's end.
 _MID_REACH = _LONG_REACH + _HALF
-# Samples kept from before a call's first block: the long window's two blocks, and half a
-# block more for the decoder tier's window ending at the first block's middle.
-_X_HISTORY = _LONG - BLOCK_SIZE + _HALF
+# Samples kept from before a call's first block: the long window's two blocks (the decoder
+# tier needs no samples: it works on the half-block DFTs).
+_X_HISTORY = _LONG - BLOCK_SIZE
 
 
 def _neighbour_margins(windows: npt.NDArray[np.float32], key: npt.NDArray[np.int64],
@@ -707,7 +707,7 @@ class _TalkoverState:
     # The long-window rule's view of the two blocks before this call's first one.
     long_z: npt.NDArray[np.complex128] = field(init=False)  # (C, 2, 8) block DFTs
     long_e: npt.NDArray[np.float64] = field(init=False)  # (C, 2) block energies
-    long_x: npt.NDArray[np.float32] = field(init=False)  # (C, 2.5 blocks) samples
+    long_x: npt.NDArray[np.float32] = field(init=False)  # (C, 2 blocks) samples
     # The decoder tier's view of the three blocks before this call's first one, by halves.
     half_z: npt.NDArray[np.complex128] = field(init=False)  # (C, 3, 2, 8)
     half_e: npt.NDArray[np.float64] = field(init=False)  # (C, 3, 2)
@@ -924,7 +924,7 @@ class DtmfDetector:
         if ch.size:
             key = (np.argmax(power[ch, b][:, _LOW], axis=1) * 4
                    + np.argmax(power[ch, b][:, _HIGH], axis=1))
-            starts = b * BLOCK_SIZE + _HALF  # x begins half a block before the window
+            starts = b * BLOCK_SIZE
             windows = x[ch[:, None], starts[:, None] + np.arange(_LONG)]
             low, high = _neighbour_margins(windows, key, _LONG_BASIS)
             best, worst = np.maximum(low, high), np.minimum(low, high)
@@ -938,7 +938,7 @@ class DtmfDetector:
         # ≥ 61 Hz from a tone 1.75 % off: still over 2 bins of the 26 Hz Hann window).
         ch, b = np.nonzero(off_nominal & ~out)
         if ch.size:
-            starts = b * BLOCK_SIZE + _HALF  # x begins half a block before the window
+            starts = b * BLOCK_SIZE
             windows = x[ch[:, None], starts[:, None] + np.arange(_LONG)]
             low, high = _neighbour_margins(windows, off_key[ch, b], _LONG_BASIS)
             out[ch, b] = (np.maximum(low, high)
