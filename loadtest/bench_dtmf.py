@@ -5,7 +5,10 @@ fed as the media plane feeds it: one ``process()`` call per 20 ms tick over ever
 pinned to one thread and CPU time (not wall time) is measured, so the figure is per core.
 
 Baselines in the same run: the same detector driven one channel at a time (what batching
-buys), and spandsp's C receiver called per channel through ctypes (the incumbent).
+buys), and spandsp's C receiver called per channel through ctypes (the incumbent). Then the
+suspicion's own price: the batched detector with each ``suspect_method`` (the default long
+window, the same before its decoder tier, and the two rules it replaced), as CPU time per
+second of audio per channel, with ratios to the default.
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
+from dataclasses import replace  # noqa: E402
 
 import numpy as np  # noqa: E402
 import numpy.typing as npt  # noqa: E402
 
 from dsp import g711, tones  # noqa: E402
-from dsp.dtmf import DtmfDetector  # noqa: E402
+from dsp.dtmf import DtmfConfig, DtmfDetector  # noqa: E402
 
 TICK = 160  # 20 ms at 8 kHz
 PER_CHANNEL_CHANNELS = 100  # the per-channel baselines are slow; measure on fewer channels
@@ -46,8 +50,19 @@ def _cpu_seconds(run: Callable[[], None]) -> float:
     return time.process_time() - start
 
 
-def batched(audio: npt.NDArray[np.float32]) -> float:
-    detector = DtmfDetector(audio.shape[0])
+# The suspicions compared (issue 16): name, configuration.
+SUSPICIONS: tuple[tuple[str, DtmfConfig], ...] = (
+    ("window (default: decoder tier)", DtmfConfig()),
+    ("window before (second tier, no decoder tier)",
+     replace(DtmfConfig(), window_decoder_min_energy_share=None,
+             window_accurate_frequency_hz=4.0)),
+    ("narrowband", replace(DtmfConfig(), suspect_method="narrowband")),
+    ("energy_share", replace(DtmfConfig(), suspect_method="energy_share")),
+)
+
+
+def batched(audio: npt.NDArray[np.float32], config: DtmfConfig | None = None) -> float:
+    detector = DtmfDetector(audio.shape[0], config)
 
     def run() -> None:
         for t in range(0, audio.shape[1], TICK):
@@ -112,6 +127,18 @@ def main(argv: list[str] | None = None) -> None:
         ratio = f"{per_core / baseline:6.1f}×" if baseline else ""
         print(f"{name:42} {channels:8d} {cpu:8.2f} {per_core:17,.0f} {ratio:>7}")
     print("ratio: against ToneGuard's detector driven one channel at a time")
+
+    channels = args.channels[0]
+    audio = _audio(channels, args.seconds)
+    print(f"\nSuspicion methods, batched, {channels} channels × {args.seconds:g} s "
+          "(same audio, same run)")
+    print(f"{'suspect_method':46} {'CPU s':>8} {'µs per audio s per channel':>27} {'ratio':>7}")
+    timed = [(name, batched(audio, config)) for name, config in SUSPICIONS]
+    default = timed[0][1]
+    for name, cpu in timed:
+        per = cpu / (channels * args.seconds) * 1e6
+        print(f"{name:46} {cpu:8.2f} {per:27.1f} {cpu / default:6.2f}×")
+    print("ratio: CPU time against the default")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Masking under talk-over: `python -m loadtest.talkover [--quick] [--skip-sweep] [--skip-cost]`.
+"""Masking under talk-over: `python -m loadtest.talkover [--quick] [--skip-sweep] [--jobs N]`.
 
 Two measurements (issue 16):
 
@@ -8,13 +8,14 @@ Two measurements (issue 16):
   interferer's power over the keyed stretch to the power of the two tones together — then a
   G.711 hop (µ-law or A-law); and (unless ``--quick`` or ``--no-mobile``) the same through a
   GSM-FR or AMR-NB round trip (sox) before µ-law, as a mobile caller's keys arrive; and (unless
-  ``--off-nominal no``) the G.711 mixtures again with every key's tones off nominal as real
-  phones' are (each tone within ±1.5 %, some exactly on ±1.0 / ±1.5 %, twist −8 to +4 dB:
+  ``--off-nominal no``) the G.711 and mobile mixtures again with every key's tones off nominal
+  as real phones' are (each tone within ±1.5 %, some exactly on ±1.0 / ±1.5 %, twist −8 to +4 dB:
   ITU-T Q.24), the exact-frequency mixtures staying what they were. Every
   mixture runs through the real :class:`MaskingPipeline` (one pipeline, one stream per
   mixture, 20 ms packets and ticks). spandsp and multimon-ng decode the caller's audio and the
-  agent leg. The rule: wherever either decodes ≥ 1 digit from the caller, both decode nothing
-  from the agent leg.
+  agent leg (``--jobs``: that many mixtures at a time). The rule: wherever either decodes ≥ 1
+  digit from the caller, both decode nothing from the agent leg; each mixture that breaks it is
+  named.
 * **The cost.** False masking of DTMF-free speech and music — the talk-off corpus
   (loadtest.corpus) through the detector as the pipeline feeds it — as milliseconds masked per
   minute of audio (suspect blocks widened as the pipeline widens them, with their reach,
@@ -37,6 +38,7 @@ import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Iterable, Sequence  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from dataclasses import dataclass, field, replace  # noqa: E402
 from typing import Literal  # noqa: E402
 
@@ -295,17 +297,24 @@ def mask(items: Sequence[Mixture], config: DtmfConfig | None = None,
     return heard
 
 
-def run_sweep(items: Sequence[Mixture], config: DtmfConfig | None = None) -> list[Outcome]:
+def _decode(m: Mixture, agent: npt.NDArray[np.float64]) -> Outcome:
+    caller_sp, caller_mm = spandsp_detect(m.audio), multimon_detect(m.audio)
+    agent_sp, agent_mm = spandsp_detect(agent), multimon_detect(agent)
+    under = 0
+    if agent_sp or agent_mm:  # only then does the control matter
+        under = len(spandsp_detect(m.under)) + len(multimon_detect(m.under))
+    return Outcome(m, caller_sp, caller_mm, agent_sp, agent_mm, under)
+
+
+def run_sweep(items: Sequence[Mixture], config: DtmfConfig | None = None,
+              jobs: int = 1) -> list[Outcome]:
+    """Every mixture through the pipeline, then both decoders on caller and agent leg
+    (``jobs`` mixtures decoded at once: multimon-ng runs as a process of its own)."""
     heard = mask(items, config)
-    out = []
-    for m, agent in zip(items, heard, strict=True):
-        caller_sp, caller_mm = spandsp_detect(m.audio), multimon_detect(m.audio)
-        agent_sp, agent_mm = spandsp_detect(agent), multimon_detect(agent)
-        under = 0
-        if agent_sp or agent_mm:  # only then does the control matter
-            under = len(spandsp_detect(m.under)) + len(multimon_detect(m.under))
-        out.append(Outcome(m, caller_sp, caller_mm, agent_sp, agent_mm, under))
-    return out
+    if jobs <= 1:
+        return [_decode(m, agent) for m, agent in zip(items, heard, strict=True)]
+    with ThreadPoolExecutor(jobs) as pool:
+        return list(pool.map(_decode, items, heard))
 
 
 def summarise(outcomes: Iterable[Outcome]) -> str:
@@ -432,7 +441,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-mobile", action="store_true",
                         help="leave out the GSM-FR and AMR-NB round trips (they need sox)")
     parser.add_argument("--off-nominal", choices=("also", "only", "no"), default="also",
-                        help="the G.711 mixtures again with keys off nominal (±1.5 %%, twist)")
+                        help="the G.711 (and mobile) mixtures again with keys off nominal "
+                             "(±1.5 %%, twist)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="mixtures decoded at once (multimon-ng and spandsp)")
     args = parser.parse_args(argv)
     failures = 0
     if not args.skip_sweep:
@@ -440,27 +452,38 @@ def main(argv: list[str] | None = None) -> int:
         items = [] if args.off_nominal == "only" else mixtures(args.quick, args.tone_dbm0,
                                                               mobile=mobile)
         if args.off_nominal != "no":
-            items += mixtures(args.quick, args.tone_dbm0, off_nominal=True)
+            items += mixtures(args.quick, args.tone_dbm0, mobile=mobile, off_nominal=True)
         methods = [m for m in METHODS if args.method in ("all", m)]
         for method in methods:
             start = time.monotonic()
-            outcomes = run_sweep(items, replace(DtmfConfig(), suspect_method=method))
+            outcomes = run_sweep(items, replace(DtmfConfig(), suspect_method=method),
+                                 args.jobs)
             print(f"Talk-over sweep, suspicion {method}: {len(items)} mixtures, tones at "
                   f"{args.tone_dbm0:g} dBm0 each, {time.monotonic() - start:.0f} s")
             print(summarise(outcomes))
             for label, group in (
                     ("G.711", [o for o in outcomes
                                if not o.mixture.mobile and not o.mixture.off_nominal]),
-                    ("G.711, keys off nominal", [o for o in outcomes if o.mixture.off_nominal]),
-                    ("GSM-FR/AMR-NB", [o for o in outcomes if o.mixture.mobile])):
+                    ("G.711, keys off nominal", [o for o in outcomes if o.mixture.off_nominal
+                                                 and not o.mixture.mobile]),
+                    ("GSM-FR/AMR-NB", [o for o in outcomes
+                                       if o.mixture.mobile and not o.mixture.off_nominal]),
+                    ("GSM-FR/AMR-NB, keys off nominal",
+                     [o for o in outcomes if o.mixture.mobile and o.mixture.off_nominal])):
                 if not group:
                     continue
                 leaky = [o for o in group if o.audible and o.leaked]
+                sp = sum(len(o.agent_spandsp) for o in leaky)
+                mm = sum(len(o.agent_multimon) for o in leaky)
                 print(f"  {label}: {len(leaky)} of {sum(o.audible for o in group)} audible "
-                      f"mixtures leak a digit to the agent "
-                      f"({sum(len(o.agent_spandsp) + len(o.agent_multimon) for o in leaky)} "
-                      f"digits; {sum(o.under_digits > 0 for o in leaky)} of them: the decoders "
-                      "also find digits in the interferer alone)")
+                      f"mixtures leak a digit to the agent ({sp + mm} digits, spandsp {sp} / "
+                      f"multimon-ng {mm}; {sum(o.under_digits > 0 for o in leaky)} of them: "
+                      "the decoders also find digits in the interferer alone)")
+                for o in leaky:  # which, so a strict xfail can name them (never the card)
+                    x = o.mixture
+                    print(f"    leak: {x.kind} {x.source} {x.ratio_db:+.0f} dB "
+                          f"{x.mobile or x.law}{' off-nominal' if x.off_nominal else ''}: "
+                          f"spandsp {len(o.agent_spandsp)}, multimon-ng {len(o.agent_multimon)}")
                 if method == METHODS[0]:
                     failures += len(leaky)
     if not args.skip_cost:
