@@ -121,6 +121,9 @@ async def phone(folder: Path, name: str, *, ip: str, sip_port: int, ctrl_port: i
         log.close()
 
 
+SO_RCVBUFFORCE, SOL_PACKET, PACKET_STATISTICS = 33, 263, 6  # <asm/socket.h>, <linux/if_packet.h>
+
+
 class LoopbackCapture:
     """Every UDP datagram delivered on loopback to a port in ``ports`` (a raw AF_PACKET
     socket: root), i.e. exactly what reached a phone, whatever the phone then does with it."""
@@ -130,7 +133,13 @@ class LoopbackCapture:
         self.datagrams: list[bytes] = []
         self.sources: list[int] = []  # the UDP source port of each datagram, in order
         self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(0x0003))
+        # It sees ALL loopback traffic (twice): another program's load test on the same host
+        # overflowed the default buffer while the test's loop was busy, and the capture, not
+        # the phone, missed audio. A big buffer (FORCE: root may exceed rmem_max) prevents
+        # that; what still overflows is counted (``drops``) and reported as the capture's.
+        self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 64 * 1024 * 1024)
         self._sock.bind(("lo", 0))
+        self.drops = 0
         self._sock.setblocking(False)
         asyncio.get_running_loop().add_reader(self._sock.fileno(), self._read)
 
@@ -155,5 +164,7 @@ class LoopbackCapture:
         return [d for d, src in zip(self.datagrams, self.sources, strict=True) if src in ports]
 
     def close(self) -> None:
+        _, self.drops = struct.unpack(
+            "II", self._sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
         asyncio.get_running_loop().remove_reader(self._sock.fileno())
         self._sock.close()

@@ -157,6 +157,8 @@ async def test_hold_and_resume_keep_audio_flowing_and_digits_masked(
     finally:
         to_agent.close()
         to_customer.close()
+    # The capture saw every datagram (else a shortfall below would be the capture's).
+    assert (to_agent.drops, to_customer.drops) == (0, 0)
     # Nothing reached either phone from the other phone's ports: media never went around
     # ToneGuard. (Datagrams from elsewhere are other programs' loopback traffic that happens to
     # hit the phones' port ranges on a shared machine: not this call's.)
