@@ -1,9 +1,14 @@
 """The ng control socket: UDP, ``cookie SP dictionary``, retransmissions answered from a cache.
 
 ``datagram_received`` stays synchronous and cheap: it parses, answers retransmissions from the
-cookie cache, and queues real work for one handler task (commands of a call must be applied in
-order). The queue is bounded; when it is full the request is dropped and counted — Kamailio
-retransmits, and a dropped retransmission is better than unbounded memory.
+cookie cache, and hands real work to its call's lane. What waits is bounded (``queue_size``);
+beyond it a request is dropped and counted — Kamailio retransmits, and a dropped retransmission
+is better than unbounded memory.
+
+Commands of one call are applied one at a time, in the order they arrived; commands of different
+calls run concurrently (at most ``concurrency`` calls at once). Why: with media worker processes
+an offer waits on several round trips to a worker, and served one at a time every call's set-up
+queued behind every other's until Kamailio's retransmissions ran out.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -85,30 +90,44 @@ class NgServer:
 
     def __init__(self, handler: Handler, *, cache_ttl: float = 60.0,
                  cache_bytes: int = 64 * 1024 * 1024, queue_size: int = 10_000,
+                 concurrency: int = 64,
                  on_command: Callable[[str, str], None] | None = None) -> None:
         self._handler = handler
         self._cache = CookieCache(cache_ttl, cache_bytes)
-        self._queue: asyncio.Queue[tuple[ng.NgMessage, Address]] = asyncio.Queue(queue_size)
-        self._worker: asyncio.Task[None] | None = None
+        self._queue_size = queue_size
+        self._concurrency = concurrency
+        # Call id → its commands not yet answered, the running one first; a call has a lane
+        # while any of its commands is running or waiting. Lanes beyond ``concurrency`` wait
+        # in ``_ready`` (call ids, oldest first) for a running one to end.
+        self._lanes: dict[str, deque[tuple[ng.NgMessage, Address]]] = {}
+        self._ready: deque[str] = deque()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
         self._on_command = on_command
         self.transport: asyncio.DatagramTransport | None = None
+        self.pending = 0  # commands accepted and not yet answered
         self.counters = {"received": 0, "retransmissions": 0, "dropped": 0, "errors": 0}
 
     async def start(self, host: str, port: int) -> Address:
         loop = asyncio.get_running_loop()
         await loop.create_datagram_endpoint(lambda: NgProtocol(self), local_addr=(host, port))
-        self._worker = asyncio.create_task(self._work(), name="ng-commands")
         assert self.transport is not None
         sockname = self.transport.get_extra_info("sockname")
         return sockname[0], sockname[1]
 
     async def stop(self) -> None:
+        self._stopping = True
         if self.transport is not None:
             self.transport.close()
-        if self._worker is not None:
-            self._worker.cancel()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+                await task
+        self._lanes.clear()
+        self._ready.clear()
+        self.pending = 0
 
     def received(self, data: bytes, addr: Address) -> None:
         self.counters["received"] += 1
@@ -128,27 +147,53 @@ class NgServer:
             if reply is not None:
                 self._send(reply, addr)
             return  # still in progress: the reply goes out when it is ready
-        try:
-            self._queue.put_nowait((message, addr))
-        except asyncio.QueueFull:
+        if self.pending >= self._queue_size or self._stopping:
             self.counters["dropped"] += 1
             return
+        self.pending += 1
         self._cache.put((addr, message.cookie), None)
+        key = _call_key(message.body)
+        lane = self._lanes.get(key)
+        if lane is not None:  # a command of this call is running or waiting: this one follows
+            lane.append((message, addr))
+            return
+        self._lanes[key] = deque([(message, addr)])
+        if len(self._tasks) < self._concurrency:
+            self._start(key)
+        else:
+            self._ready.append(key)
 
-    async def _work(self) -> None:
-        # One task serves every command in order: nothing a message does may end it.
-        while True:
-            message, addr = await self._queue.get()
-            try:
-                data, command, result = await self._reply(message)
-            except Exception:  # even the error reply failed: answer without any echo
-                log.exception("ng reply failed")
-                data, command, result = ng.format_reply(
-                    message.cookie, ng.error_reply("Internal error"), "bencode"), "", "error"
-            self._cache.put((addr, message.cookie), data)
-            self._send(data, addr)
-            if self._on_command is not None:
-                self._on_command(command, result)
+    def _start(self, key: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._run_lane(key), name="ng-call")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_lane(self, key: str) -> None:
+        # One call's commands, in order: nothing a message does may end this early.
+        lane = self._lanes[key]
+        try:
+            while lane:
+                message, addr = lane[0]
+                await self._serve(message, addr)
+                lane.popleft()
+                self.pending -= 1
+        finally:
+            if not self._stopping:
+                del self._lanes[key]
+                if self._ready:
+                    self._start(self._ready.popleft())
+
+    async def _serve(self, message: ng.NgMessage, addr: Address) -> None:
+        try:
+            data, command, result = await self._reply(message)
+        except Exception:  # even the error reply failed: answer without any echo
+            log.exception("ng reply failed")
+            data, command, result = ng.format_reply(
+                message.cookie, ng.error_reply("Internal error"), "bencode"), "", "error"
+        self._cache.put((addr, message.cookie), data)
+        self._send(data, addr)
+        if self._on_command is not None:
+            self._on_command(command, result)
 
     async def _reply(self, message: ng.NgMessage) -> tuple[bytes, str, str]:
         """The encoded reply to one message, its command and result."""
@@ -180,3 +225,13 @@ class NgServer:
     def _send(self, data: bytes, addr: Address) -> None:
         if self.transport is not None:
             self.transport.sendto(data, addr)
+
+
+def _call_key(body: dict[str, Any]) -> str:
+    """The call id a command acts on, in any key spelling (``call-id``, ``Call ID``,
+    ``call_id``); "" for commands without one (``ping``, ``list``, ``statistics``), which then
+    share one lane of their own."""
+    for key, value in body.items():
+        if isinstance(key, str) and ng.canonical_key(key) == "call-id":
+            return value if isinstance(value, str) else repr(value)
+    return ""

@@ -42,6 +42,10 @@ log = structlog.get_logger("toneguard.workers")
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 5.0
 RESTORE_TIMEOUT = 60.0
+# Messages read from a pipe per readable callback. Why: the event loop calls a reader once a
+# turn, and a busy worker's turn (a masking tick, hundreds of packets) is long; one message a
+# turn made N queued requests wait N turns. Bounded so the pipe cannot starve the media.
+DRAIN_MAX = 64
 
 
 class WorkerError(MediaError):
@@ -89,6 +93,14 @@ def shards(port_min: int, port_max: int, workers: int) -> list[tuple[int, int]]:
     if span < 4:
         raise ValueError(f"port range {port_min}-{port_max} is too small for {workers} workers")
     return [(port_min + i * span, port_min + (i + 1) * span - 1) for i in range(workers)]
+
+
+def _more(conn: Connection) -> bool:
+    """Another message is waiting (or the pipe closed: the next recv says so)."""
+    try:
+        return conn.poll()
+    except (EOFError, OSError):
+        return True
 
 
 # --- the worker process ---------------------------------------------------------------------
@@ -146,18 +158,21 @@ async def _serve(conn: Connection, spec: WorkerSpec) -> None:
             conn.send(("reply", request_id, False, (portable(exc), text)))
 
     def readable() -> None:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            stopping.set()  # the parent is gone
-            return
-        if message[0] == "stop":
-            stopping.set()
-            return
-        _, request_id, op, args, kwargs = message
-        task = loop.create_task(handle(request_id, op, args, kwargs))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        for _ in range(DRAIN_MAX):  # what is waiting, not one a loop turn (see DRAIN_MAX)
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                stopping.set()  # the parent is gone
+                return
+            if message[0] == "stop":
+                stopping.set()
+                return
+            _, request_id, op, args, kwargs = message
+            task = loop.create_task(handle(request_id, op, args, kwargs))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            if not _more(conn):
+                return
 
     loop.add_reader(conn.fileno(), readable)
     conn.send(("ready", spec.index, os.getpid()))
@@ -203,6 +218,11 @@ class _Worker:
             self._child.close()
 
         def readable() -> None:
+            for _ in range(DRAIN_MAX):  # what is waiting, not one a loop turn (see DRAIN_MAX)
+                if not receive() or not _more(self.conn):
+                    return
+
+        def receive() -> bool:
             try:
                 message = self.conn.recv()
             except (EOFError, OSError):
@@ -211,7 +231,7 @@ class _Worker:
                     if not future.done():
                         future.set_exception(WorkerError(f"media worker {self.spec.index} died"))
                 self._waiting.clear()
-                return
+                return False
             kind = message[0]
             if kind == "event":
                 on_event(message[1])
@@ -226,6 +246,7 @@ class _Worker:
                         waiting.set_exception(error)
             elif kind == "ready" and self.ready is not None and not self.ready.done():
                 self.ready.set_result(message[2])
+            return True
 
         loop.add_reader(self.conn.fileno(), readable)
 

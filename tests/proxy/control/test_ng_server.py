@@ -199,3 +199,96 @@ async def test_a_refused_command_is_logged_with_its_reason(server) -> None:
     refused = [e for e in logs if e["event"] == "ng command refused"]
     assert refused and refused[0]["command"] == "boom" and refused[0]["call_id"] == "x1"
     assert refused[0]["reason"] == "Unrecognized command"
+
+
+async def _ordered_server(concurrency: int = 64) -> tuple[
+        NgServer, dict[str, asyncio.Event], list[str], tuple[str, int]]:
+    """A server whose handler logs "start/end command call-id" and holds a command until its
+    gate (keyed "command call-id") is set, if it has one."""
+    gates: dict[str, asyncio.Event] = {}
+    log: list[str] = []
+
+    async def handler(body: dict[str, Any]) -> dict[str, Any]:
+        name = f"{body['command']} {body.get('call-id', '')}"
+        log.append(f"start {name}")
+        gate = gates.get(name)
+        if gate is not None:
+            await gate.wait()
+        log.append(f"end {name}")
+        return {"result": "ok"}
+
+    srv = NgServer(handler, concurrency=concurrency)
+    return srv, gates, log, await srv.start("127.0.0.1", 0)
+
+
+async def _wait_for(condition: Any, what: str) -> None:
+    async with asyncio.timeout(3):
+        while not condition():
+            await asyncio.sleep(0.005)
+    assert condition(), what
+
+
+async def test_commands_of_different_calls_run_concurrently_one_calls_in_order() -> None:
+    srv, gates, log, addr = await _ordered_server()
+    gates["offer A"] = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    transport, client = await loop.create_datagram_endpoint(_Client, remote_addr=addr)
+    try:
+        for cookie, command, call in (("1", "offer", "A"), ("2", "answer", "A"),
+                                      ("3", "offer", "B"), ("4", "ping", "")):
+            body = {"command": command, **({"call-id": call} if call else {})}
+            transport.sendto(f"{cookie} ".encode() + bencode.encode(body))
+        # B's offer and the ping are answered while A's offer is held...
+        async with asyncio.timeout(3):
+            first = [await client.replies.get() for _ in range(2)]
+        assert sorted(r.partition(b" ")[0] for r in first) == [b"3", b"4"]
+        # ...and A's answer has not started: it waits for A's offer.
+        assert "start offer A" in log and "start answer A" not in log
+        gates["offer A"].set()
+        async with asyncio.timeout(3):
+            rest = [await client.replies.get() for _ in range(2)]
+        assert [r.partition(b" ")[0] for r in rest] == [b"1", b"2"]
+        assert log.index("end offer A") < log.index("start answer A")
+        await _wait_for(lambda: srv.pending == 0, "every command accounted for")
+    finally:
+        transport.close()
+        await srv.stop()
+
+
+async def test_calls_served_at_once_are_bounded_by_concurrency() -> None:
+    srv, gates, log, addr = await _ordered_server(concurrency=1)
+    gates["offer A"] = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    transport, client = await loop.create_datagram_endpoint(_Client, remote_addr=addr)
+    try:
+        transport.sendto(b"1 " + bencode.encode({"command": "offer", "call-id": "A"}))
+        transport.sendto(b"2 " + bencode.encode({"command": "offer", "call-id": "B"}))
+        await _wait_for(lambda: "start offer A" in log, "A started")
+        with pytest.raises(TimeoutError):  # one slot: B waits for A
+            async with asyncio.timeout(0.2):
+                await client.replies.get()
+        assert "start offer B" not in log
+        gates["offer A"].set()
+        async with asyncio.timeout(3):
+            replies = [await client.replies.get() for _ in range(2)]
+        assert [r.partition(b" ")[0] for r in replies] == [b"1", b"2"]
+    finally:
+        transport.close()
+        await srv.stop()
+
+
+async def test_stop_cancels_a_held_command_and_its_followers() -> None:
+    srv, gates, log, addr = await _ordered_server()
+    gates["offer A"] = asyncio.Event()  # never set
+    loop = asyncio.get_running_loop()
+    transport, _client = await loop.create_datagram_endpoint(_Client, remote_addr=addr)
+    try:
+        transport.sendto(b"1 " + bencode.encode({"command": "offer", "call-id": "A"}))
+        transport.sendto(b"2 " + bencode.encode({"command": "delete", "call-id": "A"}))
+        await _wait_for(lambda: srv.pending == 2 and "start offer A" in log, "both accepted")
+        async with asyncio.timeout(3):
+            await srv.stop()
+        assert srv.pending == 0
+        assert "start delete A" not in log
+    finally:
+        transport.close()
