@@ -30,6 +30,15 @@ def _media_workers(pid: int) -> list[int]:
             if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
 
 
+def _running(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (/proc/PID/stat field 3)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def _started(pid: int) -> float:
     """When ``pid`` started, in seconds since boot (/proc/PID/stat field 22)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -65,8 +74,7 @@ async def test_kill_9_with_prespawned_workers_restores_and_leaves_two_workers(
 
             loop = asyncio.get_running_loop()
             killed = loop.time()
-            node.kill9()
-            await node.proc.wait()
+            await node.kill9()
             await node.start()
             await node.ready()
             async with asyncio.timeout(15):
@@ -74,7 +82,11 @@ async def test_kill_9_with_prespawned_workers_restores_and_leaves_two_workers(
                     await asyncio.sleep(0.1)
             workers = _media_workers(node.proc.pid)
             assert len(workers) == 2
-            assert not any(Path(f"/proc/{p}").exists() for p in old_workers)
+            # The old workers die with their node (PR_SET_PDEATHSIG), a moment after it:
+            # waited for (bounded), a zombie awaiting its reaper counts as dead.
+            async with asyncio.timeout(5):
+                while any(_running(p) for p in old_workers):
+                    await asyncio.sleep(0.05)
             # Spawned early: before the node had read its configuration.
             timings = [json.loads(line)["seconds_since_process_start"]
                        for line in node.log.read_text(errors="replace").splitlines()
