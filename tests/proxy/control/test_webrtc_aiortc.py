@@ -11,7 +11,6 @@ way) without disturbing another call.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
@@ -27,7 +26,6 @@ from proxy.demo.sdp_builder import audio_sdp, media_endpoint
 from proxy.demo.spandsp import spandsp_detect
 from proxy.media.dtls import NodeCertificate
 from proxy.media.engine import LocalMediaEngine
-from proxy.media.masking import MaskingPipeline
 from proxy.media.types import DigitEvent
 from proxy.media.workers import WorkerPoolEngine
 from tests.proxy.control.webrtc_peers import BrowserAgent
@@ -37,15 +35,6 @@ EVENT_KEYS = "5555"
 LOOKAHEAD_MS = 26
 WEBRTC_KEYS = {"transport-protocol": "UDP/TLS/RTP/SAVPF", "ICE": "force",
                "rtcp-mux": ["offer"], "flags": ["generate mid"]}
-
-
-@pytest.fixture
-async def engine(media_ports: tuple[int, int]) -> AsyncIterator[LocalMediaEngine]:
-    engine = LocalMediaEngine("127.0.0.1", *media_ports,
-                              pipeline_factory=lambda: MaskingPipeline(lookahead_ms=LOOKAHEAD_MS))
-    await engine.start()
-    yield engine
-    await engine.stop()
 
 
 def _agent_voice(seconds: float) -> np.ndarray:
@@ -75,7 +64,8 @@ def _level_db(samples: np.ndarray) -> float:
 
 @pytest.mark.parametrize("carrier_srtp", [False, True], ids=["carrier-rtp", "carrier-sdes"])
 async def test_browser_agent_hears_the_carrier_masked_and_is_heard(
-        engine: LocalMediaEngine, carrier_srtp: bool) -> None:
+        masking_engine: LocalMediaEngine, carrier_srtp: bool) -> None:
+    engine = masking_engine  # the shared fixture (tests/proxy/conftest.py)
     digits: list[DigitEvent] = []
     registry = CallRegistry(engine, address="127.0.0.1",
                             on_digit=lambda c, t, e: digits.append(e))
@@ -128,7 +118,8 @@ async def test_browser_agent_hears_the_carrier_masked_and_is_heard(
 
 
 async def test_browser_offer_to_a_plain_carrier_we_are_dtls_client(
-        engine: LocalMediaEngine) -> None:
+        masking_engine: LocalMediaEngine) -> None:
+    engine = masking_engine  # the shared fixture (tests/proxy/conftest.py)
     registry = CallRegistry(engine, address="127.0.0.1")
     browser = BrowserAgent(_agent_voice(3.0))
     carrier = await RtpPeer(seed=41).start()
@@ -157,10 +148,11 @@ async def test_browser_offer_to_a_plain_carrier_we_are_dtls_client(
 
 
 async def test_wrong_fingerprint_fails_the_leg_and_no_media_crosses(
-        engine: LocalMediaEngine) -> None:
+        masking_engine: LocalMediaEngine) -> None:
     """The browser's answer names another certificate's fingerprint (a man in the middle's
     view): the handshake completes on the wire but fails verification; nothing reaches either
     side, while a plain call beside it is relayed."""
+    engine = masking_engine  # the shared fixture (tests/proxy/conftest.py)
     registry = CallRegistry(engine, address="127.0.0.1")
     carrier = await RtpPeer(seed=51).start()
     browser = BrowserAgent(_agent_voice(4.0))

@@ -7,9 +7,6 @@ the carrier's audio did arrive. Set-up as in test_webrtc_aiortc.py."""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
-
-import pytest
 
 from dsp import tones
 from proxy.control.calls import CallRegistry
@@ -20,11 +17,9 @@ from proxy.demo.phone import RtpPeer
 from proxy.demo.sdp_builder import audio_sdp, media_endpoint
 from proxy.demo.spandsp import spandsp_detect
 from proxy.media.engine import LocalMediaEngine
-from proxy.media.masking import MaskingPipeline
 from proxy.media.types import DigitEvent
 from tests.proxy.control.test_webrtc_aiortc import (
     CARD,
-    LOOKAHEAD_MS,
     WEBRTC_KEYS,
     _agent_voice,
     _card_audio,
@@ -34,15 +29,6 @@ from tests.proxy.control.test_webrtc_aiortc import (
 from tests.proxy.control.webrtc_peers import BrowserAgent
 
 
-@pytest.fixture
-async def engine(media_ports: tuple[int, int]) -> AsyncIterator[LocalMediaEngine]:
-    engine = LocalMediaEngine("127.0.0.1", *media_ports,
-                              pipeline_factory=lambda: MaskingPipeline(lookahead_ms=LOOKAHEAD_MS))
-    await engine.start()
-    yield engine
-    await engine.stop()
-
-
 def _dtls_and_ice(sdp: str) -> list[str]:
     return sorted(line for line in sdp.split("\r\n")
                   if line.startswith(("a=fingerprint:", "a=ice-ufrag:", "a=ice-pwd:",
@@ -50,7 +36,8 @@ def _dtls_and_ice(sdp: str) -> list[str]:
 
 
 async def test_a_card_keyed_after_a_re_offer_is_masked_for_the_browser_agent(
-        engine: LocalMediaEngine) -> None:
+        masking_engine: LocalMediaEngine) -> None:
+    engine = masking_engine  # the shared fixture (tests/proxy/conftest.py)
     digits: list[DigitEvent] = []
     registry = CallRegistry(engine, address="127.0.0.1",
                             on_digit=lambda c, t, e: digits.append(e))

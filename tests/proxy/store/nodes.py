@@ -52,9 +52,11 @@ class NodeProcess:
         assert self.proc is not None
         return await wait_ready(self.api, self.proc, self.log, timeout)
 
-    def kill9(self) -> None:
+    async def kill9(self) -> None:
+        """``kill -9``, then wait until the process is gone (its ports and sockets free)."""
         assert self.proc is not None
         os.kill(self.proc.pid, signal.SIGKILL)
+        await self.proc.wait()
 
     async def stop(self) -> None:
         if self.proc is None or self.proc.returncode is not None:

@@ -119,9 +119,7 @@ async def test_kill_9_mid_payment_then_restart_restores_call_media_masking_and_p
 
             loop = asyncio.get_running_loop()
             killed = loop.time()
-            node.kill9()
-            assert node.proc is not None
-            await node.proc.wait()
+            await node.kill9()
             spawned = await node.start()
             await node.ready()
             ready = loop.time()
@@ -250,9 +248,7 @@ async def test_kill_9_restart_keeps_an_sdes_srtp_call_decrypting_both_ways(
 
             loop = asyncio.get_running_loop()
             killed = loop.time()
-            node.kill9()
-            assert node.proc is not None
-            await node.proc.wait()
+            await node.kill9()
             await node.start()
             await node.ready()
             for phone in (agent, caller):

@@ -64,9 +64,7 @@ async def test_kill_9_restores_a_supervisors_subscription_masked(
 
             loop = asyncio.get_running_loop()
             killed = loop.time()
-            node.kill9()
-            assert node.proc is not None
-            await node.proc.wait()
+            await node.kill9()
             await node.start()
             await node.ready()
             async with asyncio.timeout(15):

@@ -87,9 +87,7 @@ async def test_kill_9_after_the_srtp_rollover_restores_the_rollover_counters(
 
             loop = asyncio.get_running_loop()
             killed = loop.time()
-            node.kill9()
-            assert node.proc is not None
-            await node.proc.wait()
+            await node.kill9()
             await node.start()
             await node.ready()
             # Relayed again, both ways, and it decrypts (bounded wait, then say what came).

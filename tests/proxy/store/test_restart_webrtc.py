@@ -98,9 +98,7 @@ async def test_kill_9_resumes_a_webrtc_agent_leg_without_a_handshake(
 
             loop = asyncio.get_running_loop()
             killed = loop.time()
-            node.kill9()
-            assert node.proc is not None
-            await node.proc.wait()
+            await node.kill9()
             await node.start()
             await node.ready()
             frames_before = len(browser.frames)

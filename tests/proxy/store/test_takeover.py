@@ -24,6 +24,7 @@ from tests.conftest import pick_udp_port
 from tests.proxy.control.sip_peers import card_audio
 from tests.proxy.store.conftest import RedisServer, dump_all
 from tests.proxy.store.nodes import NodeProcess, Talker, cluster
+from tests.proxy.store.test_many_nodes import _calls, _uac
 from tests.proxy.store.test_restart import _after, _ng, _no_card_data, _until
 
 PAN, EXPIRY, CODE = "4111111111111111", "1230", "737"
@@ -32,14 +33,6 @@ PAN, EXPIRY, CODE = "4111111111111111", "1230", "737"
 HEARTBEAT, TTL = 0.25, 2.0
 
 pytestmark = [pytest.mark.peer]
-
-
-async def _calls(node: NodeProcess) -> set[str]:
-    transport, ng = await _ng(node.ng)
-    try:
-        return set((await ng.request(transport, {"command": "list"}))["calls"])
-    finally:
-        transport.close()
 
 
 # --- the claim, against a real redis-server --------------------------------------------------
@@ -203,9 +196,7 @@ async def test_kill_9_node_a_mid_payment_node_b_takes_the_call_over_on_the_same_
 
             loop = asyncio.get_running_loop()
             killed = loop.time()
-            a.kill9()
-            assert a.proc is not None
-            await a.proc.wait()
+            await a.kill9()
             await _until(lambda: _true(any(t > killed + 0.05 for t, _ in
                                            agent.received.packets)),
                          20, "media flows again after the takeover")
@@ -368,7 +359,6 @@ async def test_kamailio_deletes_reach_the_taker_after_node_a_is_killed(
     node-a restarted takes its address back and relays those commands to node-b: each BYE's
     delete reaches node-b, which ends the call there."""
     from tests.proxy.control.sip_peers import stop
-    from tests.proxy.store.test_many_nodes import _uac
 
     calls, hold_ms = 4, 25_000
     low, high = media_ports
@@ -405,9 +395,7 @@ async def test_kamailio_deletes_reach_the_taker_after_node_a_is_killed(
             async def stored() -> bool:  # node-a's writer has written every call it has
                 return {x.encode() for x in on_a} <= set(await redis.hkeys(OWNERS))
             await _until(stored, 10, "node-a's calls written to the store")
-            a.kill9()
-            assert a.proc is not None
-            await a.proc.wait()
+            await a.kill9()
 
             async def adopted() -> bool:
                 return on_a <= await _calls(b)
