@@ -37,6 +37,7 @@ from proxy.control.dtls_leg import WEBRTC_PROTOCOLS, DtlsLeg, has_ice
 from proxy.control.keying import SdesLeg, offered_keys
 from proxy.control.replies import query_reply, statistics_reply
 from proxy.control.requests import (
+    STATE_CHANGING,
     DeleteRequest,
     DtmfRequest,
     ListRequest,
@@ -253,8 +254,7 @@ class CallRegistry:
         try:
             return await self._dispatch(request)
         finally:
-            if self.on_state is not None and isinstance(
-                    request, NegotiateRequest | DeleteRequest | DtmfRequest):
+            if self.on_state is not None and isinstance(request, STATE_CHANGING):
                 self.on_state(request.call_id)
 
     async def _dispatch(self, request: Request) -> dict[str, Any]:

@@ -193,6 +193,10 @@ class UnsubscribeRequest:
 Request = (PingRequest | NegotiateRequest | DeleteRequest | QueryRequest | ListRequest
            | StatisticsRequest | DtmfRequest | SubscribeRequest | SubscribeAnswerRequest
            | UnsubscribeRequest)
+# The commands that change a call's state (what the shared store must write again); the
+# others only read it.
+STATE_CHANGING = (NegotiateRequest, DeleteRequest, DtmfRequest, SubscribeRequest,
+                  SubscribeAnswerRequest, UnsubscribeRequest)
 
 
 def parse_request(body: dict[str, Any]) -> Request:

@@ -315,3 +315,19 @@ async def test_the_pending_tag_cannot_name_a_subscription() -> None:
     with pytest.raises(ng.NgError, match="Invalid to-tag"):
         await registry.handle({"command": "subscribe request", "call-id": "c",
                                "from-tag": "cust", "to-tag": "~"})
+
+
+async def test_every_subscription_command_marks_the_call_for_the_shared_store() -> None:
+    """A subscription is call state: a restart restores it only if the store writer was told.
+    (It once was not: a subscription made later than the answer's write batch was lost.)"""
+    registry, _ = _registry()
+    await _call(registry)
+    marked: list[str] = []
+    registry.on_state = marked.append
+    await _subscribe(registry)
+    assert marked == ["c", "c"]  # subscribe request, subscribe answer
+    await registry.handle({"command": "query", "call-id": "c"})
+    await registry.handle({"command": "list"})
+    assert marked == ["c", "c"]  # reading a call changes nothing
+    await registry.handle({"command": "unsubscribe", "call-id": "c", "to-tag": SUP})
+    assert marked == ["c", "c", "c"]

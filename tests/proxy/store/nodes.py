@@ -7,12 +7,14 @@ test's event loop (mutual TLS, as in the ``stack`` fixture).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +25,7 @@ from proxy.demo.phone import RtpPeer
 from tests.conftest import pick_tcp_port, pick_udp_port
 from tests.gateway.stub import running_gateway
 from tests.proxy.service.serve_process import spawn_serve, wait_ready
+from tests.proxy.store.conftest import RedisServer
 
 
 @dataclass
@@ -181,3 +184,25 @@ class Talker:
             self._task.cancel()
             with suppress(asyncio.CancelledError):
                 await self._task
+
+
+async def stored(redis: RedisServer, call_id: str,
+                 ready: Callable[[dict[str, Any]], bool] = lambda record: True,
+                 timeout: float = 10.0) -> dict[str, Any]:
+    """Wait (bounded) until the node's writer has put ``call_id``'s record in Redis and the
+    record (its plain JSON; keys stay sealed) satisfies ``ready``: a test kills a node only
+    after what it means to restore has been written, not after a guessed pause."""
+    client = redis.client()
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                data = await client.get(f"toneguard:call:{call_id}")
+                if data is not None and ready(record := json.loads(data)):
+                    return record
+                await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
+
+
+def tags(record: dict[str, Any]) -> set[str]:
+    return {p["tag"] for p in record["call"]["parties"]}

@@ -25,7 +25,7 @@ from proxy.demo.simulate import NgClient
 from proxy.demo.spandsp import spandsp_detect
 from tests.proxy.control.sip_peers import card_audio
 from tests.proxy.store.conftest import RedisServer, dump_all
-from tests.proxy.store.nodes import Talker, cluster
+from tests.proxy.store.nodes import Talker, cluster, stored
 
 PAN, EXPIRY, CODE = "4111111111111111", "1230", "737"
 TEST_PANS = ("4111111111111111", "5555555555554444", "378282246310005")
@@ -115,7 +115,8 @@ async def test_kill_9_mid_payment_then_restart_restores_call_media_masking_and_p
                     # captured (fail closed); the crash must just come mid-card.
                     return p["fields"]["payment-card-number"].count("•") >= 4
                 await _until(keyed, 10, "card digits captured before the crash")
-            await asyncio.sleep(0.3)  # the writer's batch (not a timing assertion)
+            await stored(redis_server, "restart-1", lambda r: any(
+                p["current"] == "payment-card-number" for p in r["payments"]))
 
             loop = asyncio.get_running_loop()
             killed = loop.time()

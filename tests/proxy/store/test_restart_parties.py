@@ -18,7 +18,7 @@ from proxy.demo.sdp_builder import audio_sdp, media_endpoint
 from proxy.demo.spandsp import spandsp_detect
 from tests.proxy.control.sip_peers import card_audio
 from tests.proxy.store.conftest import RedisServer
-from tests.proxy.store.nodes import Talker, cluster
+from tests.proxy.store.nodes import Talker, cluster, stored, tags
 from tests.proxy.store.test_restart import _after, _ng
 
 pytestmark = [pytest.mark.peer,
@@ -60,7 +60,8 @@ async def test_kill_9_restores_a_supervisors_subscription_masked(
             talker = Talker(customer, media_endpoint(answer["sdp"])).start()
             await agent.wait_for(10)
             await supervisor.wait_for(10)
-            await asyncio.sleep(0.3)  # the writer's batch (not a timing assertion)
+            await stored(redis_server, "sub-1",
+                         lambda r: tags(r) == {"cust", "agent", sub["to-tag"]})
 
             loop = asyncio.get_running_loop()
             killed = loop.time()

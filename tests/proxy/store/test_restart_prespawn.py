@@ -17,7 +17,7 @@ from proxy.demo.sdp_builder import audio_sdp, media_endpoint
 from proxy.demo.spandsp import spandsp_detect
 from tests.proxy.control.sip_peers import card_audio
 from tests.proxy.store.conftest import RedisServer
-from tests.proxy.store.nodes import Talker, cluster
+from tests.proxy.store.nodes import Talker, cluster, stored, tags
 from tests.proxy.store.test_restart import _after, _ng
 
 pytestmark = pytest.mark.peer
@@ -70,7 +70,7 @@ async def test_kill_9_with_prespawned_workers_restores_and_leaves_two_workers(
             assert node.proc is not None
             old_workers = _media_workers(node.proc.pid)
             assert len(old_workers) == 2
-            await asyncio.sleep(0.3)  # the writer's batch (not a timing assertion)
+            await stored(redis_server, "w2-1", lambda r: tags(r) == {"ft", "tt"})
 
             loop = asyncio.get_running_loop()
             killed = loop.time()
