@@ -89,22 +89,30 @@ def claim_key(node: str) -> str:
     return f"{PREFIX}:takeover:{node}"
 
 
+def moved_key(node: str) -> str:
+    """The set of call ids a taker moved off ``node``: what ``node``, back, relays."""
+    return f"{PREFIX}:takeover:{node}:calls"
+
+
 # KEYS: the dead node's heartbeat, its claim, its call set, the taker's call set, the owners
-# hash. ARGV: the taker, the prefix of call record keys. Returns {"alive"}, {"taken", holder},
-# {"empty"} (no calls to take: no claim, so a node not started yet is not reported taken
-# over) or {"won", id1, record1, id2, record2, ...}.
+# hash, the set of the ids moved (read by the dead node when it is back: it relays the next
+# commands of those calls, an offer too, to the taker). ARGV: the taker, the prefix of call
+# record keys. Returns {"alive"}, {"taken", holder}, {"empty"} (no calls to take: no claim,
+# so a node not started yet is not reported taken over) or {"won", id1, record1, id2, ...}.
 CLAIM = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'alive'} end
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[1] then return {'taken', holder} end
 if redis.call('SCARD', KEYS[3]) == 0 then return {'empty'} end
 redis.call('SET', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[6])
 local out = {'won'}
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[3])) do
   local record = redis.call('GET', ARGV[2] .. id)
   if record then
     redis.call('HSET', KEYS[5], id, ARGV[1])
     redis.call('SADD', KEYS[4], id)
+    redis.call('SADD', KEYS[6], id)
     table.insert(out, id)
     table.insert(out, record)
   else
@@ -142,7 +150,8 @@ class Claim:
 
 async def claim(redis: aioredis.Redis, dead: str, taker: str) -> Claim:
     """Run :data:`CLAIM` once: atomically, exactly one taker wins a dead node's calls."""
-    keys = [alive_key(dead), claim_key(dead), node_key(dead), node_key(taker), OWNERS]
+    keys = [alive_key(dead), claim_key(dead), node_key(dead), node_key(taker), OWNERS,
+            moved_key(dead)]
     try:
         reply = await redis.eval(CLAIM, len(keys), *keys, taker, call_key(""))
     except (RedisError, OSError) as exc:
@@ -178,6 +187,9 @@ class Heartbeat:
         self._instance = secrets.token_hex(8)  # which process of this node beats
         self._task: asyncio.Task[None] | None = None
         self.taken_by = ""  # the node that took this node's calls while it was down
+        # The calls a taker moved off this node: Kamailio keeps sending their commands here
+        # (a re-INVITE's offer too), and this node relays them to the owner (:meth:`relays`).
+        self.taken_calls: set[str] = set()
         self.failures = 0
 
     async def start(self) -> None:
@@ -211,6 +223,7 @@ class Heartbeat:
         try:
             holder = await self._redis.getdel(claim_key(self.node))
             owners = await self._redis.hmget(OWNERS, ids) if ids else []
+            self.taken_calls |= await self._moved()
         except (RedisError, OSError) as exc:
             raise TakeoverError(f"redis: {type(exc).__name__}: {exc}") from exc
         moved = [c for c, o in zip(ids, owners, strict=True)
@@ -231,12 +244,32 @@ class Heartbeat:
             pipe.hset(MEDIA, self.node, json.dumps(asdict(self._media)))
             pipe.getdel(claim_key(self.node))
             _, holder = await pipe.execute()
+            self.taken_calls |= await self._moved()
         except (RedisError, OSError) as exc:
             raise TakeoverError(f"redis: {type(exc).__name__}: {exc}") from exc
         if holder:
             self.taken_by = _text(holder)
             log.warning("this node's calls were taken over while it was down: left to the "
                         "node that has them", taken_by=self.taken_by)
+
+    async def _moved(self) -> set[str]:
+        """The ids of the calls a taker moved off this node (read once: the set is deleted)."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.smembers(moved_key(self.node))
+        pipe.delete(moved_key(self.node))
+        ids, _ = await pipe.execute()
+        return {_text(i) for i in ids}
+
+    def relays(self, call_id: str, starts_a_call: bool) -> bool:
+        """Whether an ng command for ``call_id`` (a call this node does not have) may belong
+        to a node that took this node's calls over, so its owner is looked up and the command
+        relayed there. Never before a takeover (no Redis round trip for unknown calls). An
+        offer for a call this node does not know is a new call — except for a call a taker
+        moved off this node: Kamailio sends that call's re-INVITE here, and it must reach the
+        adopter, not become a second call on this node's ports."""
+        if not self.taken_by and not self.taken_calls:
+            return False
+        return not starts_a_call or call_id in self.taken_calls
 
     async def _run(self) -> None:
         while True:
