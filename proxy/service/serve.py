@@ -571,7 +571,8 @@ async def start_heartbeat(config: Config, store: object, node_id: str,
     heartbeat = Heartbeat(store.client, node_id, NodeMedia(
         m.address, m.advertised_address or m.address, m.port_min, m.port_max, config.ng.listen),
         interval=config.store.heartbeat_seconds, ttl=config.store.heartbeat_ttl_seconds,
-        calls=lambda: list(registry.calls), forget=registry.forget)
+        calls=lambda: list(registry.calls), forget=registry.forget,
+        reap_after=config.store.orphan_seconds)
     await heartbeat.start()
     return heartbeat
 

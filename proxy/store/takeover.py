@@ -66,13 +66,13 @@ from proxy.media.types import (
     StreamConfig,
     StreamStats,
 )
+from proxy.store.orphans import OrphanReaper
 from proxy.store.records import CallRecord, RecordError
-from proxy.store.redis_store import ALIVE, OWNERS, PREFIX, call_key, node_key
+from proxy.store.redis_store import ALIVE, DOWN, MEDIA, OWNERS, PREFIX, call_key, node_key
 from proxy.store.sealing import SealError
 
 log = structlog.get_logger("toneguard.store")
 
-MEDIA = f"{PREFIX}:media"  # hash: node → its media (JSON of NodeMedia)
 ADOPT_RETRY_SECONDS = 5.0  # a port still held (a killed node's sockets closing), an address
 ADOPT_RETRY_PAUSE = 0.1  # not yet moved here: retried this long, this often
 # The first beat, at start, lives this long at least: a starting node (restoring its calls,
@@ -173,7 +173,8 @@ class Heartbeat:
     def __init__(self, redis: aioredis.Redis, node: str, media: NodeMedia, *,
                  interval: float, ttl: float,
                  calls: Callable[[], list[str]] = list,
-                 forget: Callable[[str], Awaitable[object]] | None = None) -> None:
+                 forget: Callable[[str], Awaitable[object]] | None = None,
+                 reap_after: float | None = None) -> None:
         self._redis = redis
         self.node = node
         self._media = media
@@ -191,6 +192,9 @@ class Heartbeat:
         # (a re-INVITE's offer too), and this node relays them to the owner (:meth:`relays`).
         self.taken_calls: set[str] = set()
         self.failures = 0
+        # Every node sweeps for the records of nodes that never came back (once it is up).
+        self.reaper = None if reap_after is None else OrphanReaper(
+            redis, node, grace=reap_after, interval=ttl)
 
     async def start(self) -> None:
         """The first beat (before this node loads its calls), alive for the start's grace."""
@@ -203,6 +207,8 @@ class Heartbeat:
         keeps trying (the restore is retried by the writer)."""
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="store-heartbeat")
+        if self.reaper is not None:
+            self.reaper.start()
 
     async def _beat(self, ttl_ms: int | None = None) -> None:
         try:
@@ -243,7 +249,8 @@ class Heartbeat:
             pipe = self._redis.pipeline(transaction=True)
             pipe.hset(MEDIA, self.node, json.dumps(asdict(self._media)))
             pipe.getdel(claim_key(self.node))
-            _, holder = await pipe.execute()
+            pipe.delete(f"{DOWN}{self.node}")  # back: a later death counts from then
+            _, holder, _ = await pipe.execute()
             self.taken_calls |= await self._moved()
         except (RedisError, OSError) as exc:
             raise TakeoverError(f"redis: {type(exc).__name__}: {exc}") from exc
@@ -282,6 +289,8 @@ class Heartbeat:
     async def stop(self) -> None:
         """Stop beating. The key is left to expire: a node stopped with live calls has them
         taken over after the TTL unless it is back first (an upgrade's restart)."""
+        if self.reaper is not None:
+            await self.reaper.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
