@@ -9,8 +9,8 @@ it relays. Here the owner's **heartbeat** decides instead (``toneguard:alive:<no
 every node with Redis refreshes, :mod:`proxy.store.takeover`):
 
 - Every node sweeps every ``interval`` (its heartbeat TTL): for each other node it knows of
-  (an owner in ``toneguard:calls``, an API in ``toneguard:nodes``, media in
-  ``toneguard:media``) it runs :data:`REAP`, one Lua script (atomic against every other
+  (media in ``toneguard:media``, published at a node's first beat; an API in
+  ``toneguard:nodes``) it runs :data:`REAP`, one Lua script (atomic against every other
   command, so two sweepers and a node coming back never race): a node whose heartbeat is
   there is alive (its down mark, if any, is cleared); one whose heartbeat is gone gets a
   down mark, ``toneguard:down:<node>`` = when a sweeper first saw it gone (Redis's clock,
@@ -130,16 +130,17 @@ async def sweep_node(redis: aioredis.Redis, node: str, grace: float) -> Sweep:
 
 
 async def known_nodes(redis: aioredis.Redis) -> set[str]:
-    """Every node the store has heard of: an owner of a call, an API, a media address."""
+    """Every node the store has heard of: its media (published at its first beat, so every
+    node with a heartbeat is there) or its API. Not the owners of calls: that hash holds every
+    call, too big to read every few seconds, and a node that never beat has nothing to miss."""
     try:
         pipe = redis.pipeline(transaction=False)
-        pipe.hvals(OWNERS)
         pipe.hkeys(NODES)
         pipe.hkeys(MEDIA)
-        owners, apis, media = await pipe.execute()
+        apis, media = await pipe.execute()
     except (RedisError, OSError) as exc:
         raise StoreError(f"redis: {type(exc).__name__}: {exc}") from exc
-    return {_text(n) for n in (*owners, *apis, *media)}
+    return {_text(n) for n in (*apis, *media)}
 
 
 @dataclass(frozen=True)
@@ -157,14 +158,20 @@ async def down_calls(redis: aioredis.Redis, exclude: str) -> tuple[set[str], lis
     """The nodes (other than ``exclude``) whose heartbeat is gone, and their calls (at most
     :data:`MAX_LISTED`), read from the records' plain fields."""
     try:
-        owners = {_text(k): _text(v) for k, v in (await redis.hgetall(OWNERS)).items()}
         nodes = sorted(await known_nodes(redis) - {exclude})
         pipe = redis.pipeline(transaction=False)
         for node in nodes:
             pipe.exists(f"{ALIVE}{node}")
         alive = await pipe.execute() if nodes else []
         down = {n for n, a in zip(nodes, alive, strict=True) if not a}
-        ids = sorted(c for c, n in owners.items() if n in down)[:MAX_LISTED]
+        owners: dict[str, str] = {}  # the down nodes' calls that are still theirs
+        for node in sorted(down):
+            ids = sorted(_text(i) for i in await redis.smembers(node_key(node)))
+            ids = ids[:MAX_LISTED - len(owners)]
+            found = await redis.hmget(OWNERS, ids) if ids else []
+            owners |= {c: node for c, o in zip(ids, found, strict=True)
+                       if o is not None and _text(o) == node}
+        ids = sorted(owners)
         values = await redis.mget([call_key(c) for c in ids]) if ids else []
     except (RedisError, OSError) as exc:
         raise StoreError(f"redis: {type(exc).__name__}: {exc}") from exc

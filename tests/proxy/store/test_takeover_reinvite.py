@@ -18,7 +18,7 @@ from proxy.demo.phone import RtpPeer
 from proxy.demo.sdp_builder import audio_sdp, media_endpoint
 from proxy.demo.spandsp import spandsp_detect
 from proxy.store.redis_store import OWNERS, call_key
-from proxy.store.takeover import moved_key
+from proxy.store.takeover import Heartbeat, NodeMedia, moved_key
 from tests.proxy.control.sip_peers import card_audio
 from tests.proxy.store.conftest import RedisServer
 from tests.proxy.store.nodes import Talker, cluster, stored
@@ -30,6 +30,19 @@ CARD = "5555555555554444"
 
 pytestmark = [pytest.mark.peer,
               pytest.mark.skipif(not shutil.which("multimon-ng"), reason="needs multimon-ng")]
+
+
+def test_only_a_node_taken_over_relays_and_an_offer_only_for_a_call_moved_off_it() -> None:
+    """No Redis round trip for unknown calls before a takeover; after one, commands for calls
+    this node does not have are looked up, and offers only for the calls the taker moved."""
+    beat = Heartbeat(None, "node-a", NodeMedia("127.0.0.2", "127.0.0.2", 30000, 30100),  # type: ignore[arg-type]
+                     interval=1.0, ttl=3.0)
+    assert not beat.relays("c1", starts_a_call=False)
+    assert not beat.relays("c1", starts_a_call=True)
+    beat.taken_by, beat.taken_calls = "node-b", {"c1"}
+    assert beat.relays("c1", starts_a_call=True)  # a re-INVITE of a moved call
+    assert not beat.relays("new", starts_a_call=True)  # a new call: taken here, no lookup
+    assert beat.relays("other", starts_a_call=False)  # e.g. a delete: the owner is looked up
 
 
 async def test_a_hold_re_offer_sent_to_node_a_back_after_a_takeover_is_relayed_to_the_adopter(
