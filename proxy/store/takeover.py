@@ -260,12 +260,10 @@ class Heartbeat:
                         "node that has them", taken_by=self.taken_by)
 
     async def _moved(self) -> set[str]:
-        """The ids of the calls a taker moved off this node (read once: the set is deleted)."""
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.smembers(moved_key(self.node))
-        pipe.delete(moved_key(self.node))
-        ids, _ = await pipe.execute()
-        return {_text(i) for i in ids}
+        """The ids of the calls a taker moved off this node. The set stays (a second restart
+        of this node relays them too): the next claim replaces it, a sweep while this node is
+        down drops the calls that ended (:mod:`proxy.store.orphans`)."""
+        return {_text(i) for i in await self._redis.smembers(moved_key(self.node))}
 
     def relays(self, call_id: str, starts_a_call: bool) -> bool:
         """Whether an ng command for ``call_id`` (a call this node does not have) may belong
