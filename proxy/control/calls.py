@@ -148,8 +148,7 @@ class Call:
     masking_reason: str = ""  # which rule chose the customers (logged when it changes)
     # To-tags of forked branches whose answer a later branch's answer replaced: their dialogs
     # are not the one the call follows, so a ``delete`` naming one leaves the media alone.
-    # (Not in the store's record: a restored call answers such a delete as rtpengine answers
-    # unknown tags.)
+    # (In the store's record too: a call restored mid-ring still knows them.)
     branches: set[str] = field(default_factory=set)
 
     @property

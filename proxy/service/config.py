@@ -213,6 +213,10 @@ class StoreConfig(_Section):
     takeover: list[str] = Field(default_factory=list)
     heartbeat_seconds: float = Field(1.0, gt=0, le=60)
     heartbeat_ttl_seconds: float = Field(3.0, gt=0, le=600)
+    # A node whose heartbeat has been gone this long (no takeover, never back): every node may
+    # delete its calls' records (proxy/store/orphans.py). Keep it above media.idle_timeout_seconds
+    # and the longest restart you expect: those records are what a restart restores.
+    orphan_seconds: float = Field(300.0, gt=0, le=7 * 24 * 3600)
 
     @field_validator("url")
     @classmethod
@@ -228,6 +232,9 @@ class StoreConfig(_Section):
         if self.heartbeat_ttl_seconds <= self.heartbeat_seconds:
             raise ValueError("heartbeat_ttl_seconds must be above heartbeat_seconds (a node "
                              "beating on time would be taken for dead)")
+        if self.orphan_seconds <= self.heartbeat_ttl_seconds:
+            raise ValueError("orphan_seconds must be above heartbeat_ttl_seconds (a dead "
+                             "node's calls would be reaped before a taker could adopt them)")
         if self.takeover and not self.url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("takeover needs a Redis url (the nodes' heartbeats are there)")
         return self

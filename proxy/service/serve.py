@@ -401,10 +401,10 @@ class Node:
             call_id = getattr(request, "call_id", "")
             # Only once another node took this node's calls over (the ng worker waits for the
             # lookup: no Redis round trip for unknown calls otherwise).
-            if (self._relay is not None and self._heartbeat is not None
-                    and self._heartbeat.taken_by and call_id
+            if (self._relay is not None and self._heartbeat is not None and call_id
                     and call_id not in self.registry.calls
-                    and not starts_a_call(request, self.registry.calls)):
+                    and self._heartbeat.relays(call_id,
+                                               starts_a_call(request, self.registry.calls))):
                 relayed = await self._relay.relay(body, call_id)  # another node adopted it
                 if relayed is not None:
                     return relayed
@@ -571,7 +571,8 @@ async def start_heartbeat(config: Config, store: object, node_id: str,
     heartbeat = Heartbeat(store.client, node_id, NodeMedia(
         m.address, m.advertised_address or m.address, m.port_min, m.port_max, config.ng.listen),
         interval=config.store.heartbeat_seconds, ttl=config.store.heartbeat_ttl_seconds,
-        calls=lambda: list(registry.calls), forget=registry.forget)
+        calls=lambda: list(registry.calls), forget=registry.forget,
+        reap_after=config.store.orphan_seconds)
     await heartbeat.start()
     return heartbeat
 

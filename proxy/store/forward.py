@@ -6,6 +6,9 @@
   call all live there).
 - ``GET /v1/calls`` answers with this node's calls plus those every other node returns for
   the same agent (each node applies its own rules: an agent sees its own calls on every node).
+  A node whose heartbeat is gone is not asked: its calls are listed from their records with
+  ``"owner_down": true`` and ``"node"`` (an agent sees its own, a supervisor all) until it
+  comes back, a taker adopts them or they are reaped (:mod:`proxy.store.orphans`).
 
 The agent's API key never leaves the node it was given to. This node checks it, then sends
 the owner a **node assertion** instead (``X-ToneGuard-Assertion``): who the agent is, which
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 import hashlib
 import hmac
 import json
@@ -49,6 +53,8 @@ from proxy.api.auth import (
     valid_name,
 )
 from proxy.store.base import StateStore, StoreError
+from proxy.store.orphans import DownCall, down_calls
+from proxy.store.redis_store import RedisStore
 
 log = structlog.get_logger("toneguard.store")
 
@@ -289,11 +295,15 @@ class ClusterRouter:
             others = {n: u for n, u in (await self._store.nodes()).items() if n != self._node}
         except StoreError:
             others = {}
+        down, orphans = await self._down()
         try:  # the app accepted this key just now (cached: no second scrypt)
-            who = await self._guard.check(*_key_and_source(scope)) if others else None
+            who = (await self._guard.check(*_key_and_source(scope))
+                   if others or orphans else None)
         except AuthRefused:
             who = None  # revoked meanwhile: this node's calls only
         for node, base in sorted(others.items()):
+            if node in down:  # its heartbeat is gone: its calls come from the store below
+                continue
             if who is None:
                 break
             headers = self._signed_headers(scope, node, who, "GET", "/v1/calls", "", b"")
@@ -308,10 +318,34 @@ class ClusterRouter:
                 if call["call_id"] not in seen:
                     seen.add(call["call_id"])
                     calls.append(call)
+        for orphan in orphans if who is not None else []:
+            if orphan.call_id not in seen and (who.at_least("supervisor")
+                                               or orphan.agent_id == who.agent_id):
+                seen.add(orphan.call_id)
+                calls.append(_owner_down_view(orphan))
         await _respond(send, 200, calls)
+
+    async def _down(self) -> tuple[set[str], list[DownCall]]:
+        """The nodes whose heartbeat is gone and their calls (none without Redis)."""
+        if not isinstance(self._store, RedisStore):
+            return set(), []
+        try:
+            return await down_calls(self._store.client, self._node)
+        except StoreError as exc:
+            log.info("owner-down calls not listed: store unreachable", reason=str(exc))
+            return set(), []
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+def _owner_down_view(call: DownCall) -> dict[str, Any]:
+    """A call of a node whose heartbeat is gone, as ``GET /v1/calls`` lists calls (its fields
+    from the record; no payment is in progress anywhere), marked as such."""
+    started = datetime.datetime.fromtimestamp(call.created, datetime.UTC).isoformat()
+    return {"call_id": call.call_id, "agent_id": call.agent_id, "payment_sid": "",
+            "last_payment_sid": call.last_payment_sid, "caller": "", "started_at": started,
+            "owner_down": True, "node": call.node}
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

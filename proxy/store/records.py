@@ -1,7 +1,8 @@
 """What is written about a call, and back: one JSON record per call.
 
 Written: the call's restorable state (parties, streams, local ports, SDP endpoints, codecs,
-masking policy and ``block DTMF`` decisions, SRTP keys *sealed*), its agent assignment, and its
+masking policy and ``block DTMF`` decisions, SRTP keys *sealed*, the to-tags of forked
+branches it no longer follows), its agent assignment, and its
 payments' metadata (status, the field being keyed, the masked values the agent is shown,
 brand, token). Never written: a digit being keyed, a card number, a security code — a
 :class:`~proxy.securepay.session.PaymentSession`'s buffers are not read here at all, only
@@ -77,6 +78,10 @@ def encode(record: CallRecord, sealer: Sealer) -> bytes:
             "call_id": call.call_id, "created": call.created, "last_signal": call.last_signal,
             "metadata": call.metadata, "caller": call.caller,
             "recording": list(call.recording) if call.recording else None,
+            # Forked branches a later branch's answer replaced: a restart mid-ring keeps
+            # knowing them, so a delete for such a dialog (its CANCEL, its BYE) leaves the
+            # followed branch's media alone instead of ending the call.
+            "branches": sorted(call.branches),
             "parties": [_party(p, call.call_id, sealer) for p in call.parties.values()],
         },
     }
@@ -91,7 +96,8 @@ def decode(data: bytes, sealer: Sealer) -> CallRecord:
         c = body["call"]
         call = Call(c["call_id"], c["created"], c["last_signal"], metadata=c["metadata"],
                     caller=c["caller"],
-                    recording=_address(c["recording"]))
+                    recording=_address(c["recording"]),
+                    branches={str(t) for t in c.get("branches") or ()})  # older: none
         for p in c["parties"]:
             party = _unparty(p, call.call_id, sealer)
             call.parties[party.tag] = party

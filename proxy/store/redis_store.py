@@ -7,6 +7,8 @@ Layout (every key under ``toneguard:``)::
     toneguard:calls                 hash: call id → owning node (what any node's API lists)
     toneguard:nodes                 hash: node → its API's base URL (where actions are sent)
     toneguard:alive:<node>          the node's heartbeat, with a TTL (proxy.store.takeover)
+    toneguard:media                 hash: node → its media address, ports, ng address (takeover)
+    toneguard:down:<node>           when its heartbeat was first seen gone (proxy.store.orphans)
 
 A write of a batch is one round trip: a Lua script (:data:`WRITE`, three writes per call)
 that skips a call another node owns while that node's heartbeat is alive — after a takeover
@@ -35,6 +37,8 @@ PREFIX = "toneguard"
 OWNERS = f"{PREFIX}:calls"
 NODES = f"{PREFIX}:nodes"
 ALIVE = f"{PREFIX}:alive:"  # + node: its heartbeat
+MEDIA = f"{PREFIX}:media"  # hash: node → its media (JSON of proxy.store.takeover.NodeMedia)
+DOWN = f"{PREFIX}:down:"  # + node: when a sweeper first saw its heartbeat gone (ms, Redis clock)
 
 # KEYS: the owners hash, the writer's call set. ARGV: the writer, the heartbeat key prefix, the
 # call key prefix, then (call id, record or "" to delete) pairs. Returns the ids skipped: owned

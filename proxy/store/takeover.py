@@ -66,13 +66,13 @@ from proxy.media.types import (
     StreamConfig,
     StreamStats,
 )
+from proxy.store.orphans import OrphanReaper
 from proxy.store.records import CallRecord, RecordError
-from proxy.store.redis_store import ALIVE, OWNERS, PREFIX, call_key, node_key
+from proxy.store.redis_store import ALIVE, DOWN, MEDIA, OWNERS, PREFIX, call_key, node_key
 from proxy.store.sealing import SealError
 
 log = structlog.get_logger("toneguard.store")
 
-MEDIA = f"{PREFIX}:media"  # hash: node → its media (JSON of NodeMedia)
 ADOPT_RETRY_SECONDS = 5.0  # a port still held (a killed node's sockets closing), an address
 ADOPT_RETRY_PAUSE = 0.1  # not yet moved here: retried this long, this often
 # The first beat, at start, lives this long at least: a starting node (restoring its calls,
@@ -89,22 +89,30 @@ def claim_key(node: str) -> str:
     return f"{PREFIX}:takeover:{node}"
 
 
+def moved_key(node: str) -> str:
+    """The set of call ids a taker moved off ``node``: what ``node``, back, relays."""
+    return f"{PREFIX}:takeover:{node}:calls"
+
+
 # KEYS: the dead node's heartbeat, its claim, its call set, the taker's call set, the owners
-# hash. ARGV: the taker, the prefix of call record keys. Returns {"alive"}, {"taken", holder},
-# {"empty"} (no calls to take: no claim, so a node not started yet is not reported taken
-# over) or {"won", id1, record1, id2, record2, ...}.
+# hash, the set of the ids moved (read by the dead node when it is back: it relays the next
+# commands of those calls, an offer too, to the taker). ARGV: the taker, the prefix of call
+# record keys. Returns {"alive"}, {"taken", holder}, {"empty"} (no calls to take: no claim,
+# so a node not started yet is not reported taken over) or {"won", id1, record1, id2, ...}.
 CLAIM = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'alive'} end
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[1] then return {'taken', holder} end
 if redis.call('SCARD', KEYS[3]) == 0 then return {'empty'} end
 redis.call('SET', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[6])
 local out = {'won'}
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[3])) do
   local record = redis.call('GET', ARGV[2] .. id)
   if record then
     redis.call('HSET', KEYS[5], id, ARGV[1])
     redis.call('SADD', KEYS[4], id)
+    redis.call('SADD', KEYS[6], id)
     table.insert(out, id)
     table.insert(out, record)
   else
@@ -142,7 +150,8 @@ class Claim:
 
 async def claim(redis: aioredis.Redis, dead: str, taker: str) -> Claim:
     """Run :data:`CLAIM` once: atomically, exactly one taker wins a dead node's calls."""
-    keys = [alive_key(dead), claim_key(dead), node_key(dead), node_key(taker), OWNERS]
+    keys = [alive_key(dead), claim_key(dead), node_key(dead), node_key(taker), OWNERS,
+            moved_key(dead)]
     try:
         reply = await redis.eval(CLAIM, len(keys), *keys, taker, call_key(""))
     except (RedisError, OSError) as exc:
@@ -164,7 +173,8 @@ class Heartbeat:
     def __init__(self, redis: aioredis.Redis, node: str, media: NodeMedia, *,
                  interval: float, ttl: float,
                  calls: Callable[[], list[str]] = list,
-                 forget: Callable[[str], Awaitable[object]] | None = None) -> None:
+                 forget: Callable[[str], Awaitable[object]] | None = None,
+                 reap_after: float | None = None) -> None:
         self._redis = redis
         self.node = node
         self._media = media
@@ -178,7 +188,13 @@ class Heartbeat:
         self._instance = secrets.token_hex(8)  # which process of this node beats
         self._task: asyncio.Task[None] | None = None
         self.taken_by = ""  # the node that took this node's calls while it was down
+        # The calls a taker moved off this node: Kamailio keeps sending their commands here
+        # (a re-INVITE's offer too), and this node relays them to the owner (:meth:`relays`).
+        self.taken_calls: set[str] = set()
         self.failures = 0
+        # Every node sweeps for the records of nodes that never came back (once it is up).
+        self.reaper = None if reap_after is None else OrphanReaper(
+            redis, node, grace=reap_after, interval=ttl)
 
     async def start(self) -> None:
         """The first beat (before this node loads its calls), alive for the start's grace."""
@@ -191,6 +207,8 @@ class Heartbeat:
         keeps trying (the restore is retried by the writer)."""
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="store-heartbeat")
+        if self.reaper is not None:
+            self.reaper.start()
 
     async def _beat(self, ttl_ms: int | None = None) -> None:
         try:
@@ -211,6 +229,7 @@ class Heartbeat:
         try:
             holder = await self._redis.getdel(claim_key(self.node))
             owners = await self._redis.hmget(OWNERS, ids) if ids else []
+            self.taken_calls |= await self._moved()
         except (RedisError, OSError) as exc:
             raise TakeoverError(f"redis: {type(exc).__name__}: {exc}") from exc
         moved = [c for c, o in zip(ids, owners, strict=True)
@@ -230,13 +249,32 @@ class Heartbeat:
             pipe = self._redis.pipeline(transaction=True)
             pipe.hset(MEDIA, self.node, json.dumps(asdict(self._media)))
             pipe.getdel(claim_key(self.node))
-            _, holder = await pipe.execute()
+            pipe.delete(f"{DOWN}{self.node}")  # back: a later death counts from then
+            _, holder, _ = await pipe.execute()
+            self.taken_calls |= await self._moved()
         except (RedisError, OSError) as exc:
             raise TakeoverError(f"redis: {type(exc).__name__}: {exc}") from exc
         if holder:
             self.taken_by = _text(holder)
             log.warning("this node's calls were taken over while it was down: left to the "
                         "node that has them", taken_by=self.taken_by)
+
+    async def _moved(self) -> set[str]:
+        """The ids of the calls a taker moved off this node. The set stays (a second restart
+        of this node relays them too): the next claim replaces it, a sweep while this node is
+        down drops the calls that ended (:mod:`proxy.store.orphans`)."""
+        return {_text(i) for i in await self._redis.smembers(moved_key(self.node))}
+
+    def relays(self, call_id: str, starts_a_call: bool) -> bool:
+        """Whether an ng command for ``call_id`` (a call this node does not have) may belong
+        to a node that took this node's calls over, so its owner is looked up and the command
+        relayed there. Never before a takeover (no Redis round trip for unknown calls). An
+        offer for a call this node does not know is a new call — except for a call a taker
+        moved off this node: Kamailio sends that call's re-INVITE here, and it must reach the
+        adopter, not become a second call on this node's ports."""
+        if not self.taken_by and not self.taken_calls:
+            return False
+        return not starts_a_call or call_id in self.taken_calls
 
     async def _run(self) -> None:
         while True:
@@ -249,6 +287,8 @@ class Heartbeat:
     async def stop(self) -> None:
         """Stop beating. The key is left to expire: a node stopped with live calls has them
         taken over after the TTL unless it is back first (an upgrade's restart)."""
+        if self.reaper is not None:
+            await self.reaper.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
