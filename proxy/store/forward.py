@@ -318,11 +318,12 @@ class ClusterRouter:
                 if call["call_id"] not in seen:
                     seen.add(call["call_id"])
                     calls.append(call)
-        for orphan in orphans if who is not None else []:
-            if orphan.call_id not in seen and (who.at_least("supervisor")
-                                               or orphan.agent_id == who.agent_id):
-                seen.add(orphan.call_id)
-                calls.append(_owner_down_view(orphan))
+        if who is not None:
+            for orphan in orphans:
+                if orphan.call_id not in seen and (who.at_least("supervisor")
+                                                   or orphan.agent_id == who.agent_id):
+                    seen.add(orphan.call_id)
+                    calls.append(_owner_down_view(orphan))
         await _respond(send, 200, calls)
 
     async def _down(self) -> tuple[set[str], list[DownCall]]:
