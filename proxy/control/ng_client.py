@@ -112,13 +112,14 @@ class _Transaction:
 
 class NgClient(asyncio.DatagramProtocol):
     """Requests to one ng server, matched to replies by cookie; see the module docstring.
-    Made by :meth:`connect`; the retry settings default to the module constants (tests zero
-    them, as aioice's do)."""
+    Made by :meth:`connect` (or given to ``create_datagram_endpoint`` with a ``remote_addr``:
+    ``address`` is then the socket's peer); the retry settings default to the module
+    constants (tests shorten them, as aioice's do)."""
 
-    def __init__(self, address: tuple[str, int], *, raise_on_error: bool = True,
+    def __init__(self, address: tuple[str, int] | None = None, *, raise_on_error: bool = True,
                  rto: float | None = None, rto_max: float | None = None,
                  retransmits: int | None = None) -> None:
-        self.address = address
+        self.address = address or ("", 0)  # the server (for messages)
         self.raise_on_error = raise_on_error
         self._rto = RETRY_RTO if rto is None else rto
         self._rto_max = RETRY_RTO_MAX if rto_max is None else rto_max
@@ -142,6 +143,9 @@ class NgClient(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        if self.address == ("", 0) and peer:
+            self.address = (str(peer[0]), int(peer[1]))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None

@@ -222,3 +222,18 @@ async def test_a_closed_client_fails_its_waiting_request() -> None:
     finally:
         assert server.transport is not None
         server.transport.close()
+
+
+async def test_given_to_create_datagram_endpoint_it_names_its_server_from_the_socket(
+        closing: list[NgClient | _ScriptedServer]) -> None:
+    """Made without an address (as the fail-closed rig's NgControl is) and connected by the
+    caller: requests work and a timeout names the socket's peer."""
+    server, address = await _serve(
+        lambda i, cookie, body: [_reply(cookie, {"result": "pong"})] if i == 0 else [])
+    client = NgClient(rto=0.05, rto_max=0.05, retransmits=1)
+    await asyncio.get_running_loop().create_datagram_endpoint(lambda: client,
+                                                              remote_addr=address)
+    closing += [server, client]
+    assert await client.request({"command": "ping"}) == {"result": "pong"}
+    with pytest.raises(NgTimeout, match=rf" from 127\.0\.0\.1:{address[1]} after 2 sends$"):
+        await client.request({"command": "ping"})
