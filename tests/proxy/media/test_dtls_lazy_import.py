@@ -48,7 +48,7 @@ print(json.dumps(seen))
 
 def test_a_worker_imports_no_tls_library_until_its_first_dtls_leg() -> None:
     """The worker's own imports and a plain leg leave pyOpenSSL and cryptography unimported
-    (about 0.07 s of CPU, 0.15-0.25 s on this loaded host, saved in every worker that serves
+    (about 0.08 s of CPU, README "Many nodes and restarts", saved in every worker that serves
     no WebRTC agent); configuring a DTLS leg imports them and gives the leg its session
     (a server: waiting for the browser's ClientHello)."""
     certificate = NodeCertificate.generate()
