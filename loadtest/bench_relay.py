@@ -51,9 +51,9 @@ from aioice import stun
 
 from loadtest.traffic import Stream, Traffic, TrafficResult
 from proxy.control import sdes
+from proxy.control.ng_client import NgClient, NgClientError
 from proxy.control.sdp import parse as parse_sdp
 from proxy.demo.sdp_builder import audio_sdp, media_endpoint
-from proxy.demo.simulate import NgClient
 from proxy.media.dtls import DtlsSession, DtlsState, NodeCertificate
 from proxy.media.types import DtlsParams
 
@@ -128,19 +128,17 @@ def _start(name: str, ng_port: int, ports: tuple[int, int], tmp: Path) -> subpro
 
 async def _set_up_calls(name: str, calls: int, ng_port: int, traffic: Traffic) -> list[Stream]:
     """Offer/answer every call over ng; each call's legs are the generator's two sockets."""
-    loop = asyncio.get_running_loop()
-    transport, ngc = await loop.create_datagram_endpoint(NgClient,
-                                                         remote_addr=("127.0.0.1", ng_port))
+    ngc = await NgClient.connect(("127.0.0.1", ng_port))
     try:
         for _ in range(50):  # wait for the relay's ng socket
             try:
-                await ngc.request(transport, {"command": "ping"})
+                await ngc.request({"command": "ping"})
                 break
-            except (TimeoutError, RuntimeError):
+            except NgClientError:  # not answering yet (NgTimeout), or refusing
                 await asyncio.sleep(0.2)
         srtp = "SRTP" in name
         if "DTLS" in name:
-            return await _set_up_webrtc_calls(name, calls, ngc, transport, traffic)
+            return await _set_up_webrtc_calls(name, calls, ngc, traffic)
         streams: list[Stream] = []
         for i in range(calls):
             call_id = f"bench-{i}"
@@ -149,7 +147,7 @@ async def _set_up_calls(name: str, calls: int, ng_port: int, traffic: Traffic) -
                                            payload_types=(0, 101))}
             if srtp:
                 offer_body["transport-protocol"] = "RTP/SAVP"
-            offer = await ngc.request(transport, offer_body)
+            offer = await ngc.request(offer_body)
             ours: sdes.CryptoAttribute | None = None
             theirs: sdes.CryptoAttribute | None = None
             if srtp:  # answer with the suite the relay offered, under its tag
@@ -158,15 +156,15 @@ async def _set_up_calls(name: str, calls: int, ng_port: int, traffic: Traffic) -
                 suite = "AEAD_AES_128_GCM" if "GCM" in name else "AES_CM_128_HMAC_SHA1_80"
                 theirs = next(c for c in offered if c.suite == suite)
                 ours = sdes.generate(theirs.suite, theirs.tag)
-            answer = await ngc.request(transport, {
+            answer = await ngc.request({
                 "command": "answer", "call-id": call_id, "from-tag": "a", "to-tag": "b",
                 "sdp": audio_sdp("127.0.0.1", traffic.ports[1], payload_types=(0, 101),
                                  proto="RTP/SAVP" if srtp else "RTP/AVP",
                                  crypto=[ours] if ours else None)})
             if name == "rtpengine masking":
-                await ngc.request(transport, {"command": "block DTMF", "call-id": call_id,
-                                              "from-tag": "a", "DTMF-security": "tone",
-                                              "delay-buffer": 40})
+                await ngc.request({"command": "block DTMF", "call-id": call_id,
+                                   "from-tag": "a", "DTMF-security": "tone",
+                                   "delay-buffer": 40})
             # Caller → relay (answer SDP's address), decrypted by us on the agent's side with
             # the relay's key; agent → relay (offer SDP's address), protected with ours.
             streams.append(Stream(0, media_endpoint(answer["sdp"]),
@@ -175,7 +173,7 @@ async def _set_up_calls(name: str, calls: int, ng_port: int, traffic: Traffic) -
                                   send_key=ours.params if ours else None))
         return streams
     finally:
-        transport.close()
+        ngc.close()
 
 
 @dataclass
@@ -193,19 +191,18 @@ _WEBRTC_LEGS: dict[int, list[WebRtcLeg]] = {}  # by ng port, for run_relay's han
 
 
 async def _set_up_webrtc_calls(name: str, calls: int, ngc: NgClient,
-                               transport: asyncio.DatagramTransport,
                                traffic: Traffic) -> list[Stream]:
     legs: list[WebRtcLeg] = []
     port = traffic.ports[1]
     ice = "remove" if name.startswith("rtpengine") else "force"
     for i in range(calls):
         call_id = f"bench-{i}"
-        offer = await ngc.request(transport, {
+        offer = await ngc.request({
             "command": "offer", "call-id": call_id, "from-tag": "a",
             "sdp": audio_sdp("127.0.0.1", traffic.ports[0], payload_types=(0, 101)),
             "transport-protocol": "UDP/TLS/RTP/SAVPF", "ICE": ice, "rtcp-mux": ["offer"]})
         m = parse_sdp(offer["sdp"]).media[0]
-        answer = await ngc.request(transport, {
+        answer = await ngc.request({
             "command": "answer", "call-id": call_id, "from-tag": "a", "to-tag": "b",
             "sdp": _browser_answer(port, ice=ice != "remove")})
         fingerprint = next(f.split()[1] for f in m.attributes("fingerprint")

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import httpx
 
+from proxy.control.ng_client import NgClient
 from proxy.demo.sdp_builder import audio_sdp, media_endpoint
-from proxy.demo.simulate import NgClient
 
 ROOT = Path(__file__).resolve().parents[1]
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # as in loadtest/mmsg.py
@@ -170,20 +170,20 @@ async def run(calls: int, workdir: Path, workers: int = 1, prespawn: bool = True
     callers_t, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
                                                        local_addr=("127.0.0.1", 0))
     caller_port = callers_t.get_extra_info("sockname")[1]
-    ng_t, ng = await loop.create_datagram_endpoint(NgClient, remote_addr=("127.0.0.1", ng_port))
+    ng = await NgClient.connect(("127.0.0.1", ng_port))
     stop = asyncio.Event()
     try:
         await _ready(api, proc)
         before = _redis_commands(redis_port)
         dests = []
         for i in range(calls):
-            await ng.request(ng_t, {"command": "offer", "call-id": f"bench-{i}",
-                                    "from-tag": "caller", "label": "customer",
-                                    "sdp": audio_sdp("127.0.0.1", caller_port)})
-            answer = await ng.request(ng_t, {"command": "answer", "call-id": f"bench-{i}",
-                                             "from-tag": "caller", "to-tag": "agent",
-                                             "label": "agent",
-                                             "sdp": audio_sdp("127.0.0.1", agent_port)})
+            await ng.request({"command": "offer", "call-id": f"bench-{i}",
+                              "from-tag": "caller", "label": "customer",
+                              "sdp": audio_sdp("127.0.0.1", caller_port)})
+            answer = await ng.request({"command": "answer", "call-id": f"bench-{i}",
+                                       "from-tag": "caller", "to-tag": "agent",
+                                       "label": "agent",
+                                       "sdp": audio_sdp("127.0.0.1", agent_port)})
             dests.append(media_endpoint(answer["sdp"]))
         await asyncio.sleep(1.0)  # the writer's batches
         setup_ops = _redis_commands(redis_port) - before - 1  # less our own INFO
@@ -216,7 +216,7 @@ async def run(calls: int, workdir: Path, workers: int = 1, prespawn: bool = True
         await sender
         before = _redis_commands(redis_port)
         for i in range(calls):
-            await ng.request(ng_t, {"command": "delete", "call-id": f"bench-{i}"})
+            await ng.request({"command": "delete", "call-id": f"bench-{i}"})
         await asyncio.sleep(1.0)
         delete_ops = _redis_commands(redis_port) - before - 1
         lines = [json.loads(line) for line in log.read_text().splitlines()
@@ -232,8 +232,8 @@ async def run(calls: int, workdir: Path, workers: int = 1, prespawn: bool = True
     finally:
         stop.set()
         agents.close()
-        for t in (callers_t, ng_t):
-            t.close()
+        callers_t.close()
+        ng.close()
         proc.send_signal(signal.SIGINT)  # stop now: SIGTERM would drain the live calls
         proc.wait()
         redis.terminate()

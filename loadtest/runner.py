@@ -30,8 +30,8 @@ from loadtest.scenario import Scenario
 from loadtest.sources import EVENT_PT, LAWS, PAYLOAD_TYPES, SAMPLES, Bank, Keying, build_bank
 from loadtest.target import Sampler, Target, niceness
 from proxy.control import sdes
+from proxy.control.ng_client import NgClient, NgClientError
 from proxy.demo.sdp_builder import audio_sdp, media_endpoint
-from proxy.demo.simulate import NgClient
 from proxy.media.types import SrtpParams
 
 SUITE = "AES_CM_128_HMAC_SHA1_80"
@@ -151,8 +151,7 @@ class Runner:
                                    "target_nice": niceness(self.target.pids)}
         # One ng socket per node, as Kamailio keeps one per rtpengine set member; one HTTP
         # client per API (the same URL for every node shares one).
-        endpoints = [await loop.create_datagram_endpoint(NgClient, remote_addr=node.ng)
-                     for node in self.target.nodes]
+        endpoints = [await NgClient.connect(node.ng) for node in self.target.nodes]
         clients = {api: httpx.AsyncClient(base_url=api or "http://invalid", timeout=10)
                    for api in dict.fromkeys(node.api for node in self.target.nodes)}
         started = time.monotonic()
@@ -162,9 +161,9 @@ class Runner:
         tasks: list[asyncio.Task[object]] = []
         for rec in self.calls:
             n = rec.index % len(endpoints)
-            transport, ng = endpoints[n]
+            ng = endpoints[n]
             http = clients[self.target.nodes[n].api]
-            tasks.append(asyncio.create_task(self._call(rec, transport, ng, http, stop)))
+            tasks.append(asyncio.create_task(self._call(rec, ng, http, stop)))
         stopper: asyncio.Task[object] = asyncio.create_task(stop.wait())
         try:
             pending: set[asyncio.Task[object]] = set(tasks)
@@ -184,8 +183,8 @@ class Runner:
             await asyncio.gather(*tasks, stopper, progress, return_exceptions=True)
             for http in clients.values():
                 await http.aclose()
-            for transport, _ in endpoints:
-                transport.close()
+            for ng in endpoints:
+                ng.close()
             sampler.stop()
             engine.stop(finish=False)
             engine.close()
@@ -234,8 +233,8 @@ class Runner:
 
     # --- one call ---------------------------------------------------------------------------
 
-    async def _call(self, rec: CallRecord, transport: asyncio.DatagramTransport, ng: NgClient,
-                    http: httpx.AsyncClient, stop: asyncio.Event) -> None:
+    async def _call(self, rec: CallRecord, ng: NgClient, http: httpx.AsyncClient,
+                    stop: asyncio.Event) -> None:
         delay = self._t0 + rec.planned_start - time.monotonic()
         if delay > 0:
             try:
@@ -253,9 +252,10 @@ class Runner:
         self._done[rec.index] = future
         try:
             t = time.monotonic()
-            media = await self._set_up(rec, call_id, transport, ng)
+            media = await self._set_up(rec, call_id, ng)
             rec.setup_ms = 1000 * (time.monotonic() - t)
-        except (TimeoutError, RuntimeError, KeyError, ValueError, StopIteration) as exc:
+        except (NgClientError, TimeoutError, RuntimeError, KeyError, ValueError,
+                StopIteration) as exc:
             rec.error = f"set-up: {exc}"
             return
         assert self.engine is not None
@@ -272,12 +272,11 @@ class Runner:
                 await self._settle_payment(rec, call_id, sid, http, stop)
         finally:
             try:
-                await ng.request(transport, {"command": "delete", "call-id": call_id})
-            except (TimeoutError, RuntimeError) as exc:
+                await ng.request({"command": "delete", "call-id": call_id})
+            except (NgClientError, TimeoutError, RuntimeError) as exc:
                 rec.error = rec.error or f"delete: {exc}"
 
-    async def _set_up(self, rec: CallRecord, call_id: str, transport: asyncio.DatagramTransport,
-                      ng: NgClient) -> CallMedia:
+    async def _set_up(self, rec: CallRecord, call_id: str, ng: NgClient) -> CallMedia:
         s = self.scenario
         assert self.engine is not None
         pt = PAYLOAD_TYPES[s.media.codec]
@@ -288,7 +287,7 @@ class Runner:
         caller_srtp = s.media.caller_transport == "SDES-SRTP"
         agent_srtp = s.media.agent_transport == "SDES-SRTP"
         caller_key = sdes.generate(SUITE, 1) if caller_srtp else None
-        offer = await ng.request(transport, {
+        offer = await ng.request({
             "command": "offer", "call-id": call_id, "from-tag": "caller", "label": "customer",
             "transport-protocol": "RTP/SAVP" if agent_srtp else "RTP/AVP",
             "sdp": audio_sdp("127.0.0.1", self.engine.ports[CALLER], payload_types=pts,
@@ -298,16 +297,16 @@ class Runner:
         if agent_srtp:  # answer with the suite the relay offered, under its tag
             relay_to_agent = next(c for c in _cryptos(offer["sdp"]) if c.suite == SUITE)
             agent_key = sdes.generate(SUITE, relay_to_agent.tag)
-        answer = await ng.request(transport, {
+        answer = await ng.request({
             "command": "answer", "call-id": call_id, "from-tag": "caller", "to-tag": "agent",
             "transport-protocol": "RTP/SAVP" if caller_srtp else "RTP/AVP",
             "sdp": audio_sdp("127.0.0.1", self.engine.ports[AGENT], payload_types=pts,
                              proto="RTP/SAVP" if agent_srtp else "RTP/AVP",
                              crypto=[agent_key] if agent_key else None)})
         if rtpengine:
-            await ng.request(transport, {"command": "block DTMF", "call-id": call_id,
-                                         "from-tag": "caller", "DTMF-security": "tone",
-                                         "delay-buffer": 40})
+            await ng.request({"command": "block DTMF", "call-id": call_id,
+                              "from-tag": "caller", "DTMF-security": "tone",
+                              "delay-buffer": 40})
         rec.agent_key = relay_to_agent.params if relay_to_agent else None
         keying = self.bank.keyings[rec.brand]
         rec.digits_keyed = keying.digits

@@ -28,7 +28,7 @@ import websockets
 from websockets.typing import Subprotocol
 
 from dsp import tones
-from proxy.control import bencode
+from proxy.control.ng_client import NgClient
 from proxy.demo.leak import leaked_ms_per_window
 from proxy.demo.multimon import multimon_detect
 from proxy.demo.phone import RtpPeer
@@ -81,38 +81,6 @@ class SimResult:
                 and self.leak_ms == 0.0)
 
 
-class NgClient(asyncio.DatagramProtocol):
-    """Just enough of Kamailio's side of the ng protocol."""
-
-    def __init__(self) -> None:
-        self._waiting: dict[str, asyncio.Future[dict]] = {}
-
-    def datagram_received(self, data: bytes, addr: object) -> None:
-        cookie, _, payload = data.partition(b" ")
-        future = self._waiting.pop(cookie.decode(), None)
-        if future is not None and not future.done():
-            future.set_result(bencode.decode(payload))  # type: ignore[arg-type]
-
-    async def request(self, transport: asyncio.DatagramTransport, body: dict) -> dict:
-        cookie = secrets.token_hex(6)
-        future = asyncio.get_running_loop().create_future()
-        self._waiting[cookie] = future
-        data = cookie.encode() + b" " + bencode.encode(body)
-        for _ in range(5):  # retransmit like Kamailio does
-            transport.sendto(data)
-            try:
-                async with asyncio.timeout(1.0):
-                    reply = await asyncio.shield(future)
-                    break
-            except TimeoutError:
-                continue
-        else:
-            raise TimeoutError(f"no ng reply to {body.get('command')}")
-        if reply.get("result") == "error":
-            raise RuntimeError(f"ng {body.get('command')}: {reply.get('error-reason')}")
-        return reply
-
-
 TONE_MS, GAP_MS, FIELD_PAUSE_MS = 80, 80, 300
 
 
@@ -139,16 +107,15 @@ def caller_audio(card: tuple[str, str, str], seed: int = 3
 async def run_call(ng: tuple[str, int], api: str, admin_key: str, agent_key: str, *,
                    brand: str = "visa", agent_id: str = "agent-demo", keep_call: bool = False,
                    log: Callable[[str], None] = print) -> SimResult:
-    loop = asyncio.get_running_loop()
     call_id = "sim-" + secrets.token_hex(4)
     result = SimResult(call_id)
-    transport, ngc = await loop.create_datagram_endpoint(NgClient, remote_addr=ng)
+    ngc = await NgClient.connect(ng)  # raises on an error reply: the demo expects success
     caller, agent = await RtpPeer(seed=1).start(), await RtpPeer(seed=2).start()
     try:
-        offer = await ngc.request(transport, {
+        offer = await ngc.request({
             "command": "offer", "call-id": call_id, "from-tag": "caller", "label": "caller",
             "sdp": audio_sdp("127.0.0.1", caller.port), "replace": ["origin"]})
-        answer = await ngc.request(transport, {
+        answer = await ngc.request({
             "command": "answer", "call-id": call_id, "from-tag": "caller", "to-tag": "agent",
             "sdp": audio_sdp("127.0.0.1", agent.port)})
         log(f"call {call_id}: caller → ToneGuard {media_endpoint(answer['sdp'])[1]}, "
@@ -193,9 +160,9 @@ async def run_call(ng: tuple[str, int], api: str, admin_key: str, agent_key: str
         result.leak_ms = sum(leaked_ms_per_window(heard, [(s - 160, e + 160)
                                                           for s, e in key_windows]))
         if not keep_call:
-            await ngc.request(transport, {"command": "delete", "call-id": call_id})
+            await ngc.request({"command": "delete", "call-id": call_id})
     finally:
-        transport.close()
+        ngc.close()
         caller.close()
         agent.close()
     return result

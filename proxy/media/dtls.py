@@ -17,7 +17,6 @@ media blocked: nothing was relayed before, nothing is after.
 from __future__ import annotations
 
 import datetime
-import enum
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +26,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL
 
-from proxy.media.types import DtlsParams, MediaError, SrtpParams
+from proxy.media.types import DtlsError as DtlsError  # defined there: see types.py
+from proxy.media.types import DtlsParams, SrtpParams
+from proxy.media.types import DtlsState as DtlsState
 
 # (OpenSSL profile name, libsrtp suite as in SDES, key bytes, salt bytes): RFC 5764 §4.1.2,
 # RFC 7714 §14.2. Order = our preference (GCM first: one pass, and a shorter tag).
@@ -45,18 +46,6 @@ HANDSHAKE_TIMEOUT = 30.0
 MAX_RECORD = 1500  # a DTLS datagram larger than a path MTU is nobody's handshake: dropped
 _CIPHERS = (b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:"
             b"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-SHA")
-
-
-class DtlsError(MediaError):
-    """A DTLS handshake failed; the message says why (never key material)."""
-
-
-class DtlsState(enum.Enum):
-    NEW = "new"  # nothing received or sent yet
-    CONNECTING = "connecting"  # flights exchanged
-    CONNECTED = "connected"  # peer verified, keys exported
-    FAILED = "failed"  # fingerprint, timeout, alert, profile: the leg stays blocked
-    CLOSED = "closed"  # the peer sent close_notify: the leg stays blocked
 
 
 # The one transition table (STYLE: lifecycle states are enums with one table).

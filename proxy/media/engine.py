@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import importlib
 import ipaddress
 import math
 import resource
@@ -21,11 +22,11 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
 
 import structlog
 
 from proxy.media.codecs import UNINSPECTABLE, PayloadKind, payload_kinds
-from proxy.media.dtls import DtlsError, DtlsSession, DtlsState
 from proxy.media.ice import IceLite, Verdict
 from proxy.media.latency import TICK_BUCKETS, Recorder
 from proxy.media.pipeline import AudioPipeline, PassthroughPipeline
@@ -35,7 +36,9 @@ from proxy.media.srtp import SrtpError, SrtpReceiver, SrtpSender
 from proxy.media.types import (
     Address,
     DigitEvent,
+    DtlsError,
     DtlsKeyedEvent,
+    DtlsState,
     IdleEvent,
     LocalEndpoint,
     MediaError,
@@ -52,6 +55,9 @@ from proxy.media.types import (
     UnknownStreamError,
 )
 
+if TYPE_CHECKING:
+    from proxy.media.dtls import DtlsSession
+
 log = structlog.get_logger("toneguard.media")
 
 
@@ -64,6 +70,33 @@ _EVENTS_PER_WAKEUP = 512  # then back to the event loop (ng, API, timers), which
 PORT_QUARANTINE_SECONDS = 10.0  # a released port is handed out again last for this long
 
 _IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class _DtlsLoader:
+    """:mod:`proxy.media.dtls`, imported with the first DTLS-SRTP leg. Why: it imports
+    pyOpenSSL and cryptography (about 0.2 s, more on a loaded host, in every media worker)
+    and only WebRTC legs need them; a worker that never gets one never pays, and one that is
+    restarted relays its restored plain calls that much sooner. The import runs in a thread
+    so that the engine's tick (every other call's media) goes on meanwhile; ``configure``
+    awaits it before it builds a leg's DTLS session, which is the only way one is made."""
+
+    def __init__(self) -> None:
+        self.session: type[DtlsSession] | None = None
+
+    async def load(self) -> type[DtlsSession]:
+        if self.session is None:
+            # Two legs at once: the second thread's import waits for the first's (module lock).
+            module = await asyncio.to_thread(importlib.import_module, "proxy.media.dtls")
+            self.session = module.DtlsSession
+        return self.session
+
+    def loaded(self) -> type[DtlsSession]:
+        """The session class; only after :meth:`load` (a leg is configured before it is used)."""
+        assert self.session is not None, "DTLS session needed before a DTLS leg was configured"
+        return self.session
+
+
+_dtls = _DtlsLoader()
 
 
 def _ip(host: str) -> _IP | None:
@@ -458,6 +491,8 @@ class LocalMediaEngine:
             raise UnknownStreamError(stream_id) from exc
 
     async def configure(self, stream_id: str, config: StreamConfig) -> None:
+        if config.dtls is not None:
+            await _dtls.load()  # first, so that nothing read below changes while it imports
         stream = self._get(stream_id)
         old = stream.config
         if stream.rtcp is None and not config.rtcp_mux:
@@ -513,7 +548,7 @@ class LocalMediaEngine:
             stream.sender = _Gate("DTLS leg waiting for the peer's fingerprint")
             stream.held_sender = None
             return
-        stream.dtls = DtlsSession(config.dtls, self._clock)
+        stream.dtls = _dtls.loaded()(config.dtls, self._clock)
         stream.dtls_seen = DtlsState.NEW
         stream.receiver = _Gate("DTLS handshake has not verified the peer")
         stream.sender = _Gate("DTLS handshake has not verified the peer")
@@ -567,8 +602,8 @@ class LocalMediaEngine:
         assert stream.config.dtls is not None
         recv_key, send_key = keys
         self._handshaking.pop(stream.stream_id, None)
-        stream.dtls = DtlsSession.resumed_with(stream.config.dtls, self._clock, recv_key,
-                                               send_key)
+        stream.dtls = _dtls.loaded().resumed_with(stream.config.dtls, self._clock, recv_key,
+                                                  send_key)
         stream.dtls_seen = DtlsState.CONNECTED
         stream.receiver, stream.sender = SrtpReceiver(recv_key), SrtpSender(send_key)
         stream.held_sender = None

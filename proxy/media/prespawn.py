@@ -1,12 +1,12 @@
 """Media worker processes spawned first thing by ``toneguard serve``, before its own imports.
 
 Why: a worker is a fresh interpreter that imports the media plane (NumPy, the detector,
-libsrtp, OpenSSL: ~1 s of CPU on a loaded host) and only then relays. Spawned by the media
-engine's start, that came after the node's own imports and configuration, so after a restart
-the two added up before the first restored call relayed; spawned here, the workers import
-while the node does. This module imports only the standard library (it runs before anything
-else); a pre-spawned worker waits on its pipe for its spec (``proxy.media.workers``), and one
-the node does not need exits when its pipe closes.
+libsrtp: ~1 s of CPU on a loaded host; OpenSSL only with a DTLS leg) and only then relays.
+Spawned by the media engine's start, that came after the node's own imports and
+configuration, so after a restart the two added up before the first restored call relayed;
+spawned here, the workers import while the node does. This module imports only the standard
+library (it runs before anything else); a pre-spawned worker waits on its pipe for its spec
+(``proxy.media.workers``), and one the node does not need exits when its pipe closes.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ interface; the control plane cannot tell them apart.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from dataclasses import Field, dataclass, field, fields
 from typing import Any, ClassVar, Literal, Protocol, Self
@@ -43,6 +44,20 @@ class PortsExhaustedError(MediaError):
 
 class UnknownStreamError(MediaError, KeyError):
     """A stream id the engine does not have."""
+
+
+# DTLS's error and states live here, not in :mod:`proxy.media.dtls`, so that the engine can
+# name them without importing pyOpenSSL and cryptography (see the engine's ``_DtlsLoader``).
+class DtlsError(MediaError):
+    """A DTLS handshake failed; the message says why (never key material)."""
+
+
+class DtlsState(enum.Enum):
+    NEW = "new"  # nothing received or sent yet
+    CONNECTING = "connecting"  # flights exchanged
+    CONNECTED = "connected"  # peer verified, keys exported
+    FAILED = "failed"  # fingerprint, timeout, alert, profile: the leg stays blocked
+    CLOSED = "closed"  # the peer sent close_notify: the leg stays blocked
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,13 +49,14 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Protocol, cast
+from typing import Protocol
 
 import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
 from proxy.control.calls import CallRegistry
+from proxy.control.ng_client import NgClient, NgTimeout
 from proxy.media.types import (
     LocalEndpoint,
     MediaEngine,
@@ -598,17 +599,6 @@ RELAY_TIMEOUT = 0.5  # seconds per attempt; two attempts (Kamailio itself waits 
 LOOKUP_TIMEOUT = 0.25  # the owner's lookup: the ng worker waits for it (Redis slow: answer here)
 
 
-class _RelayProtocol(asyncio.DatagramProtocol):
-    def __init__(self, cookie: bytes, reply: asyncio.Future[bytes]) -> None:
-        self._cookie = cookie
-        self._reply = reply
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        cookie, _, payload = data.partition(b" ")
-        if cookie == self._cookie and not self._reply.done():
-            self._reply.set_result(payload)
-
-
 class NgRelay:
     """A node back after a takeover gets Kamailio's commands for the calls its taker adopted
     (the rtpengine module keeps a call on the node that took its offer): such a command, for a
@@ -639,37 +629,22 @@ class NgRelay:
         return str(json.loads(media).get("ng", "")) or None
 
     async def relay(self, body: dict[str, object], call_id: str) -> dict[str, object] | None:
-        """The owner's reply to ``body``; None: not relayed (answer it here)."""
-        from proxy.control import bencode  # the control plane's codec
-
+        """The owner's reply to ``body``, error or not, as it came; None: not relayed (answer
+        it here)."""
         if RELAYED in body:
             return None
         address = await self.owner_ng(call_id)
         if address is None:
             return None
         host, _, port = address.rpartition(":")
-        cookie = secrets.token_hex(8).encode()
-        data = cookie + b" " + bencode.encode(cast(dict[str, Any], {**body, RELAYED: self.node}))
-        loop = asyncio.get_running_loop()
-        reply: asyncio.Future[bytes] = loop.create_future()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _RelayProtocol(cookie, reply), remote_addr=(host.strip("[]"), int(port)))
+        client = await NgClient.connect((host, int(port)), raise_on_error=False,
+                                        rto=RELAY_TIMEOUT, rto_max=RELAY_TIMEOUT, retransmits=1)
         try:
-            for _ in range(2):
-                transport.sendto(data)
-                try:
-                    async with asyncio.timeout(RELAY_TIMEOUT):
-                        payload = await asyncio.shield(reply)
-                    break
-                except TimeoutError:
-                    continue
-            else:
-                log.warning("ng relay: the owning node did not answer", address=address)
-                return None
-        finally:
-            transport.close()
-        decoded = bencode.decode(payload)
-        if not isinstance(decoded, dict):
+            reply = await client.request({**body, RELAYED: self.node})
+        except NgTimeout:
+            log.warning("ng relay: the owning node did not answer", address=address)
             return None
+        finally:
+            client.close()
         self.relayed += 1
-        return cast(dict[str, object], decoded)
+        return reply

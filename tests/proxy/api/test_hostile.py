@@ -19,8 +19,8 @@ import websockets
 from websockets.typing import Subprotocol
 
 from proxy.api.auth import AgentDirectory
+from proxy.control.ng_client import NgClient
 from proxy.demo.sdp_builder import audio_sdp
-from proxy.demo.simulate import NgClient
 from proxy.securepay.audit import AuditLog
 from proxy.service.cli import main
 from proxy.service.config import load_config
@@ -118,9 +118,7 @@ async def test_a_burst_of_bad_keys_keeps_ng_answering_then_gets_429(served: Serv
     the right key works from another source at once, and from this one once the window
     ends. No uvicorn error is logged for the refusals."""
     loop = asyncio.get_running_loop()
-    ngc = NgClient()
-    transport, _ = await loop.create_datagram_endpoint(lambda: ngc,
-                                                       remote_addr=served.node.ng_address)
+    ngc = await NgClient.connect(served.node.ng_address)
     key_id = served.keys["bob"].split("_")[1]  # bob may get locked out: alice is used below
     bad = [f"tg_{secrets.token_hex(4)}_{secrets.token_urlsafe(32)}" for _ in range(50)]
     bad += [f"tg_{key_id}_{secrets.token_urlsafe(32)}" for _ in range(10)]
@@ -128,11 +126,11 @@ async def test_a_burst_of_bad_keys_keeps_ng_answering_then_gets_429(served: Serv
     answered, slowest = 0, 0.0
     while not burst.done() or answered < 5:
         sent = loop.time()
-        await ngc.request(transport, {"command": "ping"})
+        await ngc.request({"command": "ping"})
         slowest = max(slowest, loop.time() - sent)
         answered += 1
     statuses = await burst
-    transport.close()
+    ngc.close()
     # Old code: ~60 x 74 ms of scrypt on the loop, a ping waited 5.5 s. The bound is generous
     # for a loaded machine; hashing in threads keeps it well under.
     assert slowest < 1.5, f"an ng ping took {slowest:.3f} s during the burst"

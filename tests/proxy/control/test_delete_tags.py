@@ -20,11 +20,11 @@ import pytest
 from dsp import tones
 from proxy.control import ng
 from proxy.control.calls import CallPolicy, CallRegistry
+from proxy.control.ng_client import NgClient
 from proxy.demo.leak import leaked_ms
 from proxy.demo.multimon import multimon_detect
 from proxy.demo.phone import RtpPeer
 from proxy.demo.sdp_builder import audio_sdp, media_endpoint
-from proxy.demo.simulate import NgClient
 from proxy.demo.spandsp import spandsp_detect
 from proxy.media.memory import MemoryMediaEngine
 from proxy.service.config import load_config
@@ -111,13 +111,12 @@ async def node(free_udp_port: int, media_ports: tuple[int, int]) -> AsyncIterato
 
 async def test_deleting_the_dropped_forks_dialog_over_ng_keeps_the_kept_dialogs_media_masked(
         node: Node) -> None:
-    loop = asyncio.get_running_loop()
-    transport, client = await loop.create_datagram_endpoint(NgClient, remote_addr=node.ng_address)
+    client = await NgClient.connect(node.ng_address)
     caller = await RtpPeer(seed=51).start()
     dropped, kept = await RtpPeer(seed=52).start(), await RtpPeer(seed=53).start()
 
     async def request(body: dict[str, Any]) -> dict[str, Any]:
-        return await client.request(transport, {"call-id": "fork", **body})
+        return await client.request({"call-id": "fork", **body})
 
     try:
         offer = await request({"command": "offer", "from-tag": "caller",
@@ -150,6 +149,6 @@ async def test_deleting_the_dropped_forks_dialog_over_ng_keeps_the_kept_dialogs_
         assert "warning" not in reply and "totals" in reply
         assert (await request({"command": "list"}))["calls"] == []
     finally:
-        transport.close()
+        client.close()
         for phone in (caller, dropped, kept):
             phone.close()

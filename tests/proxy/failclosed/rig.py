@@ -20,7 +20,8 @@ from typing import Any
 
 import httpx
 
-from proxy.control import bencode, sdes
+from proxy.control import sdes
+from proxy.control.ng_client import NgClient
 from proxy.control.sdp import parse
 from proxy.demo.phone import RtpPeer
 from proxy.media.types import SrtpParams
@@ -58,37 +59,16 @@ async def until(condition: Callable[[], bool], timeout: float) -> bool:
 
 # --- ng and REST ----------------------------------------------------------------------------
 
-class NgControl(asyncio.DatagramProtocol):
-    """Kamailio's side of ng: one request, retransmitted until its reply (which is returned,
-    error or not)."""
+class NgControl(NgClient):
+    """Kamailio's side of ng (the shared client, given to ``create_datagram_endpoint``): a
+    request is retransmitted until its reply, which is returned, error or not."""
 
     def __init__(self) -> None:
-        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self.transport: asyncio.DatagramTransport | None = None
+        super().__init__(raise_on_error=False)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: object) -> None:
-        cookie, _, payload = data.partition(b" ")
-        future = self._waiting.pop(cookie.decode(), None)
-        if future is not None and not future.done():
-            future.set_result(bencode.decode(payload))  # type: ignore[arg-type]
-
-    async def request(self, body: dict[str, Any]) -> dict[str, Any]:
-        assert self.transport is not None
-        cookie = secrets.token_hex(6)
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._waiting[cookie] = future
-        data = cookie.encode() + b" " + bencode.encode(body)
-        for _ in range(5):
-            self.transport.sendto(data)
-            try:
-                async with asyncio.timeout(1.0):
-                    return await asyncio.shield(future)
-            except TimeoutError:
-                continue
-        raise TimeoutError(f"no ng reply to {body.get('command')}")
+    @property
+    def transport(self) -> asyncio.DatagramTransport | None:
+        return self._transport
 
     async def ok(self, body: dict[str, Any]) -> dict[str, Any]:
         reply = await self.request(body)

@@ -12,10 +12,10 @@ import pytest
 
 from dsp import tones
 from proxy.control.calls import CallRegistry
+from proxy.control.ng_client import NgClient, NgErrorReply
 from proxy.control.ng_server import NgServer
 from proxy.demo.phone import RtpPeer
 from proxy.demo.sdp_builder import audio_sdp, media_endpoint
-from proxy.demo.simulate import NgClient
 from proxy.demo.spandsp import spandsp_detect
 from proxy.media.types import DigitEvent, PortsExhaustedError, UnknownStreamError
 from proxy.media.workers import RemoteTraceback, WorkerError, WorkerPoolEngine, portable, shards
@@ -109,13 +109,12 @@ async def test_running_out_of_ports_in_a_worker_reaches_the_control_plane_as_suc
     await pool.start()
     registry = CallRegistry(pool, address="127.0.0.1")
     server = NgServer(registry.handle)
-    transport, client = await asyncio.get_running_loop().create_datagram_endpoint(
-        NgClient, remote_addr=await server.start("127.0.0.1", 0))
+    client = await NgClient.connect(await server.start("127.0.0.1", 0))
     try:
         on_worker_0 = (c for c in (f"x{i}" for i in range(1000)) if pool.worker_for(c) == 0)
-        with pytest.raises(RuntimeError, match=r"^ng offer: Ran out of ports$"):
+        with pytest.raises(NgErrorReply, match=r"^ng offer: Ran out of ports$"):
             for _ in range(3):  # each call takes two streams: the second cannot be placed
-                await client.request(transport, {
+                await client.request({
                     "command": "offer", "call-id": next(on_worker_0), "from-tag": "c",
                     "sdp": audio_sdp("127.0.0.1", 4000)})
         # Straight from the engine: the worker's own exception type, its traceback as cause.
@@ -124,7 +123,7 @@ async def test_running_out_of_ports_in_a_worker_reaches_the_control_plane_as_suc
         cause = raised.value.__cause__
         assert isinstance(cause, RemoteTraceback) and "_bind_pair" in cause.text
     finally:
-        transport.close()
+        client.close()
         await server.stop()
         await registry.close()
         await pool.stop()

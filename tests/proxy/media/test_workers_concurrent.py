@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 
 from proxy.control.calls import CallRegistry
+from proxy.control.ng_client import NgClient
 from proxy.control.ng_server import NgServer
 from proxy.demo.phone import RtpPeer
 from proxy.demo.sdp_builder import audio_sdp, media_endpoint
-from proxy.demo.simulate import NgClient
 from proxy.media.workers import WorkerPoolEngine
 
 CALLS = 12  # 24 streams: fits one shard (100 ports = 50 pairs) even if the hash put all there
@@ -36,8 +36,7 @@ async def test_calls_set_up_at_once_overlap_and_each_relays_its_own_media(
             running -= 1
 
     server = NgServer(handle)
-    transport, client = await asyncio.get_running_loop().create_datagram_endpoint(
-        NgClient, remote_addr=await server.start("127.0.0.1", 0))
+    client = await NgClient.connect(await server.start("127.0.0.1", 0))
     ids = [f"burst-{i}" for i in range(CALLS)]
     assert {pool.worker_for(c) for c in ids} == {0, 1}
     peers: list[RtpPeer] = []
@@ -45,11 +44,11 @@ async def test_calls_set_up_at_once_overlap_and_each_relays_its_own_media(
         callers = [await RtpPeer(seed=i).start() for i in range(CALLS)]
         agents = [await RtpPeer(seed=100 + i).start() for i in range(CALLS)]
         peers = callers + agents
-        offers = await asyncio.gather(*(client.request(transport, {
+        offers = await asyncio.gather(*(client.request({
             "command": "offer", "call-id": c, "from-tag": "c",
             "sdp": audio_sdp("127.0.0.1", caller.port)}) for c, caller in zip(
                 ids, callers, strict=True)))
-        answers = await asyncio.gather(*(client.request(transport, {
+        answers = await asyncio.gather(*(client.request({
             "command": "answer", "call-id": c, "from-tag": "c", "to-tag": "a",
             "sdp": audio_sdp("127.0.0.1", agent.port)}) for c, agent in zip(
                 ids, agents, strict=True)))
@@ -65,14 +64,14 @@ async def test_calls_set_up_at_once_overlap_and_each_relays_its_own_media(
         assert len({caller.ssrc for caller in callers}) == CALLS
         for caller, agent in zip(callers, agents, strict=True):
             assert {p.ssrc for _, p in agent.received.packets} == {caller.ssrc}
-        deleted = await asyncio.gather(*(client.request(transport, {
+        deleted = await asyncio.gather(*(client.request({
             "command": "delete", "call-id": c, "from-tag": "c"}) for c in ids))
         assert all(r["result"] == "ok" for r in deleted)
         assert registry.calls == {} and server.pending == 0
     finally:
         for peer in peers:
             peer.close()
-        transport.close()
+        client.close()
         await server.stop()
         await registry.close()
         await pool.stop()

@@ -14,10 +14,10 @@ import httpx
 import numpy as np
 
 from dsp import tones
+from proxy.control.ng_client import NgClient
 from proxy.demo.multimon import multimon_detect
 from proxy.demo.phone import Received, RtpPeer
 from proxy.demo.sdp_builder import audio_sdp, media_endpoint
-from proxy.demo.simulate import NgClient
 from proxy.demo.spandsp import spandsp_detect
 from tests.proxy.conftest import Stack
 
@@ -49,15 +49,14 @@ async def exchange(a: RtpPeer, a_sends_to: tuple[str, int], a_audio: np.ndarray,
 
 async def test_a_capture_on_a_call_with_no_customer_masks_both_parties_keys(
         stack: Stack) -> None:
-    loop = asyncio.get_running_loop()
     call_id = "none-" + secrets.token_hex(4)
-    transport, ngc = await loop.create_datagram_endpoint(NgClient, remote_addr=stack.ng)
+    ngc = await NgClient.connect(stack.ng)
     offerer, answerer = await RtpPeer(seed=1).start(), await RtpPeer(seed=2).start()
     try:
-        offer = await ngc.request(transport, {
+        offer = await ngc.request({
             "command": "offer", "call-id": call_id, "from-tag": "o", "flags": ["caller-none"],
             "sdp": audio_sdp("127.0.0.1", offerer.port)})
-        answer = await ngc.request(transport, {
+        answer = await ngc.request({
             "command": "answer", "call-id": call_id, "from-tag": "o", "to-tag": "a",
             "sdp": audio_sdp("127.0.0.1", answerer.port)})
         # Each party sends to the port ToneGuard gave it in the SDP it received.
@@ -92,8 +91,8 @@ async def test_a_capture_on_a_call_with_no_customer_masks_both_parties_keys(
         # ... and none of the other's keys.
         for heard in (heard_a, heard_o):
             assert spandsp_detect(heard) == "" and multimon_detect(heard) == ""
-        await ngc.request(transport, {"command": "delete", "call-id": call_id})
+        await ngc.request({"command": "delete", "call-id": call_id})
     finally:
-        transport.close()
+        ngc.close()
         offerer.close()
         answerer.close()

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from dsp import tones
+from proxy.control.ng_client import NgClient, NgErrorReply
 from proxy.demo.phone import RtpPeer
 from proxy.demo.sdp_builder import audio_sdp, media_endpoint
-from proxy.demo.simulate import NgClient
 from proxy.service.config import load_config
 from proxy.service.logging import configure_logging
 from proxy.service.serve import Node
@@ -66,10 +66,9 @@ class ServeProcess:
 @dataclass
 class Ng:
     client: NgClient
-    transport: asyncio.DatagramTransport
 
     async def __call__(self, **body: object) -> dict:
-        return await self.client.request(self.transport, dict(body))
+        return await self.client.request(dict(body))
 
 
 async def _serve(tmp_path: Path, media_ports: tuple[int, int], drain_seconds: float
@@ -87,19 +86,17 @@ async def _serve(tmp_path: Path, media_ports: tuple[int, int], drain_seconds: fl
 
 
 @pytest.fixture
-async def ng_factory() -> AsyncIterator[list[asyncio.DatagramTransport]]:
-    transports: list[asyncio.DatagramTransport] = []
-    yield transports
-    for t in transports:
-        t.close()
+async def ng_factory() -> AsyncIterator[list[NgClient]]:
+    clients: list[NgClient] = []
+    yield clients
+    for client in clients:
+        client.close()
 
 
-async def _ng(address: tuple[str, int], transports: list[asyncio.DatagramTransport]) -> Ng:
-    client = NgClient()
-    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-        lambda: client, remote_addr=address)
-    transports.append(transport)
-    return Ng(client, transport)
+async def _ng(address: tuple[str, int], clients: list[NgClient]) -> Ng:
+    client = await NgClient.connect(address)
+    clients.append(client)
+    return Ng(client)
 
 
 async def _kill(serving: ServeProcess | None) -> None:
@@ -126,7 +123,7 @@ def _speech(seconds: float, seed: int) -> np.ndarray:
 
 async def test_sigterm_keeps_the_live_call_refuses_new_ones_and_exits_after_the_delete(
         tmp_path: Path, media_ports: tuple[int, int],
-        ng_factory: list[asyncio.DatagramTransport]) -> None:
+        ng_factory: list[NgClient]) -> None:
     serving = None
     caller, agent = await RtpPeer(seed=1).start(), await RtpPeer(seed=2).start()
     try:
@@ -149,7 +146,7 @@ async def test_sigterm_keeps_the_live_call_refuses_new_ones_and_exits_after_the_
                                                "sdp": audio_sdp("127.0.0.1", 40000)})
         assert refused == {"result": "load limit",
                            "message": "draining: this node takes no new calls"}
-        with pytest.raises(RuntimeError, match="Parallel session limit reached"):
+        with pytest.raises(NgErrorReply, match="Parallel session limit reached"):
             await ng(command="offer", **{"call-id": "new-2", "from-tag": "x",
                                          "sdp": audio_sdp("127.0.0.1", 40002)})
 
@@ -199,7 +196,7 @@ async def test_sigterm_keeps_the_live_call_refuses_new_ones_and_exits_after_the_
 
 async def test_drain_stops_at_its_limit_with_the_call_still_up(
         tmp_path: Path, media_ports: tuple[int, int],
-        ng_factory: list[asyncio.DatagramTransport]) -> None:
+        ng_factory: list[NgClient]) -> None:
     serving = None
     caller, agent = await RtpPeer(seed=3).start(), await RtpPeer(seed=4).start()
     try:
@@ -223,7 +220,7 @@ async def test_drain_stops_at_its_limit_with_the_call_still_up(
 
 async def test_a_second_signal_while_draining_stops_at_once(
         tmp_path: Path, media_ports: tuple[int, int],
-        ng_factory: list[asyncio.DatagramTransport]) -> None:
+        ng_factory: list[NgClient]) -> None:
     serving = None
     caller, agent = await RtpPeer(seed=5).start(), await RtpPeer(seed=6).start()
     try:
@@ -245,7 +242,7 @@ async def test_a_second_signal_while_draining_stops_at_once(
 
 async def test_sigint_stops_at_once_without_draining(
         tmp_path: Path, media_ports: tuple[int, int],
-        ng_factory: list[asyncio.DatagramTransport]) -> None:
+        ng_factory: list[NgClient]) -> None:
     serving = None
     caller, agent = await RtpPeer(seed=7).start(), await RtpPeer(seed=8).start()
     try:

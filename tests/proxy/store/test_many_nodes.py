@@ -15,11 +15,12 @@ import pytest
 import websockets
 
 from proxy.api.app import WS_SUBPROTOCOL
+from proxy.control.ng_client import NgClient
 from tests.conftest import pick_udp_port
 from tests.proxy.control.sip_peers import CARRIER_IP, KAMAILIO_CFG, stop
 from tests.proxy.store.conftest import RedisServer
 from tests.proxy.store.nodes import NodeProcess, cluster
-from tests.proxy.store.test_restart import _ng, _until
+from tests.proxy.store.test_restart import _until
 
 pytestmark = [
     pytest.mark.peer,
@@ -31,25 +32,27 @@ FIRST, SECOND = 12, 6  # calls before and after a node stops
 
 
 async def _calls(node: NodeProcess) -> set[str]:
-    transport, ng = await _ng(node.ng)
-    try:
-        return set((await ng.request(transport, {"command": "list"}))["calls"])
-    finally:
-        transport.close()
+    async with await NgClient.connect(node.ng) as ng:
+        return set((await ng.request({"command": "list"}))["calls"])
 
 
-async def _kamailio(workdir: Path, sip_port: int, nodes: list[NodeProcess], uas_port: int
+async def _kamailio(workdir: Path, sip_port: int, nodes: list[NodeProcess], uas_port: int, *,
+                    weights: list[int] | None = None, timeout_ms: int = 500
                     ) -> asyncio.subprocess.Process:
-    sockets = " ".join(f"udp:{h}:{p}" for h, p in (n.ng for n in nodes))
+    """Kamailio with an rtpengine set of ``nodes`` (weighted as ``weights``, if given); a dead
+    node costs one ``timeout_ms`` timeout (no retry), then the module disables it and uses
+    another."""
+    sockets = " ".join(f"udp:{h}:{p}" + (f"={weights[i]}" if weights else "")
+                       for i, (h, p) in enumerate(n.ng for n in nodes))
     cfg = KAMAILIO_CFG.read_text().replace(
         "SIP_LISTEN udp:127.0.0.1:5060", f"SIP_LISTEN udp:127.0.0.1:{sip_port}").replace(
         '"udp:127.0.0.1:2223"', f'"{sockets}"').replace(
         '"sip:127.0.0.1:5080"', f'"sip:127.0.0.1:{uas_port}"')
-    # A dead node costs one 500 ms timeout, then the module disables it and uses the other.
     cfg = cfg.replace('modparam("rtpengine", "rtpengine_sock", TONEGUARD_NG)',
                       'modparam("rtpengine", "rtpengine_sock", TONEGUARD_NG)\n'
-                      'modparam("rtpengine", "rtpengine_tout_ms", 500)\n'
+                      f'modparam("rtpengine", "rtpengine_tout_ms", {timeout_ms})\n'
                       'modparam("rtpengine", "rtpengine_retr", 1)')
+    assert sockets in cfg and "rtpengine_tout_ms" in cfg
     (workdir / "kamailio.cfg").write_text(cfg)
     log = (workdir / "kamailio.log").open("wb")
     return await asyncio.create_subprocess_exec(

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from proxy.control.ng_client import NgClient
 from proxy.demo.phone import RtpPeer
 from proxy.demo.sdp_builder import audio_sdp
 from proxy.store.orphans import known_nodes, sweep_node
@@ -18,7 +19,7 @@ from proxy.store.redis_store import DOWN, MEDIA, NODES, OWNERS, RedisStore, call
 from proxy.store.takeover import Heartbeat, NodeMedia, alive_key, claim, claim_key, moved_key
 from tests.proxy.store.conftest import RedisServer, dump_all
 from tests.proxy.store.nodes import NodeProcess, cluster, stored
-from tests.proxy.store.test_restart import _ng, _no_card_data, _until
+from tests.proxy.store.test_restart import _no_card_data, _until
 from tests.proxy.store.test_takeover import HEARTBEAT, TTL, _logged
 
 ORPHAN = 4.0  # seconds down before the records go (above the test's 2 s TTL)
@@ -195,25 +196,25 @@ async def test_a_node_killed_for_good_has_its_calls_listed_owner_down_then_reape
 
 
 async def _call(node: NodeProcess, call_id: str, caller_port: int, agent_port: int) -> None:
-    transport, ng = await _ng(node.ng)
+    ng = await NgClient.connect(node.ng)
     try:
-        offer = await ng.request(transport, {
+        offer = await ng.request({
             "command": "offer", "call-id": call_id, "from-tag": "ft", "label": "customer",
             "metadata": "agent=alice", "sdp": audio_sdp("127.0.0.1", caller_port)})
         assert offer["result"] == "ok", offer
-        answer = await ng.request(transport, {
+        answer = await ng.request({
             "command": "answer", "call-id": call_id, "from-tag": "ft", "to-tag": "tt",
             "label": "agent", "sdp": audio_sdp("127.0.0.1", agent_port)})
         assert answer["result"] == "ok", answer
     finally:
-        transport.close()
+        ng.close()
 
 
 async def _list(node: NodeProcess) -> set[str]:
-    transport, ng = await _ng(node.ng)
+    ng = await NgClient.connect(node.ng)
     try:
-        return set((await ng.request(transport, {"command": "list"}))["calls"])
+        return set((await ng.request({"command": "list"}))["calls"])
     finally:
-        transport.close()
+        ng.close()
 
 

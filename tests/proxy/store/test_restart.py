@@ -11,21 +11,28 @@ import shutil
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 import websockets
 
 from proxy.api.app import WS_SUBPROTOCOL
 from proxy.control import sdes
+from proxy.control.ng_client import NgClient
 from proxy.control.sdp import parse as parse_sdp
-from proxy.demo.multimon import multimon_detect
 from proxy.demo.phone import Received, RtpPeer
-from proxy.demo.sdp_builder import audio_sdp, media_endpoint
-from proxy.demo.simulate import NgClient
+from proxy.demo.sdp_builder import audio_sdp
 from proxy.demo.spandsp import spandsp_detect
 from tests.proxy.control.sip_peers import card_audio
 from tests.proxy.store.conftest import RedisServer, dump_all
-from tests.proxy.store.nodes import Talker, cluster, stored
+from tests.proxy.store.nodes import (
+    Talker,
+    call_on,
+    cluster,
+    hang_up,
+    heard_masked,
+    key_the_rest,
+    reoffer,
+    stored,
+)
 
 PAN, EXPIRY, CODE = "4111111111111111", "1230", "737"
 TEST_PANS = ("4111111111111111", "5555555555554444", "378282246310005")
@@ -34,22 +41,12 @@ pytestmark = [pytest.mark.peer,
               pytest.mark.skipif(not shutil.which("multimon-ng"), reason="needs multimon-ng")]
 
 
-async def _ng(ng: tuple[str, int]) -> tuple[asyncio.DatagramTransport, NgClient]:
-    loop = asyncio.get_running_loop()
-    transport, client = await loop.create_datagram_endpoint(NgClient, remote_addr=ng)
-    return transport, client
-
-
 async def _until(condition, timeout: float, what: str):  # type: ignore[no-untyped-def]
     async with asyncio.timeout(timeout):
         while not (value := await condition()):
             await asyncio.sleep(0.1)
     assert value, what
     return value
-
-
-def _after(received: Received, t: float) -> Received:
-    return Received(packets=[(at, p) for at, p in received.packets if at > t])
 
 
 def _no_card_data(dump: dict[bytes, tuple[bytes, bytes]]) -> list[str]:
@@ -86,20 +83,13 @@ async def test_kill_9_mid_payment_then_restart_restores_call_media_masking_and_p
         await node.start()
         await node.ready()
         caller, agent = await RtpPeer(seed=1).start(), await RtpPeer(seed=2).start()
-        transport, ng = await _ng(node.ng)
+        ng = await NgClient.connect(node.ng)
         talker: Talker | None = None
         alice = {"Authorization": f"Bearer {c.keys['alice']}"}
         try:
-            offer = await ng.request(transport, {
-                "command": "offer", "call-id": "restart-1", "from-tag": "ft",
-                "label": "customer", "metadata": "agent=alice",
-                "sdp": audio_sdp("127.0.0.1", caller.port)})
-            answer = await ng.request(transport, {
-                "command": "answer", "call-id": "restart-1", "from-tag": "ft", "to-tag": "tt",
-                "label": "agent", "sdp": audio_sdp("127.0.0.1", agent.port)})
-            to_caller = media_endpoint(answer["sdp"])
-            to_agent_port = media_endpoint(offer["sdp"])[1]
-            talker = Talker(caller, to_caller).start()
+            call = await call_on(ng, "restart-1", caller, agent,
+                                 offer={"metadata": "agent=alice"})
+            talker = call.talker
             await agent.wait_for(10)
 
             async with httpx.AsyncClient(base_url=node.api, timeout=5) as http:
@@ -133,11 +123,12 @@ async def test_kill_9_mid_payment_then_restart_restores_call_media_masking_and_p
                   f"to /readyz: {ready - spawned:.2f} s)")
 
             # ng knows the call (Kamailio's next command finds it).
-            query = await ng.request(transport, {"command": "query", "call-id": "restart-1"})
+            query = await ng.request({"command": "query", "call-id": "restart-1"})
             assert set(query["tags"]) == {"ft", "tt"}
-            listed = await ng.request(transport, {"command": "list"})
+            listed = await ng.request({"command": "list"})
             assert "restart-1" in listed["calls"]
-            assert media_endpoint(offer["sdp"])[1] == to_agent_port  # same ports advertised
+            # A re-INVITE's offer finds the same address and port advertised.
+            assert await reoffer(ng, "restart-1", caller) == call.agent_dest
 
             async with httpx.AsyncClient(base_url=node.api, timeout=5) as http:
                 p = (await http.get(f"/v1/calls/restart-1/payments/{sid}",
@@ -150,15 +141,9 @@ async def test_kill_9_mid_payment_then_restart_restores_call_media_masking_and_p
                 events = await websockets.connect(
                     ws_url, subprotocols=[WS_SUBPROTOCOL, c.keys["alice"]])
                 keyed_from = loop.time()
-                values = {"payment-card-number": PAN, "expiration-date": EXPIRY,
-                          "security-code": CODE}
-                payment = p
-                for _ in range(4):  # a key lost under load (see above) is keyed again
-                    order = list(values)[list(values).index(payment["current_field"]):]
-                    await talker.say(card_audio("*" + "".join(values[f] for f in order)))
-                    payment = await _settled(http, sid, alice)
-                    if payment["status"] != "capturing":
-                        break
+                payment = await key_the_rest(talker, http, "restart-1", p, {
+                    "payment-card-number": PAN, "expiration-date": EXPIRY, "security-code": CODE,
+                }, alice)
             assert payment["status"] == "complete", payment
             assert payment["token"] and payment["last4"] == "1111"
             seen = []
@@ -171,14 +156,7 @@ async def test_kill_9_mid_payment_then_restart_restores_call_media_masking_and_p
             assert "field-complete" in seen and seen[-1] == "result"
 
             # The agent heard the caller after the restart, and no digit in it.
-            await asyncio.sleep(0.2)
-            heard = _after(agent.received, keyed_from)
-            sent = talker.sent_since(keyed_from - 0.01)
-            assert len(heard.packets) >= 0.9 * sent > 100, (len(heard.packets), sent)
-            audio = heard.audio()
-            assert float(np.sqrt(np.mean(audio.astype(float) ** 2))) > 10  # not silence
-            assert spandsp_detect(audio) == ""
-            assert multimon_detect(audio) == ""
+            await heard_masked(agent, talker.sent_since(keyed_from - 0.01), keyed_from)
             before = Received(packets=[(t, p) for t, p in agent.received.packets
                                        if t <= killed])
             assert spandsp_detect(before.audio()) == ""  # the 8 keys before the crash too
@@ -188,27 +166,11 @@ async def test_kill_9_mid_payment_then_restart_restores_call_media_masking_and_p
             assert any(k.startswith(b"toneguard:call:") for k in dump)
             assert _no_card_data(dump) == []
         finally:
-            if talker is not None:
-                await talker.stop()
-            transport.close()
-            caller.close()
-            agent.close()
+            await hang_up([talker], ng, caller, agent)
         await node.stop()
         log = node.log.read_text(errors="replace")
         assert "calls restored from the store" in log
         assert PAN not in log and PAN[:8] not in log
-
-
-async def _settled(http: httpx.AsyncClient, sid: str, headers: dict[str, str]) -> dict:
-    """The payment once it stops changing for a second (or finishes)."""
-    last: dict = {}
-    async with asyncio.timeout(20):
-        while True:
-            p = (await http.get(f"/v1/calls/restart-1/payments/{sid}", headers=headers)).json()
-            if p["status"] not in ("capturing", "ready", "submitting") or p == last:
-                return p
-            last = p
-            await asyncio.sleep(1.0)
 
 
 async def _async(value: bool) -> bool:
@@ -228,40 +190,27 @@ async def test_kill_9_restart_keeps_an_sdes_srtp_call_decrypting_both_ways(
         await node.ready()
         caller = await RtpPeer(seed=1, srtp_send=caller_key.params).start()
         agent = await RtpPeer(seed=2).start()
-        transport, ng = await _ng(node.ng)
+        ng = await NgClient.connect(node.ng)
         talkers: list[Talker] = []
         try:
-            offer = await ng.request(transport, {
-                "command": "offer", "call-id": "srtp-1", "from-tag": "ft", "label": "customer",
+            call = await call_on(ng, "srtp-1", caller, agent, talk=False, offer={
                 "transport-protocol": "RTP/AVP",
                 "sdp": audio_sdp("127.0.0.1", caller.port, proto="RTP/SAVP",
                                  crypto=[caller_key])})
-            answer = await ng.request(transport, {
-                "command": "answer", "call-id": "srtp-1", "from-tag": "ft", "to-tag": "tt",
-                "label": "agent", "sdp": audio_sdp("127.0.0.1", agent.port)})
-            ours = sdes.offered(parse_sdp(answer["sdp"]).media[0].attributes("crypto"))
+            ours = sdes.offered(parse_sdp(call.answer["sdp"]).media[0].attributes("crypto"))
             assert ours and ours[0].params.key_salt != caller_key.params.key_salt
             caller.set_srtp_recv(ours[0].params)
-            talkers = [Talker(caller, media_endpoint(answer["sdp"])).start(),
-                       Talker(agent, media_endpoint(offer["sdp"])).start()]
+            talkers = [call.talker.start(), Talker(agent, call.agent_dest).start()]
             await agent.wait_for(10)
             await caller.wait_for(10)
 
-            loop = asyncio.get_running_loop()
-            killed = loop.time()
-            await node.kill9()
-            await node.start()
-            await node.ready()
+            killed = await node.kill9_and_restart()
             for phone in (agent, caller):
                 async with asyncio.timeout(10):
                     while sum(1 for t, _ in phone.received.packets if t > killed) < 25:
                         await asyncio.sleep(0.1)
             assert caller.received.errors == 0  # every packet toward it decrypted
-            stats = await ng.request(transport, {"command": "query", "call-id": "srtp-1"})
+            stats = await ng.request({"command": "query", "call-id": "srtp-1"})
             assert set(stats["tags"]) == {"ft", "tt"}
         finally:
-            for talker in talkers:
-                await talker.stop()
-            transport.close()
-            caller.close()
-            agent.close()
+            await hang_up(talkers, ng, caller, agent)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from proxy.control.calls import CallRegistry
+from proxy.control.ng_client import NgClient
 from proxy.demo.leak import leaked_ms
 from proxy.demo.multimon import multimon_detect
 from proxy.demo.phone import RtpPeer
@@ -24,7 +25,6 @@ from proxy.store.sealing import Sealer
 from tests.proxy.control.sip_peers import card_audio
 from tests.proxy.store.conftest import RedisServer
 from tests.proxy.store.nodes import cluster, stored
-from tests.proxy.store.test_restart import _ng
 
 CARD = "4111111111111111"
 
@@ -67,10 +67,10 @@ async def test_kill_9_mid_ring_with_two_branches_the_dropped_branchs_delete_keep
         await node.ready()
         caller = await RtpPeer(seed=61).start()
         dropped, kept = await RtpPeer(seed=62).start(), await RtpPeer(seed=63).start()
-        transport, ng = await _ng(node.ng)
+        ng = await NgClient.connect(node.ng)
 
         async def request(body: dict) -> dict:
-            return await ng.request(transport, {"call-id": "fork-1", **body})
+            return await ng.request({"call-id": "fork-1", **body})
 
         try:
             offer = await request({"command": "offer", "from-tag": "caller",
@@ -119,6 +119,6 @@ async def test_kill_9_mid_ring_with_two_branches_the_dropped_branchs_delete_keep
             assert "warning" not in reply and "totals" in reply
             assert (await request({"command": "list"}))["calls"] == []
         finally:
-            transport.close()
+            ng.close()
             for phone in (caller, dropped, kept):
                 phone.close()

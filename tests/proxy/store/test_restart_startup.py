@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from proxy.control.ng_client import NgClient
 from proxy.demo.sdp_builder import audio_sdp
-from proxy.demo.simulate import NgClient
 from proxy.service.cli import main
 from tests.conftest import pick_tcp_port, pick_udp_port
 from tests.proxy.service.serve_process import node_toml, spawn_serve, wait_ready
@@ -49,17 +49,15 @@ node_id = "startup"
 """))
     first, second = tmp_path / "first.log", tmp_path / "second.log"
     proc = await spawn_serve(config, first, "-X", "importtime")
-    loop = asyncio.get_running_loop()
-    transport, ng = await loop.create_datagram_endpoint(
-        NgClient, remote_addr=("127.0.0.1", ng_port))
+    ng = await NgClient.connect(("127.0.0.1", ng_port))
     try:
         await wait_ready(api, proc, first)
-        await ng.request(transport, {"command": "offer", "call-id": "startup-1",
-                                     "from-tag": "ft", "label": "customer",
-                                     "sdp": audio_sdp("127.0.0.1", 40000)})
-        await ng.request(transport, {"command": "answer", "call-id": "startup-1",
-                                     "from-tag": "ft", "to-tag": "tt", "label": "agent",
-                                     "sdp": audio_sdp("127.0.0.1", 40002)})
+        await ng.request({"command": "offer", "call-id": "startup-1",
+                          "from-tag": "ft", "label": "customer",
+                          "sdp": audio_sdp("127.0.0.1", 40000)})
+        await ng.request({"command": "answer", "call-id": "startup-1",
+                          "from-tag": "ft", "to-tag": "tt", "label": "agent",
+                          "sdp": audio_sdp("127.0.0.1", 40002)})
         client = redis_server.client()
         try:
             async with asyncio.timeout(10):  # the writer's batch reached Redis
@@ -72,10 +70,10 @@ node_id = "startup"
 
         proc = await spawn_serve(config, second, "-X", "importtime")
         await wait_ready(api, proc, second)  # the API did start, after the restore
-        listed = await ng.request(transport, {"command": "list"})
+        listed = await ng.request({"command": "list"})
         assert "startup-1" in listed["calls"]
     finally:
-        transport.close()
+        ng.close()
         if proc.returncode is None:
             proc.send_signal(signal.SIGINT)
             async with asyncio.timeout(20):

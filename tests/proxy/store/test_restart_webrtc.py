@@ -8,7 +8,6 @@ again both ways and the carrier's card is masked."""
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 
 from dsp import tones
+from proxy.control.ng_client import NgClient
 from proxy.demo.multimon import multimon_detect
 from proxy.demo.phone import RtpPeer
 from proxy.demo.sdp_builder import audio_sdp, media_endpoint
@@ -23,8 +23,8 @@ from proxy.demo.spandsp import spandsp_detect
 from proxy.media.dtls import NodeCertificate
 from tests.proxy.control.sip_peers import card_audio
 from tests.proxy.store.conftest import RedisServer
-from tests.proxy.store.nodes import Talker, cluster
-from tests.proxy.store.test_restart import _after, _ng, _until
+from tests.proxy.store.nodes import Talker, after, cluster, hang_up, record
+from tests.proxy.store.test_restart import _until
 
 aiortc = pytest.importorskip("aiortc")
 from tests.proxy.control.webrtc_peers import BrowserAgent  # noqa: E402  (needs aiortc)
@@ -37,14 +37,10 @@ WEBRTC_KEYS = {"transport-protocol": "UDP/TLS/RTP/SAVPF", "ICE": "force",
 
 
 async def _webrtc_keys_stored(redis_server: RedisServer, call_id: str) -> bool:
-    client = redis_server.client()
-    try:
-        data = await client.get(f"toneguard:call:{call_id}")
-    finally:
-        await client.aclose()
-    if data is None:
+    stored = await record(redis_server, call_id)
+    if stored is None:
         return False
-    legs = [m.get("webrtc") for p in json.loads(data)["call"]["parties"] for m in p["medias"]]
+    legs = [m.get("webrtc") for p in stored["call"]["parties"] for m in p["medias"]]
     return any(leg and leg.get("keys") and leg.get("latched") for leg in legs)
 
 
@@ -73,17 +69,17 @@ async def test_kill_9_resumes_a_webrtc_agent_leg_without_a_handshake(
         await node.ready()
         carrier = await RtpPeer(seed=31).start()
         browser = BrowserAgent(tones.sine(700, 60_000, -15.0))  # the agent talks throughout
-        transport, ng = await _ng(node.ng)
+        ng = await NgClient.connect(node.ng)
         talker: Talker | None = None
         try:
-            offer = await ng.request(transport, {
+            offer = await ng.request({
                 "command": "offer", "call-id": "web-1", "from-tag": "carrier",
                 "label": "customer", "sdp": audio_sdp("127.0.0.1", carrier.port),
                 **WEBRTC_KEYS})
             assert offer["result"] == "ok", offer
             assert (certificate.fingerprint("sha-256") in offer["sdp"]) == (
                 certificate_from == "config")
-            answer = await ng.request(transport, {
+            answer = await ng.request({
                 "command": "answer", "call-id": "web-1", "from-tag": "carrier",
                 "to-tag": "browser", "label": "agent", "ICE": "remove",
                 "sdp": await browser.answer(offer["sdp"])})
@@ -96,14 +92,10 @@ async def test_kill_9_resumes_a_webrtc_agent_leg_without_a_handshake(
             await _until(lambda: _webrtc_keys_stored(redis_server, "web-1"), 10,
                          "the leg's DTLS keys and candidate stored")
 
-            loop = asyncio.get_running_loop()
-            killed = loop.time()
-            await node.kill9()
-            await node.start()
-            await node.ready()
+            killed = await node.kill9_and_restart()
             frames_before = len(browser.frames)
             async with asyncio.timeout(15):  # both ways again: carrier ← browser, browser ←
-                while (len(_after(carrier.received, killed).packets) < 50
+                while (len(after(carrier.received, killed).packets) < 50
                        or sum(f.size for f in browser.frames[frames_before:]) < 8000):
                     await asyncio.sleep(0.1)
             assert browser.pc.connectionState == "connected"  # no new handshake, no failure
@@ -119,11 +111,11 @@ async def test_kill_9_resumes_a_webrtc_agent_leg_without_a_handshake(
             assert spandsp_detect(heard) == ""
             assert multimon_detect(heard) == ""
             # The agent is heard by the carrier after the restart: its 700 Hz.
-            voice = _after(carrier.received, killed).audio()
+            voice = after(carrier.received, killed).audio()
             spectrum = np.abs(np.fft.rfft(voice[-8000:]))
             assert abs(int(np.argmax(spectrum)) - 700) < 10
             # The restarted node presents the certificate the browser was offered.
-            later = await ng.request(transport, {
+            later = await ng.request({
                 "command": "offer", "call-id": "web-2", "from-tag": "carrier",
                 "sdp": audio_sdp("127.0.0.1", carrier.port), **WEBRTC_KEYS})
             assert _fingerprint(later["sdp"]) == _fingerprint(offer["sdp"])
@@ -138,10 +130,7 @@ async def test_kill_9_resumes_a_webrtc_agent_leg_without_a_handshake(
             else:
                 assert shared is None
         finally:
-            if talker is not None:
-                await talker.stop()
-            transport.close()
-            carrier.close()
+            await hang_up([talker], ng, carrier)
             await browser.close()
         await node.stop()
         log = node.log.read_text(errors="replace")

@@ -11,21 +11,28 @@ import shutil
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 
-from proxy.demo.multimon import multimon_detect
+from proxy.control.ng_client import NgClient
 from proxy.demo.phone import RtpPeer
-from proxy.demo.sdp_builder import audio_sdp, media_endpoint
-from proxy.demo.spandsp import spandsp_detect
 from proxy.store.redis_store import OWNERS, RedisStore, call_key, node_key
 from proxy.store.takeover import Heartbeat, NodeMedia, alive_key, claim, claim_key
 from tests.conftest import pick_udp_port
 from tests.proxy.control.sip_peers import card_audio
 from tests.proxy.store.conftest import RedisServer, dump_all
-from tests.proxy.store.nodes import NodeProcess, Talker, cluster
-from tests.proxy.store.test_many_nodes import _calls, _uac
-from tests.proxy.store.test_restart import _after, _ng, _no_card_data, _until
+from tests.proxy.store.nodes import (
+    Cluster,
+    NodeProcess,
+    Talker,
+    call_on,
+    cluster,
+    hang_up,
+    heard_masked,
+    key_the_rest,
+    reoffer,
+)
+from tests.proxy.store.test_many_nodes import _calls, _kamailio, _uac
+from tests.proxy.store.test_restart import _no_card_data, _until
 
 PAN, EXPIRY, CODE = "4111111111111111", "1230", "737"
 # Seconds: short, so that the test's gap is short; the TTL still above the event-loop stalls
@@ -150,37 +157,39 @@ async def _not(value) -> bool:  # type: ignore[no-untyped-def]
 
 # --- two real nodes ---------------------------------------------------------------------------
 
+async def _two_nodes(c: Cluster, redis_server: RedisServer, media_ports: tuple[int, int]
+                     ) -> tuple[NodeProcess, NodeProcess]:
+    """node-a, and node-b that takes node-a's calls over, each on its own media address and
+    half of the port range, both started and ready."""
+    low, high = media_ports
+    mid = low + (high - low) // 2 // 2 * 2
+    beat = f"heartbeat_seconds = {HEARTBEAT}\nheartbeat_ttl_seconds = {TTL}\n"
+    a = c.node("node-a", store_url=redis_server.url, media_ports=(low, mid - 1),
+               media_address="127.0.0.2", extra=beat)
+    b = c.node("node-b", store_url=redis_server.url, media_ports=(mid, high),
+               media_address="127.0.0.3", extra=beat + 'takeover = ["node-a"]\n')
+    await asyncio.gather(a.start(), b.start())
+    await asyncio.gather(a.ready(), b.ready())
+    return a, b
+
+
 @pytest.mark.skipif(not shutil.which("multimon-ng"), reason="needs multimon-ng")
 async def test_kill_9_node_a_mid_payment_node_b_takes_the_call_over_on_the_same_address(
         tmp_path: Path, redis_server: RedisServer, store_key: Path,
         media_ports: tuple[int, int]) -> None:
-    low, high = media_ports
-    mid = low + (high - low) // 2 // 2 * 2
-    beat = f"heartbeat_seconds = {HEARTBEAT}\nheartbeat_ttl_seconds = {TTL}\n"
     async with cluster(tmp_path, store_key) as c:
-        a = c.node("node-a", store_url=redis_server.url, media_ports=(low, mid - 1),
-                   media_address="127.0.0.2", extra=beat)
-        b = c.node("node-b", store_url=redis_server.url, media_ports=(mid, high),
-                   media_address="127.0.0.3", extra=beat + 'takeover = ["node-a"]\n')
-        await asyncio.gather(a.start(), b.start())
-        await asyncio.gather(a.ready(), b.ready())
+        a, b = await _two_nodes(c, redis_server, media_ports)
         caller, agent = await RtpPeer(seed=1).start(), await RtpPeer(seed=2).start()
-        transport, ng = await _ng(a.ng)
+        ng = await NgClient.connect(a.ng)
         talker: Talker | None = None
         alice = {"Authorization": f"Bearer {c.keys['alice']}"}
         redis = redis_server.client()
         try:
-            offer = await ng.request(transport, {
-                "command": "offer", "call-id": "takeover-1", "from-tag": "ft",
-                "label": "customer", "metadata": "agent=alice",
-                "sdp": audio_sdp("127.0.0.1", caller.port)})
-            answer = await ng.request(transport, {
-                "command": "answer", "call-id": "takeover-1", "from-tag": "ft",
-                "to-tag": "tt", "label": "agent", "sdp": audio_sdp("127.0.0.1", agent.port)})
-            to_caller = media_endpoint(answer["sdp"])
-            assert to_caller[0] == "127.0.0.2" and media_endpoint(offer["sdp"])[0] == "127.0.0.2"
-            transport.close()
-            talker = Talker(caller, to_caller).start()
+            call = await call_on(ng, "takeover-1", caller, agent,
+                                 offer={"metadata": "agent=alice"})
+            talker = call.talker
+            assert call.caller_dest[0] == "127.0.0.2" and call.agent_dest[0] == "127.0.0.2"
+            ng.close()
             await agent.wait_for(10)
 
             async with httpx.AsyncClient(base_url=a.api, timeout=5) as http:
@@ -209,30 +218,23 @@ async def test_kill_9_node_a_mid_payment_node_b_takes_the_call_over_on_the_same_
 
             assert await redis.hget(OWNERS, "takeover-1") == b"node-b"
             assert await redis.smembers(node_key("node-a")) == set()
-            transport, ng = await _ng(b.ng)  # Kamailio's next command goes to node-b
-            query = await ng.request(transport, {"command": "query", "call-id": "takeover-1"})
+            ng = await NgClient.connect(b.ng)  # Kamailio's next command goes to node-b
+            query = await ng.request({"command": "query", "call-id": "takeover-1"})
             assert set(query["tags"]) == {"ft", "tt"}
             # Statistics (and metrics, readiness) sum the adopted calls' engine with node-b's.
-            stats = await ng.request(transport, {"command": "statistics"})
+            stats = await ng.request({"command": "statistics"})
             assert stats["result"] == "ok", stats
             # node-b answers on node-a's ng address too (where Kamailio keeps asking).
-            on_a_address, ng_a = await _ng(a.ng)
-            try:
+            async with await NgClient.connect(a.ng) as ng_a:
                 async def answered() -> dict:
                     try:
-                        return await ng_a.request(on_a_address, {"command": "query",
-                                                                 "call-id": "takeover-1"})
+                        return await ng_a.request({"command": "query", "call-id": "takeover-1"})
                     except TimeoutError:
                         return {}
                 assert set((await _until(answered, 15, "node-a's ng address answers"))[
                     "tags"]) == {"ft", "tt"}
-            finally:
-                on_a_address.close()
             # A re-INVITE's offer keeps the call on node-a's address and ports.
-            reoffer = await ng.request(transport, {
-                "command": "offer", "call-id": "takeover-1", "from-tag": "ft",
-                "label": "customer", "sdp": audio_sdp("127.0.0.1", caller.port, session=4243)})
-            assert media_endpoint(reoffer["sdp"]) == media_endpoint(offer["sdp"])
+            assert await reoffer(ng, "takeover-1", caller) == call.agent_dest
 
             async with httpx.AsyncClient(base_url=b.api, timeout=5) as http:
                 p = (await http.get(f"/v1/calls/takeover-1/payments/{sid}",
@@ -240,26 +242,14 @@ async def test_kill_9_node_a_mid_payment_node_b_takes_the_call_over_on_the_same_
                 assert p["status"] == "capturing" and p["error"] == "node-restarted", p
                 assert p["fields"]["payment-card-number"] == ""  # nothing before the crash
                 keyed_from = loop.time()
-                values = {"payment-card-number": PAN, "expiration-date": EXPIRY,
-                          "security-code": CODE}
-                payment = p
-                for _ in range(4):  # a key lost under load is keyed again (fail closed)
-                    order = list(values)[list(values).index(payment["current_field"]):]
-                    await talker.say(card_audio("*" + "".join(values[f] for f in order)))
-                    payment = await _settled(http, sid, alice)
-                    if payment["status"] != "capturing":
-                        break
+                payment = await key_the_rest(talker, http, "takeover-1", p, {
+                    "payment-card-number": PAN, "expiration-date": EXPIRY, "security-code": CODE,
+                }, alice)
             assert payment["status"] == "complete", payment
             assert payment["token"] and payment["last4"] == "1111"
 
             # The agent heard the caller through node-b, and no digit in it.
-            heard = _after(agent.received, keyed_from)
-            sent = talker.sent_since(keyed_from - 0.01)
-            assert len(heard.packets) >= 0.9 * sent > 100, (len(heard.packets), sent)
-            audio = heard.audio()
-            assert float(np.sqrt(np.mean(audio.astype(float) ** 2))) > 10  # not silence
-            assert spandsp_detect(audio) == ""
-            assert multimon_detect(audio) == ""
+            await heard_masked(agent, talker.sent_since(keyed_from - 0.01), keyed_from)
 
             # node-a comes back: it leaves the call to node-b, whose media goes on; node-a's
             # API forwards an action on the call to node-b (the owner in Redis now).
@@ -275,8 +265,8 @@ async def test_kill_9_node_a_mid_payment_node_b_takes_the_call_over_on_the_same_
                 assert r.status_code == 200 and r.json()["status"] == "complete", r.text
 
             # Kamailio's delete for the call reaches node-b, which owns it.
-            deleted = await ng.request(transport, {"command": "delete",
-                                                   "call-id": "takeover-1", "from-tag": "ft"})
+            deleted = await ng.request({"command": "delete",
+                                        "call-id": "takeover-1", "from-tag": "ft"})
             assert deleted["result"] == "ok"
             assert "takeover-1" not in await _calls(b)
             await _until(lambda: _gone(redis), 5, "the record deleted")
@@ -284,11 +274,7 @@ async def test_kill_9_node_a_mid_payment_node_b_takes_the_call_over_on_the_same_
             dump = await dump_all(redis_server)
             assert _no_card_data(dump) == []
         finally:
-            if talker is not None:
-                await talker.stop()
-            transport.close()
-            caller.close()
-            agent.close()
+            await hang_up([talker], ng, caller, agent)
             await redis.aclose()
         for node in (a, b):
             await node.stop()
@@ -332,20 +318,6 @@ def _logged(node: NodeProcess, event: str) -> dict:
     return found
 
 
-async def _settled(http: httpx.AsyncClient, sid: str, headers: dict[str, str]) -> dict:
-    """The payment once it stops changing for a second (or finishes)."""
-    last: dict = {}
-    async with asyncio.timeout(20):
-        while True:
-            p = (await http.get(f"/v1/calls/takeover-1/payments/{sid}",
-                                headers=headers)).json()
-            if p["status"] not in ("capturing", "ready", "submitting") or p == last:
-                return p
-            last = p
-            await asyncio.sleep(1.0)
-
-
-
 # --- through Kamailio --------------------------------------------------------------------------
 
 @pytest.mark.skipif(not (shutil.which("kamailio") and shutil.which("sipp")),
@@ -361,17 +333,9 @@ async def test_kamailio_deletes_reach_the_taker_after_node_a_is_killed(
     from tests.proxy.control.sip_peers import stop
 
     calls, hold_ms = 4, 25_000
-    low, high = media_ports
-    mid = low + (high - low) // 2 // 2 * 2
-    beat = f"heartbeat_seconds = {HEARTBEAT}\nheartbeat_ttl_seconds = {TTL}\n"
     procs: list[asyncio.subprocess.Process] = []
     async with cluster(tmp_path, store_key) as c:
-        a = c.node("node-a", store_url=redis_server.url, media_ports=(low, mid - 1),
-                   media_address="127.0.0.2", extra=beat)
-        b = c.node("node-b", store_url=redis_server.url, media_ports=(mid, high),
-                   media_address="127.0.0.3", extra=beat + 'takeover = ["node-a"]\n')
-        await asyncio.gather(a.start(), b.start())
-        await asyncio.gather(a.ready(), b.ready())
+        a, b = await _two_nodes(c, redis_server, media_ports)
         sip_port, uas_port = pick_udp_port(), pick_udp_port()
         redis = redis_server.client()
         try:
@@ -380,7 +344,11 @@ async def test_kamailio_deletes_reach_the_taker_after_node_a_is_killed(
                 "-mi", "127.0.0.1", "-mp", str(pick_udp_port()), "-m", str(calls),
                 "-nostdin", cwd=tmp_path, stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL))
-            procs.append(await _kamailio(tmp_path, sip_port, a, b, uas_port))
+            # node-a weighted 10:1, so that calls land on it; a dead node costs one 2 s timeout
+            # (not less: a node busy on this loaded machine must not be disabled by the
+            # module's first ping).
+            procs.append(await _kamailio(tmp_path, sip_port, [a, b], uas_port, weights=[10, 1],
+                                         timeout_ms=2000))
             await asyncio.sleep(0.5)  # kamailio binds; a lost first INVITE is retransmitted
             uac = await _uac(tmp_path, sip_port, calls, hold_ms)
             procs.append(uac)
@@ -402,13 +370,9 @@ async def test_kamailio_deletes_reach_the_taker_after_node_a_is_killed(
             await _until(adopted, 15, "node-b adopted node-a's calls")
             owners = await redis.hgetall(OWNERS)
             assert {owners[x.encode()] for x in on_a} == {b"node-b"}
-            transport, ng = await _ng(a.ng)  # node-b answers there now
-            try:
-                reply = await ng.request(transport, {"command": "query",
-                                                     "call-id": sorted(on_a)[0]})
-                assert reply["result"] == "ok"
-            finally:
-                transport.close()
+            async with await NgClient.connect(a.ng) as ng:  # node-b answers there now
+                reply = await ng.request({"command": "query", "call-id": sorted(on_a)[0]})
+            assert reply["result"] == "ok"
             await a.start()  # node-a back: its address again, the calls stay on node-b
             await a.ready()
             assert not on_a & await _calls(a)
@@ -435,27 +399,3 @@ async def test_kamailio_deletes_reach_the_taker_after_node_a_is_killed(
             for proc in reversed(procs):
                 await stop(proc)
             await redis.aclose()
-
-
-async def _kamailio(workdir: Path, sip_port: int, a: NodeProcess, b: NodeProcess,
-                    uas_port: int) -> asyncio.subprocess.Process:
-    """Kamailio with a set of both nodes, node-a weighted 10:1 (so that calls land on it);
-    a dead node costs one 2 s timeout (not less: a node busy on this loaded machine must not
-    be disabled by the module's first ping)."""
-    from tests.proxy.control.sip_peers import KAMAILIO_CFG
-
-    sockets = f"udp:{a.ng[0]}:{a.ng[1]}=10 udp:{b.ng[0]}:{b.ng[1]}=1"
-    cfg = KAMAILIO_CFG.read_text().replace(
-        "SIP_LISTEN udp:127.0.0.1:5060", f"SIP_LISTEN udp:127.0.0.1:{sip_port}").replace(
-        '"udp:127.0.0.1:2223"', f'"{sockets}"').replace(
-        '"sip:127.0.0.1:5080"', f'"sip:127.0.0.1:{uas_port}"')
-    cfg = cfg.replace('modparam("rtpengine", "rtpengine_sock", TONEGUARD_NG)',
-                      'modparam("rtpengine", "rtpengine_sock", TONEGUARD_NG)\n'
-                      'modparam("rtpengine", "rtpengine_tout_ms", 2000)\n'
-                      'modparam("rtpengine", "rtpengine_retr", 1)')
-    assert sockets in cfg and "rtpengine_tout_ms" in cfg
-    (workdir / "kamailio.cfg").write_text(cfg)
-    log = (workdir / "kamailio.log").open("wb")
-    return await asyncio.create_subprocess_exec(
-        "kamailio", "-f", str(workdir / "kamailio.cfg"), "-DD", "-E", "-w", str(workdir),
-        "-P", str(workdir / "kamailio.pid"), stdout=log, stderr=log)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from proxy.control.ng_client import NgClient
 from proxy.demo.multimon import multimon_detect
 from proxy.demo.phone import RtpPeer
 from proxy.demo.sdp_builder import audio_sdp, media_endpoint
@@ -21,9 +22,9 @@ from proxy.store.redis_store import OWNERS, call_key
 from proxy.store.takeover import Heartbeat, NodeMedia, moved_key
 from tests.proxy.control.sip_peers import card_audio
 from tests.proxy.store.conftest import RedisServer
-from tests.proxy.store.nodes import Talker, cluster, stored
+from tests.proxy.store.nodes import Talker, after, cluster, stored
 from tests.proxy.store.test_many_nodes import _calls
-from tests.proxy.store.test_restart import _after, _ng, _until
+from tests.proxy.store.test_restart import _until
 from tests.proxy.store.test_takeover import HEARTBEAT, TTL, _logged, _true
 
 CARD = "5555555555554444"
@@ -59,15 +60,15 @@ async def test_a_hold_re_offer_sent_to_node_a_back_after_a_takeover_is_relayed_t
         await asyncio.gather(a.start(), b.start())
         await asyncio.gather(a.ready(), b.ready())
         caller, agent = await RtpPeer(seed=71).start(), await RtpPeer(seed=72).start()
-        transport, ng = await _ng(a.ng)
+        ng = await NgClient.connect(a.ng)
         talker: Talker | None = None
         redis = redis_server.client()
         loop = asyncio.get_running_loop()
         try:
-            offer = await ng.request(transport, {
+            offer = await ng.request({
                 "command": "offer", "call-id": "hold-1", "from-tag": "ft",
                 "label": "customer", "sdp": audio_sdp("127.0.0.1", caller.port)})
-            answer = await ng.request(transport, {
+            answer = await ng.request({
                 "command": "answer", "call-id": "hold-1", "from-tag": "ft", "to-tag": "tt",
                 "label": "agent", "sdp": audio_sdp("127.0.0.1", agent.port)})
             to_caller, to_agent = media_endpoint(answer["sdp"]), media_endpoint(offer["sdp"])
@@ -96,7 +97,7 @@ async def test_a_hold_re_offer_sent_to_node_a_back_after_a_takeover_is_relayed_t
 
             async def reoffered() -> dict:
                 try:  # node-a's ng socket may still be node-b's for a poll or two
-                    return await ng.request(transport, {
+                    return await ng.request({
                         "command": "offer", "call-id": "hold-1", "from-tag": "ft",
                         "label": "customer", "sdp": hold})
                 except TimeoutError:
@@ -114,9 +115,9 @@ async def test_a_hold_re_offer_sent_to_node_a_back_after_a_takeover_is_relayed_t
             # The media goes on through node-b, the caller's card masked.
             keyed_from = loop.time()
             await talker.say(card_audio(CARD))
-            await _until(lambda: _true(len(_after(agent.received, keyed_from).packets) >= 100),
+            await _until(lambda: _true(len(after(agent.received, keyed_from).packets) >= 100),
                          10, "the card's audio reaches the agent")
-            heard = _after(agent.received, keyed_from)
+            heard = after(agent.received, keyed_from)
             sent = talker.sent_since(keyed_from - 0.01)
             assert len(heard.packets) >= 0.9 * sent > 100, (len(heard.packets), sent)
             audio = heard.audio()
@@ -125,7 +126,7 @@ async def test_a_hold_re_offer_sent_to_node_a_back_after_a_takeover_is_relayed_t
             assert "hold-1" not in await _calls(a)
 
             # The BYE's delete, to node-a too: relayed, the call ends on node-b.
-            deleted = await ng.request(transport, {"command": "delete", "call-id": "hold-1",
+            deleted = await ng.request({"command": "delete", "call-id": "hold-1",
                                                    "from-tag": "ft"})
             assert deleted["result"] == "ok" and "warning" not in deleted, deleted
             assert "hold-1" not in await _calls(b)
@@ -137,7 +138,7 @@ async def test_a_hold_re_offer_sent_to_node_a_back_after_a_takeover_is_relayed_t
         finally:
             if talker is not None:
                 await talker.stop()
-            transport.close()
+            ng.close()
             caller.close()
             agent.close()
             await redis.aclose()
