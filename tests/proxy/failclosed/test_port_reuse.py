@@ -18,8 +18,9 @@ import asyncio
 import pytest
 
 from proxy.demo.phone import RtpPeer
+from proxy.demo.sdp_builder import media_endpoint
 from tests.proxy.conftest import Stack
-from tests.proxy.failclosed.rig import CallRig, CallSetup
+from tests.proxy.failclosed.rig import CallRig, CallSetup, NgControl, until
 from tests.proxy.failclosed.wire import (
     KEYED,
     LAWS,
@@ -30,6 +31,7 @@ from tests.proxy.failclosed.wire import (
     judge,
     keyed_audio,
     noise,
+    phone_sdp,
     send,
 )
 
@@ -123,3 +125,66 @@ async def test_old_call_phones_reach_nothing_of_the_call_that_reuses_their_ports
     assert all(p.payload_type in (*LAWS, 101) for _, p in old.caller.received.packets)
     assert not problems, "\n".join(problems)
 
+
+
+async def test_an_old_callers_keys_at_its_port_reused_for_the_next_agent_stream_reach_no_one(
+        stack: Stack) -> None:
+    """The crossed case: the ended call was the agent's (an outbound call: the agent's side
+    offered), so its customer's port is released last and becomes the next call's AGENT
+    stream, whose media is relayed toward the next call's caller unmasked (agent audio is not
+    inspected). The old customer keys a card at it: had it latched there, the next caller
+    would hear the card and the next agent nothing."""
+    codecs = (Codec(0, "PCMU"), Codec(101, "telephone-event"))
+    ng = NgControl()
+    loop = asyncio.get_running_loop()
+    await loop.create_datagram_endpoint(lambda: ng, remote_addr=stack.ng)
+    old_agent, old_customer = await RtpPeer(seed=41).start(), await RtpPeer(seed=42).start()
+    agent_src, customer_src = RtpSource(seed=43), RtpSource(seed=44)
+    try:
+        offer = await ng.ok({"command": "offer", "call-id": "outbound-old", "from-tag": "ag",
+                             "label": "agent",
+                             "sdp": phone_sdp("127.0.0.1", old_agent.port, codecs)})
+        answer = await ng.ok({"command": "answer", "call-id": "outbound-old", "from-tag": "ag",
+                              "to-tag": "cu", "label": "customer",
+                              "sdp": phone_sdp("127.0.0.1", old_customer.port, codecs)})
+        customer_port = media_endpoint(offer["sdp"])  # where the customer sends
+        agent_port = media_endpoint(answer["sdp"])  # where the agent sends
+        await asyncio.gather(
+            send(old_customer, customer_src.segment(noise(0.4, seed=74), customer_port)),
+            send(old_agent, agent_src.segment(noise(0.4, seed=75), agent_port)))
+        assert await until(lambda: len(old_agent.received.packets) >= 15, 4.0), \
+            "the old call did not relay before it ended"
+        await ng.ok({"command": "delete", "call-id": "outbound-old"})
+        audio, keys = keyed_audio(KEYED, lead_ms=100, tail_ms=100)
+        keyed = customer_src.segment(audio, customer_port, keys=keys, event_pt=101)
+        old_phones = asyncio.gather(
+            send(old_customer, keyed),
+            send(old_agent, agent_src.segment(noise(keyed[-1][0], seed=76), agent_port)))
+        try:
+            await asyncio.sleep(0.1)  # bounded: the old phones' packets are in flight first
+            setup = CallSetup(codecs=codecs)
+            async with CallRig(stack, setup) as new:
+                assert new.agent_to_toneguard[1] == customer_port[1], (
+                    "the next call's agent stream did not get the old customer's port")
+                plan = new.caller_src.segment(noise(NEW_CALL_SECONDS, dbm0=-50, seed=77),
+                                              new.to_toneguard)
+                await new.talk(plan)
+                assert new.agent is not None
+                problems = (new.leaks(event_pts=[101],
+                                      foreign=[customer_src.ssrc, agent_src.ssrc])
+                            + new.audio_arrived(len(plan)) + new.caller_heard_agent())
+                for ssrc, heard in by_source(new.caller.received).items():
+                    if ssrc != new.agent.ssrc:
+                        problems.append(f"the new caller received {heard.packets} packet(s) "
+                                        f"of SSRC {ssrc:#x}, not its agent's")
+                    verdict = judge(heard.audio)
+                    if not verdict.clean:
+                        problems.append(f"the new caller heard keys: {verdict}")
+        finally:
+            await old_phones
+    finally:
+        old_agent.close()
+        old_customer.close()
+        if ng.transport is not None:
+            ng.transport.close()
+    assert not problems, "\n".join(problems)
