@@ -34,9 +34,9 @@ from proxy.media.rtp import RtpPacket, RtpParseError, is_rtcp, valid_rtcp, valid
 from proxy.media.srtp import SrtpError, SrtpReceiver, SrtpSender
 from proxy.media.types import (
     Address,
-    DigitEvent,
     DtlsKeyedEvent,
     IdleEvent,
+    LatchedEvent,
     LocalEndpoint,
     MediaError,
     MediaEvent,
@@ -555,6 +555,11 @@ class LocalMediaEngine:
                 stream = self._streams[s.stream_id]
                 if s.dtls_keys is not None and s.config.dtls is not None:
                     self._resume_webrtc(stream, s.dtls_keys, s.endpoint)
+                elif s.endpoint is not None and not _webrtc(s.config):
+                    # Latched as before the crash: the first packet after a restart may come
+                    # from a stranger on the caller's own host, which "the SDP's IP, any port"
+                    # would let take the stream over.
+                    self._set_endpoint(stream, s.endpoint)
                 if isinstance(stream.receiver, SrtpReceiver):
                     stream.receiver.resume(s.recv_index)
                 if isinstance(stream.sender, SrtpSender):
@@ -749,6 +754,8 @@ class LocalMediaEngine:
         if stream.direct is not None:
             stream.direct.close()
             stream.direct = None
+        if not _webrtc(stream.config):  # a WebRTC leg's latch is stored with its DTLS keys
+            self._publish(LatchedEvent(stream.stream_id, addr))
         if addr is None:
             return
         log.info("media latched", stream=stream.stream_id, call_id=stream.call_id,
@@ -1140,13 +1147,16 @@ class LocalMediaEngine:
             if _near_rollover(recv) or _near_rollover(send):
                 self._publish(SrtpIndexEvent(stream.stream_id, recv, send))
 
-    def _publish(self, event: DigitEvent | IdleEvent | SrtpIndexEvent | DtlsKeyedEvent
-                 ) -> None:
+    def _publish(self, event: MediaEvent) -> None:
         for callback in self._subscribers:
             try:
                 callback(event)
             except Exception:
                 log.exception("media event subscriber failed", event_type=type(event).__name__)
+
+
+def _webrtc(config: StreamConfig) -> bool:
+    return config.dtls is not None or config.ice is not None
 
 
 def _near_rollover(index: SrtpIndex | None) -> bool:

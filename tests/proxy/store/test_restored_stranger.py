@@ -27,7 +27,9 @@ from tests.proxy.store.conftest import RedisServer
 from tests.proxy.store.nodes import NodeProcess, Talker, cluster, stored
 from tests.proxy.store.test_restart import _ng, _until
 
-STRANGER = "127.0.0.66"  # another loopback address: a different host as far as UDP can tell
+# Another loopback address (a different host as far as UDP can tell), and the caller's own
+# host (another phone behind the same carrier SBC, another port).
+STRANGERS = {"other-host": "127.0.0.66", "callers-host": "127.0.0.1"}
 HEARTBEAT, TTL = 0.25, 2.0  # as test_takeover: short, above a loaded machine's loop stalls
 ARRIVED_FRACTION = 0.8
 
@@ -94,12 +96,12 @@ async def _set_up(ng_address: tuple[str, int], call_id: str, caller: RtpPeer, ag
 
 async def _stranger_before_the_caller(
         node: NodeProcess, call_id: str, caller: RtpPeer, agent: RtpPeer,
-        to_caller: tuple[str, int], back: asyncio.Future[None]) -> list[str]:
+        to_caller: tuple[str, int], back: asyncio.Future[None], host: str) -> list[str]:
     """The caller is silent; the stranger keys at its port; ``back`` resolves when the node
     relays the call again (restarted or adopted). Once the node has refused the stranger's
     packets on the call, the caller talks again; once the stranger has keyed another whole
     card, what the agent and the stranger received is judged (sentences, empty: fine)."""
-    stranger_phone = await RtpPeer(STRANGER, seed=66).start()
+    stranger_phone = await RtpPeer(host, seed=66).start()
     stranger = Stranger(stranger_phone, to_caller).start()
     talker: Talker | None = None
     try:
@@ -139,7 +141,7 @@ async def _stranger_before_the_caller(
     if stranger_phone.received.packets:
         problems.append(f"the stranger received {len(stranger_phone.received.packets)} "
                         "packet(s) of the agent's audio")
-    if stream.get("endpoint", {}).get("address") == STRANGER:
+    if stream.get("endpoint", {}).get("port") == stranger_phone.port:
         problems.append(f"the caller's stream is latched to the stranger {stream['endpoint']}")
     return problems
 
@@ -153,13 +155,20 @@ async def _stranger_seen(node: NodeProcess, call_id: str) -> dict[str, Any] | No
     return stream if stats.get("errors") or stats.get("packets") else None
 
 
+def _caller_latched(record: dict[str, Any]) -> bool:
+    """The record holds the caller stream's latch (what a restore latches on again)."""
+    return any(m.get("latched") for p in record["call"]["parties"] if p["tag"] == "ft"
+               for m in p["medias"])
+
+
 async def _async(value: bool) -> bool:
     return value
 
 
+@pytest.mark.parametrize("stranger", list(STRANGERS))
 async def test_a_stranger_first_on_a_call_restored_after_kill_9_reaches_nothing(
         tmp_path: Path, redis_server: RedisServer, store_key: Path,
-        media_ports: tuple[int, int]) -> None:
+        media_ports: tuple[int, int], stranger: str) -> None:
     async with cluster(tmp_path, store_key) as c:
         node = c.node("node-a", store_url=redis_server.url, media_ports=media_ports)
         await node.start()
@@ -172,7 +181,7 @@ async def test_a_stranger_first_on_a_call_restored_after_kill_9_reaches_nothing(
             before = Talker(caller, to_caller).start()
             await agent.wait_for(10)
             await before.stop()  # the caller pauses across the crash: the stranger is first
-            await stored(redis_server, "stranger-restart")
+            await stored(redis_server, "stranger-restart", _caller_latched)
             await node.kill9()
 
             async def restart() -> None:
@@ -181,7 +190,7 @@ async def test_a_stranger_first_on_a_call_restored_after_kill_9_reaches_nothing(
 
             problems = await _stranger_before_the_caller(
                 node, "stranger-restart", caller, agent, to_caller,
-                asyncio.ensure_future(restart()))
+                asyncio.ensure_future(restart()), STRANGERS[stranger])
         finally:
             if agent_talker is not None:
                 await agent_talker.stop()
@@ -192,9 +201,10 @@ async def test_a_stranger_first_on_a_call_restored_after_kill_9_reaches_nothing(
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.parametrize("stranger", list(STRANGERS))
 async def test_a_stranger_first_on_a_call_adopted_after_takeover_reaches_nothing(
         tmp_path: Path, redis_server: RedisServer, store_key: Path,
-        media_ports: tuple[int, int]) -> None:
+        media_ports: tuple[int, int], stranger: str) -> None:
     low, high = media_ports
     mid = low + (high - low) // 2 // 2 * 2
     beat = f"heartbeat_seconds = {HEARTBEAT}\nheartbeat_ttl_seconds = {TTL}\n"
@@ -214,12 +224,12 @@ async def test_a_stranger_first_on_a_call_adopted_after_takeover_reaches_nothing
             before = Talker(caller, to_caller).start()
             await agent.wait_for(10)
             await before.stop()
-            await stored(redis_server, "stranger-takeover")
+            await stored(redis_server, "stranger-takeover", _caller_latched)
             await a.kill9()
             # node-b answers on node-a's ng address once it adopted the call (_stranger_seen
             # asks there, as Kamailio would).
             problems = await _stranger_before_the_caller(
-                a, "stranger-takeover", caller, agent, to_caller, _done())
+                a, "stranger-takeover", caller, agent, to_caller, _done(), STRANGERS[stranger])
         finally:
             if agent_talker is not None:
                 await agent_talker.stop()
