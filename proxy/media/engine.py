@@ -736,6 +736,8 @@ class LocalMediaEngine:
             return False if self._may_latch(stream, addr, port) else None
         if _ip(addr[0]) != _ip(endpoint[0]) or (config.strict_source and addr[1] != port):
             return None
+        if addr in stream.stale_sources and addr[1] != port:  # the ended call's phone's RTCP
+            return None
         return True
 
     def _refuse(self, stream: _Stream, addr: Address) -> None:

@@ -133,3 +133,36 @@ async def test_the_same_phone_named_exactly_by_the_new_sdp_latches_its_old_port_
     assert await _ssrcs(agent, 1) == [0xC]
     stats = await engine.stats("c2-a")
     assert stats.stranger_packets == 0 and stats.endpoint == phone.getsockname()
+
+
+def _rr(ssrc: int) -> bytes:
+    """A minimal RTCP receiver report (no report blocks)."""
+    return struct.pack("!BBHI", 0x80, 201, 1, ssrc)
+
+
+async def test_an_old_sources_rtcp_is_refused_once_the_new_caller_latched(
+        one_pair: tuple[LocalMediaEngine, _Clock]) -> None:
+    """RTCP latches on the RTP endpoint's IP: the ended call's phone shares it, so only the
+    stale-source rule keeps its reports (its SSRC, its CNAME) from the next call's agent."""
+    engine, _ = one_pair
+    old_rtp, new, agent = _udp(), _udp(), _udp()
+    old_rtcp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    old_rtcp.bind(("127.0.0.1", 0))
+    try:
+        port = next(p for p, s in (await _call(engine, "c1", old_rtp.getsockname(),
+                                               agent)).items() if s == "c1-a")
+        old_rtp.sendto(_rtp(1, ssrc=0xA), ("127.0.0.1", port))
+        assert await _ssrcs(agent, 1) == [0xA]
+        old_rtcp.sendto(_rr(0xA), ("127.0.0.1", port + 1))
+        async with asyncio.timeout(3.0):  # the old call's RTCP latched its RTCP endpoint
+            while (await engine.stats("c1-a")).rtcp_in < 1:
+                await asyncio.sleep(0.01)
+        await _end(engine, "c1")
+        assert (await _call(engine, "c2", new.getsockname(), agent))[port] == "c2-a"
+        new.sendto(_rtp(2, ssrc=0xB), ("127.0.0.1", port))
+        assert await _ssrcs(agent, 1) == [0xB]  # the new caller latched
+        old_rtcp.sendto(_rr(0xA), ("127.0.0.1", port + 1))
+        await _refused(engine, "c2-a", 1)
+        assert (await engine.stats("c2-a")).rtcp_in == 0
+    finally:
+        old_rtcp.close()
