@@ -2,8 +2,9 @@
 calls' commands, on two media worker processes (so a command really waits on a worker while
 others run): ``call-id`` / ``Call-ID`` / ``call id`` / ``call_id`` ... (and the same for
 ``from-tag`` / ``to-tag``), bencode and JSON mixed. Each call's commands must land in one lane
-and run in the order they were sent (offer, answer, delete, offer, answer, re-offer, answer),
-never two at once, while different calls' commands do run concurrently; then every caller keys
+(a numeric call id also when sent as an integer) and run in the order they were sent (offer,
+answer, delete, offer, answer, re-offer, answer), never two at once, while different calls'
+commands do run concurrently; then every caller keys
 a card and each agent leg (decoded with spandsp and multimon-ng) gets its own caller's audio,
 no key, and nothing of any other call.
 """
@@ -27,7 +28,8 @@ from proxy.demo.simulate import TEST_CARDS
 from proxy.media.workers import WorkerPoolEngine
 from tests.proxy.failclosed.wire import LAWS, RtpSource, by_source, judge, keyed_audio, send
 
-CALLS = 6
+CALLS = 7  # the last one's call id is numeric: sent as an integer now and then
+NUMERIC = "4711"
 ARRIVED_FRACTION = 0.8
 SETTLE_SECONDS = 5.0
 # (call-id key, from-tag key, to-tag key, encoding): spellings rtpengine takes and the ones
@@ -98,7 +100,9 @@ def _command(step: int, call_id: str, spelling: tuple[str, str, str, str], sdp: 
              ) -> tuple[dict[str, Any], str]:
     call_key, from_key, to_key, encoding = spelling
     command = STEPS[step]
-    body: dict[str, Any] = {"command": command, call_key: call_id, from_key: "c"}
+    # An integer call id (JSON number, bencode integer) is the same call as its digits.
+    value: str | int = int(call_id) if call_id == NUMERIC and step % 2 else call_id
+    body: dict[str, Any] = {"command": command, call_key: value, from_key: "c"}
     if command in ("answer",):
         body[to_key] = "a"
     if command in ("offer", "answer"):
@@ -135,7 +139,7 @@ async def test_one_calls_commands_under_mixed_key_spellings_share_a_lane_in_orde
     loop = asyncio.get_running_loop()
     transport, client = await loop.create_datagram_endpoint(
         RawNg, remote_addr=await server.start("127.0.0.1", 0))
-    ids = [f"spell-{i}" for i in range(CALLS)]
+    ids = [f"spell-{i}" for i in range(CALLS - 1)] + [NUMERIC]
     assert {pool.worker_for(c) for c in ids} == {0, 1}
     peers: list[RtpPeer] = []
     try:
