@@ -934,7 +934,7 @@ class CallRegistry:
                 media.recv_index, media.send_index = event.recv, event.send
             elif isinstance(event, LatchedEvent):
                 if media.latched == event.endpoint:
-                    return  # (a restore's own latch): nothing new to store
+                    return  # unchanged (a re-latch on the same source): nothing to store
                 media.latched = event.endpoint
             else:
                 media.dtls_keys = (event.recv_key, event.send_key)
