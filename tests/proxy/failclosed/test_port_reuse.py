@@ -83,6 +83,19 @@ def _old_agent_plan(rig: CallRig) -> list[Send]:
     return rig.agent_src.segment(noise(OLD_PHONES_SECONDS, seed=71), rig.agent_to_toneguard)
 
 
+async def _play(peer: RtpPeer, plan: list[Send], progress: list[int], index: int) -> None:
+    """Send a plan paced as ``wire.send`` does, counting the packets sent in
+    ``progress[index]``."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for at, packet, dest in plan:
+        delay = start + at - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        peer.send_packet(packet, dest)
+        progress[index] += 1
+
+
 @pytest.mark.parametrize("rfc4733", [False, True], ids=["inband", "rfc4733"])
 async def test_old_call_phones_reach_nothing_of_the_call_that_reuses_their_ports(
         stack: Stack, rfc4733: bool) -> None:
@@ -94,10 +107,13 @@ async def test_old_call_phones_reach_nothing_of_the_call_that_reuses_their_ports
         old_ports = {old.to_toneguard[1], old.agent_to_toneguard[1]}
         await old.ng.ok({"command": "delete", "call-id": old.call_id})
         assert old.agent is not None
-        old_phones = asyncio.gather(send(old.caller, _old_caller_plan(old, rfc4733)),
-                                    send(old.agent, _old_agent_plan(old)))
+        progress = [0, 0]
+        old_phones = asyncio.gather(
+            _play(old.caller, _old_caller_plan(old, rfc4733), progress, 0),
+            _play(old.agent, _old_agent_plan(old), progress, 1))
         try:
-            await asyncio.sleep(0.1)  # bounded: the old phones' packets are in flight first
+            # The old phones are sending before the next call's offer (bounded wait).
+            assert await until(lambda: min(progress) >= 3, 2.0), "the old phones did not send"
             async with CallRig(stack, setup) as new:
                 new_ports = {new.to_toneguard[1], new.agent_to_toneguard[1]}
                 assert new_ports == old_ports, "the new call did not get the old call's ports"
@@ -157,11 +173,14 @@ async def test_an_old_callers_keys_at_its_port_reused_for_the_next_agent_stream_
         await ng.ok({"command": "delete", "call-id": "outbound-old"})
         audio, keys = keyed_audio(KEYED, lead_ms=100, tail_ms=100)
         keyed = customer_src.segment(audio, customer_port, keys=keys, event_pt=101)
+        progress = [0, 0]
         old_phones = asyncio.gather(
-            send(old_customer, keyed),
-            send(old_agent, agent_src.segment(noise(keyed[-1][0], seed=76), agent_port)))
+            _play(old_customer, keyed, progress, 0),
+            _play(old_agent, agent_src.segment(noise(keyed[-1][0], seed=76), agent_port),
+                  progress, 1))
         try:
-            await asyncio.sleep(0.1)  # bounded: the old phones' packets are in flight first
+            # The old phones are sending before the next call's offer (bounded wait).
+            assert await until(lambda: min(progress) >= 3, 2.0), "the old phones did not send"
             setup = CallSetup(codecs=codecs)
             async with CallRig(stack, setup) as new:
                 assert new.agent_to_toneguard[1] == customer_port[1], (
