@@ -23,7 +23,6 @@ from tests.proxy.conftest import Stack
 from tests.proxy.failclosed.rig import CallRig, CallSetup, NgControl, until
 from tests.proxy.failclosed.wire import (
     KEYED,
-    LAWS,
     Codec,
     RtpSource,
     Send,
@@ -58,10 +57,6 @@ class _OldCallRig(CallRig):
         await super().start()
         self.agent_src = RtpSource(seed=45)
         return self
-
-
-def _old_rig(stack: Stack, setup: CallSetup) -> _OldCallRig:
-    return _OldCallRig(stack, setup)
 
 
 def _old_caller_plan(rig: CallRig, rfc4733: bool) -> list[Send]:
@@ -100,7 +95,7 @@ async def _play(peer: RtpPeer, plan: list[Send], progress: list[int], index: int
 async def test_old_call_phones_reach_nothing_of_the_call_that_reuses_their_ports(
         stack: Stack, rfc4733: bool) -> None:
     setup = CallSetup(codecs=(Codec(0, "PCMU"), Codec(101, "telephone-event")))
-    async with _old_rig(stack, setup) as old:
+    async with _OldCallRig(stack, setup) as old:
         # The old call is up and latched both ways before it ends.
         await old.talk(old.caller_src.segment(noise(0.4, seed=70), old.to_toneguard))
         assert old.audio_arrived(20) == []
@@ -138,9 +133,7 @@ async def test_old_call_phones_reach_nothing_of_the_call_that_reuses_their_ports
     endpoint = stream.get("endpoint", {})
     if endpoint.get("port") in (old.caller.port, old.agent.port):
         problems.append(f"the new caller's stream is latched to an old phone {endpoint}")
-    assert all(p.payload_type in (*LAWS, 101) for _, p in old.caller.received.packets)
     assert not problems, "\n".join(problems)
-
 
 
 async def test_an_old_callers_keys_at_its_port_reused_for_the_next_agent_stream_reach_no_one(
