@@ -65,6 +65,7 @@ from proxy.media.types import (
     DigitEvent,
     DtlsKeyedEvent,
     IdleEvent,
+    LatchedEvent,
     LocalEndpoint,
     MediaEngine,
     MediaError,
@@ -922,7 +923,7 @@ class CallRegistry:
                 self._on_digit(call_id, tag, event)
         elif isinstance(event, IdleEvent) and call_id not in self._idle:
             self._idle.append(call_id)
-        elif isinstance(event, SrtpIndexEvent | DtlsKeyedEvent):
+        elif isinstance(event, SrtpIndexEvent | DtlsKeyedEvent | LatchedEvent):
             party = call.parties.get(tag)
             media = next((m for m in party.medias if m.stream_id == event.stream_id),
                          None) if party is not None else None
@@ -930,6 +931,10 @@ class CallRegistry:
                 return
             if isinstance(event, SrtpIndexEvent):
                 media.recv_index, media.send_index = event.recv, event.send
+            elif isinstance(event, LatchedEvent):
+                if media.latched == event.endpoint:
+                    return  # unchanged (a re-latch on the same source): nothing to store
+                media.latched = event.endpoint
             else:
                 media.dtls_keys = (event.recv_key, event.send_key)
                 media.latched = event.endpoint

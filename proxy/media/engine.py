@@ -35,11 +35,11 @@ from proxy.media.rtp import RtpPacket, RtpParseError, is_rtcp, valid_rtcp, valid
 from proxy.media.srtp import SrtpError, SrtpReceiver, SrtpSender
 from proxy.media.types import (
     Address,
-    DigitEvent,
     DtlsError,
     DtlsKeyedEvent,
     DtlsState,
     IdleEvent,
+    LatchedEvent,
     LocalEndpoint,
     MediaError,
     MediaEvent,
@@ -68,6 +68,9 @@ _MAX_DATAGRAM = 65535
 _MAX_MASKED_PACKET = 1500
 _EVENTS_PER_WAKEUP = 512  # then back to the event loop (ng, API, timers), which calls again
 PORT_QUARANTINE_SECONDS = 10.0  # a released port is handed out again last for this long
+# Sources remembered per port from the streams released on it (newest first): bounded by the
+# port range, so no expiry is needed. See ``_may_latch``.
+STALE_SOURCES_PER_PORT = 4
 
 _IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -327,6 +330,9 @@ class _Stream:
     masked_kinds: dict[int, PayloadKind] | None = None
     warned_stranger: bool = False
     warned_uninspectable: bool = False
+    # Sources that latched the streams released on this port before (the ended calls' phones,
+    # which may still be sending): none of them may latch this stream (see ``_may_latch``).
+    stale_sources: tuple[Address, ...] = ()
     srtp_mark: tuple[object, object] = (None, None)  # SRTP indexes as last reported
 
     def rtp_destination(self) -> Address | None:
@@ -366,6 +372,7 @@ class LocalMediaEngine:
         self._streams: dict[str, _Stream] = {}
         self._handshaking: dict[str, _Stream] = {}  # DTLS legs whose timers the tick runs
         self._released_ports: dict[int, float] = {}  # port → when its stream was released
+        self._stale_sources: dict[int, tuple[Address, ...]] = {}  # port → its old sources
         self._poller = _Poller()
         self._subscribers: list[Callable[[MediaEvent], None]] = []
         self._ticker: asyncio.Task[None] | None = None
@@ -411,6 +418,7 @@ class LocalMediaEngine:
         for sock in (rtp, rtcp):
             if sock is not None:
                 sock.stream = stream
+        stream.stale_sources = self._stale_sources.get(port, ())
         stream.counters.last_packet_mono = self._clock()  # idle counts from allocation
         stream.learn_until = stream.counters.last_packet_mono + stream.config.learning_window
         self._streams[stream_id] = stream
@@ -582,6 +590,11 @@ class LocalMediaEngine:
                 stream = self._streams[s.stream_id]
                 if s.dtls_keys is not None and s.config.dtls is not None:
                     self._resume_webrtc(stream, s.dtls_keys, s.endpoint)
+                elif s.endpoint is not None and not _webrtc(s.config):
+                    # Latched as before the crash: the first packet after a restart may come
+                    # from a stranger on the caller's own host, which "the SDP's IP, any port"
+                    # would let take the stream over.
+                    self._set_endpoint(stream, s.endpoint)
                 if isinstance(stream.receiver, SrtpReceiver):
                     stream.receiver.resume(s.recv_index)
                 if isinstance(stream.sender, SrtpSender):
@@ -669,6 +682,11 @@ class LocalMediaEngine:
         stream.released = True
         self._released += _frozen(stream.counters)  # totals stay monotonic
         self._released_ports[stream.local.rtp_port] = self._clock()
+        # Its sources (and those it inherited, if a stream never latched they still matter):
+        # the next stream on this port refuses them, however long after the quarantine.
+        latched = tuple(a for a in (stream.endpoint, stream.rtcp_endpoint) if a is not None)
+        self._stale_sources[stream.local.rtp_port] = tuple(
+            dict.fromkeys(latched + stream.stale_sources))[:STALE_SOURCES_PER_PORT]
 
     async def stats(self, stream_id: str) -> StreamStats:
         s = self._get(stream_id)
@@ -702,6 +720,11 @@ class LocalMediaEngine:
     #   for plain RTP, to one the unlatched rules admit.
     # - RTCP latches only onto the RTP endpoint's IP (and never before RTP has latched); under
     #   rtcp-mux only the RTP endpoint itself. Anything on an RTCP path must be RTCP.
+    # - A source that latched an earlier stream on the same port (a released call's phone that
+    #   still sends: a BYE crossing its last packets, a phone ignoring the BYE) never latches,
+    #   unless the SDP names exactly its address and port. Why: the port quarantine only
+    #   delays reuse, and the old phone usually shares the new party's IP (one carrier SBC),
+    #   so the "SDP's IP, any port" rule would let it win the race to the first packet.
     # Everything refused is counted (``stranger_packets``, in ``errors``), logged once per
     # stream, never relayed; a stranger is never sent anything (we send only to the endpoint
     # or the SDP address).
@@ -710,6 +733,8 @@ class LocalMediaEngine:
         """Whether an unlatched stream accepts ``addr`` (``port``: the SDP's, for strict)."""
         config = stream.config
         if config.strict_source:
+            return stream.sdp_ip is not None and addr[1] == port and _ip(addr[0]) == stream.sdp_ip
+        if addr in stream.stale_sources:
             return stream.sdp_ip is not None and addr[1] == port and _ip(addr[0]) == stream.sdp_ip
         if stream.sdp_ip is not None and _ip(addr[0]) == stream.sdp_ip:
             return True
@@ -746,6 +771,8 @@ class LocalMediaEngine:
             return False if self._may_latch(stream, addr, port) else None
         if _ip(addr[0]) != _ip(endpoint[0]) or (config.strict_source and addr[1] != port):
             return None
+        if addr in stream.stale_sources and addr[1] != port:  # the ended call's phone's RTCP
+            return None
         return True
 
     def _refuse(self, stream: _Stream, addr: Address) -> None:
@@ -764,6 +791,8 @@ class LocalMediaEngine:
         if stream.direct is not None:
             stream.direct.close()
             stream.direct = None
+        if not _webrtc(stream.config):  # a WebRTC leg's latch is stored with its DTLS keys
+            self._publish(LatchedEvent(stream.stream_id, addr))
         if addr is None:
             return
         log.info("media latched", stream=stream.stream_id, call_id=stream.call_id,
@@ -1155,13 +1184,16 @@ class LocalMediaEngine:
             if _near_rollover(recv) or _near_rollover(send):
                 self._publish(SrtpIndexEvent(stream.stream_id, recv, send))
 
-    def _publish(self, event: DigitEvent | IdleEvent | SrtpIndexEvent | DtlsKeyedEvent
-                 ) -> None:
+    def _publish(self, event: MediaEvent) -> None:
         for callback in self._subscribers:
             try:
                 callback(event)
             except Exception:
                 log.exception("media event subscriber failed", event_type=type(event).__name__)
+
+
+def _webrtc(config: StreamConfig) -> bool:
+    return config.dtls is not None or config.ice is not None
 
 
 def _near_rollover(index: SrtpIndex | None) -> bool:

@@ -313,7 +313,17 @@ class DtlsKeyedEvent:
     endpoint: Address | None
 
 
-MediaEvent = DigitEvent | IdleEvent | SrtpIndexEvent | DtlsKeyedEvent
+@dataclass(frozen=True, slots=True)
+class LatchedEvent:
+    """A plain or SDES stream latched onto a source (None: it forgot it, e.g. a re-INVITE with
+    a new address). Stored so that a restarted or adopting node relays only to and from that
+    source again, as before the crash, instead of learning afresh from whoever sends first."""
+
+    stream_id: str
+    endpoint: Address | None
+
+
+MediaEvent = DigitEvent | IdleEvent | SrtpIndexEvent | DtlsKeyedEvent | LatchedEvent
 
 
 @dataclass(frozen=True, slots=True)

@@ -134,6 +134,7 @@ def _media(m: Media, call_id: str, sealer: Sealer) -> dict[str, Any]:
         "remote": list(m.remote) if m.remote else None, "section": _section(m.section),
         "srtp_index": {"recv": _index(m.recv_index), "send": _index(m.send_index)},
         "webrtc": _webrtc(m, call_id, sealer),
+        "latched": list(m.latched) if m.latched else None,  # a WebRTC leg's: in "webrtc" too
         "local": [m.local.address, m.local.rtp_port, m.local.rtcp_port],
         "keys": {"suite": m.keys.suite,
                  "ours": [{"tag": a.tag, "params": _seal(a.params, call_id, sealer)}
@@ -189,6 +190,7 @@ def _unmedia(d: dict[str, Any], call_id: str, sealer: Sealer) -> Media:
                   mux_required=bool(d.get("mux_required", False)),
                   remote=_address(d.get("remote")), section=_unsection(d.get("section")),
                   recv_index=_unindex(index.get("recv")), send_index=_unindex(index.get("send")))
+    media.latched = _address(d.get("latched"))
     if d.get("webrtc"):
         _unwebrtc(media, d["webrtc"], call_id, sealer)
     return media
