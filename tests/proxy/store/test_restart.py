@@ -59,7 +59,12 @@ def _no_card_data(dump: dict[bytes, tuple[bytes, bytes]]) -> list[str]:
                  if pan[:8].encode() in blob]
         if key.startswith(b"toneguard:call:"):
             record = json.loads(value)
+            # A payment id is random hex ("PA" + 32): a run of 12 of its digits is chance
+            # (about one id in thirty-five), not card data.
+            sids = {p["sid"] for p in record.get("payments", [])}
             for leaf in _strings(record):
+                if leaf in sids:
+                    continue
                 runs = re.findall(r"\d+", leaf)
                 hits += [f"{key!r}: {run!r}" for run in runs if run in (CODE, EXPIRY)
                          or len(run) >= 12]
