@@ -236,6 +236,19 @@ class DtmfConfig:
     # held) leaks 9 and 12 but masks 22.9 ms/min — speech posing as a key for one window is
     # multimon-ng's own talk-off at one alignment, and also where the marginal keys pass.
     window_decoder_consecutive: int = 1
+    # What a suspicion covers (issue 16, the price per false suspicion). None: the window it
+    # judged plus the masker's onset allowance before and hangover after (a block each). Else,
+    # for a window only the decoder tier suspects, the last ``window_decoder_cover_ms`` of it
+    # and ``window_decoder_tail_ms`` after it: to stop multimon-ng, no 40 ms window may keep
+    # the key's coherent sum, and replacing most of the judged window's second part does that
+    # for every window within 3.2 ms of it; a key that goes on is suspected again 6.4 ms later.
+    window_decoder_cover_ms: float | None = None
+    window_decoder_tail_ms: float = 0.0
+    # ...and for the other window tiers, how far past the judged window's end (None: the
+    # masker's hangover, a block past the suspected block).
+    window_tail_ms: float | None = None
+    # ...and for a block only follow-on suspects (None: the masker's hangover).
+    follow_tail_ms: float | None = None
 
     def __post_init__(self) -> None:
         if self.sample_rate != SAMPLE_RATE:
@@ -275,6 +288,9 @@ class DetectorOutput:
     # long-window rule suspects the whole 3-block window it judged, which began 2 blocks
     # earlier (already reported by an earlier call, possibly). None: 0 everywhere.
     reach: npt.NDArray[np.int64] | None = None
+    # (B, channels) samples after the block's end its suspicion covers (may be negative: a
+    # window ending at the block's middle). None: the masker's own hangover everywhere.
+    tail: npt.NDArray[np.int64] | None = None
 
 
 def _basis() -> npt.NDArray[np.float32]:
@@ -365,6 +381,11 @@ _DECODER_ROTATION = np.exp(-2j * np.pi
                            / SAMPLE_RATE)  # (4, 8)
 # ...and so reaches half a block further back than a window ending at the block's end.
 _MID_REACH = _LONG_REACH + _HALF
+# The masker widens every suspect block back by this (proxy.media.masking.WIDEN_BEFORE: a
+# block for the onset, 2 ms for packet timing) and on by a block (its hangover) unless the
+# detector gives a suspicion's tail.
+MASK_WIDEN_BEFORE = BLOCK_SIZE + 16
+MASK_HANGOVER = BLOCK_SIZE
 # Samples kept from before a call's first block: the long window's two blocks (the decoder
 # tier needs no samples: it works on the half-block DFTs).
 _X_HISTORY = _LONG - BLOCK_SIZE
@@ -833,14 +854,21 @@ class DtmfDetector:
         starts = self._seen + BLOCK_SIZE * np.arange(count, dtype=np.int64)
         suspect = np.zeros((count, self._channels), dtype=bool)
         reach = np.zeros((count, self._channels), dtype=np.int64)
+        tail = np.full((count, self._channels), MASK_HANGOVER, dtype=np.int64)
         if count:
             blocks = data[:, :used].reshape(self._channels * count, BLOCK_SIZE)
             measures = _measure(blocks, self._config)
             long_reach = np.zeros(self._channels * count, dtype=np.int64)
+            long_tail = np.full(self._channels * count, MASK_HANGOVER, dtype=np.int64)
             if self._config.suspect_method == "window":
-                measures.suspect, long_reach = self._long_window(data[:, :used], measures,
-                                                                 count)
+                measures.suspect, long_reach, long_tail = self._long_window(
+                    data[:, :used], measures, count)
+                judged = measures.suspect
                 measures.suspect = self._follow(measures, count)
+                # A block only follow-on suspects covers itself and the masker's hangover.
+                follow_tail = (MASK_HANGOVER if self._config.follow_tail_ms is None
+                               else round(self._config.follow_tail_ms * SAMPLE_RATE / 1000))
+                long_tail = np.where(judged, long_tail, follow_tail)
             elif measures.talkover is not None:
                 measures.suspect = self._talkover(data[:, :used], measures, count)
                 measures.suspect = self._follow(measures, count)
@@ -852,20 +880,24 @@ class DtmfDetector:
                 )
                 suspect[b] = m.suspect
                 reach[b] = long_reach[sel]
+                tail[b] = long_tail[sel]
                 self._decide(int(starts[b]), m, events)
                 self._prev_amp = m.amp
             self._seen += used
         return DetectorOutput(events=events, block_starts=starts, block_size=BLOCK_SIZE,
-                              suspect=suspect, reach=reach)
+                              suspect=suspect, reach=reach,
+                              tail=tail if self._config.suspect_method == "window" else None)
 
-    def _long_window(self, data: npt.NDArray[np.float32], m: _BlockMeasures,
-                     count: int) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
+    def _long_window(self, data: npt.NDArray[np.float32], m: _BlockMeasures, count: int
+                     ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64],
+                                npt.NDArray[np.int64]]:
         """The long-window suspicion of every block (flattened like ``m``): the three blocks
         ending with it, summed coherently at the DTMF frequencies, show a key as multimon-ng
         would see it over 40 ms (with margin), and the harmonic rule holds over the same span.
         The coherent sums cost a few complex multiplies per block; only windows that pass them
         are transformed for the neighbourhood, all in one product. Also each suspicion's
-        reach (samples before its block's start that the suspicion covers)."""
+        reach (samples before its block's start that the suspicion covers) and tail (samples
+        after its block's end)."""
         assert m.coherent is not None and m.total is not None
         cfg, state, c = self._config, self._talk, self._channels
         z = np.concatenate([state.long_z, m.coherent.reshape(c, count, _NTONES)], axis=1)
@@ -944,6 +976,9 @@ class DtmfDetector:
             out[ch, b] = (np.maximum(low, high)
                           >= _power_ratio(cfg.window_accurate_best_neighbour_db))
         reach = np.where(out, _LONG_REACH, 0)
+        ms = SAMPLE_RATE // 1000
+        tail = np.full((c, count), MASK_HANGOVER if cfg.window_tail_ms is None
+                       else round(cfg.window_tail_ms * ms), dtype=np.int64)
         if m.halves is not None and m.half_total is not None:
             h = np.concatenate([state.half_z, m.halves.reshape(c, count, 2, _NTONES)], axis=1)
             he = np.concatenate([state.half_e, m.half_total.reshape(c, count, 2)], axis=1)
@@ -963,10 +998,24 @@ class DtmfDetector:
                 mid = early
                 reach = np.where(mid, _MID_REACH + _HALF,
                                  np.where(end, _MID_REACH, reach))
-            else:
+            elif cfg.window_decoder_cover_ms is None:
                 reach = np.where(mid, _MID_REACH, np.where(end, _LONG_REACH, reach))
+            else:
+                # Only the last part of the judged window (and a little after it) where the
+                # decoder tier alone suspects; with another tier the wider cover stands. The
+                # window ending at the block's end ends at s + 102, the one ending at its
+                # middle at s + 51; the masker's span is [s − widen − reach, s + 102 + tail).
+                cover = round(cfg.window_decoder_cover_ms * ms)
+                after = round(cfg.window_decoder_tail_ms * ms)
+                own = (end | mid) & ~out
+                dec_reach = np.where(mid, cover - MASK_WIDEN_BEFORE - _HALF,
+                                     cover - MASK_WIDEN_BEFORE - BLOCK_SIZE)
+                dec_tail = np.where(end, after, after - _HALF)
+                reach = np.where(own, dec_reach,
+                                 np.where(mid, _MID_REACH, np.where(end, _LONG_REACH, reach)))
+                tail = np.where(own, dec_tail, tail)
             out |= end | mid
-        return out.reshape(-1), reach.reshape(-1)
+        return out.reshape(-1), reach.reshape(-1), tail.reshape(-1)
 
     def _talkover(self, data: npt.NDArray[np.float32], m: _BlockMeasures,
                   count: int) -> npt.NDArray[np.bool_]:

@@ -363,14 +363,18 @@ def false_masking(batch: npt.NDArray[np.float32], config: DtmfConfig) -> tuple[i
     detector = DtmfDetector(batch.shape[0], config)
     flags: list[npt.NDArray[np.bool_]] = []
     reaches: list[npt.NDArray[np.int64]] = []
+    tails: list[npt.NDArray[np.int64]] = []
     starts: list[npt.NDArray[np.int64]] = []
     for t in range(0, batch.shape[1], TICK):
         out = detector.process(batch[:, t:t + TICK])
         flags.append(out.suspect)
         reaches.append(out.reach if out.reach is not None else np.zeros_like(out.suspect, int))
+        tails.append(out.tail if out.tail is not None
+                     else np.full_like(out.suspect, WIDEN_AFTER, int))
         starts.append(out.block_starts)
     suspect = np.concatenate(flags, axis=0)  # (B, pieces)
     reach = np.concatenate(reaches, axis=0)
+    tail = np.concatenate(tails, axis=0)
     block_starts = np.concatenate(starts)
     masked = 0
     packets = 0
@@ -378,9 +382,9 @@ def false_masking(batch: npt.NDArray[np.float32], config: DtmfConfig) -> tuple[i
     for piece in np.flatnonzero(suspect.any(axis=0)):
         flagged = suspect[:, piece]
         spans = merge([(max(0, int(s) - WIDEN_BEFORE - int(r)),
-                        min(n, int(s) + BLOCK_SIZE + WIDEN_AFTER))
-                       for s, r in zip(block_starts[flagged], reach[flagged, piece],
-                                       strict=True)])
+                        min(n, int(s) + BLOCK_SIZE + int(a)))
+                       for s, r, a in zip(block_starts[flagged], reach[flagged, piece],
+                                          tail[flagged, piece], strict=True)])
         masked += sum(e - s for s, e in spans)
         touched: set[int] = set()
         for s, e in spans:
