@@ -242,13 +242,13 @@ class DtmfConfig:
     # and ``window_decoder_tail_ms`` after it: to stop multimon-ng, no 40 ms window may keep
     # the key's coherent sum, and replacing most of the judged window's second part does that
     # for every window within 3.2 ms of it; a key that goes on is suspected again 6.4 ms later.
-    window_decoder_cover_ms: float | None = None
+    window_decoder_cover_ms: float | None = 15.0
     window_decoder_tail_ms: float = 0.0
     # ...and for the other window tiers, how far past the judged window's end (None: the
     # masker's hangover, a block past the suspected block).
-    window_tail_ms: float | None = None
+    window_tail_ms: float | None = 0.0
     # ...and for a block only follow-on suspects (None: the masker's hangover).
-    follow_tail_ms: float | None = None
+    follow_tail_ms: float | None = 0.0
 
     def __post_init__(self) -> None:
         if self.sample_rate != SAMPLE_RATE:
