@@ -215,7 +215,7 @@ class DtmfConfig:
     # decoder with wider bins than the window's own hears the key), with the second tier's
     # thresholds (share and group margin; its frequency limit aside). None: off.
     window_off_nominal_tolerance: float | None = 0.0175
-    window_off_nominal_max_drift_hz: float = 2.0
+    window_off_nominal_max_drift_hz: float = 2.5
     # The decoder tier asks the reference decoder's own question (issue 16): would multimon-ng
     # call this a digit? multimon-ng (demod_dtmf.c, process_block) sums four 10 ms blocks
     # coherently at the nominal frequencies and, every 10 ms, reports the key whose best tone
@@ -236,6 +236,20 @@ class DtmfConfig:
     # held) leaks 9 and 12 but masks 22.9 ms/min — speech posing as a key for one window is
     # multimon-ng's own talk-off at one alignment, and also where the marginal keys pass.
     window_decoder_consecutive: int = 1
+    # The spandsp tier (issue 16): spandsp's own question on the receiver's 12.75 ms blocks —
+    # spandsp (dtmf.c) reports a key when two consecutive 102-sample blocks each show it: each
+    # tone above −42 dBm0, the high tone at most 4 dB over the low and 8 dB under it, each
+    # tone 8 dB above the rest of its group, the pair 82 % of the block's energy (rectangular
+    # Goertzel at nominal: a tone 1.5 % off loses only 1.4 dB in a block). Two consecutive
+    # blocks passing these a little more leniently (alignment: a decoder's blocks straddle
+    # ours) are suspected, with no frequency test: through GSM-FR/AMR-NB an off-nominal
+    # key's phase bends from block to block, so the off-nominal tier's steadiness refuses it
+    # while spandsp still hears it. None: off.
+    window_spandsp_min_energy_share: float | None = 0.75
+    window_spandsp_relative_peak_db: float = 7.0
+    window_spandsp_normal_twist_db: float = 9.0
+    window_spandsp_reverse_twist_db: float = 5.0
+    window_spandsp_min_level_dbm0: float = -45.0
     # What a suspicion covers (issue 16, the price per false suspicion). None: the window it
     # judged plus the masker's onset allowance before and hangover after (a block each). Else,
     # for a window only the decoder tier suspects, the last ``window_decoder_cover_ms`` of it
@@ -528,6 +542,7 @@ class _BlockMeasures:
     talkover: npt.NDArray[np.bool_] | None = None  # (C,)
     strong: npt.NDArray[np.bool_] | None = None  # (C,) ...and passes the strong-key checks
     follow: npt.NDArray[np.bool_] | None = None  # (C,) the key may continue a suspicion
+    spandsp: npt.NDArray[np.bool_] | None = None  # (C,) spandsp would call the block a hit
     pair: npt.NDArray[np.float64] | None = None  # (C,)
     total: npt.NDArray[np.float64] | None = None  # (C,)
     coherent: npt.NDArray[np.complex128] | None = None  # (C, 8) rectangular block DFT
@@ -650,6 +665,17 @@ def _measure(blocks: npt.NDArray[np.float32], config: DtmfConfig) -> _BlockMeasu
             first = np.einsum("cn,cn->c", blocks[:, :_HALF], blocks[:, :_HALF],
                               dtype=np.float64)
             measures.half_total = np.stack([first, total - first], axis=1)
+        if (config.suspect_method == "window"
+                and config.window_spandsp_min_energy_share is not None):
+            floor = dbm0_energy(config.window_spandsp_min_level_dbm0)
+            tilt = high_e / np.maximum(low_e, _EPS)  # > 1: high group louder (reverse)
+            measures.spandsp = (
+                (low_e >= floor) & (high_e >= floor)
+                & (tilt <= _power_ratio(config.window_spandsp_reverse_twist_db))
+                & (tilt >= 1.0 / _power_ratio(config.window_spandsp_normal_twist_db))
+                & (peak >= _power_ratio(config.window_spandsp_relative_peak_db))
+                & (low_e + high_e
+                   >= config.window_spandsp_min_energy_share * np.maximum(total, _EPS)))
         measures.follow = (plausible
                            & (peak >= _power_ratio(config.follow_relative_peak_db))
                            & (worst_error <= config.follow_frequency_tolerance)
@@ -734,6 +760,7 @@ class _TalkoverState:
     half_e: npt.NDArray[np.float64] = field(init=False)  # (C, 3, 2)
     dec_end: npt.NDArray[np.bool_] = field(init=False)  # last block's end window passed
     dec_end_key: npt.NDArray[np.int64] = field(init=False)  # ...with this key
+    sp_hit: npt.NDArray[np.int64] = field(init=False)  # last block's spandsp-like key, −1
 
     def __post_init__(self) -> None:
         c = self.channels
@@ -744,6 +771,7 @@ class _TalkoverState:
         self.half_e = np.zeros((c, _LONG_BLOCKS, 2))
         self.dec_end = np.zeros(c, dtype=bool)
         self.dec_end_key = np.full(c, -1, dtype=np.int64)
+        self.sp_hit = np.full(c, -1, dtype=np.int64)
         self.key = np.full(c, -1, dtype=np.int64)
         self.held = np.full(c, -1, dtype=np.int64)
         self.missed = np.zeros(c, dtype=np.int64)
@@ -758,7 +786,7 @@ class _TalkoverState:
         n = min(channels, self.channels)
         for name in ("key", "candidate", "pair", "total", "block", "held", "missed",
                      "strong", "long_z", "long_e", "long_x", "half_z", "half_e",
-                     "dec_end", "dec_end_key"):
+                     "dec_end", "dec_end_key", "sp_hit"):
             getattr(bigger, name)[:n] = getattr(self, name)[:n]
         return bigger
 
@@ -778,6 +806,7 @@ class _TalkoverState:
         self.half_e[ch] = 0.0
         self.dec_end[ch] = False
         self.dec_end_key[ch] = -1
+        self.sp_hit[ch] = -1
 
 
 def _tone_indices(digit: npt.NDArray[np.int64]) -> tuple[npt.NDArray, npt.NDArray]:
@@ -1015,6 +1044,16 @@ class DtmfDetector:
                                  np.where(mid, _MID_REACH, np.where(end, _LONG_REACH, reach)))
                 tail = np.where(own, dec_tail, tail)
             out |= end | mid
+        if m.spandsp is not None and m.key is not None:
+            # Two consecutive blocks spandsp would call the same key: suspect the second,
+            # covering both (the masker's onset allowance spans the first).
+            hit = np.where(m.spandsp, m.key, -1).reshape(c, count)
+            prev = np.concatenate([state.sp_hit[:, None], hit[:, :-1]], axis=1)
+            state.sp_hit = hit[:, -1].copy()
+            two = (hit >= 0) & (hit == prev) & ~out
+            reach = np.where(two, 0, reach)
+            tail = np.where(two, 0, tail)
+            out |= two
         return out.reshape(-1), reach.reshape(-1), tail.reshape(-1)
 
     def _talkover(self, data: npt.NDArray[np.float32], m: _BlockMeasures,
