@@ -215,7 +215,7 @@ class DtmfConfig:
     # decoder with wider bins than the window's own hears the key), with the second tier's
     # thresholds (share and group margin; its frequency limit aside). None: off.
     window_off_nominal_tolerance: float | None = 0.0175
-    window_off_nominal_max_drift_hz: float = 2.5
+    window_off_nominal_max_drift_hz: float = 2.0
     # The decoder tier asks the reference decoder's own question (issue 16): would multimon-ng
     # call this a digit? multimon-ng (demod_dtmf.c, process_block) sums four 10 ms blocks
     # coherently at the nominal frequencies and, every 10 ms, reports the key whose best tone

@@ -18,10 +18,10 @@ Two measurements (issue 16):
   named.
 * **The cost.** False masking of DTMF-free speech and music — the talk-off corpus
   (loadtest.corpus) through the detector as the pipeline feeds it — as milliseconds masked per
-  minute of audio (suspect blocks widened as the pipeline widens them, with their reach,
-  merged) and as 20 ms packets changed per minute, for the long-window suspicion
-  (``suspect_method="window"``, the default) and, in the same run, for the two it replaced
-  (``"narrowband"`` and ``"energy_share"``).
+  minute of audio (suspect blocks widened as the pipeline widens them, back over their reach
+  and on over the tail the receiver gives, merged) and as 20 ms packets changed per minute,
+  for the long-window suspicion (``suspect_method="window"``, the default) and, in the same
+  run, for the two it replaced (``"narrowband"`` and ``"energy_share"``).
 
 Everything is seeded; rendered material is cached by loadtest.corpus. Run under ``nice``.
 """
@@ -492,8 +492,8 @@ def main(argv: list[str] | None = None) -> int:
                     failures += len(leaky)
     if not args.skip_cost:
         print("False masking of DTMF-free talk-off material (suspect blocks widened "
-              f"{WIDEN_BEFORE}/{WIDEN_AFTER} samples and back over their reach, as the "
-              "pipeline does):")
+              f"{WIDEN_BEFORE} samples back and over their reach, on over the receiver's tail "
+              f"or {WIDEN_AFTER} samples, as the pipeline does):")
         print_costs(costs(quick=args.quick))
     return 1 if failures else 0
 
