@@ -51,9 +51,16 @@ the eight DTMF frequencies — a few complex multiplies on the block DFTs alread
   phase at it, 42 % of the energy, the better tone 6 dB above its neighbourhood — spandsp,
   with 12.75 ms bins, hears a key 1.5 % off whole, while summed at nominal over 38 ms it
   loses up to 20 dB;
+* or spandsp's own decision (the spandsp tier): two consecutive blocks each with the pair 75 %
+  of the block's energy, each tone 7 dB over its group, twist within 9/5 dB, above −45 dBm0
+  (spandsp: 82 %, 8 dB, 8/4 dB, −42 dBm0), no frequency test — a key whose phase GSM-FR or
+  AMR-NB bent from block to block, which the off-nominal tier's steadiness refuses;
 * and follow-on: a block continuing a suspected key while its tones stay plausible.
 
-A suspicion covers the whole window it judged (``DetectorOutput.reach``). Only the rare windows
+A suspicion covers the window it judged (``DetectorOutput.reach``) and nothing after it
+(``DetectorOutput.tail``); a window only the decoder tier suspects, its last 15 ms (enough to
+break every multimon-ng window within 3.2 ms of it: the price of speech posing as a key for one
+window); a block only follow-on suspects, itself. Only the rare windows
 that pass the coherent checks are transformed for the neighbourhood, in one matrix product for
 all channels. The earlier rules stay callable for comparisons: ``"narrowband"`` (one block at
 60 % of its energy, or the same key as narrowband peaks in two blocks) and ``"energy_share"``
