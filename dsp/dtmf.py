@@ -51,9 +51,16 @@ the eight DTMF frequencies — a few complex multiplies on the block DFTs alread
   phase at it, 42 % of the energy, the better tone 6 dB above its neighbourhood — spandsp,
   with 12.75 ms bins, hears a key 1.5 % off whole, while summed at nominal over 38 ms it
   loses up to 20 dB;
+* or spandsp's own decision (the spandsp tier): two consecutive blocks each with the pair 75 %
+  of the block's energy, each tone 7 dB over its group, twist within 9/5 dB, above −45 dBm0
+  (spandsp: 82 %, 8 dB, 8/4 dB, −42 dBm0), no frequency test — a key whose phase GSM-FR or
+  AMR-NB bent from block to block, which the off-nominal tier's steadiness refuses;
 * and follow-on: a block continuing a suspected key while its tones stay plausible.
 
-A suspicion covers the whole window it judged (``DetectorOutput.reach``). Only the rare windows
+A suspicion covers the window it judged (``DetectorOutput.reach``) and nothing after it
+(``DetectorOutput.tail``); a window only the decoder tier suspects, its last 15 ms (enough to
+break every multimon-ng window within 3.2 ms of it: the price of speech posing as a key for one
+window); a block only follow-on suspects, itself. Only the rare windows
 that pass the coherent checks are transformed for the neighbourhood, in one matrix product for
 all channels. The earlier rules stay callable for comparisons: ``"narrowband"`` (one block at
 60 % of its energy, or the same key as narrowband peaks in two blocks) and ``"energy_share"``
@@ -236,6 +243,33 @@ class DtmfConfig:
     # held) leaks 9 and 12 but masks 22.9 ms/min — speech posing as a key for one window is
     # multimon-ng's own talk-off at one alignment, and also where the marginal keys pass.
     window_decoder_consecutive: int = 1
+    # The spandsp tier (issue 16): spandsp's own question on the receiver's 12.75 ms blocks —
+    # spandsp (dtmf.c) reports a key when two consecutive 102-sample blocks each show it: each
+    # tone above −42 dBm0, the high tone at most 4 dB over the low and 8 dB under it, each
+    # tone 8 dB above the rest of its group, the pair 82 % of the block's energy (rectangular
+    # Goertzel at nominal: a tone 1.5 % off loses only 1.4 dB in a block). Two consecutive
+    # blocks passing these a little more leniently (alignment: a decoder's blocks straddle
+    # ours) are suspected, with no frequency test: through GSM-FR/AMR-NB an off-nominal
+    # key's phase bends from block to block, so the off-nominal tier's steadiness refuses it
+    # while spandsp still hears it. None: off.
+    window_spandsp_min_energy_share: float | None = 0.75
+    window_spandsp_relative_peak_db: float = 7.0
+    window_spandsp_normal_twist_db: float = 9.0
+    window_spandsp_reverse_twist_db: float = 5.0
+    window_spandsp_min_level_dbm0: float = -45.0
+    # What a suspicion covers (issue 16, the price per false suspicion). None: the window it
+    # judged plus the masker's onset allowance before and hangover after (a block each). Else,
+    # for a window only the decoder tier suspects, the last ``window_decoder_cover_ms`` of it
+    # and ``window_decoder_tail_ms`` after it: to stop multimon-ng, no 40 ms window may keep
+    # the key's coherent sum, and replacing most of the judged window's second part does that
+    # for every window within 3.2 ms of it; a key that goes on is suspected again 6.4 ms later.
+    window_decoder_cover_ms: float | None = 15.0
+    window_decoder_tail_ms: float = 0.0
+    # ...and for the other window tiers, how far past the judged window's end (None: the
+    # masker's hangover, a block past the suspected block).
+    window_tail_ms: float | None = 0.0
+    # ...and for a block only follow-on suspects (None: the masker's hangover).
+    follow_tail_ms: float | None = 0.0
 
     def __post_init__(self) -> None:
         if self.sample_rate != SAMPLE_RATE:
@@ -275,6 +309,9 @@ class DetectorOutput:
     # long-window rule suspects the whole 3-block window it judged, which began 2 blocks
     # earlier (already reported by an earlier call, possibly). None: 0 everywhere.
     reach: npt.NDArray[np.int64] | None = None
+    # (B, channels) samples after the block's end its suspicion covers (may be negative: a
+    # window ending at the block's middle). None: the masker's own hangover everywhere.
+    tail: npt.NDArray[np.int64] | None = None
 
 
 def _basis() -> npt.NDArray[np.float32]:
@@ -365,6 +402,11 @@ _DECODER_ROTATION = np.exp(-2j * np.pi
                            / SAMPLE_RATE)  # (4, 8)
 # ...and so reaches half a block further back than a window ending at the block's end.
 _MID_REACH = _LONG_REACH + _HALF
+# The masker widens every suspect block back by this (proxy.media.masking.WIDEN_BEFORE: a
+# block for the onset, 2 ms for packet timing) and on by a block (its hangover) unless the
+# detector gives a suspicion's tail.
+MASK_WIDEN_BEFORE = BLOCK_SIZE + 16
+MASK_HANGOVER = BLOCK_SIZE
 # Samples kept from before a call's first block: the long window's two blocks (the decoder
 # tier needs no samples: it works on the half-block DFTs).
 _X_HISTORY = _LONG - BLOCK_SIZE
@@ -507,6 +549,7 @@ class _BlockMeasures:
     talkover: npt.NDArray[np.bool_] | None = None  # (C,)
     strong: npt.NDArray[np.bool_] | None = None  # (C,) ...and passes the strong-key checks
     follow: npt.NDArray[np.bool_] | None = None  # (C,) the key may continue a suspicion
+    spandsp: npt.NDArray[np.bool_] | None = None  # (C,) spandsp would call the block a hit
     pair: npt.NDArray[np.float64] | None = None  # (C,)
     total: npt.NDArray[np.float64] | None = None  # (C,)
     coherent: npt.NDArray[np.complex128] | None = None  # (C, 8) rectangular block DFT
@@ -629,6 +672,17 @@ def _measure(blocks: npt.NDArray[np.float32], config: DtmfConfig) -> _BlockMeasu
             first = np.einsum("cn,cn->c", blocks[:, :_HALF], blocks[:, :_HALF],
                               dtype=np.float64)
             measures.half_total = np.stack([first, total - first], axis=1)
+        if (config.suspect_method == "window"
+                and config.window_spandsp_min_energy_share is not None):
+            floor = dbm0_energy(config.window_spandsp_min_level_dbm0)
+            tilt = high_e / np.maximum(low_e, _EPS)  # > 1: high group louder (reverse)
+            measures.spandsp = (
+                (low_e >= floor) & (high_e >= floor)
+                & (tilt <= _power_ratio(config.window_spandsp_reverse_twist_db))
+                & (tilt >= 1.0 / _power_ratio(config.window_spandsp_normal_twist_db))
+                & (peak >= _power_ratio(config.window_spandsp_relative_peak_db))
+                & (low_e + high_e
+                   >= config.window_spandsp_min_energy_share * np.maximum(total, _EPS)))
         measures.follow = (plausible
                            & (peak >= _power_ratio(config.follow_relative_peak_db))
                            & (worst_error <= config.follow_frequency_tolerance)
@@ -713,6 +767,7 @@ class _TalkoverState:
     half_e: npt.NDArray[np.float64] = field(init=False)  # (C, 3, 2)
     dec_end: npt.NDArray[np.bool_] = field(init=False)  # last block's end window passed
     dec_end_key: npt.NDArray[np.int64] = field(init=False)  # ...with this key
+    sp_hit: npt.NDArray[np.int64] = field(init=False)  # last block's spandsp-like key, −1
 
     def __post_init__(self) -> None:
         c = self.channels
@@ -723,6 +778,7 @@ class _TalkoverState:
         self.half_e = np.zeros((c, _LONG_BLOCKS, 2))
         self.dec_end = np.zeros(c, dtype=bool)
         self.dec_end_key = np.full(c, -1, dtype=np.int64)
+        self.sp_hit = np.full(c, -1, dtype=np.int64)
         self.key = np.full(c, -1, dtype=np.int64)
         self.held = np.full(c, -1, dtype=np.int64)
         self.missed = np.zeros(c, dtype=np.int64)
@@ -737,7 +793,7 @@ class _TalkoverState:
         n = min(channels, self.channels)
         for name in ("key", "candidate", "pair", "total", "block", "held", "missed",
                      "strong", "long_z", "long_e", "long_x", "half_z", "half_e",
-                     "dec_end", "dec_end_key"):
+                     "dec_end", "dec_end_key", "sp_hit"):
             getattr(bigger, name)[:n] = getattr(self, name)[:n]
         return bigger
 
@@ -757,6 +813,7 @@ class _TalkoverState:
         self.half_e[ch] = 0.0
         self.dec_end[ch] = False
         self.dec_end_key[ch] = -1
+        self.sp_hit[ch] = -1
 
 
 def _tone_indices(digit: npt.NDArray[np.int64]) -> tuple[npt.NDArray, npt.NDArray]:
@@ -833,14 +890,21 @@ class DtmfDetector:
         starts = self._seen + BLOCK_SIZE * np.arange(count, dtype=np.int64)
         suspect = np.zeros((count, self._channels), dtype=bool)
         reach = np.zeros((count, self._channels), dtype=np.int64)
+        tail = np.full((count, self._channels), MASK_HANGOVER, dtype=np.int64)
         if count:
             blocks = data[:, :used].reshape(self._channels * count, BLOCK_SIZE)
             measures = _measure(blocks, self._config)
             long_reach = np.zeros(self._channels * count, dtype=np.int64)
+            long_tail = np.full(self._channels * count, MASK_HANGOVER, dtype=np.int64)
             if self._config.suspect_method == "window":
-                measures.suspect, long_reach = self._long_window(data[:, :used], measures,
-                                                                 count)
+                measures.suspect, long_reach, long_tail = self._long_window(
+                    data[:, :used], measures, count)
+                judged = measures.suspect
                 measures.suspect = self._follow(measures, count)
+                # A block only follow-on suspects covers itself and the masker's hangover.
+                follow_tail = (MASK_HANGOVER if self._config.follow_tail_ms is None
+                               else round(self._config.follow_tail_ms * SAMPLE_RATE / 1000))
+                long_tail = np.where(judged, long_tail, follow_tail)
             elif measures.talkover is not None:
                 measures.suspect = self._talkover(data[:, :used], measures, count)
                 measures.suspect = self._follow(measures, count)
@@ -852,20 +916,24 @@ class DtmfDetector:
                 )
                 suspect[b] = m.suspect
                 reach[b] = long_reach[sel]
+                tail[b] = long_tail[sel]
                 self._decide(int(starts[b]), m, events)
                 self._prev_amp = m.amp
             self._seen += used
         return DetectorOutput(events=events, block_starts=starts, block_size=BLOCK_SIZE,
-                              suspect=suspect, reach=reach)
+                              suspect=suspect, reach=reach,
+                              tail=tail if self._config.suspect_method == "window" else None)
 
-    def _long_window(self, data: npt.NDArray[np.float32], m: _BlockMeasures,
-                     count: int) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
+    def _long_window(self, data: npt.NDArray[np.float32], m: _BlockMeasures, count: int
+                     ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64],
+                                npt.NDArray[np.int64]]:
         """The long-window suspicion of every block (flattened like ``m``): the three blocks
         ending with it, summed coherently at the DTMF frequencies, show a key as multimon-ng
         would see it over 40 ms (with margin), and the harmonic rule holds over the same span.
         The coherent sums cost a few complex multiplies per block; only windows that pass them
         are transformed for the neighbourhood, all in one product. Also each suspicion's
-        reach (samples before its block's start that the suspicion covers)."""
+        reach (samples before its block's start that the suspicion covers) and tail (samples
+        after its block's end)."""
         assert m.coherent is not None and m.total is not None
         cfg, state, c = self._config, self._talk, self._channels
         z = np.concatenate([state.long_z, m.coherent.reshape(c, count, _NTONES)], axis=1)
@@ -944,6 +1012,9 @@ class DtmfDetector:
             out[ch, b] = (np.maximum(low, high)
                           >= _power_ratio(cfg.window_accurate_best_neighbour_db))
         reach = np.where(out, _LONG_REACH, 0)
+        ms = SAMPLE_RATE // 1000
+        tail = np.full((c, count), MASK_HANGOVER if cfg.window_tail_ms is None
+                       else round(cfg.window_tail_ms * ms), dtype=np.int64)
         if m.halves is not None and m.half_total is not None:
             h = np.concatenate([state.half_z, m.halves.reshape(c, count, 2, _NTONES)], axis=1)
             he = np.concatenate([state.half_e, m.half_total.reshape(c, count, 2)], axis=1)
@@ -963,10 +1034,34 @@ class DtmfDetector:
                 mid = early
                 reach = np.where(mid, _MID_REACH + _HALF,
                                  np.where(end, _MID_REACH, reach))
-            else:
+            elif cfg.window_decoder_cover_ms is None:
                 reach = np.where(mid, _MID_REACH, np.where(end, _LONG_REACH, reach))
+            else:
+                # Only the last part of the judged window (and a little after it) where the
+                # decoder tier alone suspects; with another tier the wider cover stands. The
+                # window ending at the block's end ends at s + 102, the one ending at its
+                # middle at s + 51; the masker's span is [s − widen − reach, s + 102 + tail).
+                cover = round(cfg.window_decoder_cover_ms * ms)
+                after = round(cfg.window_decoder_tail_ms * ms)
+                own = (end | mid) & ~out
+                dec_reach = np.where(mid, cover - MASK_WIDEN_BEFORE - _HALF,
+                                     cover - MASK_WIDEN_BEFORE - BLOCK_SIZE)
+                dec_tail = np.where(end, after, after - _HALF)
+                reach = np.where(own, dec_reach,
+                                 np.where(mid, _MID_REACH, np.where(end, _LONG_REACH, reach)))
+                tail = np.where(own, dec_tail, tail)
             out |= end | mid
-        return out.reshape(-1), reach.reshape(-1)
+        if m.spandsp is not None and m.key is not None:
+            # Two consecutive blocks spandsp would call the same key: suspect the second,
+            # covering both (the masker's onset allowance spans the first).
+            hit = np.where(m.spandsp, m.key, -1).reshape(c, count)
+            prev = np.concatenate([state.sp_hit[:, None], hit[:, :-1]], axis=1)
+            state.sp_hit = hit[:, -1].copy()
+            two = (hit >= 0) & (hit == prev) & ~out
+            reach = np.where(two, 0, reach)
+            tail = np.where(two, 0, tail)
+            out |= two
+        return out.reshape(-1), reach.reshape(-1), tail.reshape(-1)
 
     def _talkover(self, data: npt.NDArray[np.float32], m: _BlockMeasures,
                   count: int) -> npt.NDArray[np.bool_]:

@@ -21,12 +21,17 @@ Span = tuple[int, int]  # [start, end) in media samples
 
 def spans_from_suspect(block_starts: npt.NDArray[np.int64], suspect: npt.NDArray[np.bool_],
                        block_size: int, before: int, after: int,
-                       reach: npt.NDArray[np.int64] | None = None) -> list[Span]:
+                       reach: npt.NDArray[np.int64] | None = None,
+                       tail: npt.NDArray[np.int64] | None = None) -> list[Span]:
     """Mask spans for one stream: each suspect block widened by ``before``/``after`` samples,
-    and back by its ``reach`` too (the receiver judged a window starting that much earlier)."""
+    and back by its ``reach`` too (the receiver judged a window starting that much earlier);
+    ``tail``, where the receiver gives it, replaces ``after`` (what its suspicion covers past
+    the block's end)."""
     extra = np.zeros(len(block_starts), dtype=np.int64) if reach is None else reach
-    return [(int(s) - before - int(r), int(s) + block_size + after)
-            for s, flag, r in zip(block_starts, suspect, extra, strict=True) if flag]
+    hang = np.full(len(block_starts), after, dtype=np.int64) if tail is None else tail
+    return [(int(s) - before - int(r), int(s) + block_size + int(t))
+            for s, flag, r, t in zip(block_starts, suspect, extra, hang, strict=True)
+            if flag]
 
 
 def merge(spans: list[Span]) -> list[Span]:

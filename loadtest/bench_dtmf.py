@@ -7,7 +7,8 @@ pinned to one thread and CPU time (not wall time) is measured, so the figure is 
 Baselines in the same run: the same detector driven one channel at a time (what batching
 buys), and spandsp's C receiver called per channel through ctypes (the incumbent). Then the
 suspicion's own price: the batched detector with each ``suspect_method`` (the default long
-window, the same before its decoder tier, and the two rules it replaced), as CPU time per
+window, the same before its spandsp tier and short covers, before its decoder tier, and
+the two rules it replaced), as CPU time per
 second of audio per channel, with ratios to the default.
 """
 
@@ -52,7 +53,10 @@ def _cpu_seconds(run: Callable[[], None]) -> float:
 
 # The suspicions compared (issue 16): name, configuration.
 SUSPICIONS: tuple[tuple[str, DtmfConfig], ...] = (
-    ("window (default: decoder tier)", DtmfConfig()),
+    ("window (default: decoder + spandsp tiers, short covers)", DtmfConfig()),
+    ("window, decoder tier, no spandsp tier (before)",
+     replace(DtmfConfig(), window_spandsp_min_energy_share=None, window_decoder_cover_ms=None,
+             window_tail_ms=None, follow_tail_ms=None)),
     ("window before (second tier, no decoder tier)",
      replace(DtmfConfig(), window_decoder_min_energy_share=None,
              window_accurate_frequency_hz=4.0)),

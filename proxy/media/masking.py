@@ -411,12 +411,14 @@ class MaskingPipeline:
                 continue
             column = result.suspect[:, stream.row]
             reach = None if result.reach is None else result.reach[:, stream.row]
+            tail = None if result.tail is None else result.tail[:, stream.row]
             media_starts = np.array([stream.to_media(int(g)) for g in result.block_starts])
             last = int(np.flatnonzero(column)[-1])
             stream.suspect_until = max(stream.suspect_until,
                                        int(media_starts[last]) + result.block_size)
             stream.spans = merge([*stream.spans, *spans_from_suspect(
-                media_starts, column, result.block_size, WIDEN_BEFORE, WIDEN_AFTER, reach)])
+                media_starts, column, result.block_size, WIDEN_BEFORE, WIDEN_AFTER, reach,
+                tail)])
         by_row = {s.row: s for s in active}
         for event in result.events:
             owner = by_row.get(event.channel)
