@@ -59,6 +59,11 @@ class Call(BaseModel):
     caller: str = Field("", description="Who the agent is talking to: ng metadata caller=, "
                                         "else the caller's address. Never card data.")
     started_at: datetime | None = Field(None, description="When the call appeared (UTC).")
+    owner_down: bool = Field(
+        False, description="The node that has this call is down (its heartbeat gone): the call "
+                           "is listed from the shared store until that node is back, another "
+                           "node adopts it, or its record is reaped; actions on it fail (502).")
+    node: str = Field("", description="With owner_down: the node that had the call.")
 
 
 class Assign(BaseModel):

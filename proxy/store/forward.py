@@ -52,6 +52,7 @@ from proxy.api.auth import (
     Principal,
     valid_name,
 )
+from proxy.api.models import Call as CallModel
 from proxy.store.base import StateStore, StoreError
 from proxy.store.orphans import DownCall, down_calls
 from proxy.store.redis_store import RedisStore
@@ -343,10 +344,10 @@ class ClusterRouter:
 def _owner_down_view(call: DownCall) -> dict[str, Any]:
     """A call of a node whose heartbeat is gone, as ``GET /v1/calls`` lists calls (its fields
     from the record; no payment is in progress anywhere), marked as such."""
-    started = datetime.datetime.fromtimestamp(call.created, datetime.UTC).isoformat()
-    return {"call_id": call.call_id, "agent_id": call.agent_id, "payment_sid": "",
-            "last_payment_sid": call.last_payment_sid, "caller": "", "started_at": started,
-            "owner_down": True, "node": call.node}
+    return CallModel(
+        call_id=call.call_id, agent_id=call.agent_id, last_payment_sid=call.last_payment_sid,
+        started_at=datetime.datetime.fromtimestamp(call.created, datetime.UTC),
+        owner_down=True, node=call.node).model_dump(mode="json")
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

@@ -76,3 +76,5 @@ async def test_openapi_documents_the_payments_api(stack: Stack) -> None:
         spec = (await http.get("/openapi.json", headers=bearer(stack.agent_key))).json()
     assert "/v1/calls/{call_id}/payments" in spec["paths"]
     assert "/v1/calls/{call_id}/payments/{sid}" in spec["paths"]
+    # A node that lists another, dead node's calls marks them: clients can read that it does.
+    assert {"owner_down", "node"} <= set(spec["components"]["schemas"]["Call"]["properties"])

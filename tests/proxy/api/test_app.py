@@ -96,7 +96,8 @@ def test_an_agent_lists_only_its_own_calls(api: Api) -> None:
     listed = api.client.get("/v1/calls", headers=api.ann).json()
     started = listed[0].pop("started_at")
     assert listed == [{"call_id": "c-ann", "agent_id": "ann", "payment_sid": "",
-                       "last_payment_sid": "", "caller": "02079460018"}]  # metadata wins
+                       "last_payment_sid": "", "caller": "02079460018",  # metadata wins
+                       "owner_down": False, "node": ""}]
     assert abs(datetime.fromisoformat(started).timestamp() - time.time()) < 600
     for who in (api.sup, api.admin):
         listed = api.client.get("/v1/calls", headers=who).json()
