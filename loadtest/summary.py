@@ -189,7 +189,7 @@ def summarise(result: RunResult) -> dict[str, Any]:
 CPU_WAIT_NOTE_PERCENT = 20.0
 # Steal this high in any sample (% of one core, over the host's CPUs) can stall the relay for
 # as long without showing in its CPU or its wait: the figures of those seconds are the host's.
-STEAL_NOTE_PERCENT = 10.0
+STEAL_NOTE_PERCENT = 20.0
 
 
 def notes(summary: dict[str, Any]) -> list[str]:
