@@ -142,8 +142,8 @@ def render_html(s: dict[str, Any]) -> str:
                        [(t, c) for t, c, *_ in usage["samples"]]),
                       ("waiting for a CPU %", [(t, w[0]) for t, _, _, *w in usage["samples"]
                                                if w]),
-                      ("host CPUs lost to steal %", [(row[0], row[5]) for row in usage["samples"]
-                                                     if len(row) > 5]),
+                      *([("host CPUs lost to steal %", [(row[0], row[5]) for row in steal])]
+                        if (steal := [row for row in usage["samples"] if len(row) > 5]) else []),
                       ("calls up", [(t, n) for t, n, _, _ in s["timeline"]])],
                      "seconds into the run", "CPU % / calls")
     rss = line_chart("Target memory (RSS)", [("RSS MB", [(t, r) for t, _, r, *_ in
