@@ -142,6 +142,8 @@ def render_html(s: dict[str, Any]) -> str:
                        [(t, c) for t, c, *_ in usage["samples"]]),
                       ("waiting for a CPU %", [(t, w[0]) for t, _, _, *w in usage["samples"]
                                                if w]),
+                      *([("host CPUs lost to steal %", [(row[0], row[5]) for row in steal])]
+                        if (steal := [row for row in usage["samples"] if len(row) > 5]) else []),
                       ("calls up", [(t, n) for t, n, _, _ in s["timeline"]])],
                      "seconds into the run", "CPU % / calls")
     rss = line_chart("Target memory (RSS)", [("RSS MB", [(t, r) for t, _, r, *_ in
@@ -197,6 +199,11 @@ def render_html(s: dict[str, Any]) -> str:
                        f", RSS max {usage['rss_mb_max']} MB"),
         ("target waiting for a CPU", f"mean {usage.get('cpu_wait_percent_mean')} %, max "
                                      f"{usage.get('cpu_wait_percent_max')} % (run queue)"),
+        ("host CPUs lost to steal", f"mean {usage.get('host_steal_percent_mean')} %, max "
+                                    f"{usage.get('host_steal_percent_max')} % (of one core, "
+                                    "summed over the CPUs; in neither figure above); all of "
+                                    f"the host busy: mean {usage.get('host_busy_percent_mean')}"
+                                    f" %, max {usage.get('host_busy_percent_max')} %"),
         ("host", f"{host.get('cpus')} CPUs, load average {host.get('load_start')} at the start, "
                  f"{host.get('load_end')} at the end; target nice {host.get('target_nice')}"),
         ("generator send time", f"p99 {gen.get('send_ms_p99')} ms, max "

@@ -18,7 +18,7 @@ import asyncio
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -88,7 +88,8 @@ class RunResult:
     lateness: npt.NDArray[np.float64]
     generator_drops: int
     foreign: int
-    usage: list[tuple[float, float, int, float]]  # (t, cpu %, rss, run-queue wait %)
+    # (t, cpu %, rss, run-queue wait %, host busy %, host steal %); older: the first four
+    usage: Sequence[tuple[float, ...]]
     timeline: list[Snapshot]
     latencies: list[npt.NDArray[np.float64]]  # per direction (seconds)
     # Per sendmmsg: (s into the run, s from the latency stamp to the call's return).

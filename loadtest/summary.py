@@ -103,6 +103,9 @@ def summarise(result: RunResult) -> dict[str, Any]:
     usage = result.usage
     cpu = np.array([u[1] for u in usage])
     wait = np.array([u[3] for u in usage])
+    # The host's own (older samplers had none): its CPUs' busy time and their steal.
+    host_busy = np.array([u[4] for u in usage if len(u) > 5])
+    steal = np.array([u[5] for u in usage if len(u) > 5])
     lateness = result.lateness
     summary: dict[str, Any] = {
         "tool": "toneguard loadtest",
@@ -150,8 +153,18 @@ def summarise(result: RunResult) -> dict[str, Any]:
             # Ready to run but not given a CPU (its threads' run-queue time): the host's share.
             "cpu_wait_percent_mean": round(float(wait.mean()), 1) if wait.size else None,
             "cpu_wait_percent_max": round(float(wait.max()), 1) if wait.size else None,
-            "samples": [[round(t, 2), round(c, 1), round(r / 2**20, 1), round(w, 1)]
-                        for t, c, r, w in usage],
+            # Time the hypervisor gave this host's CPUs to others (% of one core, summed over
+            # the CPUs): not in the target's CPU nor its run-queue wait, yet the relay falls
+            # behind while it lasts. host_busy: every process on the host, the tool included.
+            "host_steal_percent_mean": round(float(steal.mean()), 1) if steal.size else None,
+            "host_steal_percent_max": round(float(steal.max()), 1) if steal.size else None,
+            "host_busy_percent_mean": round(float(host_busy.mean()), 1)
+            if host_busy.size else None,
+            "host_busy_percent_max": round(float(host_busy.max()), 1)
+            if host_busy.size else None,
+            # [t, cpu %, RSS MB, run-queue wait %, host busy %, host steal %]
+            "samples": [[round(u[0], 2), round(u[1], 1), round(u[2] / 2**20, 1), round(u[3], 1),
+                         *(round(x, 1) for x in u[4:6])] for u in usage],
         },
         "host": result.host,
         "timeline": [[round(p.t, 2), p.calls_up, round(p.sent_pps), round(p.received_pps)]
@@ -174,6 +187,9 @@ def summarise(result: RunResult) -> dict[str, Any]:
 
 # A target that waited this long for a CPU (mean % of one core) was short of the host's CPU.
 CPU_WAIT_NOTE_PERCENT = 20.0
+# Steal this high in any sample (% of one core, over the host's CPUs) can stall the relay for
+# as long without showing in its CPU or its wait: the figures of those seconds are the host's.
+STEAL_NOTE_PERCENT = 20.0
 
 
 def notes(summary: dict[str, Any]) -> list[str]:
@@ -184,6 +200,16 @@ def notes(summary: dict[str, Any]) -> list[str]:
         out.append(f"the target waited for a CPU {wait:.0f} % of the time (mean; its threads "
                    f"ran {summary['target_usage']['cpu_percent_mean']} %): the host was short "
                    "of CPU, so latency and loss are the host's as much as the relay's")
+    usage = summary["target_usage"]
+    steal = usage.get("host_steal_percent_max")
+    if steal is not None and steal >= STEAL_NOTE_PERCENT:
+        worst = [row[0] for row in usage["samples"]
+                 if len(row) > 5 and row[5] >= STEAL_NOTE_PERCENT]
+        out.append(f"the host lost up to {steal:.0f} % of a CPU to steal (its hypervisor ran "
+                   f"other machines; mean {usage['host_steal_percent_mean']} %), at "
+                   f"{worst[0]:.1f}-{worst[-1]:.1f} s into the run: neither the target's CPU "
+                   "nor its run-queue wait shows that time, so latency climbing then is the "
+                   "host's, not the relay's")
     host = summary.get("host") or {}
     if any(n > 0 for n in host.get("target_nice", [])):
         out.append(f"the target ran at nice {max(host['target_nice'])} (inherited from the "

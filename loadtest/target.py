@@ -144,6 +144,25 @@ def usage(roots: list[int]) -> tuple[float, int, float]:
     return cpu, rss, waited
 
 
+def host_cpu(stat: str | None = None) -> tuple[float, float]:
+    """CPU seconds the whole host (all CPUs, from ``/proc/stat``) has run anything, and has
+    lost to steal: time the hypervisor gave this machine's virtual CPUs to someone else.
+    Steal is neither a process's CPU time nor its run-queue wait: a relay on a stolen CPU
+    falls behind while its own figures look idle. (0, 0) where /proc/stat is not there."""
+    if stat is None:
+        try:
+            stat = Path("/proc/stat").read_text()
+        except OSError:
+            return 0.0, 0.0
+    fields = stat.split("\n", 1)[0].split()
+    if not fields or fields[0] != "cpu":
+        return 0.0, 0.0
+    # user nice system idle iowait irq softirq steal [guest guest_nice: inside user/nice]
+    ticks = [int(f) for f in fields[1:9]] + [0] * max(0, 9 - len(fields))
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks[:8]
+    return (user + nice + system + irq + softirq) / CLK_TCK, steal / CLK_TCK
+
+
 def niceness(roots: list[int]) -> list[int]:
     """The nice value of each root process (a target started by the tool inherits the tool's:
     ``nice -n 10 toneguard loadtest`` runs the relay at 10 too)."""
@@ -158,12 +177,14 @@ def niceness(roots: list[int]) -> list[int]:
 class Sampler:
     """CPU % (one core = 100), RSS and run-queue wait % of the target every ``interval`` s, in
     a thread. The wait is the time its threads were ready to run but the host gave the CPU to
-    something else: high while latency grows means the host, not the relay, was short."""
+    something else: high while latency grows means the host, not the relay, was short. Beside
+    them, the host's own: its CPUs' busy time and their steal (% of one core, summed over the
+    CPUs), which the target's figures cannot show (see :func:`host_cpu`)."""
 
     def __init__(self, roots: list[int], interval: float = 0.5) -> None:
         self.roots, self.interval = roots, interval
-        # (t, cpu %, rss bytes, run-queue wait %)
-        self.samples: list[tuple[float, float, int, float]] = []
+        # (t, cpu %, rss bytes, run-queue wait %, host busy %, host steal %)
+        self.samples: list[tuple[float, float, int, float, float, float]] = []
         self.started = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="loadtest-sampler", daemon=True)
@@ -175,12 +196,16 @@ class Sampler:
 
     def _run(self) -> None:
         last_t, (last_cpu, _, last_wait) = time.monotonic(), usage(self.roots)
+        last_busy, last_steal = host_cpu()
         while not self._stop.wait(self.interval):
             now, (cpu, rss, waited) = time.monotonic(), usage(self.roots)
+            busy, steal = host_cpu()
             dt = now - last_t
             self.samples.append((now - self.started, 100 * (cpu - last_cpu) / dt, rss,
-                                 100 * (waited - last_wait) / dt))
+                                 100 * (waited - last_wait) / dt, 100 * (busy - last_busy) / dt,
+                                 100 * (steal - last_steal) / dt))
             last_t, last_cpu, last_wait = now, cpu, waited
+            last_busy, last_steal = busy, steal
 
     def stop(self) -> None:
         self._stop.set()

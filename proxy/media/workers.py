@@ -134,8 +134,9 @@ def worker_main(conn: Connection, spec: WorkerSpec | None, parent_pid: int = 0) 
 async def _serve(conn: Connection, spec: WorkerSpec) -> None:
     from proxy.media.engine import LocalMediaEngine
     from proxy.media.masking import MaskingPipeline
-    from proxy.media.runtime import freeze_startup_objects
+    from proxy.media.runtime import freeze_startup_objects, media_file_table, reserve_file_table
 
+    reserve_file_table(media_file_table(spec.port_min, spec.port_max))
     engine = LocalMediaEngine(
         spec.address, spec.port_min, spec.port_max,
         pipeline_factory=lambda: MaskingPipeline(lookahead_ms=spec.lookahead_ms),

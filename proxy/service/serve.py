@@ -57,7 +57,12 @@ from proxy.media.engine import LocalMediaEngine
 from proxy.media.latency import NG_BUCKETS, Histogram, Recorder
 from proxy.media.pipeline import AudioPipeline
 from proxy.media.policy import DtmfSecurityMode, MaskingPolicy
-from proxy.media.runtime import freeze_startup_objects, raise_open_file_limit
+from proxy.media.runtime import (
+    freeze_startup_objects,
+    media_file_table,
+    raise_open_file_limit,
+    reserve_file_table,
+)
 from proxy.media.types import DigitEvent, MediaEngine, MediaTotals
 from proxy.media.workers import WorkerPoolEngine
 from proxy.securepay.audit import AuditLog
@@ -720,6 +725,7 @@ def process_age() -> float | None:
 
 async def _start_for_production(config: Config, configured: float | None = None) -> Node:
     open_files = raise_open_file_limit()
+    reserve_file_table(media_file_table(config.media.port_min, config.media.port_max))
     try:
         node = await Node.start(config)
     finally:

@@ -111,6 +111,40 @@ def test_a_target_starved_of_cpu_is_noted_beside_the_verdict_not_in_it() -> None
     assert s["notes"][1].startswith("the target ran at nice 10")
 
 
+def test_host_steal_is_summarised_and_noted_when_it_could_stall_the_relay(
+        tmp_path: Path) -> None:
+    # The stall signature: the target below a core and hardly waiting, yet behind; the host's
+    # steal is what says where the time went.
+    result = synthetic_run()
+    result.usage = [(0.5, 70.0, 50 << 20, 1.0, 150.0, 0.0),
+                    (1.0, 72.0, 52 << 20, 1.0, 140.0, 35.0),
+                    (1.5, 74.0, 52 << 20, 2.0, 145.0, 25.0),
+                    (2.0, 60.0, 52 << 20, 1.0, 130.0, 2.0)]
+    s = summarise(result)
+    usage = s["target_usage"]
+    assert usage["host_steal_percent_max"] == 35.0
+    assert usage["host_steal_percent_mean"] == 15.5
+    assert usage["host_busy_percent_max"] == 150.0
+    assert usage["samples"][1] == [1.0, 72.0, 52.0, 1.0, 140.0, 35.0]
+    assert s["verdict"]["ok"]  # the host's, not the relay's
+    assert s["notes"] == ["the host lost up to 35 % of a CPU to steal (its hypervisor ran other "
+                          "machines; mean 15.5 %), at 1.0-1.5 s into the run: neither the "
+                          "target's CPU nor its run-queue wait shows that time, so latency "
+                          "climbing then is the host's, not the relay's"]
+    page = write_report(s, tmp_path)[1].read_text()
+    assert "host CPUs lost to steal %" in page  # the CPU chart's series
+    assert "mean 15.5 %, max 35.0 % (of one core" in page
+    result.usage = [(u[0], u[1], u[2], u[3], u[4], 3.0) for u in result.usage]
+    assert summarise(result)["notes"] == []  # a little steal is not worth a note
+
+
+def test_samples_of_an_older_sampler_have_no_host_figures() -> None:
+    result = synthetic_run()  # four fields a sample, as before
+    usage = summarise(result)["target_usage"]
+    assert usage["host_steal_percent_max"] is None and usage["host_busy_percent_mean"] is None
+    assert all(len(row) == 4 for row in usage["samples"])
+
+
 def test_the_generators_own_send_stalls_are_reported_per_second() -> None:
     import numpy as np
 

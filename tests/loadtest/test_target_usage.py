@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.target import niceness, usage
+from loadtest.target import CLK_TCK, Sampler, host_cpu, niceness, usage
 
 BURN = "import time\nend = time.process_time() + 0.6\nwhile time.process_time() < end: pass\n"
 
@@ -37,6 +37,32 @@ def test_two_processes_sharing_one_cpu_each_wait_in_the_run_queue() -> None:
         for p in procs:
             p.kill()
             p.wait()
+
+
+def test_host_steal_and_busy_time_are_read_from_proc_stat() -> None:
+    # user nice system idle iowait irq softirq steal guest guest_nice (ticks), then per CPU
+    stat = (f"cpu  {3 * CLK_TCK} {2 * CLK_TCK} {CLK_TCK} 999999 77 0 {CLK_TCK} {4 * CLK_TCK}"
+            " 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\nintr 1\n")
+    assert host_cpu(stat) == (7.0, 4.0)  # idle and iowait are not busy; steal apart
+    assert host_cpu("cpu  1 2 3 4\n") == (6 / CLK_TCK, 0.0)  # an old kernel: no steal column
+    assert host_cpu("garbage") == (0.0, 0.0)
+    busy, steal = host_cpu()  # this host's own
+    assert busy > 0 and steal >= 0
+
+
+def test_the_sampler_records_the_hosts_busy_and_steal_beside_the_target() -> None:
+    sampler = Sampler([os.getpid()], interval=0.05).start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(sampler.samples) < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        sampler.stop()
+    for t, cpu, rss, wait, busy, steal in sampler.samples:
+        assert t > 0 and cpu >= 0 and rss > 0 and wait >= 0
+        # sampling itself keeps the host busy a little; steal is whatever the hypervisor took
+        assert 0 <= busy <= 100 * (os.cpu_count() or 1) * 1.5 and steal >= 0
 
 
 def test_nice_is_read_per_process() -> None:
