@@ -575,8 +575,7 @@ class LocalMediaEngine:
             stream.ice = IceLite(config.ice, self._clock)
         else:
             stream.ice.params = config.ice  # the peer's ufrag arrived: consent state stays
-        webrtc = config.dtls is not None or config.ice is not None
-        reader = self._on_webrtc if webrtc else self._on_rtp
+        reader = self._reader(stream)
         for sock in (stream.rtp, stream.direct):
             if sock is not None:
                 sock._on_datagram = reader
@@ -627,8 +626,7 @@ class LocalMediaEngine:
                 stream.ice.assume_consent(endpoint)
 
     def _reader(self, stream: _Stream) -> Callable[[_Stream, bytes, Address], None]:
-        webrtc = stream.config.dtls is not None or stream.config.ice is not None
-        return self._on_webrtc if webrtc else self._on_rtp
+        return self._on_webrtc if _webrtc(stream.config) else self._on_rtp
 
     def _sync_pipeline(self, stream_id: str, old: MaskingPolicy | None,
                        new: MaskingPolicy | None) -> None:
@@ -732,9 +730,7 @@ class LocalMediaEngine:
     def _may_latch(self, stream: _Stream, addr: Address, port: int | None) -> bool:
         """Whether an unlatched stream accepts ``addr`` (``port``: the SDP's, for strict)."""
         config = stream.config
-        if config.strict_source:
-            return stream.sdp_ip is not None and addr[1] == port and _ip(addr[0]) == stream.sdp_ip
-        if addr in stream.stale_sources:
+        if config.strict_source or addr in stream.stale_sources:  # only the SDP's address
             return stream.sdp_ip is not None and addr[1] == port and _ip(addr[0]) == stream.sdp_ip
         if stream.sdp_ip is not None and _ip(addr[0]) == stream.sdp_ip:
             return True
