@@ -78,6 +78,20 @@ def _old_agent_plan(rig: CallRig) -> list[Send]:
     return rig.agent_src.segment(noise(OLD_PHONES_SECONDS, seed=71), rig.agent_to_toneguard)
 
 
+def _what_the_new_caller_heard(new: CallRig) -> list[str]:
+    """Problems with what the new call's caller received: any SSRC but its agent's, any key."""
+    assert new.agent is not None
+    problems = []
+    for ssrc, heard in by_source(new.caller.received).items():
+        if ssrc != new.agent.ssrc:
+            problems.append(f"the new caller received {heard.packets} packet(s) "
+                            f"of SSRC {ssrc:#x}, not its agent's")
+        verdict = judge(heard.audio)
+        if not verdict.clean:
+            problems.append(f"the new caller heard keys: {verdict}")
+    return problems
+
+
 async def _play(peer: RtpPeer, plan: list[Send], progress: list[int], index: int) -> None:
     """Send a plan paced as ``wire.send`` does, counting the packets sent in
     ``progress[index]``."""
@@ -119,14 +133,8 @@ async def test_old_call_phones_reach_nothing_of_the_call_that_reuses_their_ports
                 assert old.agent_src is not None
                 foreign = [old.caller.ssrc, old.agent_src.ssrc]
                 problems = (new.leaks(event_pts=[101], foreign=foreign)
-                            + new.audio_arrived(len(plan)) + new.caller_heard_agent())
-                for ssrc, heard in by_source(new.caller.received).items():
-                    if ssrc != new.agent.ssrc:
-                        problems.append(f"the new caller received {heard.packets} packet(s) "
-                                        f"of SSRC {ssrc:#x}, not its agent's")
-                    verdict = judge(heard.audio)
-                    if not verdict.clean:
-                        problems.append(f"the new caller heard keys: {verdict}")
+                            + new.audio_arrived(len(plan)) + new.caller_heard_agent()
+                            + _what_the_new_caller_heard(new))
                 stream = await new.caller_stream()
         finally:
             await old_phones
@@ -184,14 +192,8 @@ async def test_an_old_callers_keys_at_its_port_reused_for_the_next_agent_stream_
                 assert new.agent is not None
                 problems = (new.leaks(event_pts=[101],
                                       foreign=[customer_src.ssrc, agent_src.ssrc])
-                            + new.audio_arrived(len(plan)) + new.caller_heard_agent())
-                for ssrc, heard in by_source(new.caller.received).items():
-                    if ssrc != new.agent.ssrc:
-                        problems.append(f"the new caller received {heard.packets} packet(s) "
-                                        f"of SSRC {ssrc:#x}, not its agent's")
-                    verdict = judge(heard.audio)
-                    if not verdict.clean:
-                        problems.append(f"the new caller heard keys: {verdict}")
+                            + new.audio_arrived(len(plan)) + new.caller_heard_agent()
+                            + _what_the_new_caller_heard(new))
         finally:
             await old_phones
     finally:

@@ -19,6 +19,27 @@ from proxy.media.workers import WorkerPoolEngine
 CALLS = 12  # 24 streams: fits one shard (100 ports = 50 pairs) even if the hash put all there
 
 
+async def set_up_at_once(client: NgClient, ids: list[str], peers: list[RtpPeer]
+                         ) -> tuple[list[RtpPeer], list[RtpPeer], list[dict[str, Any]],
+                                    list[dict[str, Any]]]:
+    """A caller and an agent phone for each call id (added to ``peers``, for the caller to
+    close), every call's offer sent at once, then every answer at once. Returns the callers,
+    agents, offer replies and answer replies, in the order of ``ids``."""
+    callers = [await RtpPeer(seed=i).start() for i in range(len(ids))]
+    peers += callers
+    agents = [await RtpPeer(seed=100 + i).start() for i in range(len(ids))]
+    peers += agents
+    offers = await asyncio.gather(*(client.request({
+        "command": "offer", "call-id": c, "from-tag": "c",
+        "sdp": audio_sdp("127.0.0.1", caller.port)}) for c, caller in zip(
+            ids, callers, strict=True)))
+    answers = await asyncio.gather(*(client.request({
+        "command": "answer", "call-id": c, "from-tag": "c", "to-tag": "a",
+        "sdp": audio_sdp("127.0.0.1", agent.port)}) for c, agent in zip(
+            ids, agents, strict=True)))
+    return callers, agents, offers, answers
+
+
 async def test_calls_set_up_at_once_overlap_and_each_relays_its_own_media(
         media_ports: tuple[int, int]) -> None:
     pool = WorkerPoolEngine("127.0.0.1", *media_ports, workers=2)
@@ -41,17 +62,7 @@ async def test_calls_set_up_at_once_overlap_and_each_relays_its_own_media(
     assert {pool.worker_for(c) for c in ids} == {0, 1}
     peers: list[RtpPeer] = []
     try:
-        callers = [await RtpPeer(seed=i).start() for i in range(CALLS)]
-        agents = [await RtpPeer(seed=100 + i).start() for i in range(CALLS)]
-        peers = callers + agents
-        offers = await asyncio.gather(*(client.request({
-            "command": "offer", "call-id": c, "from-tag": "c",
-            "sdp": audio_sdp("127.0.0.1", caller.port)}) for c, caller in zip(
-                ids, callers, strict=True)))
-        answers = await asyncio.gather(*(client.request({
-            "command": "answer", "call-id": c, "from-tag": "c", "to-tag": "a",
-            "sdp": audio_sdp("127.0.0.1", agent.port)}) for c, agent in zip(
-                ids, agents, strict=True)))
+        callers, agents, offers, answers = await set_up_at_once(client, ids, peers)
         assert peak > 1  # commands of different calls were in the registry at the same time
         ports = [media_endpoint(r["sdp"])[1] for r in offers + answers]
         assert len(set(ports)) == 2 * CALLS  # every stream its own port

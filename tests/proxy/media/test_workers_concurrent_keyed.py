@@ -15,10 +15,11 @@ from proxy.control.calls import CallRegistry
 from proxy.control.ng_client import NgClient
 from proxy.control.ng_server import NgServer
 from proxy.demo.phone import RtpPeer
-from proxy.demo.sdp_builder import audio_sdp, media_endpoint
+from proxy.demo.sdp_builder import media_endpoint
 from proxy.demo.simulate import TEST_CARDS
 from proxy.media.workers import WorkerPoolEngine
 from tests.proxy.failclosed.wire import LAWS, RtpSource, by_source, judge, keyed_audio, send
+from tests.proxy.media.test_workers_concurrent import set_up_at_once
 
 CALLS = 12  # 24 streams: fits one shard (100 ports = 50 pairs) even if the hash put all there
 ARRIVED_FRACTION = 0.8  # of each caller's audio packets, at least this many reach its agent
@@ -43,17 +44,7 @@ async def test_every_caller_keys_a_card_at_once_and_no_agent_leg_on_any_worker_d
     assert {pool.worker_for(c) for c in ids} == {0, 1}
     peers: list[RtpPeer] = []
     try:
-        callers = [await RtpPeer(seed=i).start() for i in range(CALLS)]
-        agents = [await RtpPeer(seed=100 + i).start() for i in range(CALLS)]
-        peers = callers + agents
-        await asyncio.gather(*(client.request({
-            "command": "offer", "call-id": c, "from-tag": "c",
-            "sdp": audio_sdp("127.0.0.1", caller.port)}) for c, caller in zip(
-                ids, callers, strict=True)))
-        answers = await asyncio.gather(*(client.request({
-            "command": "answer", "call-id": c, "from-tag": "c", "to-tag": "a",
-            "sdp": audio_sdp("127.0.0.1", agent.port)}) for c, agent in zip(
-                ids, agents, strict=True)))
+        callers, agents, _, answers = await set_up_at_once(client, ids, peers)
         plans = []
         for i, (caller, answer) in enumerate(zip(callers, answers, strict=True)):
             rfc4733 = i % 2 == 1
