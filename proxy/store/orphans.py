@@ -50,6 +50,7 @@ from proxy.store.redis_store import (
     NODES,
     OWNERS,
     PREFIX,
+    as_text,
     call_key,
     node_key,
 )
@@ -123,10 +124,10 @@ async def sweep_node(redis: aioredis.Redis, node: str, grace: float) -> Sweep:
                                  call_key(""))
     except (RedisError, OSError) as exc:
         raise StoreError(f"redis: {type(exc).__name__}: {exc}") from exc
-    outcome = _text(reply[0])
+    outcome = as_text(reply[0])
     if outcome == "alive":
         return Sweep(node, outcome)
-    return Sweep(node, outcome, int(reply[1]) / 1000, [_text(i) for i in reply[2:]])
+    return Sweep(node, outcome, int(reply[1]) / 1000, [as_text(i) for i in reply[2:]])
 
 
 async def known_nodes(redis: aioredis.Redis) -> set[str]:
@@ -140,7 +141,7 @@ async def known_nodes(redis: aioredis.Redis) -> set[str]:
         apis, media = await pipe.execute()
     except (RedisError, OSError) as exc:
         raise StoreError(f"redis: {type(exc).__name__}: {exc}") from exc
-    return {_text(n) for n in (*apis, *media)}
+    return {as_text(n) for n in (*apis, *media)}
 
 
 @dataclass(frozen=True)
@@ -166,11 +167,11 @@ async def down_calls(redis: aioredis.Redis, exclude: str) -> tuple[set[str], lis
         down = {n for n, a in zip(nodes, alive, strict=True) if not a}
         owners: dict[str, str] = {}  # the down nodes' calls that are still theirs
         for node in sorted(down):
-            ids = sorted(_text(i) for i in await redis.smembers(node_key(node)))
+            ids = sorted(as_text(i) for i in await redis.smembers(node_key(node)))
             ids = ids[:MAX_LISTED - len(owners)]
             found = await redis.hmget(OWNERS, ids) if ids else []
             owners |= {c: node for c, o in zip(ids, found, strict=True)
-                       if o is not None and _text(o) == node}
+                       if o is not None and as_text(o) == node}
         ids = sorted(owners)
         values = await redis.mget([call_key(c) for c in ids]) if ids else []
     except (RedisError, OSError) as exc:
@@ -238,7 +239,3 @@ class OrphanReaper:
             except StoreError as exc:  # Redis trouble: the writer reports it; next pass
                 self.failures += 1
                 log.info("orphan sweep failed", reason=str(exc))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -111,7 +111,7 @@ class RedisStore:
         except (RedisError, OSError) as exc:
             raise StoreError(f"redis: {type(exc).__name__}: {exc}") from exc
         self.ops += 3 * len(batch)  # the writes, as before the script (the figures' unit)
-        skipped = [_text(m) for m in moved]
+        skipped = [as_text(m) for m in moved]
         if skipped:
             self.fenced += len(skipped)
             log.warning("calls not written: another live node owns them", calls=len(skipped))
@@ -119,7 +119,7 @@ class RedisStore:
 
     async def replace(self, node: str, records: Mapping[str, bytes]) -> None:
         try:
-            known = {_text(m) for m in await self._redis.smembers(node_key(node))}
+            known = {as_text(m) for m in await self._redis.smembers(node_key(node))}
         except (RedisError, OSError) as exc:
             raise StoreError(f"redis: {type(exc).__name__}: {exc}") from exc
         self.ops += 1
@@ -127,12 +127,12 @@ class RedisStore:
 
     async def load(self, node: str) -> dict[str, bytes]:
         try:
-            ids = sorted(_text(m) for m in await self._redis.smembers(node_key(node)))
+            ids = sorted(as_text(m) for m in await self._redis.smembers(node_key(node)))
             values = await self._redis.mget([call_key(c) for c in ids]) if ids else []
         except (RedisError, OSError) as exc:
             raise StoreError(f"redis: {type(exc).__name__}: {exc}") from exc
         self.ops += 2
-        return {c: _bytes(v) for c, v in zip(ids, values, strict=True) if v is not None}
+        return {c: as_bytes(v) for c, v in zip(ids, values, strict=True) if v is not None}
 
     async def owners(self) -> dict[str, str]:
         try:
@@ -140,7 +140,7 @@ class RedisStore:
         except (RedisError, OSError) as exc:
             raise StoreError(f"redis: {type(exc).__name__}: {exc}") from exc
         self.ops += 1
-        return {_text(k): _text(v) for k, v in found.items()}
+        return {as_text(k): as_text(v) for k, v in found.items()}
 
     async def announce(self, node: str, api_url: str) -> None:
         try:
@@ -155,7 +155,7 @@ class RedisStore:
         except (RedisError, OSError) as exc:
             raise StoreError(f"redis: {type(exc).__name__}: {exc}") from exc
         self.ops += 1
-        return {_text(k): _text(v) for k, v in found.items()}
+        return {as_text(k): as_text(v) for k, v in found.items()}
 
     async def shared(self, name: str, value: bytes) -> bytes:
         try:
@@ -180,10 +180,10 @@ class RedisStore:
         await self._redis.aclose()
 
 
-def _text(value: bytes | str) -> str:
+def as_text(value: bytes | str) -> str:
     """The client returns bytes (``decode_responses=False``); its types say bytes or str."""
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _bytes(value: bytes | str) -> bytes:
+def as_bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()

@@ -69,7 +69,17 @@ from proxy.media.types import (
 )
 from proxy.store.orphans import OrphanReaper
 from proxy.store.records import CallRecord, RecordError
-from proxy.store.redis_store import ALIVE, DOWN, MEDIA, OWNERS, PREFIX, call_key, node_key
+from proxy.store.redis_store import (
+    ALIVE,
+    DOWN,
+    MEDIA,
+    OWNERS,
+    PREFIX,
+    as_bytes,
+    as_text,
+    call_key,
+    node_key,
+)
 from proxy.store.sealing import SealError
 
 log = structlog.get_logger("toneguard.store")
@@ -157,14 +167,14 @@ async def claim(redis: aioredis.Redis, dead: str, taker: str) -> Claim:
         reply = await redis.eval(CLAIM, len(keys), *keys, taker, call_key(""))
     except (RedisError, OSError) as exc:
         raise TakeoverError(f"redis: {type(exc).__name__}: {exc}") from exc
-    outcome = _text(reply[0])
+    outcome = as_text(reply[0])
     if outcome == "taken":
-        return Claim("taken", holder=_text(reply[1]))
+        return Claim("taken", holder=as_text(reply[1]))
     if outcome != "won":
         return Claim(outcome)
     pairs = reply[1:]
     return Claim("won", holder=taker, records={
-        _text(pairs[i]): _bytes(pairs[i + 1]) for i in range(0, len(pairs), 2)})
+        as_text(pairs[i]): as_bytes(pairs[i + 1]) for i in range(0, len(pairs), 2)})
 
 
 class Heartbeat:
@@ -234,11 +244,11 @@ class Heartbeat:
         except (RedisError, OSError) as exc:
             raise TakeoverError(f"redis: {type(exc).__name__}: {exc}") from exc
         moved = [c for c, o in zip(ids, owners, strict=True)
-                 if o is not None and _text(o) != self.node]
+                 if o is not None and as_text(o) != self.node]
         if holder:
-            self.taken_by = _text(holder)
+            self.taken_by = as_text(holder)
         log.warning("heartbeat had lapsed: this node was taken for dead",
-                    taken_by=_text(holder) if holder else "", calls_moved=len(moved))
+                    taken_by=as_text(holder) if holder else "", calls_moved=len(moved))
         for call_id in moved:
             if self._forget is not None:
                 await self._forget(call_id)  # its delete is not written: another node owns it
@@ -256,7 +266,7 @@ class Heartbeat:
         except (RedisError, OSError) as exc:
             raise TakeoverError(f"redis: {type(exc).__name__}: {exc}") from exc
         if holder:
-            self.taken_by = _text(holder)
+            self.taken_by = as_text(holder)
             log.warning("this node's calls were taken over while it was down: left to the "
                         "node that has them", taken_by=self.taken_by)
 
@@ -264,7 +274,7 @@ class Heartbeat:
         """The ids of the calls a taker moved off this node. The set stays (a second restart
         of this node relays them too): the next claim replaces it, a sweep while this node is
         down drops the calls that ended (:mod:`proxy.store.orphans`)."""
-        return {_text(i) for i in await self._redis.smembers(moved_key(self.node))}
+        return {as_text(i) for i in await self._redis.smembers(moved_key(self.node))}
 
     def relays(self, call_id: str, starts_a_call: bool) -> bool:
         """Whether an ng command for ``call_id`` (a call this node does not have) may belong
@@ -584,14 +594,6 @@ def _fallback(address: str, records: list[CallRecord]) -> NodeMedia:
     return NodeMedia(address, address, low, max(ports) + 2)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _bytes(value: bytes | str) -> bytes:
-    return value if isinstance(value, bytes) else value.encode()
-
-
 # --- ng commands for a call another node adopted ---------------------------------------------
 
 RELAYED = "toneguard-relayed"  # an ng key rtpengine's clients never send: relayed once, never again
@@ -615,11 +617,11 @@ class NgRelay:
         try:
             async with asyncio.timeout(LOOKUP_TIMEOUT):
                 owner = await self._redis.hget(OWNERS, call_id)
-                if owner is None or _text(owner) == self.node:
+                if owner is None or as_text(owner) == self.node:
                     return None
                 pipe = self._redis.pipeline(transaction=False)
-                pipe.exists(alive_key(_text(owner)))
-                pipe.hget(MEDIA, _text(owner))
+                pipe.exists(alive_key(as_text(owner)))
+                pipe.hget(MEDIA, as_text(owner))
                 alive, media = await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("ng relay: store unreachable", error=type(exc).__name__)
