@@ -29,6 +29,7 @@ from proxy.demo.multimon import multimon_detect
 from proxy.demo.phone import Received, RtpPeer
 from proxy.demo.sdp_builder import audio_sdp, media_endpoint
 from proxy.demo.spandsp import spandsp_detect
+from proxy.store.redis_store import call_key
 from tests.conftest import pick_tcp_port, pick_udp_port
 from tests.gateway.stub import running_gateway
 from tests.proxy.control.sip_peers import card_audio
@@ -207,7 +208,7 @@ async def record(redis: RedisServer, call_id: str) -> dict[str, Any] | None:
     """``call_id``'s record in Redis now (its plain JSON; keys stay sealed), if any."""
     client = redis.client()
     try:
-        data = await client.get(f"toneguard:call:{call_id}")
+        data = await client.get(call_key(call_id))
     finally:
         await client.aclose()
     return None if data is None else json.loads(data)
@@ -219,16 +220,10 @@ async def stored(redis: RedisServer, call_id: str,
     """Wait (bounded) until the node's writer has put ``call_id``'s record in Redis and the
     record (its plain JSON; keys stay sealed) satisfies ``ready``: a test kills a node only
     after what it means to restore has been written, not after a guessed pause."""
-    client = redis.client()
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                data = await client.get(f"toneguard:call:{call_id}")
-                if data is not None and ready(record := json.loads(data)):
-                    return record
-                await asyncio.sleep(0.05)
-    finally:
-        await client.aclose()
+    async with asyncio.timeout(timeout):
+        while (found := await record(redis, call_id)) is None or not ready(found):
+            await asyncio.sleep(0.05)
+    return found
 
 
 def tags(record: dict[str, Any]) -> set[str]:
