@@ -45,6 +45,19 @@ def pick_udp_port(host: str = "127.0.0.1") -> int:
     return _pick_port(socket.SOCK_DGRAM, host)
 
 
+def udp_port_bound(host: str, port: int) -> bool:
+    """Whether some socket has bound UDP ``host``:``port`` (IPv4), read from /proc/net/udp.
+
+    Why not try to bind it: a probe that binds holds the port for an instant, and a peer
+    starting at that instant fails with errno 98 (a CI run lost a sipp that way while the
+    test polled for it to come up). Reading the kernel's table never takes the port."""
+    wanted = f"{socket.htonl(int.from_bytes(socket.inet_aton(host), 'big')):08X}:{port:04X}"
+    wildcard = f"00000000:{port:04X}"
+    with open("/proc/net/udp") as table:
+        next(table)  # the heading
+        return any(line.split()[1] in (wanted, wildcard) for line in table)
+
+
 def pick_tcp_port(host: str = "127.0.0.1") -> int:
     """A TCP port on ``host`` that is free and that no outgoing socket will be given."""
     return _pick_port(socket.SOCK_STREAM, host)

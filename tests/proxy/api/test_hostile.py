@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import pytest
 import websockets
 from websockets.typing import Subprotocol
 
+from proxy.api import auth
 from proxy.api.auth import AgentDirectory
 from proxy.control.ng_client import NgClient
 from proxy.demo.sdp_builder import audio_sdp
@@ -110,30 +112,55 @@ async def _call(node: Node, call_id: str, agent: str) -> None:
 
 # --- key floods ----------------------------------------------------------------------------
 
-async def test_a_burst_of_bad_keys_keeps_ng_answering_then_gets_429(served: Served) -> None:
-    """60 concurrent WebSocket handshakes with tg_-shaped wrong keys (issue 12: 177 in 10 s
-    cut a call's relay to a third while scrypt ran on the event loop). ng pings sent during
-    the burst are all answered promptly, only the first 10 keys are hashed at all; then the
-    source is told 429 with Retry-After over HTTP (a refused handshake is a 403 either way),
-    the right key works from another source at once, and from this one once the window
-    ends. No uvicorn error is logged for the refusals."""
+async def _slowest_ping_during(served: Served, keys: list[str], source: str
+                               ) -> tuple[float, list[int]]:
+    """Handshakes with each of ``keys`` at once from ``source`` while ng is pinged: the
+    slowest ping's round trip, and the handshakes' statuses."""
     loop = asyncio.get_running_loop()
     ngc = await NgClient.connect(served.node.ng_address)
-    key_id = served.keys["bob"].split("_")[1]  # bob may get locked out: alice is used below
-    bad = [f"tg_{secrets.token_hex(4)}_{secrets.token_urlsafe(32)}" for _ in range(50)]
-    bad += [f"tg_{key_id}_{secrets.token_urlsafe(32)}" for _ in range(10)]
-    burst = asyncio.gather(*(_ws_status(served.ws_url(), k) for k in bad))
+    burst = asyncio.gather(*(_ws_status(served.ws_url(), k, source) for k in keys))
     answered, slowest = 0, 0.0
     while not burst.done() or answered < 5:
         sent = loop.time()
         await ngc.request({"command": "ping"})
         slowest = max(slowest, loop.time() - sent)
         answered += 1
-    statuses = await burst
     ngc.close()
-    # Old code: ~60 x 74 ms of scrypt on the loop, a ping waited 5.5 s. The bound is generous
-    # for a loaded machine; hashing in threads keeps it well under.
-    assert slowest < 1.5, f"an ng ping took {slowest:.3f} s during the burst"
+    return slowest, await burst
+
+
+async def test_a_burst_of_bad_keys_keeps_ng_answering_then_gets_429(
+        served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    """60 concurrent WebSocket handshakes with tg_-shaped wrong keys (issue 12: 177 in 10 s
+    cut a call's relay to a third while scrypt ran on the event loop). Only the first 10 keys
+    are hashed at all, each in a thread and none on the event loop; ng pings sent during the
+    burst are all answered promptly; then the source is told 429 with Retry-After over HTTP
+    (a refused handshake is a 403 either way), the right key works from another source at
+    once, and from this one once the window ends. No uvicorn error is logged."""
+    hashed_on: list[int] = []
+    real_hash = auth._hash
+
+    def recorded_hash(secret: str, salt: bytes) -> bytes:
+        hashed_on.append(threading.get_ident())
+        return real_hash(secret, salt)
+    monkeypatch.setattr(auth, "_hash", recorded_hash)
+    # What a burst costs this machine now with nothing to hash (keys not even key-shaped,
+    # from another source): the test shares its loop with the server and its clients, and a
+    # shared CI host's CPU steal stretches every round trip, so the bound scales with it.
+    unhashed, _ = await _slowest_ping_during(
+        served, [f"nokey{secrets.token_hex(8)}" for _ in range(60)], "127.0.0.3")
+    assert hashed_on == []
+    guard = served.node._api.config.app.state.key_guard  # type: ignore[union-attr]
+    before = dict(guard.counters)
+
+    key_id = served.keys["bob"].split("_")[1]  # bob may get locked out: alice is used below
+    bad = [f"tg_{secrets.token_hex(4)}_{secrets.token_urlsafe(32)}" for _ in range(50)]
+    bad += [f"tg_{key_id}_{secrets.token_urlsafe(32)}" for _ in range(10)]
+    slowest, statuses = await _slowest_ping_during(served, bad, "127.0.0.1")
+    assert len(hashed_on) == 10 and threading.get_ident() not in hashed_on, hashed_on
+    # Old code: ~60 x 74 ms of scrypt on the loop, a ping waited 5.5 s.
+    assert slowest < max(1.5, 3 * unhashed), (
+        f"an ng ping took {slowest:.3f} s during the burst ({unhashed:.3f} s unhashed)")
     assert set(statuses) == {403}, statuses
 
     async with httpx.AsyncClient(base_url=served.api) as http:
@@ -148,8 +175,8 @@ async def test_a_burst_of_bad_keys_keeps_ng_answering_then_gets_429(served: Serv
     async def source_cleared() -> bool:
         return await _ws_status(served.ws_url(), served.keys["alice"]) == 101
     await _until(source_cleared)
-    guard = served.node._api.config.app.state.key_guard  # type: ignore[union-attr]
-    assert guard.counters["limited"] >= 40 and guard.counters["refused"] == 10
+    assert guard.counters["limited"] - before["limited"] >= 40
+    assert guard.counters["refused"] - before["refused"] == 10
     assert '"level": "error"' not in served.logs.getvalue()
 
 

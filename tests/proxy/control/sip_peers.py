@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import signal
 import socket
 import struct
@@ -30,7 +29,7 @@ from proxy.media.rtp import RtpPacket
 from proxy.media.types import DigitEvent
 from proxy.service.config import load_config
 from proxy.service.serve import Node
-from tests.conftest import pick_udp_port
+from tests.conftest import pick_udp_port, udp_port_bound
 
 KAMAILIO_CFG = Path(__file__).parents[3] / "config" / "kamailio" / "kamailio.cfg"
 CARRIER_IP = "127.0.0.2"  # the carrier (customers) — the cfg's CARRIER_NET
@@ -182,15 +181,6 @@ def callee_scenario(*, sdp_port: str, play: str | None, reinvite: bool = False,
     return xml
 
 
-def port_taken(ip: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.bind((ip, port))
-        except OSError as exc:
-            return exc.errno == errno.EADDRINUSE
-    return False
-
-
 async def stop(proc: asyncio.subprocess.Process | None) -> None:
     if proc is None or proc.returncode is not None:
         return
@@ -247,7 +237,7 @@ async def kamailio(workdir: Path, *, sip_port: int, ng_port: int, centre_port: i
             "-P", str(workdir / "kamailio.pid"), stdout=log, stderr=log)
         try:
             async with asyncio.timeout(10):  # until it has bound its SIP port
-                while not port_taken("127.0.0.1", sip_port):
+                while not udp_port_bound("127.0.0.1", sip_port):
                     if proc.returncode is not None:
                         raise RuntimeError(log_path.read_text()[-2000:])
                     await asyncio.sleep(0.05)
@@ -316,7 +306,7 @@ def assert_heard_audio_but_no_digit(peer: RtpPeer, sent: int, *, percent: int = 
 
 async def wait_udp_bound(ip: str, port: int, timeout: float = 10.0) -> None:
     async with asyncio.timeout(timeout):
-        while not port_taken(ip, port):
+        while not udp_port_bound(ip, port):
             await asyncio.sleep(0.05)
 
 

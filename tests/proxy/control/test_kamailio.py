@@ -8,10 +8,8 @@ started and stopped by the test."""
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 import shutil
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import pytest
 from proxy.demo.phone import RtpPeer
 from proxy.media.types import DigitEvent
 from proxy.service.serve import Node
-from tests.conftest import pick_udp_port
+from tests.conftest import pick_udp_port, udp_port_bound
 from tests.proxy.control.sip_peers import start_node, stop
 
 KAMAILIO_CFG = Path(__file__).parents[3] / "config" / "kamailio" / "kamailio.cfg"
@@ -50,20 +48,11 @@ async def node(media_ports: tuple[int, int], recorder: RtpPeer
     await node.stop()
 
 
-def _udp_port_taken(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError as exc:
-            return exc.errno == errno.EADDRINUSE
-        return False
-
-
 async def _kamailio_ready(kamailio: asyncio.subprocess.Process, sip_port: int,
                           toneguard: Node, log: Path) -> None:
     """Until kamailio has bound its SIP port and its rtpengine module has pinged ToneGuard."""
     async with asyncio.timeout(20):
-        while not (_udp_port_taken(sip_port) and toneguard.ng.counters["received"] > 0):
+        while not (udp_port_bound("127.0.0.1", sip_port) and toneguard.ng.counters["received"] > 0):
             assert kamailio.returncode is None, log.read_text()[-2000:]
             await asyncio.sleep(0.05)
 

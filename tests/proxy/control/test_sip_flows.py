@@ -33,7 +33,7 @@ from proxy.demo.phone import RtpPeer
 from proxy.demo.spandsp import spandsp_detect
 from proxy.media.types import DigitEvent, SrtpParams
 from proxy.service.serve import Node
-from tests.conftest import pick_udp_port
+from tests.conftest import pick_udp_port, udp_port_bound
 from tests.proxy.control import sip_peers
 from tests.proxy.control.sip_peers import CARRIER_IP, CENTRE_IP
 
@@ -87,7 +87,7 @@ class Flow:
             self.procs[name] = await asyncio.create_subprocess_exec(
                 *args, cwd=self.workdir, stdout=asyncio.subprocess.DEVNULL, stderr=stderr)
         if not caller:
-            await self.until(lambda: sip_peers.port_taken(ip, port), timeout=10)
+            await self.until(lambda: udp_port_bound(ip, port), timeout=10)
 
     async def finished(self, timeout: float = 40.0) -> None:
         """Until every sipp has ended; each must have played its scenario to the end."""
@@ -178,7 +178,7 @@ def _sipp_media_port(ip: str) -> int:
     for _ in range(50):
         port = pick_udp_port(ip)
         if port % 2 == 0 and port + 3 <= 65535 and not any(
-                sip_peers.port_taken(ip, port + n) for n in range(1, 4)):
+                udp_port_bound(ip, port + n) for n in range(1, 4)):
             return port
     raise RuntimeError(f"no four free UDP ports in a row on {ip}")
 
