@@ -57,6 +57,13 @@ DEDUPE_SAMPLES = 120 * 8  # in-band and RFC 4733 starts this close are the same 
 EMIT_AFTER = 200 * 8  # wait this long after a key's start for its other copy before reporting
 MAX_BUFFER_SAMPLES = 8000  # packets more than 1 s ahead of the timeline are dropped
 MAX_STALL_TICKS = 3  # after 60 ms with nothing new the stream has paused: run on in silence
+# ... unless a tone is in progress on it: silence run on inside a tone cuts the key in two (the
+# card field gets a digit too many), so a sender that stalls mid-key (a jitter spike, a loaded
+# host) is waited for this long. A sender that really stopped costs the wait once.
+MAX_STALL_TICKS_IN_TONE = 10
+# An in-band key detected this soon after the same key ended, a stall between them, is the one
+# key resumed (measured: 146-158 samples after a stall of 2-10 ticks; see _resumes_after_stall).
+STALL_SPLIT_SAMPLES = 2 * BLOCK_SIZE
 # Catching up: a stream whose received-but-not-yet-inspected audio exceeds this after its tick
 # is behind (an event loop that stalled and then read many packets at once, the stall of an
 # RFC 4733 key sent instead of audio): the tick runs extra detector rounds until it is all
@@ -108,8 +115,10 @@ class _MaskedStream:
     event_digit: _Digit | None = None  # the key press that event is (its end is set on it)
     replacement_digit: str = "0"
     stalled_ticks: int = 0  # consecutive
+    stalled_at: int = -1  # media position of the latest stall (the detector heard silence there)
+    last_inband_end: _Digit | None = field(default=None, repr=False)  # the latest key ended
     catching: bool = False  # behind by more than the slack: extra rounds until back (tick)
-    suspect_until: int = 0  # media end of the last block the detector suspected
+    suspect_until: int = -BLOCK_SIZE  # media end of the last block the detector suspected
     warned_uninspectable: bool = False
     codecs: dict[int, str] | None = None  # the mapping ``kinds`` was built from (identity)
     kinds: dict[int, PayloadKind] = field(default_factory=dict)
@@ -221,7 +230,7 @@ class MaskingPipeline:
             stream.event_ts = None
             start = resume
         elif (start < stream.media_fed and start >= stream.newest_end
-              and stream.stalled_ticks >= MAX_STALL_TICKS
+              and self._paused(stream)
               and kind in (PayloadKind.ULAW, PayloadKind.ALAW, PayloadKind.EVENT)):
             # The sender paused with its timestamps left contiguous (two prompts played back
             # to back, a phone that stops sending without advancing its clock): the timeline
@@ -336,6 +345,12 @@ class MaskingPipeline:
         self._counts.catchup_rounds += 1
         return True
 
+    def _paused(self, stream: _MaskedStream) -> bool:
+        """Whether the stream's sender has stopped (its timeline runs on in silence), rather
+        than stalled (its timeline waits for it)."""
+        return stream.stalled_ticks >= (
+            MAX_STALL_TICKS_IN_TONE if self._in_tone(stream) else MAX_STALL_TICKS)
+
     @staticmethod
     def _in_tone(stream: _MaskedStream) -> bool:
         """The detector may be inside an in-band tone of ``stream``: its last block was suspect,
@@ -373,10 +388,11 @@ class MaskingPipeline:
                     stream.mapping.append((g_start + TICK_SAMPLES, g_start + TICK_SAMPLES, fed))
                     del stream.mapping[:-MAPPING_HISTORY]
                 continue
-            paused = stream.stalled_ticks >= MAX_STALL_TICKS
+            paused = self._paused(stream)
             if not has_data and stream.newest_end <= fed + TICK_SAMPLES and not paused:
                 # Nothing for this slot and nothing after it: the stream is behind, not lossy.
                 stream.stalled_ticks += 1
+                stream.stalled_at = fed
                 self._counts.stalls += 1 if stream.mapping else 0
                 stream.mapping.append((g_start + TICK_SAMPLES, g_start + TICK_SAMPLES, fed))
                 del stream.mapping[:-MAPPING_HISTORY]
@@ -428,13 +444,27 @@ class MaskingPipeline:
             # Events count from the row's reset; map back to the detector clock, then media.
             position = stream.to_media(event.sample + self._origins[stream.row])
             if event.kind == "on":
-                self._note_digit(stream, event.digit, position, "inband")
+                if not self._resumes_after_stall(stream, event.digit, position):
+                    self._note_digit(stream, event.digit, position, "inband")
                 stream.spans = merge([*stream.spans, (position - WIDEN_BEFORE, position)])
             else:
                 for d in stream.digits:
                     if d.digit == event.digit and "inband" in d.sources:
                         d.end = max(d.end or 0, position)
+                stream.last_inband_end = _Digit(event.digit, position, position)
                 stream.spans = merge([*stream.spans, (position, position + WIDEN_AFTER)])
+
+    @staticmethod
+    def _resumes_after_stall(stream: _MaskedStream, key: str, start: int) -> bool:
+        """Whether an in-band key starting at ``start`` is the one that just ended, cut in two
+        by a stall: while the sender stalled, the detector's row heard silence that is not in
+        the media. In the media the two parts are contiguous: the first ended at the stall
+        and the second is detected within ``STALL_SPLIT_SAMPLES`` of that end (a real pause
+        between two presses is 40 ms or more, plus the next key's onset)."""
+        ended = stream.last_inband_end
+        return (ended is not None and ended.digit == key and ended.end is not None
+                and ended.end - BLOCK_SIZE <= stream.stalled_at <= start
+                and start - ended.end <= STALL_SPLIT_SAMPLES)
 
     def _bridge_losses(self, stream: _MaskedStream) -> None:
         """A lost packet can cut a tone into fragments too short to be suspected on their own.

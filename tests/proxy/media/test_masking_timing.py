@@ -14,6 +14,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import numpy as np
+import pytest
 
 from dsp import g711, tones
 from proxy.demo.phone import RtpPeer
@@ -338,3 +339,60 @@ async def test_through_the_engine_a_burst_and_a_capture_reconfiguration_leave_no
         caller.close()
         agent.close()
         await engine.stop()
+
+
+@pytest.mark.parametrize("stall_ticks", [2, 3, 6, 10])
+def test_a_sender_stalling_in_the_middle_of_a_key_gives_one_key_not_two(
+        stall_ticks: int) -> None:
+    """A caller's packets stop for 40-200 ms in the middle of a tone (a jitter spike, a phone
+    or a loaded host that stalls) and then arrive at once with contiguous timestamps. The
+    detector's row hears silence meanwhile, which cut the key in two, and the card field got
+    a digit too many (CI saw ``invalid-date``); from 80 ms on, the timeline also ran on."""
+    key = np.concatenate([np.zeros(800), tones.dtmf_tone("5", 120, low_dbm0=-10,
+                                                         high_dbm0=-10), np.zeros(2400)])
+    pipeline, caller = _pipeline(), Caller(np.concatenate([_speechlike(0.4), key]))
+    out, _ = _steady(pipeline, caller)
+    ticks = [caller.audio() for _ in range(8)]  # silence, then the tone's first 60 ms
+    ticks += [[] for _ in range(stall_ticks)] + [caller.audio(stall_ticks)]  # stall, backlog
+    ticks += [caller.audio() for _ in range((len(caller.codes) - caller.pos) // SLOT
+                                            - stall_ticks)] + [[] for _ in range(20)]
+    more, depth = _run(pipeline, ticks)
+    assert [(e.digit, e.source) for e in pipeline.drain_events()] == [("5", "inband")]
+    assert pipeline.counters().late_packets == 0
+    left = out + more
+    assert len(left) == caller.pos // SLOT and depth[-1] == 0  # everything left
+    heard = g711.decode(np.frombuffer(b"".join(p.payload for p in left), np.uint8), "ulaw")
+    assert spandsp_detect(heard.astype(np.int16)) == ""
+    assert pipeline.counters().masked_packets > 0
+
+
+@pytest.mark.parametrize("stall_ticks", [0, 2, 6, 10])
+@pytest.mark.parametrize("pause_ms", [40, 80])
+def test_the_same_key_pressed_twice_with_a_stall_in_the_pause_gives_two_keys(
+        stall_ticks: int, pause_ms: int) -> None:
+    """The control for the one above: "55" with the shortest pause Q.24 separates (40 ms) and
+    the smoke load test's (80 ms), the sender stalling in the pause, stays two keys."""
+    press = tones.dtmf_tone("5", 80, low_dbm0=-10, high_dbm0=-10)
+    key = np.concatenate([np.zeros(800), press, np.zeros(pause_ms * 8), press, np.zeros(2400)])
+    pipeline, caller = _pipeline(), Caller(np.concatenate([_speechlike(0.4), key]))
+    _steady(pipeline, caller)
+    ticks = [caller.audio() for _ in range(10)]  # silence, the first press, into the pause
+    ticks += [[] for _ in range(stall_ticks)] + [caller.audio(stall_ticks)]
+    ticks += [caller.audio() for _ in range((len(caller.codes) - caller.pos) // SLOT
+                                            - stall_ticks)] + [[] for _ in range(20)]
+    _run(pipeline, ticks)
+    assert [e.digit for e in pipeline.drain_events()] == ["5", "5"]
+
+
+def test_a_sender_that_stops_after_a_key_is_run_on_in_silence() -> None:
+    """A stream whose sender stops for good at the end of a key (a phone's silence
+    suppression, a hang-up) is waited for longer than elsewhere, but still runs on: the key
+    is reported and every packet received leaves."""
+    key = np.concatenate([np.zeros(800), tones.dtmf_tone("8", 100, low_dbm0=-10,
+                                                         high_dbm0=-10)])
+    pipeline, caller = _pipeline(), Caller(np.concatenate([_speechlike(0.4), key]))
+    out, _ = _steady(pipeline, caller)
+    more, depth = _run(pipeline, [caller.audio() for _ in range(key.size // SLOT)]
+                       + [[] for _ in range(40)])
+    assert [(e.digit, e.source) for e in pipeline.drain_events()] == [("8", "inband")]
+    assert len(out + more) == caller.pos // SLOT and depth[-1] == 0
