@@ -225,7 +225,10 @@ class AuthSettings:
     failure_window_seconds: float = 60.0  # ... within this window; then 429 + Retry-After
     key_lockout_failures: int = 5  # wrong secrets for one key id before it is locked out
     key_lockout_seconds: float = 300.0
-    verify_threads: int = 2  # scrypt runs here, never on the event loop
+    # scrypt runs here, never on the event loop. One thread: however many wrong keys arrive,
+    # checking them takes one core at most, and the relay keeps the others (with two, a flood
+    # on a 2-core node took both, and ng answers slowed to 1.9 s in CI).
+    verify_threads: int = 1
     max_pending: int = 32  # checks queued for a thread, node-wide; beyond: 429 at once
     cache_size: int = 1024  # verified keys remembered (by keyed hash)
 

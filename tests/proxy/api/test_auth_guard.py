@@ -536,6 +536,7 @@ def test_the_guard_checks_keys_on_as_many_threads_as_configured(
     # (the pool's size is what bounds the CPU a burst of bad keys can take)
     assert make(verify_threads=3).guard._pool._max_workers == 3
     assert make(verify_threads=1).guard._pool._max_workers == 1
+    assert make().guard._pool._max_workers == 1  # by default a key flood takes one core at most
 
 
 # --- the agents file ---------------------------------------------------------------------------
