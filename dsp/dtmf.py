@@ -243,6 +243,23 @@ class DtmfConfig:
     # held) leaks 9 and 12 but masks 22.9 ms/min — speech posing as a key for one window is
     # multimon-ng's own talk-off at one alignment, and also where the marginal keys pass.
     window_decoder_consecutive: int = 1
+    # ...judged on this many windows per block: 2 (ending at the block's middle and end, 6.4 ms
+    # apart) or 4 (also at its quarters, 26 and 77 samples in: 3.2 ms apart, so none of
+    # multimon-ng's windows, whose 10.02 ms grid drifts over every alignment of ours, is more
+    # than 1.6 ms from one judged). The quarter windows need two more DFTs per block.
+    window_decoder_windows: int = 2
+    # ...and judge a quarter window only next to a half-block window that came within this
+    # many dB of the group margins and twist and this much of the share (None: always).
+    window_decoder_quarter_near_db: float | None = None
+    window_decoder_quarter_near_share: float = 0.05
+    # ...and cover this much of a window only a quarter window suspects (None: as any other
+    # decoder-tier window, window_decoder_cover_ms).
+    window_decoder_quarter_cover_ms: float | None = None
+    # ...and a wider twist for windows that pass multimon-ng's own share and group margins
+    # (these; None: off).
+    window_decoder_wide_twist_db: float | None = None
+    window_decoder_wide_min_energy_share: float = 0.40
+    window_decoder_wide_peak_db: float = 10.0
     # The spandsp tier (issue 16): spandsp's own question on the receiver's 12.75 ms blocks —
     # spandsp (dtmf.c) reports a key when two consecutive 102-sample blocks each show it: each
     # tone above −42 dBm0, the high tone at most 4 dB over the low and 8 dB under it, each
@@ -257,6 +274,17 @@ class DtmfConfig:
     window_spandsp_normal_twist_db: float = 9.0
     window_spandsp_reverse_twist_db: float = 5.0
     window_spandsp_min_level_dbm0: float = -45.0
+    # ...on the receiver's blocks (1), also on blocks half a block later (2: a decoder starting
+    # elsewhere straddles ours; from the half-block DFTs), or also a quarter and three
+    # quarters later (4: from the quarter-block DFTs).
+    window_spandsp_alignments: int = 1
+    # The shifted blocks' thresholds: a decoder's blocks are then never more than 13 (or 25)
+    # samples from one judged, so these sit close to spandsp's own (82 %, 8 dB, 8/4 dB,
+    # −42 dBm0); None: the same as the receiver's blocks (above).
+    window_spandsp_shifted_min_energy_share: float | None = None
+    window_spandsp_shifted_relative_peak_db: float = 7.5
+    window_spandsp_shifted_normal_twist_db: float = 8.5
+    window_spandsp_shifted_reverse_twist_db: float = 4.5
     # What a suspicion covers (issue 16, the price per false suspicion). None: the window it
     # judged plus the masker's onset allowance before and hangover after (a block each). Else,
     # for a window only the decoder tier suspects, the last ``window_decoder_cover_ms`` of it
@@ -281,6 +309,13 @@ class DtmfConfig:
             raise ValueError("DtmfConfig.bridge_blocks: must be ≥ 0")
         if self.window_decoder_consecutive not in (1, 2):
             raise ValueError("DtmfConfig.window_decoder_consecutive: must be 1 or 2")
+        if self.window_spandsp_alignments not in (1, 2, 4):
+            raise ValueError("DtmfConfig.window_spandsp_alignments: must be 1, 2 or 4")
+        if self.window_decoder_windows not in (2, 4):
+            raise ValueError("DtmfConfig.window_decoder_windows: must be 2 or 4")
+        if self.window_decoder_windows == 4 and self.window_decoder_consecutive != 1:
+            raise ValueError("DtmfConfig.window_decoder_windows: 4 needs "
+                             "window_decoder_consecutive=1")
         if self.frequency_tolerance is not None and self.frequency_tolerance <= 0:
             raise ValueError("DtmfConfig.frequency_tolerance: must be > 0 or None")
 
@@ -335,6 +370,26 @@ def _basis() -> npt.NDArray[np.float32]:
 
 
 _BASIS = _basis()
+# The decoder tier's quarter windows (``window_decoder_windows=4``) end 26 and 77 samples into a
+# block: they need each block's DFT over [0, 26) and [51, 77) (origin at the block's start);
+# the other quarters are the half-block DFTs less these.
+_QUARTER = 26
+_QUARTER_ENDS = (_QUARTER, _HALF + _QUARTER)
+
+
+def _quarter_basis() -> npt.NDArray[np.float32]:
+    n = np.arange(BLOCK_SIZE, dtype=np.float64)
+    cols = []
+    for start in (0, _HALF):
+        window = ((n >= start) & (n < start + _QUARTER)).astype(np.float64)
+        for f in FREQS:
+            w = 2 * np.pi * f / SAMPLE_RATE
+            cols.append(window * np.cos(w * n))
+            cols.append(-window * np.sin(w * n))
+    return np.stack(cols, axis=1).astype(np.float32)
+
+
+_QUARTER_BASIS = _quarter_basis()
 _HANN_GAIN = float(np.hanning(_HANN_LEN + 2)[1:-1].sum())
 # Expected Hann-to-Hann phase advance of a nominal tone, and rad → relative frequency error.
 _NOMINAL_ADVANCE = 2 * np.pi * FREQS * _HANN_HOP / SAMPLE_RATE
@@ -491,48 +546,145 @@ def _off_nominal_tier(turned: list[npt.NDArray[np.complex128]],
 
 
 def _decoder_tier(halves: npt.NDArray[np.complex128], half_e: npt.NDArray[np.float64],
-                  cfg: DtmfConfig) -> tuple[tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]],
-                                            tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]]:
+                  cfg: DtmfConfig, quarters: npt.NDArray[np.complex128] | None = None,
+                  quarter_e: npt.NDArray[np.float64] | None = None,
+                  ) -> dict[int, tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]]:
     """Would multimon-ng call it a digit? For every block of this call, its test (with the
     margins of ``cfg.window_decoder_*``) on the 38.25 ms window ending at the block's end and
-    on the one ending at its middle. ``halves`` (C, 3 + count, 2, 8): each block's half-block
-    DFTs at the nominal frequencies (origin at the block's start), the three blocks before
-    this call first; ``half_e`` (C, 3 + count, 2) their energies. Per window: whether it
-    passes, and the key."""
+    on the one ending at its middle (and, given ``quarters``, at its quarters). ``halves``
+    (C, 3 + count, 2, 8): each block's half-block DFTs at the nominal frequencies (origin at
+    the block's start), the three blocks before this call first; ``half_e`` (C, 3 + count, 2)
+    their energies; ``quarters``/``quarter_e`` the same for [0, 26) and [51, 77). Per window,
+    keyed by where in the block it ends (samples): whether it passes, and the key."""
     n = halves.shape[1] - _LONG_BLOCKS
     full = halves.sum(axis=2)
     e = half_e.sum(axis=2)
     rot = _DECODER_ROTATION
+
+    def window(first: npt.NDArray, first_e: npt.NDArray, last: npt.NDArray,
+               last_e: npt.NDArray) -> tuple[npt.NDArray, npt.NDArray]:
+        """The window of the tail ``first`` of block b−3, blocks b−2 and b−1, and the head
+        ``last`` of block b (each (C, 3 + count, 8), energies (C, 3 + count))."""
+        z = (first[:, 0:n] * rot[0] + full[:, 1:1 + n] * rot[1] + full[:, 2:2 + n] * rot[2]
+             + last[:, 3:3 + n] * rot[3])
+        energy = first_e[:, 0:n] + e[:, 1:1 + n] + e[:, 2:2 + n] + last_e[:, 3:3 + n]
+        return z, energy
+
     # Block b of this call is index 3 + b; the window ending at its end holds blocks b−2..b.
-    end = sum(full[:, 1 + k:1 + k + n] * rot[k] for k in range(_LONG_BLOCKS))
-    end_e = sum(e[:, 1 + k:1 + k + n] for k in range(_LONG_BLOCKS))
+    end = (sum(full[:, 1 + k:1 + k + n] * rot[k] for k in range(_LONG_BLOCKS)),
+           sum(e[:, 1 + k:1 + k + n] for k in range(_LONG_BLOCKS)))
     # ...the one ending at its middle: the second half of b−3, blocks b−2 and b−1, the first
     # half of b.
-    mid = (halves[:, 0:n, 1] * rot[0] + full[:, 1:1 + n] * rot[1] + full[:, 2:2 + n] * rot[2]
-           + halves[:, 3:3 + n, 0] * rot[3])
-    mid_e = half_e[:, 0:n, 1] + e[:, 1:1 + n] + e[:, 2:2 + n] + half_e[:, 3:3 + n, 0]
-    return _decoder_says(end, end_e, cfg), _decoder_says(mid, mid_e, cfg)
+    mid = window(halves[..., 1, :], half_e[..., 1], halves[..., 0, :], half_e[..., 0])
+    out = {BLOCK_SIZE: _decoder_says(*end, cfg), _HALF: _decoder_says(*mid, cfg)}
+    if quarters is not None and quarter_e is not None:
+        # Ending 26 in: b−3 less its first quarter, ..., b's first quarter; ending 77 in: the
+        # last 25 samples of b−3 (its second half less [51, 77)), ..., b up to 77.
+        first = _decoder_says(*window(full - quarters[..., 0, :], e - quarter_e[..., 0],
+                                      quarters[..., 0, :], quarter_e[..., 0]), cfg)
+        third = _decoder_says(*window(
+            halves[..., 1, :] - quarters[..., 1, :], half_e[..., 1] - quarter_e[..., 1],
+            halves[..., 0, :] + quarters[..., 1, :], half_e[..., 0] + quarter_e[..., 1]), cfg)
+        if cfg.window_decoder_quarter_near_db is not None:
+            # A quarter window counts only next to a half-block window near the decision
+            # (margins within this many dB, share within window_decoder_quarter_near_share):
+            # far from any decision the quarter windows cost nothing. The window ending at
+            # the previous block's end: blocks b−3..b−1.
+            slack = (cfg.window_decoder_quarter_near_db, cfg.window_decoder_quarter_near_share)
+            prev = (sum(full[:, k:k + n] * rot[k] for k in range(_LONG_BLOCKS)),
+                    sum(e[:, k:k + n] for k in range(_LONG_BLOCKS)))
+            near_prev = _decoder_says(*prev, cfg, *slack)[0]
+            near_mid = _decoder_says(*mid, cfg, *slack)[0]
+            near_end = _decoder_says(*end, cfg, *slack)[0]
+            first = (first[0] & (near_prev | near_mid), first[1])
+            third = (third[0] & (near_mid | near_end), third[1])
+        out[_QUARTER_ENDS[0]], out[_QUARTER_ENDS[1]] = first, third
+    return out
 
 
 def _decoder_says(window: npt.NDArray[np.complex128], energy: npt.NDArray[np.float64],
-                  cfg: DtmfConfig) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
+                  cfg: DtmfConfig, slack_db: float = 0.0, slack_share: float = 0.0,
+                  ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
     """multimon-ng's decision (demod_dtmf.c ``process_block``) on (C, n, 8) coherent window
-    sums and the windows' (C, n) energies, with this tier's margins; and the key."""
+    sums and the windows' (C, n) energies, with this tier's margins (less ``slack_db`` on the
+    group margins, more on the twist, and ``slack_share`` off the share: "near" it); and the
+    key."""
     assert cfg.window_decoder_min_energy_share is not None
     power = np.abs(window) ** 2  # (A·N/2)² for a sine of amplitude A filling the window
     low = np.sort(power[..., _LOW], axis=-1)
     high = np.sort(power[..., _HIGH], axis=-1)
     best_low, best_high = low[..., -1], high[..., -1]
-    peak = _power_ratio(cfg.window_decoder_relative_peak_db)
-    twist = _power_ratio(cfg.window_decoder_max_twist_db)
+    peak = _power_ratio(cfg.window_decoder_relative_peak_db - slack_db)
+    twist = _power_ratio(cfg.window_decoder_max_twist_db + slack_db)
     floor = (dbm0_to_amplitude(cfg.window_quiet_min_level_dbm0) * _LONG / 2.0) ** 2
+    share = cfg.window_decoder_min_energy_share - slack_share
+    pair = best_low + best_high
+    audible = np.minimum(best_low, best_high) >= floor
     passes = ((best_low >= peak * low[..., -2]) & (best_high >= peak * high[..., -2])
               & (best_high <= twist * best_low) & (best_low <= twist * best_high)
-              & (np.minimum(best_low, best_high) >= floor)
-              & (best_low + best_high
-                 >= cfg.window_decoder_min_energy_share * energy * (_LONG / 2.0)))
+              & audible & (pair >= share * energy * (_LONG / 2.0)))
+    if cfg.window_decoder_wide_twist_db is not None:
+        # A wider twist where the window passes multimon-ng's own share and group margins
+        # (its 4.8 dB twist, measured over its 40 ms after resampling, reads up to a dB more
+        # over our 38.25 ms on a key a mobile codec bent or a phone put off nominal).
+        wide = _power_ratio(cfg.window_decoder_wide_twist_db + slack_db)
+        strict = _power_ratio(cfg.window_decoder_wide_peak_db - slack_db)
+        passes |= ((best_low >= strict * low[..., -2]) & (best_high >= strict * high[..., -2])
+                   & (best_high <= wide * best_low) & (best_low <= wide * best_high)
+                   & audible
+                   & (pair >= (cfg.window_decoder_wide_min_energy_share - slack_share)
+                      * energy * (_LONG / 2.0)))
     key = np.argmax(power[..., _LOW], axis=-1) * 4 + np.argmax(power[..., _HIGH], axis=-1)
     return passes, key
+
+
+def _spandsp_shifted(halves: npt.NDArray[np.complex128], half_e: npt.NDArray[np.float64],
+                     quarters: npt.NDArray[np.complex128] | None,
+                     quarter_e: npt.NDArray[np.float64] | None,
+                     cfg: DtmfConfig) -> dict[int, npt.NDArray[np.bool_]]:
+    """The spandsp tier on 102-sample blocks that end ``p`` samples into each of ours (51, and
+    with ``quarters`` 26 and 77): per block of this call, whether the shifted block ending in
+    it and the one before both pass with the same key. Arrays as for :func:`_decoder_tier`."""
+    assert cfg.window_spandsp_min_energy_share is not None
+    full = halves.sum(axis=2)
+    e = half_e.sum(axis=2)
+    rot = _DECODER_ROTATION
+    parts = {_HALF: (halves[..., 1, :], half_e[..., 1], halves[..., 0, :], half_e[..., 0])}
+    if quarters is not None and quarter_e is not None:
+        parts[_QUARTER_ENDS[0]] = (full - quarters[..., 0, :], e - quarter_e[..., 0],
+                                   quarters[..., 0, :], quarter_e[..., 0])
+        parts[_QUARTER_ENDS[1]] = (halves[..., 1, :] - quarters[..., 1, :],
+                                   half_e[..., 1] - quarter_e[..., 1],
+                                   halves[..., 0, :] + quarters[..., 1, :],
+                                   half_e[..., 0] + quarter_e[..., 1])
+    floor = dbm0_energy(cfg.window_spandsp_min_level_dbm0)
+    share = cfg.window_spandsp_min_energy_share
+    peak = _power_ratio(cfg.window_spandsp_relative_peak_db)
+    normal = _power_ratio(cfg.window_spandsp_normal_twist_db)
+    reverse = _power_ratio(cfg.window_spandsp_reverse_twist_db)
+    if cfg.window_spandsp_shifted_min_energy_share is not None:
+        share = cfg.window_spandsp_shifted_min_energy_share
+        peak = _power_ratio(cfg.window_spandsp_shifted_relative_peak_db)
+        normal = _power_ratio(cfg.window_spandsp_shifted_normal_twist_db)
+        reverse = _power_ratio(cfg.window_spandsp_shifted_reverse_twist_db)
+    out = {}
+    for p, (tail, tail_e, head, head_e) in parts.items():
+        # Block ending p into block i: the tail of i − 1 and the head of i.
+        z = tail[:, :-1] * rot[0] + head[:, 1:] * rot[1]  # (C, 2 + count, 8)
+        total = np.maximum(tail_e[:, :-1] + head_e[:, 1:], _EPS)
+        energy = 2.0 / BLOCK_SIZE * np.abs(z) ** 2  # as _measure's rectangular "nominal"
+        low = np.sort(energy[..., _LOW], axis=-1)
+        high = np.sort(energy[..., _HIGH], axis=-1)
+        low_e, high_e = low[..., -1], high[..., -1]
+        tilt = high_e / np.maximum(low_e, _EPS)
+        passes = ((low_e >= floor) & (high_e >= floor)
+                  & (tilt <= reverse) & (tilt >= 1.0 / normal)
+                  & (low_e >= peak * low[..., -2]) & (high_e >= peak * high[..., -2])
+                  & (low_e + high_e >= share * total))
+        key = np.argmax(energy[..., _LOW], axis=-1) * 4 + np.argmax(energy[..., _HIGH], axis=-1)
+        hit = np.where(passes, key, -1)
+        out[p] = (hit[:, 2:] >= 0) & (hit[:, 2:] == hit[:, 1:-1])
+    return out
 
 
 @dataclass
@@ -557,6 +709,9 @@ class _BlockMeasures:
     # and energy, so windows can also end at a block's middle.
     halves: npt.NDArray[np.complex128] | None = None  # (C, 2, 8)
     half_total: npt.NDArray[np.float64] | None = None  # (C, 2)
+    # ...and with quarter windows, the DFTs and energies of [0, 26) and [51, 77).
+    quarters: npt.NDArray[np.complex128] | None = None  # (C, 2, 8)
+    quarter_total: npt.NDArray[np.float64] | None = None  # (C, 2)
 
 
 def _wrap(phase: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -672,6 +827,14 @@ def _measure(blocks: npt.NDArray[np.float32], config: DtmfConfig) -> _BlockMeasu
             first = np.einsum("cn,cn->c", blocks[:, :_HALF], blocks[:, :_HALF],
                               dtype=np.float64)
             measures.half_total = np.stack([first, total - first], axis=1)
+            if config.window_decoder_windows == 4 or config.window_spandsp_alignments == 4:
+                q = (blocks @ _QUARTER_BASIS).astype(np.float64).reshape(
+                    blocks.shape[0], 2, _NTONES, 2)
+                measures.quarters = q[..., 0] + 1j * q[..., 1]
+                measures.quarter_total = np.stack([
+                    np.einsum("cn,cn->c", part, part, dtype=np.float64)
+                    for part in (blocks[:, :_QUARTER], blocks[:, _HALF:_HALF + _QUARTER])],
+                    axis=1)
         if (config.suspect_method == "window"
                 and config.window_spandsp_min_energy_share is not None):
             floor = dbm0_energy(config.window_spandsp_min_level_dbm0)
@@ -765,6 +928,8 @@ class _TalkoverState:
     # The decoder tier's view of the three blocks before this call's first one, by halves.
     half_z: npt.NDArray[np.complex128] = field(init=False)  # (C, 3, 2, 8)
     half_e: npt.NDArray[np.float64] = field(init=False)  # (C, 3, 2)
+    quarter_z: npt.NDArray[np.complex128] = field(init=False)  # (C, 3, 2, 8)
+    quarter_e: npt.NDArray[np.float64] = field(init=False)  # (C, 3, 2)
     dec_end: npt.NDArray[np.bool_] = field(init=False)  # last block's end window passed
     dec_end_key: npt.NDArray[np.int64] = field(init=False)  # ...with this key
     sp_hit: npt.NDArray[np.int64] = field(init=False)  # last block's spandsp-like key, −1
@@ -776,6 +941,8 @@ class _TalkoverState:
         self.long_x = np.zeros((c, _X_HISTORY), dtype=np.float32)
         self.half_z = np.zeros((c, _LONG_BLOCKS, 2, _NTONES), dtype=np.complex128)
         self.half_e = np.zeros((c, _LONG_BLOCKS, 2))
+        self.quarter_z = np.zeros((c, _LONG_BLOCKS, 2, _NTONES), dtype=np.complex128)
+        self.quarter_e = np.zeros((c, _LONG_BLOCKS, 2))
         self.dec_end = np.zeros(c, dtype=bool)
         self.dec_end_key = np.full(c, -1, dtype=np.int64)
         self.sp_hit = np.full(c, -1, dtype=np.int64)
@@ -793,6 +960,7 @@ class _TalkoverState:
         n = min(channels, self.channels)
         for name in ("key", "candidate", "pair", "total", "block", "held", "missed",
                      "strong", "long_z", "long_e", "long_x", "half_z", "half_e",
+                     "quarter_z", "quarter_e",
                      "dec_end", "dec_end_key", "sp_hit"):
             getattr(bigger, name)[:n] = getattr(self, name)[:n]
         return bigger
@@ -811,6 +979,8 @@ class _TalkoverState:
         self.long_x[ch] = 0.0
         self.half_z[ch] = 0.0
         self.half_e[ch] = 0.0
+        self.quarter_z[ch] = 0.0
+        self.quarter_e[ch] = 0.0
         self.dec_end[ch] = False
         self.dec_end_key[ch] = -1
         self.sp_hit[ch] = -1
@@ -1015,11 +1185,28 @@ class DtmfDetector:
         ms = SAMPLE_RATE // 1000
         tail = np.full((c, count), MASK_HANGOVER if cfg.window_tail_ms is None
                        else round(cfg.window_tail_ms * ms), dtype=np.int64)
+        h = he = q = qe = None
         if m.halves is not None and m.half_total is not None:
             h = np.concatenate([state.half_z, m.halves.reshape(c, count, 2, _NTONES)], axis=1)
             he = np.concatenate([state.half_e, m.half_total.reshape(c, count, 2)], axis=1)
             state.half_z, state.half_e = h[:, count:].copy(), he[:, count:].copy()
-            (end, end_key), (mid, mid_key) = _decoder_tier(h, he, cfg)
+            if m.quarters is not None and m.quarter_total is not None:
+                q = np.concatenate([state.quarter_z, m.quarters.reshape(c, count, 2, _NTONES)],
+                                   axis=1)
+                qe = np.concatenate([state.quarter_e, m.quarter_total.reshape(c, count, 2)],
+                                    axis=1)
+                state.quarter_z, state.quarter_e = q[:, count:].copy(), qe[:, count:].copy()
+            windows = _decoder_tier(h, he, cfg, q, qe)
+            (end, end_key), (mid, mid_key) = windows[BLOCK_SIZE], windows[_HALF]
+            # Where in the block the earliest and the latest suspected window ends.
+            ends = sorted(windows)
+            first_end = np.full((c, count), BLOCK_SIZE + 1, dtype=np.int64)
+            last_end = np.zeros((c, count), dtype=np.int64)
+            for p in reversed(ends):
+                first_end = np.where(windows[p][0], p, first_end)
+            for p in ends:
+                last_end = np.where(windows[p][0], p, last_end)
+            heard = last_end > 0
             if cfg.window_decoder_consecutive >= 2:
                 # Two windows in a row (half a block apart) show the same key: the window
                 # ending at the previous block's end and this block's middle, or this block's
@@ -1034,23 +1221,29 @@ class DtmfDetector:
                 mid = early
                 reach = np.where(mid, _MID_REACH + _HALF,
                                  np.where(end, _MID_REACH, reach))
+                heard = end | mid
             elif cfg.window_decoder_cover_ms is None:
-                reach = np.where(mid, _MID_REACH, np.where(end, _LONG_REACH, reach))
+                # The whole window: it starts _LONG − (BLOCK_SIZE − end) before the block.
+                reach = np.where(heard, np.maximum(reach, _LONG - BLOCK_SIZE - first_end),
+                                 reach)
             else:
                 # Only the last part of the judged window (and a little after it) where the
-                # decoder tier alone suspects; with another tier the wider cover stands. The
-                # window ending at the block's end ends at s + 102, the one ending at its
-                # middle at s + 51; the masker's span is [s − widen − reach, s + 102 + tail).
-                cover = round(cfg.window_decoder_cover_ms * ms)
+                # decoder tier alone suspects; with another tier the wider cover stands. A
+                # window ending p samples into the block ends at s + p; the masker's span is
+                # [s − widen − reach, s + 102 + tail): from the earliest suspected window's
+                # end less the cover to the latest one's end plus the tail.
+                cover = np.full((c, count), round(cfg.window_decoder_cover_ms * ms))
+                if cfg.window_decoder_quarter_cover_ms is not None:
+                    cover = np.where(end | mid, cover,
+                                     round(cfg.window_decoder_quarter_cover_ms * ms))
                 after = round(cfg.window_decoder_tail_ms * ms)
-                own = (end | mid) & ~out
-                dec_reach = np.where(mid, cover - MASK_WIDEN_BEFORE - _HALF,
-                                     cover - MASK_WIDEN_BEFORE - BLOCK_SIZE)
-                dec_tail = np.where(end, after, after - _HALF)
-                reach = np.where(own, dec_reach,
-                                 np.where(mid, _MID_REACH, np.where(end, _LONG_REACH, reach)))
-                tail = np.where(own, dec_tail, tail)
-            out |= end | mid
+                own = heard & ~out
+                reach = np.where(own, cover - MASK_WIDEN_BEFORE - first_end,
+                                 np.where(heard, np.maximum(reach,
+                                                            _LONG - BLOCK_SIZE - first_end),
+                                          reach))
+                tail = np.where(own, after - (BLOCK_SIZE - last_end), tail)
+            out |= heard
         if m.spandsp is not None and m.key is not None:
             # Two consecutive blocks spandsp would call the same key: suspect the second,
             # covering both (the masker's onset allowance spans the first).
@@ -1060,6 +1253,19 @@ class DtmfDetector:
             two = (hit >= 0) & (hit == prev) & ~out
             reach = np.where(two, 0, reach)
             tail = np.where(two, 0, tail)
+            if (cfg.window_spandsp_alignments > 1 and h is not None and he is not None):
+                # The same question on blocks a decoder starting elsewhere would use: ending
+                # half a block (and a quarter, three quarters) into each of ours, from the
+                # half- and quarter-block DFTs. A pair ending p samples in spans
+                # [s + p − 204, s + p): reach 204 − p less the masker's onset allowance.
+                for p, shifted in _spandsp_shifted(h, he, q, qe, cfg).items():
+                    more = shifted & ~out
+                    start = np.where(more, 2 * BLOCK_SIZE - p - MASK_WIDEN_BEFORE, 0)
+                    stop = np.where(more, p - BLOCK_SIZE, 0)
+                    reach = np.where(more, np.where(two, np.maximum(reach, start), start),
+                                     reach)
+                    tail = np.where(more, np.where(two, np.maximum(tail, stop), stop), tail)
+                    two |= more
             out |= two
         return out.reshape(-1), reach.reshape(-1), tail.reshape(-1)
 
