@@ -220,8 +220,11 @@ class DtmfConfig:
     # Then the pair's share, group margins and twist
     # are measured at the frequencies found (the window's blocks summed in phase there, as a
     # decoder with wider bins than the window's own hears the key), with the second tier's
-    # thresholds (share and group margin; its frequency limit aside). None: off.
-    window_off_nominal_tolerance: float | None = 0.0175
+    # thresholds (share and group margin; its frequency limit aside). None: off — the default
+    # since the decoder tier judges multimon-ng's own window at every eighth of a block and the
+    # spandsp tier four alignments of spandsp's blocks: the sweep leaks nothing without it at
+    # four decoder offsets, and it cost about 4 ms/min of speech (0.0175 brings it back).
+    window_off_nominal_tolerance: float | None = None
     window_off_nominal_max_drift_hz: float = 2.0
     # The decoder tier asks the reference decoder's own question (issue 16): would multimon-ng
     # call this a digit? multimon-ng (demod_dtmf.c, process_block) sums four 10 ms blocks
@@ -236,30 +239,30 @@ class DtmfConfig:
     # (window_quiet_min_level_dbm0)...
     window_decoder_min_energy_share: float | None = 0.38
     window_decoder_relative_peak_db: float = 9.5
-    window_decoder_max_twist_db: float = 5.0
+    # (Twist: multimon-ng allows 4.8 dB. At 5.0, one multimon-ng talk-off of AMR-NB speech
+    # read 5.21 dB over the nearest of our windows and 4.59 over multimon-ng's own; 5.5 costs
+    # 2 ms/min more speech than 5.25.)
+    window_decoder_max_twist_db: float = 5.25
     # ...on this many consecutive windows with the same key (1 or 2). Measured on the full
     # sweep and the talk-off corpus: 1 leaks 1 of 707 G.711 mixtures and 0 of 690 through
     # GSM-FR/AMR-NB, masking 33.2 ms/min of speech; 2 (judged 6.4 ms later, packets still
     # held) leaks 9 and 12 but masks 22.9 ms/min — speech posing as a key for one window is
     # multimon-ng's own talk-off at one alignment, and also where the marginal keys pass.
     window_decoder_consecutive: int = 1
-    # ...judged on this many windows per block: 2 (ending at the block's middle and end, 6.4 ms
-    # apart) or 4 (also at its quarters, 26 and 77 samples in: 3.2 ms apart, so none of
-    # multimon-ng's windows, whose 10.02 ms grid drifts over every alignment of ours, is more
-    # than 1.6 ms from one judged). The quarter windows need two more DFTs per block.
-    window_decoder_windows: int = 2
-    # ...and judge a quarter window only next to a half-block window that came within this
-    # many dB of the group margins and twist and this much of the share (None: always).
-    window_decoder_quarter_near_db: float | None = None
-    window_decoder_quarter_near_share: float = 0.05
-    # ...and cover this much of a window only a quarter window suspects (None: as any other
-    # decoder-tier window, window_decoder_cover_ms).
-    window_decoder_quarter_cover_ms: float | None = None
-    # ...and a wider twist for windows that pass multimon-ng's own share and group margins
-    # (these; None: off).
-    window_decoder_wide_twist_db: float | None = None
-    window_decoder_wide_min_energy_share: float = 0.40
-    window_decoder_wide_peak_db: float = 10.0
+    # ...judged on this many windows per block. 2: 38.25 ms windows ending at the block's
+    # middle and end (6.4 ms apart); 4: also at its quarters, 26 and 77 samples in (3.2 ms
+    # apart; two more DFTs per block). 8 (the default): multimon-ng's own window — 25
+    # eighth-block segments, 318–319 samples, its 40.1 ms (884 samples at 22 050 Hz) within
+    # 0.6 % — ending at every eighth of a block (1.6 ms apart: none of multimon-ng's windows,
+    # whose 10.02 ms grid drifts over every alignment of ours, is more than 0.8 ms from one
+    # judged); eight DFTs per block. The 38.25 ms windows read a key a mobile codec bent, or
+    # speech, up to a dB and a half from what multimon-ng reads over its 40 ms, so 4 still
+    # leaked where they read a margin or twist just short. Measured on the full sweep with the
+    # decoders started 0/25/51/77 samples in (mixtures leaking at each) and the talk-off
+    # corpus (speech / music ms/min, µ-law), with the spandsp tier on four alignments and the
+    # off-nominal tier off: 4 leaked 0/0/4/1 (18.0 / 18.1), 8 leaked 0/0/2/0 (15.9 / 18.0);
+    # 8 with the twist at 5.25 dB 0/0/0/0 (18.4 / 18.0).
+    window_decoder_windows: int = 8
     # The spandsp tier (issue 16): spandsp's own question on the receiver's 12.75 ms blocks —
     # spandsp (dtmf.c) reports a key when two consecutive 102-sample blocks each show it: each
     # tone above −42 dBm0, the high tone at most 4 dB over the low and 8 dB under it, each
@@ -274,17 +277,13 @@ class DtmfConfig:
     window_spandsp_normal_twist_db: float = 9.0
     window_spandsp_reverse_twist_db: float = 5.0
     window_spandsp_min_level_dbm0: float = -45.0
-    # ...on the receiver's blocks (1), also on blocks half a block later (2: a decoder starting
-    # elsewhere straddles ours; from the half-block DFTs), or also a quarter and three
-    # quarters later (4: from the quarter-block DFTs).
-    window_spandsp_alignments: int = 1
-    # The shifted blocks' thresholds: a decoder's blocks are then never more than 13 (or 25)
-    # samples from one judged, so these sit close to spandsp's own (82 %, 8 dB, 8/4 dB,
-    # −42 dBm0); None: the same as the receiver's blocks (above).
-    window_spandsp_shifted_min_energy_share: float | None = None
-    window_spandsp_shifted_relative_peak_db: float = 7.5
-    window_spandsp_shifted_normal_twist_db: float = 8.5
-    window_spandsp_shifted_reverse_twist_db: float = 4.5
+    # ...on the receiver's blocks (1), also on blocks half a block later (2), or also a quarter
+    # and three quarters later (4, the default): spandsp decoding from elsewhere straddles our
+    # blocks, and a key a mobile codec bent can pass its pair of blocks by far while ours, up
+    # to half a block off, fall just short (the one spandsp leak of the sweep with the
+    # decoders 25 samples in: GSM-FR, off nominal). From the half- and quarter-block DFTs; no
+    # cost measurable on the talk-off corpus. With it the off-nominal tier is not needed.
+    window_spandsp_alignments: int = 4
     # What a suspicion covers (issue 16, the price per false suspicion). None: the window it
     # judged plus the masker's onset allowance before and hangover after (a block each). Else,
     # for a window only the decoder tier suspects, the last ``window_decoder_cover_ms`` of it
@@ -311,11 +310,8 @@ class DtmfConfig:
             raise ValueError("DtmfConfig.window_decoder_consecutive: must be 1 or 2")
         if self.window_spandsp_alignments not in (1, 2, 4):
             raise ValueError("DtmfConfig.window_spandsp_alignments: must be 1, 2 or 4")
-        if self.window_decoder_windows not in (2, 4):
-            raise ValueError("DtmfConfig.window_decoder_windows: must be 2 or 4")
-        if self.window_decoder_windows == 4 and self.window_decoder_consecutive != 1:
-            raise ValueError("DtmfConfig.window_decoder_windows: 4 needs "
-                             "window_decoder_consecutive=1")
+        if self.window_decoder_windows not in (2, 4, 8):
+            raise ValueError("DtmfConfig.window_decoder_windows: must be 2, 4 or 8")
         if self.frequency_tolerance is not None and self.frequency_tolerance <= 0:
             raise ValueError("DtmfConfig.frequency_tolerance: must be > 0 or None")
 
@@ -390,6 +386,29 @@ def _quarter_basis() -> npt.NDArray[np.float32]:
 
 
 _QUARTER_BASIS = _quarter_basis()
+# multimon-ng's window (``window_decoder_windows=8``): the block cut into eighths, each one's DFT
+# at the eight frequencies (origin at the block's start); a window is 25 consecutive eighths.
+# Cut where the half and quarter windows end, so halves and quarters are sums of eighths.
+_EIGHTHS = (0, 13, _QUARTER, 38, _HALF, 64, _HALF + _QUARTER, 89, BLOCK_SIZE)
+_SEGMENTS = 8
+_EXACT_SEGMENTS = 25
+_EXACT_LONG = 319  # samples in a window, as far as levels go (318 or 319)
+_EXACT_HISTORY = 4  # blocks of segments kept from before a call (25 segments span 4 blocks)
+
+
+def _eighth_basis() -> npt.NDArray[np.float32]:
+    n = np.arange(BLOCK_SIZE, dtype=np.float64)
+    cols = []
+    for k in range(_SEGMENTS):
+        window = ((n >= _EIGHTHS[k]) & (n < _EIGHTHS[k + 1])).astype(np.float64)
+        for f in FREQS:
+            w = 2 * np.pi * f / SAMPLE_RATE
+            cols.append(window * np.cos(w * n))
+            cols.append(-window * np.sin(w * n))
+    return np.stack(cols, axis=1).astype(np.float32)
+
+
+_EIGHTH_BASIS = _eighth_basis()
 _HANN_GAIN = float(np.hanning(_HANN_LEN + 2)[1:-1].sum())
 # Expected Hann-to-Hann phase advance of a nominal tone, and rad → relative frequency error.
 _NOMINAL_ADVANCE = 2 * np.pi * FREQS * _HANN_HOP / SAMPLE_RATE
@@ -585,57 +604,56 @@ def _decoder_tier(halves: npt.NDArray[np.complex128], half_e: npt.NDArray[np.flo
         third = _decoder_says(*window(
             halves[..., 1, :] - quarters[..., 1, :], half_e[..., 1] - quarter_e[..., 1],
             halves[..., 0, :] + quarters[..., 1, :], half_e[..., 0] + quarter_e[..., 1]), cfg)
-        if cfg.window_decoder_quarter_near_db is not None:
-            # A quarter window counts only next to a half-block window near the decision
-            # (margins within this many dB, share within window_decoder_quarter_near_share):
-            # far from any decision the quarter windows cost nothing. The window ending at
-            # the previous block's end: blocks b−3..b−1.
-            slack = (cfg.window_decoder_quarter_near_db, cfg.window_decoder_quarter_near_share)
-            prev = (sum(full[:, k:k + n] * rot[k] for k in range(_LONG_BLOCKS)),
-                    sum(e[:, k:k + n] for k in range(_LONG_BLOCKS)))
-            near_prev = _decoder_says(*prev, cfg, *slack)[0]
-            near_mid = _decoder_says(*mid, cfg, *slack)[0]
-            near_end = _decoder_says(*end, cfg, *slack)[0]
-            first = (first[0] & (near_prev | near_mid), first[1])
-            third = (third[0] & (near_mid | near_end), third[1])
         out[_QUARTER_ENDS[0]], out[_QUARTER_ENDS[1]] = first, third
     return out
 
 
 def _decoder_says(window: npt.NDArray[np.complex128], energy: npt.NDArray[np.float64],
-                  cfg: DtmfConfig, slack_db: float = 0.0, slack_share: float = 0.0,
+                  cfg: DtmfConfig, length: int = _LONG,
                   ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
     """multimon-ng's decision (demod_dtmf.c ``process_block``) on (C, n, 8) coherent window
-    sums and the windows' (C, n) energies, with this tier's margins (less ``slack_db`` on the
-    group margins, more on the twist, and ``slack_share`` off the share: "near" it); and the
-    key."""
+    sums over ``length`` samples and the windows' (C, n) energies, with this tier's margins;
+    and the key."""
     assert cfg.window_decoder_min_energy_share is not None
     power = np.abs(window) ** 2  # (A·N/2)² for a sine of amplitude A filling the window
     low = np.sort(power[..., _LOW], axis=-1)
     high = np.sort(power[..., _HIGH], axis=-1)
     best_low, best_high = low[..., -1], high[..., -1]
-    peak = _power_ratio(cfg.window_decoder_relative_peak_db - slack_db)
-    twist = _power_ratio(cfg.window_decoder_max_twist_db + slack_db)
-    floor = (dbm0_to_amplitude(cfg.window_quiet_min_level_dbm0) * _LONG / 2.0) ** 2
-    share = cfg.window_decoder_min_energy_share - slack_share
-    pair = best_low + best_high
-    audible = np.minimum(best_low, best_high) >= floor
+    peak = _power_ratio(cfg.window_decoder_relative_peak_db)
+    twist = _power_ratio(cfg.window_decoder_max_twist_db)
+    floor = (dbm0_to_amplitude(cfg.window_quiet_min_level_dbm0) * length / 2.0) ** 2
     passes = ((best_low >= peak * low[..., -2]) & (best_high >= peak * high[..., -2])
               & (best_high <= twist * best_low) & (best_low <= twist * best_high)
-              & audible & (pair >= share * energy * (_LONG / 2.0)))
-    if cfg.window_decoder_wide_twist_db is not None:
-        # A wider twist where the window passes multimon-ng's own share and group margins
-        # (its 4.8 dB twist, measured over its 40 ms after resampling, reads up to a dB more
-        # over our 38.25 ms on a key a mobile codec bent or a phone put off nominal).
-        wide = _power_ratio(cfg.window_decoder_wide_twist_db + slack_db)
-        strict = _power_ratio(cfg.window_decoder_wide_peak_db - slack_db)
-        passes |= ((best_low >= strict * low[..., -2]) & (best_high >= strict * high[..., -2])
-                   & (best_high <= wide * best_low) & (best_low <= wide * best_high)
-                   & audible
-                   & (pair >= (cfg.window_decoder_wide_min_energy_share - slack_share)
-                      * energy * (_LONG / 2.0)))
+              & (np.minimum(best_low, best_high) >= floor)
+              & (best_low + best_high
+                 >= cfg.window_decoder_min_energy_share * energy * (length / 2.0)))
     key = np.argmax(power[..., _LOW], axis=-1) * 4 + np.argmax(power[..., _HIGH], axis=-1)
     return passes, key
+
+
+def _exact_tier(segments: npt.NDArray[np.complex128], segment_e: npt.NDArray[np.float64],
+                cfg: DtmfConfig) -> dict[int, tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]]:
+    """The decoder tier on multimon-ng's own window: 25 eighth-block segments ending at every
+    eighth of each block of this call. ``segments`` (C, 4 + count, 8, 8): each block's
+    eighths' DFTs (origin at the block's start), the four blocks before this call first;
+    ``segment_e`` (C, 4 + count, 8) their energies. Keyed by where in the block a window
+    ends (samples): whether it passes, and the key."""
+    c, blocks = segments.shape[:2]
+    n = blocks - _EXACT_HISTORY
+    # One time origin for all: block g's DFTs turned by its start, 102·g samples in.
+    turn = np.exp(-2j * np.pi * np.outer(np.arange(blocks) * BLOCK_SIZE, FREQS) / SAMPLE_RATE)
+    z = (segments * turn[None, :, None, :]).reshape(c, blocks * _SEGMENTS, _NTONES)
+    zs = np.concatenate([np.zeros((c, 1, _NTONES), complex), np.cumsum(z, axis=1)], axis=1)
+    es = np.concatenate([np.zeros((c, 1)),
+                         np.cumsum(segment_e.reshape(c, blocks * _SEGMENTS), axis=1)], axis=1)
+    out = {}
+    for t in range(1, _SEGMENTS + 1):
+        # The window ending after segment t − 1 of block b (flat index 8·(4 + b) + t).
+        stop = (_EXACT_HISTORY + np.arange(n)) * _SEGMENTS + t
+        window = zs[:, stop] - zs[:, stop - _EXACT_SEGMENTS]
+        energy = es[:, stop] - es[:, stop - _EXACT_SEGMENTS]
+        out[_EIGHTHS[t]] = _decoder_says(window, energy, cfg, _EXACT_LONG)
+    return out
 
 
 def _spandsp_shifted(halves: npt.NDArray[np.complex128], half_e: npt.NDArray[np.float64],
@@ -662,11 +680,6 @@ def _spandsp_shifted(halves: npt.NDArray[np.complex128], half_e: npt.NDArray[np.
     peak = _power_ratio(cfg.window_spandsp_relative_peak_db)
     normal = _power_ratio(cfg.window_spandsp_normal_twist_db)
     reverse = _power_ratio(cfg.window_spandsp_reverse_twist_db)
-    if cfg.window_spandsp_shifted_min_energy_share is not None:
-        share = cfg.window_spandsp_shifted_min_energy_share
-        peak = _power_ratio(cfg.window_spandsp_shifted_relative_peak_db)
-        normal = _power_ratio(cfg.window_spandsp_shifted_normal_twist_db)
-        reverse = _power_ratio(cfg.window_spandsp_shifted_reverse_twist_db)
     out = {}
     for p, (tail, tail_e, head, head_e) in parts.items():
         # Block ending p into block i: the tail of i − 1 and the head of i.
@@ -712,6 +725,9 @@ class _BlockMeasures:
     # ...and with quarter windows, the DFTs and energies of [0, 26) and [51, 77).
     quarters: npt.NDArray[np.complex128] | None = None  # (C, 2, 8)
     quarter_total: npt.NDArray[np.float64] | None = None  # (C, 2)
+    # ...and with multimon-ng's window, each eighth's DFT and energy.
+    eighths: npt.NDArray[np.complex128] | None = None  # (C, 8, 8)
+    eighth_total: npt.NDArray[np.float64] | None = None  # (C, 8)
 
 
 def _wrap(phase: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -827,7 +843,23 @@ def _measure(blocks: npt.NDArray[np.float32], config: DtmfConfig) -> _BlockMeasu
             first = np.einsum("cn,cn->c", blocks[:, :_HALF], blocks[:, :_HALF],
                               dtype=np.float64)
             measures.half_total = np.stack([first, total - first], axis=1)
-            if config.window_decoder_windows == 4 or config.window_spandsp_alignments == 4:
+            if config.window_decoder_windows == 8:
+                y8 = (blocks @ _EIGHTH_BASIS).astype(np.float64).reshape(
+                    blocks.shape[0], _SEGMENTS, _NTONES, 2)
+                measures.eighths = y8[..., 0] + 1j * y8[..., 1]
+                sq = blocks.astype(np.float64) ** 2
+                measures.eighth_total = np.stack(
+                    [sq[:, _EIGHTHS[k]:_EIGHTHS[k + 1]].sum(axis=1) for k in range(_SEGMENTS)],
+                    axis=1)
+            if measures.eighths is not None and measures.eighth_total is not None:
+                # [0, 26) is the first two eighths, [51, 77) the fifth and sixth.
+                measures.quarters = np.stack([measures.eighths[:, 0] + measures.eighths[:, 1],
+                                              measures.eighths[:, 4] + measures.eighths[:, 5]],
+                                             axis=1)
+                measures.quarter_total = np.stack(
+                    [measures.eighth_total[:, 0] + measures.eighth_total[:, 1],
+                     measures.eighth_total[:, 4] + measures.eighth_total[:, 5]], axis=1)
+            elif config.window_decoder_windows == 4 or config.window_spandsp_alignments == 4:
                 q = (blocks @ _QUARTER_BASIS).astype(np.float64).reshape(
                     blocks.shape[0], 2, _NTONES, 2)
                 measures.quarters = q[..., 0] + 1j * q[..., 1]
@@ -930,6 +962,8 @@ class _TalkoverState:
     half_e: npt.NDArray[np.float64] = field(init=False)  # (C, 3, 2)
     quarter_z: npt.NDArray[np.complex128] = field(init=False)  # (C, 3, 2, 8)
     quarter_e: npt.NDArray[np.float64] = field(init=False)  # (C, 3, 2)
+    eighth_z: npt.NDArray[np.complex128] = field(init=False)  # (C, 4, 8, 8)
+    eighth_e: npt.NDArray[np.float64] = field(init=False)  # (C, 4, 8)
     dec_end: npt.NDArray[np.bool_] = field(init=False)  # last block's end window passed
     dec_end_key: npt.NDArray[np.int64] = field(init=False)  # ...with this key
     sp_hit: npt.NDArray[np.int64] = field(init=False)  # last block's spandsp-like key, −1
@@ -943,6 +977,8 @@ class _TalkoverState:
         self.half_e = np.zeros((c, _LONG_BLOCKS, 2))
         self.quarter_z = np.zeros((c, _LONG_BLOCKS, 2, _NTONES), dtype=np.complex128)
         self.quarter_e = np.zeros((c, _LONG_BLOCKS, 2))
+        self.eighth_z = np.zeros((c, _EXACT_HISTORY, _SEGMENTS, _NTONES), dtype=np.complex128)
+        self.eighth_e = np.zeros((c, _EXACT_HISTORY, _SEGMENTS))
         self.dec_end = np.zeros(c, dtype=bool)
         self.dec_end_key = np.full(c, -1, dtype=np.int64)
         self.sp_hit = np.full(c, -1, dtype=np.int64)
@@ -960,7 +996,7 @@ class _TalkoverState:
         n = min(channels, self.channels)
         for name in ("key", "candidate", "pair", "total", "block", "held", "missed",
                      "strong", "long_z", "long_e", "long_x", "half_z", "half_e",
-                     "quarter_z", "quarter_e",
+                     "quarter_z", "quarter_e", "eighth_z", "eighth_e",
                      "dec_end", "dec_end_key", "sp_hit"):
             getattr(bigger, name)[:n] = getattr(self, name)[:n]
         return bigger
@@ -981,6 +1017,8 @@ class _TalkoverState:
         self.half_e[ch] = 0.0
         self.quarter_z[ch] = 0.0
         self.quarter_e[ch] = 0.0
+        self.eighth_z[ch] = 0.0
+        self.eighth_e[ch] = 0.0
         self.dec_end[ch] = False
         self.dec_end_key[ch] = -1
         self.sp_hit[ch] = -1
@@ -1196,7 +1234,17 @@ class DtmfDetector:
                 qe = np.concatenate([state.quarter_e, m.quarter_total.reshape(c, count, 2)],
                                     axis=1)
                 state.quarter_z, state.quarter_e = q[:, count:].copy(), qe[:, count:].copy()
-            windows = _decoder_tier(h, he, cfg, q, qe)
+            if m.eighths is not None and m.eighth_total is not None:
+                g = np.concatenate([state.eighth_z,
+                                    m.eighths.reshape(c, count, _SEGMENTS, _NTONES)], axis=1)
+                ge = np.concatenate([state.eighth_e,
+                                     m.eighth_total.reshape(c, count, _SEGMENTS)], axis=1)
+                state.eighth_z, state.eighth_e = g[:, count:].copy(), ge[:, count:].copy()
+                windows = _exact_tier(g, ge, cfg)
+                span = _EXACT_LONG  # a window's length: a whole-window cover starts there
+            else:
+                windows = _decoder_tier(h, he, cfg, q, qe)
+                span = _LONG
             (end, end_key), (mid, mid_key) = windows[BLOCK_SIZE], windows[_HALF]
             # Where in the block the earliest and the latest suspected window ends.
             ends = sorted(windows)
@@ -1224,7 +1272,7 @@ class DtmfDetector:
                 heard = end | mid
             elif cfg.window_decoder_cover_ms is None:
                 # The whole window: it starts _LONG − (BLOCK_SIZE − end) before the block.
-                reach = np.where(heard, np.maximum(reach, _LONG - BLOCK_SIZE - first_end),
+                reach = np.where(heard, np.maximum(reach, span - BLOCK_SIZE - first_end),
                                  reach)
             else:
                 # Only the last part of the judged window (and a little after it) where the
@@ -1232,15 +1280,12 @@ class DtmfDetector:
                 # window ending p samples into the block ends at s + p; the masker's span is
                 # [s − widen − reach, s + 102 + tail): from the earliest suspected window's
                 # end less the cover to the latest one's end plus the tail.
-                cover = np.full((c, count), round(cfg.window_decoder_cover_ms * ms))
-                if cfg.window_decoder_quarter_cover_ms is not None:
-                    cover = np.where(end | mid, cover,
-                                     round(cfg.window_decoder_quarter_cover_ms * ms))
+                cover = round(cfg.window_decoder_cover_ms * ms)
                 after = round(cfg.window_decoder_tail_ms * ms)
                 own = heard & ~out
                 reach = np.where(own, cover - MASK_WIDEN_BEFORE - first_end,
                                  np.where(heard, np.maximum(reach,
-                                                            _LONG - BLOCK_SIZE - first_end),
+                                                            span - BLOCK_SIZE - first_end),
                                           reach))
                 tail = np.where(own, after - (BLOCK_SIZE - last_end), tail)
             out |= heard
