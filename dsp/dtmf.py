@@ -39,13 +39,15 @@ the eight DTMF frequencies — a few complex multiplies on the block DFTs alread
 * or, for keys talked over by something whose harmonics crowd both tones, multimon-ng's own
   decision (the decoder tier): its test — each group's best tone 10 dB above the others, the
   two within 4.8 dB, the pair carrying 40 % of the window's energy — a little more leniently
-  (38 %, 9.5 dB, 5 dB), on 38.25 ms windows ending at every block's middle and end (so one
-  is never more than 3.2 ms from any of multimon-ng's 10 ms-spaced windows), with no
-  neighbourhood test: where multimon-ng would hear a key, it
+  (38 %, 9.5 dB, 5.25 dB), on multimon-ng's own 40 ms window (25 eighth-block segments, from
+  eight DFTs per block) ending at every eighth of a block (so one is never more than 0.8 ms
+  from any of multimon-ng's windows, whose 10.02 ms grid drifts over every alignment of
+  ours), with no neighbourhood test: where multimon-ng, started anywhere, would hear a key, it
   is suspected, whatever crowds it. (Before it, a second tier approximated this: 42 % of the
   energy, both tones within 4 Hz of nominal, the better one 6 dB above its neighbourhood;
   still callable, ``window_accurate_frequency_hz=4.0``);
-* or, for keys off nominal as real phones' are (Q.24 allows ±1.5 %): each tone's frequency
+* or (off by default: the decoder and spandsp tiers at the decoders' own alignments leave it
+  nothing to catch on the sweep), for keys off nominal as real phones' are: each tone's frequency
   found from its block-to-block phase advance, within 1.75 % of nominal and steady (the two
   advances agree within 2 Hz: a voiced sound's harmonics glide), the window's blocks summed in
   phase at it, 42 % of the energy, the better tone 6 dB above its neighbourhood — spandsp,
@@ -54,12 +56,14 @@ the eight DTMF frequencies — a few complex multiplies on the block DFTs alread
 * or spandsp's own decision (the spandsp tier): two consecutive blocks each with the pair 75 %
   of the block's energy, each tone 7 dB over its group, twist within 9/5 dB, above −45 dBm0
   (spandsp: 82 %, 8 dB, 8/4 dB, −42 dBm0), no frequency test — a key whose phase GSM-FR or
-  AMR-NB bent from block to block, which the off-nominal tier's steadiness refuses;
+  AMR-NB bent from block to block, which the off-nominal tier's steadiness refuses — on the
+  receiver's blocks and on blocks a quarter, half and three quarters of a block later (a
+  spandsp started elsewhere straddles ours);
 * and follow-on: a block continuing a suspected key while its tones stay plausible.
 
 A suspicion covers the window it judged (``DetectorOutput.reach``) and nothing after it
 (``DetectorOutput.tail``); a window only the decoder tier suspects, its last 15 ms (enough to
-break every multimon-ng window within 3.2 ms of it: the price of speech posing as a key for one
+break every multimon-ng window within 0.8 ms of it: the price of speech posing as a key for one
 window); a block only follow-on suspects, itself. Only the rare windows
 that pass the coherent checks are transformed for the neighbourhood, in one matrix product for
 all channels. The earlier rules stay callable for comparisons: ``"narrowband"`` (one block at
@@ -236,7 +240,8 @@ class DtmfConfig:
     # windows ending at every block's middle and end (6.4 ms apart: never more than 3.2 ms
     # from one of multimon-ng's), a little more leniently for the different window and
     # alignment (share, group margin, twist below), the tones above the quiet floor
-    # (window_quiet_min_level_dbm0)...
+    # (window_quiet_min_level_dbm0). (The windows are now multimon-ng's own, at every eighth
+    # of a block: window_decoder_windows below.)...
     window_decoder_min_energy_share: float | None = 0.38
     window_decoder_relative_peak_db: float = 9.5
     # (Twist: multimon-ng allows 4.8 dB. At 5.0, one multimon-ng talk-off of AMR-NB speech
@@ -289,7 +294,7 @@ class DtmfConfig:
     # for a window only the decoder tier suspects, the last ``window_decoder_cover_ms`` of it
     # and ``window_decoder_tail_ms`` after it: to stop multimon-ng, no 40 ms window may keep
     # the key's coherent sum, and replacing most of the judged window's second part does that
-    # for every window within 3.2 ms of it; a key that goes on is suspected again 6.4 ms later.
+    # for every window within 0.8 ms of it; a key that goes on is suspected again 1.6 ms later.
     window_decoder_cover_ms: float | None = 15.0
     window_decoder_tail_ms: float = 0.0
     # ...and for the other window tiers, how far past the judged window's end (None: the
