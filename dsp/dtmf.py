@@ -636,29 +636,28 @@ def _decoder_says(window: npt.NDArray[np.complex128], energy: npt.NDArray[np.flo
     return passes, key
 
 
-def _exact_tier(segments: npt.NDArray[np.complex128], segment_e: npt.NDArray[np.float64],
+def _exact_tier(head: npt.NDArray[np.complex128], head_e: npt.NDArray[np.float64],
                 cfg: DtmfConfig) -> dict[int, tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]]:
     """The decoder tier on multimon-ng's own window: 25 eighth-block segments ending at every
-    eighth of each block of this call. ``segments`` (C, 4 + count, 8, 8): each block's
-    eighths' DFTs (origin at the block's start), the four blocks before this call first;
-    ``segment_e`` (C, 4 + count, 8) their energies. Keyed by where in the block a window
-    ends (samples): whether it passes, and the key."""
-    c, blocks = segments.shape[:2]
-    n = blocks - _EXACT_HISTORY
-    # One time origin for all: block g's DFTs turned by its start, 102·g samples in.
-    turn = np.exp(-2j * np.pi * np.outer(np.arange(blocks) * BLOCK_SIZE, FREQS) / SAMPLE_RATE)
-    z = (segments * turn[None, :, None, :]).reshape(c, blocks * _SEGMENTS, _NTONES)
-    zs = np.concatenate([np.zeros((c, 1, _NTONES), complex), np.cumsum(z, axis=1)], axis=1)
-    es = np.concatenate([np.zeros((c, 1)),
-                         np.cumsum(segment_e.reshape(c, blocks * _SEGMENTS), axis=1)], axis=1)
-    out = {}
-    for t in range(1, _SEGMENTS + 1):
-        # The window ending after segment t − 1 of block b (flat index 8·(4 + b) + t).
-        stop = (_EXACT_HISTORY + np.arange(n)) * _SEGMENTS + t
-        window = zs[:, stop] - zs[:, stop - _EXACT_SEGMENTS]
-        energy = es[:, stop] - es[:, stop - _EXACT_SEGMENTS]
-        out[_EIGHTHS[t]] = _decoder_says(window, energy, cfg, _EXACT_LONG)
-    return out
+    eighth of each block of this call. ``head`` (C, 4 + count, 9, 8): each block's sums of
+    its first 0..8 eighths' DFTs (origin at the block's start), the four blocks before this
+    call first; ``head_e`` (C, 4 + count, 9) the same of their energies. Keyed by where in
+    the block a window ends (samples): whether it passes, and the key."""
+    n = head.shape[1] - _EXACT_HISTORY
+    rot = _DECODER_ROTATION  # block k of b−3 .. b moved to b−3's time origin
+    # The window ending after eighth t of block b is b−3 from its eighth t − 1 on, b−2 and
+    # b−1 whole, and b's first t eighths.
+    full, full_e = head[:, :, -1:], head_e[..., -1:]
+    b = slice(_EXACT_HISTORY, None)  # this call's blocks
+    b3, b2, b1 = (slice(_EXACT_HISTORY - k, _EXACT_HISTORY - k + n) for k in (3, 2, 1))
+    window = ((full[:, b3] - head[:, b3, :_SEGMENTS]) * rot[0]
+              + (full[:, b2] * rot[1] + full[:, b1] * rot[2])
+              + head[:, b, 1:] * rot[3])  # (C, count, 8 ends, 8 tones)
+    energy = (full_e[:, b3] - head_e[:, b3, :_SEGMENTS] + full_e[:, b2] + full_e[:, b1]
+              + head_e[:, b, 1:])
+    passes, key = _decoder_says(window, energy, cfg, _EXACT_LONG)
+    return {_EIGHTHS[t]: (passes[..., t - 1], key[..., t - 1])
+            for t in range(1, _SEGMENTS + 1)}
 
 
 def _spandsp_shifted(halves: npt.NDArray[np.complex128], half_e: npt.NDArray[np.float64],
@@ -685,24 +684,25 @@ def _spandsp_shifted(halves: npt.NDArray[np.complex128], half_e: npt.NDArray[np.
     peak = _power_ratio(cfg.window_spandsp_relative_peak_db)
     normal = _power_ratio(cfg.window_spandsp_normal_twist_db)
     reverse = _power_ratio(cfg.window_spandsp_reverse_twist_db)
-    out = {}
-    for p, (tail, tail_e, head, head_e) in parts.items():
-        # Block ending p into block i: the tail of i − 1 and the head of i.
-        z = tail[:, :-1] * rot[0] + head[:, 1:] * rot[1]  # (C, 2 + count, 8)
-        total = np.maximum(tail_e[:, :-1] + head_e[:, 1:], _EPS)
-        energy = 2.0 / BLOCK_SIZE * np.abs(z) ** 2  # as _measure's rectangular "nominal"
-        low = np.sort(energy[..., _LOW], axis=-1)
-        high = np.sort(energy[..., _HIGH], axis=-1)
-        low_e, high_e = low[..., -1], high[..., -1]
-        tilt = high_e / np.maximum(low_e, _EPS)
-        passes = ((low_e >= floor) & (high_e >= floor)
-                  & (tilt <= reverse) & (tilt >= 1.0 / normal)
-                  & (low_e >= peak * low[..., -2]) & (high_e >= peak * high[..., -2])
-                  & (low_e + high_e >= share * total))
-        key = np.argmax(energy[..., _LOW], axis=-1) * 4 + np.argmax(energy[..., _HIGH], axis=-1)
-        hit = np.where(passes, key, -1)
-        out[p] = (hit[:, 2:] >= 0) & (hit[:, 2:] == hit[:, 1:-1])
-    return out
+    # Block ending p into block i: the tail of i − 1 and the head of i; all alignments at once.
+    ends = list(parts)
+    z = np.stack([tail[:, :-1] * rot[0] + head[:, 1:] * rot[1]
+                  for tail, _, head, _ in parts.values()], axis=2)  # (C, 2 + count, P, 8)
+    total = np.maximum(np.stack([tail_e[:, :-1] + head_e[:, 1:]
+                                 for _, tail_e, _, head_e in parts.values()], axis=2), _EPS)
+    energy = 2.0 / BLOCK_SIZE * np.abs(z) ** 2  # as _measure's rectangular "nominal"
+    low = np.sort(energy[..., _LOW], axis=-1)
+    high = np.sort(energy[..., _HIGH], axis=-1)
+    low_e, high_e = low[..., -1], high[..., -1]
+    tilt = high_e / np.maximum(low_e, _EPS)
+    passes = ((low_e >= floor) & (high_e >= floor)
+              & (tilt <= reverse) & (tilt >= 1.0 / normal)
+              & (low_e >= peak * low[..., -2]) & (high_e >= peak * high[..., -2])
+              & (low_e + high_e >= share * total))
+    key = np.argmax(energy[..., _LOW], axis=-1) * 4 + np.argmax(energy[..., _HIGH], axis=-1)
+    hit = np.where(passes, key, -1)
+    two = (hit[:, 2:] >= 0) & (hit[:, 2:] == hit[:, 1:-1])  # (C, count, P)
+    return {p: two[..., k] for k, p in enumerate(ends)}
 
 
 @dataclass
@@ -853,9 +853,7 @@ def _measure(blocks: npt.NDArray[np.float32], config: DtmfConfig) -> _BlockMeasu
                     blocks.shape[0], _SEGMENTS, _NTONES, 2)
                 measures.eighths = y8[..., 0] + 1j * y8[..., 1]
                 sq = blocks.astype(np.float64) ** 2
-                measures.eighth_total = np.stack(
-                    [sq[:, _EIGHTHS[k]:_EIGHTHS[k + 1]].sum(axis=1) for k in range(_SEGMENTS)],
-                    axis=1)
+                measures.eighth_total = np.add.reduceat(sq, _EIGHTHS[:-1], axis=1)
             if measures.eighths is not None and measures.eighth_total is not None:
                 # [0, 26) is the first two eighths, [51, 77) the fifth and sixth.
                 measures.quarters = np.stack([measures.eighths[:, 0] + measures.eighths[:, 1],
@@ -967,8 +965,9 @@ class _TalkoverState:
     half_e: npt.NDArray[np.float64] = field(init=False)  # (C, 3, 2)
     quarter_z: npt.NDArray[np.complex128] = field(init=False)  # (C, 3, 2, 8)
     quarter_e: npt.NDArray[np.float64] = field(init=False)  # (C, 3, 2)
-    eighth_z: npt.NDArray[np.complex128] = field(init=False)  # (C, 4, 8, 8)
-    eighth_e: npt.NDArray[np.float64] = field(init=False)  # (C, 4, 8)
+    # ...and for multimon-ng's window, each of the four blocks' sums of its first 0..8 eighths.
+    eighth_z: npt.NDArray[np.complex128] = field(init=False)  # (C, 4, 9, 8)
+    eighth_e: npt.NDArray[np.float64] = field(init=False)  # (C, 4, 9)
     dec_end: npt.NDArray[np.bool_] = field(init=False)  # last block's end window passed
     dec_end_key: npt.NDArray[np.int64] = field(init=False)  # ...with this key
     sp_hit: npt.NDArray[np.int64] = field(init=False)  # last block's spandsp-like key, −1
@@ -982,8 +981,9 @@ class _TalkoverState:
         self.half_e = np.zeros((c, _LONG_BLOCKS, 2))
         self.quarter_z = np.zeros((c, _LONG_BLOCKS, 2, _NTONES), dtype=np.complex128)
         self.quarter_e = np.zeros((c, _LONG_BLOCKS, 2))
-        self.eighth_z = np.zeros((c, _EXACT_HISTORY, _SEGMENTS, _NTONES), dtype=np.complex128)
-        self.eighth_e = np.zeros((c, _EXACT_HISTORY, _SEGMENTS))
+        self.eighth_z = np.zeros((c, _EXACT_HISTORY, _SEGMENTS + 1, _NTONES),
+                                 dtype=np.complex128)
+        self.eighth_e = np.zeros((c, _EXACT_HISTORY, _SEGMENTS + 1))
         self.dec_end = np.zeros(c, dtype=bool)
         self.dec_end_key = np.full(c, -1, dtype=np.int64)
         self.sp_hit = np.full(c, -1, dtype=np.int64)
@@ -1240,10 +1240,13 @@ class DtmfDetector:
                                     axis=1)
                 state.quarter_z, state.quarter_e = q[:, count:].copy(), qe[:, count:].copy()
             if m.eighths is not None and m.eighth_total is not None:
-                g = np.concatenate([state.eighth_z,
-                                    m.eighths.reshape(c, count, _SEGMENTS, _NTONES)], axis=1)
-                ge = np.concatenate([state.eighth_e,
-                                     m.eighth_total.reshape(c, count, _SEGMENTS)], axis=1)
+                z8 = m.eighths.reshape(c, count, _SEGMENTS, _NTONES)
+                e8 = m.eighth_total.reshape(c, count, _SEGMENTS)
+                # Each block's sums of its first 0..8 eighths, computed once and kept.
+                g = np.concatenate([state.eighth_z, np.concatenate(
+                    [np.zeros_like(z8[:, :, :1]), np.cumsum(z8, axis=2)], axis=2)], axis=1)
+                ge = np.concatenate([state.eighth_e, np.concatenate(
+                    [np.zeros_like(e8[..., :1]), np.cumsum(e8, axis=2)], axis=2)], axis=1)
                 state.eighth_z, state.eighth_e = g[:, count:].copy(), ge[:, count:].copy()
                 windows = _exact_tier(g, ge, cfg)
                 span = _EXACT_LONG  # a window's length: a whole-window cover starts there

@@ -95,7 +95,9 @@ def test_the_decoder_tiers_windows_are_multimon_ngs_40_ms(
     def spy(window: npt.NDArray[np.complex128], energy: npt.NDArray[np.float64],
             cfg: DtmfConfig, length: int = dtmf._LONG
             ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
-        judged.append((np.abs(window) ** 2, energy))
+        # One call judges every end of every block: (channels, blocks, ends, tones).
+        judged.extend((np.abs(window[:, :, t]) ** 2, energy[:, :, t])
+                      for t in range(window.shape[2]))
         return says(window, energy, cfg, length)
 
     monkeypatch.setattr(dtmf, "_decoder_says", spy)
