@@ -398,7 +398,7 @@ _EIGHTHS = (0, 13, _QUARTER, 38, _HALF, 64, _HALF + _QUARTER, 89, BLOCK_SIZE)
 _SEGMENTS = 8
 _EXACT_SEGMENTS = 25
 _EXACT_LONG = 319  # samples in a window, as far as levels go (318 or 319)
-_EXACT_HISTORY = 4  # blocks of segments kept from before a call (25 segments span 4 blocks)
+_EXACT_HISTORY = 3  # blocks kept from before a call (a window reaches into the third before)
 
 
 def _eighth_basis() -> npt.NDArray[np.float32]:
@@ -639,9 +639,9 @@ def _decoder_says(window: npt.NDArray[np.complex128], energy: npt.NDArray[np.flo
 def _exact_tier(head: npt.NDArray[np.complex128], head_e: npt.NDArray[np.float64],
                 cfg: DtmfConfig) -> dict[int, tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]]:
     """The decoder tier on multimon-ng's own window: 25 eighth-block segments ending at every
-    eighth of each block of this call. ``head`` (C, 4 + count, 9, 8): each block's sums of
-    its first 0..8 eighths' DFTs (origin at the block's start), the four blocks before this
-    call first; ``head_e`` (C, 4 + count, 9) the same of their energies. Keyed by where in
+    eighth of each block of this call. ``head`` (C, 3 + count, 9, 8): each block's sums of
+    its first 0..8 eighths' DFTs (origin at the block's start), the three blocks before this
+    call first; ``head_e`` (C, 3 + count, 9) the same of their energies. Keyed by where in
     the block a window ends (samples): whether it passes, and the key."""
     n = head.shape[1] - _EXACT_HISTORY
     rot = _DECODER_ROTATION  # block k of b−3 .. b moved to b−3's time origin
@@ -965,9 +965,9 @@ class _TalkoverState:
     half_e: npt.NDArray[np.float64] = field(init=False)  # (C, 3, 2)
     quarter_z: npt.NDArray[np.complex128] = field(init=False)  # (C, 3, 2, 8)
     quarter_e: npt.NDArray[np.float64] = field(init=False)  # (C, 3, 2)
-    # ...and for multimon-ng's window, each of the four blocks' sums of its first 0..8 eighths.
-    eighth_z: npt.NDArray[np.complex128] = field(init=False)  # (C, 4, 9, 8)
-    eighth_e: npt.NDArray[np.float64] = field(init=False)  # (C, 4, 9)
+    # ...and for multimon-ng's window, each of the three blocks' sums of its first 0..8 eighths.
+    eighth_z: npt.NDArray[np.complex128] = field(init=False)  # (C, 3, 9, 8)
+    eighth_e: npt.NDArray[np.float64] = field(init=False)  # (C, 3, 9)
     dec_end: npt.NDArray[np.bool_] = field(init=False)  # last block's end window passed
     dec_end_key: npt.NDArray[np.int64] = field(init=False)  # ...with this key
     sp_hit: npt.NDArray[np.int64] = field(init=False)  # last block's spandsp-like key, −1
