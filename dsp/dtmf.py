@@ -396,7 +396,6 @@ _QUARTER_BASIS = _quarter_basis()
 # Cut where the half and quarter windows end, so halves and quarters are sums of eighths.
 _EIGHTHS = (0, 13, _QUARTER, 38, _HALF, 64, _HALF + _QUARTER, 89, BLOCK_SIZE)
 _SEGMENTS = 8
-_EXACT_SEGMENTS = 25
 _EXACT_LONG = 319  # samples in a window, as far as levels go (318 or 319)
 _EXACT_HISTORY = 3  # blocks kept from before a call (a window reaches into the third before)
 
