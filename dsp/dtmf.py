@@ -39,13 +39,15 @@ the eight DTMF frequencies — a few complex multiplies on the block DFTs alread
 * or, for keys talked over by something whose harmonics crowd both tones, multimon-ng's own
   decision (the decoder tier): its test — each group's best tone 10 dB above the others, the
   two within 4.8 dB, the pair carrying 40 % of the window's energy — a little more leniently
-  (38 %, 9.5 dB, 5 dB), on 38.25 ms windows ending at every block's middle and end (so one
-  is never more than 3.2 ms from any of multimon-ng's 10 ms-spaced windows), with no
-  neighbourhood test: where multimon-ng would hear a key, it
+  (38 %, 9.5 dB, 5.25 dB), on multimon-ng's own 40 ms window (25 eighth-block segments, from
+  eight DFTs per block) ending at every eighth of a block (so one is never more than 0.8 ms
+  from any of multimon-ng's windows, whose 10.02 ms grid drifts over every alignment of
+  ours), with no neighbourhood test: where multimon-ng, started anywhere, would hear a key, it
   is suspected, whatever crowds it. (Before it, a second tier approximated this: 42 % of the
   energy, both tones within 4 Hz of nominal, the better one 6 dB above its neighbourhood;
   still callable, ``window_accurate_frequency_hz=4.0``);
-* or, for keys off nominal as real phones' are (Q.24 allows ±1.5 %): each tone's frequency
+* or (off by default: the decoder and spandsp tiers at the decoders' own alignments leave it
+  nothing to catch on the sweep), for keys off nominal as real phones' are: each tone's frequency
   found from its block-to-block phase advance, within 1.75 % of nominal and steady (the two
   advances agree within 2 Hz: a voiced sound's harmonics glide), the window's blocks summed in
   phase at it, 42 % of the energy, the better tone 6 dB above its neighbourhood — spandsp,
@@ -54,12 +56,14 @@ the eight DTMF frequencies — a few complex multiplies on the block DFTs alread
 * or spandsp's own decision (the spandsp tier): two consecutive blocks each with the pair 75 %
   of the block's energy, each tone 7 dB over its group, twist within 9/5 dB, above −45 dBm0
   (spandsp: 82 %, 8 dB, 8/4 dB, −42 dBm0), no frequency test — a key whose phase GSM-FR or
-  AMR-NB bent from block to block, which the off-nominal tier's steadiness refuses;
+  AMR-NB bent from block to block, which the off-nominal tier's steadiness refuses — on the
+  receiver's blocks and on blocks a quarter, half and three quarters of a block later (a
+  spandsp started elsewhere straddles ours);
 * and follow-on: a block continuing a suspected key while its tones stay plausible.
 
 A suspicion covers the window it judged (``DetectorOutput.reach``) and nothing after it
 (``DetectorOutput.tail``); a window only the decoder tier suspects, its last 15 ms (enough to
-break every multimon-ng window within 3.2 ms of it: the price of speech posing as a key for one
+break every multimon-ng window within 0.8 ms of it: the price of speech posing as a key for one
 window); a block only follow-on suspects, itself. Only the rare windows
 that pass the coherent checks are transformed for the neighbourhood, in one matrix product for
 all channels. The earlier rules stay callable for comparisons: ``"narrowband"`` (one block at
@@ -220,8 +224,11 @@ class DtmfConfig:
     # Then the pair's share, group margins and twist
     # are measured at the frequencies found (the window's blocks summed in phase there, as a
     # decoder with wider bins than the window's own hears the key), with the second tier's
-    # thresholds (share and group margin; its frequency limit aside). None: off.
-    window_off_nominal_tolerance: float | None = 0.0175
+    # thresholds (share and group margin; its frequency limit aside). None: off — the default
+    # since the decoder tier judges multimon-ng's own window at every eighth of a block and the
+    # spandsp tier four alignments of spandsp's blocks: the sweep leaks nothing without it at
+    # four decoder offsets, and it cost about 4 ms/min of speech (0.0175 brings it back).
+    window_off_nominal_tolerance: float | None = None
     window_off_nominal_max_drift_hz: float = 2.0
     # The decoder tier asks the reference decoder's own question (issue 16): would multimon-ng
     # call this a digit? multimon-ng (demod_dtmf.c, process_block) sums four 10 ms blocks
@@ -233,16 +240,34 @@ class DtmfConfig:
     # windows ending at every block's middle and end (6.4 ms apart: never more than 3.2 ms
     # from one of multimon-ng's), a little more leniently for the different window and
     # alignment (share, group margin, twist below), the tones above the quiet floor
-    # (window_quiet_min_level_dbm0)...
+    # (window_quiet_min_level_dbm0). (The windows are now multimon-ng's own, at every eighth
+    # of a block: window_decoder_windows below.)...
     window_decoder_min_energy_share: float | None = 0.38
     window_decoder_relative_peak_db: float = 9.5
-    window_decoder_max_twist_db: float = 5.0
+    # (Twist: multimon-ng allows 4.8 dB. At 5.0, one multimon-ng talk-off of AMR-NB speech
+    # read 5.21 dB over the nearest of our windows and 4.59 over multimon-ng's own; 5.5 costs
+    # 2 ms/min more speech than 5.25.)
+    window_decoder_max_twist_db: float = 5.25
     # ...on this many consecutive windows with the same key (1 or 2). Measured on the full
     # sweep and the talk-off corpus: 1 leaks 1 of 707 G.711 mixtures and 0 of 690 through
     # GSM-FR/AMR-NB, masking 33.2 ms/min of speech; 2 (judged 6.4 ms later, packets still
     # held) leaks 9 and 12 but masks 22.9 ms/min — speech posing as a key for one window is
     # multimon-ng's own talk-off at one alignment, and also where the marginal keys pass.
     window_decoder_consecutive: int = 1
+    # ...judged on this many windows per block. 2: 38.25 ms windows ending at the block's
+    # middle and end (6.4 ms apart); 4: also at its quarters, 26 and 77 samples in (3.2 ms
+    # apart; two more DFTs per block). 8 (the default): multimon-ng's own window — 25
+    # eighth-block segments, 318–319 samples, its 40.1 ms (884 samples at 22 050 Hz) within
+    # 0.6 % — ending at every eighth of a block (1.6 ms apart: none of multimon-ng's windows,
+    # whose 10.02 ms grid drifts over every alignment of ours, is more than 0.8 ms from one
+    # judged); eight DFTs per block. The 38.25 ms windows read a key a mobile codec bent, or
+    # speech, up to a dB and a half from what multimon-ng reads over its 40 ms, so 4 still
+    # leaked where they read a margin or twist just short. Measured on the full sweep with the
+    # decoders started 0/25/51/77 samples in (mixtures leaking at each) and the talk-off
+    # corpus (speech / music ms/min, µ-law), with the spandsp tier on four alignments and the
+    # off-nominal tier off: 4 leaked 0/0/4/1 (18.0 / 18.1), 8 leaked 0/0/2/0 (15.9 / 18.0);
+    # 8 with the twist at 5.25 dB 0/0/0/0 (18.4 / 18.0).
+    window_decoder_windows: int = 8
     # The spandsp tier (issue 16): spandsp's own question on the receiver's 12.75 ms blocks —
     # spandsp (dtmf.c) reports a key when two consecutive 102-sample blocks each show it: each
     # tone above −42 dBm0, the high tone at most 4 dB over the low and 8 dB under it, each
@@ -257,12 +282,19 @@ class DtmfConfig:
     window_spandsp_normal_twist_db: float = 9.0
     window_spandsp_reverse_twist_db: float = 5.0
     window_spandsp_min_level_dbm0: float = -45.0
+    # ...on the receiver's blocks (1), also on blocks half a block later (2), or also a quarter
+    # and three quarters later (4, the default): spandsp decoding from elsewhere straddles our
+    # blocks, and a key a mobile codec bent can pass its pair of blocks by far while ours, up
+    # to half a block off, fall just short (the one spandsp leak of the sweep with the
+    # decoders 25 samples in: GSM-FR, off nominal). From the half- and quarter-block DFTs; no
+    # cost measurable on the talk-off corpus. With it the off-nominal tier is not needed.
+    window_spandsp_alignments: int = 4
     # What a suspicion covers (issue 16, the price per false suspicion). None: the window it
     # judged plus the masker's onset allowance before and hangover after (a block each). Else,
     # for a window only the decoder tier suspects, the last ``window_decoder_cover_ms`` of it
     # and ``window_decoder_tail_ms`` after it: to stop multimon-ng, no 40 ms window may keep
     # the key's coherent sum, and replacing most of the judged window's second part does that
-    # for every window within 3.2 ms of it; a key that goes on is suspected again 6.4 ms later.
+    # for every window within 0.8 ms of it; a key that goes on is suspected again 1.6 ms later.
     window_decoder_cover_ms: float | None = 15.0
     window_decoder_tail_ms: float = 0.0
     # ...and for the other window tiers, how far past the judged window's end (None: the
@@ -281,6 +313,10 @@ class DtmfConfig:
             raise ValueError("DtmfConfig.bridge_blocks: must be ≥ 0")
         if self.window_decoder_consecutive not in (1, 2):
             raise ValueError("DtmfConfig.window_decoder_consecutive: must be 1 or 2")
+        if self.window_spandsp_alignments not in (1, 2, 4):
+            raise ValueError("DtmfConfig.window_spandsp_alignments: must be 1, 2 or 4")
+        if self.window_decoder_windows not in (2, 4, 8):
+            raise ValueError("DtmfConfig.window_decoder_windows: must be 2, 4 or 8")
         if self.frequency_tolerance is not None and self.frequency_tolerance <= 0:
             raise ValueError("DtmfConfig.frequency_tolerance: must be > 0 or None")
 
@@ -335,6 +371,48 @@ def _basis() -> npt.NDArray[np.float32]:
 
 
 _BASIS = _basis()
+# The decoder tier's quarter windows (``window_decoder_windows=4``) end 26 and 77 samples into a
+# block: they need each block's DFT over [0, 26) and [51, 77) (origin at the block's start);
+# the other quarters are the half-block DFTs less these.
+_QUARTER = 26
+_QUARTER_ENDS = (_QUARTER, _HALF + _QUARTER)
+
+
+def _quarter_basis() -> npt.NDArray[np.float32]:
+    n = np.arange(BLOCK_SIZE, dtype=np.float64)
+    cols = []
+    for start in (0, _HALF):
+        window = ((n >= start) & (n < start + _QUARTER)).astype(np.float64)
+        for f in FREQS:
+            w = 2 * np.pi * f / SAMPLE_RATE
+            cols.append(window * np.cos(w * n))
+            cols.append(-window * np.sin(w * n))
+    return np.stack(cols, axis=1).astype(np.float32)
+
+
+_QUARTER_BASIS = _quarter_basis()
+# multimon-ng's window (``window_decoder_windows=8``): the block cut into eighths, each one's DFT
+# at the eight frequencies (origin at the block's start); a window is 25 consecutive eighths.
+# Cut where the half and quarter windows end, so halves and quarters are sums of eighths.
+_EIGHTHS = (0, 13, _QUARTER, 38, _HALF, 64, _HALF + _QUARTER, 89, BLOCK_SIZE)
+_SEGMENTS = 8
+_EXACT_LONG = 319  # samples in a window, as far as levels go (318 or 319)
+_EXACT_HISTORY = 3  # blocks kept from before a call (a window reaches into the third before)
+
+
+def _eighth_basis() -> npt.NDArray[np.float32]:
+    n = np.arange(BLOCK_SIZE, dtype=np.float64)
+    cols = []
+    for k in range(_SEGMENTS):
+        window = ((n >= _EIGHTHS[k]) & (n < _EIGHTHS[k + 1])).astype(np.float64)
+        for f in FREQS:
+            w = 2 * np.pi * f / SAMPLE_RATE
+            cols.append(window * np.cos(w * n))
+            cols.append(-window * np.sin(w * n))
+    return np.stack(cols, axis=1).astype(np.float32)
+
+
+_EIGHTH_BASIS = _eighth_basis()
 _HANN_GAIN = float(np.hanning(_HANN_LEN + 2)[1:-1].sum())
 # Expected Hann-to-Hann phase advance of a nominal tone, and rad → relative frequency error.
 _NOMINAL_ADVANCE = 2 * np.pi * FREQS * _HANN_HOP / SAMPLE_RATE
@@ -491,33 +569,55 @@ def _off_nominal_tier(turned: list[npt.NDArray[np.complex128]],
 
 
 def _decoder_tier(halves: npt.NDArray[np.complex128], half_e: npt.NDArray[np.float64],
-                  cfg: DtmfConfig) -> tuple[tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]],
-                                            tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]]:
+                  cfg: DtmfConfig, quarters: npt.NDArray[np.complex128] | None = None,
+                  quarter_e: npt.NDArray[np.float64] | None = None,
+                  ) -> dict[int, tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]]:
     """Would multimon-ng call it a digit? For every block of this call, its test (with the
     margins of ``cfg.window_decoder_*``) on the 38.25 ms window ending at the block's end and
-    on the one ending at its middle. ``halves`` (C, 3 + count, 2, 8): each block's half-block
-    DFTs at the nominal frequencies (origin at the block's start), the three blocks before
-    this call first; ``half_e`` (C, 3 + count, 2) their energies. Per window: whether it
-    passes, and the key."""
+    on the one ending at its middle (and, given ``quarters``, at its quarters). ``halves``
+    (C, 3 + count, 2, 8): each block's half-block DFTs at the nominal frequencies (origin at
+    the block's start), the three blocks before this call first; ``half_e`` (C, 3 + count, 2)
+    their energies; ``quarters``/``quarter_e`` the same for [0, 26) and [51, 77). Per window,
+    keyed by where in the block it ends (samples): whether it passes, and the key."""
     n = halves.shape[1] - _LONG_BLOCKS
     full = halves.sum(axis=2)
     e = half_e.sum(axis=2)
     rot = _DECODER_ROTATION
+
+    def window(first: npt.NDArray, first_e: npt.NDArray, last: npt.NDArray,
+               last_e: npt.NDArray) -> tuple[npt.NDArray, npt.NDArray]:
+        """The window of the tail ``first`` of block b−3, blocks b−2 and b−1, and the head
+        ``last`` of block b (each (C, 3 + count, 8), energies (C, 3 + count))."""
+        z = (first[:, 0:n] * rot[0] + full[:, 1:1 + n] * rot[1] + full[:, 2:2 + n] * rot[2]
+             + last[:, 3:3 + n] * rot[3])
+        energy = first_e[:, 0:n] + e[:, 1:1 + n] + e[:, 2:2 + n] + last_e[:, 3:3 + n]
+        return z, energy
+
     # Block b of this call is index 3 + b; the window ending at its end holds blocks b−2..b.
-    end = sum(full[:, 1 + k:1 + k + n] * rot[k] for k in range(_LONG_BLOCKS))
-    end_e = sum(e[:, 1 + k:1 + k + n] for k in range(_LONG_BLOCKS))
+    end = (sum(full[:, 1 + k:1 + k + n] * rot[k] for k in range(_LONG_BLOCKS)),
+           sum(e[:, 1 + k:1 + k + n] for k in range(_LONG_BLOCKS)))
     # ...the one ending at its middle: the second half of b−3, blocks b−2 and b−1, the first
     # half of b.
-    mid = (halves[:, 0:n, 1] * rot[0] + full[:, 1:1 + n] * rot[1] + full[:, 2:2 + n] * rot[2]
-           + halves[:, 3:3 + n, 0] * rot[3])
-    mid_e = half_e[:, 0:n, 1] + e[:, 1:1 + n] + e[:, 2:2 + n] + half_e[:, 3:3 + n, 0]
-    return _decoder_says(end, end_e, cfg), _decoder_says(mid, mid_e, cfg)
+    mid = window(halves[..., 1, :], half_e[..., 1], halves[..., 0, :], half_e[..., 0])
+    out = {BLOCK_SIZE: _decoder_says(*end, cfg), _HALF: _decoder_says(*mid, cfg)}
+    if quarters is not None and quarter_e is not None:
+        # Ending 26 in: b−3 less its first quarter, ..., b's first quarter; ending 77 in: the
+        # last 25 samples of b−3 (its second half less [51, 77)), ..., b up to 77.
+        first = _decoder_says(*window(full - quarters[..., 0, :], e - quarter_e[..., 0],
+                                      quarters[..., 0, :], quarter_e[..., 0]), cfg)
+        third = _decoder_says(*window(
+            halves[..., 1, :] - quarters[..., 1, :], half_e[..., 1] - quarter_e[..., 1],
+            halves[..., 0, :] + quarters[..., 1, :], half_e[..., 0] + quarter_e[..., 1]), cfg)
+        out[_QUARTER_ENDS[0]], out[_QUARTER_ENDS[1]] = first, third
+    return out
 
 
 def _decoder_says(window: npt.NDArray[np.complex128], energy: npt.NDArray[np.float64],
-                  cfg: DtmfConfig) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
+                  cfg: DtmfConfig, length: int = _LONG,
+                  ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
     """multimon-ng's decision (demod_dtmf.c ``process_block``) on (C, n, 8) coherent window
-    sums and the windows' (C, n) energies, with this tier's margins; and the key."""
+    sums over ``length`` samples and the windows' (C, n) energies, with this tier's margins;
+    and the key."""
     assert cfg.window_decoder_min_energy_share is not None
     power = np.abs(window) ** 2  # (A·N/2)² for a sine of amplitude A filling the window
     low = np.sort(power[..., _LOW], axis=-1)
@@ -525,14 +625,83 @@ def _decoder_says(window: npt.NDArray[np.complex128], energy: npt.NDArray[np.flo
     best_low, best_high = low[..., -1], high[..., -1]
     peak = _power_ratio(cfg.window_decoder_relative_peak_db)
     twist = _power_ratio(cfg.window_decoder_max_twist_db)
-    floor = (dbm0_to_amplitude(cfg.window_quiet_min_level_dbm0) * _LONG / 2.0) ** 2
+    floor = (dbm0_to_amplitude(cfg.window_quiet_min_level_dbm0) * length / 2.0) ** 2
     passes = ((best_low >= peak * low[..., -2]) & (best_high >= peak * high[..., -2])
               & (best_high <= twist * best_low) & (best_low <= twist * best_high)
               & (np.minimum(best_low, best_high) >= floor)
               & (best_low + best_high
-                 >= cfg.window_decoder_min_energy_share * energy * (_LONG / 2.0)))
+                 >= cfg.window_decoder_min_energy_share * energy * (length / 2.0)))
     key = np.argmax(power[..., _LOW], axis=-1) * 4 + np.argmax(power[..., _HIGH], axis=-1)
     return passes, key
+
+
+def _exact_tier(head: npt.NDArray[np.complex128], head_e: npt.NDArray[np.float64],
+                cfg: DtmfConfig) -> dict[int, tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]]:
+    """The decoder tier on multimon-ng's own window: 25 eighth-block segments ending at every
+    eighth of each block of this call. ``head`` (C, 3 + count, 9, 8): each block's sums of
+    its first 0..8 eighths' DFTs (origin at the block's start), the three blocks before this
+    call first; ``head_e`` (C, 3 + count, 9) the same of their energies. Keyed by where in
+    the block a window ends (samples): whether it passes, and the key."""
+    n = head.shape[1] - _EXACT_HISTORY
+    rot = _DECODER_ROTATION  # block k of b−3 .. b moved to b−3's time origin
+    # The window ending after eighth t of block b is b−3 from its eighth t − 1 on, b−2 and
+    # b−1 whole, and b's first t eighths.
+    full, full_e = head[:, :, -1:], head_e[..., -1:]
+    b = slice(_EXACT_HISTORY, None)  # this call's blocks
+    b3, b2, b1 = (slice(_EXACT_HISTORY - k, _EXACT_HISTORY - k + n) for k in (3, 2, 1))
+    window = ((full[:, b3] - head[:, b3, :_SEGMENTS]) * rot[0]
+              + (full[:, b2] * rot[1] + full[:, b1] * rot[2])
+              + head[:, b, 1:] * rot[3])  # (C, count, 8 ends, 8 tones)
+    energy = (full_e[:, b3] - head_e[:, b3, :_SEGMENTS] + full_e[:, b2] + full_e[:, b1]
+              + head_e[:, b, 1:])
+    passes, key = _decoder_says(window, energy, cfg, _EXACT_LONG)
+    return {_EIGHTHS[t]: (passes[..., t - 1], key[..., t - 1])
+            for t in range(1, _SEGMENTS + 1)}
+
+
+def _spandsp_shifted(halves: npt.NDArray[np.complex128], half_e: npt.NDArray[np.float64],
+                     quarters: npt.NDArray[np.complex128] | None,
+                     quarter_e: npt.NDArray[np.float64] | None,
+                     cfg: DtmfConfig) -> dict[int, npt.NDArray[np.bool_]]:
+    """The spandsp tier on 102-sample blocks that end ``p`` samples into each of ours (51, and
+    with ``quarters`` 26 and 77): per block of this call, whether the shifted block ending in
+    it and the one before both pass with the same key. Arrays as for :func:`_decoder_tier`."""
+    assert cfg.window_spandsp_min_energy_share is not None
+    full = halves.sum(axis=2)
+    e = half_e.sum(axis=2)
+    rot = _DECODER_ROTATION
+    parts = {_HALF: (halves[..., 1, :], half_e[..., 1], halves[..., 0, :], half_e[..., 0])}
+    if quarters is not None and quarter_e is not None:
+        parts[_QUARTER_ENDS[0]] = (full - quarters[..., 0, :], e - quarter_e[..., 0],
+                                   quarters[..., 0, :], quarter_e[..., 0])
+        parts[_QUARTER_ENDS[1]] = (halves[..., 1, :] - quarters[..., 1, :],
+                                   half_e[..., 1] - quarter_e[..., 1],
+                                   halves[..., 0, :] + quarters[..., 1, :],
+                                   half_e[..., 0] + quarter_e[..., 1])
+    floor = dbm0_energy(cfg.window_spandsp_min_level_dbm0)
+    share = cfg.window_spandsp_min_energy_share
+    peak = _power_ratio(cfg.window_spandsp_relative_peak_db)
+    normal = _power_ratio(cfg.window_spandsp_normal_twist_db)
+    reverse = _power_ratio(cfg.window_spandsp_reverse_twist_db)
+    # Block ending p into block i: the tail of i − 1 and the head of i; all alignments at once.
+    ends = list(parts)
+    z = np.stack([tail[:, :-1] * rot[0] + head[:, 1:] * rot[1]
+                  for tail, _, head, _ in parts.values()], axis=2)  # (C, 2 + count, P, 8)
+    total = np.maximum(np.stack([tail_e[:, :-1] + head_e[:, 1:]
+                                 for _, tail_e, _, head_e in parts.values()], axis=2), _EPS)
+    energy = 2.0 / BLOCK_SIZE * np.abs(z) ** 2  # as _measure's rectangular "nominal"
+    low = np.sort(energy[..., _LOW], axis=-1)
+    high = np.sort(energy[..., _HIGH], axis=-1)
+    low_e, high_e = low[..., -1], high[..., -1]
+    tilt = high_e / np.maximum(low_e, _EPS)
+    passes = ((low_e >= floor) & (high_e >= floor)
+              & (tilt <= reverse) & (tilt >= 1.0 / normal)
+              & (low_e >= peak * low[..., -2]) & (high_e >= peak * high[..., -2])
+              & (low_e + high_e >= share * total))
+    key = np.argmax(energy[..., _LOW], axis=-1) * 4 + np.argmax(energy[..., _HIGH], axis=-1)
+    hit = np.where(passes, key, -1)
+    two = (hit[:, 2:] >= 0) & (hit[:, 2:] == hit[:, 1:-1])  # (C, count, P)
+    return {p: two[..., k] for k, p in enumerate(ends)}
 
 
 @dataclass
@@ -557,6 +726,12 @@ class _BlockMeasures:
     # and energy, so windows can also end at a block's middle.
     halves: npt.NDArray[np.complex128] | None = None  # (C, 2, 8)
     half_total: npt.NDArray[np.float64] | None = None  # (C, 2)
+    # ...and with quarter windows, the DFTs and energies of [0, 26) and [51, 77).
+    quarters: npt.NDArray[np.complex128] | None = None  # (C, 2, 8)
+    quarter_total: npt.NDArray[np.float64] | None = None  # (C, 2)
+    # ...and with multimon-ng's window, each eighth's DFT and energy.
+    eighths: npt.NDArray[np.complex128] | None = None  # (C, 8, 8)
+    eighth_total: npt.NDArray[np.float64] | None = None  # (C, 8)
 
 
 def _wrap(phase: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -672,6 +847,28 @@ def _measure(blocks: npt.NDArray[np.float32], config: DtmfConfig) -> _BlockMeasu
             first = np.einsum("cn,cn->c", blocks[:, :_HALF], blocks[:, :_HALF],
                               dtype=np.float64)
             measures.half_total = np.stack([first, total - first], axis=1)
+            if config.window_decoder_windows == 8:
+                y8 = (blocks @ _EIGHTH_BASIS).astype(np.float64).reshape(
+                    blocks.shape[0], _SEGMENTS, _NTONES, 2)
+                measures.eighths = y8[..., 0] + 1j * y8[..., 1]
+                sq = blocks.astype(np.float64) ** 2
+                measures.eighth_total = np.add.reduceat(sq, _EIGHTHS[:-1], axis=1)
+            if measures.eighths is not None and measures.eighth_total is not None:
+                # [0, 26) is the first two eighths, [51, 77) the fifth and sixth.
+                measures.quarters = np.stack([measures.eighths[:, 0] + measures.eighths[:, 1],
+                                              measures.eighths[:, 4] + measures.eighths[:, 5]],
+                                             axis=1)
+                measures.quarter_total = np.stack(
+                    [measures.eighth_total[:, 0] + measures.eighth_total[:, 1],
+                     measures.eighth_total[:, 4] + measures.eighth_total[:, 5]], axis=1)
+            elif config.window_decoder_windows == 4 or config.window_spandsp_alignments == 4:
+                q = (blocks @ _QUARTER_BASIS).astype(np.float64).reshape(
+                    blocks.shape[0], 2, _NTONES, 2)
+                measures.quarters = q[..., 0] + 1j * q[..., 1]
+                measures.quarter_total = np.stack([
+                    np.einsum("cn,cn->c", part, part, dtype=np.float64)
+                    for part in (blocks[:, :_QUARTER], blocks[:, _HALF:_HALF + _QUARTER])],
+                    axis=1)
         if (config.suspect_method == "window"
                 and config.window_spandsp_min_energy_share is not None):
             floor = dbm0_energy(config.window_spandsp_min_level_dbm0)
@@ -765,6 +962,11 @@ class _TalkoverState:
     # The decoder tier's view of the three blocks before this call's first one, by halves.
     half_z: npt.NDArray[np.complex128] = field(init=False)  # (C, 3, 2, 8)
     half_e: npt.NDArray[np.float64] = field(init=False)  # (C, 3, 2)
+    quarter_z: npt.NDArray[np.complex128] = field(init=False)  # (C, 3, 2, 8)
+    quarter_e: npt.NDArray[np.float64] = field(init=False)  # (C, 3, 2)
+    # ...and for multimon-ng's window, each of the three blocks' sums of its first 0..8 eighths.
+    eighth_z: npt.NDArray[np.complex128] = field(init=False)  # (C, 3, 9, 8)
+    eighth_e: npt.NDArray[np.float64] = field(init=False)  # (C, 3, 9)
     dec_end: npt.NDArray[np.bool_] = field(init=False)  # last block's end window passed
     dec_end_key: npt.NDArray[np.int64] = field(init=False)  # ...with this key
     sp_hit: npt.NDArray[np.int64] = field(init=False)  # last block's spandsp-like key, −1
@@ -776,6 +978,11 @@ class _TalkoverState:
         self.long_x = np.zeros((c, _X_HISTORY), dtype=np.float32)
         self.half_z = np.zeros((c, _LONG_BLOCKS, 2, _NTONES), dtype=np.complex128)
         self.half_e = np.zeros((c, _LONG_BLOCKS, 2))
+        self.quarter_z = np.zeros((c, _LONG_BLOCKS, 2, _NTONES), dtype=np.complex128)
+        self.quarter_e = np.zeros((c, _LONG_BLOCKS, 2))
+        self.eighth_z = np.zeros((c, _EXACT_HISTORY, _SEGMENTS + 1, _NTONES),
+                                 dtype=np.complex128)
+        self.eighth_e = np.zeros((c, _EXACT_HISTORY, _SEGMENTS + 1))
         self.dec_end = np.zeros(c, dtype=bool)
         self.dec_end_key = np.full(c, -1, dtype=np.int64)
         self.sp_hit = np.full(c, -1, dtype=np.int64)
@@ -793,6 +1000,7 @@ class _TalkoverState:
         n = min(channels, self.channels)
         for name in ("key", "candidate", "pair", "total", "block", "held", "missed",
                      "strong", "long_z", "long_e", "long_x", "half_z", "half_e",
+                     "quarter_z", "quarter_e", "eighth_z", "eighth_e",
                      "dec_end", "dec_end_key", "sp_hit"):
             getattr(bigger, name)[:n] = getattr(self, name)[:n]
         return bigger
@@ -811,6 +1019,10 @@ class _TalkoverState:
         self.long_x[ch] = 0.0
         self.half_z[ch] = 0.0
         self.half_e[ch] = 0.0
+        self.quarter_z[ch] = 0.0
+        self.quarter_e[ch] = 0.0
+        self.eighth_z[ch] = 0.0
+        self.eighth_e[ch] = 0.0
         self.dec_end[ch] = False
         self.dec_end_key[ch] = -1
         self.sp_hit[ch] = -1
@@ -1015,11 +1227,41 @@ class DtmfDetector:
         ms = SAMPLE_RATE // 1000
         tail = np.full((c, count), MASK_HANGOVER if cfg.window_tail_ms is None
                        else round(cfg.window_tail_ms * ms), dtype=np.int64)
+        h = he = q = qe = None
         if m.halves is not None and m.half_total is not None:
             h = np.concatenate([state.half_z, m.halves.reshape(c, count, 2, _NTONES)], axis=1)
             he = np.concatenate([state.half_e, m.half_total.reshape(c, count, 2)], axis=1)
             state.half_z, state.half_e = h[:, count:].copy(), he[:, count:].copy()
-            (end, end_key), (mid, mid_key) = _decoder_tier(h, he, cfg)
+            if m.quarters is not None and m.quarter_total is not None:
+                q = np.concatenate([state.quarter_z, m.quarters.reshape(c, count, 2, _NTONES)],
+                                   axis=1)
+                qe = np.concatenate([state.quarter_e, m.quarter_total.reshape(c, count, 2)],
+                                    axis=1)
+                state.quarter_z, state.quarter_e = q[:, count:].copy(), qe[:, count:].copy()
+            if m.eighths is not None and m.eighth_total is not None:
+                z8 = m.eighths.reshape(c, count, _SEGMENTS, _NTONES)
+                e8 = m.eighth_total.reshape(c, count, _SEGMENTS)
+                # Each block's sums of its first 0..8 eighths, computed once and kept.
+                g = np.concatenate([state.eighth_z, np.concatenate(
+                    [np.zeros_like(z8[:, :, :1]), np.cumsum(z8, axis=2)], axis=2)], axis=1)
+                ge = np.concatenate([state.eighth_e, np.concatenate(
+                    [np.zeros_like(e8[..., :1]), np.cumsum(e8, axis=2)], axis=2)], axis=1)
+                state.eighth_z, state.eighth_e = g[:, count:].copy(), ge[:, count:].copy()
+                windows = _exact_tier(g, ge, cfg)
+                span = _EXACT_LONG  # a window's length: a whole-window cover starts there
+            else:
+                windows = _decoder_tier(h, he, cfg, q, qe)
+                span = _LONG
+            (end, end_key), (mid, mid_key) = windows[BLOCK_SIZE], windows[_HALF]
+            # Where in the block the earliest and the latest suspected window ends.
+            ends = sorted(windows)
+            first_end = np.full((c, count), BLOCK_SIZE + 1, dtype=np.int64)
+            last_end = np.zeros((c, count), dtype=np.int64)
+            for p in reversed(ends):
+                first_end = np.where(windows[p][0], p, first_end)
+            for p in ends:
+                last_end = np.where(windows[p][0], p, last_end)
+            heard = last_end > 0
             if cfg.window_decoder_consecutive >= 2:
                 # Two windows in a row (half a block apart) show the same key: the window
                 # ending at the previous block's end and this block's middle, or this block's
@@ -1034,23 +1276,26 @@ class DtmfDetector:
                 mid = early
                 reach = np.where(mid, _MID_REACH + _HALF,
                                  np.where(end, _MID_REACH, reach))
+                heard = end | mid
             elif cfg.window_decoder_cover_ms is None:
-                reach = np.where(mid, _MID_REACH, np.where(end, _LONG_REACH, reach))
+                # The whole window: it starts _LONG − (BLOCK_SIZE − end) before the block.
+                reach = np.where(heard, np.maximum(reach, span - BLOCK_SIZE - first_end),
+                                 reach)
             else:
                 # Only the last part of the judged window (and a little after it) where the
-                # decoder tier alone suspects; with another tier the wider cover stands. The
-                # window ending at the block's end ends at s + 102, the one ending at its
-                # middle at s + 51; the masker's span is [s − widen − reach, s + 102 + tail).
+                # decoder tier alone suspects; with another tier the wider cover stands. A
+                # window ending p samples into the block ends at s + p; the masker's span is
+                # [s − widen − reach, s + 102 + tail): from the earliest suspected window's
+                # end less the cover to the latest one's end plus the tail.
                 cover = round(cfg.window_decoder_cover_ms * ms)
                 after = round(cfg.window_decoder_tail_ms * ms)
-                own = (end | mid) & ~out
-                dec_reach = np.where(mid, cover - MASK_WIDEN_BEFORE - _HALF,
-                                     cover - MASK_WIDEN_BEFORE - BLOCK_SIZE)
-                dec_tail = np.where(end, after, after - _HALF)
-                reach = np.where(own, dec_reach,
-                                 np.where(mid, _MID_REACH, np.where(end, _LONG_REACH, reach)))
-                tail = np.where(own, dec_tail, tail)
-            out |= end | mid
+                own = heard & ~out
+                reach = np.where(own, cover - MASK_WIDEN_BEFORE - first_end,
+                                 np.where(heard, np.maximum(reach,
+                                                            span - BLOCK_SIZE - first_end),
+                                          reach))
+                tail = np.where(own, after - (BLOCK_SIZE - last_end), tail)
+            out |= heard
         if m.spandsp is not None and m.key is not None:
             # Two consecutive blocks spandsp would call the same key: suspect the second,
             # covering both (the masker's onset allowance spans the first).
@@ -1060,6 +1305,19 @@ class DtmfDetector:
             two = (hit >= 0) & (hit == prev) & ~out
             reach = np.where(two, 0, reach)
             tail = np.where(two, 0, tail)
+            if (cfg.window_spandsp_alignments > 1 and h is not None and he is not None):
+                # The same question on blocks a decoder starting elsewhere would use: ending
+                # half a block (and a quarter, three quarters) into each of ours, from the
+                # half- and quarter-block DFTs. A pair ending p samples in spans
+                # [s + p − 204, s + p): reach 204 − p less the masker's onset allowance.
+                for p, shifted in _spandsp_shifted(h, he, q, qe, cfg).items():
+                    more = shifted & ~out
+                    start = np.where(more, 2 * BLOCK_SIZE - p - MASK_WIDEN_BEFORE, 0)
+                    stop = np.where(more, p - BLOCK_SIZE, 0)
+                    reach = np.where(more, np.where(two, np.maximum(reach, start), start),
+                                     reach)
+                    tail = np.where(more, np.where(two, np.maximum(tail, stop), stop), tail)
+                    two |= more
             out |= two
         return out.reshape(-1), reach.reshape(-1), tail.reshape(-1)
 

@@ -34,6 +34,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
+import ast  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
@@ -313,12 +314,34 @@ def run_sweep(items: Sequence[Mixture], config: DtmfConfig | None = None,
     (``jobs`` mixtures decoded at once: multimon-ng runs as a process of its own).
     ``decoder_offset``: the decoders start that many samples into both signals, so their
     blocks and windows fall elsewhere than the receiver's (a real agent's start anywhere)."""
-    heard = mask(items, config)
+    return decode_all(items, mask(items, config), jobs, decoder_offset)
+
+
+def decode_all(items: Sequence[Mixture], heard: Sequence[npt.NDArray[np.float64]],
+               jobs: int = 1, decoder_offset: int = 0) -> list[Outcome]:
+    """Both decoders on every mixture's caller audio and agent leg (``heard``, from
+    :func:`mask`), starting ``decoder_offset`` samples in: one masking run serves several
+    offsets."""
     offsets = [decoder_offset] * len(items)
     if jobs <= 1:
         return [_decode(m, agent, decoder_offset) for m, agent in zip(items, heard, strict=True)]
     with ThreadPoolExecutor(jobs) as pool:
         return list(pool.map(_decode, items, heard, offsets))
+
+
+def overridden(config: DtmfConfig, settings: Sequence[str]) -> DtmfConfig:
+    """``config`` with ``name=value`` settings (Python literals: 8, 0.4, None) applied, for
+    measuring a variant of the default (``--set``)."""
+    changes = {}
+    for setting in settings:
+        name, sep, text = setting.partition("=")
+        if not sep or name not in DtmfConfig.__dataclass_fields__:
+            raise ValueError(f"--set {setting!r}: expected NAME=VALUE with a DtmfConfig field")
+        try:
+            changes[name] = ast.literal_eval(text)
+        except (ValueError, SyntaxError) as exc:
+            raise ValueError(f"--set {setting!r}: {text!r} is not a Python literal") from exc
+    return replace(config, **changes)
 
 
 def summarise(outcomes: Iterable[Outcome]) -> str:
@@ -397,8 +420,10 @@ def false_masking(batch: npt.NDArray[np.float32], config: DtmfConfig) -> tuple[i
     return int(suspect.sum()), int(suspect.size), masked * 1000.0 / RATE, packets
 
 
-def costs(laws: Sequence[str] = LAWS, quick: bool = False) -> list[tuple[str, str, Cost]]:
-    """False masking of the talk-off corpus (speech, music) for both suspicion methods."""
+def costs(laws: Sequence[str] = LAWS, quick: bool = False,
+          settings: Sequence[str] = ()) -> list[tuple[str, str, Cost]]:
+    """False masking of the talk-off corpus (speech, music) for every suspicion method
+    (``settings``: ``--set`` overrides, applied to each)."""
     speech_a, speech_b = corpus.espeak_speech(), corpus.codec2_speech()
     material = [
         corpus.Corpus("speech", speech_a.items + speech_b.items, ()),
@@ -414,7 +439,7 @@ def costs(laws: Sequence[str] = LAWS, quick: bool = False) -> list[tuple[str, st
             batch = g711.round_trip(pieces, law).astype(np.float32)
             minutes = batch.size / RATE / 60.0
             for method in METHODS:
-                config = replace(DtmfConfig(), suspect_method=method)
+                config = overridden(replace(DtmfConfig(), suspect_method=method), settings)
                 flagged, blocks, ms, packets = false_masking(batch, config)
                 out.append((mat.kind, law, Cost(method, minutes, flagged, blocks, ms, packets)))
     return out
@@ -453,10 +478,15 @@ def main(argv: list[str] | None = None) -> int:
                              "(±1.5 %%, twist)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="mixtures decoded at once (multimon-ng and spandsp)")
-    parser.add_argument("--decoder-offset", type=int, default=0,
+    parser.add_argument("--decoder-offset", default="0",
                         help="samples into caller and agent leg where both decoders start "
-                             "(51: half a block, so spandsp's blocks straddle the receiver's)")
+                             "(51: half a block, so spandsp's blocks straddle the receiver's); "
+                             "a comma list (0,25,51,77) decodes one masking run at each")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a DtmfConfig field for every run (repeatable), e.g. "
+                             "window_decoder_windows=2")
     args = parser.parse_args(argv)
+    offsets = [int(v) for v in str(args.decoder_offset).split(",")]
     failures = 0
     if not args.skip_sweep:
         mobile = () if args.no_mobile or args.quick else MOBILE_CODECS
@@ -465,12 +495,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.off_nominal != "no":
             items += mixtures(args.quick, args.tone_dbm0, mobile=mobile, off_nominal=True)
         methods = [m for m in METHODS if args.method in ("all", m)]
-        for method in methods:
+        for method, offset in [(m, o) for m in methods for o in offsets]:
             start = time.monotonic()
-            outcomes = run_sweep(items, replace(DtmfConfig(), suspect_method=method),
-                                 args.jobs, args.decoder_offset)
+            if offset == offsets[0]:  # one masking run per method, decoded at every offset
+                heard = mask(items, overridden(replace(DtmfConfig(), suspect_method=method),
+                                               args.set))
+            outcomes = decode_all(items, heard, args.jobs, offset)
             print(f"Talk-over sweep, suspicion {method}: {len(items)} mixtures, tones at "
-                  f"{args.tone_dbm0:g} dBm0 each, decoders from sample {args.decoder_offset}, "
+                  f"{args.tone_dbm0:g} dBm0 each, decoders from sample {offset}, "
                   f"{time.monotonic() - start:.0f} s")
             print(summarise(outcomes))
             for label, group in (
@@ -502,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         print("False masking of DTMF-free talk-off material (suspect blocks widened "
               f"{WIDEN_BEFORE} samples back and over their reach, on over the receiver's tail "
               f"or {WIDEN_AFTER} samples, as the pipeline does):")
-        print_costs(costs(quick=args.quick))
+        print_costs(costs(quick=args.quick, settings=args.set))
     return 1 if failures else 0
 
 

@@ -114,6 +114,7 @@ class _MaskedStream:
     event_ts: int | None = None  # timestamp of the RFC 4733 event in progress
     event_digit: _Digit | None = None  # the key press that event is (its end is set on it)
     replacement_digit: str = "0"
+    masked_until: int = -1  # media end of the last sample sent masked (random mode's draws)
     stalled_ticks: int = 0  # consecutive
     stalled_at: int = -1  # media position of the latest stall (the detector heard silence there)
     last_inband_end: _Digit | None = field(default=None, repr=False)  # the latest key ended
@@ -547,9 +548,14 @@ class MaskingPipeline:
             # A new key per masked span, drawn where the span starts. (Testing only the
             # packet's first sample missed every span that starts inside a packet, which,
             # widened back by a block, is nearly all of them: "random" stayed key 0.)
+            # A span that reaches back into a packet already sent (a suspicion judged late,
+            # covering its whole window) starts, as far as the agent hears, at its first
+            # sample actually masked: the draw follows what was sent, not the span.
             first = int(np.argmax(mask))
             if mask[first] and not self._was_masked(stream, held.start + first):
                 stream.replacement_digit = self._random.choice(DIGITS)
+            if mask.any():
+                stream.masked_until = held.start + int(np.flatnonzero(mask)[-1]) + 1
         substitute = replacement(mode, held.start, held.length,
                                  frequency=policy.tone_frequency_hz, dbm0=policy.volume_dbm0,
                                  digit=stream.replacement_digit if policy.mode is
@@ -566,7 +572,7 @@ class MaskingPipeline:
                          p.csrc, p.extension_profile, p.extension, payload)
 
     def _was_masked(self, stream: _MaskedStream, start: int) -> bool:
-        return bool(covered(stream.spans, start - 1, 1)[0])
+        return stream.masked_until == start and bool(covered(stream.spans, start - 1, 1)[0])
 
     # --- digits out ------------------------------------------------------------------------
 

@@ -6,9 +6,10 @@ with espeak-ng and codec2 speech, MIDI music and white noise mixed under them at
 spandsp and multimon-ng decode the caller's audio and the agent leg. The energy-share suspicion
 the long-window one replaced runs on the same mixtures as the control: it must leak there, which
 proves the material bites. The same mixtures run again with every key off nominal as real phones
-send them (±1.5 %, Q.24 twist); the mixtures the full sweep leaked on before the decoder tier
-must leak nothing now (with the suspicion as it was before as their control), and the full
-sweep's remaining leaks are held as strict xfails.
+send them (±1.5 %, Q.24 twist); the mixtures the full sweep leaked on before the decoder tier,
+and before the tiers judged the decoders' own alignments (with the decoders started 0, 25, 51
+and 77 samples in), must leak nothing now, each with the suspicion as it was before as its
+control (which must leak). The full sweep leaks nothing at those four offsets: no strict xfail.
 """
 
 from __future__ import annotations
@@ -29,15 +30,21 @@ from proxy.media.types import DigitEvent
 
 RATIOS = (3.0, 0.0, -3.0)
 ENERGY_SHARE = replace(DtmfConfig(), suspect_method="energy_share")
-# The long window as it was before its decoder tier: the nominal second tier instead, the
-# off-nominal tier's drift limit at 1 Hz, no spandsp tier.
-BEFORE_DECODER_TIER = replace(DtmfConfig(), window_decoder_min_energy_share=None,
+# The long window as it was before it judged the decoders' own alignments: 38.25 ms windows at
+# every half block for the decoder tier (twist 5 dB), spandsp's question on the receiver's
+# blocks only, the off-nominal tier on. The older controls below are built on it.
+BEFORE_ALIGNMENTS = replace(DtmfConfig(), window_decoder_windows=2, window_spandsp_alignments=1,
+                            window_off_nominal_tolerance=0.0175,
+                            window_decoder_max_twist_db=5.0)
+# ...as it was before its decoder tier: the nominal second tier instead, the off-nominal
+# tier's drift limit at 1 Hz, no spandsp tier.
+BEFORE_DECODER_TIER = replace(BEFORE_ALIGNMENTS, window_decoder_min_energy_share=None,
                               window_accurate_frequency_hz=4.0,
                               window_off_nominal_max_drift_hz=1.0,
                               window_spandsp_min_energy_share=None)
 # ...and as it was before the spandsp tier and the cheaper covers (a suspicion covered its
 # whole window, a block of onset allowance and a block of hangover).
-BEFORE_SPANDSP_TIER = replace(DtmfConfig(), window_spandsp_min_energy_share=None,
+BEFORE_SPANDSP_TIER = replace(BEFORE_ALIGNMENTS, window_spandsp_min_energy_share=None,
                               window_decoder_cover_ms=None, window_tail_ms=None,
                               follow_tail_ms=None)
 
@@ -108,28 +115,29 @@ def test_the_mixtures_the_full_sweep_leaked_on_before_the_decoder_tier_leak_noth
     assert not leaky, f"{len(leaky)} mixtures leak"
 
 
-# What the full sweep still leaks on (1 of 707 exact G.711 mixtures, one multimon-ng digit).
-STILL_LEAKING = {("espeak-fi", 6.0, "ulaw")}
+# What the full sweep leaked on before the tiers judged the decoders' own alignments: with
+# the decoders from the first sample, one G.711 mixture (a key's last 17 ms and the speech
+# after it fill 40 % of one multimon-ng window, between two of the half-block windows)...
+LEAKED_BEFORE_ALIGNMENTS = {("espeak-fi", 6.0, "ulaw")}
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16 still open: the full sweep leaks 1 of 707 "
-                   "G.711 mixtures (one multimon-ng digit)")
-def test_the_mixtures_the_full_sweep_still_leaks_on_leak_nothing() -> None:
-    items = talkover.mixtures(quick=False, only=lambda *key: key in STILL_LEAKING)
-    assert len(items) == len(STILL_LEAKING)
+def test_the_mixture_the_full_sweep_leaked_on_before_the_alignments_leaks_nothing() -> None:
+    items = talkover.mixtures(quick=False, only=lambda *key: key in LEAKED_BEFORE_ALIGNMENTS)
+    assert len(items) == len(LEAKED_BEFORE_ALIGNMENTS)
+    control = talkover.run_sweep(items, BEFORE_ALIGNMENTS)
+    assert all(o.audible and o.leaked for o in control), "does not bite"
     outcomes = talkover.run_sweep(items)
     assert all(o.audible for o in outcomes)
     leaky = [o for o in outcomes if o.leaked]
     assert not leaky, f"{len(leaky)} mixtures leak"
 
 
-# What the full sweep leaks on with both decoders started later into both legs, so spandsp's
-# blocks straddle the receiver's and multimon-ng's windows fall elsewhere (a real agent's
-# decoders start anywhere): 25 samples later 5 mixtures, half a block (51) later 6, 77 later 3
-# (12 of the 14 to multimon-ng). (source, ratio, codec, keys off nominal). Only midi-moo_redfarn
-# half a block later is new with the 15 ms decoder-tier cover; the suspicion before it leaked
-# all the others at the same offsets (and 14 more, 12 of them to spandsp).
-STILL_LEAKING_LATER = {
+# ...and with both decoders started later into both legs, so spandsp's blocks straddle the
+# receiver's and multimon-ng's windows fall elsewhere (a real agent's decoders start
+# anywhere): 25 samples later 5 mixtures, half a block (51) later 6, 77 later 3 (all but two
+# to multimon-ng; three are multimon-ng's talk-off on the interferer alone, before the card).
+# (source, ratio, codec, keys off nominal).
+LEAKED_LATER_BEFORE_ALIGNMENTS = {
     25: {("midi-train_filled_with_cash", -3.0, "alaw", True),
          ("codec2-ve9qrp_10s", 0.0, "gsm", False), ("espeak-fr", -6.0, "amr-nb", False),
          ("codec2-kristoff", 10.0, "gsm", True), ("codec2-ve9qrp_10s", 0.0, "gsm", True)},
@@ -142,16 +150,16 @@ STILL_LEAKING_LATER = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16 still open: with the decoders starting 25, 51 "
-                   "or 77 samples later the full sweep leaks 5, 6 and 3 mixtures")
-@pytest.mark.parametrize("offset", sorted(STILL_LEAKING_LATER))
-def test_the_mixtures_leaking_to_decoders_starting_later_leak_nothing(offset: int) -> None:
-    names = STILL_LEAKING_LATER[offset]
+@pytest.mark.parametrize("offset", sorted(LEAKED_LATER_BEFORE_ALIGNMENTS))
+def test_the_mixtures_that_leaked_to_decoders_starting_later_leak_nothing(offset: int) -> None:
+    names = LEAKED_LATER_BEFORE_ALIGNMENTS[offset]
     items = []
     for off in (False, True):
         items += talkover.mixtures(quick=False, mobile=talkover.MOBILE_CODECS, off_nominal=off,
                                    only=lambda *key, off=off: (*key, off) in names)
     assert len(items) == len(names)
+    control = talkover.run_sweep(items, BEFORE_ALIGNMENTS, decoder_offset=offset)
+    assert all(o.audible and o.leaked for o in control), "does not bite"
     outcomes = talkover.run_sweep(items, decoder_offset=offset)
     assert all(o.audible for o in outcomes)
     leaky = [o for o in outcomes if o.leaked]
