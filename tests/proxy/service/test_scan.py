@@ -306,9 +306,10 @@ def test_redacted_copy_has_no_dtmf_for_spandsp_or_multimon_and_is_otherwise_iden
         inside[s:e] = True
     assert np.array_equal(a[~inside, 1], b[~inside, 1])
     # The spans cover the 16 keys and not much more (70 ms tones, ~30 ms of margin each; ~40 ms
-    # since the decoder tier, issue 16: windows a clean key still fills 38 % of are judged too).
+    # since the decoder tier, issue 16: windows a clean key still fills 38 % of are judged too;
+    # 137 ms a key since those windows end at every eighth of a block, not every half).
     masked_ms = inside.sum() / rate * 1000
-    assert 16 * 70 <= masked_ms <= 16 * 135, masked_ms
+    assert 16 * 70 <= masked_ms <= 16 * 140, masked_ms
     assert not np.array_equal(a[inside, 1], b[inside, 1])
 
 
