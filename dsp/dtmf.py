@@ -73,6 +73,7 @@ all channels. The earlier rules stay callable for comparisons: ``"narrowband"`` 
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Literal
@@ -378,11 +379,13 @@ _QUARTER = 26
 _QUARTER_ENDS = (_QUARTER, _HALF + _QUARTER)
 
 
-def _quarter_basis() -> npt.NDArray[np.float32]:
+def _segment_basis(segments: tuple[tuple[int, int], ...]) -> npt.NDArray[np.float32]:
+    """Each [start, end) segment's rectangular DFT at the eight frequencies (origin at the
+    block's start): two columns (cos, −sin) per frequency, segment by segment."""
     n = np.arange(BLOCK_SIZE, dtype=np.float64)
     cols = []
-    for start in (0, _HALF):
-        window = ((n >= start) & (n < start + _QUARTER)).astype(np.float64)
+    for start, end in segments:
+        window = ((n >= start) & (n < end)).astype(np.float64)
         for f in FREQS:
             w = 2 * np.pi * f / SAMPLE_RATE
             cols.append(window * np.cos(w * n))
@@ -390,7 +393,7 @@ def _quarter_basis() -> npt.NDArray[np.float32]:
     return np.stack(cols, axis=1).astype(np.float32)
 
 
-_QUARTER_BASIS = _quarter_basis()
+_QUARTER_BASIS = _segment_basis(((0, _QUARTER), (_HALF, _HALF + _QUARTER)))
 # multimon-ng's window (``window_decoder_windows=8``): the block cut into eighths, each one's DFT
 # at the eight frequencies (origin at the block's start); a window is 25 consecutive eighths.
 # Cut where the half and quarter windows end, so halves and quarters are sums of eighths.
@@ -398,21 +401,7 @@ _EIGHTHS = (0, 13, _QUARTER, 38, _HALF, 64, _HALF + _QUARTER, 89, BLOCK_SIZE)
 _SEGMENTS = 8
 _EXACT_LONG = 319  # samples in a window, as far as levels go (318 or 319)
 _EXACT_HISTORY = 3  # blocks kept from before a call (a window reaches into the third before)
-
-
-def _eighth_basis() -> npt.NDArray[np.float32]:
-    n = np.arange(BLOCK_SIZE, dtype=np.float64)
-    cols = []
-    for k in range(_SEGMENTS):
-        window = ((n >= _EIGHTHS[k]) & (n < _EIGHTHS[k + 1])).astype(np.float64)
-        for f in FREQS:
-            w = 2 * np.pi * f / SAMPLE_RATE
-            cols.append(window * np.cos(w * n))
-            cols.append(-window * np.sin(w * n))
-    return np.stack(cols, axis=1).astype(np.float32)
-
-
-_EIGHTH_BASIS = _eighth_basis()
+_EIGHTH_BASIS = _segment_basis(tuple(itertools.pairwise(_EIGHTHS)))
 _HANN_GAIN = float(np.hanning(_HANN_LEN + 2)[1:-1].sum())
 # Expected Hann-to-Hann phase advance of a nominal tone, and rad → relative frequency error.
 _NOMINAL_ADVANCE = 2 * np.pi * FREQS * _HANN_HOP / SAMPLE_RATE

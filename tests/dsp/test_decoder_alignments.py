@@ -25,36 +25,15 @@ import pytest
 import dsp.dtmf as dtmf
 from dsp import g711, tones
 from dsp.dtmf import BLOCK_SIZE, FREQS, DtmfConfig, DtmfDetector
-from dsp.masker import Span, merge, spans_from_suspect
 from proxy.demo.multimon import multimon_detect
 from proxy.demo.spandsp import spandsp_detect
-from proxy.media.masking import WIDEN_AFTER, WIDEN_BEFORE
+from tests.dsp.masked import mask_spans, silenced
 
 OFFSETS = range(0, 80, 4)  # multimon-ng's 10 ms grid at 8 kHz is 80 samples
 HALF_BLOCK_WINDOWS = replace(DtmfConfig(), window_decoder_windows=2)
 QUARTER_BLOCK_WINDOWS = replace(DtmfConfig(), window_decoder_windows=4)
 OWN_BLOCKS_ONLY = replace(DtmfConfig(), window_spandsp_alignments=1)
 GAP = 40  # the noise pauses for two blocks from here (tests/dsp/test_spandsp_tier.py)
-
-
-def _spans(x: npt.NDArray[np.float64], config: DtmfConfig | None = None) -> list[Span]:
-    """Mask spans of one signal fed in 20 ms ticks, widened as the pipeline widens them."""
-    detector = DtmfDetector(1, config)
-    spans: list[Span] = []
-    for t in range(0, x.size, 160):
-        out = detector.process(x[None, t:t + 160])
-        reach = None if out.reach is None else out.reach[:, 0]
-        tail = None if out.tail is None else out.tail[:, 0]
-        spans += spans_from_suspect(out.block_starts, out.suspect[:, 0], out.block_size,
-                                    WIDEN_BEFORE, WIDEN_AFTER, reach, tail)
-    return merge(spans)
-
-
-def _silenced(x: npt.NDArray[np.float64], spans: list[Span]) -> npt.NDArray[np.float64]:
-    out = x.copy()
-    for s, e in spans:
-        out[max(0, s):max(0, e)] = 0.0
-    return out
 
 
 def _crowded_key() -> npt.NDArray[np.float64]:
@@ -77,8 +56,8 @@ def test_a_crowded_key_reaches_multimon_ng_at_no_alignment() -> None:
     x = _crowded_key()
     assert multimon_detect(x) == "9"  # the reference decoder hears it from the caller
     for control in (HALF_BLOCK_WINDOWS, QUARTER_BLOCK_WINDOWS):
-        assert _multimon_hears_at(_silenced(x, _spans(x, control))), "does not bite"
-    agent = _silenced(x, _spans(x))
+        assert _multimon_hears_at(silenced(x, mask_spans(x, control))), "does not bite"
+    agent = silenced(x, mask_spans(x))
     assert _multimon_hears_at(agent) == []
     assert all(spandsp_detect(agent[o:]) == "" for o in OFFSETS)
     assert np.any(agent[1570:-2000] != 0.0)  # part of the key's stretch went on
@@ -140,9 +119,9 @@ def test_two_blocks_a_later_spandsp_hears_are_masked(shift: int) -> None:
     for digit in "5D":
         x = _key_in_noise_with_a_shifted_pause(digit, shift)
         assert spandsp_detect(x[shift:]) == digit and multimon_detect(x) == ""
-        control = _silenced(x, _spans(x, OWN_BLOCKS_ONLY))
+        control = silenced(x, mask_spans(x, OWN_BLOCKS_ONLY))
         assert spandsp_detect(control[shift:]) == digit, "does not bite"
-        agent = _silenced(x, _spans(x))
+        agent = silenced(x, mask_spans(x))
         assert spandsp_detect(agent[shift:]) == "" and multimon_detect(agent[shift:]) == ""
         assert np.any(agent != 0.0)  # the noise around the pause went on
 

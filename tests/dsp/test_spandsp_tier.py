@@ -17,11 +17,10 @@ import numpy as np
 import numpy.typing as npt
 
 from dsp import g711, tones
-from dsp.dtmf import BLOCK_SIZE, DtmfConfig, DtmfDetector
-from dsp.masker import Span, merge, spans_from_suspect
+from dsp.dtmf import BLOCK_SIZE, DtmfConfig
 from proxy.demo.multimon import multimon_detect
 from proxy.demo.spandsp import spandsp_detect
-from proxy.media.masking import WIDEN_AFTER, WIDEN_BEFORE
+from tests.dsp.masked import mask_spans, silenced
 
 NO_SPANDSP_TIER = replace(DtmfConfig(), window_spandsp_min_energy_share=None)
 GAP = 40  # the noise pauses for blocks 40 and 41
@@ -39,37 +38,18 @@ def _key_in_noise_with_a_pause(digit: str, seed: int = 16) -> npt.NDArray[np.flo
     return g711.round_trip(np.clip(x, -32000, 32000), "ulaw").astype(np.float64)
 
 
-def _spans(x: npt.NDArray[np.float64], config: DtmfConfig | None = None) -> list[Span]:
-    detector = DtmfDetector(1, config)
-    spans: list[Span] = []
-    for t in range(0, x.size, 160):
-        out = detector.process(x[None, t:t + 160])
-        reach = None if out.reach is None else out.reach[:, 0]
-        tail = None if out.tail is None else out.tail[:, 0]
-        spans += spans_from_suspect(out.block_starts, out.suspect[:, 0], out.block_size,
-                                    WIDEN_BEFORE, WIDEN_AFTER, reach, tail)
-    return merge(spans)
-
-
-def _silenced(x: npt.NDArray[np.float64], spans: list[Span]) -> npt.NDArray[np.float64]:
-    out = x.copy()
-    for s, e in spans:
-        out[max(0, s):max(0, e)] = 0.0
-    return out
-
-
 def test_two_blocks_spandsp_hears_are_masked_where_no_window_tier_suspects() -> None:
     tried = 0
     for digit in "159D":
         x = _key_in_noise_with_a_pause(digit)
         assert spandsp_detect(x) == digit  # the two quiet blocks are enough for spandsp
         assert multimon_detect(x) == ""  # ...and no 40 ms window for multimon-ng
-        control = _silenced(x, _spans(x, NO_SPANDSP_TIER))
+        control = silenced(x, mask_spans(x, NO_SPANDSP_TIER))
         assert spandsp_detect(control) == digit, digit  # the window tiers miss it
-        spans = _spans(x)
+        spans = mask_spans(x)
         gap = (GAP * BLOCK_SIZE, (GAP + 2) * BLOCK_SIZE)
         assert any(s <= gap[0] and e >= gap[1] for s, e in spans), digit
-        agent = _silenced(x, spans)
+        agent = silenced(x, spans)
         assert spandsp_detect(agent) == "" and multimon_detect(agent) == "", digit
         assert np.any(agent != 0.0)  # the noise around the pause went on
         tried += 1
@@ -84,5 +64,5 @@ def test_the_spandsp_tier_needs_two_consecutive_blocks() -> None:
                                               np.random.default_rng(3)), "ulaw")
     one[(GAP + 1) * BLOCK_SIZE:(GAP + 2) * BLOCK_SIZE] += noise
     assert spandsp_detect(one) == ""
-    spans = _spans(one)
+    spans = mask_spans(one)
     assert not any(s <= GAP * BLOCK_SIZE and e >= (GAP + 1) * BLOCK_SIZE for s, e in spans)

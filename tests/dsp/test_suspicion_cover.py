@@ -17,11 +17,12 @@ import numpy.typing as npt
 
 from dsp import g711, tones
 from dsp.dtmf import _EIGHTHS, BLOCK_SIZE, MASK_WIDEN_BEFORE, DtmfConfig, DtmfDetector
-from dsp.masker import Span, merge, spans_from_suspect
+from dsp.masker import Span
 from proxy.demo.leak import leaked_ms_per_window
 from proxy.demo.multimon import multimon_detect
 from proxy.demo.spandsp import spandsp_detect
-from proxy.media.masking import WIDEN_AFTER, WIDEN_BEFORE
+from proxy.media.masking import WIDEN_BEFORE
+from tests.dsp.masked import mask_spans, silenced
 
 WHOLE_WINDOW = replace(DtmfConfig(), window_decoder_cover_ms=None, window_tail_ms=None,
                        follow_tail_ms=None)
@@ -47,28 +48,8 @@ def _clean_key(digit: str, tone_ms: float) -> npt.NDArray[np.float64]:
     return g711.round_trip(x, "ulaw").astype(np.float64)
 
 
-def _spans(x: npt.NDArray[np.float64], config: DtmfConfig | None = None) -> list[Span]:
-    """Mask spans of one signal fed in 20 ms ticks, widened as the pipeline widens them."""
-    detector = DtmfDetector(1, config)
-    spans: list[Span] = []
-    for t in range(0, x.size, 160):
-        out = detector.process(x[None, t:t + 160])
-        reach = None if out.reach is None else out.reach[:, 0]
-        tail = None if out.tail is None else out.tail[:, 0]
-        spans += spans_from_suspect(out.block_starts, out.suspect[:, 0], out.block_size,
-                                    WIDEN_BEFORE, WIDEN_AFTER, reach, tail)
-    return merge(spans)
-
-
 def _masked(spans: list[Span]) -> int:
     return sum(e - s for s, e in spans)
-
-
-def _silenced(x: npt.NDArray[np.float64], spans: list[Span]) -> npt.NDArray[np.float64]:
-    out = x.copy()
-    for s, e in spans:
-        out[max(0, s):max(0, e)] = 0.0
-    return out
 
 
 def test_the_detector_and_the_masker_agree_on_the_onset_allowance() -> None:
@@ -81,7 +62,7 @@ def test_a_window_only_the_decoder_tier_suspects_costs_its_last_15_ms() -> None:
     (an eighth of the block: multimon-ng's window is judged every 1.6 ms; all eight windows of
     one block: 26.1 ms), not the 53 ms of the whole window with allowance and hangover."""
     x = _crowded_key("5", 60.0)
-    assert not _spans(x, NO_DECODER_TIER)  # the decoder tier alone suspects this key
+    assert not mask_spans(x, NO_DECODER_TIER)  # the decoder tier alone suspects this key
     for config, low, high in ((DtmfConfig(), 120, 120 + BLOCK_SIZE - 13),
                               (WHOLE_WINDOW, 420, 540)):
         detector = DtmfDetector(1, config)
@@ -111,12 +92,12 @@ def test_crowded_keys_masked_by_their_windows_last_15_ms_reach_no_decoder() -> N
             if multimon_detect(x) != digit:
                 continue
             heard += 1
-            spans = _spans(x)
-            agent = _silenced(x, spans)
+            spans = mask_spans(x)
+            agent = silenced(x, spans)
             assert multimon_detect(agent) == "" and spandsp_detect(agent) == "", (digit,
                                                                                 tone_ms)
             assert np.any(agent[PAD:-PAD] != 0.0)  # the key's audio did go on, partly
-            assert _masked(spans) + 160 <= _masked(_spans(x, WHOLE_WINDOW)), (digit, tone_ms)
+            assert _masked(spans) + 160 <= _masked(mask_spans(x, WHOLE_WINDOW)), (digit, tone_ms)
     assert heard >= 16
 
 
@@ -128,11 +109,11 @@ def test_a_clean_keys_mask_ends_with_its_last_suspected_window() -> None:
     for tone_ms in (40.0, 100.0):
         x = _clean_key("7", tone_ms)
         end = PAD + round(tone_ms * 8)
-        spans = _spans(x)
+        spans = mask_spans(x)
         assert len(spans) == 1 and spans[0][0] <= PAD
         assert spans[0][1] <= end + 240
-        assert _spans(x, WHOLE_WINDOW)[0][1] >= spans[0][1] + BLOCK_SIZE
-        agent = _silenced(x, spans)
+        assert mask_spans(x, WHOLE_WINDOW)[0][1] >= spans[0][1] + BLOCK_SIZE
+        agent = silenced(x, spans)
         assert leaked_ms_per_window(agent, [(PAD - 160, end + 160)]) == [0.0]
         assert multimon_detect(agent) == "" and spandsp_detect(agent) == ""
         assert multimon_detect(x) == "7" and spandsp_detect(x) == "7"  # they hear the key
