@@ -147,21 +147,15 @@ def summarise(result: RunResult) -> dict[str, Any]:
         },
         "leak": leak,
         "target_usage": {
-            "cpu_percent_mean": round(float(cpu.mean()), 1) if cpu.size else None,
-            "cpu_percent_max": round(float(cpu.max()), 1) if cpu.size else None,
+            **_mean_max("cpu_percent", cpu),
             "rss_mb_max": round(max((u[2] for u in usage), default=0) / 2**20, 1),
             # Ready to run but not given a CPU (its threads' run-queue time): the host's share.
-            "cpu_wait_percent_mean": round(float(wait.mean()), 1) if wait.size else None,
-            "cpu_wait_percent_max": round(float(wait.max()), 1) if wait.size else None,
+            **_mean_max("cpu_wait_percent", wait),
             # Time the hypervisor gave this host's CPUs to others (% of one core, summed over
             # the CPUs): not in the target's CPU nor its run-queue wait, yet the relay falls
             # behind while it lasts. host_busy: every process on the host, the tool included.
-            "host_steal_percent_mean": round(float(steal.mean()), 1) if steal.size else None,
-            "host_steal_percent_max": round(float(steal.max()), 1) if steal.size else None,
-            "host_busy_percent_mean": round(float(host_busy.mean()), 1)
-            if host_busy.size else None,
-            "host_busy_percent_max": round(float(host_busy.max()), 1)
-            if host_busy.size else None,
+            **_mean_max("host_steal_percent", steal),
+            **_mean_max("host_busy_percent", host_busy),
             # [t, cpu %, RSS MB, run-queue wait %, host busy %, host steal %]
             "samples": [[round(u[0], 2), round(u[1], 1), round(u[2] / 2**20, 1), round(u[3], 1),
                          *(round(x, 1) for x in u[4:6])] for u in usage],
@@ -183,6 +177,14 @@ def summarise(result: RunResult) -> dict[str, Any]:
     summary["verdict"] = verdict(summary)
     summary["notes"] = notes(summary)
     return summary
+
+
+def _mean_max(name: str, values: npt.NDArray[np.float64]) -> dict[str, float | None]:
+    """``<name>_mean`` and ``<name>_max`` of per-sample figures, to 0.1; None without samples."""
+    if not values.size:
+        return {f"{name}_mean": None, f"{name}_max": None}
+    return {f"{name}_mean": round(float(values.mean()), 1),
+            f"{name}_max": round(float(values.max()), 1)}
 
 
 # A target that waited this long for a CPU (mean % of one core) was short of the host's CPU.
