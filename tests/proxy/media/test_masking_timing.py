@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from dsp import g711, tones
+from proxy.demo.multimon import multimon_detect
 from proxy.demo.phone import RtpPeer
 from proxy.demo.spandsp import spandsp_detect
 from proxy.media.engine import LocalMediaEngine
@@ -341,6 +342,27 @@ async def test_through_the_engine_a_burst_and_a_capture_reconfiguration_leave_no
         await engine.stop()
 
 
+def _stalling(caller: Caller, before: int, stall_ticks: int) -> list[list[RtpPacket]]:
+    """``before`` packets one a tick, then none for ``stall_ticks`` ticks and that backlog at
+    once (timestamps contiguous), then the rest of the audio one a tick and 20 quiet ticks."""
+    ticks = [caller.audio() for _ in range(before)]
+    ticks += [[] for _ in range(stall_ticks)] + [caller.audio(stall_ticks)]
+    rest = (len(caller.codes) - caller.pos) // SLOT
+    return ticks + [caller.audio() for _ in range(rest)] + [[] for _ in range(20)]
+
+
+def _agent_heard_no_key(left: list[RtpPacket]) -> None:
+    heard = g711.decode(np.frombuffer(b"".join(p.payload for p in left), np.uint8), "ulaw")
+    assert spandsp_detect(heard.astype(np.int16)) == ""
+    assert multimon_detect(heard.astype(np.int16)) == ""
+
+
+def _key_after_speech(digit: str, tone_ms: int) -> np.ndarray:
+    key = np.concatenate([np.zeros(800), tones.dtmf_tone(digit, tone_ms, low_dbm0=-10,
+                                                         high_dbm0=-10), np.zeros(2400)])
+    return np.concatenate([_speechlike(0.4), key])
+
+
 @pytest.mark.parametrize("stall_ticks", [2, 3, 6, 10])
 def test_a_sender_stalling_in_the_middle_of_a_key_gives_one_key_not_two(
         stall_ticks: int) -> None:
@@ -348,22 +370,36 @@ def test_a_sender_stalling_in_the_middle_of_a_key_gives_one_key_not_two(
     or a loaded host that stalls) and then arrive at once with contiguous timestamps. The
     detector's row hears silence meanwhile, which cut the key in two, and the card field got
     a digit too many (CI saw ``invalid-date``); from 80 ms on, the timeline also ran on."""
-    key = np.concatenate([np.zeros(800), tones.dtmf_tone("5", 120, low_dbm0=-10,
-                                                         high_dbm0=-10), np.zeros(2400)])
-    pipeline, caller = _pipeline(), Caller(np.concatenate([_speechlike(0.4), key]))
+    pipeline, caller = _pipeline(), Caller(_key_after_speech("5", 120))
     out, _ = _steady(pipeline, caller)
-    ticks = [caller.audio() for _ in range(8)]  # silence, then the tone's first 60 ms
-    ticks += [[] for _ in range(stall_ticks)] + [caller.audio(stall_ticks)]  # stall, backlog
-    ticks += [caller.audio() for _ in range((len(caller.codes) - caller.pos) // SLOT
-                                            - stall_ticks)] + [[] for _ in range(20)]
-    more, depth = _run(pipeline, ticks)
+    more, depth = _run(pipeline, _stalling(caller, 8, stall_ticks))  # 8: the tone's first 60 ms
     assert [(e.digit, e.source) for e in pipeline.drain_events()] == [("5", "inband")]
     assert pipeline.counters().late_packets == 0
     left = out + more
     assert len(left) == caller.pos // SLOT and depth[-1] == 0  # everything left
-    heard = g711.decode(np.frombuffer(b"".join(p.payload for p in left), np.uint8), "ulaw")
-    assert spandsp_detect(heard.astype(np.int16)) == ""
+    _agent_heard_no_key(left)
     assert pipeline.counters().masked_packets > 0
+
+
+def test_a_stall_longer_than_the_wait_inside_a_key_still_leaks_nothing() -> None:
+    """Past the 200 ms a stream inside a tone is waited for, its timeline runs on in silence
+    and the resumed packets are placed where it ran to: the key may then count twice (the
+    field is asked again), but what reaches the agent is masked all the same."""
+    pipeline, caller = _pipeline(), Caller(_key_after_speech("5", 160))
+    out, _ = _steady(pipeline, caller)
+    more, depth = _run(pipeline, _stalling(caller, 8, 15))
+    assert {e.digit for e in pipeline.drain_events()} == {"5"}
+    left = out + more
+    assert len(left) == caller.pos // SLOT and depth[-1] == 0  # the audio did arrive
+    _agent_heard_no_key(left)
+    assert pipeline.counters().masked_packets > 0
+    # Control: the same stall unmasked, and both decoders hear the key.
+    unmasked, caller = _pipeline(UNMASKED), Caller(_key_after_speech("5", 160))
+    out, _ = _steady(unmasked, caller)
+    more, _ = _run(unmasked, _stalling(caller, 8, 15))
+    heard = g711.decode(np.frombuffer(b"".join(p.payload for p in out + more), np.uint8),
+                        "ulaw").astype(np.int16)
+    assert spandsp_detect(heard) == multimon_detect(heard) == "5"
 
 
 @pytest.mark.parametrize("stall_ticks", [0, 2, 6, 10])
@@ -376,11 +412,7 @@ def test_the_same_key_pressed_twice_with_a_stall_in_the_pause_gives_two_keys(
     key = np.concatenate([np.zeros(800), press, np.zeros(pause_ms * 8), press, np.zeros(2400)])
     pipeline, caller = _pipeline(), Caller(np.concatenate([_speechlike(0.4), key]))
     _steady(pipeline, caller)
-    ticks = [caller.audio() for _ in range(10)]  # silence, the first press, into the pause
-    ticks += [[] for _ in range(stall_ticks)] + [caller.audio(stall_ticks)]
-    ticks += [caller.audio() for _ in range((len(caller.codes) - caller.pos) // SLOT
-                                            - stall_ticks)] + [[] for _ in range(20)]
-    _run(pipeline, ticks)
+    _run(pipeline, _stalling(caller, 10, stall_ticks))  # 10: the first press, into the pause
     assert [e.digit for e in pipeline.drain_events()] == ["5", "5"]
 
 
