@@ -85,6 +85,8 @@ from dsp.levels import DBM0_POWER, dbm0_to_amplitude
 from dsp.tones import DIGITS, HIGH_FREQS, LOW_FREQS
 
 SAMPLE_RATE = 8000
+MAX_CONTINUED_OFFSET = 0.025  # beyond Q.24's ±1.5 %: a half with no tone in it measured noise
+FILLER_MEMORY = 2 * 8000  # stalls kept per channel: a key is decided within 50 ms of its start
 BLOCK_SIZE = 102  # 12.75 ms: resolves 697 Hz from 770 Hz (spandsp uses the same)
 _HALF = BLOCK_SIZE // 2
 _HANN_LEN = 68  # two Hann windows, at 0 and 34: frequency from their phase difference
@@ -899,6 +901,7 @@ class _Segments:
     amp_sum: npt.NDArray[np.float64] = field(init=False)  # (C, 2) coherent amps over hits
     energy_sum: npt.NDArray[np.float64] = field(init=False)  # (C, 2)
     reported: npt.NDArray[np.bool_] = field(init=False)
+    filler_hits: npt.NDArray[np.int64] = field(init=False)  # hits on blocks mostly filler
 
     def __post_init__(self) -> None:
         c = self.channels
@@ -911,12 +914,13 @@ class _Segments:
         self.amp_sum = np.zeros((c, 2))
         self.energy_sum = np.zeros((c, 2))
         self.reported = np.zeros(c, dtype=bool)
+        self.filler_hits = np.zeros(c, dtype=np.int64)
 
     def resized(self, channels: int) -> _Segments:
         bigger = _Segments(channels)
         n = min(channels, self.channels)
         for name in ("digit", "start", "last_hit_end", "post_cover", "misses", "hits",
-                     "amp_sum", "energy_sum", "reported"):
+                     "amp_sum", "energy_sum", "reported", "filler_hits"):
             getattr(bigger, name)[:n] = getattr(self, name)[:n]
         return bigger
 
@@ -928,6 +932,7 @@ class _Segments:
         self.energy_sum[ch] = 0.0
         self.reported[ch] = False
         self.post_cover[ch] = 0.0
+        self.filler_hits[ch] = 0
 
 
 @dataclass
@@ -1021,6 +1026,60 @@ def _tone_indices(digit: npt.NDArray[np.int64]) -> tuple[npt.NDArray, npt.NDArra
     return digit // 4, digit % 4 + 4
 
 
+def key_in(rows: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
+    """For each row, the key (index into ``DIGITS``) whose two tones carry most of its energy
+    and stand clear of the rest of their groups, or −1: a lenient look at a key just started
+    (a partial block is not a hit yet, but its tones are already there)."""
+    n = rows.shape[1]
+    t = np.arange(n)
+    bins = rows.astype(np.float64) @ np.exp(-2j * np.pi * np.outer(t, FREQS) / SAMPLE_RATE)
+    power = np.abs(bins) ** 2
+    lo = np.argmax(power[:, :4], axis=1)
+    hi = np.argmax(power[:, 4:], axis=1) + 4
+    ix = np.arange(len(rows))
+    pair = power[ix, lo] + power[ix, hi]
+    share = 2.0 * pair / n / np.maximum((rows.astype(np.float64) ** 2).sum(axis=1), _EPS)
+    second_lo = np.sort(power[:, :4], axis=1)[:, -2]
+    second_hi = np.sort(power[:, 4:], axis=1)[:, -2]
+    clear = (power[ix, lo] > 10 * second_lo) & (power[ix, hi] > 10 * second_hi)  # 10 dB
+    return np.where((share >= 0.7) & clear, lo * 4 + (hi - 4), -1)
+
+
+def continued_tones(recent: npt.NDArray[np.float32], digit: npt.NDArray[np.int64],
+                    n: int) -> npt.NDArray[np.float32]:
+    """The next ``n`` samples of each row of ``recent`` as its key ``digit`` (index into
+    ``DIGITS``) would go on: its two tones fitted to the row by least squares and run on in
+    phase (what a stalled sender would have sent had it not stalled, to the detector). Each
+    tone's frequency is first found from its phase advance between the row's two halves:
+    phones send keys up to 1.5 % off nominal, and a nominal fit would jump in phase."""
+    out = np.zeros((len(digit), n), dtype=np.float32)
+    size = recent.shape[1]
+    half = size // 2
+    before = np.arange(-size, 0)
+    lo, hi = _tone_indices(digit)
+    for row, (f_lo, f_hi) in enumerate(zip(FREQS[lo], FREQS[hi], strict=True)):
+        y = recent[row].astype(np.float64)
+        w = 2 * np.pi * np.array([f_lo, f_hi]) / SAMPLE_RATE
+        first = _tone_phasors(before[:half], y[:half], w)
+        second = _tone_phasors(before[half:2 * half], y[half:2 * half], w)
+        shift = _wrap(np.angle(second) - np.angle(first)) / half
+        w = np.where(np.abs(shift) <= MAX_CONTINUED_OFFSET * w, w + shift, w)  # else: noise
+        phasors = _tone_phasors(before, y, w)
+        out[row] = np.real(phasors[None, :] * np.exp(1j * np.outer(np.arange(n), w))).sum(1)
+    return out
+
+
+def _tone_phasors(t: npt.NDArray[np.int64], y: npt.NDArray[np.float64],
+                  w: npt.NDArray[np.float64]) -> npt.NDArray[np.complex128]:
+    """Least-squares complex amplitude of each tone (radian frequency ``w``) in ``y(t)``:
+    y ≈ Re Σ p·e^{iwt}."""
+    phase = np.outer(t, w)
+    coef, *_ = np.linalg.lstsq(np.concatenate([np.cos(phase), -np.sin(phase)], axis=1), y,
+                               rcond=None)
+    k = len(w)
+    return coef[:k] + 1j * coef[k:]
+
+
 class DtmfDetector:
     """DTMF receiver for ``channels`` independent streams advancing together."""
 
@@ -1030,6 +1089,8 @@ class DtmfDetector:
         self._config = config or DtmfConfig()
         self._channels = channels
         self._pending = np.zeros((channels, 0), dtype=np.float32)
+        self._recent = np.zeros((channels, BLOCK_SIZE), dtype=np.float32)  # latest samples
+        self._filler: dict[int, list[tuple[int, int]]] = {}  # channel → recent filler spans
         self._seen = 0  # samples consumed per channel (global clock)
         self._origin = np.zeros(channels, dtype=np.int64)  # global sample of each stream's 0
         self._prev_amp = np.zeros((channels, _NTONES))
@@ -1055,6 +1116,8 @@ class DtmfDetector:
         if not 0 <= channel < self._channels:
             raise IndexError(f"DtmfDetector.reset: no channel {channel}")
         self._pending[channel] = 0.0
+        self._recent[channel] = 0.0
+        self._filler.pop(channel, None)
         self._prev_amp[channel] = 0.0
         self._talk.clear(channel)
         self._seg.clear(channel)
@@ -1070,6 +1133,10 @@ class DtmfDetector:
         pending[:n] = self._pending[:n]
         prev = np.zeros((channels, _NTONES))
         prev[:n] = self._prev_amp[:n]
+        recent = np.zeros((channels, BLOCK_SIZE), dtype=np.float32)
+        recent[:n] = self._recent[:n]
+        self._recent = recent
+        self._filler = {ch: spans for ch, spans in self._filler.items() if ch < n}
         origin = np.full(channels, self.samples_seen, dtype=np.int64)
         origin[:n] = self._origin[:n]
         self._pending, self._prev_amp, self._origin = pending, prev, origin
@@ -1077,16 +1144,41 @@ class DtmfDetector:
         self._seg = self._seg.resized(channels)
         self._channels = channels
 
-    def process(self, samples: npt.ArrayLike) -> DetectorOutput:
-        """Consume a ``(channels, n)`` block (16-bit scale, int16 or float) of every channel."""
+    def process(self, samples: npt.ArrayLike, held: npt.ArrayLike | None = None
+                ) -> DetectorOutput:
+        """Consume a ``(channels, n)`` block (16-bit scale, int16 or float) of every channel.
+
+        ``held`` (one flag per channel) marks channels whose ``n`` samples are filler: their
+        stream had nothing for this slot (its sender stalled) and its timeline waits for it.
+        The channels advance together, so a stalled one must be fed something, and silence
+        in the middle of a key cut it in two, or lost it. So the detector writes the filler
+        itself: the key it was in (latest block a hit, or a key just starting by
+        :func:`key_in`) continued in phase, else silence (in a pause between keys silence
+        is what was there). The filler is not evidence: a key's duration leaves it out and
+        it needs a hit on a block mostly of media, so a stall never makes a key of a blip.
+        """
         x = np.asarray(samples)
         if x.ndim != 2 or x.shape[0] != self._channels:
             raise ValueError(f"DtmfDetector.process: expected shape ({self._channels}, n), "
                              f"got {x.shape}")
-        data = np.concatenate([self._pending, x.astype(np.float32, copy=False)], axis=1)
+        held_now = (np.zeros(self._channels, dtype=bool) if held is None
+                    else np.asarray(held, dtype=bool))
+        if held_now.shape != (self._channels,):
+            raise ValueError(f"DtmfDetector.process: held must have shape ({self._channels},),"
+                             f" got {held_now.shape}")
+        x = x.astype(np.float32, copy=bool(held_now.any()))
+        if self._filler:  # forget stalls no segment can still reach back to
+            oldest = self.samples_seen - FILLER_MEMORY
+            self._filler = {ch: spans for ch, spans in self._filler.items()
+                            if spans[-1][1] > oldest}
+        if held_now.any():
+            self._write_filler(x, held_now)
+        data = np.concatenate([self._pending, x], axis=1)
         count = data.shape[1] // BLOCK_SIZE
         used = count * BLOCK_SIZE
         self._pending = data[:, used:].copy()
+        self._recent = (x[:, -BLOCK_SIZE:].copy() if x.shape[1] >= BLOCK_SIZE else
+                        np.concatenate([self._recent, x], axis=1)[:, -BLOCK_SIZE:])
         events: list[DtmfEvent] = []
         starts = self._seen + BLOCK_SIZE * np.arange(count, dtype=np.int64)
         suspect = np.zeros((count, self._channels), dtype=bool)
@@ -1118,12 +1210,48 @@ class DtmfDetector:
                 suspect[b] = m.suspect
                 reach[b] = long_reach[sel]
                 tail[b] = long_tail[sel]
-                self._decide(int(starts[b]), m, events)
+                self._decide(int(starts[b]), m, events, self._mostly_filler(int(starts[b])))
                 self._prev_amp = m.amp
             self._seen += used
         return DetectorOutput(events=events, block_starts=starts, block_size=BLOCK_SIZE,
                               suspect=suspect, reach=reach,
                               tail=tail if self._config.suspect_method == "window" else None)
+
+    def _write_filler(self, x: npt.NDArray[np.float32], held: npt.NDArray[np.bool_]) -> None:
+        """Replace held channels' samples with the key they were in continued, or silence."""
+        seg = self._seg
+        rows = np.flatnonzero(held)
+        key = np.where((seg.digit[rows] >= 0) & (seg.misses[rows] == 0), seg.digit[rows],
+                       key_in(self._recent[rows]))  # a key just starting has no hit yet
+        x[rows] = 0.0
+        keyed = key >= 0
+        x[rows[keyed]] = continued_tones(self._recent[rows[keyed]], key[keyed], x.shape[1])
+        first = self.samples_seen
+        oldest = first - FILLER_MEMORY
+        for ch in rows.tolist():
+            spans = [sp for sp in self._filler.get(ch, []) if sp[1] > oldest]
+            self._filler[ch] = [*spans, (first, first + x.shape[1])]
+
+    def _mostly_filler(self, start: int) -> npt.NDArray[np.bool_] | None:
+        """Which channels' block at ``start`` is more filler than media (None: no channel has
+        filler): its hit is the continuation's, not evidence of a key."""
+        near = [(ch, spans) for ch, spans in self._filler.items() if spans[-1][1] > start]
+        if not near:
+            return None
+        mostly = np.zeros(self._channels, dtype=bool)
+        for ch, spans in near:
+            inside = sum(max(0, min(b, start + BLOCK_SIZE) - max(a, start)) for a, b in spans)
+            mostly[ch] = 2 * inside > BLOCK_SIZE
+        return mostly
+
+    def _filler_within(self, ch: npt.NDArray[np.int64], start: npt.NDArray[np.float64],
+                       end: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        """Samples of filler between ``start`` and ``end`` of each channel in ``ch``."""
+        out = np.zeros(len(ch))
+        for i, c in enumerate(ch.tolist()):
+            for a, b in self._filler.get(c, ()):
+                out[i] += max(0.0, min(b, end[i]) - max(a, start[i]))
+        return out
 
     def _long_window(self, data: npt.NDArray[np.float32], m: _BlockMeasures, count: int
                      ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64],
@@ -1382,7 +1510,8 @@ class DtmfDetector:
                            amp[ch, hi] / np.maximum(reference[:, 1], _EPS))
         return np.clip(ratio, 0.0, 1.0)
 
-    def _decide(self, start: int, m: _BlockMeasures, events: list[DtmfEvent]) -> None:
+    def _decide(self, start: int, m: _BlockMeasures, events: list[DtmfEvent],
+                filler: npt.NDArray[np.bool_] | None = None) -> None:
         seg = self._seg
         end = start + BLOCK_SIZE
         hit = m.hit_digit >= 0
@@ -1408,6 +1537,8 @@ class DtmfDetector:
         if cont.size:
             lo, hi = _tone_indices(seg.digit[cont])
             seg.hits[cont] += 1
+            if filler is not None:
+                seg.filler_hits[cont] += filler[cont]
             seg.misses[cont] = 0
             seg.last_hit_end[cont] = end
             seg.amp_sum[cont] += np.stack([m.amp[cont, lo], m.amp[cont, hi]], axis=1)
@@ -1424,6 +1555,7 @@ class DtmfDetector:
             seg.digit[new] = digit
             seg.start[new] = start - pre * BLOCK_SIZE
             seg.hits[new] = 1
+            seg.filler_hits[new] = 0 if filler is None else filler[new]
             seg.misses[new] = 0
             seg.last_hit_end[new] = end
             seg.amp_sum[new] = first_amp
@@ -1439,10 +1571,12 @@ class DtmfDetector:
             return
         ch = ch[~seg.reported[ch]]
         duration = seg.last_hit_end[ch] - seg.start[ch]
+        if self._filler:  # a stall's filler is not the tone's duration
+            duration = duration - self._filler_within(ch, seg.start[ch], seg.last_hit_end[ch])
         if with_tail:
             duration = duration + seg.post_cover[ch] * BLOCK_SIZE
         long_enough = (duration >= self._min_duration) & (
-            seg.hits[ch] >= self._config.min_hit_blocks)
+            seg.hits[ch] >= self._config.min_hit_blocks) & (seg.hits[ch] > seg.filler_hits[ch])
         for c in ch[long_enough]:
             seg.reported[c] = True
             events.append(self._event(int(c), "on", seg.start[c]))

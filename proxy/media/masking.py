@@ -59,11 +59,9 @@ MAX_BUFFER_SAMPLES = 8000  # packets more than 1 s ahead of the timeline are dro
 MAX_STALL_TICKS = 3  # after 60 ms with nothing new the stream has paused: run on in silence
 # ... unless a tone is in progress on it: silence run on inside a tone cuts the key in two (the
 # card field gets a digit too many), so a sender that stalls mid-key (a jitter spike, a loaded
-# host) is waited for this long. A sender that really stopped costs the wait once.
+# host) is waited for this long, its detector row held meanwhile (the detector continues the
+# key in it: see DtmfDetector.process). A sender that really stopped costs the wait once.
 MAX_STALL_TICKS_IN_TONE = 10
-# An in-band key detected this soon after the same key ended, a stall between them, is the one
-# key resumed (measured: 146-158 samples after a stall of 2-10 ticks; see _resumes_after_stall).
-STALL_SPLIT_SAMPLES = 2 * BLOCK_SIZE
 # Catching up: a stream whose received-but-not-yet-inspected audio exceeds this after its tick
 # is behind (an event loop that stalled and then read many packets at once, the stall of an
 # RFC 4733 key sent instead of audio): the tick runs extra detector rounds until it is all
@@ -116,8 +114,6 @@ class _MaskedStream:
     replacement_digit: str = "0"
     masked_until: int = -1  # media end of the last sample sent masked (random mode's draws)
     stalled_ticks: int = 0  # consecutive
-    stalled_at: int = -1  # media position of the latest stall (the detector heard silence there)
-    last_inband_end: _Digit | None = field(default=None, repr=False)  # the latest key ended
     catching: bool = False  # behind by more than the slack: extra rounds until back (tick)
     suspect_until: int = -BLOCK_SIZE  # media end of the last block the detector suspected
     warned_uninspectable: bool = False
@@ -365,6 +361,7 @@ class MaskingPipeline:
         detector = self._detector
         codes = np.full((detector.channels, TICK_SAMPLES), SILENCE_CODE["ulaw"], dtype=np.uint8)
         alaw_rows = np.zeros(detector.channels, dtype=bool)
+        held_rows = np.zeros(detector.channels, dtype=bool)  # stalled: the detector fills them
         g_start = detector.samples_seen
         for stream in active:
             fed = stream.media_fed
@@ -383,8 +380,9 @@ class MaskingPipeline:
             has_data = any(start < fed + TICK_SAMPLES and start + len(c) > fed
                            for start, (c, _) in stream.buffer.items())
             if catching_up and stream.newest_end < fed + TICK_SAMPLES:
-                # Not behind: hold this round (silence in its row, timeline where it is; not a
-                # stall of the sender, so it does not count towards a pause).
+                # Not behind: hold this round (its row held, timeline where it is; not a stall
+                # of the sender, so it does not count towards a pause).
+                held_rows[stream.row] = True
                 if stream.mapping:
                     stream.mapping.append((g_start + TICK_SAMPLES, g_start + TICK_SAMPLES, fed))
                     del stream.mapping[:-MAPPING_HISTORY]
@@ -393,7 +391,7 @@ class MaskingPipeline:
             if not has_data and stream.newest_end <= fed + TICK_SAMPLES and not paused:
                 # Nothing for this slot and nothing after it: the stream is behind, not lossy.
                 stream.stalled_ticks += 1
-                stream.stalled_at = fed
+                held_rows[stream.row] = True
                 self._counts.stalls += 1 if stream.mapping else 0
                 stream.mapping.append((g_start + TICK_SAMPLES, g_start + TICK_SAMPLES, fed))
                 del stream.mapping[:-MAPPING_HISTORY]
@@ -421,7 +419,7 @@ class MaskingPipeline:
             stream.media_fed = fed + TICK_SAMPLES
         audio = np.where(alaw_rows[:, None], g711.decode(codes, "alaw", np.float32),
                          g711.decode(codes, "ulaw", np.float32))
-        result = detector.process(audio)
+        result = detector.process(audio, held=held_rows)
         suspect_rows = set(np.flatnonzero(result.suspect.any(axis=0)).tolist())
         for stream in active:
             if not stream.policy.detect or stream.row not in suspect_rows:
@@ -445,27 +443,17 @@ class MaskingPipeline:
             # Events count from the row's reset; map back to the detector clock, then media.
             position = stream.to_media(event.sample + self._origins[stream.row])
             if event.kind == "on":
-                if not self._resumes_after_stall(stream, event.digit, position):
-                    self._note_digit(stream, event.digit, position, "inband")
+                self._note_digit(stream, event.digit, position, "inband")
                 stream.spans = merge([*stream.spans, (position - WIDEN_BEFORE, position)])
             else:
-                for d in stream.digits:
-                    if d.digit == event.digit and "inband" in d.sources:
-                        d.end = max(d.end or 0, position)
-                stream.last_inband_end = _Digit(event.digit, position, position)
+                # This press only: the same key pressed again before the first is reported
+                # must keep its own duration.
+                pressed = [d for d in stream.digits if d.digit == event.digit
+                           and "inband" in d.sources and d.start <= position]
+                if pressed:
+                    latest = max(pressed, key=lambda d: d.start)
+                    latest.end = max(latest.end or 0, position)
                 stream.spans = merge([*stream.spans, (position, position + WIDEN_AFTER)])
-
-    @staticmethod
-    def _resumes_after_stall(stream: _MaskedStream, key: str, start: int) -> bool:
-        """Whether an in-band key starting at ``start`` is the one that just ended, cut in two
-        by a stall: while the sender stalled, the detector's row heard silence that is not in
-        the media. In the media the two parts are contiguous: the first ended at the stall
-        and the second is detected within ``STALL_SPLIT_SAMPLES`` of that end (a real pause
-        between two presses is 40 ms or more, plus the next key's onset)."""
-        ended = stream.last_inband_end
-        return (ended is not None and ended.digit == key and ended.end is not None
-                and ended.end - BLOCK_SIZE <= stream.stalled_at <= start
-                and start - ended.end <= STALL_SPLIT_SAMPLES)
 
     def _bridge_losses(self, stream: _MaskedStream) -> None:
         """A lost packet can cut a tone into fragments too short to be suspected on their own.
