@@ -2,7 +2,7 @@
 
 The detector's channels advance together, so a stalled stream's row must be fed something while
 its timeline waits. Silence there cut a key in two, or lost it (too short on either side); the
-detector now continues the key it was in and leaves the filler out of the key's duration. The
+detector now continues the key it was in, and the filler counts as neither duration nor hit. The
 controls feed the same silence without saying it is filler: today's behaviour before the fix.
 """
 
@@ -48,7 +48,7 @@ def _keyed(keys: str, tone_ms: int, gap_ms: int, offset: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("offset", range(0, TICK, 20))
-def test_a_stall_anywhere_in_a_short_key_leaves_one_key_of_its_own_length(offset: int) -> None:
+def test_a_stall_anywhere_in_a_short_key_leaves_it_one_key(offset: int) -> None:
     """A 45 ms key (Q.24 must accept 40), a stall of one or two ticks before each tick that
     holds part of it, the key starting at eight phases against the ticks."""
     audio = _keyed("7", 45, 0, offset)
