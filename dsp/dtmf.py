@@ -404,6 +404,7 @@ _SEGMENTS = 8
 _EXACT_LONG = 319  # samples in a window, as far as levels go (318 or 319)
 _EXACT_HISTORY = 3  # blocks kept from before a call (a window reaches into the third before)
 _EIGHTH_BASIS = _segment_basis(tuple(itertools.pairwise(_EIGHTHS)))
+_BLOCK_BASIS = _segment_basis(((0, BLOCK_SIZE),)).astype(np.float64)  # key_in's whole block
 _HANN_GAIN = float(np.hanning(_HANN_LEN + 2)[1:-1].sum())
 # Expected Hann-to-Hann phase advance of a nominal tone, and rad → relative frequency error.
 _NOMINAL_ADVANCE = 2 * np.pi * FREQS * _HANN_HOP / SAMPLE_RATE
@@ -1026,14 +1027,18 @@ def _tone_indices(digit: npt.NDArray[np.int64]) -> tuple[npt.NDArray, npt.NDArra
     return digit // 4, digit % 4 + 4
 
 
+def _overlap(spans: list[tuple[int, int]], start: float, end: float) -> float:
+    """How much of [start, end) the (disjoint) ``spans`` cover."""
+    return sum(max(0.0, min(b, end) - max(a, start)) for a, b in spans)
+
+
 def key_in(rows: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
-    """For each row, the key (index into ``DIGITS``) whose two tones carry most of its energy
-    and stand clear of the rest of their groups, or −1: a lenient look at a key just started
-    (a partial block is not a hit yet, but its tones are already there)."""
+    """For each row (one block of samples), the key (index into ``DIGITS``) whose two tones
+    carry most of its energy and stand clear of the rest of their groups, or −1: a lenient
+    look at a key just started (a partial block is not a hit yet, but its tones are there)."""
     n = rows.shape[1]
-    t = np.arange(n)
-    bins = rows.astype(np.float64) @ np.exp(-2j * np.pi * np.outer(t, FREQS) / SAMPLE_RATE)
-    power = np.abs(bins) ** 2
+    dft = rows.astype(np.float64) @ _BLOCK_BASIS  # (cos, −sin) per frequency
+    power = dft[:, 0::2] ** 2 + dft[:, 1::2] ** 2
     lo = np.argmax(power[:, :4], axis=1)
     hi = np.argmax(power[:, 4:], axis=1) + 4
     ix = np.arange(len(rows))
@@ -1169,8 +1174,8 @@ class DtmfDetector:
         x = x.astype(np.float32, copy=bool(held_now.any()))
         if self._filler:  # forget stalls no segment can still reach back to
             oldest = self.samples_seen - FILLER_MEMORY
-            self._filler = {ch: spans for ch, spans in self._filler.items()
-                            if spans[-1][1] > oldest}
+            self._filler = {ch: kept for ch, spans in self._filler.items()
+                            if (kept := [sp for sp in spans if sp[1] > oldest])}
         if held_now.any():
             self._write_filler(x, held_now)
         data = np.concatenate([self._pending, x], axis=1)
@@ -1227,10 +1232,8 @@ class DtmfDetector:
         keyed = key >= 0
         x[rows[keyed]] = continued_tones(self._recent[rows[keyed]], key[keyed], x.shape[1])
         first = self.samples_seen
-        oldest = first - FILLER_MEMORY
         for ch in rows.tolist():
-            spans = [sp for sp in self._filler.get(ch, []) if sp[1] > oldest]
-            self._filler[ch] = [*spans, (first, first + x.shape[1])]
+            self._filler.setdefault(ch, []).append((first, first + x.shape[1]))
 
     def _mostly_filler(self, start: int) -> npt.NDArray[np.bool_] | None:
         """Which channels' block at ``start`` is more filler than media (None: no channel has
@@ -1240,18 +1243,14 @@ class DtmfDetector:
             return None
         mostly = np.zeros(self._channels, dtype=bool)
         for ch, spans in near:
-            inside = sum(max(0, min(b, start + BLOCK_SIZE) - max(a, start)) for a, b in spans)
-            mostly[ch] = 2 * inside > BLOCK_SIZE
+            mostly[ch] = 2 * _overlap(spans, start, start + BLOCK_SIZE) > BLOCK_SIZE
         return mostly
 
     def _filler_within(self, ch: npt.NDArray[np.int64], start: npt.NDArray[np.float64],
                        end: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
         """Samples of filler between ``start`` and ``end`` of each channel in ``ch``."""
-        out = np.zeros(len(ch))
-        for i, c in enumerate(ch.tolist()):
-            for a, b in self._filler.get(c, ()):
-                out[i] += max(0.0, min(b, end[i]) - max(a, start[i]))
-        return out
+        return np.array([_overlap(self._filler.get(c, []), float(start[i]), float(end[i]))
+                         for i, c in enumerate(ch.tolist())], dtype=np.float64)
 
     def _long_window(self, data: npt.NDArray[np.float32], m: _BlockMeasures, count: int
                      ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64],
