@@ -202,9 +202,10 @@ def test_a_key_in_a_burst_is_captured_once_and_masked() -> None:
 
 
 def test_a_key_on_another_stream_is_captured_once_while_one_stream_catches_up() -> None:
-    """While one stream catches up, the others are held for the extra rounds (silence in
-    their detector rows; the pipeline does not do that in the middle of a tone). A key on
-    a stream that is not behind is still found once, masked, its audio delivered. (With the
+    """While one stream catches up, the others are held for the extra rounds (their detector
+    rows held; the pipeline does not do that in the middle of a tone). A key on a stream
+    that is not behind is still found once, masked (neither decoder hears it in what left),
+    its audio delivered. (With the
     mid-tone guard disabled this case still passed: the receiver bridged the held rounds;
     the guard is kept as the conservative choice.)"""
     pipeline = _pipeline()
@@ -232,6 +233,7 @@ def test_a_key_on_another_stream_is_captured_once_while_one_stream_catches_up() 
     assert [(e.digit, e.source) for e in events] == [("9", "inband")]
     assert pipeline.counters().masked_packets > 0
     assert len(out) >= key.size // SLOT - 12  # the agent side's audio did arrive
+    _agent_heard_no_key(out)
 
 
 def test_a_stream_keying_by_rfc4733_does_not_keep_another_from_catching_up() -> None:
