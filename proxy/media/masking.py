@@ -217,14 +217,25 @@ class MaskingPipeline:
             stream.ts0, stream.ssrc = packet.timestamp, packet.ssrc
         offset = (packet.timestamp - stream.ts0) % RTP_TS_MOD
         start = offset - RTP_TS_MOD if offset >= RTP_TS_MOD // 2 else offset
-        if packet.ssrc != stream.ssrc or abs(start - stream.newest_end) > MAX_BUFFER_SAMPLES:
+        if (kind is PayloadKind.EVENT and packet.ssrc == stream.ssrc
+                and packet.timestamp == stream.event_ts):
+            # An update of the key in progress: every update carries the key's start as its
+            # timestamp (RFC 4733 2.5.1.2), so it stays where the first one was placed. Seen
+            # as a clock jump or a resumed pause (an event adds no audio, so the timeline ran
+            # on past it), each update moved the key and, after a jump, became another press:
+            # a key sent over 1 s after the last audio (silence suppression) gave four digits.
+            pass
+        elif packet.ssrc != stream.ssrc or abs(start - stream.newest_end) > MAX_BUFFER_SAMPLES:
             # A new source (SSRC change: transfer, re-INVITE, a new media server) or a jump in
             # its clock: continue the timeline where it is rather than treating the packet as
-            # a second ahead or behind.
+            # a second ahead or behind. That point is now the newest received.
             resume = max(stream.newest_end, stream.media_fed)
             stream.ts0 = (packet.timestamp - resume) % RTP_TS_MOD
-            stream.ssrc = packet.ssrc
-            stream.event_ts = None
+            stream.newest_end = resume
+            if packet.ssrc != stream.ssrc:
+                # Events are told apart by their RTP timestamps, which a clock jump of the
+                # same source leaves as they are; only a new source starts anew.
+                stream.ssrc, stream.event_ts = packet.ssrc, None
             start = resume
         elif (start < stream.media_fed and start >= stream.newest_end
               and self._paused(stream)

@@ -498,3 +498,24 @@ def test_a_sender_that_stops_after_a_key_is_run_on_in_silence() -> None:
                        + [[] for _ in range(40)])
     assert [(e.digit, e.source) for e in pipeline.drain_events()] == [("8", "inband")]
     assert len(out + more) == caller.pos // SLOT and depth[-1] == 0
+
+
+@pytest.mark.parametrize("pause_ticks", [45, 52, 70, 150])
+def test_an_rfc4733_key_sent_more_than_a_second_after_the_last_audio_is_one_press(
+        pause_ticks: int) -> None:
+    """A phone with silence suppression keys after a pause of 0.9 to 3 s, its clock having run
+    on meanwhile. Each update of the event used to land more than 1 s past the last audio,
+    count as a clock jump and start a new press: one key, four to six digits (sipp's uac_pcap
+    through Kamailio, under load)."""
+    pipeline, caller = _pipeline(), Caller(_speechlike(2.0))
+    ticks = [caller.audio() for _ in range(50)] + [[] for _ in range(pause_ticks)]
+    caller.ts += pause_ticks * SLOT
+    ticks += caller.key_as_events(1, 6) + [caller.audio() for _ in range(50)]
+    out, depth = _run(pipeline, ticks)
+    events = pipeline.drain_events()
+    assert [(e.digit, e.source) for e in events] == [("1", "rfc4733")]
+    assert [e.duration_ms for e in events] == [120]
+    assert not [p for p in out if p.payload_type == 101]
+    # The audio after the key is placed after it and inspected, not counted late.
+    assert pipeline.counters().late_packets == 0
+    assert depth[-10:] == [depth[-1]] * 10 and depth[-1] <= 3
