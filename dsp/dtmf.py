@@ -1050,6 +1050,35 @@ def key_in(rows: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
     return np.where((share >= 0.7) & clear, lo * 4 + (hi - 4), -1)
 
 
+ONSET_FLOOR_DBM0 = -50.0  # 2 samples of a -25 dBm0 key read -37 over 8: only silence is below
+ONSET_RISE = 4.0  # amplitude (12 dB) over the whole stretch before: a start, not a steady sound
+# A key started k samples before the end shows in the first of these stretches ≥ k:
+ONSET_LENGTHS = (8, 16, 32, 64, 128)
+ONSET_TAIL = 2 * ONSET_LENGTHS[-1]  # samples :func:`may_start_a_key` reads
+
+
+def may_start_a_key(tail: npt.ArrayLike) -> bool:
+    """Whether the end of ``tail`` (its last ``ONSET_TAIL`` samples) could be the first
+    milliseconds of a key: over its last 8, 16, 32, 64 or 128 samples some DTMF frequency is above
+    ``ONSET_FLOOR_DBM0`` and 12 dB above the level of everything in the stretch just before
+    (as a sine's amplitude). Lenient on purpose — a few samples of a tone do not resolve one
+    frequency from the next, and a leak meter hears them — but blind to a steady sound
+    (speech, noise, a tone going on), which rises nowhere.
+    It judges the end of a sender's audio that the detector will only ever see followed by
+    silence it made up."""
+    x = np.asarray(tail, dtype=np.float64)[-ONSET_TAIL:]
+    floor = dbm0_to_amplitude(ONSET_FLOOR_DBM0)
+    for n in ONSET_LENGTHS:
+        if x.size < 2 * n:
+            break
+        basis = np.exp(-2j * np.pi * np.outer(FREQS, np.arange(n)) / SAMPLE_RATE)
+        last = 2.0 * np.abs(basis @ x[-n:]) / n
+        before = math.sqrt(2.0 * float(np.mean(x[-2 * n:-n] ** 2)))
+        if np.any((last > floor) & (last > ONSET_RISE * before)):
+            return True
+    return False
+
+
 def continued_tones(recent: npt.NDArray[np.float32], digit: npt.NDArray[np.int64],
                     n: int) -> npt.NDArray[np.float32]:
     """The next ``n`` samples of each row of ``recent`` as its key ``digit`` (index into

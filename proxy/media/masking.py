@@ -37,7 +37,7 @@ import numpy as np
 import structlog
 
 from dsp import g711
-from dsp.dtmf import BLOCK_SIZE, DtmfDetector
+from dsp.dtmf import BLOCK_SIZE, ONSET_LENGTHS, ONSET_TAIL, DtmfDetector, may_start_a_key
 from dsp.masker import Span, covered, envelope, merge, replacement, spans_from_suspect
 from dsp.tones import DIGITS
 from proxy.media.codecs import LAW_OF_KIND, UNINSPECTABLE, PayloadKind, payload_kinds
@@ -114,6 +114,7 @@ class _MaskedStream:
     replacement_digit: str = "0"
     masked_until: int = -1  # media end of the last sample sent masked (random mode's draws)
     stalled_ticks: int = 0  # consecutive
+    tail_judged: int = 0  # newest_end when the timeline last ran on past it (``_guard_tail``)
     catching: bool = False  # behind by more than the slack: extra rounds until back (tick)
     suspect_until: int = -BLOCK_SIZE  # media end of the last block the detector suspected
     warned_uninspectable: bool = False
@@ -215,6 +216,8 @@ class MaskingPipeline:
             return
         if stream.ts0 is None:
             stream.ts0, stream.ssrc = packet.timestamp, packet.ssrc
+        # Where the sender's audio last ended, if the timeline has run on in silence past it.
+        ran_on_from = stream.newest_end if stream.media_fed > stream.newest_end else None
         offset = (packet.timestamp - stream.ts0) % RTP_TS_MOD
         start = offset - RTP_TS_MOD if offset >= RTP_TS_MOD // 2 else offset
         if (kind is PayloadKind.EVENT and packet.ssrc == stream.ssrc
@@ -254,6 +257,11 @@ class MaskingPipeline:
             if not late:
                 stream.buffer[start] = (packet.payload, law)
                 stream.newest_end = max(stream.newest_end, start + n)
+                if ran_on_from is not None and start > ran_on_from:
+                    # The audio resumes after silence the timeline made up: to the spans it
+                    # is a loss, bridged like one. A key cut by the stall (past the 200 ms
+                    # wait) went on after it in a fragment too short to suspect by itself.
+                    stream.lost = merge([*stream.lost, (ran_on_from, start)])
             else:
                 self._counts.late_packets += 1
             stream.law = law
@@ -409,6 +417,8 @@ class MaskingPipeline:
                 continue
             if not stream.mapping:
                 stream.mapping.append((g_start, g_start, fed))
+            if paused and not has_data and stream.tail_judged != stream.newest_end:
+                self._guard_tail(stream)
             stream.stalled_ticks = 0 if has_data else stream.stalled_ticks
             row = codes[stream.row]
             row[:] = SILENCE_CODE[stream.law]
@@ -465,6 +475,25 @@ class MaskingPipeline:
                     latest = max(pressed, key=lambda d: d.start)
                     latest.end = max(latest.end or 0, position)
                 stream.spans = merge([*stream.spans, (position, position + WIDEN_AFTER)])
+
+    def _guard_tail(self, stream: _MaskedStream) -> None:
+        """The timeline starts to run on in silence past the sender's last audio: the detector
+        will judge that audio's end followed by silence it never received. Should the sender
+        only have stalled past the wait, the rest comes later (placed after the silence, or
+        late and masked whole) and a key starting in the last milliseconds before the stall,
+        too short to suspect on their own, went to the agent. Those milliseconds are masked
+        if they could be a key's start (DTMF energy rising in them); quiet ends and steady
+        sounds pass as they are."""
+        end = stream.tail_judged = stream.newest_end
+        lo = end - ONSET_TAIL
+        tail = np.zeros(ONSET_TAIL)
+        for h in stream.held:
+            a, b = max(h.start, lo), min(h.start + h.length, end)
+            if h.kind == "audio" and not h.late and a < b and h.law is not None:
+                codes = np.frombuffer(h.packet.payload, np.uint8)[a - h.start:b - h.start]
+                tail[a - lo:b - lo] = g711.decode(codes, h.law)
+        if may_start_a_key(tail):
+            stream.spans = merge([*stream.spans, (end - ONSET_LENGTHS[-1], end + WIDEN_AFTER)])
 
     def _bridge_losses(self, stream: _MaskedStream) -> None:
         """A lost packet can cut a tone into fragments too short to be suspected on their own.

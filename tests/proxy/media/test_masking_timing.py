@@ -18,6 +18,7 @@ import pytest
 
 from dsp import g711, tones
 from dsp.dtmf import DtmfDetector
+from proxy.demo.leak import leaked_ms
 from proxy.demo.multimon import multimon_detect
 from proxy.demo.phone import RtpPeer
 from proxy.demo.spandsp import spandsp_detect
@@ -519,3 +520,72 @@ def test_an_rfc4733_key_sent_more_than_a_second_after_the_last_audio_is_one_pres
     # The audio after the key is placed after it and inspected, not counted late.
     assert pipeline.counters().late_packets == 0
     assert depth[-10:] == [depth[-1]] * 10 and depth[-1] <= 3
+
+
+def _key_around_a_stall(key_at: int, tone_ms: int, stall_ticks: int, seed: int
+                        ) -> tuple[MaskingPipeline, list[RtpPacket]]:
+    """Line noise and a key at ``key_at``; the sender sends 50 packets, stalls
+    ``stall_ticks`` ticks, then sends the backlog at once and the rest; (pipeline, what
+    left). Past the wait (60 ms, 200 ms inside a tone) the timeline runs on in silence."""
+    audio = tones.white_noise(3 * 8000, -50.0, np.random.default_rng(seed))
+    tone = tones.dtmf_tone("5", tone_ms, low_dbm0=-12.0)
+    audio[key_at:key_at + tone.size] += tone
+    pipeline, caller = _pipeline(), Caller(audio)
+    out, _ = _run(pipeline, _stalling(caller, 50, stall_ticks))
+    assert len(out) == 3 * 8000 // SLOT  # every packet left
+    return pipeline, out
+
+
+def _leaked_ms(left: list[RtpPacket]) -> float:
+    return leaked_ms(g711.decode(np.frombuffer(b"".join(p.payload for p in left), np.uint8),
+                                 "ulaw"))
+
+
+@pytest.mark.parametrize("onset", [4, 8, 16, 24, 40, 64, 96])
+def test_a_key_starting_in_the_last_milliseconds_before_a_long_stall_leaks_nothing(
+        onset: int) -> None:
+    """The key's first ``onset`` samples end the packet before a 120 ms stall. The timeline
+    ran on in silence after the wait, so the detector judged that packet followed by silence:
+    a key's first 3 ms there were not suspected, and went to the agent (CI: 25 ms on the leak
+    meter, seven calls on two loaded workers)."""
+    _, left = _key_around_a_stall(50 * SLOT - onset, 100, 6, onset)
+    assert _leaked_ms(left) == 0.0
+    _agent_heard_no_key(left)
+
+
+def test_the_unguarded_tail_before_a_long_stall_leaks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Control: without the tail guard the test above fails (the leak meter hears the onset)."""
+    monkeypatch.setattr(MaskingPipeline, "_guard_tail", lambda self, stream: None)
+    leaks = [_leaked_ms(_key_around_a_stall(50 * SLOT - onset, 100, 6, onset)[1])
+             for onset in (4, 8, 16, 24)]
+    assert all(ms > 0 for ms in leaks), leaks
+
+
+def test_a_quiet_end_before_a_long_stall_passes_untouched() -> None:
+    """Line noise with no key: the audio before the stall is not masked (the guard masks
+    only an end that could be a key's start)."""
+    audio = tones.white_noise(2 * 8000, -50.0, np.random.default_rng(1))
+    pipeline, caller = _pipeline(), Caller(audio)
+    out, _ = _run(pipeline, _stalling(caller, 50, 6))
+    assert pipeline.counters().masked_packets == 0
+    assert [p.payload for p in out] == [caller.codes[i * SLOT:(i + 1) * SLOT]
+                                        for i in range(len(out))]
+
+
+@pytest.mark.parametrize("rest", [8, 24, 40, 56, 80, 160])
+def test_the_end_of_a_key_resumed_after_a_long_stall_leaks_nothing(rest: int) -> None:
+    """A 70 ms key; the sender stalls 240 ms in it and its last ``rest`` samples come after.
+    The resumed audio is placed after the silence the timeline ran on, and a key's last few
+    milliseconds there, too short to suspect alone, went to the agent. The made-up silence
+    now counts as a loss, which a span reaching it bridges."""
+    _, left = _key_around_a_stall(50 * SLOT - (560 - rest), 70, 12, rest)
+    assert _leaked_ms(left) == 0.0
+
+
+def test_the_unbridged_end_of_a_key_after_a_long_stall_leaks(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Control: with losses not bridged, the short ends leak (the test above is not vacuous)."""
+    monkeypatch.setattr(MaskingPipeline, "_bridge_losses", lambda self, stream: None)
+    leaks = [_leaked_ms(_key_around_a_stall(50 * SLOT - (560 - rest), 70, 12, rest)[1])
+             for rest in (8, 24, 40, 56)]
+    assert all(ms > 0 for ms in leaks), leaks
