@@ -231,14 +231,11 @@ class MaskingPipeline:
         elif packet.ssrc != stream.ssrc or abs(start - stream.newest_end) > MAX_BUFFER_SAMPLES:
             # A new source (SSRC change: transfer, re-INVITE, a new media server) or a jump in
             # its clock: continue the timeline where it is rather than treating the packet as
-            # a second ahead or behind. That point is now the newest received.
+            # a second ahead or behind.
             resume = max(stream.newest_end, stream.media_fed)
             stream.ts0 = (packet.timestamp - resume) % RTP_TS_MOD
-            stream.newest_end = resume
-            if packet.ssrc != stream.ssrc:
-                # Events are told apart by their RTP timestamps, which a clock jump of the
-                # same source leaves as they are; only a new source starts anew.
-                stream.ssrc, stream.event_ts = packet.ssrc, None
+            stream.ssrc = packet.ssrc
+            stream.event_ts = None
             start = resume
         elif (start < stream.media_fed and start >= stream.newest_end
               and self._paused(stream)
@@ -487,12 +484,14 @@ class MaskingPipeline:
         end = stream.tail_judged = stream.newest_end
         lo = end - ONSET_TAIL
         tail = np.zeros(ONSET_TAIL)
+        first = end  # the audio still held (what left already is not read as silence)
         for h in stream.held:
             a, b = max(h.start, lo), min(h.start + h.length, end)
             if h.kind == "audio" and not h.late and a < b and h.law is not None:
                 codes = np.frombuffer(h.packet.payload, np.uint8)[a - h.start:b - h.start]
                 tail[a - lo:b - lo] = g711.decode(codes, h.law)
-        if may_start_a_key(tail):
+                first = min(first, a)
+        if may_start_a_key(tail[first - lo:]):
             stream.spans = merge([*stream.spans, (end - ONSET_LENGTHS[-1], end + WIDEN_AFTER)])
 
     def _bridge_losses(self, stream: _MaskedStream) -> None:

@@ -561,10 +561,11 @@ def test_the_unguarded_tail_before_a_long_stall_leaks(monkeypatch: pytest.Monkey
     assert all(ms > 0 for ms in leaks), leaks
 
 
-def test_a_quiet_end_before_a_long_stall_passes_untouched() -> None:
-    """Line noise with no key: the audio before the stall is not masked (the guard masks
-    only an end that could be a key's start)."""
-    audio = tones.white_noise(2 * 8000, -50.0, np.random.default_rng(1))
+@pytest.mark.parametrize("level", [-50.0, -25.0])
+def test_a_steady_end_before_a_long_stall_passes_untouched(level: float) -> None:
+    """Line noise or speech-level noise, no key: the audio before the stall is not masked
+    (the guard masks only an end that could be a key's start)."""
+    audio = tones.white_noise(2 * 8000, level, np.random.default_rng(1))
     pipeline, caller = _pipeline(), Caller(audio)
     out, _ = _run(pipeline, _stalling(caller, 50, 6))
     assert pipeline.counters().masked_packets == 0
