@@ -254,7 +254,7 @@ class MaskingPipeline:
             if not late:
                 stream.buffer[start] = (packet.payload, law)
                 stream.newest_end = max(stream.newest_end, start + n)
-                if ran_on_from is not None and start > ran_on_from:
+                if ran_on_from is not None:  # (then start >= media_fed > ran_on_from)
                     # The audio resumes after silence the timeline made up: to the spans it
                     # is a loss, bridged like one. A key cut by the stall (past the 200 ms
                     # wait) went on after it in a fragment too short to suspect by itself.
