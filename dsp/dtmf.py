@@ -1055,6 +1055,8 @@ ONSET_RISE = 4.0  # amplitude (12 dB) over the whole stretch before: a start, no
 # A key started k samples before the end shows in the first of these stretches ≥ k:
 ONSET_LENGTHS = (8, 16, 32, 64, 128)
 ONSET_TAIL = 2 * ONSET_LENGTHS[-1]  # samples :func:`may_start_a_key` reads
+_ONSET_BASES = tuple(np.exp(-2j * np.pi * np.outer(FREQS, np.arange(n)) / SAMPLE_RATE)
+                     for n in ONSET_LENGTHS)  # each stretch's DFT at the eight frequencies
 
 
 def may_start_a_key(tail: npt.ArrayLike) -> bool:
@@ -1068,10 +1070,9 @@ def may_start_a_key(tail: npt.ArrayLike) -> bool:
     silence it made up."""
     x = np.asarray(tail, dtype=np.float64)[-ONSET_TAIL:]
     floor = dbm0_to_amplitude(ONSET_FLOOR_DBM0)
-    for n in ONSET_LENGTHS:
+    for n, basis in zip(ONSET_LENGTHS, _ONSET_BASES, strict=True):
         if x.size < 2 * n:
             break
-        basis = np.exp(-2j * np.pi * np.outer(FREQS, np.arange(n)) / SAMPLE_RATE)
         last = 2.0 * np.abs(basis @ x[-n:]) / n
         before = math.sqrt(2.0 * float(np.mean(x[-2 * n:-n] ** 2)))
         if np.any((last > floor) & (last > ONSET_RISE * before)):
